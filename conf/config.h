@@ -1,0 +1,158 @@
+#pragma once
+// The typed configuration. yaml-cpp never leaks past conf/: the loader turns the
+// YAML tree into these structs, with every default here, in one place.
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mailgate::conf {
+
+using Duration = std::chrono::milliseconds;
+
+enum class Protocol { kImap, kPop3, kSmtp, kSubmission };
+enum class TlsMode { kNone, kStarttls, kImplicit };
+enum class LogFormat { kJson, kText };
+enum class LogLevel { kDebug, kInfo, kWarn, kError };
+
+struct ServerConfig {
+  unsigned threads = 0;  // 0 = auto (one per online CPU)
+  Duration shutdown_grace{30000};
+  unsigned workers = 2;  // worker pool threads for blocking work (password hashing)
+};
+
+struct LogConfig {
+  LogLevel level = LogLevel::kInfo;
+  LogFormat format = LogFormat::kJson;
+};
+
+struct AdminConfig {
+  std::string listen;  // empty = disabled
+};
+
+struct CertificateConfig {
+  std::string cert;  // absolute path (relative paths are resolved against the config file's directory)
+  std::string key;
+};
+
+struct TlsConfig {
+  std::vector<CertificateConfig> certificates;  // first is the default
+  std::string min_version = "TLSv1.2";          // TLSv1.2 | TLSv1.3
+  std::string ciphers;                           // OpenSSL cipher list for TLS <= 1.2; empty = OpenSSL default
+};
+
+struct ListenerConfig {
+  std::string name;
+  Protocol protocol = Protocol::kImap;
+  std::vector<std::string> listen;  // "host:port", "[v6]:port"
+  TlsMode tls = TlsMode::kNone;
+  bool proxy_protocol = false;
+  bool allow_plaintext_auth = false;
+  // Pre-authentication bounds (defaults chosen per protocol by the loader when absent).
+  Duration preauth_timeout{60000};     // idle time allowed before authentication
+  Duration idle_timeout{3600000};      // idle time allowed after authentication (relay)
+  uint32_t max_line = 0;               // 0 = protocol default: imap 8192, pop3 512
+  uint32_t max_literal = 65536;        // imap: largest literal accepted before authentication
+  uint32_t max_bad_commands = 10;      // protocol errors before the session is closed
+  uint32_t max_auth_attempts = 3;      // failed logins before the session is closed
+  // line/column of the listener in the config file, for later diagnostics
+  int line = 0;
+  int column = 0;
+};
+
+struct FileDirectoryConfig {
+  std::string users;            // passwd-file path
+  Duration failure_delay{2000};  // delay before a failed-authentication reply
+};
+
+struct CacheConfig {
+  Duration ttl{60000};
+  Duration negative_ttl{10000};
+};
+
+struct DirectoryConfig {
+  std::string driver = "file";  // file (postgres, http: later)
+  FileDirectoryConfig file;
+  CacheConfig cache;
+};
+
+struct BackendPorts {
+  uint16_t imap = 0;  // 0 = not offered by this node
+  uint16_t pop3 = 0;
+  uint16_t smtp = 0;
+  uint16_t lmtp = 0;
+};
+
+struct HealthConfig {
+  Duration interval{5000};
+  Duration timeout{2000};
+};
+
+struct BackendConfig {
+  std::string name;
+  std::string host;
+  BackendPorts ports;
+  TlsMode tls = TlsMode::kNone;
+  std::string tls_ca;         // CA file used to verify the node; empty = system store
+  bool tls_verify = true;     // verify the node's certificate and name
+  std::string tls_name;       // name to verify; empty = host
+  std::string login = "replay";  // replay | master
+  std::string deliver = "lmtp";  // lmtp | smtp
+  HealthConfig health;
+  Duration connect_timeout{5000};
+};
+
+struct RouteConfig {
+  std::string domain;     // "*" = default route
+  std::string primary;    // backend name
+  std::string secondary;  // backend name or empty
+};
+
+struct RoutingConfig {
+  std::vector<RouteConfig> static_routes;  // YAML key: routing.static
+  std::string submission_relay;
+};
+
+struct Config {
+  std::string path;  // the file this was loaded from
+  ServerConfig server;
+  LogConfig log;
+  AdminConfig admin;
+  TlsConfig tls;
+  std::vector<ListenerConfig> listeners;
+  DirectoryConfig directory;
+  std::vector<BackendConfig> backends;
+  RoutingConfig routing;
+
+  const BackendConfig* findBackend(const std::string& name) const {
+    for (const auto& b : backends)
+      if (b.name == name) return &b;
+    return nullptr;
+  }
+};
+
+struct ConfigError {
+  std::string file;
+  int line = 0;    // 1-based; 0 = unknown
+  int column = 0;  // 1-based; 0 = unknown
+  std::string message;
+  std::string format() const;  // "FILE:LINE:COL: message"
+};
+
+struct LoadResult {
+  std::shared_ptr<const Config> config;  // null when errors is not empty
+  std::vector<ConfigError> errors;
+};
+
+// Loads and validates the file. Collects every problem it can find.
+LoadResult loadConfigFile(const std::string& path);
+// Same, from text (path used in messages and to resolve relative file names).
+LoadResult loadConfigText(const std::string& text, const std::string& path);
+
+// Parses "250ms", "30s", "5m", "1h", "2d" (and a bare number = seconds). false on error.
+bool parseDuration(const std::string& text, Duration* out);
+// Parses "512", "64K", "50M", "1G". false on error or overflow.
+bool parseSize(const std::string& text, uint64_t* out);
+
+}  // namespace mailgate::conf

@@ -1,0 +1,58 @@
+#pragma once
+// Logging to stderr, one line per event, JSON or text (log.format).
+// Client-supplied text must go through jsonEscape()/truncated before logging.
+#include <atomic>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace mailgate::log {
+
+enum class Level { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+enum class Format { kJson, kText };
+
+void setLevel(Level level) noexcept;
+void setFormat(Format format) noexcept;
+bool enabled(Level level) noexcept;
+
+// A field value is either a string (escaped) or a raw number.
+struct Field {
+  std::string_view key;
+  std::string value;
+  bool quoted = true;
+  Field(std::string_view k, std::string_view v) : key(k), value(v) {}
+  Field(std::string_view k, const char* v) : key(k), value(v ? v : "") {}
+  Field(std::string_view k, const std::string& v) : key(k), value(v) {}
+  template <typename N>
+    requires std::is_arithmetic_v<N>
+  Field(std::string_view k, N n) : key(k), value(std::to_string(n)), quoted(false) {}
+};
+
+// Emits one line: {"ts":...,"level":...,"msg":...,fields...}
+void emit(Level level, std::string_view msg, std::initializer_list<Field> fields = {});
+
+inline void debug(std::string_view m, std::initializer_list<Field> f = {}) { if (enabled(Level::kDebug)) emit(Level::kDebug, m, f); }
+inline void info(std::string_view m, std::initializer_list<Field> f = {}) { if (enabled(Level::kInfo)) emit(Level::kInfo, m, f); }
+inline void warn(std::string_view m, std::initializer_list<Field> f = {}) { if (enabled(Level::kWarn)) emit(Level::kWarn, m, f); }
+inline void error(std::string_view m, std::initializer_list<Field> f = {}) { emit(Level::kError, m, f); }
+
+// Escapes for a JSON string body and truncates client text to max bytes.
+std::string jsonEscape(std::string_view s, size_t max = 256);
+
+// Rate limiter for client-triggerable log lines: at most `per_second` lines per
+// second per limiter; the number suppressed is reported on the next line.
+class RateLimit {
+ public:
+  explicit RateLimit(unsigned per_second) : per_second_(per_second) {}
+  bool allow() noexcept;
+  unsigned long suppressed() noexcept { return suppressed_.exchange(0); }
+
+ private:
+  unsigned per_second_;
+  std::atomic<long> window_{0};
+  std::atomic<unsigned> count_{0};
+  std::atomic<unsigned long> suppressed_{0};
+};
+
+}  // namespace mailgate::log
