@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""Side-by-side IMAP benchmark: Dovecot direct vs mailgate vs nginx mail proxy.
+
+Started by bench/run.sh (which builds the load generator, raises the limits and
+sysctls, then runs this). Everything runs on loopback in one temporary directory:
+one Dovecot (tests/integration/harness.py), build/mailgate in front of it, nginx's
+mail proxy in front of it (with the load generator's own auth_http responder), and
+build/mailgate-load driving each of the three in turn with the same scenarios.
+
+The proxies' own CPU time comes from /proc/PID/stat (utime+stime of every process of
+the proxy: mailgate's one process with its threads; nginx's master and workers; the
+auth_http responder is not counted), sampled before and after each run. Resident
+memory is the sum of VmRSS of the same processes, sampled before a run and while
+all of its sessions sit in IDLE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+import harness  # noqa: E402  (tests/integration/harness.py)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+TARGETS = ("direct", "mailgate", "nginx")
+TLS_MODES = ("none", "implicit", "starttls")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- /proc
+
+def proc_cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (whole thread group)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def proc_rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+# --------------------------------------------------------------------------- daemons
+
+class NginxMail:
+    """nginx (nginx-light + libnginx-mod-mail) as an IMAP proxy, own prefix in workdir."""
+
+    def __init__(self, workdir: Path, ports: dict[str, int], auth_port: int,
+                 cert: tuple[str, str], workers: int):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ports = ports
+        self.conf = self.dir / "nginx.conf"
+        self.proc: subprocess.Popen | None = None
+        self.conf.write_text(f"""\
+load_module {NGINX_MAIL_MODULE};
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 12000; }}
+mail {{
+    server_name localhost;
+    auth_http 127.0.0.1:{auth_port}/auth;
+    proxy_pass_error_message on;
+    imap_capabilities "IMAP4rev1" "LITERAL+" "SASL-IR" "LOGIN-REFERRALS" "ID" "ENABLE" "IDLE";
+    imap_auth plain login;
+    ssl_certificate {cert[0]};
+    ssl_certificate_key {cert[1]};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    timeout 60s;
+    proxy_timeout 1h;
+    server {{ listen 127.0.0.1:{ports['none']};            protocol imap; }}
+    server {{ listen 127.0.0.1:{ports['implicit']} ssl;    protocol imap; }}
+    server {{ listen 127.0.0.1:{ports['starttls']};        protocol imap; starttls on; }}
+}}
+""")
+
+    def start(self) -> "NginxMail":
+        out = open(self.dir / "nginx.stdout", "ab")
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(self.dir), "-c", str(self.conf), "-e", str(self.dir / "error.log"),
+             "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        for p in self.ports.values():
+            harness.wait_port(p, 10)
+        return self
+
+    def pids(self) -> list[int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid] + harness._descendants(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class AuthHttp:
+    """mailgate-load authhttp: the nginx auth_http responder (not counted as nginx)."""
+
+    def __init__(self, load_bin: str, workdir: Path, port: int, backend_port: int, password: str):
+        self.args = [load_bin, "authhttp", "--listen-port", str(port), "--backend-port",
+                     str(backend_port), "--password", password]
+        self.port = port
+        self.log = workdir / "authhttp.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "AuthHttp":
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        harness.wait_port(self.port, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# --------------------------------------------------------------------------- mailbox
+
+def write_bulk_mailbox(maildir: Path, count: int, size: int, uid: int, gid: int) -> None:
+    """count messages of about size bytes each, written as Maildir files (LF line ends;
+    Dovecot sends them with CRLF)."""
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    line = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/" * 2)[:76] + "\n"
+    now = int(time.time())
+    for i in range(count):
+        head = (f"From: bench@example.org\nTo: bulk@example.org\nSubject: bulk {i}\n"
+                f"Message-ID: <bulk-{i}-{now}@mailgate.bench>\n"
+                f"Date: Thu, 01 Jan 2026 00:00:00 +0000\nMIME-Version: 1.0\n"
+                f"Content-Type: text/plain\n\n")
+        body_lines = max(0, (size - len(head)) // len(line))
+        data = head + line * body_lines
+        (maildir / "cur" / f"{now}.M{i}P1.bench,S={len(data)}:2,S").write_text(data)
+    os.chown(maildir.parent.parent, uid, gid)  # mail/_ : Dovecot creates the other homes here
+    for root, dirs, files in os.walk(maildir.parent):
+        os.chown(root, uid, gid)
+        for f in files:
+            os.chown(os.path.join(root, f), uid, gid)
+
+
+# --------------------------------------------------------------------------- runner
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.load_bin = args.load_bin
+        self.password = "benchpass"
+        self.results: dict = {t: {} for t in TARGETS}
+        self.targets: dict[str, dict] = {}  # name -> {ports: {tls: port}, pids: fn}
+
+    # -- running the load generator
+    def load(self, mode: str, port: int, tls: str, extra: list[str], label: str,
+             on_line=None, timeout: float = 300) -> dict:
+        cmd = [self.load_bin, mode, "--port", str(port), "--tls", tls, "--password", self.password,
+               "--users", str(self.args.users), "--label", label] + extra
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        final = {}
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            obj = json.loads(line)
+            if "event" in obj and on_line:
+                on_line(obj)
+            else:
+                final = obj
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+        err = proc.stderr.read() if proc.stderr else ""
+        proc.wait()
+        if err.strip():
+            log(f"    [{label}] load generator: {err.strip()[:800]}")
+        return final
+
+    def measured(self, target: str, fn):
+        """Runs fn() and returns (its result, proxy CPU seconds spent meanwhile)."""
+        pids = self.targets[target]["pids"]()
+        c0 = proc_cpu_seconds(pids)
+        r = fn()
+        c1 = proc_cpu_seconds(self.targets[target]["pids"]())
+        return r, (c1 - c0) if pids else None
+
+    # -- scenarios
+    def scenario_sessions(self) -> None:
+        for tls in TLS_MODES:
+            for t in self.targets:
+                port = self.targets[t]["ports"][tls]
+                label = f"sessions/{tls}/{t}"
+                # Short warm-up (caches, process pools), not measured.
+                self.load("sessions", port, tls, ["--concurrency", "32", "--duration", "0.5"],
+                          label + "/warmup")
+                r, cpu = self.measured(t, lambda: self.load(
+                    "sessions", port, tls,
+                    ["--concurrency", "32", "--duration", str(self.args.duration)], label))
+                n = r.get("sessions", 0)
+                rec = {"sessions_per_s": r.get("sessions_per_s"), "sessions": n,
+                       "errors": r.get("errors"), "latency_ms": r.get("latency_ms")}
+                if cpu is not None and n:
+                    rec["cpu_us_per_session"] = cpu / n * 1e6
+                    rec["cpu_s"] = cpu
+                self.results[t][f"sessions_{tls}"] = rec
+                log(f"  {label}: {fmt(rec.get('sessions_per_s'))} sessions/s, "
+                    f"cpu/session {fmt(rec.get('cpu_us_per_session'))} us, errors {r.get('errors')}")
+
+    def scenario_latency(self) -> None:
+        for t in self.targets:
+            port = self.targets[t]["ports"]["none"]
+            label = f"latency/none/{t}"
+            r = self.load("latency", port, "none",
+                          ["--sessions", str(self.args.latency_sessions), "--warmup", "20"], label)
+            lat = r.get("latency_ms", {})
+            self.results[t]["latency"] = {"median_ms": lat.get("median"), "p99_ms": lat.get("p99"),
+                                          "sessions": r.get("sessions"), "errors": r.get("errors")}
+            log(f"  {label}: median {fmt(lat.get('median'))} ms, p99 {fmt(lat.get('p99'))} ms")
+
+    def scenario_fetch(self) -> None:
+        for tls in ("none", "implicit"):
+            for t in self.targets:
+                port = self.targets[t]["ports"][tls]
+                label = f"fetch/{tls}/{t}"
+                args = ["--user", "bulk", "--concurrency", "1", "--repeat", str(self.args.fetch_repeat)]
+                r, cpu = self.measured(t, lambda: self.load("fetch", port, tls, args, label))
+                nbytes = r.get("bytes", 0)
+                rec = {"mb_per_s": r.get("mb_per_s"), "bytes": nbytes, "errors": r.get("errors")}
+                if cpu is not None and nbytes:
+                    rec["cpu_s_per_gb"] = cpu / (nbytes / 1e9)
+                    rec["cpu_s"] = cpu
+                self.results[t][f"fetch_{tls}"] = rec
+                log(f"  {label}: {fmt(rec.get('mb_per_s'))} MB/s, "
+                    f"cpu/GB {fmt(rec.get('cpu_s_per_gb'))} s, errors {r.get('errors')}")
+
+    def scenario_idle(self) -> None:
+        n = self.args.idle_sessions
+        for tls in ("none", "implicit"):
+            for t in self.targets:
+                port = self.targets[t]["ports"][tls]
+                label = f"idle/{tls}/{t}"
+                pids_fn = self.targets[t]["pids"]
+                time.sleep(1.0)
+                before = proc_rss_kib(pids_fn())
+                sample: dict = {}
+
+                def on_line(obj, pids_fn=pids_fn, sample=sample):
+                    if obj.get("event") == "all_idle":
+                        time.sleep(1.0)  # let the last replies settle
+                        sample["rss"] = proc_rss_kib(pids_fn())
+                        sample["idle"] = obj.get("idle")
+                        sample["failed"] = obj.get("failed")
+                        sample["setup_s"] = obj.get("setup_s")
+
+                r = self.load("idle", port, tls,
+                              ["--concurrency", str(n), "--hold", str(self.args.idle_hold),
+                               "--ramp", "256", "--timeout", "120"], label, on_line=on_line)
+                rec = {"sessions": n, "idle": sample.get("idle"), "failed": sample.get("failed"),
+                       "setup_s": sample.get("setup_s"), "logged_out": r.get("logged_out")}
+                if pids_fn() and "rss" in sample and sample.get("idle"):
+                    rec["rss_before_kib"] = before
+                    rec["rss_idle_kib"] = sample["rss"]
+                    rec["kib_per_session"] = (sample["rss"] - before) / sample["idle"]
+                self.results[t][f"idle_{tls}"] = rec
+                log(f"  {label}: {sample.get('idle')} idle ({sample.get('failed')} failed) in "
+                    f"{fmt(sample.get('setup_s'))} s, RSS/session {fmt(rec.get('kib_per_session'))} KiB")
+
+
+def fmt(v, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if abs(v) < 10 and digits < 3:
+            return f"{v:.3f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def ratio(a, b) -> str:
+    if a is None or b is None or not b:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def report(results: dict) -> str:
+    rows = []  # (figure, key path, better)
+    for tls in TLS_MODES:
+        rows.append((f"IMAP sessions/s, 32 clients, {tls}", (f"sessions_{tls}", "sessions_per_s"), "higher"))
+        rows.append((f"proxy CPU us/session, {tls}", (f"sessions_{tls}", "cpu_us_per_session"), "lower"))
+    rows.append(("1-client session latency median ms", ("latency", "median_ms"), "lower"))
+    rows.append(("1-client session latency p99 ms", ("latency", "p99_ms"), "lower"))
+    for tls in ("none", "implicit"):
+        rows.append((f"FETCH 100x1MB MB/s, {tls}", (f"fetch_{tls}", "mb_per_s"), "higher"))
+        rows.append((f"proxy CPU s/GB, {tls}", (f"fetch_{tls}", "cpu_s_per_gb"), "lower"))
+    for tls in ("none", "implicit"):
+        rows.append((f"proxy RSS KiB/idle session, {tls}", (f"idle_{tls}", "kib_per_session"), "lower"))
+
+    def get(t, path):
+        v = results.get(t, {})
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    head = f"| {'figure':<42} | {'direct':>9} | {'mailgate':>9} | {'nginx':>9} | {'mg/nginx':>8} | {'mg/direct':>9} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for name, path, _ in rows:
+        d, m, n = (get(t, path) for t in TARGETS)
+        lines.append(f"| {name:<42} | {fmt(d):>9} | {fmt(m):>9} | {fmt(n):>9} | "
+                     f"{ratio(m, n):>8} | {ratio(m, d):>9} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--load-bin", default=str(REPO / "build" / "mailgate-load"))
+    ap.add_argument("--mailgate-bin", default=os.environ.get("MAILGATE_BIN", str(REPO / "build" / "mailgate")))
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--latency-sessions", type=int, default=500)
+    ap.add_argument("--fetch-repeat", type=int, default=3)
+    ap.add_argument("--idle-sessions", type=int, default=5000)
+    ap.add_argument("--idle-hold", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=2, help="mailgate threads = nginx workers")
+    ap.add_argument("--scenarios", default="sessions,latency,fetch,idle")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    work = Path(args.workdir or harness.make_workdir("mailgate-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)
+    log(f"work directory: {work}")
+    wanted = set(args.targets.split(","))
+    started: list = []
+    bench = Bench(args)
+    t_start = time.monotonic()
+    try:
+        # Certificates: one EC P-256 server certificate for every listener.
+        ca = harness.make_ca(work / "certs")
+        cert = harness.make_cert(ca, work / "certs", ["localhost"])
+        os.chmod(cert[1], 0o644)  # Dovecot reads it as root, nginx/mailgate too; test-only key
+
+        # Dovecot: plain + STARTTLS on one port, implicit TLS on another.
+        users = {f"user{i}": bench.password for i in range(args.users)}
+        users["bulk"] = bench.password
+        imaps_port = harness.free_port()
+        dovecot_extra = f"""
+ssl_min_protocol = TLSv1.2
+mail_fsync = never
+default_vsz_limit = 1G
+default_client_limit = 20000
+mailbox_idle_check_interval = 30 secs
+auth_verbose = no
+service imap-login {{
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = 2
+  process_limit = 4
+  client_limit = 15000
+  vsz_limit = 2G
+}}
+service imap {{
+  service_count = 0
+  client_limit = 100
+  process_limit = 200
+  process_min_avail = 2
+  vsz_limit = 2G
+}}
+service auth {{
+  client_limit = 20000
+}}
+service anvil {{
+  client_limit = 20000
+}}
+protocol imap {{
+  mail_max_userip_connections = 20000
+}}
+"""
+        log("starting Dovecot ...")
+        dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
+                                  scheme="PLAIN", name="bench")
+        dovecot.start()
+        started.append(dovecot)
+        harness.wait_port(imaps_port, 10)
+        bulk_home = dovecot.mail_dir / "_" / "bulk"
+        write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
+        if "direct" in wanted:
+            bench.targets["direct"] = {
+                "ports": {"none": dovecot.imap_port, "implicit": imaps_port, "starttls": dovecot.imap_port},
+                "pids": lambda: []}
+
+        # mailgate.
+        if "mailgate" in wanted:
+            mg_dir = work / "mailgate"
+            mg_dir.mkdir()
+            mg_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
+            passwd = mg_dir / "users.passwd"
+            passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
+            cfg = harness.mailgate_config(
+                certificates=[cert],
+                listeners=[
+                    {"name": "imap", "protocol": "imap", "port": mg_ports["none"], "tls": "none",
+                     "allow_plaintext_auth": True},
+                    {"name": "imaps", "protocol": "imap", "port": mg_ports["implicit"], "tls": "implicit"},
+                    {"name": "imap-starttls", "protocol": "imap", "port": mg_ports["starttls"],
+                     "tls": "starttls"},
+                ],
+                users_file=str(passwd),
+                backends=[{"name": "dovecot", "imap": dovecot.imap_port, "health_interval": "5s",
+                           "health_timeout": "2s"}],
+                routes=[{"domain": "*", "primary": "dovecot"}],
+                threads=args.threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
+            os.environ["MAILGATE_BIN"] = args.mailgate_bin
+            if not os.access(args.mailgate_bin, os.X_OK):
+                log(f"mailgate binary {args.mailgate_bin} not found: mailgate column skipped")
+            else:
+                try:
+                    mg = harness.Mailgate(mg_dir, cfg)
+                    mg.binary = args.mailgate_bin
+                    mg.start()
+                    started.append(mg)
+                    bench.targets["mailgate"] = {"ports": mg_ports, "pids": lambda: (
+                        [mg.pid] if mg.is_running() else [])}
+                except Exception as e:  # noqa: BLE001 - report and go on with the others
+                    log(f"mailgate did not start: {e}\nmailgate column skipped")
+
+        # nginx mail proxy + auth_http responder.
+        if "nginx" in wanted:
+            auth_port = harness.free_port()
+            auth = AuthHttp(bench.load_bin, work, auth_port, dovecot.imap_port, bench.password).start()
+            started.append(auth)
+            ng_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
+            nginx = NginxMail(work / "nginx", ng_ports, auth_port, cert, args.threads).start()
+            started.append(nginx)
+            bench.targets["nginx"] = {"ports": ng_ports, "pids": nginx.pids}
+
+        # Warm Dovecot's index and the page cache for the bulk mailbox.
+        log("warming the bulk mailbox ...")
+        bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
+
+        for name in args.scenarios.split(","):
+            log(f"scenario {name} ...")
+            getattr(bench, f"scenario_{name}")()
+    finally:
+        for d in reversed(started):
+            try:
+                d.stop()
+            except Exception as e:  # noqa: BLE001
+                log(f"stopping {d}: {e}")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    table = report(bench.results)
+    print(table)
+    print(f"\n(total {time.monotonic() - t_start:.0f} s; CPU = proxy processes' utime+stime; "
+          f"RSS = proxy processes' VmRSS while {args.idle_sessions} sessions IDLE, minus before)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(bench.results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
