@@ -3,7 +3,10 @@
 // snapshot; health state is shared by all reactors (atomics) and updated by the
 // HealthChecker thread.
 #include <atomic>
+#include <condition_variable>
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -47,19 +50,37 @@ class Router {
 // Probes every backend that has a port for `protocol_ports` (imap, pop3, smtp or
 // lmtp: the first configured in that order): connect and read the greeting line
 // within health.timeout, every health.interval. Runs on its own thread.
+//
+// A greeting starting with "* OK" (IMAP), "+OK" (POP3) or "220" (SMTP/LMTP) means up;
+// anything else, a refused or timed-out connect, or no line within the timeout means
+// down. A backend with tls: implicit is probed with a TCP connect only (no TLS
+// handshake, so no greeting is read). One failed probe marks a backend down, one
+// good probe marks it up; each transition is logged ("backend down" with the reason,
+// "backend up"). A backend with no port configured is not probed and stays up.
+// Probes run one after another on the checker's thread; stop() interrupts a probe in
+// progress within ~100 ms.
 class HealthChecker {
  public:
   explicit HealthChecker(Router& router);
   ~HealthChecker();  // stops and joins
   void start();
   void stop();
-  // Runs one probe synchronously (tests).
+  // Runs one probe synchronously (tests). `why` (optional) receives the reason of a
+  // failure.
   static bool probe(const conf::BackendConfig& backend, std::string* why);
+  // The port probed: the first non-zero of ports.imap, pop3, smtp, lmtp (0 = none).
+  static uint16_t probePort(const conf::BackendConfig& backend);
 
  private:
+  static bool probe(const conf::BackendConfig& backend, std::string* why, const std::atomic<bool>* stop);
+  void run();
+  void checkOne(Backend& backend);
+
   Router& router_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
 };
 
 }  // namespace mailgate::routing
