@@ -1,0 +1,478 @@
+#include "gateway/session/imap_session.h"
+
+#include <strings.h>
+
+#include "auth/sasl.h"
+#include "gateway/core/log.h"
+#include "gateway/session/reactor.h"
+
+namespace mailgate::session {
+
+namespace {
+constexpr size_t kMaxHeld = 64 * 1024;
+constexpr size_t kMaxBackendLine = 64 * 1024;
+log::RateLimit g_proto_log(20);
+
+codec::ImapLimits limitsFor(const conf::ListenerConfig& l) {
+  codec::ImapLimits lim;
+  lim.max_line = l.max_line ? l.max_line : 8192;
+  lim.max_literal = l.max_literal;
+  return lim;
+}
+
+bool startsWithCi(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && strncasecmp(s.data(), prefix.data(), prefix.size()) == 0;
+}
+
+// An IMAP quoted string, or empty optional when the value cannot be quoted.
+bool quote(std::string_view v, std::string* out) {
+  out->push_back('"');
+  for (char c : v) {
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+    if (c == '"' || c == '\\') out->push_back('\\');
+    out->push_back(c);
+  }
+  out->push_back('"');
+  return true;
+}
+}  // namespace
+
+ImapSession::ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+                         std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
+    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(limitsFor(listener)) {}
+
+void ImapSession::start() {
+  armPreauthTimer();
+  if (listener_.tls == conf::TlsMode::kImplicit) {
+    if (!startClientTls()) {
+      close("tls_unavailable");
+      return;
+    }
+    tls_pending_ = true;  // the greeting follows the handshake
+    pauseClient(false);
+    return;
+  }
+  sendGreeting();
+  pauseClient(false);
+}
+
+bool ImapSession::plaintextAllowed() const { return clientTlsActive() || listener_.allow_plaintext_auth; }
+
+std::string ImapSession::capabilities() const {
+  std::string caps = "IMAP4rev1 ID LITERAL+ SASL-IR";
+  if (listener_.tls == conf::TlsMode::kStarttls && !clientTlsActive()) caps += " STARTTLS";
+  if (plaintextAllowed())
+    caps += " AUTH=PLAIN AUTH=LOGIN";
+  else
+    caps += " LOGINDISABLED";
+  return caps;
+}
+
+void ImapSession::sendGreeting() { writeClient("* OK [CAPABILITY " + capabilities() + "] mailgate ready.\r\n"); }
+
+void ImapSession::onClientTlsReady() {
+  tls_pending_ = false;
+  armPreauthTimer();
+  if (listener_.tls == conf::TlsMode::kImplicit) sendGreeting();
+}
+
+void ImapSession::tagged(std::string_view text) {
+  std::string line(tag_);
+  line += ' ';
+  line += text;
+  line += "\r\n";
+  writeClient(line);
+}
+
+void ImapSession::badCommand(std::string_view tag, std::string_view text) {
+  bad_commands_++;
+  if (g_proto_log.allow())
+    log::info("imap protocol error", {{"session", id_}, {"client", client_ip_}, {"error", text}});
+  if (bad_commands_ >= listener_.max_bad_commands) {
+    writeClient(std::string(tag) + " BAD " + std::string(text) + "\r\n");
+    writeClient("* BYE Too many invalid commands.\r\n");
+    closeAfterFlush("too_many_errors");
+    return;
+  }
+  writeClient(std::string(tag) + " BAD " + std::string(text) + "\r\n");
+}
+
+void ImapSession::onClientData(std::string_view data) {
+  if (tls_pending_) return;  // cannot happen: TLS bytes go to the TLS layer
+  if (loginPhase() != LoginPhase::kIdle) {
+    if (held_.size() + data.size() > kMaxHeld) {
+      writeClient("* BYE Too much data before login completed.\r\n");
+      closeAfterFlush("protocol_error");
+      return;
+    }
+    held_.append(data);
+    return;
+  }
+  armPreauthTimer();
+  while (!data.empty() && !closing()) {
+    codec::ImapFeed r = parser_.feed(data);
+    data.remove_prefix(r.consumed);
+    switch (r.status) {
+      case codec::ImapStatus::kNeedMore:
+        if (r.consumed == 0) data = {};
+        break;
+      case codec::ImapStatus::kContinuation:
+        writeClient("+ OK\r\n");
+        break;
+      case codec::ImapStatus::kSaslLine:
+        handleSaslLine(parser_.saslLine());
+        break;
+      case codec::ImapStatus::kCommand:
+        handleCommand();
+        break;
+      case codec::ImapStatus::kError:
+        badCommand(parser_.errorTag(), parser_.errorText());
+        break;
+      case codec::ImapStatus::kFatal:
+        if (g_proto_log.allow())
+          log::info("imap fatal protocol error", {{"session", id_}, {"error", parser_.errorText()}});
+        writeClient(std::string("* BYE ") + std::string(parser_.errorText()) + "\r\n");
+        closeAfterFlush("protocol_error");
+        return;
+    }
+    if (tls_pending_) {
+      // Everything after STARTTLS in the same read is an injection attempt: drop it.
+      if (!data.empty() || parser_.hasPending()) {
+        log::warn("pipelined data after STARTTLS discarded",
+                  {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
+      }
+      parser_.reset();
+      return;
+    }
+    if (loginPhase() != LoginPhase::kIdle) {
+      held_.append(data);
+      return;
+    }
+  }
+}
+
+void ImapSession::resumeClientInput() {
+  if (held_.empty()) return;
+  std::string h;
+  h.swap(held_);
+  onClientData(h);
+}
+
+void ImapSession::handleCommand() {
+  const codec::ImapCommand& c = parser_.command();
+  tag_.assign(c.tag);
+  switch (c.verb) {
+    case codec::ImapVerb::kCapability:
+      writeClient("* CAPABILITY " + capabilities() + "\r\n");
+      tagged("OK Capability completed.");
+      return;
+    case codec::ImapVerb::kNoop:
+      tagged("OK NOOP completed.");
+      return;
+    case codec::ImapVerb::kLogout:
+      writeClient("* BYE Logging out\r\n");
+      tagged("OK Logout completed.");
+      closeAfterFlush("logout");
+      return;
+    case codec::ImapVerb::kStarttls:
+      if (listener_.tls != conf::TlsMode::kStarttls || clientTlsStarted()) {
+        tagged(clientTlsStarted() ? "BAD TLS is already active." : "BAD STARTTLS is not available.");
+        return;
+      }
+      tagged("OK Begin TLS negotiation now.");
+      if (!startClientTls()) {
+        closeAfterFlush("tls_unavailable");
+        return;
+      }
+      tls_pending_ = true;
+      return;
+    case codec::ImapVerb::kId:
+      writeClient("* ID (\"name\" \"mailgate\")\r\n");
+      tagged("OK ID completed.");
+      return;
+    case codec::ImapVerb::kLogin:
+      if (!plaintextAllowed()) {
+        tagged("NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS.");
+        return;
+      }
+      if (c.argc != 2 || c.args[0].is_nil || c.args[1].is_nil) {
+        badCommand(tag_, "Invalid arguments.");
+        return;
+      }
+      beginLogin(std::string(c.args[0].value), std::string(c.args[1].value));
+      return;
+    case codec::ImapVerb::kAuthenticate:
+      if (c.argc < 1) {
+        badCommand(tag_, "Invalid arguments.");
+        return;
+      }
+      authenticateWith(c.args[0].value, c.argc >= 2 ? &c.args[1] : nullptr);
+      return;
+    case codec::ImapVerb::kOther:
+      badCommand(tag_, "Command not allowed before authentication.");
+      return;
+    case codec::ImapVerb::kUnknown:
+      badCommand(tag_, "Unknown command.");
+      return;
+  }
+}
+
+void ImapSession::authenticateWith(std::string_view mech, const codec::ImapArg* initial) {
+  if (!plaintextAllowed()) {
+    tagged("NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS.");
+    return;
+  }
+  if (strncasecmp(mech.data(), "PLAIN", mech.size()) == 0 && mech.size() == 5) {
+    sasl_ = Sasl::kPlain;
+  } else if (strncasecmp(mech.data(), "LOGIN", mech.size()) == 0 && mech.size() == 5) {
+    sasl_ = Sasl::kLoginUser;
+  } else {
+    tagged("NO Unsupported authentication mechanism.");
+    return;
+  }
+  if (initial) {
+    std::string_view ir = initial->value;
+    if (ir == "=") ir = {};
+    handleSaslLine(ir);
+    return;
+  }
+  parser_.expectSaslLine();
+  writeClient(sasl_ == Sasl::kPlain ? "+ \r\n" : "+ " + std::string(auth::kLoginUsernamePrompt) + "\r\n");
+}
+
+void ImapSession::handleSaslLine(std::string_view line) {
+  if (line == "*") {
+    sasl_ = Sasl::kNone;
+    tagged("BAD Authentication aborted by client.");
+    return;
+  }
+  switch (sasl_) {
+    case Sasl::kNone:
+      badCommand(tag_, "Unexpected continuation.");
+      return;
+    case Sasl::kPlain: {
+      sasl_ = Sasl::kNone;
+      auto raw = auth::base64Decode(line);
+      if (!raw) {
+        tagged("BAD Invalid base64 data in continued response.");
+        return;
+      }
+      auto creds = auth::decodePlain(raw.value());
+      if (!creds) {
+        tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
+        return;
+      }
+      beginLogin(std::move(creds->authcid), std::move(creds->password));
+      return;
+    }
+    case Sasl::kLoginUser: {
+      auto u = auth::decodeLoginResponse(line);
+      if (!u) {
+        sasl_ = Sasl::kNone;
+        tagged("BAD Invalid base64 data in continued response.");
+        return;
+      }
+      sasl_user_ = std::move(u.value());
+      sasl_ = Sasl::kLoginPass;
+      parser_.expectSaslLine();
+      writeClient("+ " + std::string(auth::kLoginPasswordPrompt) + "\r\n");
+      return;
+    }
+    case Sasl::kLoginPass: {
+      sasl_ = Sasl::kNone;
+      auto p = auth::decodeLoginResponse(line);
+      if (!p) {
+        tagged("BAD Invalid base64 data in continued response.");
+        return;
+      }
+      beginLogin(std::move(sasl_user_), std::move(p.value()));
+      sasl_user_.clear();
+      return;
+    }
+  }
+}
+
+void ImapSession::replyAuthFailed() {
+  tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
+  if (authFailures() >= listener_.max_auth_attempts) {
+    writeClient("* BYE Too many authentication failures.\r\n");
+    closeAfterFlush("auth_failed");
+  }
+}
+
+void ImapSession::replyTempFail(const std::string& /*why*/) {
+  tagged("NO [UNAVAILABLE] Backend unavailable, try again later.");
+}
+
+void ImapSession::onPreauthTimeout() {
+  writeClient("* BYE Disconnected for inactivity.\r\n");
+  closeAfterFlush("timeout");
+}
+
+// ---- backend side ----
+
+void ImapSession::beginBackendHandshake() {
+  bstep_ = BackendStep::kGreeting;
+  bline_.clear();
+  b_have_caps_ = b_sasl_ir_ = b_auth_plain_ = b_literal_plus_ = false;
+}
+
+void ImapSession::onBackendTlsReady() {
+  const conf::BackendConfig* b = currentBackend();
+  if (!b) return;
+  if (b->tls == conf::TlsMode::kImplicit) {
+    beginBackendHandshake();
+    return;
+  }
+  // STARTTLS done: capabilities may differ under TLS; ask again.
+  bstep_ = BackendStep::kCapability;
+  b_have_caps_ = false;
+  writeBackend("C CAPABILITY\r\n");
+}
+
+void ImapSession::onBackendData(std::string_view data) {
+  const unsigned attempt = this->attempt();
+  while (!data.empty()) {
+    if (loginPhase() != LoginPhase::kBackend || attempt != this->attempt()) return;
+    size_t nl = data.find('\n');
+    if (nl == std::string_view::npos) {
+      bline_.append(data);
+      if (bline_.size() > kMaxBackendLine) backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
+      return;
+    }
+    bline_.append(data.substr(0, nl + 1));
+    data.remove_prefix(nl + 1);
+    std::string line;
+    line.swap(bline_);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    handleBackendLine(line);
+    if (relaying()) {
+      // Anything the node sent after its tagged reply belongs to the client.
+      if (!data.empty()) writeClient(data);
+      return;
+    }
+  }
+}
+
+void ImapSession::parseBackendCaps(std::string_view text) {
+  b_have_caps_ = true;
+  auto has = [&](std::string_view cap) {
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t end = text.find_first_of(" ]", pos);
+      if (end == std::string_view::npos) end = text.size();
+      std::string_view tok = text.substr(pos, end - pos);
+      if (tok.size() == cap.size() && strncasecmp(tok.data(), cap.data(), cap.size()) == 0) return true;
+      pos = end + 1;
+    }
+    return false;
+  };
+  b_sasl_ir_ = has("SASL-IR");
+  b_auth_plain_ = has("AUTH=PLAIN");
+  b_literal_plus_ = has("LITERAL+");
+}
+
+void ImapSession::handleBackendLine(std::string_view line) {
+  switch (bstep_) {
+    case BackendStep::kGreeting: {
+      if (startsWithCi(line, "* BYE")) {
+        backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
+        return;
+      }
+      if (!startsWithCi(line, "* OK")) {
+        backendAttemptFailed(BackendFailure::kProtocol, "unexpected greeting");
+        return;
+      }
+      auto p = line.find("[CAPABILITY ");
+      if (p != std::string_view::npos) parseBackendCaps(line.substr(p + 12));
+      const conf::BackendConfig* b = currentBackend();
+      if (b && b->tls == conf::TlsMode::kStarttls) {
+        bstep_ = BackendStep::kStarttls;
+        writeBackend("S STARTTLS\r\n");
+        return;
+      }
+      if (!b_have_caps_) {
+        bstep_ = BackendStep::kCapability;
+        writeBackend("C CAPABILITY\r\n");
+        return;
+      }
+      sendBackendLogin();
+      return;
+    }
+    case BackendStep::kStarttls:
+      if (line.rfind("S ", 0) != 0) return;  // untagged lines
+      if (!startsWithCi(line, "S OK")) {
+        backendAttemptFailed(BackendFailure::kTls, "STARTTLS refused: " + std::string(line));
+        return;
+      }
+      if (!startBackendTls(currentBackend()->name))
+        backendAttemptFailed(BackendFailure::kTls, "cannot start TLS");
+      return;
+    case BackendStep::kCapability:
+      if (startsWithCi(line, "* CAPABILITY ")) {
+        parseBackendCaps(line.substr(13));
+        return;
+      }
+      if (line.rfind("C ", 0) != 0) return;
+      if (!startsWithCi(line, "C OK")) {
+        backendAttemptFailed(BackendFailure::kProtocol, "CAPABILITY failed");
+        return;
+      }
+      sendBackendLogin();
+      return;
+    case BackendStep::kLogin:
+      if (line.rfind("+", 0) == 0) {
+        // No SASL-IR after all: send the response now.
+        std::string plain;
+        plain.push_back('\0');
+        plain += user_;
+        plain.push_back('\0');
+        plain += password();
+        writeBackend(auth::base64Encode(plain) + "\r\n");
+        return;
+      }
+      if (line.rfind("L ", 0) != 0) return;  // untagged and ID's reply
+      if (startsWithCi(line, "L OK")) {
+        std::string reply = tag_ + std::string(line.substr(1)) + "\r\n";
+        std::string held;
+        held.swap(held_);
+        loginSucceeded(reply, held);
+        return;
+      }
+      if (startsWithCi(line, "L NO [UNAVAILABLE]") || startsWithCi(line, "L NO [SERVERBUG]")) {
+        backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
+        return;
+      }
+      backendLoginRejected(std::string(line));
+      return;
+  }
+}
+
+void ImapSession::sendBackendLogin() {
+  bstep_ = BackendStep::kLogin;
+  std::string out = "I ID (\"x-originating-ip\" \"" + client_ip_ + "\" \"x-originating-port\" \"" +
+                    std::to_string(client_port_) + "\" \"x-connected-ip\" \"" + local_ip_ +
+                    "\" \"x-connected-port\" \"" + std::to_string(local_port_) + "\" \"x-session-id\" \"" + id_ +
+                    "\")\r\n";
+  if (b_auth_plain_ || b_sasl_ir_) {
+    std::string plain;
+    plain.push_back('\0');
+    plain += user_;
+    plain.push_back('\0');
+    plain += password();
+    if (b_sasl_ir_)
+      out += "L AUTHENTICATE PLAIN " + auth::base64Encode(plain) + "\r\n";
+    else
+      out += "L AUTHENTICATE PLAIN\r\n";
+  } else {
+    std::string u, p;
+    if (!quote(user_, &u) || !quote(password(), &p)) {
+      backendAttemptFailed(BackendFailure::kProtocol, "credentials cannot be sent with LOGIN");
+      return;
+    }
+    out += "L LOGIN " + u + " " + p + "\r\n";
+  }
+  writeBackend(out);
+}
+
+}  // namespace mailgate::session

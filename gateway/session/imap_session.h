@@ -1,0 +1,59 @@
+#pragma once
+// IMAP front end: speaks IMAP itself until the login succeeds (CAPABILITY, NOOP,
+// LOGOUT, STARTTLS, LOGIN, AUTHENTICATE PLAIN/LOGIN with SASL-IR, ID), logs in to the
+// storage node by replaying the credentials (after an ID carrying the client's
+// address), answers the client's login with the node's tagged reply, then relays.
+#include <string>
+
+#include "gateway/codec/imap_command.h"
+#include "gateway/session/login_session.h"
+
+namespace mailgate::session {
+
+class ImapSession final : public LoginSession {
+ public:
+  ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+              std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
+  void start() override;
+
+ private:
+  enum class Sasl { kNone, kPlain, kLoginUser, kLoginPass };
+  enum class BackendStep { kGreeting, kStarttls, kCapability, kLogin };
+
+  void onClientData(std::string_view plain) override;
+  void onBackendData(std::string_view plain) override;
+  void onClientTlsReady() override;
+  void onBackendTlsReady() override;
+  uint16_t backendPort(const conf::BackendConfig& b) const override { return b.ports.imap; }
+  void replyAuthFailed() override;
+  void replyTempFail(const std::string& why) override;
+  void beginBackendHandshake() override;
+  void onPreauthTimeout() override;
+  void resumeClientInput() override;
+
+  void sendGreeting();
+  std::string capabilities() const;
+  bool plaintextAllowed() const;
+  void handleCommand();
+  void handleSaslLine(std::string_view line);
+  void authenticateWith(std::string_view mech, const codec::ImapArg* initial);
+  void tagged(std::string_view text);
+  void badCommand(std::string_view tag, std::string_view text);
+  void handleBackendLine(std::string_view line);
+  void parseBackendCaps(std::string_view text);
+  void sendBackendLogin();
+
+  codec::ImapCommandParser parser_;
+  bool tls_pending_ = false;  // STARTTLS answered, handshake running
+  std::string held_;          // client bytes received while the login is in progress
+  std::string tag_;           // tag of the LOGIN/AUTHENTICATE in progress
+  Sasl sasl_ = Sasl::kNone;
+  std::string sasl_user_;
+  unsigned bad_commands_ = 0;
+  // backend handshake
+  BackendStep bstep_ = BackendStep::kGreeting;
+  std::string bline_;
+  bool b_sasl_ir_ = false, b_auth_plain_ = false, b_literal_plus_ = false, b_have_caps_ = false;
+};
+
+}  // namespace mailgate::session

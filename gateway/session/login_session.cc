@@ -1,0 +1,197 @@
+#include "gateway/session/login_session.h"
+
+#include "gateway/core/log.h"
+#include "gateway/session/reactor.h"
+
+namespace mailgate::session {
+
+namespace {
+log::RateLimit g_auth_log(50);
+}
+
+void LoginSession::armPreauthTimer() { setTimer(now() + static_cast<uint64_t>(listener_.preauth_timeout.count())); }
+
+void LoginSession::beginLogin(std::string user, std::string password) {
+  user_ = std::move(user);
+  password_ = std::move(password);
+  phase_ = LoginPhase::kDirectory;
+  clearTimer();
+  pauseClient(true);
+  auto rt = rt_;
+  std::string u = user_, p = password_;
+  uint32_t slot = this->slot(), gen = this->gen();
+  Reactor* reactor = &reactor_;
+  conf::Protocol proto = listener_.protocol;
+  bool queued = reactor_.workers().submit([rt, u, p, slot, gen, reactor, proto] {
+    auth::AuthResult r = rt->directory->authenticate(u, p);
+    std::vector<Candidate> cands;
+    if (r.verdict == auth::Verdict::kOk) {
+      routing::Route route = rt->router->route(r.user.empty() ? u : r.user);
+      for (routing::Backend* b : {route.primary, route.secondary}) {
+        if (!b || !b->config) continue;
+        const conf::BackendConfig& bc = *b->config;
+        uint16_t port = proto == conf::Protocol::kImap ? bc.ports.imap : bc.ports.pop3;
+        if (port == 0) continue;
+        Candidate c;
+        c.backend = &bc;
+        c.up = b->up.load();
+        auto addr = io::resolveAddress(bc.host, port);
+        if (addr)
+          c.addr = addr.value();
+        else
+          c.error = addr.error();
+        cands.push_back(std::move(c));
+      }
+      // Healthy nodes first, keeping primary-before-secondary among equals.
+      std::stable_partition(cands.begin(), cands.end(), [](const Candidate& c) { return c.up; });
+    }
+    reactor->postToSession(slot, gen, [r = std::move(r), cands = std::move(cands)](Session& s) mutable {
+      static_cast<LoginSession&>(s).onDirectoryAnswer(std::move(r), std::move(cands));
+    });
+  });
+  if (!queued) fail(false, "worker queue full");
+}
+
+void LoginSession::onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates) {
+  if (phase_ != LoginPhase::kDirectory) return;
+  switch (result.verdict) {
+    case auth::Verdict::kOk:
+      if (!result.user.empty()) user_ = result.user;
+      candidates_ = std::move(candidates);
+      next_candidate_ = 0;
+      if (candidates_.empty()) {
+        fail(false, "no route for user");
+        return;
+      }
+      phase_ = LoginPhase::kBackend;
+      tryNextCandidate();
+      return;
+    case auth::Verdict::kBadPassword:
+      fail(true, "bad password");
+      return;
+    case auth::Verdict::kUnknownUser:
+      fail(true, "unknown user");
+      return;
+    case auth::Verdict::kTempFail:
+      fail(false, "directory unavailable");
+      return;
+  }
+}
+
+void LoginSession::tryNextCandidate() {
+  while (next_candidate_ < candidates_.size()) {
+    const Candidate& c = candidates_[next_candidate_++];
+    attempt_++;
+    current_ = c.backend;
+    backend_name_ = c.backend->name;
+    if (!c.error.empty()) {
+      log::warn("backend unresolvable", {{"session", id_}, {"backend", c.backend->name}, {"error", c.error}});
+      continue;
+    }
+    // The whole handshake (connect, greeting, TLS, login) is bounded.
+    setTimer(now() + 2 * static_cast<uint64_t>(c.backend->connect_timeout.count()));
+    connectBackend(c.addr, c.backend->connect_timeout);
+    return;
+  }
+  fail(false, "all backends unavailable");
+}
+
+void LoginSession::onBackendConnected() {
+  if (current_ && current_->tls == conf::TlsMode::kImplicit) {
+    if (!startBackendTls(current_->name)) backendAttemptFailed(BackendFailure::kTls, "cannot start TLS");
+    return;  // onBackendTlsReady continues
+  }
+  beginBackendHandshake();
+}
+
+void LoginSession::onBackendTlsReady() {
+  if (current_ && current_->tls == conf::TlsMode::kImplicit) beginBackendHandshake();
+}
+
+void LoginSession::onBackendFailed(BackendFailure why, const std::string& detail) {
+  backendAttemptFailed(why, detail);
+}
+
+void LoginSession::backendAttemptFailed(BackendFailure why, const std::string& detail) {
+  if (phase_ != LoginPhase::kBackend) return;
+  log::warn("backend attempt failed", {{"session", id_},
+                                       {"backend", current_ ? current_->name : ""},
+                                       {"class", failureName(why)},
+                                       {"detail", detail}});
+  dropBackend();
+  switch (why) {
+    case BackendFailure::kAuthRejected:
+      fail(true, "backend rejected login");
+      return;
+    case BackendFailure::kConnect:
+    case BackendFailure::kTimeout:
+    case BackendFailure::kProtocol:
+    case BackendFailure::kTls:
+    case BackendFailure::kTempRefusal:
+    case BackendFailure::kInternal:
+      tryNextCandidate();
+      return;
+  }
+}
+
+void LoginSession::backendLoginRejected(const std::string& detail) {
+  backendAttemptFailed(BackendFailure::kAuthRejected, detail);
+}
+
+void LoginSession::loginSucceeded(std::string_view to_client, std::string_view to_backend) {
+  phase_ = LoginPhase::kRelay;
+  password_.assign(password_.size(), '\0');
+  password_.clear();
+  password_.shrink_to_fit();
+  log::info("login", {{"session", id_}, {"user", user_}, {"backend", backend_name_}, {"client", client_ip_}});
+  startRelay(to_client, to_backend);
+}
+
+void LoginSession::fail(bool auth_failure, const std::string& why) {
+  dropBackend();
+  if (g_auth_log.allow())
+    log::info(auth_failure ? "authentication failed" : "login temporarily failed",
+              {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"reason", why}});
+  password_.clear();
+  if (auth_failure) {
+    auth_failures_++;
+    phase_ = LoginPhase::kDelay;
+    delay_is_auth_failure_ = true;
+    setTimer(now() + static_cast<uint64_t>(rt_->config->directory.file.failure_delay.count()));
+    return;
+  }
+  phase_ = LoginPhase::kIdle;
+  backend_name_.clear();
+  replyTempFail(why);
+  if (closing()) return;
+  armPreauthTimer();
+  pauseClient(false);
+  resumeClientInput();
+}
+
+void LoginSession::onTimer() {
+  switch (phase_) {
+    case LoginPhase::kDelay:
+      phase_ = LoginPhase::kIdle;
+      backend_name_.clear();
+      replyAuthFailed();
+      if (closing()) return;
+      armPreauthTimer();
+      pauseClient(false);
+      resumeClientInput();
+      return;
+    case LoginPhase::kBackend:
+      backendAttemptFailed(BackendFailure::kTimeout, "backend handshake timeout");
+      return;
+    case LoginPhase::kDirectory:
+      setTimer(now() + 1000);  // the worker answers eventually; the client waits
+      return;
+    case LoginPhase::kIdle:
+      onPreauthTimeout();
+      return;
+    case LoginPhase::kRelay:
+      return;
+  }
+}
+
+}  // namespace mailgate::session

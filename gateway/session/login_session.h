@@ -1,0 +1,73 @@
+#pragma once
+// What IMAP and POP3 share after the client has given credentials: the directory
+// lookup on the worker pool, the failure delay, the choice of storage node
+// (primary, then secondary; healthy ones first) and failover between attempts.
+// The protocol subclass speaks to the client and runs the backend handshake.
+#include <string>
+#include <vector>
+
+#include "auth/directory.h"
+#include "gateway/session/session.h"
+
+namespace mailgate::session {
+
+struct Candidate {
+  const conf::BackendConfig* backend = nullptr;
+  io::SockAddr addr;
+  std::string error;  // resolution failed
+  bool up = true;
+};
+
+class LoginSession : public Session {
+ public:
+  using Session::Session;
+  // Answer from the worker pool.
+  void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);
+
+ protected:
+  enum class LoginPhase { kIdle, kDirectory, kDelay, kBackend, kRelay };
+
+  // Starts the login: directory, then backend. The client's further input is held.
+  void beginLogin(std::string user, std::string password);
+  // The backend handshake failed for this class of reason: try the next node or give up.
+  void backendAttemptFailed(BackendFailure why, const std::string& detail);
+  // The backend refused the credentials: report an authentication failure.
+  void backendLoginRejected(const std::string& detail);
+  // The backend accepted: bytes now flow.
+  void loginSucceeded(std::string_view to_client, std::string_view to_backend);
+  LoginPhase loginPhase() const { return phase_; }
+  const std::string& password() const { return password_; }
+  const conf::BackendConfig* currentBackend() const { return current_; }
+  unsigned authFailures() const { return auth_failures_; }
+  unsigned attempt() const { return attempt_; }  // changes with every backend attempt
+
+  // --- protocol hooks ---
+  virtual uint16_t backendPort(const conf::BackendConfig& b) const = 0;
+  virtual void replyAuthFailed() = 0;                   // after the failure delay
+  virtual void replyTempFail(const std::string& why) = 0;  // directory or every node unavailable
+  virtual void beginBackendHandshake() = 0;             // TCP (and implicit TLS) is up
+  virtual void onPreauthTimeout() = 0;
+  virtual void resumeClientInput() = 0;                 // back to pre-auth: parse what was held
+
+  void onBackendConnected() final;
+  void onBackendTlsReady() override;
+  void onBackendFailed(BackendFailure why, const std::string& detail) final;
+  void onTimer() final;
+  void armPreauthTimer();
+
+ private:
+  void tryNextCandidate();
+  void fail(bool auth_failure, const std::string& why);
+
+  LoginPhase phase_ = LoginPhase::kIdle;
+  std::string password_;
+  std::vector<Candidate> candidates_;
+  size_t next_candidate_ = 0;
+  const conf::BackendConfig* current_ = nullptr;
+  unsigned auth_failures_ = 0;
+  unsigned attempt_ = 0;
+  bool delay_is_auth_failure_ = false;
+  std::string delay_reason_;
+};
+
+}  // namespace mailgate::session

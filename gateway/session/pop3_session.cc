@@ -1,0 +1,416 @@
+#include "gateway/session/pop3_session.h"
+
+#include <strings.h>
+
+#include "auth/sasl.h"
+#include "gateway/core/log.h"
+#include "gateway/session/reactor.h"
+
+namespace mailgate::session {
+
+namespace {
+constexpr size_t kMaxHeld = 16 * 1024;
+constexpr size_t kMaxBackendLine = 16 * 1024;
+log::RateLimit g_proto_log(20);
+
+codec::Pop3Limits limitsFor(const conf::ListenerConfig& l) {
+  codec::Pop3Limits lim;
+  lim.max_line = l.max_line ? l.max_line : 512;
+  return lim;
+}
+
+bool startsWithCi(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && strncasecmp(s.data(), prefix.data(), prefix.size()) == 0;
+}
+
+bool isMech(std::string_view v, std::string_view m) {
+  return v.size() == m.size() && strncasecmp(v.data(), m.data(), m.size()) == 0;
+}
+}  // namespace
+
+Pop3Session::Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+                         std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
+    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(limitsFor(listener)) {}
+
+void Pop3Session::start() {
+  armPreauthTimer();
+  if (listener_.tls == conf::TlsMode::kImplicit) {
+    if (!startClientTls()) {
+      close("tls_unavailable");
+      return;
+    }
+    tls_pending_ = true;
+    pauseClient(false);
+    return;
+  }
+  writeClient("+OK mailgate ready.\r\n");
+  pauseClient(false);
+}
+
+bool Pop3Session::plaintextAllowed() const { return clientTlsActive() || listener_.allow_plaintext_auth; }
+
+void Pop3Session::onClientTlsReady() {
+  tls_pending_ = false;
+  armPreauthTimer();
+  if (listener_.tls == conf::TlsMode::kImplicit) writeClient("+OK mailgate ready.\r\n");
+}
+
+void Pop3Session::badCommand(std::string_view text) {
+  bad_commands_++;
+  if (g_proto_log.allow()) log::info("pop3 protocol error", {{"session", id_}, {"client", client_ip_}, {"error", text}});
+  if (bad_commands_ >= listener_.max_bad_commands) {
+    writeClient("-ERR Too many invalid commands.\r\n");
+    closeAfterFlush("too_many_errors");
+    return;
+  }
+  writeClient("-ERR " + std::string(text) + "\r\n");
+}
+
+void Pop3Session::onClientData(std::string_view data) {
+  if (tls_pending_) return;
+  if (loginPhase() != LoginPhase::kIdle) {
+    if (held_.size() + data.size() > kMaxHeld) {
+      writeClient("-ERR Too much data before login completed.\r\n");
+      closeAfterFlush("protocol_error");
+      return;
+    }
+    held_.append(data);
+    return;
+  }
+  armPreauthTimer();
+  while (!data.empty() && !closing()) {
+    codec::Pop3Feed r = parser_.feed(data);
+    data.remove_prefix(r.consumed);
+    switch (r.status) {
+      case codec::Pop3Status::kNeedMore:
+        if (r.consumed == 0) data = {};
+        break;
+      case codec::Pop3Status::kSaslLine:
+        handleSaslLine(parser_.saslLine());
+        break;
+      case codec::Pop3Status::kCommand:
+        handleCommand();
+        break;
+      case codec::Pop3Status::kError:
+        sasl_ = Sasl::kNone;
+        badCommand(parser_.errorText());
+        break;
+      case codec::Pop3Status::kFatal:
+        writeClient("-ERR " + std::string(parser_.errorText()) + "\r\n");
+        closeAfterFlush("protocol_error");
+        return;
+    }
+    if (tls_pending_) {
+      if (!data.empty() || parser_.hasPending())
+        log::warn("pipelined data after STLS discarded", {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
+      parser_.reset();
+      return;
+    }
+    if (loginPhase() != LoginPhase::kIdle) {
+      held_.append(data);
+      return;
+    }
+  }
+}
+
+void Pop3Session::resumeClientInput() {
+  if (held_.empty()) return;
+  std::string h;
+  h.swap(held_);
+  onClientData(h);
+}
+
+void Pop3Session::handleCommand() {
+  const codec::Pop3Command& c = parser_.command();
+  switch (c.verb) {
+    case codec::Pop3Verb::kCapa: {
+      std::string caps = "+OK\r\nCAPA\r\n";
+      if (plaintextAllowed()) caps += "USER\r\nSASL PLAIN LOGIN\r\n";
+      if (listener_.tls == conf::TlsMode::kStarttls && !clientTlsStarted()) caps += "STLS\r\n";
+      caps += "RESP-CODES\r\nAUTH-RESP-CODE\r\nIMPLEMENTATION mailgate\r\n.\r\n";
+      writeClient(caps);
+      return;
+    }
+    case codec::Pop3Verb::kStls:
+      if (listener_.tls != conf::TlsMode::kStarttls || clientTlsStarted()) {
+        writeClient(clientTlsStarted() ? "-ERR TLS is already active.\r\n" : "-ERR STLS is not available.\r\n");
+        return;
+      }
+      writeClient("+OK Begin TLS negotiation now.\r\n");
+      if (!startClientTls()) {
+        closeAfterFlush("tls_unavailable");
+        return;
+      }
+      tls_pending_ = true;
+      return;
+    case codec::Pop3Verb::kUser:
+      if (!plaintextAllowed()) {
+        writeClient("-ERR [AUTH] Plaintext authentication disallowed without TLS.\r\n");
+        return;
+      }
+      if (c.argc != 1) {
+        badCommand("Invalid arguments.");
+        return;
+      }
+      user_arg_.assign(c.args[0]);
+      writeClient("+OK\r\n");
+      return;
+    case codec::Pop3Verb::kPass:
+      if (!plaintextAllowed()) {
+        writeClient("-ERR [AUTH] Plaintext authentication disallowed without TLS.\r\n");
+        return;
+      }
+      if (user_arg_.empty()) {
+        writeClient("-ERR No username given.\r\n");
+        return;
+      }
+      if (c.argc != 1) {
+        badCommand("Invalid arguments.");
+        return;
+      }
+      beginLogin(std::move(user_arg_), std::string(c.args[0]));
+      user_arg_.clear();
+      return;
+    case codec::Pop3Verb::kAuth:
+      if (c.argc == 0) {
+        writeClient("+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n");
+        return;
+      }
+      if (!plaintextAllowed()) {
+        writeClient("-ERR [AUTH] Plaintext authentication disallowed without TLS.\r\n");
+        return;
+      }
+      if (isMech(c.args[0], "PLAIN")) {
+        sasl_ = Sasl::kPlain;
+      } else if (isMech(c.args[0], "LOGIN")) {
+        sasl_ = Sasl::kLoginUser;
+      } else {
+        writeClient("-ERR Unsupported authentication mechanism.\r\n");
+        return;
+      }
+      if (c.argc >= 2) {
+        std::string_view ir = c.args[1];
+        if (ir == "=") ir = {};
+        handleSaslLine(ir);
+        return;
+      }
+      parser_.expectSaslLine();
+      writeClient(sasl_ == Sasl::kPlain ? "+ \r\n" : "+ " + std::string(auth::kLoginUsernamePrompt) + "\r\n");
+      return;
+    case codec::Pop3Verb::kQuit:
+      writeClient("+OK Logging out.\r\n");
+      closeAfterFlush("logout");
+      return;
+    case codec::Pop3Verb::kNoop:
+    case codec::Pop3Verb::kOther:
+      badCommand("Command not allowed before authentication.");
+      return;
+    case codec::Pop3Verb::kUnknown:
+      badCommand("Unknown command.");
+      return;
+  }
+}
+
+void Pop3Session::handleSaslLine(std::string_view line) {
+  if (line == "*") {
+    sasl_ = Sasl::kNone;
+    writeClient("-ERR Authentication aborted by client.\r\n");
+    return;
+  }
+  switch (sasl_) {
+    case Sasl::kNone:
+      badCommand("Unexpected continuation.");
+      return;
+    case Sasl::kPlain: {
+      sasl_ = Sasl::kNone;
+      auto raw = auth::base64Decode(line);
+      if (!raw) {
+        writeClient("-ERR Invalid base64 data.\r\n");
+        return;
+      }
+      auto creds = auth::decodePlain(raw.value());
+      if (!creds) {
+        writeClient("-ERR [AUTH] Authentication failed.\r\n");
+        return;
+      }
+      beginLogin(std::move(creds->authcid), std::move(creds->password));
+      return;
+    }
+    case Sasl::kLoginUser: {
+      auto u = auth::decodeLoginResponse(line);
+      if (!u) {
+        sasl_ = Sasl::kNone;
+        writeClient("-ERR Invalid base64 data.\r\n");
+        return;
+      }
+      sasl_user_ = std::move(u.value());
+      sasl_ = Sasl::kLoginPass;
+      parser_.expectSaslLine();
+      writeClient("+ " + std::string(auth::kLoginPasswordPrompt) + "\r\n");
+      return;
+    }
+    case Sasl::kLoginPass: {
+      sasl_ = Sasl::kNone;
+      auto p = auth::decodeLoginResponse(line);
+      if (!p) {
+        writeClient("-ERR Invalid base64 data.\r\n");
+        return;
+      }
+      beginLogin(std::move(sasl_user_), std::move(p.value()));
+      sasl_user_.clear();
+      return;
+    }
+  }
+}
+
+void Pop3Session::replyAuthFailed() {
+  if (authFailures() >= listener_.max_auth_attempts) {
+    writeClient("-ERR [AUTH] Authentication failed.\r\n");
+    closeAfterFlush("auth_failed");
+    return;
+  }
+  writeClient("-ERR [AUTH] Authentication failed.\r\n");
+}
+
+void Pop3Session::replyTempFail(const std::string& /*why*/) {
+  writeClient("-ERR [SYS/TEMP] Backend unavailable, try again later.\r\n");
+}
+
+void Pop3Session::onPreauthTimeout() {
+  writeClient("-ERR Disconnected for inactivity.\r\n");
+  closeAfterFlush("timeout");
+}
+
+// ---- backend side ----
+
+void Pop3Session::beginBackendHandshake() {
+  bstep_ = BackendStep::kGreeting;
+  bline_.clear();
+  b_xclient_ = false;
+  b_stls_done_ = false;
+}
+
+void Pop3Session::onBackendTlsReady() {
+  const conf::BackendConfig* b = currentBackend();
+  if (!b) return;
+  if (b->tls == conf::TlsMode::kImplicit) {
+    beginBackendHandshake();
+    return;
+  }
+  b_stls_done_ = true;
+  bstep_ = BackendStep::kCapa;
+  b_xclient_ = false;
+  writeBackend("CAPA\r\n");
+}
+
+void Pop3Session::onBackendData(std::string_view data) {
+  const unsigned attempt = this->attempt();
+  while (!data.empty()) {
+    if (loginPhase() != LoginPhase::kBackend || attempt != this->attempt()) return;
+    size_t nl = data.find('\n');
+    if (nl == std::string_view::npos) {
+      bline_.append(data);
+      if (bline_.size() > kMaxBackendLine) backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
+      return;
+    }
+    bline_.append(data.substr(0, nl + 1));
+    data.remove_prefix(nl + 1);
+    std::string line;
+    line.swap(bline_);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    handleBackendLine(line);
+    if (relaying()) {
+      if (!data.empty()) writeClient(data);
+      return;
+    }
+  }
+}
+
+void Pop3Session::afterCapa() {
+  const conf::BackendConfig* b = currentBackend();
+  if (b && b->tls == conf::TlsMode::kStarttls && !b_stls_done_) {
+    bstep_ = BackendStep::kStls;
+    writeBackend("STLS\r\n");
+    return;
+  }
+  if (b_xclient_) {
+    bstep_ = BackendStep::kXclient;
+    writeBackend("XCLIENT ADDR=" + client_ip_ + " PORT=" + std::to_string(client_port_) + " SESSION=" + id_ + "\r\n");
+    return;
+  }
+  sendBackendAuth();
+}
+
+void Pop3Session::sendBackendAuth() {
+  bstep_ = BackendStep::kAuth;
+  std::string plain;
+  plain.push_back('\0');
+  plain += user_;
+  plain.push_back('\0');
+  plain += password();
+  writeBackend("AUTH PLAIN " + auth::base64Encode(plain) + "\r\n");
+}
+
+void Pop3Session::handleBackendLine(std::string_view line) {
+  switch (bstep_) {
+    case BackendStep::kGreeting:
+      if (!startsWithCi(line, "+OK")) {
+        backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
+        return;
+      }
+      bstep_ = BackendStep::kCapa;
+      writeBackend("CAPA\r\n");
+      return;
+    case BackendStep::kCapa:
+      if (line == ".") {
+        afterCapa();
+        return;
+      }
+      if (startsWithCi(line, "-ERR")) {
+        afterCapa();
+        return;
+      }
+      if (startsWithCi(line, "XCLIENT")) b_xclient_ = true;
+      return;
+    case BackendStep::kStls:
+      if (!startsWithCi(line, "+OK")) {
+        backendAttemptFailed(BackendFailure::kTls, "STLS refused: " + std::string(line));
+        return;
+      }
+      if (!startBackendTls(currentBackend()->name)) backendAttemptFailed(BackendFailure::kTls, "cannot start TLS");
+      return;
+    case BackendStep::kXclient:
+      // Dovecot answers XCLIENT with +OK (and nothing else); a refusal is not fatal.
+      sendBackendAuth();
+      return;
+    case BackendStep::kAuth:
+    case BackendStep::kAuthResponse:
+      if (line.rfind("+ ", 0) == 0 || line == "+") {
+        // No initial-response support: answer the empty challenge.
+        std::string plain;
+        plain.push_back('\0');
+        plain += user_;
+        plain.push_back('\0');
+        plain += password();
+        bstep_ = BackendStep::kAuthResponse;
+        writeBackend(auth::base64Encode(plain) + "\r\n");
+        return;
+      }
+      if (startsWithCi(line, "+OK")) {
+        std::string reply(line);
+        reply += "\r\n";
+        std::string held;
+        held.swap(held_);
+        loginSucceeded(reply, held);
+        return;
+      }
+      if (startsWithCi(line, "-ERR [SYS/TEMP]") || startsWithCi(line, "-ERR [IN-USE]")) {
+        backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
+        return;
+      }
+      backendLoginRejected(std::string(line));
+      return;
+  }
+}
+
+}  // namespace mailgate::session

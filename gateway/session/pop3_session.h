@@ -1,0 +1,53 @@
+#pragma once
+// POP3 front end: CAPA, STLS, USER/PASS, AUTH PLAIN/LOGIN, QUIT in the
+// AUTHORIZATION state; then CAPA/XCLIENT/AUTH PLAIN towards the storage node, the
+// node's +OK to the client, and the relay.
+#include <string>
+
+#include "gateway/codec/pop3_command.h"
+#include "gateway/session/login_session.h"
+
+namespace mailgate::session {
+
+class Pop3Session final : public LoginSession {
+ public:
+  Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+              std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
+  void start() override;
+
+ private:
+  enum class Sasl { kNone, kPlain, kLoginUser, kLoginPass };
+  enum class BackendStep { kGreeting, kCapa, kStls, kXclient, kAuth, kAuthResponse };
+
+  void onClientData(std::string_view plain) override;
+  void onBackendData(std::string_view plain) override;
+  void onClientTlsReady() override;
+  void onBackendTlsReady() override;
+  uint16_t backendPort(const conf::BackendConfig& b) const override { return b.ports.pop3; }
+  void replyAuthFailed() override;
+  void replyTempFail(const std::string& why) override;
+  void beginBackendHandshake() override;
+  void onPreauthTimeout() override;
+  void resumeClientInput() override;
+
+  bool plaintextAllowed() const;
+  void handleCommand();
+  void handleSaslLine(std::string_view line);
+  void badCommand(std::string_view text);
+  void handleBackendLine(std::string_view line);
+  void afterCapa();
+  void sendBackendAuth();
+
+  codec::Pop3CommandParser parser_;
+  bool tls_pending_ = false;
+  std::string held_;
+  std::string user_arg_;  // from USER
+  Sasl sasl_ = Sasl::kNone;
+  std::string sasl_user_;
+  unsigned bad_commands_ = 0;
+  BackendStep bstep_ = BackendStep::kGreeting;
+  std::string bline_;
+  bool b_xclient_ = false, b_stls_done_ = false;
+};
+
+}  // namespace mailgate::session

@@ -1,0 +1,92 @@
+#pragma once
+// One reactor per thread: its own io_uring, its own SO_REUSEPORT listening sockets,
+// its own sessions. A session lives and dies on one reactor.
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gateway/core/result.h"
+#include "gateway/io/listener.h"
+#include "gateway/io/ring.h"
+#include "gateway/io/tag.h"
+#include "gateway/io/worker_pool.h"
+
+namespace mailgate::session {
+
+class Session;
+
+struct ListenSocket {
+  std::string listener;  // listener name
+  int fd = -1;
+  bool armed = false;
+};
+
+struct ReactorStats {
+  uint64_t accepted = 0;
+  uint64_t accept_errors = 0;
+  uint64_t stale_completions = 0;
+  uint64_t late_worker_answers = 0;
+  uint64_t recv_nobufs = 0;
+};
+
+class Reactor {
+ public:
+  Reactor(unsigned index, io::WorkerPool& workers);
+  ~Reactor();
+
+  // Sets up the ring and opens one listening socket per listener address.
+  Result<bool> init(const std::vector<std::pair<std::string, io::SockAddr>>& listen);
+  void run();  // the thread body; returns when stopped and every session is gone
+  // Thread-safe: stop accepting; sessions get `grace` to finish.
+  void requestStop(std::chrono::milliseconds grace);
+
+  io::Ring& ring() { return ring_; }
+  io::WorkerPool& workers() { return workers_; }
+  // Thread-safe: runs fn on this reactor's thread.
+  void post(std::function<void()> fn) { mailbox_.post(std::move(fn)); }
+  // For answers from workers: fn runs only if the session is still the same one.
+  void postToSession(uint32_t slot, uint32_t gen, std::function<void(Session&)> fn);
+  // The session asks to be freed once it has nothing in flight.
+  void retire(Session* s);
+  unsigned index() const { return index_; }
+  uint64_t nowMs() const { return now_ms_; }
+  std::string newSessionId();
+  ReactorStats stats;
+  size_t sessionCount() const { return live_; }
+
+ private:
+  void armAccept(size_t i);
+  void armTick();
+  void armWake();
+  void onAccept(size_t i, int res, uint32_t flags);
+  void onTick();
+  void dispatch(io_uring_cqe* cqe);
+  void reap();
+  void updateClock();
+
+  unsigned index_;
+  io::WorkerPool& workers_;
+  io::Ring ring_;
+  io::Mailbox mailbox_;
+  std::vector<ListenSocket> listen_;
+  std::vector<Session*> slots_;
+  std::vector<uint32_t> gens_;
+  std::vector<uint32_t> free_;
+  std::vector<Session*> retired_;
+  size_t live_ = 0;
+  uint64_t now_ms_ = 0;
+  uint64_t sid_counter_ = 0;
+  uint64_t sid_base_ = 0;
+  __kernel_timespec tick_ts_{};
+  bool stopping_ = false;
+  uint64_t stop_deadline_ = 0;
+  bool accept_rearm_needed_ = false;
+};
+
+}  // namespace mailgate::session

@@ -1,0 +1,37 @@
+#pragma once
+// The running configuration: an immutable snapshot of everything compiled from one
+// config file (TLS contexts, directory, routes, health checker). Sessions hold the
+// snapshot they started with; SIGHUP builds a new one and swaps it whole.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "auth/directory.h"
+#include "conf/config.h"
+#include "gateway/core/result.h"
+#include "gateway/tls/tls_context.h"
+#include "routing/router.h"
+
+namespace mailgate::session {
+
+struct Runtime {
+  std::shared_ptr<const conf::Config> config;
+  std::shared_ptr<tls::ServerTls> server_tls;                                  // null without certificates
+  std::unordered_map<std::string, std::shared_ptr<tls::ClientTls>> backend_tls;  // by backend name
+  std::shared_ptr<auth::Directory> directory;
+  std::unique_ptr<routing::Router> router;
+  std::unique_ptr<routing::HealthChecker> health;
+
+  ~Runtime();
+  const conf::ListenerConfig* listener(const std::string& name) const;
+  // Builds everything; errors name the file/section at fault.
+  static Result<std::shared_ptr<Runtime>> build(std::shared_ptr<const conf::Config> config);
+};
+
+// The process-wide current snapshot (reactors read it at accept time).
+std::shared_ptr<Runtime> currentRuntime();
+void publishRuntime(std::shared_ptr<Runtime> rt);
+
+}  // namespace mailgate::session

@@ -1,0 +1,515 @@
+#include "gateway/session/session.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "gateway/core/log.h"
+#include "gateway/session/reactor.h"
+
+namespace mailgate::session {
+
+const char* failureName(BackendFailure f) {
+  switch (f) {
+    case BackendFailure::kConnect: return "connect";
+    case BackendFailure::kTimeout: return "timeout";
+    case BackendFailure::kProtocol: return "protocol";
+    case BackendFailure::kTls: return "tls";
+    case BackendFailure::kTempRefusal: return "temporary_refusal";
+    case BackendFailure::kAuthRejected: return "auth_rejected";
+    case BackendFailure::kInternal: return "internal";
+  }
+  return "?";
+}
+
+namespace {
+void setNoDelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+}  // namespace
+
+Session::Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+                 std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
+    : reactor_(reactor), rt_(std::move(rt)), listener_(listener), slot_(slot), gen_(gen) {
+  client_.fd = fd;
+  setNoDelay(fd);
+  client_ip_ = io::addressHost(peer);
+  client_port_ = io::addressPort(peer);
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+    local_ip_ = io::addressHost(local);
+    local_port_ = io::addressPort(local);
+  }
+  id_ = reactor_.newSessionId();
+  started_ms_ = reactor_.nowMs();
+  last_activity_ = started_ms_;
+}
+
+Session::~Session() = default;
+
+uint64_t Session::now() const { return reactor_.nowMs(); }
+
+uint8_t Session::auxOf(Side side, const Endpoint& e) const {
+  return static_cast<uint8_t>(static_cast<uint8_t>(side) | (e.incarnation << 1));
+}
+
+Endpoint* Session::endpointFor(uint8_t aux) {
+  if ((aux & 1) == 0) return &client_;
+  uint8_t inc = static_cast<uint8_t>(aux >> 1);
+  if (backend_ && backend_->incarnation == inc) return backend_.get();
+  for (auto& d : dead_backends_)
+    if (d->incarnation == inc) return d.get();
+  return nullptr;
+}
+
+void Session::armRecv(Side side, Endpoint& e) {
+  if (e.recv_armed || e.closing || e.fd < 0 || e.eof || e.paused) return;
+  io_uring_sqe* sqe = reactor_.ring().sqe();
+  io_uring_prep_recv_multishot(sqe, e.fd, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = io::Ring::kBufGroup;
+  io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kRecv, auxOf(side, e), slot_, gen_}.pack());
+  e.ops++;
+  e.recv_armed = true;
+}
+
+void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
+  Endpoint* e = endpointFor(aux);
+  if (!e) return;
+  Side side = (aux & 1) ? Side::kBackend : Side::kClient;
+  if (!(flags & IORING_CQE_F_MORE)) {
+    e->ops--;
+    e->recv_armed = false;
+  }
+  if (closing_ || e->closing) {
+    maybeRetireEndpoints();
+    return;
+  }
+  if (res == -ENOBUFS) {
+    reactor_.stats.recv_nobufs++;
+  } else if (res == -ECANCELED) {
+    // backpressure pause: re-armed when the peer drains
+  } else if (res < 0) {
+    endpointEof(side, *e, std::strerror(-res));
+    return;
+  } else if (res == 0) {
+    endpointEof(side, *e, "connection closed");
+    return;
+  } else {
+    e->bytes_in += static_cast<uint64_t>(res);
+    last_activity_ = now();
+    deliver(side, *e, std::string_view(data, static_cast<size_t>(res)));
+  }
+  if (closing_) return;
+  if (side == Side::kBackend && e != backend_.get()) return;
+  if (!e->recv_armed) armRecv(side, *e);
+}
+
+void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
+  if (!e.tls) {
+    handlePlain(side, bytes);
+    return;
+  }
+  tls::TlsStream& t = *e.tls;
+  t.feed(bytes);
+  if (!t.handshakeDone()) {
+    tls::TlsEvent ev = t.handshake();
+    flush(side, e);
+    if (ev == tls::TlsEvent::kError || ev == tls::TlsEvent::kClosed) {
+      if (side == Side::kClient) {
+        log::info("client TLS handshake failed", {{"session", id_}, {"error", t.lastError()}});
+        close("tls_error");
+      } else {
+        onBackendFailed(BackendFailure::kTls, t.lastError());
+      }
+      return;
+    }
+    if (ev == tls::TlsEvent::kWant) return;
+    if (side == Side::kClient) {
+      tls_version_ = t.version();
+      tls_cipher_ = t.cipher();
+      onClientTlsReady();
+    } else {
+      onBackendTlsReady();
+    }
+    if (closing_ || (side == Side::kBackend && backend_.get() != &e)) return;
+  }
+  std::string plain;
+  plain.swap(scratch_);
+  plain.clear();
+  tls::TlsEvent ev = t.read(&plain, 1 << 20);
+  flush(side, e);
+  if (!plain.empty()) handlePlain(side, plain);
+  plain.clear();
+  if (plain.capacity() <= 65536) scratch_.swap(plain);
+  if (closing_ || (side == Side::kBackend && backend_.get() != &e)) return;
+  if (ev == tls::TlsEvent::kClosed) {
+    endpointEof(side, e, "TLS close_notify");
+  } else if (ev == tls::TlsEvent::kError) {
+    endpointEof(side, e, "TLS error: " + t.lastError());
+  }
+}
+
+void Session::handlePlain(Side side, std::string_view plain) {
+  if (relaying_) {
+    if (side == Side::kClient)
+      writeBackend(plain);
+    else
+      writeClient(plain);
+    return;
+  }
+  if (side == Side::kClient)
+    onClientData(plain);
+  else
+    onBackendData(plain);
+}
+
+void Session::endpointEof(Side side, Endpoint& e, const std::string& why) {
+  e.eof = true;
+  if (side == Side::kClient) {
+    onClientClosed();
+    return;
+  }
+  if (relaying_) {
+    closeAfterFlush("backend_closed");
+    return;
+  }
+  onBackendFailed(BackendFailure::kProtocol, why);
+}
+
+void Session::writeClient(std::string_view plain) {
+  if (closing_ || client_.closing) return;
+  if (client_.tls) {
+    if (client_.tls->write(plain) != tls::TlsEvent::kOk) {
+      close("tls_error");
+      return;
+    }
+  } else {
+    client_.out_pending.append(plain);
+  }
+  flush(Side::kClient, client_);
+  updateBackpressure();
+}
+
+void Session::writeBackend(std::string_view plain) {
+  if (closing_ || !backend_ || backend_->closing) return;
+  Endpoint& e = *backend_;
+  if (e.tls) {
+    if (e.tls->write(plain) != tls::TlsEvent::kOk) {
+      if (relaying_)
+        close("backend_tls_error");
+      else
+        onBackendFailed(BackendFailure::kTls, e.tls->lastError());
+      return;
+    }
+  } else {
+    e.out_pending.append(plain);
+  }
+  flush(Side::kBackend, e);
+  updateBackpressure();
+}
+
+void Session::flush(Side side, Endpoint& e) {
+  if (e.tls) e.tls->takeOutput(&e.out_pending);
+  if (!e.send_inflight && !e.out_pending.empty() && !e.closing) submitSend(side, e);
+}
+
+void Session::submitSend(Side side, Endpoint& e) {
+  if (e.inflight_off >= e.out_inflight.size()) {
+    e.out_inflight.clear();
+    e.inflight_off = 0;
+    std::swap(e.out_inflight, e.out_pending);
+  }
+  io_uring_sqe* sqe = reactor_.ring().sqe();
+  io_uring_prep_send(sqe, e.fd, e.out_inflight.data() + e.inflight_off, e.out_inflight.size() - e.inflight_off,
+                     MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kSend, auxOf(side, e), slot_, gen_}.pack());
+  e.ops++;
+  e.send_inflight = true;
+}
+
+void Session::onSend(uint8_t aux, int res) {
+  Endpoint* e = endpointFor(aux);
+  if (!e) return;
+  Side side = (aux & 1) ? Side::kBackend : Side::kClient;
+  e->ops--;
+  e->send_inflight = false;
+  if (e->closing || (closing_ && !(close_after_flush_ && side == Side::kClient))) {
+    maybeRetireEndpoints();
+    return;
+  }
+  if (res < 0) {
+    if (side == Side::kClient) {
+      close("client_send_error");
+    } else if (relaying_) {
+      closeAfterFlush("backend_send_error");
+    } else {
+      onBackendFailed(BackendFailure::kConnect, std::strerror(-res));
+    }
+    return;
+  }
+  e->bytes_out += static_cast<uint64_t>(res);
+  e->inflight_off += static_cast<size_t>(res);
+  if (e->inflight_off < e->out_inflight.size()) {
+    submitSend(side, *e);  // short send: the rest
+    return;
+  }
+  e->out_inflight.clear();
+  e->inflight_off = 0;
+  if (e->out_inflight.capacity() > 65536) std::string().swap(e->out_inflight);
+  if (!e->out_pending.empty()) {
+    submitSend(side, *e);
+  } else if (e->out_pending.capacity() > 65536) {
+    std::string().swap(e->out_pending);
+  }
+  if (close_after_flush_ && side == Side::kClient) {
+    if (client_.queued() == 0 && !client_.send_inflight) {
+      close_after_flush_ = false;
+      closing_ = false;  // let close() run its course
+      close(outcome_ ? outcome_ : "closed");
+    }
+    return;
+  }
+  updateBackpressure();
+}
+
+void Session::updateBackpressure() {
+  if (closing_) return;
+  auto apply = [this](Side side, Endpoint& e, bool want_pause) {
+    if (want_pause == e.paused || e.closing) return;
+    e.paused = want_pause;
+    if (want_pause) {
+      if (e.recv_armed) {
+        io_uring_sqe* sqe = reactor_.ring().sqe();
+        io_uring_prep_cancel64(sqe, io::Tag{io::Op::kRecv, auxOf(side, e), slot_, gen_}.pack(), 0);
+        io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kCancel, auxOf(side, e), slot_, gen_}.pack());
+        e.ops++;
+      }
+    } else {
+      armRecv(side, e);
+    }
+  };
+  bool backend_full = backend_ && backend_->queued() > kHighWater;
+  bool backend_low = !backend_ || backend_->queued() < kLowWater;
+  bool client_full = client_.queued() > kHighWater;
+  bool client_low = client_.queued() < kLowWater;
+  if (backend_full || client_hold_)
+    apply(Side::kClient, client_, true);
+  else if (backend_low && !client_hold_)
+    apply(Side::kClient, client_, false);
+  if (backend_) {
+    if (client_full)
+      apply(Side::kBackend, *backend_, true);
+    else if (client_low)
+      apply(Side::kBackend, *backend_, false);
+  }
+}
+
+void Session::pauseClient(bool pause) {
+  client_hold_ = pause;
+  updateBackpressure();
+}
+
+void Session::onOtherCompletion(uint8_t aux) {
+  Endpoint* e = endpointFor(aux);
+  if (e) e->ops--;
+  maybeRetireEndpoints();
+}
+
+bool Session::startClientTls() {
+  if (!rt_->server_tls || client_.tls) return false;
+  SSL* ssl = rt_->server_tls->newSsl();
+  if (!ssl) return false;
+  client_.tls = std::make_unique<tls::TlsStream>(ssl);
+  return true;
+}
+
+bool Session::startBackendTls(const std::string& backend_name) {
+  if (!backend_) return false;
+  auto it = rt_->backend_tls.find(backend_name);
+  if (it == rt_->backend_tls.end()) return false;
+  SSL* ssl = it->second->newSsl();
+  if (!ssl) return false;
+  backend_->tls = std::make_unique<tls::TlsStream>(ssl);
+  tls::TlsEvent ev = backend_->tls->handshake();  // ClientHello
+  flush(Side::kBackend, *backend_);
+  return ev != tls::TlsEvent::kError;
+}
+
+void Session::connectBackend(const io::SockAddr& addr, std::chrono::milliseconds timeout) {
+  dropBackend();
+  backend_ = std::make_unique<Endpoint>();
+  Endpoint& e = *backend_;
+  next_incarnation_ = static_cast<uint8_t>((next_incarnation_ + 1) & 0x7f);
+  e.incarnation = next_incarnation_;
+  e.addr = addr;
+  e.fd = socket(addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (e.fd < 0) {
+    int err = errno;
+    backend_.reset();
+    onBackendFailed(BackendFailure::kInternal, std::string("socket: ") + std::strerror(err));
+    return;
+  }
+  setNoDelay(e.fd);
+  connect_ts_.tv_sec = timeout.count() / 1000;
+  connect_ts_.tv_nsec = (timeout.count() % 1000) * 1000000;
+  io_uring_sqe* sqe = reactor_.ring().sqe();
+  io_uring_prep_connect(sqe, e.fd, reinterpret_cast<const sockaddr*>(&e.addr.ss), e.addr.len);
+  sqe->flags |= IOSQE_IO_LINK;
+  io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kConnect, auxOf(Side::kBackend, e), slot_, gen_}.pack());
+  io_uring_sqe* to = reactor_.ring().sqe();
+  io_uring_prep_link_timeout(to, &connect_ts_, 0);
+  io_uring_sqe_set_data64(to, io::Tag{io::Op::kLinkTimeout, auxOf(Side::kBackend, e), slot_, gen_}.pack());
+  e.ops += 2;
+}
+
+void Session::onConnect(uint8_t aux, int res) {
+  Endpoint* e = endpointFor(aux);
+  if (!e) return;
+  e->ops--;
+  if (closing_ || e->closing || e != backend_.get()) {
+    maybeRetireEndpoints();
+    return;
+  }
+  if (res < 0) {
+    if (res == -ECANCELED)
+      onBackendFailed(BackendFailure::kTimeout, "connect timeout");
+    else
+      onBackendFailed(BackendFailure::kConnect, std::strerror(-res));
+    return;
+  }
+  armRecv(Side::kBackend, *e);
+  onBackendConnected();
+}
+
+void Session::cancelEndpoint(Side side, Endpoint& e) {
+  if (e.closing) return;
+  e.closing = true;
+  if (e.ops > 0 && e.fd >= 0) {
+    io_uring_sqe* sqe = reactor_.ring().sqe();
+    io_uring_prep_cancel_fd(sqe, e.fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kCancel, auxOf(side, e), slot_, gen_}.pack());
+    e.ops++;
+  }
+}
+
+void Session::dropBackend() {
+  if (!backend_) return;
+  cancelEndpoint(Side::kBackend, *backend_);
+  dead_backends_.push_back(std::move(backend_));
+  maybeRetireEndpoints();
+}
+
+void Session::maybeRetireEndpoints() {
+  for (size_t i = 0; i < dead_backends_.size();) {
+    Endpoint& d = *dead_backends_[i];
+    if (d.ops == 0) {
+      if (d.fd >= 0) ::close(d.fd);
+      dead_backends_.erase(dead_backends_.begin() + static_cast<long>(i));
+    } else {
+      i++;
+    }
+  }
+}
+
+void Session::startRelay(std::string_view to_client, std::string_view to_backend) {
+  relaying_ = true;
+  client_hold_ = false;
+  clearTimer();
+  last_activity_ = now();
+  if (!to_client.empty()) writeClient(to_client);
+  if (!to_backend.empty()) writeBackend(to_backend);
+  updateBackpressure();
+  armRecv(Side::kClient, client_);
+}
+
+void Session::close(const char* outcome) {
+  if (closing_) return;
+  closing_ = true;
+  close_after_flush_ = false;
+  if (!outcome_) outcome_ = outcome;
+  cancelEndpoint(Side::kClient, client_);
+  dropBackend();
+  reactor_.retire(this);
+}
+
+void Session::closeAfterFlush(const char* outcome) {
+  if (closing_) return;
+  if (!outcome_) outcome_ = outcome;
+  dropBackend();
+  if (client_.tls && client_.tls->handshakeDone()) {
+    client_.tls->shutdown();
+    flush(Side::kClient, client_);
+  }
+  if (client_.queued() == 0 && !client_.send_inflight) {
+    close(outcome_);
+    return;
+  }
+  client_hold_ = true;
+  updateBackpressure();
+  close_after_flush_ = true;
+  closing_ = true;  // no more protocol processing; onSend finishes the close
+  clearTimer();
+  // A client that never reads must not keep us forever.
+  setTimer(now() + 10000);
+}
+
+void Session::onTick(uint64_t now_ms) {
+  maybeRetireEndpoints();
+  if (close_after_flush_) {
+    if (timer_at_ && now_ms >= timer_at_) {
+      close_after_flush_ = false;
+      closing_ = false;
+      close(outcome_ ? outcome_ : "closed");
+    }
+    return;
+  }
+  if (closing_) return;
+  if (relaying_) {
+    if (now_ms - last_activity_ > static_cast<uint64_t>(listener_.idle_timeout.count())) close("idle_timeout");
+    return;
+  }
+  if (timer_at_ && now_ms >= timer_at_) {
+    timer_at_ = 0;
+    onTimer();
+  }
+}
+
+bool Session::reapable() const {
+  if (!closing_ || close_after_flush_) return false;
+  if (client_.ops) return false;
+  if (backend_ && backend_->ops) return false;
+  for (const auto& d : dead_backends_)
+    if (d->ops) return false;
+  return true;
+}
+
+void Session::finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (client_.fd >= 0) ::close(client_.fd);
+  client_.fd = -1;
+  for (auto& d : dead_backends_)
+    if (d->fd >= 0) ::close(d->fd);
+  dead_backends_.clear();
+  if (backend_ && backend_->fd >= 0) ::close(backend_->fd);
+  uint64_t dur = now() - started_ms_;
+  log::info("session end", {{"session", id_},
+                            {"listener", listener_.name},
+                            {"client", client_ip_ + ":" + std::to_string(client_port_)},
+                            {"tls_version", tls_version_},
+                            {"tls_cipher", tls_cipher_},
+                            {"user", user_},
+                            {"backend", backend_name_},
+                            {"bytes_in", client_.bytes_in},
+                            {"bytes_out", client_.bytes_out},
+                            {"duration_ms", dur},
+                            {"outcome", outcome_ ? outcome_ : "closed"}});
+}
+
+}  // namespace mailgate::session

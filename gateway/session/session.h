@@ -1,0 +1,153 @@
+#pragma once
+// The part every front-end session shares: the client and backend connections
+// (socket + optional TLS + bounded send queue), receive/send on the reactor's ring,
+// backend connect with a linked timeout, the relay with backpressure, closing by
+// cancellation, and the summary log line. Protocol logic lives in subclasses.
+#include <liburing.h>
+#include <sys/socket.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/config.h"
+#include "gateway/io/listener.h"
+#include "gateway/io/tag.h"
+#include "gateway/session/runtime.h"
+#include "gateway/tls/tls_stream.h"
+
+namespace mailgate::session {
+
+class Reactor;
+
+enum class Side : uint8_t { kClient = 0, kBackend = 1 };
+
+// Why a backend attempt failed; the class alone decides retry and the client's reply.
+enum class BackendFailure { kConnect, kTimeout, kProtocol, kTls, kTempRefusal, kAuthRejected, kInternal };
+const char* failureName(BackendFailure f);
+
+struct Endpoint {
+  int fd = -1;
+  uint8_t incarnation = 0;  // distinguishes successive backend connections
+  unsigned ops = 0;         // operations in flight on fd
+  bool recv_armed = false;
+  bool paused = false;  // backpressure: peer's queue is full
+  bool eof = false;
+  bool closing = false;
+  bool send_inflight = false;
+  std::unique_ptr<tls::TlsStream> tls;
+  std::string out_pending;
+  std::string out_inflight;
+  size_t inflight_off = 0;
+  uint64_t bytes_in = 0;   // bytes received from the socket
+  uint64_t bytes_out = 0;  // bytes sent to the socket
+  io::SockAddr addr;       // backend address (connect needs it stable)
+  size_t queued() const { return out_pending.size() + out_inflight.size() - inflight_off; }
+};
+
+class Session {
+ public:
+  static constexpr size_t kHighWater = 256 * 1024;  // pause the other side above this
+  static constexpr size_t kLowWater = 64 * 1024;    // resume below this
+
+  Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+          std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
+  virtual ~Session();
+
+  virtual void start() = 0;
+
+  // Completions, from the reactor.
+  void onRecv(uint8_t aux, int res, uint32_t flags, const char* data);
+  void onSend(uint8_t aux, int res);
+  void onConnect(uint8_t aux, int res);
+  void onOtherCompletion(uint8_t aux);  // link timeout, cancel
+  void onTick(uint64_t now_ms);
+
+  bool closing() const { return closing_; }
+  bool reapable() const;
+  uint32_t slot() const { return slot_; }
+  uint32_t gen() const { return gen_; }
+  void forceClose(const char* outcome) { close(outcome); }
+  void finish();  // closes fds and logs the summary; called by the reactor before delete
+
+ protected:
+  // --- hooks for the protocol ---
+  virtual void onClientData(std::string_view plain) = 0;   // before the relay phase
+  virtual void onBackendData(std::string_view plain) = 0;  // before the relay phase
+  virtual void onClientTlsReady() = 0;
+  virtual void onBackendConnected() = 0;
+  virtual void onBackendTlsReady() = 0;
+  virtual void onBackendFailed(BackendFailure why, const std::string& detail) = 0;
+  virtual void onTimer() = 0;           // timer_at_ reached
+  virtual void onClientClosed() { close("client_closed"); }
+
+  // --- services for the protocol ---
+  void writeClient(std::string_view plain);
+  void writeBackend(std::string_view plain);
+  // Server-side TLS on the client connection (implicit TLS at start, or after the
+  // STARTTLS reply was queued). Returns false if TLS is not configured.
+  bool startClientTls();
+  bool clientTlsActive() const { return client_.tls && client_.tls->handshakeDone(); }
+  bool clientTlsStarted() const { return client_.tls != nullptr; }
+  // Connects to addr; onBackendConnected() or onBackendFailed() follows.
+  void connectBackend(const io::SockAddr& addr, std::chrono::milliseconds timeout);
+  bool startBackendTls(const std::string& backend_name);
+  // Cancels and forgets the backend connection (its fd closes once its operations end).
+  void dropBackend();
+  // From now on bytes flow both ways unparsed.
+  void startRelay(std::string_view to_client, std::string_view to_backend);
+  bool relaying() const { return relaying_; }
+  void close(const char* outcome);
+  // Close once everything queued for the client is sent.
+  void closeAfterFlush(const char* outcome);
+  void setTimer(uint64_t at_ms) { timer_at_ = at_ms; }
+  void clearTimer() { timer_at_ = 0; }
+  void pauseClient(bool pause);
+  uint64_t now() const;
+
+  Reactor& reactor_;
+  std::shared_ptr<Runtime> rt_;
+  const conf::ListenerConfig& listener_;
+  std::string id_;
+  std::string client_ip_;
+  uint16_t client_port_ = 0;
+  std::string local_ip_;
+  uint16_t local_port_ = 0;
+  std::string user_;
+  std::string backend_name_;
+  const char* outcome_ = nullptr;
+  uint64_t last_activity_ = 0;
+
+ private:
+  Endpoint* endpointFor(uint8_t aux);
+  uint8_t auxOf(Side side, const Endpoint& e) const;
+  void armRecv(Side side, Endpoint& e);
+  void flush(Side side, Endpoint& e);
+  void submitSend(Side side, Endpoint& e);
+  void deliver(Side side, Endpoint& e, std::string_view cipher_or_plain);
+  void handlePlain(Side side, std::string_view plain);
+  void cancelEndpoint(Side side, Endpoint& e);
+  void endpointEof(Side side, Endpoint& e, const std::string& why);
+  void updateBackpressure();
+  void maybeRetireEndpoints();
+
+  uint32_t slot_;
+  uint32_t gen_;
+  Endpoint client_;
+  std::unique_ptr<Endpoint> backend_;
+  std::vector<std::unique_ptr<Endpoint>> dead_backends_;
+  uint8_t next_incarnation_ = 0;
+  __kernel_timespec connect_ts_{};
+  bool relaying_ = false;
+  bool client_hold_ = false;  // the protocol holds client input (waiting for auth)
+  bool closing_ = false;
+  bool close_after_flush_ = false;
+  bool finished_ = false;
+  uint64_t timer_at_ = 0;
+  uint64_t started_ms_ = 0;
+  std::string tls_version_, tls_cipher_;
+  std::string scratch_;
+};
+
+}  // namespace mailgate::session

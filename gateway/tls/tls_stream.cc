@@ -1,0 +1,94 @@
+#include "gateway/tls/tls_stream.h"
+
+#include <openssl/err.h>
+
+#include "gateway/tls/tls_context.h"
+
+namespace mailgate::tls {
+
+TlsStream::TlsStream(SSL* ssl) : ssl_(ssl) {
+  rbio_ = BIO_new(BIO_s_mem());
+  wbio_ = BIO_new(BIO_s_mem());
+  BIO_set_mem_eof_return(rbio_, -1);
+  SSL_set_bio(ssl_, rbio_, wbio_);  // SSL owns both now
+}
+
+TlsStream::~TlsStream() { SSL_free(ssl_); }
+
+void TlsStream::feed(std::string_view cipher) {
+  if (!cipher.empty()) BIO_write(rbio_, cipher.data(), static_cast<int>(cipher.size()));
+}
+
+TlsEvent TlsStream::classify(int r) {
+  int e = SSL_get_error(ssl_, r);
+  switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      return TlsEvent::kWant;
+    case SSL_ERROR_ZERO_RETURN:
+      return TlsEvent::kClosed;
+    default:
+      error_ = drainErrors();
+      if (error_.empty()) error_ = "ssl error " + std::to_string(e);
+      return TlsEvent::kError;
+  }
+}
+
+TlsEvent TlsStream::handshake() {
+  if (done_) return TlsEvent::kOk;
+  ERR_clear_error();
+  int r = SSL_do_handshake(ssl_);
+  if (r == 1) {
+    done_ = true;
+    return TlsEvent::kOk;
+  }
+  return classify(r);
+}
+
+TlsEvent TlsStream::read(std::string* out, size_t max) {
+  char buf[16384];
+  size_t got = 0;
+  while (got < max) {
+    ERR_clear_error();
+    int r = SSL_read(ssl_, buf, static_cast<int>(std::min(sizeof buf, max - got)));
+    if (r <= 0) return classify(r);
+    out->append(buf, static_cast<size_t>(r));
+    got += static_cast<size_t>(r);
+  }
+  return TlsEvent::kOk;
+}
+
+TlsEvent TlsStream::write(std::string_view plain) {
+  while (!plain.empty()) {
+    ERR_clear_error();
+    int r = SSL_write(ssl_, plain.data(), static_cast<int>(std::min<size_t>(plain.size(), 1 << 20)));
+    if (r <= 0) return classify(r);
+    plain.remove_prefix(static_cast<size_t>(r));
+  }
+  return TlsEvent::kOk;
+}
+
+size_t TlsStream::pendingOutput() const { return BIO_ctrl_pending(wbio_); }
+
+size_t TlsStream::takeOutput(std::string* out) {
+  size_t n = BIO_ctrl_pending(wbio_);
+  if (n == 0) return 0;
+  size_t old = out->size();
+  out->resize(old + n);
+  int r = BIO_read(wbio_, out->data() + old, static_cast<int>(n));
+  out->resize(old + (r > 0 ? static_cast<size_t>(r) : 0));
+  return r > 0 ? static_cast<size_t>(r) : 0;
+}
+
+void TlsStream::shutdown() {
+  ERR_clear_error();
+  if (done_) SSL_shutdown(ssl_);
+  ERR_clear_error();
+}
+
+std::string TlsStream::serverName() const {
+  const char* n = SSL_get_servername(ssl_, TLSEXT_NAMETYPE_host_name);
+  return n ? n : "";
+}
+
+}  // namespace mailgate::tls
