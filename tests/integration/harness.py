@@ -1,0 +1,823 @@
+"""Shared helpers for the integration tests and the benchmarks.
+
+Real daemons on loopback, on ports chosen free at run time:
+  - Dovecot 2.3 (imap, pop3, lmtp) with its own configuration, state and logs
+    inside a work directory, users from a passwd-file, Maildir storage;
+  - mailgate itself (build/mailgate, or $MAILGATE_BIN) with a given YAML config;
+  - a throw-away CA and certificates made with the openssl CLI;
+  - small line-oriented protocol clients (plain, implicit TLS, STARTTLS).
+
+Python 3 standard library only. The API here is used by tests/integration and
+bench/; extend it, don't rename.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- ports
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on host right now (bound once, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """count distinct free ports (sockets held until all are chosen)."""
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(port: int, timeout: float = 10.0, host: str = HOST) -> None:
+    """Waits until host:port accepts a TCP connection; raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if port_open(port, host):
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}:{port} did not accept within {timeout}s")
+        time.sleep(0.05)
+
+
+def wait_port_closed(port: int, timeout: float = 10.0, host: str = HOST) -> None:
+    deadline = time.monotonic() + timeout
+    while port_open(port, host):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}:{port} still accepting after {timeout}s")
+        time.sleep(0.05)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
+    """Polls predicate() until it returns a truthy value, which is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- certificates
+
+def _openssl(*args: str, cwd: str | os.PathLike | None = None) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{proc.stdout}")
+
+
+class CA:
+    """A throw-away certificate authority. .cert and .key are file paths."""
+
+    def __init__(self, cert: str, key: str):
+        self.cert = cert
+        self.key = key
+
+    def __fspath__(self) -> str:
+        return self.cert
+
+    def __iter__(self):  # allows `cert, key = make_ca(dir)`
+        return iter((self.cert, self.key))
+
+
+def make_ca(directory: str | os.PathLike, name: str = "mailgate test CA") -> CA:
+    """Creates ca.pem / ca.key in directory (EC P-256, 1 day). Returns a CA."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "ca.pem", d / "ca.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+             "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return CA(str(cert), str(key))
+
+
+def make_cert(ca: CA | tuple[str, str], directory: str | os.PathLike,
+              names: list[str], basename: str | None = None) -> tuple[str, str]:
+    """Issues a server certificate signed by ca for DNS names + IP:127.0.0.1.
+
+    Returns (cert_path, key_path). The first name is also the subject CN."""
+    ca_cert, ca_key = (ca.cert, ca.key) if isinstance(ca, CA) else ca
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    base = basename or re.sub(r"[^A-Za-z0-9_.-]", "_", names[0])
+    key, csr, cert, ext = (d / f"{base}.key", d / f"{base}.csr", d / f"{base}.pem",
+                           d / f"{base}.ext")
+    san = ",".join([f"DNS:{n}" for n in names] + ["IP:127.0.0.1"])
+    ext.write_text(f"subjectAltName={san}\n"
+                   "basicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth\n")
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={names[0]}")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", ca_cert, "-CAkey", ca_key,
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    os.chmod(key, 0o600)
+    return str(cert), str(key)
+
+
+def client_context(cafile: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """A client SSLContext trusting cafile (hostname checked; 127.0.0.1 is in every SAN)."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def peer_san_dns(sock: ssl.SSLSocket) -> list[str]:
+    """DNS names in the verified peer certificate's subjectAltName."""
+    cert = sock.getpeercert() or {}
+    return [v for (k, v) in cert.get("subjectAltName", ()) if k == "DNS"]
+
+
+# --------------------------------------------------------------------------- passwords
+
+def hash_password(password: str, scheme: str = "SHA512-CRYPT") -> str:
+    """'{SCHEME}hash' from `doveadm pw` (dovecot-core)."""
+    proc = subprocess.run(["doveadm", "-O", "pw", "-s", scheme, "-p", password],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"doveadm pw -s {scheme} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def write_passwd(path: str | os.PathLike, users: dict[str, str], scheme: str = "SHA512-CRYPT",
+                 extra: dict[str, str] | None = None) -> str:
+    """Writes a Dovecot passwd-file `user:{SCHEME}hash[:extra]` for users {user: password}.
+
+    extra maps a user to the rest of its line (uid:gid:gecos:home:shell:extra)."""
+    lines = []
+    for user, password in users.items():
+        line = f"{user}:{hash_password(password, scheme)}"
+        if extra and user in extra:
+            line += ":" + extra[user]
+        lines.append(line)
+    Path(path).write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# --------------------------------------------------------------------------- processes
+
+def _kill_pid(pid: int, sig: int = signal.SIGTERM) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs of every process below pid (from /proc/*/stat)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def make_workdir(prefix: str = "mailgate-it-") -> str:
+    """A temporary directory readable by Dovecot's unprivileged users."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return d
+
+
+# --------------------------------------------------------------------------- Dovecot
+
+class Dovecot:
+    """A private Dovecot 2.3 (imap, pop3, lmtp) on loopback.
+
+    users: {"alice@example.org": "password"}. Mail is stored in Maildirs under
+    workdir/mail, owned by mail_uid (default: nobody when running as root).
+    ports: optional {"imap": p, "pop3": p, "lmtp": p}; free ports otherwise.
+    ssl_cert: optional (cert, key) to enable imaps/pop3s-capable STARTTLS on the node.
+    extra_config: appended to dovecot.conf (benchmarks raise process limits here).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, users: dict[str, str],
+                 ports: dict[str, int] | None = None, ssl_cert: tuple[str, str] | None = None,
+                 extra_config: str = "", name: str = "dovecot", scheme: str = "SHA512-CRYPT"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        self.users = dict(users)
+        self.name = name
+        self.scheme = scheme
+        ports = dict(ports or {})
+        chosen = free_ports(3)
+        self.imap_port = ports.get("imap") or chosen[0]
+        self.pop3_port = ports.get("pop3") or chosen[1]
+        self.lmtp_port = ports.get("lmtp") or chosen[2]
+        self.ssl_cert = ssl_cert
+        self.extra_config = extra_config
+        self.base_dir = self.workdir / "run"
+        self.state_dir = self.workdir / "state"
+        self.mail_dir = self.workdir / "mail"
+        self.log_path = self.workdir / "dovecot.log"
+        self.config_path = self.workdir / "dovecot.conf"
+        self.passwd_path = self.workdir / "users.passwd"
+        if os.geteuid() == 0:
+            self.mail_uid, self.mail_gid = 65534, 65534
+        else:
+            self.mail_uid, self.mail_gid = os.getuid(), os.getgid()
+        self._started = False
+        self._write_files()
+
+    # -- files
+    def _write_files(self) -> None:
+        for d in (self.base_dir, self.state_dir, self.mail_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base_dir, 0o755)
+        if os.geteuid() == 0:
+            os.chown(self.mail_dir, self.mail_uid, self.mail_gid)
+        self.write_users(self.users)
+        ssl_block = "ssl = no\n"
+        if self.ssl_cert:
+            ssl_block = (f"ssl = yes\nssl_cert = <{self.ssl_cert[0]}\n"
+                         f"ssl_key = <{self.ssl_cert[1]}\n")
+        self.config_path.write_text(f"""\
+# Generated by tests/integration/harness.py
+instance_name = mailgate-it-{self.name}-{os.getpid()}-{self.imap_port}
+base_dir = {self.base_dir}
+state_dir = {self.state_dir}
+log_path = {self.log_path}
+info_log_path = {self.log_path}
+debug_log_path = {self.log_path}
+protocols = imap pop3 lmtp
+listen = 127.0.0.1
+{ssl_block}
+auth_mechanisms = plain login
+disable_plaintext_auth = no
+auth_failure_delay = 0
+auth_verbose = yes
+login_trusted_networks = 127.0.0.0/8
+mail_max_userip_connections = 10000
+imap_idle_notify_interval = 2 mins
+first_valid_uid = 1
+first_valid_gid = 1
+mail_location = maildir:~/Maildir
+mail_uid = {self.mail_uid}
+mail_gid = {self.mail_gid}
+shutdown_clients = yes
+verbose_proctitle = yes
+
+passdb {{
+  driver = passwd-file
+  args = scheme={self.scheme} {self.passwd_path}
+}}
+userdb {{
+  driver = passwd-file
+  args = {self.passwd_path}
+}}
+
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = 0
+  }}
+}}
+protocol lmtp {{
+  postmaster_address = postmaster@example.org
+}}
+{self.extra_config}
+""")
+
+    def write_users(self, users: dict[str, str]) -> None:
+        """(Re)writes the passwd-file; Dovecot rereads it on change."""
+        self.users = dict(users)
+        extra = {}
+        for user in self.users:
+            local, _, domain = user.partition("@")
+            home = self.mail_dir / (domain or "_") / local
+            extra[user] = f"{self.mail_uid}:{self.mail_gid}::{home}::"
+        write_passwd(self.passwd_path, self.users, self.scheme, extra)
+        os.chmod(self.passwd_path, 0o644)
+
+    # -- lifecycle
+    @property
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.base_dir / "master.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def is_running(self) -> bool:
+        pid = self.master_pid
+        return pid is not None and _pid_alive(pid)
+
+    def start(self, timeout: float = 15.0) -> "Dovecot":
+        if self.is_running():
+            return self
+        with open(self.workdir / "dovecot.stdout", "ab") as out:
+            proc = subprocess.run(["dovecot", "-c", str(self.config_path)],
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        if proc.returncode != 0:
+            raise RuntimeError(f"dovecot failed to start (exit {proc.returncode}):\n"
+                               + (self.workdir / "dovecot.stdout").read_text()
+                               + self.log_text())
+        self._started = True
+        try:
+            for p in (self.imap_port, self.pop3_port, self.lmtp_port):
+                wait_port(p, timeout)
+            wait_for(self.is_running, timeout, 0.02, "dovecot master.pid")
+        except TimeoutError as e:
+            self.stop()
+            raise RuntimeError(f"dovecot did not listen: {e}\n{self.log_text()}") from e
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        """SIGTERM to the master; after grace seconds SIGKILL to it and all its children.
+
+        (Dovecot's master can wait several seconds for its helper processes; tests
+        and benchmarks do not need a graceful shutdown of the node.)"""
+        pid = self.master_pid
+        if pid is None or not _pid_alive(pid):
+            self._remove_pidfile()
+            return
+        children = _descendants(pid)
+        _kill_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        children += [c for c in _descendants(pid) if c not in children]
+        if _pid_alive(pid):
+            _kill_pid(pid, signal.SIGKILL)
+        for child in children:
+            if _pid_alive(child):
+                _kill_pid(child, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while (_pid_alive(pid) or any(_pid_alive(c) for c in children)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._remove_pidfile()
+        for p in (self.imap_port, self.pop3_port, self.lmtp_port):
+            try:
+                wait_port_closed(p, 5.0)
+            except TimeoutError:
+                pass
+
+    def _remove_pidfile(self) -> None:
+        # A killed master may stay a zombie where nothing reaps orphans; its stale
+        # pid must not make the next start believe Dovecot is still running.
+        try:
+            (self.base_dir / "master.pid").unlink()
+        except FileNotFoundError:
+            pass
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- mail
+    def deliver(self, recipient: str, subject: str, body: str = "Hello.\r\n",
+                sender: str = "postmaster@example.org") -> None:
+        """Delivers one message to recipient over LMTP."""
+        msg = (f"From: {sender}\r\nTo: {recipient}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{time.time_ns()}@mailgate.test>\r\n\r\n{body}")
+        with smtplib.LMTP(HOST, self.lmtp_port, timeout=10) as lmtp:
+            refused = lmtp.sendmail(sender, [recipient], msg.encode())
+        if refused:
+            raise RuntimeError(f"LMTP refused {recipient}: {refused}")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --------------------------------------------------------------------------- mailgate
+
+def mailgate_bin() -> str:
+    return os.environ.get("MAILGATE_BIN") or str(REPO / "build" / "mailgate")
+
+
+def listen_ports(config_text: str) -> list[int]:
+    """Ports named in the listeners: section of a mailgate YAML config."""
+    ports = []
+    in_listeners = False
+    for line in config_text.splitlines():
+        if re.match(r"^[A-Za-z_]", line):
+            in_listeners = line.startswith("listeners:")
+        if in_listeners:
+            for m in re.finditer(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]*\]|[\w.-]+):(\d+)", line):
+                ports.append(int(m.group(1)))
+    return ports
+
+
+class Mailgate:
+    """build/mailgate as a subprocess with config_text written to workdir/mailgate.yaml."""
+
+    def __init__(self, workdir: str | os.PathLike, config_text: str, name: str = "mailgate"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / f"{name}.yaml"
+        self.log_path = self.workdir / f"{name}.log"
+        self.binary = mailgate_bin()
+        self.proc: subprocess.Popen | None = None
+        self.write_config(config_text)
+
+    def write_config(self, config_text: str) -> None:
+        self.config_text = config_text
+        self.config_path.write_text(config_text)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 15.0) -> "Mailgate":
+        if not os.access(self.binary, os.X_OK):
+            raise RuntimeError(f"mailgate binary not found: {self.binary} "
+                               "(build it with cmake, or set MAILGATE_BIN)")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.binary, "--config", str(self.config_path)],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=self._log, cwd=self.workdir)
+        ports = listen_ports(self.config_text)
+        deadline = time.monotonic() + timeout
+        pending = list(ports)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailgate exited with {self.proc.returncode} at start:\n"
+                                   + self.log_text())
+            pending = [p for p in pending if not port_open(p)]
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise RuntimeError(f"mailgate did not listen on {pending} within {timeout}s:\n"
+                                   + self.log_text())
+            time.sleep(0.05)
+        return self
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def reload(self) -> None:
+        if self.is_running():
+            self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after timeout). Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            self._log.close()
+        except Exception:
+            pass
+        return self.proc.returncode
+
+    def log_text(self, max_bytes: int = 8 << 20) -> str:
+        """The log (its last max_bytes only: a misbehaving binary can log without end)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - max_bytes))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_lines(self, max_bytes: int = 64 << 20) -> list[dict]:
+        """Every JSON object line in the log (other lines are skipped)."""
+        out = []
+        for line in self.log_text(max_bytes).splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def run_mailgate(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Runs the binary with args (e.g. --version) and captures its output."""
+    return subprocess.run([mailgate_bin(), *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- raw clients
+
+class LineClient:
+    """A CRLF line client over TCP, optionally TLS (implicit or after STARTTLS).
+
+    Reads are buffered here, not in a file object, so that switching to TLS can
+    check that no plaintext byte is left over."""
+
+    def __init__(self, port: int, host: str = HOST, tls: bool = False,
+                 context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 timeout: float = 10.0):
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        if tls:
+            self.start_tls(context, server_hostname)
+
+    # -- TLS
+    def start_tls(self, context: ssl.SSLContext | None = None,
+                  server_hostname: str | None = None) -> ssl.SSLSocket:
+        if self.buf:
+            raise AssertionError(f"plaintext bytes left before TLS: {self.buf!r}")
+        ctx = context or client_context(verify=False)
+        name = server_hostname if server_hostname is not None else self.host
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=name)
+        return self.sock
+
+    @property
+    def tls_version(self) -> str | None:
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
+
+    # -- I/O
+    def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def send_line(self, line: bytes | str) -> None:
+        if isinstance(line, str):
+            line = line.encode()
+        self.send(line + b"\r\n")
+
+    def _fill(self, timeout: float | None) -> bool:
+        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        try:
+            data = self.sock.recv(65536)
+        except ssl.SSLZeroReturnError:
+            data = b""
+        except (ConnectionResetError, ssl.SSLEOFError, BrokenPipeError):
+            data = b""
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_line(self, timeout: float | None = None) -> str | None:
+        """One line without CRLF, or None at EOF. Raises socket.timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"no complete line within timeout; have {self.buf!r}")
+            if not self._fill(left):
+                if self.buf:
+                    rest, self.buf = self.buf, b""
+                    return rest.decode("utf-8", "replace")
+                return None
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.rstrip(b"\r").decode("utf-8", "replace")
+
+    def read_until(self, predicate, timeout: float | None = None) -> list[str]:
+        """Lines up to and including the first for which predicate(line) is true."""
+        lines = []
+        while True:
+            line = self.read_line(timeout)
+            if line is None:
+                raise EOFError(f"connection closed; lines so far: {lines}")
+            lines.append(line)
+            if predicate(line):
+                return lines
+
+    def read_tagged(self, tag: str, timeout: float | None = None) -> list[str]:
+        """IMAP: lines up to and including the tagged reply for tag."""
+        return self.read_until(lambda l: l.startswith(tag + " "), timeout)
+
+    def command(self, tag: str, text: str, timeout: float | None = None) -> list[str]:
+        """IMAP: sends `tag text` and returns the lines up to its tagged reply."""
+        self.send_line(f"{tag} {text}")
+        return self.read_tagged(tag, timeout)
+
+    def read_all(self, timeout: float = 5.0) -> list[str]:
+        """Lines until EOF (raises socket.timeout if the peer does not close)."""
+        lines = []
+        while True:
+            line = self.read_line(timeout)
+            if line is None:
+                return lines
+            lines.append(line)
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """True when the peer closes within timeout with no more data."""
+        try:
+            return self.read_line(timeout) is None
+        except socket.timeout:
+            return False
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def imap_client(port: int, tls: bool = False, context: ssl.SSLContext | None = None,
+                server_hostname: str | None = None, timeout: float = 10.0) -> tuple[LineClient, str]:
+    """Connects, reads the IMAP greeting. Returns (client, greeting)."""
+    c = LineClient(port, tls=tls, context=context, server_hostname=server_hostname,
+                   timeout=timeout)
+    greeting = c.read_line()
+    if greeting is None:
+        c.close()
+        raise EOFError("closed before greeting")
+    return c, greeting
+
+
+def pop3_client(port: int, tls: bool = False, context: ssl.SSLContext | None = None,
+                server_hostname: str | None = None, timeout: float = 10.0) -> tuple[LineClient, str]:
+    return imap_client(port, tls, context, server_hostname, timeout)
+
+
+def sasl_plain(user: str, password: str, authzid: str = "") -> str:
+    return base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+
+
+def imap_quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def capabilities(line: str) -> set[str]:
+    """Capability atoms from `* OK [CAPABILITY ...]` or `* CAPABILITY ...`."""
+    m = re.search(r"\[CAPABILITY ([^\]]*)\]", line)
+    if m:
+        return set(m.group(1).upper().split())
+    m = re.match(r"\* CAPABILITY (.*)$", line, re.I)
+    return set(m.group(1).upper().split()) if m else set()
+
+
+# --------------------------------------------------------------------------- curl
+
+def curl(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """curl -sS with args; output captured as text."""
+    return subprocess.run(["curl", "-sS", "--max-time", str(int(timeout)), *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout + 5)
+
+
+# --------------------------------------------------------------------------- config
+
+def mailgate_config(*, certificates: Iterable[tuple[str, str]], listeners: Iterable[dict],
+                    users_file: str, backends: Iterable[dict], routes: Iterable[dict],
+                    failure_delay: str = "200ms", threads: int | str = 2,
+                    shutdown_grace: str = "2s", log_level: str = "info",
+                    log_format: str = "json") -> str:
+    """Renders a mailgate YAML config from plain values.
+
+    listeners: {name, protocol, port, tls, **extra} (extra: preauth_timeout, max_line, ...)
+    backends:  {name, imap, pop3, lmtp, health_interval, health_timeout, tls}
+    routes:    {domain, primary, secondary}"""
+
+    def scalar(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        return json.dumps(str(v))
+
+    out = [f"server: {{ threads: {threads}, shutdown_grace: {shutdown_grace} }}",
+           f"log: {{ level: {log_level}, format: {log_format} }}",
+           "tls:", "  certificates:"]
+    for cert, key in certificates:
+        out.append(f"    - {{ cert: {scalar(cert)}, key: {scalar(key)} }}")
+    out.append("listeners:")
+    for l in listeners:
+        extra = {k: v for k, v in l.items() if k not in ("name", "protocol", "port", "tls", "host")}
+        host = l.get("host", HOST)
+        fields = [f"name: {scalar(l['name'])}", f"protocol: {l['protocol']}",
+                  f"listen: [{scalar(host + ':' + str(l['port']))}]",
+                  f"tls: {l.get('tls', 'none')}"]
+        fields += [f"{k}: {scalar(v) if not isinstance(v, str) else v}" for k, v in extra.items()]
+        out.append("  - { " + ", ".join(fields) + " }")
+    out += ["directory:", "  driver: file",
+            f"  file: {{ users: {scalar(users_file)}, failure_delay: {failure_delay} }}",
+            "backends:"]
+    for b in backends:
+        out += [f"  - name: {scalar(b['name'])}",
+                f"    host: {b.get('host', HOST)}",
+                "    ports: { " + ", ".join(f"{p}: {b[p]}" for p in ("imap", "pop3", "lmtp")
+                                            if b.get(p)) + " }",
+                f"    tls: {b.get('tls', 'none')}",
+                f"    health: {{ interval: {b.get('health_interval', '1s')}, "
+                f"timeout: {b.get('health_timeout', '1s')} }}"]
+    out += ["routing:", "  static:"]
+    for r in routes:
+        fields = [f"domain: {scalar(r['domain'])}", f"primary: {scalar(r['primary'])}"]
+        if r.get("secondary"):
+            fields.append(f"secondary: {scalar(r['secondary'])}")
+        out.append("    - { " + ", ".join(fields) + " }")
+    return "\n".join(out) + "\n"
