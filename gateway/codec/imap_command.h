@@ -6,10 +6,28 @@
 // (status kCommand), when a synchronising literal needs the server's "+ "
 // continuation (kContinuation), and after each error. The caller acts, then
 // calls feed() again with the unconsumed rest.
+//
+// Behaviour (see also docs in imap_command.cc):
+// - Errors are reported once per line, when its LF arrives (the parser is then in
+//   sync); the first error of a line wins, except the line limit which overrides.
+// - Line limit: octets outside literal data, CRLFs included. Over max_line: the rest
+//   is discarded up to LF (never buffered), then kError "[TOOBIG] ...". Over
+//   4 * max_line without LF: kFatal at once.
+// - Literals are accepted only where an astring may stand (LOGIN, ID). Each literal
+//   <= max_literal, all literals of one command <= 2 * max_literal.
+//   {n} too big or not allowed: kError right after its "{n}" CRLF (no "+" is sent,
+//   so no data follows). {n+} not allowed or over the per-command budget: the n
+//   octets are skipped (n <= max_literal), then kError at the end of the line.
+//   {n+} with n > max_literal: kFatal (RFC 7888 permits closing).
+// - Bare LF ends the line with kError; CR not followed by LF and NUL (outside
+//   literal data) are kError at the next LF. NUL inside literal data: kError.
+// - SASL mode is one-shot: the next line (bounded by max_line) is returned verbatim
+//   as kSaslLine, or kError; call expectSaslLine() again for the next response.
+// - After kFatal, feed() returns {kFatal, 0} until reset().
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <string>
+#include <memory>
 #include <string_view>
 
 namespace mailgate::codec {
@@ -42,8 +60,8 @@ enum class ImapStatus {
 };
 
 struct ImapArg {
-  std::string_view value;  // the decoded string (quotes/escapes removed, literal contents)
-  bool is_nil = false;     // NIL atom
+  std::string_view value;      // the decoded string (quotes/escapes removed, literal contents)
+  bool is_nil = false;         // NIL atom
   bool is_list_open = false;   // "(" in ID's parameter list
   bool is_list_close = false;  // ")"
 };
@@ -75,18 +93,72 @@ class ImapCommandParser {
   void reset() noexcept;
   // True when bytes of an incomplete command are buffered.
   bool hasPending() const noexcept;
+  // True when `v` lies inside the parser's own buffer (tests and fuzz targets).
+  bool ownsView(std::string_view v) const noexcept;
 
  private:
-  // implementation state (see imap_command.cc)
+  enum class State : uint8_t {
+    kTag,           // reading the tag
+    kVerb,          // reading the command name
+    kArgStart,      // expecting an argument (after SP or "(")
+    kAtom,          // inside an atom / astring
+    kQuoted,        // inside a quoted string
+    kQuotedEscape,  // after "\" in a quoted string
+    kLitLen,        // after "{": digits
+    kLitPlus,       // after "+": expecting "}"
+    kLitCr,         // after "}": expecting CR
+    kLitLf,         // after "}" CR: expecting LF
+    kLitData,       // literal octets
+    kAfterArg,      // after an argument: SP, ")" or CR
+    kLf,            // after the final CR: expecting LF
+    kDiscard,       // error in this line: skip to LF
+    kSasl,          // SASL response line
+    kSaslLf,        // SASL response line, after CR
+    kFatal,         // dead until reset()
+  };
+  enum class ArgKind : uint8_t { kAtom, kString, kListMarker };
+
+  void beginLine() noexcept;
+  ImapStatus step(char c) noexcept;
+  ImapStatus afterArg(char c) noexcept;
+  ImapStatus argStart(char c) noexcept;
+  ImapStatus literalHeaderDone() noexcept;
+  ImapStatus lineDone() noexcept;
+  ImapStatus endLine(ImapStatus s) noexcept;
+  void syntaxError(const char* text) noexcept;
+  void setError(const char* text) noexcept;
+  bool beginArg() noexcept;
+  void pushArg(ArgKind kind, bool open, bool close) noexcept;
+  bool append(char c) noexcept;
+  void finishVerb() noexcept;
+  const char* validate() const noexcept;
+
   ImapLimits limits_;
   ImapCommand cmd_;
-  std::string buf_;  // one line buffer reserved to max_line + literal capacity at construction
-  // ... parser state; implementation may add members
-  int state_ = 0;
-  size_t literal_left_ = 0;
-  bool sasl_mode_ = false;
-  std::string_view err_tag_, err_text_, sasl_line_;
-  std::string err_tag_buf_;
+  std::unique_ptr<char[]> buf_;  // one buffer, allocated once at construction
+  size_t cap_ = 0;               // 2 * max_line + 2 * max_literal
+  size_t len_ = 0;
+  size_t tok_start_ = 0;
+  size_t tag_len_ = 0;      // the tag stays at buf_[0, tag_len_) (kept in SASL mode)
+  size_t line_octets_ = 0;  // octets of this command outside literal data, CRLFs included
+  size_t lit_total_ = 0;    // literal octets stored for this command
+  uint64_t lit_len_ = 0;    // announced literal size (saturating)
+  size_t lit_left_ = 0;     // literal octets still to come
+  uint32_t lit_digits_ = 0;
+  uint32_t verb_max_args_ = 0;
+  uint32_t depth_ = 0;  // parenthesis depth
+  State state_ = State::kTag;
+  bool lit_plus_ = false;
+  bool lit_store_ = false;
+  bool after_open_ = false;  // kArgStart right after "(": ")" allowed
+  bool tag_done_ = false;
+  bool literal_ok_ = false;  // the verb takes astrings that may be literals
+  bool clear_next_ = false;  // the last feed() ended a line: the next one starts afresh
+  bool sasl_mode_ = false;   // the next line is a SASL response
+  bool sasl_line_active_ = false;
+  const char* err_ = nullptr;  // first error of the current line
+  std::string_view sasl_line_;
+  ArgKind kinds_[64] = {};
 };
 
 }  // namespace mailgate::codec
