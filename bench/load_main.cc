@@ -362,7 +362,8 @@ int runSessions(const Options& o) {
   while (true) {
     for (size_t k = 0; k < restart.size(); ++k) {
       size_t i = restart[k];
-      if (errors.count > 1000 && completed == 0) stopping = true;  // target is down: give up
+      // Target down or broken: give up once every slot has failed twice, nothing done.
+      if (errors.count >= 2 * uint64_t{o.concurrency} && completed == 0 && warm == 0) stopping = true;
       if (!wantMore()) continue;
       ++started;
       if (!d.startSlot(i)) onDone(i);  // may append to restart: handled by this loop

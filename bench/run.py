@@ -197,18 +197,22 @@ class Bench:
         final = {}
         deadline = time.monotonic() + timeout
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            obj = json.loads(line)
-            if "event" in obj and on_line:
-                on_line(obj)
-            else:
-                final = obj
-            if time.monotonic() > deadline:
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                obj = json.loads(line)
+                if "event" in obj and on_line:
+                    on_line(obj)
+                else:
+                    final = obj
+                if time.monotonic() > deadline:
+                    log(f"    [{label}] load generator over {timeout}s: killed")
+                    break
+        finally:
+            if proc.poll() is None:
                 proc.kill()
-                break
         err = proc.stderr.read() if proc.stderr else ""
         proc.wait()
         if err.strip():
@@ -230,11 +234,12 @@ class Bench:
                 port = self.targets[t]["ports"][tls]
                 label = f"sessions/{tls}/{t}"
                 # Short warm-up (caches, process pools), not measured.
-                self.load("sessions", port, tls, ["--concurrency", "32", "--duration", "0.5"],
+                self.load("sessions", port, tls, ["--concurrency", "32", "--duration", "0.5", "--timeout", "10"],
                           label + "/warmup")
                 r, cpu = self.measured(t, lambda: self.load(
                     "sessions", port, tls,
-                    ["--concurrency", "32", "--duration", str(self.args.duration)], label))
+                    ["--concurrency", "32", "--duration", str(self.args.duration), "--timeout", "10"],
+                    label))
                 n = r.get("sessions", 0)
                 rec = {"sessions_per_s": r.get("sessions_per_s"), "sessions": n,
                        "errors": r.get("errors"), "latency_ms": r.get("latency_ms")}
@@ -250,7 +255,8 @@ class Bench:
             port = self.targets[t]["ports"]["none"]
             label = f"latency/none/{t}"
             r = self.load("latency", port, "none",
-                          ["--sessions", str(self.args.latency_sessions), "--warmup", "20"], label)
+                          ["--sessions", str(self.args.latency_sessions), "--warmup", "20",
+                           "--timeout", "10"], label)
             lat = r.get("latency_ms", {})
             self.results[t]["latency"] = {"median_ms": lat.get("median"), "p99_ms": lat.get("p99"),
                                           "sessions": r.get("sessions"), "errors": r.get("errors")}
@@ -261,7 +267,8 @@ class Bench:
             for t in self.targets:
                 port = self.targets[t]["ports"][tls]
                 label = f"fetch/{tls}/{t}"
-                args = ["--user", "bulk", "--concurrency", "1", "--repeat", str(self.args.fetch_repeat)]
+                args = ["--user", "bulk", "--concurrency", "1", "--repeat", str(self.args.fetch_repeat),
+                        "--timeout", "120"]
                 r, cpu = self.measured(t, lambda: self.load("fetch", port, tls, args, label))
                 nbytes = r.get("bytes", 0)
                 rec = {"mb_per_s": r.get("mb_per_s"), "bytes": nbytes, "errors": r.get("errors")}
@@ -349,7 +356,13 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # runs the finally: that stops the daemons
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     ap = argparse.ArgumentParser()
     ap.add_argument("--load-bin", default=str(REPO / "build" / "mailgate-load"))
     ap.add_argument("--mailgate-bin", default=os.environ.get("MAILGATE_BIN", str(REPO / "build" / "mailgate")))
@@ -366,6 +379,8 @@ def main() -> int:
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    args.load_bin = os.path.abspath(args.load_bin)
+    args.mailgate_bin = os.path.abspath(args.mailgate_bin)
 
     work = Path(args.workdir or harness.make_workdir("mailgate-bench-"))
     work.mkdir(parents=True, exist_ok=True)
