@@ -2,13 +2,16 @@
 # The whole test suite: dependencies, build, unit tests, integration tests against
 # real daemons, and a bounded libFuzzer run of every fuzz target.
 # Usage: bash scripts/test.sh        (from anywhere; as root on Debian 12)
-# Environment: FUZZ_SECONDS (default 45) per fuzz target; JOBS (default nproc).
+# Environment: FUZZ_SECONDS (default 45) per fuzz target; JOBS (default nproc);
+#              BUILD_DIR (default build), FUZZ_BUILD_DIR (default build-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-45}"
 JOBS="${JOBS:-$(nproc)}"
+BUILD_DIR="${BUILD_DIR:-build}"
+FUZZ_BUILD_DIR="${FUZZ_BUILD_DIR:-build-fuzz}"
 started=$(date +%s)
 
 step() { printf '\n==== %s (%ds)\n' "$*" "$(( $(date +%s) - started ))"; }
@@ -17,23 +20,23 @@ step "dependencies"
 bash scripts/deps.sh
 
 step "build"
-cmake -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
-cmake --build build -j"$JOBS"
+cmake -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build "$BUILD_DIR" -j"$JOBS"
 
 step "unit tests"
-ctest --test-dir build --output-on-failure -j"$JOBS"
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 300 -j"$JOBS"
 
 step "integration tests"
-MAILGATE_BIN="$PWD/build/mailgate" python3 -m unittest discover -s tests/integration -v
+MAILGATE_BIN="$(readlink -f "$BUILD_DIR")/mailgate" python3 -m unittest discover -s tests/integration -v
 
 step "fuzz build"
-CC=clang CXX=clang++ cmake -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+CC=clang CXX=clang++ cmake -B "$FUZZ_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMAILGATE_FUZZ=ON -DMAILGATE_TESTS=OFF
-cmake --build build-fuzz -j"$JOBS"
+cmake --build "$FUZZ_BUILD_DIR" -j"$JOBS"
 
 step "fuzz runs (${FUZZ_SECONDS}s each)"
 shopt -s nullglob
-targets=(build-fuzz/tests/fuzz/fuzz_*)
+targets=("$FUZZ_BUILD_DIR"/tests/fuzz/fuzz_*)
 fuzzers=()
 for t in "${targets[@]}"; do
   [ -f "$t" ] && [ -x "$t" ] && fuzzers+=("$t")
@@ -43,6 +46,7 @@ if [ "${#fuzzers[@]}" -eq 0 ]; then
   exit 1
 fi
 for f in "${fuzzers[@]}"; do
+  fabs=$(readlink -f "$f")
   name=$(basename "$f")
   name=${name#fuzz_}
   work=$(mktemp -d)
@@ -53,7 +57,7 @@ for f in "${fuzzers[@]}"; do
   echo "-- $f ${corpus[*]:-}"
   # New inputs go to a scratch dir (listed first) so the checked-in seeds stay untouched.
   if ! (cd "$work" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        "$repo/$f" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+        "$fabs" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
         -artifact_prefix="$work/" "$work" "${corpus[@]}" 2>"$work/log"); then
     tail -50 "$work/log" >&2
     echo "fuzz target $name failed; artifacts in $work" >&2

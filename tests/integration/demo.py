@@ -112,8 +112,8 @@ The same over IMAP with STARTTLS, and over POP3 (implicit TLS and STLS):
   curl --ssl-reqd --cacert {ca_pem} -u bob@example.org:bob-password 'pop3://{h}:{ports['pop3']}/'
 
 Talk IMAP yourself:
-  openssl s_client -quiet -connect {h}:{ports['imap']} -starttls imap -CAfile {ca_pem}
-  openssl s_client -quiet -connect {h}:{ports['imaps']} -servername localhost -CAfile {ca_pem}
+  openssl s_client -quiet -crlf -connect {h}:{ports['imap']} -starttls imap -CAfile {ca_pem}
+  openssl s_client -quiet -crlf -connect {h}:{ports['imaps']} -servername localhost -CAfile {ca_pem}
 then type:  a LOGIN alice@example.org alice-password
             b SELECT INBOX
             c FETCH 1 BODY[]
@@ -179,7 +179,7 @@ def self_test(ca_pem: str, ports: dict[str, int]) -> int:
     ]
     failed = 0
     for name, args, expect in checks:
-        r = harness.curl(*args)
+        r = harness.curl(*args, timeout=10)
         ok = r.returncode == 0 and expect in r.stdout
         failed += not ok
         print(f"self-test {name}: {'ok' if ok else 'FAILED'}"

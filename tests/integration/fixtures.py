@@ -157,7 +157,13 @@ class GatewayTestCase(unittest.TestCase):
     def tearDown(self):
         # On failure, show the daemons' logs next to the traceback.
         outcome = getattr(self, "_outcome", None)
-        if outcome is not None and not getattr(outcome, "success", True):
+        result = getattr(outcome, "result", None)
+        failed = outcome is not None and not getattr(outcome, "success", True)
+        if result is not None:
+            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
+                if getattr(test, "test_case", test) is self:
+                    failed = True
+        if failed:
             sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.env.diagnostics()}\n")
 
     def port(self, name: str) -> int:

@@ -615,7 +615,7 @@ class LineClient:
 
     def __init__(self, port: int, host: str = HOST, tls: bool = False,
                  context: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 timeout: float = 10.0):
+                 timeout: float = 5.0):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -727,7 +727,7 @@ class LineClient:
 
 
 def imap_client(port: int, tls: bool = False, context: ssl.SSLContext | None = None,
-                server_hostname: str | None = None, timeout: float = 10.0) -> tuple[LineClient, str]:
+                server_hostname: str | None = None, timeout: float = 5.0) -> tuple[LineClient, str]:
     """Connects, reads the IMAP greeting. Returns (client, greeting)."""
     c = LineClient(port, tls=tls, context=context, server_hostname=server_hostname,
                    timeout=timeout)
@@ -739,7 +739,7 @@ def imap_client(port: int, tls: bool = False, context: ssl.SSLContext | None = N
 
 
 def pop3_client(port: int, tls: bool = False, context: ssl.SSLContext | None = None,
-                server_hostname: str | None = None, timeout: float = 10.0) -> tuple[LineClient, str]:
+                server_hostname: str | None = None, timeout: float = 5.0) -> tuple[LineClient, str]:
     return imap_client(port, tls, context, server_hostname, timeout)
 
 
@@ -762,7 +762,7 @@ def capabilities(line: str) -> set[str]:
 
 # --------------------------------------------------------------------------- curl
 
-def curl(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+def curl(*args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
     """curl -sS with args; output captured as text."""
     return subprocess.run(["curl", "-sS", "--max-time", str(int(timeout)), *args],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,

@@ -123,7 +123,7 @@ class CliTest(unittest.TestCase):
     def test_run_with_bad_config_fails_fast(self):
         text = self.valid.replace("format: json }", "format: json, colour: true }")
         path = self.write("badrun.yaml", text)
-        r = harness.run_mailgate("--config", path, timeout=15)
+        r = harness.run_mailgate("--config", path, timeout=10)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn(f"{path}:", r.stdout + r.stderr)
 
@@ -141,14 +141,14 @@ class ReloadTest(GatewayTestCase):
     def test_sighup_reloads_users_and_keeps_sessions(self):
         env = self.env
         imap = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
-                                 timeout=15)
+                                 timeout=10)
         imap.login(ALICE, ALICE_PW)
         imap.select("INBOX")
 
         dave, dave_pw = "dave@example.org", "dave-password"
         with self.assertRaises(imaplib.IMAP4.error):
             imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
-                              timeout=15).login(dave, dave_pw)
+                              timeout=10).login(dave, dave_pw)
         users = dict(USERS, **{dave: dave_pw})
         env.dovecots[0].write_users(users)
         harness.write_passwd(env.users_file, users)
@@ -157,7 +157,7 @@ class ReloadTest(GatewayTestCase):
         def dave_in():
             try:
                 i = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
-                                      timeout=15)
+                                      timeout=10)
                 i.login(dave, dave_pw)
                 i.logout()
                 return True
@@ -177,7 +177,7 @@ class ReloadTest(GatewayTestCase):
             time.sleep(1)
             self.assertTrue(env.gateway.is_running(), "a bad config on reload stopped mailgate")
             i = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
-                                  timeout=15)
+                                  timeout=10)
             self.assertEqual(i.login(ALICE, ALICE_PW)[0], "OK")
             i.logout()
             self.assertIn(f"{env.gateway.config_path}:", env.gateway.log_text())

@@ -26,7 +26,7 @@ class FailoverTest(GatewayTestCase):
     def imap_node(self) -> str:
         """Logs in through the gateway and tells which node answered."""
         imap = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
-                                 timeout=15)
+                                 timeout=10)
         try:
             typ, data = imap.login(ALICE, ALICE_PW)
             self.assertEqual(typ, "OK", data)
@@ -44,7 +44,7 @@ class FailoverTest(GatewayTestCase):
 
     def pop3_node(self) -> str:
         pop = poplib.POP3_SSL(harness.HOST, self.port("pop3s"), context=self.env.context,
-                              timeout=15)
+                              timeout=10)
         try:
             pop.user(ALICE)
             pop.pass_(ALICE_PW)
@@ -84,7 +84,7 @@ class FailoverTest(GatewayTestCase):
     def test_2_primary_stopped_new_sessions_on_secondary(self):
         # An authenticated session on the primary when it goes away.
         imap = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
-                                 timeout=15)
+                                 timeout=10)
         imap.login(ALICE, ALICE_PW)
         self.env.dovecots[0].stop()
         # Immediately: the health check has not noticed yet; the connect fails over.
@@ -112,7 +112,7 @@ class FailoverTest(GatewayTestCase):
         self.assertEqual(self.raw_imap_login("wrong"), f"a {AUTH_FAILED}")
         with self.assertRaises(imaplib.IMAP4.error) as cm:
             imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
-                              timeout=15).login(ALICE, ALICE_PW)
+                              timeout=10).login(ALICE, ALICE_PW)
         self.assertIn("UNAVAILABLE", str(cm.exception))
 
     def test_4_primary_back(self):

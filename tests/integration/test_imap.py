@@ -25,7 +25,7 @@ class ImapTest(GatewayTestCase):
         cls.env.dovecots[0].deliver(BOB, WELCOME, "Hello Bob.\r\n")
 
     # ------------------------------------------------------------------ helpers
-    def imaps(self, timeout=15) -> imaplib.IMAP4_SSL:
+    def imaps(self, timeout=10) -> imaplib.IMAP4_SSL:
         return imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
                                  timeout=timeout)
 
@@ -103,7 +103,7 @@ class ImapTest(GatewayTestCase):
         imap.logout()
 
     def test_starttls_login_select_fetch(self):
-        imap = imaplib.IMAP4(harness.HOST, self.port("imap"), timeout=15)
+        imap = imaplib.IMAP4(harness.HOST, self.port("imap"), timeout=10)
         self.assertIn("STARTTLS", imap.capabilities)
         self.assertIn("LOGINDISABLED", imap.capabilities)
         typ, data = imap.starttls(ssl_context=self.env.context)
@@ -375,9 +375,12 @@ class ImapTest(GatewayTestCase):
     def test_bare_lf_rejected(self):
         c, _ = self.raw_imaps()
         c.send(b"a NOOP\n")
-        line = c.read_line(5)
-        self.assertIsNotNone(line)
-        self.assertNotRegex(line, r"^a OK", "bare LF accepted as end of line")
+        try:
+            line = c.read_line(3)
+        except socket.timeout:
+            return  # not taken as a command: fine
+        if line is not None:
+            self.assertNotRegex(line, r"^a OK", "bare LF accepted as end of line")
 
     def test_preauth_idle_timeout(self):
         c, _ = self.raw_imaps("imap_short")
