@@ -445,9 +445,12 @@ int runIdle(const Options& o) {
     }
   };
   Clock::time_point t0 = Clock::now();
-  // Set-up phase.
-  while (idling + failed < n) {
-    while (next < n && d.active() - idling < o.ramp) {
+  // Set-up phase. A target that fails a whole ramp's worth with nothing idle is
+  // broken: stop starting sessions.
+  bool broken = false;
+  while (idling + failed < n && !(broken && d.active() == idling)) {
+    if (failed >= o.ramp && idling == 0) broken = true;
+    while (!broken && next < n && d.active() - idling < o.ramp) {
       if (!d.startSlot(next)) onDone(next);
       ++next;
     }
@@ -466,10 +469,10 @@ int runIdle(const Options& o) {
   Clock::time_point hold_end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.hold));
   size_t lost = 0;
   while (Clock::now() < hold_end) d.poll(100, onDone);
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < next; ++i)
     if (d.conn(i).phase() == Phase::kIdling) d.conn(i).release();
     else if (!d.conn(i).terminal()) ++lost;
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < next; ++i)
     if (!d.conn(i).terminal()) d.settle(i, onDone);
   Clock::time_point end_deadline = Clock::now() + std::chrono::seconds(60);
   while (d.active() > 0 && Clock::now() < end_deadline) d.poll(100, onDone);

@@ -300,7 +300,7 @@ class Bench:
 
                 r = self.load("idle", port, tls,
                               ["--concurrency", str(n), "--hold", str(self.args.idle_hold),
-                               "--ramp", "256", "--timeout", "120"], label, on_line=on_line)
+                               "--ramp", "256", "--timeout", "30"], label, on_line=on_line)
                 rec = {"sessions": n, "idle": sample.get("idle"), "failed": sample.get("failed"),
                        "setup_s": sample.get("setup_s"), "logged_out": r.get("logged_out")}
                 if pids_fn() and "rss" in sample and sample.get("idle"):

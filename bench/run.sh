@@ -7,18 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The load generator: build/mailgate-load from the main build if it is there, else
-# a standalone build of bench/*.cc (the rest of the tree may not configure yet).
+# The load generator: a standalone build of bench/*.cc in build-bench/ (our own
+# directory: never races a build running in build/, and works while the rest of the
+# tree is mid-change). The CMake target mailgate-load builds the same sources.
 LOAD_BIN=${LOAD_BIN:-}
 if [[ -z "$LOAD_BIN" ]]; then
-  if [[ -f build/CMakeCache.txt ]] && cmake --build build --target mailgate-load -j2 >/dev/null 2>&1 \
-     && [[ -x build/mailgate-load ]]; then
-    LOAD_BIN=build/mailgate-load
-  else
-    mkdir -p build-bench
+  mkdir -p build-bench
+  LOAD_BIN=build-bench/mailgate-load
+  if [[ ! -x "$LOAD_BIN" ]] || [[ -n "$(find bench -name '*.cc' -newer "$LOAD_BIN" -o -name '*.h' -newer "$LOAD_BIN")" ]]; then
     g++ -std=c++20 -O2 -g -Wall -Wextra -Wpedantic -Wshadow -Wold-style-cast -Wswitch-enum -I. \
-      bench/*.cc -o build-bench/mailgate-load -luring -lssl -lcrypto -pthread
-    LOAD_BIN=build-bench/mailgate-load
+      bench/*.cc -o "$LOAD_BIN" -lssl -lcrypto -pthread
   fi
 fi
 
