@@ -71,9 +71,34 @@ struct CacheConfig {
   Duration negative_ttl{10000};
 };
 
+// directory.postgres: accepted and validated by the schema; the driver itself comes later.
+struct PostgresQueriesConfig {
+  std::string password;  // empty = built-in default query
+  std::string recipient;
+  std::string route;
+  std::string routes;
+};
+
+struct PostgresDirectoryConfig {
+  std::string conninfo;  // libpq connection string (multi-host allowed)
+  uint32_t pool = 8;
+  Duration timeout{2000};
+  Duration refresh{30000};
+  std::string default_scheme = "SHA512-CRYPT";  // for stored hashes without a {SCHEME} prefix
+  PostgresQueriesConfig queries;
+};
+
+// directory.http: nginx auth_http protocol; accepted by the schema, driver later.
+struct HttpDirectoryConfig {
+  std::string url;
+  Duration timeout{2000};
+};
+
 struct DirectoryConfig {
   std::string driver = "file";  // file (postgres, http: later)
   FileDirectoryConfig file;
+  PostgresDirectoryConfig postgres;
+  HttpDirectoryConfig http;
   CacheConfig cache;
 };
 
@@ -154,5 +179,14 @@ LoadResult loadConfigText(const std::string& text, const std::string& path);
 bool parseDuration(const std::string& text, Duration* out);
 // Parses "512", "64K", "50M", "1G". false on error or overflow.
 bool parseSize(const std::string& text, uint64_t* out);
+
+// A listen address split into its parts: "IPv4:port", "[IPv6]:port", "*:port" (numeric only).
+struct ListenAddress {
+  std::string host;  // IPv4 literal, IPv6 literal (without brackets), or empty for "*"
+  uint16_t port = 0;
+  bool any() const { return host.empty(); }
+};
+// Parses a listen address; on failure returns false and says why in *error (when not null).
+bool parseListenAddress(const std::string& text, ListenAddress* out, std::string* error);
 
 }  // namespace mailgate::conf
