@@ -28,7 +28,7 @@ static std::string disabledHint() {
 
 Result<bool> Ring::init() {
   io_uring_params p{};
-  p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER;
+  p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
   p.flags |= IORING_SETUP_CQSIZE;
   p.cq_entries = kEntries * 4;
   int r = io_uring_queue_init_params(kEntries, &ring_, &p);

@@ -262,9 +262,18 @@ void Reactor::run() {
   armWake();
   for (;;) {
     int r = io_uring_submit_and_wait(ring_.raw(), 1);
-    if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN) {
-      log::error("io_uring_submit_and_wait failed", {{"error", std::strerror(-r)}});
+    if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN && r != -ETIME) {
+      static log::RateLimit rl(1);
+      if (rl.allow()) log::error("io_uring_submit_and_wait failed", {{"error", std::strerror(-r)}});
+      if (++submit_errors_ > 1000) {
+        log::error("io_uring keeps failing, reactor stops", {{"reactor", index_}});
+        for (Session* s : slots_)
+          if (s && !s->closing()) s->forceClose("internal_error");
+        break;
+      }
+      continue;
     }
+    submit_errors_ = 0;
     updateClock();
     io_uring_cqe* cqe;
     unsigned head;

@@ -87,6 +87,7 @@ class Reactor {
   bool stopping_ = false;
   uint64_t stop_deadline_ = 0;
   bool accept_rearm_needed_ = false;
+  unsigned submit_errors_ = 0;
 };
 
 }  // namespace mailgate::session

@@ -281,7 +281,11 @@ void Session::onSend(uint8_t aux, int res) {
 void Session::updateBackpressure() {
   if (closing_) return;
   auto apply = [this](Side side, Endpoint& e, bool want_pause) {
-    if (want_pause == e.paused || e.closing) return;
+    if (e.closing) return;
+    if (want_pause == e.paused) {
+      if (!want_pause) armRecv(side, e);  // first arm, or re-arm after the kernel ended a multishot
+      return;
+    }
     e.paused = want_pause;
     if (want_pause) {
       if (e.recv_armed) {
