@@ -146,9 +146,11 @@ class ReloadTest(GatewayTestCase):
         imap.select("INBOX")
 
         dave, dave_pw = "dave@example.org", "dave-password"
+        probe = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
+                                  timeout=10)
         with self.assertRaises(imaplib.IMAP4.error):
-            imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
-                              timeout=10).login(dave, dave_pw)
+            probe.login(dave, dave_pw)
+        probe.shutdown()
         users = dict(USERS, **{dave: dave_pw})
         env.dovecots[0].write_users(users)
         harness.write_passwd(env.users_file, users)
@@ -158,10 +160,14 @@ class ReloadTest(GatewayTestCase):
             try:
                 i = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=env.context,
                                       timeout=10)
-                i.login(dave, dave_pw)
+                try:
+                    i.login(dave, dave_pw)
+                except imaplib.IMAP4.error:
+                    i.shutdown()
+                    return False
                 i.logout()
                 return True
-            except imaplib.IMAP4.error:
+            except OSError:
                 return False
         harness.wait_for(dave_in, 10, 0.5, "new user accepted after SIGHUP")
         self.assertEqual(imap.noop()[0], "OK", "session dropped by reload")

@@ -110,9 +110,11 @@ class FailoverTest(GatewayTestCase):
         self.assertEqual(self.raw_pop3_login(), UNAVAILABLE_POP3)
         # Authentication is still the gateway's: a wrong password is still a failure.
         self.assertEqual(self.raw_imap_login("wrong"), f"a {AUTH_FAILED}")
+        imap = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
+                                 timeout=10)
         with self.assertRaises(imaplib.IMAP4.error) as cm:
-            imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
-                              timeout=10).login(ALICE, ALICE_PW)
+            imap.login(ALICE, ALICE_PW)
+        imap.shutdown()
         self.assertIn("UNAVAILABLE", str(cm.exception))
 
     def test_4_primary_back(self):
