@@ -128,6 +128,7 @@ void ImapCommandParser::reset() noexcept {
 
 void ImapCommandParser::beginLine() noexcept {
   clear_next_ = false;
+  reported_ = false;
   cmd_.tag = {};
   cmd_.verb_text = {};
   cmd_.verb = ImapVerb::kUnknown;
@@ -245,8 +246,14 @@ ImapFeed ImapCommandParser::feed(std::string_view input) noexcept {
       return {ImapStatus::kFatal, i};
     }
     if (line_octets_ > limit && state_ != State::kDiscard) {
-      err_ = kErrLineTooLong;  // the limit overrides an earlier error: the session counts it
+      // Reported at once, not at the LF that may never come; the rest of the line
+      // is then discarded silently.
+      err_ = kErrLineTooLong;
       state_ = State::kDiscard;
+      if (c != '\n') {
+        reported_ = true;
+        return {ImapStatus::kError, i};
+      }
     }
     const ImapStatus s = step(c);
     if (s != ImapStatus::kNeedMore) return {s, i};
@@ -267,6 +274,12 @@ ImapStatus ImapCommandParser::step(char c) noexcept {
         sasl_line_ = std::string_view(buf_.get() + tok_start_, len_ - tok_start_);
         return endLine(ImapStatus::kSaslLine);
       case State::kDiscard:
+        if (reported_) {  // the error went out when the limit was crossed
+          reported_ = false;
+          if (sasl_line_active_) sasl_mode_ = false;
+          beginLine();
+          return ImapStatus::kNeedMore;
+        }
         return endLine(ImapStatus::kError);
       case State::kTag:
       case State::kVerb:

@@ -9,9 +9,9 @@
 //
 // Behaviour (see also docs in imap_command.cc):
 // - Errors are reported once per line, when its LF arrives (the parser is then in
-//   sync); the first error of a line wins, except the line limit which overrides.
-// - Line limit: octets outside literal data, CRLFs included. Over max_line: the rest
-//   is discarded up to LF (never buffered), then kError "[TOOBIG] ...". Over
+//   sync); the first error of a line wins; the line limit is the exception.
+// - Line limit: octets outside literal data, CRLFs included. Over max_line: reported
+//   at once (kError "[TOOBIG] ..."), the rest discarded silently up to LF. Over
 //   4 * max_line without LF: kFatal at once.
 // - Literals are accepted only where an astring may stand (LOGIN, ID). Each literal
 //   <= max_literal, all literals of one command <= 2 * max_literal.
@@ -147,6 +147,7 @@ class ImapCommandParser {
   uint32_t lit_digits_ = 0;
   uint32_t verb_max_args_ = 0;
   uint32_t depth_ = 0;  // parenthesis depth
+  bool reported_ = false;  // the current line's error was already returned
   State state_ = State::kTag;
   bool lit_plus_ = false;
   bool lit_store_ = false;

@@ -39,7 +39,7 @@ bool quote(std::string_view v, std::string* out) {
 
 ImapSession::ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
                          std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
-    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(limitsFor(listener)) {}
+    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(std::make_unique<codec::ImapCommandParser>(limitsFor(listener))) {}
 
 void ImapSession::start() {
   armPreauthTimer();
@@ -110,7 +110,7 @@ void ImapSession::onClientData(std::string_view data) {
   }
   armPreauthTimer();
   while (!data.empty() && !closing()) {
-    codec::ImapFeed r = parser_.feed(data);
+    codec::ImapFeed r = parser_->feed(data);
     data.remove_prefix(r.consumed);
     switch (r.status) {
       case codec::ImapStatus::kNeedMore:
@@ -120,28 +120,29 @@ void ImapSession::onClientData(std::string_view data) {
         writeClient("+ OK\r\n");
         break;
       case codec::ImapStatus::kSaslLine:
-        handleSaslLine(parser_.saslLine());
+        handleSaslLine(parser_->saslLine());
         break;
       case codec::ImapStatus::kCommand:
         handleCommand();
         break;
       case codec::ImapStatus::kError:
-        badCommand(parser_.errorTag(), parser_.errorText());
+        sasl_ = Sasl::kNone;
+        badCommand(parser_->errorTag(), parser_->errorText());
         break;
       case codec::ImapStatus::kFatal:
         if (g_proto_log.allow())
-          log::info("imap fatal protocol error", {{"session", id_}, {"error", parser_.errorText()}});
-        writeClient(std::string("* BYE ") + std::string(parser_.errorText()) + "\r\n");
+          log::info("imap fatal protocol error", {{"session", id_}, {"error", parser_->errorText()}});
+        writeClient(std::string("* BYE ") + std::string(parser_->errorText()) + "\r\n");
         closeAfterFlush("protocol_error");
         return;
     }
     if (tls_pending_) {
       // Everything after STARTTLS in the same read is an injection attempt: drop it.
-      if (!data.empty() || parser_.hasPending()) {
+      if (!data.empty() || parser_->hasPending()) {
         log::warn("pipelined data after STARTTLS discarded",
                   {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
       }
-      parser_.reset();
+      parser_->reset();
       return;
     }
     if (loginPhase() != LoginPhase::kIdle) {
@@ -159,7 +160,7 @@ void ImapSession::resumeClientInput() {
 }
 
 void ImapSession::handleCommand() {
-  const codec::ImapCommand& c = parser_.command();
+  const codec::ImapCommand& c = parser_->command();
   tag_.assign(c.tag);
   switch (c.verb) {
     case codec::ImapVerb::kCapability:
@@ -236,7 +237,7 @@ void ImapSession::authenticateWith(std::string_view mech, const codec::ImapArg* 
     handleSaslLine(ir);
     return;
   }
-  parser_.expectSaslLine();
+  parser_->expectSaslLine();
   writeClient(sasl_ == Sasl::kPlain ? "+ \r\n" : "+ " + std::string(auth::kLoginUsernamePrompt) + "\r\n");
 }
 
@@ -274,7 +275,7 @@ void ImapSession::handleSaslLine(std::string_view line) {
       }
       sasl_user_ = std::move(u.value());
       sasl_ = Sasl::kLoginPass;
-      parser_.expectSaslLine();
+      parser_->expectSaslLine();
       writeClient("+ " + std::string(auth::kLoginPasswordPrompt) + "\r\n");
       return;
     }
@@ -436,6 +437,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
         std::string reply = tag_ + std::string(line.substr(1)) + "\r\n";
         std::string held;
         held.swap(held_);
+        parser_.reset();
         loginSucceeded(reply, held);
         return;
       }

@@ -3,6 +3,7 @@
 // LOGOUT, STARTTLS, LOGIN, AUTHENTICATE PLAIN/LOGIN with SASL-IR, ID), logs in to the
 // storage node by replaying the credentials (after an ID carrying the client's
 // address), answers the client's login with the node's tagged reply, then relays.
+#include <memory>
 #include <string>
 
 #include "gateway/codec/imap_command.h"
@@ -43,7 +44,7 @@ class ImapSession final : public LoginSession {
   void parseBackendCaps(std::string_view text);
   void sendBackendLogin();
 
-  codec::ImapCommandParser parser_;
+  std::unique_ptr<codec::ImapCommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;  // STARTTLS answered, handshake running
   std::string held_;          // client bytes received while the login is in progress
   std::string tag_;           // tag of the LOGIN/AUTHENTICATE in progress

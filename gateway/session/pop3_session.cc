@@ -30,7 +30,7 @@ bool isMech(std::string_view v, std::string_view m) {
 
 Pop3Session::Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
                          std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
-    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(limitsFor(listener)) {}
+    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(std::make_unique<codec::Pop3CommandParser>(limitsFor(listener))) {}
 
 void Pop3Session::start() {
   armPreauthTimer();
@@ -79,31 +79,31 @@ void Pop3Session::onClientData(std::string_view data) {
   }
   armPreauthTimer();
   while (!data.empty() && !closing()) {
-    codec::Pop3Feed r = parser_.feed(data);
+    codec::Pop3Feed r = parser_->feed(data);
     data.remove_prefix(r.consumed);
     switch (r.status) {
       case codec::Pop3Status::kNeedMore:
         if (r.consumed == 0) data = {};
         break;
       case codec::Pop3Status::kSaslLine:
-        handleSaslLine(parser_.saslLine());
+        handleSaslLine(parser_->saslLine());
         break;
       case codec::Pop3Status::kCommand:
         handleCommand();
         break;
       case codec::Pop3Status::kError:
         sasl_ = Sasl::kNone;
-        badCommand(parser_.errorText());
+        badCommand(parser_->errorText());
         break;
       case codec::Pop3Status::kFatal:
-        writeClient("-ERR " + std::string(parser_.errorText()) + "\r\n");
+        writeClient("-ERR " + std::string(parser_->errorText()) + "\r\n");
         closeAfterFlush("protocol_error");
         return;
     }
     if (tls_pending_) {
-      if (!data.empty() || parser_.hasPending())
+      if (!data.empty() || parser_->hasPending())
         log::warn("pipelined data after STLS discarded", {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
-      parser_.reset();
+      parser_->reset();
       return;
     }
     if (loginPhase() != LoginPhase::kIdle) {
@@ -121,7 +121,7 @@ void Pop3Session::resumeClientInput() {
 }
 
 void Pop3Session::handleCommand() {
-  const codec::Pop3Command& c = parser_.command();
+  const codec::Pop3Command& c = parser_->command();
   switch (c.verb) {
     case codec::Pop3Verb::kCapa: {
       std::string caps = "+OK\r\nCAPA\r\n";
@@ -194,7 +194,7 @@ void Pop3Session::handleCommand() {
         handleSaslLine(ir);
         return;
       }
-      parser_.expectSaslLine();
+      parser_->expectSaslLine();
       writeClient(sasl_ == Sasl::kPlain ? "+ \r\n" : "+ " + std::string(auth::kLoginUsernamePrompt) + "\r\n");
       return;
     case codec::Pop3Verb::kQuit:
@@ -245,7 +245,7 @@ void Pop3Session::handleSaslLine(std::string_view line) {
       }
       sasl_user_ = std::move(u.value());
       sasl_ = Sasl::kLoginPass;
-      parser_.expectSaslLine();
+      parser_->expectSaslLine();
       writeClient("+ " + std::string(auth::kLoginPasswordPrompt) + "\r\n");
       return;
     }
@@ -401,6 +401,7 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         reply += "\r\n";
         std::string held;
         held.swap(held_);
+        parser_.reset();
         loginSucceeded(reply, held);
         return;
       }

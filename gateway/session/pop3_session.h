@@ -2,6 +2,7 @@
 // POP3 front end: CAPA, STLS, USER/PASS, AUTH PLAIN/LOGIN, QUIT in the
 // AUTHORIZATION state; then CAPA/XCLIENT/AUTH PLAIN towards the storage node, the
 // node's +OK to the client, and the relay.
+#include <memory>
 #include <string>
 
 #include "gateway/codec/pop3_command.h"
@@ -38,7 +39,7 @@ class Pop3Session final : public LoginSession {
   void afterCapa();
   void sendBackendAuth();
 
-  codec::Pop3CommandParser parser_;
+  std::unique_ptr<codec::Pop3CommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;
   std::string held_;
   std::string user_arg_;  // from USER
