@@ -61,6 +61,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # even if started with SIGINT ignored
     try:
         print(f"demo: files in {work}")
         certs = work / "certs"
