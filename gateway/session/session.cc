@@ -103,6 +103,7 @@ void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
   } else {
     e->bytes_in += static_cast<uint64_t>(res);
     last_activity_ = now();
+    trimmed_ = false;
     deliver(side, *e, std::string_view(data, static_cast<size_t>(res)));
   }
   if (closing_) return;
@@ -261,16 +262,9 @@ void Session::onSend(uint8_t aux, int res) {
   }
   e->out_inflight.clear();
   e->inflight_off = 0;
-  if (e->out_inflight.capacity() > 65536) std::string().swap(e->out_inflight);
-  if (!e->out_pending.empty()) {
-    submitSend(side, *e);
-  } else if (e->out_pending.capacity() > 65536) {
-    std::string().swap(e->out_pending);
-  }
+  if (!e->out_pending.empty()) submitSend(side, *e);
   if (close_after_flush_ && side == Side::kClient) {
     if (client_.queued() == 0 && !client_.send_inflight) {
-      close_after_flush_ = false;
-      closing_ = false;  // let close() run its course
       close(outcome_ ? outcome_ : "closed");
     }
     return;
@@ -421,6 +415,20 @@ void Session::maybeRetireEndpoints() {
   }
 }
 
+void Session::trimBuffers() {
+  trimmed_ = true;
+  auto trim = [](Endpoint& e) {
+    if (e.out_pending.empty() && e.out_pending.capacity() > 0) std::string().swap(e.out_pending);
+    if (!e.send_inflight && e.out_inflight.capacity() > 0) {
+      std::string().swap(e.out_inflight);
+      e.inflight_off = 0;
+    }
+  };
+  trim(client_);
+  if (backend_) trim(*backend_);
+  std::string().swap(scratch_);
+}
+
 void Session::startRelay(std::string_view to_client, std::string_view to_backend) {
   relaying_ = true;
   client_hold_ = false;
@@ -433,7 +441,8 @@ void Session::startRelay(std::string_view to_client, std::string_view to_backend
 }
 
 void Session::close(const char* outcome) {
-  if (closing_) return;
+  if (retired_) return;
+  retired_ = true;
   closing_ = true;
   close_after_flush_ = false;
   if (!outcome_) outcome_ = outcome;
@@ -467,15 +476,19 @@ void Session::onTick(uint64_t now_ms) {
   maybeRetireEndpoints();
   if (close_after_flush_) {
     if (timer_at_ && now_ms >= timer_at_) {
-      close_after_flush_ = false;
-      closing_ = false;
       close(outcome_ ? outcome_ : "closed");
     }
     return;
   }
   if (closing_) return;
   if (relaying_) {
-    if (now_ms - last_activity_ > static_cast<uint64_t>(listener_.idle_timeout.count())) close("idle_timeout");
+    uint64_t idle = now_ms - last_activity_;
+    if (idle > static_cast<uint64_t>(listener_.idle_timeout.count())) {
+      close("idle_timeout");
+      return;
+    }
+    // Buffers kept warm while bytes flow are given back once the session is quiet.
+    if (idle > kTrimAfterMs && !trimmed_) trimBuffers();
     return;
   }
   if (timer_at_ && now_ms >= timer_at_) {
@@ -485,7 +498,7 @@ void Session::onTick(uint64_t now_ms) {
 }
 
 bool Session::reapable() const {
-  if (!closing_ || close_after_flush_) return false;
+  if (!retired_) return false;
   if (client_.ops) return false;
   if (backend_ && backend_->ops) return false;
   for (const auto& d : dead_backends_)

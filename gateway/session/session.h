@@ -50,6 +50,7 @@ class Session {
  public:
   static constexpr size_t kHighWater = 256 * 1024;  // pause the other side above this
   static constexpr size_t kLowWater = 64 * 1024;    // resume below this
+  static constexpr uint64_t kTrimAfterMs = 2000;     // quiet time before buffers are released
 
   Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
           std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
@@ -131,6 +132,7 @@ class Session {
   void endpointEof(Side side, Endpoint& e, const std::string& why);
   void updateBackpressure();
   void maybeRetireEndpoints();
+  void trimBuffers();
 
   uint32_t slot_;
   uint32_t gen_;
@@ -143,6 +145,8 @@ class Session {
   bool client_hold_ = false;  // the protocol holds client input (waiting for auth)
   bool closing_ = false;
   bool close_after_flush_ = false;
+  bool retired_ = false;
+  bool trimmed_ = false;  // close() ran: cancelled and handed to the reactor for freeing
   bool finished_ = false;
   uint64_t timer_at_ = 0;
   uint64_t started_ms_ = 0;
