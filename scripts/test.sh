@@ -50,15 +50,16 @@ for f in "${fuzzers[@]}"; do
   name=$(basename "$f")
   name=${name#fuzz_}
   work=$(mktemp -d)
+  mkdir "$work/corpus"
   corpus=()
-  if [ -d "tests/fuzz/corpus/$name" ]; then
-    corpus=("$repo/tests/fuzz/corpus/$name")
-  fi
+  for seeds in "tests/fuzz/corpus/$name" "tests/fuzz/corpus/fuzz_$name"; do
+    if [ -d "$seeds" ]; then corpus+=("$repo/$seeds"); fi
+  done
   echo "-- $f ${corpus[*]:-}"
   # New inputs go to a scratch dir (listed first) so the checked-in seeds stay untouched.
   if ! (cd "$work" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
         "$fabs" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
-        -artifact_prefix="$work/" "$work" "${corpus[@]}" 2>"$work/log"); then
+        -artifact_prefix="$work/" "$work/corpus" "${corpus[@]}" 2>"$work/log"); then
     tail -50 "$work/log" >&2
     echo "fuzz target $name failed; artifacts in $work" >&2
     exit 1
