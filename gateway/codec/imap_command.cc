@@ -171,7 +171,8 @@ void ImapCommandParser::expectSaslLine() noexcept {
 std::string_view ImapCommandParser::saslLine() const noexcept { return sasl_line_; }
 
 bool ImapCommandParser::hasPending() const noexcept {
-  return !clear_next_ && line_octets_ > 0 && state_ != State::kFatal;
+  // An over-long line already answered is being discarded, not buffered.
+  return !clear_next_ && line_octets_ > 0 && state_ != State::kFatal && !reported_;
 }
 
 bool ImapCommandParser::ownsView(std::string_view v) const noexcept {
