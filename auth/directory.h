@@ -1,7 +1,11 @@
 #pragma once
-// The directory answers "may this user log in with this password?". Calls are
-// blocking and run on the worker pool, never on a reactor thread.
+// The directory answers "may this user log in with this password?" (and, for the
+// drivers that know, "where does this user live?"). Calls are blocking and run on
+// the worker pool, never on a reactor thread.
+#include <chrono>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,9 +19,32 @@ enum class Verdict {
   kTempFail,  // directory unavailable: the client gets a temporary failure
 };
 
+// Who is asking: the values behind %{client_ip}, %{protocol}, ... in queries and the
+// Client-IP, Auth-Protocol, ... headers of the http driver.
+struct AuthContext {
+  std::string client_ip;
+  uint16_t client_port = 0;
+  std::string local_ip;
+  uint16_t local_port = 0;
+  std::string protocol;  // "imap" | "pop3" | "smtp"
+  std::string method = "plain";  // "plain" (LOGIN, USER/PASS, SASL PLAIN/LOGIN)
+  bool secured = false;          // TLS on the client connection
+  unsigned attempt = 1;          // 1-based login attempt within the session
+};
+
+// Where the directory says the user lives. Each is a backend name from the config
+// or "host[:port]" (the port then applies to the session's protocol).
+struct RouteHint {
+  std::string primary;
+  std::string secondary;  // may be empty
+};
+
 struct AuthResult {
   Verdict verdict = Verdict::kTempFail;
-  std::string user;  // canonical user name (as stored), set when kOk
+  std::string user;                 // canonical user name (as stored), set when kOk
+  std::optional<RouteHint> route;   // overrides the routing map for this session
+  std::chrono::milliseconds wait{0};  // extra delay before a failure reply (auth_http Auth-Wait)
+  std::string reason;               // for the log: why it failed (never the password)
 };
 
 class Directory {
@@ -25,6 +52,11 @@ class Directory {
   virtual ~Directory() = default;
   // Thread-safe; blocking (may hash for tens of milliseconds).
   virtual AuthResult authenticate(std::string_view user, std::string_view password) = 0;
+  virtual AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& /*ctx*/) {
+    return authenticate(user, password);
+  }
+  // Counters for the log and /metrics, e.g. "cache_hits=3 cache_misses=7"; empty if none.
+  virtual std::string statsText() const { return {}; }
 };
 
 }  // namespace mailgate::auth

@@ -16,10 +16,28 @@
 
 namespace mailgate::routing {
 
+// A node's administrative state, from the directory (nodes table): drain and down
+// take no new sessions; established ones are left alone.
+enum class AdminState : int { kActive = 0, kDrain = 1, kDown = 2 };
+
 struct Backend {
   const conf::BackendConfig* config = nullptr;  // lives as long as the config snapshot
   std::atomic<bool> up{true};                   // last health-check verdict (optimistic at start)
   std::atomic<uint64_t> checks_failed{0};
+  std::atomic<int> admin{static_cast<int>(AdminState::kActive)};
+  bool acceptsSessions() const { return admin.load() == static_cast<int>(AdminState::kActive); }
+};
+
+// A routing map from the directory (PostgreSQL routes/nodes), swapped whole.
+struct RouteEntry {
+  std::string key;        // "*", "domain" or "user@domain" (any case; matched case-insensitively)
+  std::string primary;    // backend name or "host[:port]"
+  std::string secondary;  // may be empty
+};
+struct RouteTable {
+  std::vector<RouteEntry> entries;
+  // node (backend name or host) → "active" | "drain" | "down"; nodes not listed are active.
+  std::vector<std::pair<std::string, std::string>> node_states;
 };
 
 struct Route {
@@ -32,13 +50,30 @@ class Router {
   explicit Router(std::shared_ptr<const conf::Config> config);
   // Route for "user@domain" (domain case-insensitive); a user without domain or an
   // unknown domain takes the "*" route; no route at all → both null.
+  // The directory's map (when set) is consulted first: "user@domain", then
+  // "domain", then "*"; then routing.static.
   Route route(std::string_view user) const;
   Backend* find(std::string_view name) const;
+  // A backend name from the config, or "host[:port]" (an ad-hoc backend, created
+  // once and kept; its ports are the protocol defaults unless a port is given,
+  // which then applies to every protocol). Null for an empty or malformed value.
+  Backend* resolve(std::string_view name_or_hostport);
+  Route resolve(const std::string& primary, const std::string& secondary);
+  // Thread-safe: installs the directory's map and node states (null = none).
+  void setTable(std::shared_ptr<const RouteTable> table);
+  std::shared_ptr<const RouteTable> table() const;
   const std::vector<std::unique_ptr<Backend>>& backends() const { return backends_; }
 
  private:
   std::shared_ptr<const conf::Config> config_;
   std::vector<std::unique_ptr<Backend>> backends_;
+  mutable std::mutex dyn_mu_;
+  std::shared_ptr<const RouteTable> table_;
+  struct AdHoc {
+    conf::BackendConfig config;
+    std::unique_ptr<Backend> backend;
+  };
+  std::vector<std::unique_ptr<AdHoc>> adhoc_;  // guarded by dyn_mu_
   struct Entry {
     std::string domain;  // lower-case
     Route route;
