@@ -45,6 +45,10 @@ struct AuthResult {
   std::optional<RouteHint> route;   // overrides the routing map for this session
   std::chrono::milliseconds wait{0};  // extra delay before a failure reply (auth_http Auth-Wait)
   std::string reason;               // for the log: why it failed (never the password)
+  // Credentials to present to the storage node instead of the client's (auth_http
+  // Auth-User/Auth-Pass); unset = replay the client's.
+  std::optional<std::string> backend_user;
+  std::optional<std::string> backend_password;
 };
 
 class Directory {

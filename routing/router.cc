@@ -158,7 +158,122 @@ Router::Router(std::shared_ptr<const conf::Config> config) : config_(std::move(c
   }
 }
 
-Route Router::route(std::string_view user) const {
+void Router::setTable(std::shared_ptr<const RouteTable> table) {
+  // Node states first: a backend not listed is active.
+  std::vector<std::pair<Backend*, AdminState>> states;
+  if (table) {
+    for (const auto& [name, state] : table->node_states) {
+      Backend* b = resolve(name);
+      if (!b) continue;
+      AdminState st = AdminState::kActive;
+      if (lower(state) == "drain")
+        st = AdminState::kDrain;
+      else if (lower(state) == "down")
+        st = AdminState::kDown;
+      states.emplace_back(b, st);
+    }
+  }
+  std::lock_guard<std::mutex> g(dyn_mu_);
+  auto apply = [&](Backend& b) {
+    AdminState st = AdminState::kActive;
+    for (const auto& [sb, sst] : states)
+      if (sb == &b) st = sst;
+    b.admin.store(static_cast<int>(st));
+  };
+  for (auto& b : backends_) apply(*b);
+  for (auto& a : adhoc_) apply(*a->backend);
+  table_ = std::move(table);
+}
+
+std::shared_ptr<const RouteTable> Router::table() const {
+  std::lock_guard<std::mutex> g(dyn_mu_);
+  return table_;
+}
+
+Backend* Router::resolve(std::string_view name_or_hostport) {
+  if (name_or_hostport.empty()) return nullptr;
+  if (Backend* b = find(name_or_hostport)) return b;
+  std::string host;
+  uint16_t port = 0;
+  std::string_view v = name_or_hostport;
+  if (v.front() == '[') {
+    size_t close = v.find(']');
+    if (close == std::string_view::npos) return nullptr;
+    host = std::string(v.substr(1, close - 1));
+    v.remove_prefix(close + 1);
+    if (!v.empty() && v.front() != ':') return nullptr;
+  } else {
+    size_t colon = v.rfind(':');
+    if (colon != std::string_view::npos && v.find(':') == colon) {
+      host = std::string(v.substr(0, colon));
+      v.remove_prefix(colon);
+    } else {
+      host = std::string(v);
+      v = {};
+    }
+  }
+  if (!v.empty()) {  // ":port"
+    v.remove_prefix(1);
+    unsigned p = 0;
+    if (v.empty() || v.size() > 5) return nullptr;
+    for (char c : v) {
+      if (c < '0' || c > '9') return nullptr;
+      p = p * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (p == 0 || p > 65535) return nullptr;
+    port = static_cast<uint16_t>(p);
+  }
+  if (host.empty()) return nullptr;
+  std::string key = lower(name_or_hostport);
+  std::lock_guard<std::mutex> g(dyn_mu_);
+  for (auto& a : adhoc_)
+    if (a->config.name == key) return a->backend.get();
+  if (adhoc_.size() >= 4096) return nullptr;  // bounded: a runaway map cannot grow this forever
+  auto a = std::make_unique<AdHoc>();
+  a->config.name = key;
+  a->config.host = host;
+  a->config.ports.imap = port ? port : 143;
+  a->config.ports.pop3 = port ? port : 110;
+  a->config.ports.smtp = port ? port : 25;
+  a->config.ports.lmtp = port ? port : 24;
+  a->backend = std::make_unique<Backend>();
+  a->backend->config = &a->config;
+  Backend* b = a->backend.get();
+  adhoc_.push_back(std::move(a));
+  return b;
+}
+
+Route Router::resolve(const std::string& primary, const std::string& secondary) {
+  Route r;
+  r.primary = resolve(primary);
+  r.secondary = resolve(secondary);
+  if (!r.primary) {
+    r.primary = r.secondary;
+    r.secondary = nullptr;
+  }
+  return r;
+}
+
+Route Router::route(std::string_view user) {
+  if (auto t = table()) {
+    std::string u = lower(user);
+    const RouteEntry* hit = nullptr;
+    const RouteEntry* dom = nullptr;
+    const RouteEntry* star = nullptr;
+    const std::size_t at = u.rfind('@');
+    std::string_view d = at == std::string::npos ? std::string_view() : std::string_view(u).substr(at + 1);
+    for (const auto& e : t->entries) {
+      std::string k = lower(e.key);
+      if (k == u && at != std::string::npos) hit = &e;
+      else if (!d.empty() && k == d && !dom) dom = &e;
+      else if (k == "*" && !star) star = &e;
+    }
+    const RouteEntry* use = hit ? hit : dom ? dom : star;
+    if (use) {
+      Route r = resolve(use->primary, use->secondary);
+      if (r.primary) return r;
+    }
+  }
   const std::size_t at = user.rfind('@');
   if (at == std::string_view::npos) return default_;
   const std::string_view domain = user.substr(at + 1);

@@ -52,7 +52,7 @@ class Router {
   // unknown domain takes the "*" route; no route at all → both null.
   // The directory's map (when set) is consulted first: "user@domain", then
   // "domain", then "*"; then routing.static.
-  Route route(std::string_view user) const;
+  Route route(std::string_view user);
   Backend* find(std::string_view name) const;
   // A backend name from the config, or "host[:port]" (an ad-hoc backend, created
   // once and kept; its ports are the protocol defaults unless a port is given,

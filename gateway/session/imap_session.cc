@@ -426,7 +426,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
         // No SASL-IR after all: send the response now.
         std::string plain;
         plain.push_back('\0');
-        plain += user_;
+        plain += loginUser();
         plain.push_back('\0');
         plain += password();
         writeBackend(auth::base64Encode(plain) + "\r\n");
@@ -459,7 +459,7 @@ void ImapSession::sendBackendLogin() {
   if (b_auth_plain_ || b_sasl_ir_) {
     std::string plain;
     plain.push_back('\0');
-    plain += user_;
+    plain += loginUser();
     plain.push_back('\0');
     plain += password();
     if (b_sasl_ir_)
@@ -468,7 +468,7 @@ void ImapSession::sendBackendLogin() {
       out += "L AUTHENTICATE PLAIN\r\n";
   } else {
     std::string u, p;
-    if (!quote(user_, &u) || !quote(password(), &p)) {
+    if (!quote(loginUser(), &u) || !quote(password(), &p)) {
       backendAttemptFailed(BackendFailure::kProtocol, "credentials cannot be sent with LOGIN");
       return;
     }

@@ -1,5 +1,7 @@
 #include "gateway/session/login_session.h"
 
+#include <algorithm>
+
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
 
@@ -14,21 +16,33 @@ void LoginSession::armPreauthTimer() { setTimer(now() + static_cast<uint64_t>(li
 void LoginSession::beginLogin(std::string user, std::string password) {
   user_ = std::move(user);
   password_ = std::move(password);
+  backend_user_.reset();
+  backend_password_.reset();
   phase_ = LoginPhase::kDirectory;
   clearTimer();
   pauseClient(true);
+  auth::AuthContext ctx;
+  ctx.client_ip = client_ip_;
+  ctx.client_port = client_port_;
+  ctx.local_ip = local_ip_;
+  ctx.local_port = local_port_;
+  ctx.protocol = listener_.protocol == conf::Protocol::kImap ? "imap" : "pop3";
+  ctx.secured = clientTlsActive();
+  ctx.attempt = auth_failures_ + 1;
   auto rt = rt_;
   std::string u = user_, p = password_;
   uint32_t slot = this->slot(), gen = this->gen();
   Reactor* reactor = &reactor_;
   conf::Protocol proto = listener_.protocol;
-  bool queued = reactor_.workers().submit([rt, u, p, slot, gen, reactor, proto] {
-    auth::AuthResult r = rt->directory->authenticate(u, p);
+  bool queued = reactor_.workers().submit([rt, u, p, ctx, slot, gen, reactor, proto] {
+    auth::AuthResult r = rt->directory->authenticate(u, p, ctx);
     std::vector<Candidate> cands;
     if (r.verdict == auth::Verdict::kOk) {
-      routing::Route route = rt->router->route(r.user.empty() ? u : r.user);
+      routing::Route route = r.route ? rt->router->resolve(r.route->primary, r.route->secondary)
+                                     : rt->router->route(r.user.empty() ? u : r.user);
       for (routing::Backend* b : {route.primary, route.secondary}) {
         if (!b || !b->config) continue;
+        if (!b->acceptsSessions()) continue;  // drain/down in the directory: no new sessions
         const conf::BackendConfig& bc = *b->config;
         uint16_t port = proto == conf::Protocol::kImap ? bc.ports.imap : bc.ports.pop3;
         if (port == 0) continue;
@@ -57,6 +71,8 @@ void LoginSession::onDirectoryAnswer(auth::AuthResult result, std::vector<Candid
   switch (result.verdict) {
     case auth::Verdict::kOk:
       if (!result.user.empty()) user_ = result.user;
+      backend_user_ = std::move(result.backend_user);
+      backend_password_ = std::move(result.backend_password);
       candidates_ = std::move(candidates);
       next_candidate_ = 0;
       if (candidates_.empty()) {
@@ -67,13 +83,15 @@ void LoginSession::onDirectoryAnswer(auth::AuthResult result, std::vector<Candid
       tryNextCandidate();
       return;
     case auth::Verdict::kBadPassword:
-      fail(true, "bad password");
+      extra_wait_ = result.wait;
+      fail(true, result.reason.empty() ? "bad password" : result.reason);
       return;
     case auth::Verdict::kUnknownUser:
-      fail(true, "unknown user");
+      extra_wait_ = result.wait;
+      fail(true, result.reason.empty() ? "unknown user" : result.reason);
       return;
     case auth::Verdict::kTempFail:
-      fail(false, "directory unavailable");
+      fail(false, result.reason.empty() ? "directory unavailable" : "directory unavailable: " + result.reason);
       return;
   }
 }
@@ -143,6 +161,7 @@ void LoginSession::loginSucceeded(std::string_view to_client, std::string_view t
   password_.assign(password_.size(), '\0');
   password_.clear();
   password_.shrink_to_fit();
+  backend_password_.reset();
   log::info("login", {{"session", id_}, {"user", user_}, {"backend", backend_name_}, {"client", client_ip_}});
   startRelay(to_client, to_backend);
 }
@@ -157,7 +176,10 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
     auth_failures_++;
     phase_ = LoginPhase::kDelay;
     delay_is_auth_failure_ = true;
-    setTimer(now() + static_cast<uint64_t>(rt_->config->directory.file.failure_delay.count()));
+    // The directory's own wait (auth_http Auth-Wait) replaces the configured delay.
+    auto delay = extra_wait_.count() > 0 ? extra_wait_ : rt_->config->directory.file.failure_delay;
+    extra_wait_ = std::chrono::milliseconds(0);
+    setTimer(now() + static_cast<uint64_t>(delay.count()));
     return;
   }
   phase_ = LoginPhase::kIdle;

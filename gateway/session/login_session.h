@@ -3,6 +3,8 @@
 // lookup on the worker pool, the failure delay, the choice of storage node
 // (primary, then secondary; healthy ones first) and failover between attempts.
 // The protocol subclass speaks to the client and runs the backend handshake.
+#include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,7 +38,9 @@ class LoginSession : public Session {
   // The backend accepted: bytes now flow.
   void loginSucceeded(std::string_view to_client, std::string_view to_backend);
   LoginPhase loginPhase() const { return phase_; }
-  const std::string& password() const { return password_; }
+  // Credentials for the storage node: the client's, unless the directory gave others.
+  const std::string& password() const { return backend_password_ ? *backend_password_ : password_; }
+  const std::string& loginUser() const { return backend_user_ ? *backend_user_ : user_; }
   const conf::BackendConfig* currentBackend() const { return current_; }
   unsigned authFailures() const { return auth_failures_; }
   unsigned attempt() const { return attempt_; }  // changes with every backend attempt
@@ -61,6 +65,9 @@ class LoginSession : public Session {
 
   LoginPhase phase_ = LoginPhase::kIdle;
   std::string password_;
+  std::optional<std::string> backend_user_;
+  std::optional<std::string> backend_password_;
+  std::chrono::milliseconds extra_wait_{0};
   std::vector<Candidate> candidates_;
   size_t next_candidate_ = 0;
   const conf::BackendConfig* current_ = nullptr;

@@ -345,7 +345,7 @@ void Pop3Session::sendBackendAuth() {
   bstep_ = BackendStep::kAuth;
   std::string plain;
   plain.push_back('\0');
-  plain += user_;
+  plain += loginUser();
   plain.push_back('\0');
   plain += password();
   writeBackend("AUTH PLAIN " + auth::base64Encode(plain) + "\r\n");
@@ -389,7 +389,7 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         // No initial-response support: answer the empty challenge.
         std::string plain;
         plain.push_back('\0');
-        plain += user_;
+        plain += loginUser();
         plain.push_back('\0');
         plain += password();
         bstep_ = BackendStep::kAuthResponse;
