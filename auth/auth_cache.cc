@@ -1,0 +1,172 @@
+#include "auth/auth_cache.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <cstring>
+#include <iterator>
+#include <random>
+#include <utility>
+
+namespace mailgate::auth {
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+bool cacheable(const AuthResult& r) { return !r.backend_password && !r.backend_user; }
+
+}  // namespace
+
+CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg)
+    : CachingDirectory(std::move(inner), cfg, [] { return std::chrono::steady_clock::now(); }) {}
+
+CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg, Clock clock,
+                                   std::size_t max_entries)
+    : inner_(std::move(inner)), cfg_(cfg), clock_(std::move(clock)), max_entries_(max_entries ? max_entries : 1) {
+  if (RAND_bytes(hmac_key_, sizeof hmac_key_) != 1) {
+    // No usable CSPRNG: fall back to random_device (still never stores the password).
+    std::random_device rd;
+    for (unsigned char& b : hmac_key_) b = static_cast<unsigned char>(rd());
+  }
+}
+
+std::string CachingDirectory::key(std::string_view user, std::string_view password) const {
+  std::string k = lower(user);
+  std::string msg = k;
+  msg.push_back('\0');
+  msg.append(password);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), hmac_key_, sizeof hmac_key_, reinterpret_cast<const unsigned char*>(msg.data()), msg.size(),
+       mac, &len);
+  OPENSSL_cleanse(msg.data(), msg.size());
+  k.push_back('\0');
+  k.append(reinterpret_cast<const char*>(mac), len);
+  return k;
+}
+
+AuthResult CachingDirectory::authenticate(std::string_view user, std::string_view password) {
+  return lookup(user, password, nullptr);
+}
+
+AuthResult CachingDirectory::authenticate(std::string_view user, std::string_view password,
+                                          const AuthContext& ctx) {
+  return lookup(user, password, &ctx);
+}
+
+AuthResult CachingDirectory::lookup(std::string_view user, std::string_view password, const AuthContext* ctx) {
+  if (cfg_.ttl.count() <= 0) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++misses_;
+    }
+    return ctx ? inner_->authenticate(user, password, *ctx) : inner_->authenticate(user, password);
+  }
+  const std::string k = key(user, password);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(k);
+    if (it != entries_.end() && clock_() < it->second.expires) {
+      ++hits_;
+      return it->second.result;
+    }
+    ++misses_;
+  }
+  AuthResult r = ctx ? inner_->authenticate(user, password, *ctx) : inner_->authenticate(user, password);
+  const auto now = clock_();
+  std::lock_guard<std::mutex> lock(mu_);
+  switch (r.verdict) {
+    case Verdict::kTempFail: {
+      auto it = entries_.find(k);
+      if (it != entries_.end() && it->second.result.verdict == Verdict::kOk && now < it->second.stale_until) {
+        ++stale_hits_;
+        return it->second.result;
+      }
+      return r;
+    }
+    case Verdict::kOk:
+    case Verdict::kBadPassword:
+    case Verdict::kUnknownUser:
+      if (cacheable(r)) store(k, r, now);
+      return r;
+  }
+  return r;
+}
+
+void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point now) {
+  const bool positive = r.verdict == Verdict::kOk;
+  auto it = entries_.find(k);
+  if (!positive && cfg_.negative_ttl.count() <= 0) {
+    // Negative entries disabled: a positive entry for this password is no longer true.
+    if (it != entries_.end()) {
+      order_.erase(it->second.order);
+      entries_.erase(it);
+    }
+    return;
+  }
+  if (it == entries_.end()) {
+    while (entries_.size() >= max_entries_ && !order_.empty()) {
+      entries_.erase(order_.front());
+      order_.pop_front();
+    }
+    order_.push_back(k);
+    it = entries_.emplace(k, Entry{}).first;
+    it->second.order = std::prev(order_.end());
+  } else {
+    order_.splice(order_.end(), order_, it->second.order);
+  }
+  Entry& e = it->second;
+  e.result = r;
+  e.result.wait = std::chrono::milliseconds(0);
+  if (positive) {
+    e.expires = now + cfg_.ttl;
+    e.stale_until = now + kStaleLimit;
+  } else {
+    e.expires = now + cfg_.negative_ttl;
+    e.stale_until = now;
+  }
+}
+
+std::string CachingDirectory::statsText() const {
+  std::string out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = "auth_cache_hits=" + std::to_string(hits_) + " auth_cache_misses=" + std::to_string(misses_) +
+          " auth_cache_stale_hits=" + std::to_string(stale_hits_) +
+          " auth_cache_entries=" + std::to_string(entries_.size());
+  }
+  std::string inner = inner_->statsText();
+  if (!inner.empty()) out += " " + inner;
+  return out;
+}
+
+uint64_t CachingDirectory::hits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return hits_;
+}
+uint64_t CachingDirectory::misses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return misses_;
+}
+uint64_t CachingDirectory::staleHits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stale_hits_;
+}
+std::size_t CachingDirectory::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_.size();
+}
+void CachingDirectory::clear() {
+  std::lock_guard<std::mutex> lock(mu_);
+  entries_.clear();
+  order_.clear();
+}
+
+}  // namespace mailgate::auth

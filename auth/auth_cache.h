@@ -1,0 +1,87 @@
+#pragma once
+// An authentication cache in front of any Directory (directory.cache).
+//
+// Entries are keyed by the lower-case user name and HMAC-SHA256(k, user NUL password)
+// with a random key k made once per process: the password itself is never stored,
+// and a cache hit costs neither a directory round trip nor a password-scheme hash.
+//
+//   kOk                        → positive entry, valid for cache.ttl
+//   kBadPassword, kUnknownUser → negative entry, valid for cache.negative_ttl
+//   kTempFail                  → never stored
+//
+// A changed password or a disabled mailbox therefore takes effect at the latest when
+// the entry expires. Outage rule: when the inner directory answers kTempFail, an
+// expired positive entry for the same user and password is still honoured, for at
+// most kStaleLimit (24 h) after it was last confirmed by the directory ("entries
+// still in the cache keep working"). Results that carry backend credentials are
+// never cached. ttl 0 disables the cache (every call goes to the directory);
+// negative_ttl 0 disables negative entries.
+//
+// The table is bounded (max_entries, default 100k); when full, the entry confirmed
+// longest ago is evicted. Thread-safe; the inner call runs outside the lock.
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "auth/directory.h"
+#include "conf/config.h"
+
+namespace mailgate::auth {
+
+class CachingDirectory : public Directory {
+ public:
+  using Clock = std::function<std::chrono::steady_clock::time_point()>;
+  static constexpr std::size_t kDefaultMaxEntries = 100000;
+  static constexpr std::chrono::hours kStaleLimit{24};
+
+  CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg);
+  // Tests: an injectable clock and bound.
+  CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg, Clock clock,
+                   std::size_t max_entries = kDefaultMaxEntries);
+
+  AuthResult authenticate(std::string_view user, std::string_view password) override;
+  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
+  // "auth_cache_hits=.. auth_cache_misses=.. auth_cache_stale_hits=.. auth_cache_entries=.."
+  // followed by the inner directory's counters.
+  std::string statsText() const override;
+
+  uint64_t hits() const;
+  uint64_t misses() const;
+  uint64_t staleHits() const;
+  std::size_t size() const;
+  void clear();
+
+ private:
+  struct Entry {
+    AuthResult result;
+    std::chrono::steady_clock::time_point expires;
+    std::chrono::steady_clock::time_point stale_until;  // positive entries only
+    std::list<std::string>::iterator order;
+  };
+
+  AuthResult lookup(std::string_view user, std::string_view password, const AuthContext* ctx);
+  std::string key(std::string_view user, std::string_view password) const;
+  void store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point now);
+
+  std::shared_ptr<Directory> inner_;
+  conf::CacheConfig cfg_;
+  Clock clock_;
+  std::size_t max_entries_;
+  unsigned char hmac_key_[32];
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::list<std::string> order_;  // front = confirmed longest ago
+  uint64_t hits_ = 0;
+  uint64_t misses_ = 0;
+  uint64_t stale_hits_ = 0;
+};
+
+}  // namespace mailgate::auth

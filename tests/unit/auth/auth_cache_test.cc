@@ -1,0 +1,235 @@
+#include "auth/auth_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace mailgate::auth {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// A fake directory: a user → password table, a switch for "database down", call count.
+class FakeDirectory : public Directory {
+ public:
+  AuthResult authenticate(std::string_view user, std::string_view password) override {
+    ++calls;
+    AuthResult r;
+    if (down) {
+      r.verdict = Verdict::kTempFail;
+      return r;
+    }
+    auto it = users.find(std::string(user));
+    if (it == users.end()) {
+      r.verdict = Verdict::kUnknownUser;
+    } else if (it->second != password) {
+      r.verdict = Verdict::kBadPassword;
+    } else {
+      r.verdict = Verdict::kOk;
+      r.user = it->first;
+      r.route = RouteHint{"storage-01", "storage-02"};
+    }
+    return r;
+  }
+  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override {
+    last_protocol = ctx.protocol;
+    return authenticate(user, password);
+  }
+  std::string statsText() const override { return "fake=1"; }
+
+  std::map<std::string, std::string> users;
+  std::atomic<bool> down{false};
+  std::atomic<int> calls{0};
+  std::string last_protocol;
+};
+
+struct FakeClock {
+  std::chrono::steady_clock::time_point now = std::chrono::steady_clock::time_point() + std::chrono::hours(1);
+  CachingDirectory::Clock fn() {
+    return [this] { return now; };
+  }
+};
+
+struct Fixture : ::testing::Test {
+  std::shared_ptr<FakeDirectory> fake = std::make_shared<FakeDirectory>();
+  FakeClock clock;
+  conf::CacheConfig cfg{milliseconds(60000), milliseconds(10000)};
+  Fixture() { fake->users["alice@example.org"] = "alice-pw"; }
+};
+
+using AuthCache = Fixture;
+
+TEST_F(AuthCache, PositiveHitCostsNoInnerCall) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  auto r = cache.authenticate("alice@example.org", "alice-pw");
+  EXPECT_EQ(r.verdict, Verdict::kOk);
+  EXPECT_EQ(fake->calls, 1);
+  r = cache.authenticate("ALICE@Example.ORG", "alice-pw");
+  EXPECT_EQ(r.verdict, Verdict::kOk);
+  EXPECT_EQ(r.user, "alice@example.org");
+  ASSERT_TRUE(r.route);
+  EXPECT_EQ(r.route->primary, "storage-01");
+  EXPECT_EQ(fake->calls, 1);
+  EXPECT_EQ(cache.hits(), 1u);
+  EXPECT_EQ(cache.misses(), 1u);
+  EXPECT_EQ(cache.statsText(),
+            "auth_cache_hits=1 auth_cache_misses=1 auth_cache_stale_hits=0 auth_cache_entries=1 fake=1");
+}
+
+TEST_F(AuthCache, ContextIsPassedOnMiss) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  AuthContext ctx;
+  ctx.protocol = "pop3";
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).verdict, Verdict::kOk);
+  EXPECT_EQ(fake->last_protocol, "pop3");
+}
+
+TEST_F(AuthCache, WrongPasswordIsNotAHitForTheRightOne) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "wrong").verdict, Verdict::kBadPassword);
+  EXPECT_EQ(fake->calls, 2);
+  // negative entry: no further inner call within negative_ttl
+  EXPECT_EQ(cache.authenticate("alice@example.org", "wrong").verdict, Verdict::kBadPassword);
+  EXPECT_EQ(fake->calls, 2);
+  clock.now += milliseconds(10000);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "wrong").verdict, Verdict::kBadPassword);
+  EXPECT_EQ(fake->calls, 3);
+}
+
+TEST_F(AuthCache, UnknownUserIsCachedNegatively) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("nobody@example.org", "x").verdict, Verdict::kUnknownUser);
+  EXPECT_EQ(cache.authenticate("nobody@example.org", "x").verdict, Verdict::kUnknownUser);
+  EXPECT_EQ(fake->calls, 1);
+  fake->users["nobody@example.org"] = "x";
+  clock.now += milliseconds(10001);
+  EXPECT_EQ(cache.authenticate("nobody@example.org", "x").verdict, Verdict::kOk);
+}
+
+TEST_F(AuthCache, PasswordChangeTakesEffectAtExpiry) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  fake->users["alice@example.org"] = "new-pw";
+  clock.now += milliseconds(59999);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);  // still cached
+  EXPECT_EQ(cache.authenticate("alice@example.org", "new-pw").verdict, Verdict::kOk);    // new one works at once
+  clock.now += milliseconds(1);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kBadPassword);
+  // and the old password is not honoured during a later outage either
+  fake->down = true;
+  clock.now += milliseconds(20000);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kTempFail);
+}
+
+TEST_F(AuthCache, DisabledMailboxTakesEffectAtExpiry) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  fake->users.erase("alice@example.org");
+  clock.now += seconds(60);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kUnknownUser);
+}
+
+TEST_F(AuthCache, OutageHonoursExpiredPositiveEntriesUpToTheStaleLimit) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  fake->down = true;
+  clock.now += seconds(61);
+  auto r = cache.authenticate("alice@example.org", "alice-pw");
+  EXPECT_EQ(r.verdict, Verdict::kOk);
+  EXPECT_EQ(cache.staleHits(), 1u);
+  // the wrong password, or a user never seen, is a temporary failure, not a login
+  EXPECT_EQ(cache.authenticate("alice@example.org", "guess").verdict, Verdict::kTempFail);
+  EXPECT_EQ(cache.authenticate("bob@example.org", "x").verdict, Verdict::kTempFail);
+  clock.now += CachingDirectory::kStaleLimit;
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kTempFail);
+  // the database returns: a fresh answer refreshes the entry
+  fake->down = false;
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  fake->down = true;
+  clock.now += seconds(3600);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+}
+
+TEST_F(AuthCache, TempFailIsNeverCached) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  fake->down = true;
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kTempFail);
+  fake->down = false;
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(fake->calls, 2);
+}
+
+TEST_F(AuthCache, ZeroTtlDisablesTheCache) {
+  cfg.ttl = milliseconds(0);
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(fake->calls, 2);
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST_F(AuthCache, ZeroNegativeTtlStoresNoNegativeEntries) {
+  cfg.negative_ttl = milliseconds(0);
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "bad").verdict, Verdict::kBadPassword);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "bad").verdict, Verdict::kBadPassword);
+  EXPECT_EQ(fake->calls, 2);
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST_F(AuthCache, BoundedSizeEvictsOldest) {
+  for (int i = 0; i < 5; ++i) fake->users["u" + std::to_string(i)] = "pw";
+  CachingDirectory cache(fake, cfg, clock.fn(), 3);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(cache.authenticate("u" + std::to_string(i), "pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.size(), 3u);
+  EXPECT_EQ(fake->calls, 5);
+  EXPECT_EQ(cache.authenticate("u4", "pw").verdict, Verdict::kOk);  // kept
+  EXPECT_EQ(fake->calls, 5);
+  EXPECT_EQ(cache.authenticate("u0", "pw").verdict, Verdict::kOk);  // evicted
+  EXPECT_EQ(fake->calls, 6);
+  EXPECT_EQ(cache.size(), 3u);
+}
+
+TEST_F(AuthCache, BackendCredentialsAreNotCached) {
+  class Creds : public Directory {
+   public:
+    AuthResult authenticate(std::string_view, std::string_view) override {
+      ++calls;
+      AuthResult r;
+      r.verdict = Verdict::kOk;
+      r.backend_password = "master";
+      return r;
+    }
+    int calls = 0;
+  };
+  auto inner = std::make_shared<Creds>();
+  CachingDirectory cache(inner, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("a", "b").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.authenticate("a", "b").verdict, Verdict::kOk);
+  EXPECT_EQ(inner->calls, 2);
+}
+
+TEST_F(AuthCache, ConcurrentCallersAgree) {
+  CachingDirectory cache(fake, cfg);
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i)
+        if (cache.authenticate("alice@example.org", "alice-pw").verdict == Verdict::kOk) ++ok;
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok, 800);
+  EXPECT_EQ(cache.hits() + cache.misses(), 800u);
+}
+
+}  // namespace
+}  // namespace mailgate::auth
