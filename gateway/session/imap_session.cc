@@ -421,6 +421,9 @@ void ImapSession::handleBackendLine(std::string_view line) {
       }
       sendBackendLogin();
       return;
+    case BackendStep::kPostLoginCapability:
+      finishPostLoginCapability(line);
+      return;
     case BackendStep::kLogin:
       if (line.rfind("+", 0) == 0) {
         // No SASL-IR after all: send the response now.
@@ -433,6 +436,15 @@ void ImapSession::handleBackendLine(std::string_view line) {
         return;
       }
       if (line.rfind("L ", 0) != 0) return;  // untagged and ID's reply
+      if (startsWithCi(line, "L OK") && line.find("[CAPABILITY ") == std::string_view::npos) {
+        // The node did not say what it can do after login: ask, so the client's
+        // reply carries the post-login capabilities.
+        ok_text_ = std::string(line.substr(4));
+        bstep_ = BackendStep::kPostLoginCapability;
+        post_caps_.clear();
+        writeBackend("K CAPABILITY\r\n");
+        return;
+      }
       if (startsWithCi(line, "L OK")) {
         std::string reply = tag_ + std::string(line.substr(1)) + "\r\n";
         std::string held;
@@ -448,6 +460,24 @@ void ImapSession::handleBackendLine(std::string_view line) {
       backendLoginRejected(std::string(line));
       return;
   }
+}
+
+void ImapSession::finishPostLoginCapability(std::string_view line) {
+  if (startsWithCi(line, "* CAPABILITY ")) {
+    post_caps_ = std::string(line.substr(13));
+    return;
+  }
+  if (line.rfind("K ", 0) != 0) return;
+  std::string text = ok_text_;
+  while (!text.empty() && text.front() == ' ') text.erase(text.begin());
+  std::string reply = tag_ + " OK ";
+  if (!post_caps_.empty()) reply += "[CAPABILITY " + post_caps_ + "] ";
+  reply += text.empty() ? "Logged in" : text;
+  reply += "\r\n";
+  std::string held;
+  held.swap(held_);
+  parser_.reset();
+  loginSucceeded(reply, held);
 }
 
 void ImapSession::sendBackendLogin() {

@@ -19,7 +19,7 @@ class ImapSession final : public LoginSession {
 
  private:
   enum class Sasl { kNone, kPlain, kLoginUser, kLoginPass };
-  enum class BackendStep { kGreeting, kStarttls, kCapability, kLogin };
+  enum class BackendStep { kGreeting, kStarttls, kCapability, kLogin, kPostLoginCapability };
 
   void onClientData(std::string_view plain) override;
   void onBackendData(std::string_view plain) override;
@@ -43,6 +43,7 @@ class ImapSession final : public LoginSession {
   void handleBackendLine(std::string_view line);
   void parseBackendCaps(std::string_view text);
   void sendBackendLogin();
+  void finishPostLoginCapability(std::string_view line);
 
   std::unique_ptr<codec::ImapCommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;  // STARTTLS answered, handshake running
@@ -54,6 +55,8 @@ class ImapSession final : public LoginSession {
   // backend handshake
   BackendStep bstep_ = BackendStep::kGreeting;
   std::string bline_;
+  std::string ok_text_;    // the node's tagged OK text when it carried no capabilities
+  std::string post_caps_;  // from the CAPABILITY we then sent
   bool b_sasl_ir_ = false, b_auth_plain_ = false, b_literal_plus_ = false, b_have_caps_ = false;
 };
 
