@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "gateway/admin/admin_server.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/worker_pool.h"
@@ -57,6 +58,60 @@ void applyLog(const conf::Config& c) {
 
 void reportErrors(const std::vector<conf::ConfigError>& errors) {
   for (const auto& e : errors) std::fprintf(stderr, "%s\n", e.format().c_str());
+}
+
+// Prometheus text for /metrics: reactor counters summed, backend health, and the
+// directory's own counters ("k=v" pairs from statsText()).
+std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& reactors) {
+  std::string out;
+  auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  auto sum = [&](auto member) {
+    uint64_t t = 0;
+    for (const auto& r : reactors) t += (r->stats.*member).get();
+    return t;
+  };
+  uint64_t live = 0;
+  for (const auto& r : reactors) live += r->stats.live.load(std::memory_order_relaxed);
+  counter("mailgate_sessions_active", "Sessions open now.", live, "gauge");
+  counter("mailgate_connections_accepted_total", "Connections accepted.", sum(&session::ReactorStats::accepted));
+  counter("mailgate_accept_errors_total", "Failed accepts (EMFILE and the like).",
+          sum(&session::ReactorStats::accept_errors));
+  counter("mailgate_logins_total", "Logins relayed to a storage node.", sum(&session::ReactorStats::logins));
+  counter("mailgate_auth_failures_total", "Failed authentications.", sum(&session::ReactorStats::auth_failures));
+  counter("mailgate_login_temporary_failures_total", "Logins refused for a temporary reason.",
+          sum(&session::ReactorStats::temp_failures));
+  counter("mailgate_backend_attempt_failures_total", "Failed storage-node attempts (each may fail over).",
+          sum(&session::ReactorStats::backend_failures));
+  counter("mailgate_stale_completions_total", "Completions for sessions already gone.",
+          sum(&session::ReactorStats::stale_completions));
+  counter("mailgate_late_worker_answers_total", "Worker answers for sessions already gone.",
+          sum(&session::ReactorStats::late_worker_answers));
+  counter("mailgate_recv_nobufs_total", "Receives that found the buffer ring empty.",
+          sum(&session::ReactorStats::recv_nobufs));
+  auto rt = session::currentRuntime();
+  if (!rt) return out;
+  out += "# HELP mailgate_backend_up Last health-check verdict per storage node.\n# TYPE mailgate_backend_up gauge\n";
+  for (const auto& b : rt->router->backends())
+    out += "mailgate_backend_up{backend=\"" + b->config->name + "\"} " + (b->up.load() ? "1" : "0") + "\n";
+  std::string ds = rt->directory->statsText();
+  size_t pos = 0;
+  while (pos < ds.size()) {
+    size_t end = ds.find(' ', pos);
+    if (end == std::string::npos) end = ds.size();
+    std::string kv = ds.substr(pos, end - pos);
+    size_t eq = kv.find('=');
+    if (eq != std::string::npos && eq > 0) {
+      std::string name = "mailgate_directory_" + kv.substr(0, eq);
+      bool ok = true;
+      for (char c : name) ok = ok && (isalnum(static_cast<unsigned char>(c)) || c == '_');
+      if (ok) out += "# TYPE " + name + " counter\n" + name + " " + kv.substr(eq + 1) + "\n";
+    }
+    pos = end + 1;
+  }
+  return out;
 }
 
 int run(const std::string& path) {
@@ -121,6 +176,16 @@ int run(const std::string& path) {
   rt.value()->health->start();
   rt = Error{""};  // drop our reference: the published snapshot owns it
 
+  std::unique_ptr<admin::AdminServer> admin_server;
+  if (!cfg.admin.listen.empty()) {
+    admin_server = std::make_unique<admin::AdminServer>(cfg.admin.listen, [&reactors] { return renderMetrics(reactors); });
+    auto ok = admin_server->start();
+    if (!ok) {
+      std::fprintf(stderr, "%s: %s\n", path.c_str(), ok.error().c_str());
+      return 1;
+    }
+  }
+
   std::vector<std::thread> ts;
   for (auto& r : reactors) ts.emplace_back([&r] { r->run(); });
   log::info("mailgate started", {{"version", MAILGATE_VERSION}, {"threads", threads}, {"config", path}});
@@ -159,6 +224,7 @@ int run(const std::string& path) {
     break;
   }
   for (auto& t : ts) t.join();
+  if (admin_server) admin_server->stop();
   workers.stop();
   session::publishRuntime(nullptr);
   log::info("mailgate stopped");

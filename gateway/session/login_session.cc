@@ -137,6 +137,7 @@ void LoginSession::backendAttemptFailed(BackendFailure why, const std::string& d
                                        {"class", failureName(why)},
                                        {"detail", detail}});
   dropBackend();
+  reactor_.stats.backend_failures++;
   switch (why) {
     case BackendFailure::kAuthRejected:
       fail(true, "backend rejected login");
@@ -162,6 +163,7 @@ void LoginSession::loginSucceeded(std::string_view to_client, std::string_view t
   password_.clear();
   password_.shrink_to_fit();
   backend_password_.reset();
+  reactor_.stats.logins++;
   log::info("login", {{"session", id_}, {"user", user_}, {"backend", backend_name_}, {"client", client_ip_}});
   startRelay(to_client, to_backend);
 }
@@ -173,6 +175,7 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
               {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"reason", why}});
   password_.clear();
   if (auth_failure) {
+    reactor_.stats.auth_failures++;
     auth_failures_++;
     phase_ = LoginPhase::kDelay;
     delay_is_auth_failure_ = true;
@@ -184,6 +187,7 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
   }
   phase_ = LoginPhase::kIdle;
   backend_name_.clear();
+  reactor_.stats.temp_failures++;
   replyTempFail(why);
   if (closing()) return;
   armPreauthTimer();

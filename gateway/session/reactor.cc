@@ -125,6 +125,7 @@ void Reactor::reap() {
       if (gens_[slot] == 0) gens_[slot] = 1;
       free_.push_back(slot);
       live_--;
+      stats.live.store(live_, std::memory_order_relaxed);
       delete s;
       retired_[i] = retired_.back();
       retired_.pop_back();
@@ -192,6 +193,7 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
   }
   slots_[slot] = s;
   live_++;
+  stats.live.store(live_, std::memory_order_relaxed);
   s->start();
 }
 

@@ -27,12 +27,25 @@ struct ListenSocket {
   bool armed = false;
 };
 
+// Per-reactor counters: written by the reactor thread only, read (relaxed) when
+// /metrics is scraped.
+struct Counter {
+  std::atomic<uint64_t> v{0};
+  void operator++(int) { v.store(v.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
+  uint64_t get() const { return v.load(std::memory_order_relaxed); }
+};
+
 struct ReactorStats {
-  uint64_t accepted = 0;
-  uint64_t accept_errors = 0;
-  uint64_t stale_completions = 0;
-  uint64_t late_worker_answers = 0;
-  uint64_t recv_nobufs = 0;
+  Counter accepted;
+  Counter accept_errors;
+  Counter stale_completions;
+  Counter late_worker_answers;
+  Counter recv_nobufs;
+  Counter logins;
+  Counter auth_failures;
+  Counter temp_failures;
+  Counter backend_failures;
+  std::atomic<uint64_t> live{0};
 };
 
 class Reactor {
