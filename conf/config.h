@@ -77,6 +77,10 @@ struct PostgresQueriesConfig {
   std::string recipient;
   std::string route;
   std::string routes;
+  // Node states for the routing map: rows (name, state active|drain|down). Empty =
+  // the default query on the default schema's nodes table when `routes` is the
+  // default too; none when `routes` is overridden (legacy schemas without nodes).
+  std::string nodes;
 };
 
 struct PostgresDirectoryConfig {

@@ -739,8 +739,10 @@ void Loader::loadDirectory(const Entry& section, DirectoryConfig* d) {
   if (!fields(n, path, {"driver", "file", "postgres", "http", "cache"}, &f)) return;
   getEnum<std::string>(f, "driver", path, {{"file", "file"}, {"postgres", "postgres"}, {"http", "http"}},
                        &d->driver);
-  if (const Entry* e = f.find("driver"); e && d->driver != "file")
-    error(e->mark(), "directory.driver: " + d->driver + " is not supported yet (use file)");
+  if (const Entry* e = f.find("driver"); e && d->driver == "postgres" && !f.find("postgres"))
+    error(e->mark(), "directory: driver postgres needs directory.postgres.conninfo");
+  if (const Entry* e = f.find("driver"); e && d->driver == "http" && !f.find("http"))
+    error(e->mark(), "directory: driver http needs directory.http.url");
 
   const Entry* file = f.find("file");
   if (file) {
@@ -753,15 +755,19 @@ void Loader::loadDirectory(const Entry& section, DirectoryConfig* d) {
   } else if (d->driver == "file") {
     error(section.mark(), "directory: driver file needs directory.file.users");
   }
-  if (const Entry* e = f.find("postgres")) loadPostgres(e->value, "directory.postgres", &d->postgres);
+  if (const Entry* e = f.find("postgres")) {
+    loadPostgres(e->value, "directory.postgres", &d->postgres);
+    if (d->driver == "postgres" && d->postgres.conninfo.empty())
+      error(e->mark(), "directory: driver postgres needs directory.postgres.conninfo");
+  }
   if (const Entry* e = f.find("http")) {
     Fields hf;
     if (fields(e->value, "directory.http", {"url", "timeout"}, &hf)) {
       getString(hf, "url", "directory.http", &d->http.url);
-      if (const Entry* u = hf.find("url"); u && u->value.IsScalar() && d->http.url.rfind("http://", 0) != 0 &&
-                                           d->http.url.rfind("https://", 0) != 0)
-        error(u->mark(),
-              "directory.http.url: expected an http:// or https:// URL, got " + quote(d->http.url));
+      if (d->driver == "http") requireKey(hf, "url", e->mark(), "directory.http");
+      if (const Entry* u = hf.find("url"); u && u->value.IsScalar() && d->http.url.rfind("http://", 0) != 0)
+        error(u->mark(), "directory.http.url: expected an http:// URL (the auth_http service is reached in "
+                         "plain HTTP, as nginx does), got " + quote(d->http.url));
       getDuration(hf, "timeout", "directory.http", &d->http.timeout, false);
     }
   }
@@ -798,11 +804,12 @@ void Loader::loadPostgres(const YAML::Node& n, const std::string& path, Postgres
   if (const Entry* e = f.find("queries")) {
     const std::string qpath = join(path, "queries");
     Fields qf;
-    if (fields(e->value, qpath, {"password", "recipient", "route", "routes"}, &qf)) {
+    if (fields(e->value, qpath, {"password", "recipient", "route", "routes", "nodes"}, &qf)) {
       getString(qf, "password", qpath, &p->queries.password);
       getString(qf, "recipient", qpath, &p->queries.recipient);
       getString(qf, "route", qpath, &p->queries.route);
       getString(qf, "routes", qpath, &p->queries.routes);
+      getString(qf, "nodes", qpath, &p->queries.nodes);
     }
   }
 }

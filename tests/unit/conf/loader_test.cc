@@ -449,7 +449,7 @@ TEST_F(LoaderTest, ErrorsAreAllCollectedInFileOrder) {
   EXPECT_THAT(e, ElementsAre(At(2, 13, "listeners[0].name: \"a b\" is not a valid name"),
                              At(2, 30, "listeners[0].protocol: expected one of imap"),
                              At(2, 41, "listeners[0].listen: invalid address \"1\""),
-                             At(3, 22, "directory.driver: postgres is not supported yet (use file)"),
+                             At(3, 22, "directory: driver postgres needs directory.postgres.conninfo"),
                              At(4, 15, "log.level: expected one of"),
                              At(5, 10, "hooks: \"clamd\" is not supported yet (hooks must be empty)")));
 }
@@ -459,6 +459,18 @@ TEST_F(LoaderTest, UnsupportedSections) {
   EXPECT_THAT(errors(kBase + "limits: { per_ip: 10 }\npolicies: [a]\n"),
               ElementsAre(At(6, 11, "limits: \"per_ip\" is not supported yet"),
                           At(7, 11, "policies: expected a map, got a list")));
+}
+
+TEST_F(LoaderTest, DirectoryDriversNeedTheirSection) {
+  EXPECT_THAT(errors("listeners: [{ name: l1, protocol: imap, listen: \"*:143\" }]\n"  // 1
+                     "directory: { driver: postgres, postgres: { pool: 2 } }\n"),      // 2
+              ElementsAre(At(2, 42, "directory: driver postgres needs directory.postgres.conninfo")));
+  EXPECT_THAT(errors("listeners: [{ name: l1, protocol: imap, listen: \"*:143\" }]\n"  // 1
+                     "directory: { driver: http }\n"),                                 // 2
+              ElementsAre(At(2, 22, "directory: driver http needs directory.http.url")));
+  EXPECT_NE(ok("listeners: [{ name: l1, protocol: imap, listen: \"*:143\" }]\n"
+               "directory: { driver: http, http: { url: \"http://127.0.0.1:8185/auth\" } }\n"),
+            nullptr);
 }
 
 TEST_F(LoaderTest, DirectoryDriverAndPostgres) {
@@ -475,13 +487,20 @@ TEST_F(LoaderTest, DirectoryDriverAndPostgres) {
              "    queries: { passwd: x }\n"                                    // 8
              "  cache: { ttl: 1 minute }\n"),                                  // 9
       ElementsAre(
-          At(3, 11, "directory.driver: http is not supported yet (use file)"),
-          At(4, 16, "directory.http.url: expected an http:// or https:// URL"),
+          At(4, 16, "directory.http.url: expected an http:// URL"),
           At(4, 36, "directory.http.timeout: must be greater than 0"),
           At(6, 11, "directory.postgres.pool: expected a number from 1 to 1024, got \"0\""),
           At(7, 21, "directory.postgres.default_scheme: unknown password scheme \"CRYPT\""),
           At(8, 16, "unknown key \"passwd\" in directory.postgres.queries (did you mean \"password\"?)"),
           At(9, 17, "directory.cache.ttl: invalid duration \"1 minute\"")));
+}
+
+TEST_F(LoaderTest, PostgresNodesQuery) {
+  const auto c = ok(
+      "directory: { file: { users: users.passwd }, postgres: { queries: { nodes: \"SELECT name, state FROM n\" } } }\n" +
+      kBase.substr(kBase.find('\n') + 1));
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->directory.postgres.queries.nodes, "SELECT name, state FROM n");
 }
 
 TEST_F(LoaderTest, YamlSyntaxErrorHasOneBasedPosition) {
