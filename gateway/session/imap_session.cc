@@ -10,7 +10,6 @@ namespace mailgate::session {
 
 namespace {
 constexpr size_t kMaxHeld = 64 * 1024;
-constexpr size_t kMaxBackendLine = 64 * 1024;
 log::RateLimit g_proto_log(20);
 
 codec::ImapLimits limitsFor(const conf::ListenerConfig& l) {
@@ -126,7 +125,7 @@ void ImapSession::onClientData(std::string_view data) {
         handleCommand();
         break;
       case codec::ImapStatus::kError:
-        sasl_ = Sasl::kNone;
+        sasl_.reset();
         badCommand(parser_->errorTag(), parser_->errorText());
         break;
       case codec::ImapStatus::kFatal:
@@ -218,80 +217,46 @@ void ImapSession::handleCommand() {
   }
 }
 
+
 void ImapSession::authenticateWith(std::string_view mech, const codec::ImapArg* initial) {
   if (!plaintextAllowed()) {
     tagged("NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS.");
     return;
   }
-  if (strncasecmp(mech.data(), "PLAIN", mech.size()) == 0 && mech.size() == 5) {
-    sasl_ = Sasl::kPlain;
-  } else if (strncasecmp(mech.data(), "LOGIN", mech.size()) == 0 && mech.size() == 5) {
-    sasl_ = Sasl::kLoginUser;
-  } else {
+  if (!sasl_.begin(mech)) {
     tagged("NO Unsupported authentication mechanism.");
     return;
   }
   if (initial) {
-    std::string_view ir = initial->value;
-    if (ir == "=") ir = {};
-    handleSaslLine(ir);
+    handleSaslLine(initial->value);
     return;
   }
   parser_->expectSaslLine();
-  writeClient(sasl_ == Sasl::kPlain ? "+ \r\n" : "+ " + std::string(auth::kLoginUsernamePrompt) + "\r\n");
+  writeClient("+ " + std::string(sasl_.initialChallenge()) + "\r\n");
 }
 
 void ImapSession::handleSaslLine(std::string_view line) {
-  if (line == "*") {
-    sasl_ = Sasl::kNone;
-    tagged("BAD Authentication aborted by client.");
-    return;
-  }
-  switch (sasl_) {
-    case Sasl::kNone:
-      badCommand(tag_, "Unexpected continuation.");
-      return;
-    case Sasl::kPlain: {
-      sasl_ = Sasl::kNone;
-      auto raw = auth::base64Decode(line);
-      if (!raw) {
-        tagged("BAD Invalid base64 data in continued response.");
-        return;
-      }
-      auto creds = auth::decodePlain(raw.value());
-      if (!creds) {
-        tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
-        return;
-      }
-      beginLogin(std::move(creds->authcid), std::move(creds->password));
-      return;
-    }
-    case Sasl::kLoginUser: {
-      auto u = auth::decodeLoginResponse(line);
-      if (!u) {
-        sasl_ = Sasl::kNone;
-        tagged("BAD Invalid base64 data in continued response.");
-        return;
-      }
-      sasl_user_ = std::move(u.value());
-      sasl_ = Sasl::kLoginPass;
+  switch (sasl_.respond(line)) {
+    case SaslExchange::Step::kChallenge:
       parser_->expectSaslLine();
-      writeClient("+ " + std::string(auth::kLoginPasswordPrompt) + "\r\n");
+      writeClient("+ " + std::string(sasl_.challenge()) + "\r\n");
       return;
-    }
-    case Sasl::kLoginPass: {
-      sasl_ = Sasl::kNone;
-      auto p = auth::decodeLoginResponse(line);
-      if (!p) {
-        tagged("BAD Invalid base64 data in continued response.");
-        return;
-      }
-      beginLogin(std::move(sasl_user_), std::move(p.value()));
-      sasl_user_.clear();
+    case SaslExchange::Step::kDone:
+      beginLogin(std::move(sasl_.user()), std::move(sasl_.password()));
+      sasl_.reset();
       return;
-    }
+    case SaslExchange::Step::kCancelled:
+      tagged("BAD Authentication aborted by client.");
+      return;
+    case SaslExchange::Step::kMalformed:
+      tagged("BAD Invalid base64 data in continued response.");
+      return;
+    case SaslExchange::Step::kRejected:
+      tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
+      return;
   }
 }
+
 
 void ImapSession::replyAuthFailed() {
   tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
@@ -314,7 +279,7 @@ void ImapSession::onPreauthTimeout() {
 
 void ImapSession::beginBackendHandshake() {
   bstep_ = BackendStep::kGreeting;
-  bline_.clear();
+  resetBackendLines();
   b_have_caps_ = b_sasl_ir_ = b_auth_plain_ = b_literal_plus_ = false;
 }
 
@@ -329,30 +294,6 @@ void ImapSession::onBackendTlsReady() {
   bstep_ = BackendStep::kCapability;
   b_have_caps_ = false;
   writeBackend("C CAPABILITY\r\n");
-}
-
-void ImapSession::onBackendData(std::string_view data) {
-  const unsigned attempt = this->attempt();
-  while (!data.empty()) {
-    if (loginPhase() != LoginPhase::kBackend || attempt != this->attempt()) return;
-    size_t nl = data.find('\n');
-    if (nl == std::string_view::npos) {
-      bline_.append(data);
-      if (bline_.size() > kMaxBackendLine) backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
-      return;
-    }
-    bline_.append(data.substr(0, nl + 1));
-    data.remove_prefix(nl + 1);
-    std::string line;
-    line.swap(bline_);
-    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-    handleBackendLine(line);
-    if (relaying()) {
-      // Anything the node sent after its tagged reply belongs to the client.
-      if (!data.empty()) writeClient(data);
-      return;
-    }
-  }
 }
 
 void ImapSession::parseBackendCaps(std::string_view text) {

@@ -8,6 +8,7 @@
 
 #include "gateway/codec/imap_command.h"
 #include "gateway/session/login_session.h"
+#include "gateway/session/sasl_exchange.h"
 
 namespace mailgate::session {
 
@@ -18,11 +19,9 @@ class ImapSession final : public LoginSession {
   void start() override;
 
  private:
-  enum class Sasl { kNone, kPlain, kLoginUser, kLoginPass };
   enum class BackendStep { kGreeting, kStarttls, kCapability, kLogin, kPostLoginCapability };
 
   void onClientData(std::string_view plain) override;
-  void onBackendData(std::string_view plain) override;
   void onClientTlsReady() override;
   void onBackendTlsReady() override;
   uint16_t backendPort(const conf::BackendConfig& b) const override { return b.ports.imap; }
@@ -40,7 +39,7 @@ class ImapSession final : public LoginSession {
   void authenticateWith(std::string_view mech, const codec::ImapArg* initial);
   void tagged(std::string_view text);
   void badCommand(std::string_view tag, std::string_view text);
-  void handleBackendLine(std::string_view line);
+  void handleBackendLine(std::string_view line) override;
   void parseBackendCaps(std::string_view text);
   void sendBackendLogin();
   void finishPostLoginCapability(std::string_view line);
@@ -49,12 +48,10 @@ class ImapSession final : public LoginSession {
   bool tls_pending_ = false;  // STARTTLS answered, handshake running
   std::string held_;          // client bytes received while the login is in progress
   std::string tag_;           // tag of the LOGIN/AUTHENTICATE in progress
-  Sasl sasl_ = Sasl::kNone;
-  std::string sasl_user_;
+  SaslExchange sasl_;
   unsigned bad_commands_ = 0;
   // backend handshake
   BackendStep bstep_ = BackendStep::kGreeting;
-  std::string bline_;
   std::string ok_text_;    // the node's tagged OK text when it carried no capabilities
   std::string post_caps_;  // from the CAPABILITY we then sent
   bool b_sasl_ir_ = false, b_auth_plain_ = false, b_literal_plus_ = false, b_have_caps_ = false;

@@ -100,6 +100,7 @@ void LoginSession::tryNextCandidate() {
   while (next_candidate_ < candidates_.size()) {
     const Candidate& c = candidates_[next_candidate_++];
     attempt_++;
+    bline_.clear();
     current_ = c.backend;
     backend_name_ = c.backend->name;
     if (!c.error.empty()) {
@@ -112,6 +113,31 @@ void LoginSession::tryNextCandidate() {
     return;
   }
   fail(false, "all backends unavailable");
+}
+
+void LoginSession::onBackendData(std::string_view data) {
+  constexpr size_t kMaxBackendLine = 64 * 1024;
+  const unsigned attempt = attempt_;
+  while (!data.empty()) {
+    if (phase_ != LoginPhase::kBackend || attempt != attempt_) return;
+    size_t nl = data.find('\n');
+    if (nl == std::string_view::npos) {
+      bline_.append(data);
+      if (bline_.size() > kMaxBackendLine) backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
+      return;
+    }
+    bline_.append(data.substr(0, nl + 1));
+    data.remove_prefix(nl + 1);
+    std::string line;
+    line.swap(bline_);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    handleBackendLine(line);
+    if (relaying()) {
+      // Anything the node sent after its reply to the login belongs to the client.
+      if (!data.empty()) writeClient(data);
+      return;
+    }
+  }
 }
 
 void LoginSession::onBackendConnected() {

@@ -53,6 +53,11 @@ class LoginSession : public Session {
   virtual void onPreauthTimeout() = 0;
   virtual void resumeClientInput() = 0;                 // back to pre-auth: parse what was held
 
+  // The node's replies during the handshake, one line at a time (CRLF stripped).
+  virtual void handleBackendLine(std::string_view line) = 0;
+  void onBackendData(std::string_view data) final;
+  void resetBackendLines() { bline_.clear(); }
+
   void onBackendConnected() final;
   void onBackendTlsReady() override;
   void onBackendFailed(BackendFailure why, const std::string& detail) final;
@@ -65,6 +70,7 @@ class LoginSession : public Session {
 
   LoginPhase phase_ = LoginPhase::kIdle;
   std::string password_;
+  std::string bline_;  // a partial line from the node
   std::optional<std::string> backend_user_;
   std::optional<std::string> backend_password_;
   std::chrono::milliseconds extra_wait_{0};

@@ -10,7 +10,6 @@ namespace mailgate::session {
 
 namespace {
 constexpr size_t kMaxHeld = 16 * 1024;
-constexpr size_t kMaxBackendLine = 16 * 1024;
 log::RateLimit g_proto_log(20);
 
 codec::Pop3Limits limitsFor(const conf::ListenerConfig& l) {
@@ -23,9 +22,6 @@ bool startsWithCi(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && strncasecmp(s.data(), prefix.data(), prefix.size()) == 0;
 }
 
-bool isMech(std::string_view v, std::string_view m) {
-  return v.size() == m.size() && strncasecmp(v.data(), m.data(), m.size()) == 0;
-}
 }  // namespace
 
 Pop3Session::Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
@@ -92,7 +88,7 @@ void Pop3Session::onClientData(std::string_view data) {
         handleCommand();
         break;
       case codec::Pop3Status::kError:
-        sasl_ = Sasl::kNone;
+        sasl_.reset();
         badCommand(parser_->errorText());
         break;
       case codec::Pop3Status::kFatal:
@@ -180,22 +176,16 @@ void Pop3Session::handleCommand() {
         writeClient("-ERR [AUTH] Plaintext authentication disallowed without TLS.\r\n");
         return;
       }
-      if (isMech(c.args[0], "PLAIN")) {
-        sasl_ = Sasl::kPlain;
-      } else if (isMech(c.args[0], "LOGIN")) {
-        sasl_ = Sasl::kLoginUser;
-      } else {
+      if (!sasl_.begin(c.args[0])) {
         writeClient("-ERR Unsupported authentication mechanism.\r\n");
         return;
       }
       if (c.argc >= 2) {
-        std::string_view ir = c.args[1];
-        if (ir == "=") ir = {};
-        handleSaslLine(ir);
+        handleSaslLine(c.args[1]);
         return;
       }
       parser_->expectSaslLine();
-      writeClient(sasl_ == Sasl::kPlain ? "+ \r\n" : "+ " + std::string(auth::kLoginUsernamePrompt) + "\r\n");
+      writeClient("+ " + std::string(sasl_.initialChallenge()) + "\r\n");
       return;
     case codec::Pop3Verb::kQuit:
       writeClient("+OK Logging out.\r\n");
@@ -212,56 +202,27 @@ void Pop3Session::handleCommand() {
 }
 
 void Pop3Session::handleSaslLine(std::string_view line) {
-  if (line == "*") {
-    sasl_ = Sasl::kNone;
-    writeClient("-ERR Authentication aborted by client.\r\n");
-    return;
-  }
-  switch (sasl_) {
-    case Sasl::kNone:
-      badCommand("Unexpected continuation.");
-      return;
-    case Sasl::kPlain: {
-      sasl_ = Sasl::kNone;
-      auto raw = auth::base64Decode(line);
-      if (!raw) {
-        writeClient("-ERR Invalid base64 data.\r\n");
-        return;
-      }
-      auto creds = auth::decodePlain(raw.value());
-      if (!creds) {
-        writeClient("-ERR [AUTH] Authentication failed.\r\n");
-        return;
-      }
-      beginLogin(std::move(creds->authcid), std::move(creds->password));
-      return;
-    }
-    case Sasl::kLoginUser: {
-      auto u = auth::decodeLoginResponse(line);
-      if (!u) {
-        sasl_ = Sasl::kNone;
-        writeClient("-ERR Invalid base64 data.\r\n");
-        return;
-      }
-      sasl_user_ = std::move(u.value());
-      sasl_ = Sasl::kLoginPass;
+  switch (sasl_.respond(line)) {
+    case SaslExchange::Step::kChallenge:
       parser_->expectSaslLine();
-      writeClient("+ " + std::string(auth::kLoginPasswordPrompt) + "\r\n");
+      writeClient("+ " + std::string(sasl_.challenge()) + "\r\n");
       return;
-    }
-    case Sasl::kLoginPass: {
-      sasl_ = Sasl::kNone;
-      auto p = auth::decodeLoginResponse(line);
-      if (!p) {
-        writeClient("-ERR Invalid base64 data.\r\n");
-        return;
-      }
-      beginLogin(std::move(sasl_user_), std::move(p.value()));
-      sasl_user_.clear();
+    case SaslExchange::Step::kDone:
+      beginLogin(std::move(sasl_.user()), std::move(sasl_.password()));
+      sasl_.reset();
       return;
-    }
+    case SaslExchange::Step::kCancelled:
+      writeClient("-ERR Authentication aborted by client.\r\n");
+      return;
+    case SaslExchange::Step::kMalformed:
+      writeClient("-ERR Invalid base64 data.\r\n");
+      return;
+    case SaslExchange::Step::kRejected:
+      writeClient("-ERR [AUTH] Authentication failed.\r\n");
+      return;
   }
 }
+
 
 void Pop3Session::replyAuthFailed() {
   if (authFailures() >= listener_.max_auth_attempts) {
@@ -285,7 +246,7 @@ void Pop3Session::onPreauthTimeout() {
 
 void Pop3Session::beginBackendHandshake() {
   bstep_ = BackendStep::kGreeting;
-  bline_.clear();
+  resetBackendLines();
   b_xclient_ = false;
   b_stls_done_ = false;
 }
@@ -301,29 +262,6 @@ void Pop3Session::onBackendTlsReady() {
   bstep_ = BackendStep::kCapa;
   b_xclient_ = false;
   writeBackend("CAPA\r\n");
-}
-
-void Pop3Session::onBackendData(std::string_view data) {
-  const unsigned attempt = this->attempt();
-  while (!data.empty()) {
-    if (loginPhase() != LoginPhase::kBackend || attempt != this->attempt()) return;
-    size_t nl = data.find('\n');
-    if (nl == std::string_view::npos) {
-      bline_.append(data);
-      if (bline_.size() > kMaxBackendLine) backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
-      return;
-    }
-    bline_.append(data.substr(0, nl + 1));
-    data.remove_prefix(nl + 1);
-    std::string line;
-    line.swap(bline_);
-    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-    handleBackendLine(line);
-    if (relaying()) {
-      if (!data.empty()) writeClient(data);
-      return;
-    }
-  }
 }
 
 void Pop3Session::afterCapa() {

@@ -7,6 +7,7 @@
 
 #include "gateway/codec/pop3_command.h"
 #include "gateway/session/login_session.h"
+#include "gateway/session/sasl_exchange.h"
 
 namespace mailgate::session {
 
@@ -17,11 +18,9 @@ class Pop3Session final : public LoginSession {
   void start() override;
 
  private:
-  enum class Sasl { kNone, kPlain, kLoginUser, kLoginPass };
   enum class BackendStep { kGreeting, kCapa, kStls, kXclient, kAuth, kAuthResponse };
 
   void onClientData(std::string_view plain) override;
-  void onBackendData(std::string_view plain) override;
   void onClientTlsReady() override;
   void onBackendTlsReady() override;
   uint16_t backendPort(const conf::BackendConfig& b) const override { return b.ports.pop3; }
@@ -35,7 +34,7 @@ class Pop3Session final : public LoginSession {
   void handleCommand();
   void handleSaslLine(std::string_view line);
   void badCommand(std::string_view text);
-  void handleBackendLine(std::string_view line);
+  void handleBackendLine(std::string_view line) override;
   void afterCapa();
   void sendBackendAuth();
 
@@ -43,11 +42,9 @@ class Pop3Session final : public LoginSession {
   bool tls_pending_ = false;
   std::string held_;
   std::string user_arg_;  // from USER
-  Sasl sasl_ = Sasl::kNone;
-  std::string sasl_user_;
+  SaslExchange sasl_;
   unsigned bad_commands_ = 0;
   BackendStep bstep_ = BackendStep::kGreeting;
-  std::string bline_;
   bool b_xclient_ = false, b_stls_done_ = false;
 };
 
