@@ -1,0 +1,234 @@
+#include "auth/postgres_directory.h"
+
+#include <atomic>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "auth/password_scheme.h"
+#include "auth/postgres_pool.h"
+#include "gateway/core/log.h"
+
+namespace mailgate::auth {
+
+const char* const kDefaultPasswordQuery =
+    "SELECT m.password, (m.active AND d.active) AS active, m.address AS user "
+    "FROM mailboxes m JOIN domains d ON d.name = m.domain "
+    "WHERE lower(m.address) = %{user}";
+const char* const kDefaultRecipientQuery =
+    "SELECT 1 FROM mailboxes m JOIN domains d ON d.name = m.domain "
+    "WHERE lower(m.address) = %{user} AND m.active AND d.active "
+    "UNION ALL SELECT 1 FROM aliases a WHERE lower(a.address) = %{user} AND a.active LIMIT 1";
+const char* const kDefaultRoutesQuery =
+    "SELECT domain AS key, primary_node AS primary, secondary_node AS secondary FROM routes "
+    "UNION ALL "
+    "SELECT address, route_primary, route_secondary FROM mailboxes WHERE route_primary IS NOT NULL";
+const char* const kDefaultNodesQuery = "SELECT name, state FROM nodes";
+
+namespace {
+
+constexpr unsigned kBoolOid = 16;
+
+std::string lowerAscii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+bool falsy(std::string_view v) {
+  const std::string l = lowerAscii(v);
+  return l == "f" || l == "false" || l == "0" || l == "no" || l == "off" || l == "n";
+}
+
+// What the password query found, copied out of pqxx while the connection is held.
+struct PasswordRow {
+  bool found = false;
+  bool has_hash = false;
+  bool active = true;
+  std::string hash;
+  std::string user;
+  std::optional<RouteHint> route;
+};
+
+std::optional<RouteHint> routeFromRow(const pqxx::row& row, int primary_col, int secondary_col) {
+  if (primary_col < 0) return std::nullopt;
+  const pqxx::field p = row[primary_col];
+  if (p.is_null() || p.size() == 0) return std::nullopt;
+  RouteHint hint;
+  hint.primary = p.c_str();
+  if (secondary_col >= 0 && !row[secondary_col].is_null()) hint.secondary = row[secondary_col].c_str();
+  return hint;
+}
+
+int column(const pqxx::result& r, std::string_view name) {
+  for (pqxx::row::size_type i = 0; i < r.columns(); ++i) {
+    const char* n = r.column_name(i);
+    if (n && lowerAscii(n) == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+}  // namespace
+
+struct PostgresDirectory::Impl {
+  conf::PostgresDirectoryConfig cfg;
+  Scheme default_scheme = Scheme::kSha512Crypt;
+  pg::CompiledQuery password;
+  pg::CompiledQuery route;
+  pg::CompiledQuery recipient;
+  std::unique_ptr<pg::Pool> pool;
+  StoredHash dummy;  // verified for unknown users, result ignored
+  std::atomic<uint64_t> queries{0};
+  std::atomic<uint64_t> failures{0};
+  log::RateLimit log_limit{2};
+
+  void logFailure(std::string_view what, const std::string& why) {
+    ++failures;
+    if (log_limit.allow())
+      log::warn("postgres query failed",
+                {{"query", what}, {"error", why}, {"suppressed", log_limit.suppressed()}});
+  }
+
+  // Runs q with the bound parameters; copies what it needs inside fn.
+  Result<bool> exec(const pg::CompiledQuery& q, std::string_view user, const AuthContext* ctx,
+                    const std::function<void(const pqxx::result&)>& fn) {
+    ++queries;
+    const std::vector<std::string> params = pg::bindParams(q, user, ctx);
+    return pool->run([&](pqxx::connection& c) {
+      pqxx::nontransaction tx(c);
+      const pqxx::result r = tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(params));
+      fn(r);
+    });
+  }
+};
+
+Result<std::shared_ptr<PostgresDirectory>> PostgresDirectory::create(const conf::DirectoryConfig& dcfg) {
+  auto impl = std::make_unique<Impl>();
+  impl->cfg = dcfg.postgres;
+  const auto scheme = parseScheme(impl->cfg.default_scheme);
+  if (!scheme) return Error{"directory.postgres.default_scheme: unknown password scheme " + impl->cfg.default_scheme};
+  impl->default_scheme = *scheme;
+  const auto& q = impl->cfg.queries;
+  auto pw = pg::compileQuery(q.password.empty() ? kDefaultPasswordQuery : q.password, "mailgate_password",
+                             "directory.postgres.queries.password");
+  if (!pw) return Error{pw.error()};
+  impl->password = std::move(*pw);
+  if (!q.route.empty()) {
+    auto r = pg::compileQuery(q.route, "mailgate_route", "directory.postgres.queries.route");
+    if (!r) return Error{r.error()};
+    impl->route = std::move(*r);
+  }
+  auto rc = pg::compileQuery(q.recipient.empty() ? kDefaultRecipientQuery : q.recipient, "mailgate_recipient",
+                             "directory.postgres.queries.recipient");
+  if (!rc) return Error{rc.error()};
+  impl->recipient = std::move(*rc);
+
+  auto dummy = makeHash(impl->default_scheme, "mailgate-dummy-password");
+  if (dummy) {
+    auto parsed = parseStoredHash(*dummy, impl->default_scheme);
+    if (parsed) impl->dummy = std::move(*parsed);
+  }
+
+  std::vector<pg::CompiledQuery> statements{impl->password, impl->recipient};
+  if (!impl->route.empty()) statements.push_back(impl->route);
+  impl->pool = std::make_unique<pg::Pool>(
+      pg::withConnectTimeout(impl->cfg.conninfo, impl->cfg.timeout), impl->cfg.pool, impl->cfg.timeout,
+      [statements](pqxx::connection& c) {
+        for (const auto& s : statements) c.prepare(s.name, s.sql);
+      });
+  return std::shared_ptr<PostgresDirectory>(new PostgresDirectory(std::move(impl)));
+}
+
+PostgresDirectory::PostgresDirectory(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PostgresDirectory::~PostgresDirectory() = default;
+
+AuthResult PostgresDirectory::authenticate(std::string_view user, std::string_view password) {
+  return run(user, password, nullptr);
+}
+
+AuthResult PostgresDirectory::authenticate(std::string_view user, std::string_view password,
+                                           const AuthContext& ctx) {
+  return run(user, password, &ctx);
+}
+
+AuthResult PostgresDirectory::run(std::string_view user, std::string_view password, const AuthContext* ctx) {
+  AuthResult out;
+  out.verdict = Verdict::kTempFail;
+  PasswordRow row;
+  auto done = impl_->exec(impl_->password, user, ctx, [&](const pqxx::result& r) {
+    if (r.empty()) return;
+    row.found = true;
+    const pqxx::row first = r[0];
+    if (r.columns() == 0) return;
+    if (!first[0].is_null()) {
+      row.has_hash = true;
+      row.hash = first[0].c_str();
+    }
+    int active = column(r, "active");
+    if (active < 0 && r.columns() >= 2 && r.column_type(1) == kBoolOid) active = 1;
+    if (active >= 0 && !first[active].is_null() && falsy(first[active].c_str())) row.active = false;
+    const int user_col = column(r, "user");
+    if (user_col >= 0 && !first[user_col].is_null()) row.user = first[user_col].c_str();
+    row.route = routeFromRow(first, column(r, "primary"), column(r, "secondary"));
+  });
+  if (!done) {
+    impl_->logFailure("password", done.error());
+    out.reason = "directory unavailable: " + done.error();
+    return out;
+  }
+  if (!row.found || !row.has_hash || !row.active) {
+    if (!impl_->dummy.hash.empty()) (void)verifyPassword(impl_->dummy, password);
+    out.verdict = Verdict::kUnknownUser;
+    out.reason = !row.found ? "unknown user" : !row.has_hash ? "no password stored" : "mailbox disabled";
+    return out;
+  }
+  auto stored = parseStoredHash(row.hash, impl_->default_scheme);
+  if (!stored) {
+    out.verdict = Verdict::kUnknownUser;
+    out.reason = "unusable stored password: " + stored.error();
+    return out;
+  }
+  if (!verifyPassword(*stored, password)) {
+    out.verdict = Verdict::kBadPassword;
+    out.reason = "wrong password";
+    return out;
+  }
+  out.user = row.user.empty() ? std::string(user) : row.user;
+  out.route = std::move(row.route);
+  if (!impl_->route.empty()) {
+    std::optional<RouteHint> hint;
+    auto routed = impl_->exec(impl_->route, user, ctx, [&](const pqxx::result& r) {
+      if (r.empty() || r.columns() == 0) return;
+      hint = routeFromRow(r[0], 0, r.columns() >= 2 ? 1 : -1);
+    });
+    if (!routed) {
+      impl_->logFailure("route", routed.error());
+      out = AuthResult{};
+      out.verdict = Verdict::kTempFail;
+      out.reason = "directory unavailable: " + routed.error();
+      return out;
+    }
+    if (hint) out.route = std::move(hint);
+  }
+  out.verdict = Verdict::kOk;
+  return out;
+}
+
+Verdict PostgresDirectory::recipientExists(std::string_view address, const AuthContext& ctx) {
+  bool found = false;
+  auto done = impl_->exec(impl_->recipient, address, &ctx, [&](const pqxx::result& r) { found = !r.empty(); });
+  if (!done) {
+    impl_->logFailure("recipient", done.error());
+    return Verdict::kTempFail;
+  }
+  return found ? Verdict::kOk : Verdict::kUnknownUser;
+}
+
+std::string PostgresDirectory::statsText() const {
+  return "pg_queries=" + std::to_string(impl_->queries.load()) +
+         " pg_query_failures=" + std::to_string(impl_->failures.load()) +
+         " pg_connects=" + std::to_string(impl_->pool->connects());
+}
+
+}  // namespace mailgate::auth

@@ -1,0 +1,74 @@
+#pragma once
+// Directory driver "postgres": users (and optionally per-login routes) from
+// PostgreSQL through a bounded pool of libpqxx connections (directory.postgres).
+//
+// Queries (directory.postgres.queries; empty = the default on the default schema,
+// see auth/postgres_schema.h and docs/postgres.md) may use the named parameters
+// %{user} (the login name, lower-cased), %{local_part}, %{domain}, %{client_ip} and
+// %{protocol}; they are bound as parameters of a prepared statement, never spliced
+// into the SQL text. An unknown parameter is an error of create().
+//
+// password  → first row: column 0 is the stored hash, "{SCHEME}hash" or a bare hash
+//             in default_scheme. No row, or a NULL hash → kUnknownUser. Optional
+//             columns by name: "active" (false → kUnknownUser, "disabled"), "user"
+//             (the canonical name reported on success), "primary"/"secondary"
+//             (a route hint, as from the route query). A second column of type
+//             boolean counts as "active" when no column is named so.
+// route     → optional (default none: the routing map comes from the `routes`
+//             listing, see PostgresRouteWatcher); run after a successful password
+//             check; row columns primary, secondary (backend names or host[:port],
+//             NULL = none) become AuthResult.route.
+// recipient → a row when the address exists (SMTP recipient check).
+//
+// Every query runs with statement_timeout = directory.postgres.timeout; the connect
+// has connect_timeout = the timeout rounded up to seconds, at least 2 (libpq's
+// minimum). Any database error (connect, broken connection, SQL error, timeout, no
+// free connection within the timeout) makes that request kTempFail — never a
+// wrong-password answer; the connection is dropped and re-made on a later request,
+// with exponential backoff (100 ms doubling to 5 s) while the database stays
+// unreachable. Multi-host conninfo (host=a,b target_session_attrs=read-write) works
+// as libpq does it.
+//
+// Blocking and thread-safe: call from worker threads only. Password verification
+// runs after the connection went back to the pool.
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "auth/directory.h"
+#include "conf/config.h"
+#include "gateway/core/result.h"
+
+namespace mailgate::auth {
+
+class PostgresDirectory : public Directory {
+ public:
+  // Validates the queries and the default scheme; does not connect (the database
+  // may be down at start-up).
+  static Result<std::shared_ptr<PostgresDirectory>> create(const conf::DirectoryConfig& cfg);
+  ~PostgresDirectory() override;
+
+  AuthResult authenticate(std::string_view user, std::string_view password) override;
+  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
+
+  // Does `address` exist (recipient query)? kOk: yes, kUnknownUser: no, kTempFail.
+  Verdict recipientExists(std::string_view address, const AuthContext& ctx);
+
+  // "pg_queries=.. pg_query_failures=.. pg_connects=.."
+  std::string statsText() const override;
+
+  struct Impl;
+
+ private:
+  explicit PostgresDirectory(std::unique_ptr<Impl> impl);
+  AuthResult run(std::string_view user, std::string_view password, const AuthContext* ctx);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The default queries (docs and tests).
+extern const char* const kDefaultPasswordQuery;
+extern const char* const kDefaultRecipientQuery;
+extern const char* const kDefaultRoutesQuery;
+extern const char* const kDefaultNodesQuery;
+
+}  // namespace mailgate::auth

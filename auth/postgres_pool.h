@@ -1,0 +1,105 @@
+#pragma once
+// PostgreSQL plumbing shared by the postgres directory, the route watcher and the
+// schema migrations: named query parameters, connection options, a bounded
+// connection pool with reconnect backoff. Includes libpqxx: include this header
+// only from auth/postgres_*.cc, never from a header the rest of the tree sees.
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "auth/directory.h"
+#include "conf/config.h"
+#include "gateway/core/result.h"
+
+namespace mailgate::auth::pg {
+
+using Clock = std::chrono::steady_clock;
+
+// The named parameters a query may use; each becomes $n of a prepared statement.
+enum class Param { kUser, kLocalPart, kDomain, kClientIp, kProtocol };
+
+struct CompiledQuery {
+  std::string name;   // prepared statement name
+  std::string sql;    // with $1..$n
+  std::vector<Param> params;  // params[i] is bound to $(i+1)
+  bool empty() const { return sql.empty(); }
+};
+
+// Translates %{user} %{local_part} %{domain} %{client_ip} %{protocol} into $1..$n
+// (a name used twice binds the same $n). A '%' not followed by '{' is kept as is.
+// Errors name `what` (e.g. "directory.postgres.queries.password").
+Result<CompiledQuery> compileQuery(std::string_view text, std::string name, const std::string& what);
+
+// The values for a compiled query: %{user} is the login name lower-cased (ASCII),
+// %{local_part}/%{domain} split it at the last '@' (domain empty when there is none).
+std::vector<std::string> bindParams(const CompiledQuery& q, std::string_view user, const AuthContext* ctx);
+
+// conninfo with connect_timeout (seconds, at least 2: libpq's minimum) added when the
+// operator did not set one. Works for "key=value" strings and postgresql:// URIs.
+std::string withConnectTimeout(const std::string& conninfo, conf::Duration timeout);
+
+// Opens a connection and sets statement_timeout for the session. Throws pqxx errors.
+std::unique_ptr<pqxx::connection> connect(const std::string& conninfo, conf::Duration statement_timeout);
+
+// One line for the log about a pqxx/std exception (first line only, bounded).
+std::string describe(const std::exception& e);
+
+// Exponential reconnect backoff: 100 ms doubling to kMax (5 s); reset on success.
+class Backoff {
+ public:
+  static constexpr std::chrono::milliseconds kInitial{100};
+  static constexpr std::chrono::milliseconds kMax{5000};
+  bool ready(Clock::time_point now) const { return now >= next_; }
+  void failed(Clock::time_point now);
+  void succeeded() { delay_ = kInitial; next_ = {}; }
+  Clock::time_point next() const { return next_; }
+
+ private:
+  std::chrono::milliseconds delay_{kInitial};
+  Clock::time_point next_{};
+};
+
+// A bounded pool of `size` lazily made connections, used from worker threads.
+// run() blocks at most `acquire_timeout` for a free slot; a slot without a
+// connection connects (unless the shared backoff says the database was unreachable
+// a moment ago: then it fails at once). Any exception from fn drops the connection;
+// a broken reused connection (the server restarted) is replaced and fn retried once.
+class Pool {
+ public:
+  // on_connect runs once per new connection (prepare statements); may throw.
+  Pool(std::string conninfo, std::size_t size, conf::Duration timeout,
+       std::function<void(pqxx::connection&)> on_connect);
+  ~Pool();
+
+  // Ok or the reason of the failure (for the log; the caller answers kTempFail).
+  Result<bool> run(const std::function<void(pqxx::connection&)>& fn);
+
+  uint64_t connects() const;
+  uint64_t failures() const;
+
+ private:
+  struct Slot {
+    std::unique_ptr<pqxx::connection> conn;
+    bool busy = false;
+  };
+
+  std::string conninfo_;
+  conf::Duration timeout_;
+  std::function<void(pqxx::connection&)> on_connect_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Slot> slots_;
+  Backoff backoff_;           // guarded by mu_
+  uint64_t connects_ = 0;     // guarded by mu_
+  uint64_t failures_ = 0;     // guarded by mu_
+};
+
+}  // namespace mailgate::auth::pg

@@ -1,0 +1,69 @@
+#pragma once
+// The routing map from PostgreSQL: a thread with its own connection that LISTENs on
+// channel mailgate_routes, reloads the whole map with the `routes` (and `nodes`)
+// queries on every notification and every directory.postgres.refresh (the safety
+// net, and the only trigger for legacy schemas without NOTIFY), and publishes it.
+//
+//   routes → rows (key, primary, secondary): key "*", a domain or a full address;
+//            primary/secondary a backend name or host[:port]; rows with an empty
+//            key or primary are skipped.
+//   nodes  → rows (name, state) with state active | drain | down. Empty = the
+//            default (nodes table) when `routes` is the default too, else none.
+//
+// A notification reaches publish() within milliseconds of the COMMIT. When the
+// database is unreachable the watcher reconnects with backoff (100 ms doubling to
+// 5 s) and the last good table stays published; on reconnect it reloads at once.
+// Routes and nodes queries take no %{...} parameters.
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "conf/config.h"
+#include "gateway/core/result.h"
+#include "routing/router.h"
+
+namespace mailgate::auth {
+
+class PostgresRouteWatcher {
+ public:
+  using Publish = std::function<void(std::shared_ptr<const routing::RouteTable>)>;
+
+  PostgresRouteWatcher(const conf::DirectoryConfig& cfg, Publish publish);
+  ~PostgresRouteWatcher();  // stops and joins
+  PostgresRouteWatcher(const PostgresRouteWatcher&) = delete;
+  PostgresRouteWatcher& operator=(const PostgresRouteWatcher&) = delete;
+
+  // Checks the routes/nodes queries (no %{...} parameters) without connecting.
+  static Result<bool> check(const conf::DirectoryConfig& cfg);
+  // Connects, loads the table once and returns it (tests, tools). Blocking.
+  static Result<std::shared_ptr<const routing::RouteTable>> loadOnce(const conf::DirectoryConfig& cfg);
+
+  void start();
+  // Prompt (the wait for a notification is 100 ms at a time; a connect attempt in
+  // progress finishes first, bounded by connect_timeout); joins the thread.
+  void stop();
+
+  uint64_t reloads() const { return reloads_.load(); }
+  uint64_t failures() const { return failures_.load(); }
+
+ private:
+  void run();
+
+  conf::PostgresDirectoryConfig cfg_;
+  std::string routes_sql_;
+  std::string nodes_sql_;  // empty = none
+  Publish publish_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> reloads_{0};
+  std::atomic<uint64_t> failures_{0};
+};
+
+}  // namespace mailgate::auth

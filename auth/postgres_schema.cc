@@ -1,0 +1,141 @@
+#include "auth/postgres_schema.h"
+
+#include <string_view>
+
+#include "auth/postgres_pool.h"
+
+namespace mailgate::auth {
+namespace {
+
+// Migrations: index i is version i + 1. Never edit a published migration; append.
+constexpr std::string_view kMigrations[] = {
+    // 1: domains, nodes, mailboxes, aliases, routes, NOTIFY triggers.
+    R"sql(
+CREATE TABLE domains (
+  name   text PRIMARY KEY,
+  active boolean NOT NULL DEFAULT true
+);
+CREATE UNIQUE INDEX domains_name_lower ON domains (lower(name));
+
+CREATE TABLE nodes (
+  name      text PRIMARY KEY,
+  host      text NOT NULL,
+  imap_port integer CHECK (imap_port BETWEEN 1 AND 65535),
+  pop3_port integer CHECK (pop3_port BETWEEN 1 AND 65535),
+  smtp_port integer CHECK (smtp_port BETWEEN 1 AND 65535),
+  lmtp_port integer CHECK (lmtp_port BETWEEN 1 AND 65535),
+  state     text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'drain', 'down'))
+);
+
+CREATE TABLE mailboxes (
+  address         text PRIMARY KEY,
+  domain          text NOT NULL REFERENCES domains (name) ON UPDATE CASCADE ON DELETE CASCADE,
+  password        text NOT NULL,
+  active          boolean NOT NULL DEFAULT true,
+  route_primary   text REFERENCES nodes (name) ON UPDATE CASCADE ON DELETE SET NULL,
+  route_secondary text REFERENCES nodes (name) ON UPDATE CASCADE ON DELETE SET NULL,
+  CHECK (position('@' in address) > 1)
+);
+CREATE UNIQUE INDEX mailboxes_address_lower ON mailboxes (lower(address));
+CREATE INDEX mailboxes_domain ON mailboxes (domain);
+
+CREATE TABLE aliases (
+  address text NOT NULL,
+  target  text NOT NULL,
+  PRIMARY KEY (address, target)
+);
+CREATE INDEX aliases_address_lower ON aliases (lower(address));
+
+-- domain "*" is the default route
+CREATE TABLE routes (
+  domain         text PRIMARY KEY,
+  primary_node   text NOT NULL REFERENCES nodes (name) ON UPDATE CASCADE,
+  secondary_node text REFERENCES nodes (name) ON UPDATE CASCADE ON DELETE SET NULL
+);
+
+CREATE FUNCTION mailgate_notify_routes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('mailgate_routes', TG_TABLE_NAME);
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER nodes_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON nodes
+  FOR EACH STATEMENT EXECUTE FUNCTION mailgate_notify_routes();
+CREATE TRIGGER routes_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON routes
+  FOR EACH STATEMENT EXECUTE FUNCTION mailgate_notify_routes();
+CREATE TRIGGER mailboxes_notify_insert AFTER INSERT ON mailboxes FOR EACH ROW
+  WHEN (NEW.route_primary IS NOT NULL OR NEW.route_secondary IS NOT NULL)
+  EXECUTE FUNCTION mailgate_notify_routes();
+CREATE TRIGGER mailboxes_notify_update AFTER UPDATE ON mailboxes FOR EACH ROW
+  WHEN (OLD.route_primary IS DISTINCT FROM NEW.route_primary
+        OR OLD.route_secondary IS DISTINCT FROM NEW.route_secondary
+        OR ((NEW.route_primary IS NOT NULL OR NEW.route_secondary IS NOT NULL)
+            AND OLD.address IS DISTINCT FROM NEW.address))
+  EXECUTE FUNCTION mailgate_notify_routes();
+CREATE TRIGGER mailboxes_notify_delete AFTER DELETE ON mailboxes FOR EACH ROW
+  WHEN (OLD.route_primary IS NOT NULL OR OLD.route_secondary IS NOT NULL)
+  EXECUTE FUNCTION mailgate_notify_routes();
+CREATE TRIGGER mailboxes_notify_truncate AFTER TRUNCATE ON mailboxes
+  FOR EACH STATEMENT EXECUTE FUNCTION mailgate_notify_routes();
+)sql",
+    // 2: aliases can be switched off without deleting them.
+    R"sql(
+ALTER TABLE aliases ADD COLUMN active boolean NOT NULL DEFAULT true;
+)sql",
+};
+
+constexpr int kLatest = static_cast<int>(sizeof kMigrations / sizeof kMigrations[0]);
+// Serialises concurrent --init-db runs (an arbitrary constant: "mailgate" in ASCII).
+constexpr std::string_view kLockKey = "7089068426741342277";
+
+}  // namespace
+
+int latestSchemaVersion() { return kLatest; }
+
+Result<std::string> initDatabase(const conf::DirectoryConfig& cfg) { return initDatabase(cfg, kLatest); }
+
+Result<std::string> initDatabase(const conf::DirectoryConfig& cfg, int target_version) {
+  if (target_version < 0 || target_version > kLatest) return Error{"no such schema version"};
+  const auto& pgc = cfg.postgres;
+  std::string applied;
+  int version = 0;
+  try {
+    // Migrations may take longer than a login query: no statement timeout here.
+    auto conn = std::make_unique<pqxx::connection>(pg::withConnectTimeout(pgc.conninfo, pgc.timeout));
+    {
+      pqxx::work tx(*conn);
+      tx.exec("SELECT pg_advisory_xact_lock(" + std::string(kLockKey) + ")");
+      tx.exec("CREATE TABLE IF NOT EXISTS mailgate_schema (version integer NOT NULL)");
+      tx.exec("INSERT INTO mailgate_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM mailgate_schema)");
+      tx.commit();
+    }
+    for (int v = 1; v <= target_version; ++v) {
+      pqxx::work tx(*conn);
+      tx.exec("SELECT pg_advisory_xact_lock(" + std::string(kLockKey) + ")");
+      version = tx.exec("SELECT max(version) FROM mailgate_schema")[0][0].as<int>();
+      if (version > kLatest) {
+        return Error{"database schema version " + std::to_string(version) + " is newer than this mailgate (" +
+                     std::to_string(kLatest) + ")"};
+      }
+      if (version >= v) continue;  // the transaction rolls back: nothing was changed
+      tx.exec(std::string(kMigrations[v - 1]));
+      tx.exec("UPDATE mailgate_schema SET version = " + std::to_string(v));
+      tx.commit();
+      version = v;
+      applied += applied.empty() ? std::to_string(v) : ", " + std::to_string(v);
+    }
+    if (target_version == 0) {
+      pqxx::nontransaction tx(*conn);
+      version = tx.exec("SELECT max(version) FROM mailgate_schema")[0][0].as<int>();
+    }
+  } catch (const std::exception& e) {
+    std::string msg = "init-db: " + pg::describe(e);
+    if (!applied.empty()) msg += " (applied " + applied + " before the error)";
+    return Error{msg};
+  }
+  if (applied.empty()) return "schema version " + std::to_string(version) + " (up to date)";
+  return "schema version " + std::to_string(version) + " (applied " + applied + ")";
+}
+
+}  // namespace mailgate::auth
