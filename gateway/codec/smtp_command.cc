@@ -13,7 +13,6 @@ constexpr size_t kMaxMechanism = 20;   // RFC 4422 sasl-mech = 1*20mech-char
 constexpr char foldUpper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
 constexpr bool isAlpha(char c) noexcept { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 constexpr bool isDigit(char c) noexcept { return c >= '0' && c <= '9'; }
-constexpr bool isHigh(char c) noexcept { return static_cast<unsigned char>(c) >= 0x80; }
 constexpr bool isUpperHex(char c) noexcept { return isDigit(c) || (c >= 'A' && c <= 'F'); }
 
 bool equalsFolded(std::string_view a, std::string_view upper) noexcept {

@@ -17,9 +17,9 @@
 //   for AUTH/SASL lines as in RFC 4954 §6) and the rest
 //   of it is discarded silently up to its LF; more than 4 * limit octets without LF:
 //   kFatal. The answered line is not pending.
-// - Verbs are case-insensitive. An unknown or malformed verb is kCommand with
-//   SmtpVerb::kUnknown (the session answers 500 5.5.1 and counts it); an empty
-//   line is kError kSyntax.
+// - Verbs are case-insensitive. An unknown or malformed verb (also an empty one: a
+//   line starting with SP) is kCommand with SmtpVerb::kUnknown (the session answers
+//   500 5.5.1 and counts it); an empty line is kError kSyntax (500 5.5.2).
 // - MAIL FROM:<path> / RCPT TO:<path>: "FROM:"/"TO:" case-insensitive, no space
 //   before or after the colon unless options.allow_space_after_colon (off by default:
 //   "MAIL FROM: <a@b>" is kError kSyntax). Parameters are separated by single spaces;

@@ -278,6 +278,7 @@ std::vector<Vec> vectors() {
       {"help", "HELP\r\nHELP MAIL\r\n", {"C HELP", "C HELP arg=[MAIL]"}},
       {"unknown", "XYZZY plugh\r\n", {"C UNKNOWN arg=[plugh]"}},
       {"unknown non alpha", "MAIL1 x\r\n", {"C UNKNOWN arg=[x]"}},
+      {"leading space", " NOOP\r\n", {"C UNKNOWN arg=[NOOP]"}},
       {"empty line", "\r\n", {"E 500 5.5.2 Empty command"}},
       {"bdat", "BDAT 5\r\nabcdeBDAT 3 LAST\r\nxyzQUIT\r\n",
        {"C BDAT n=5", "chunk", "C BDAT n=3 LAST", "chunk", "C QUIT"}},
