@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "auth/postgres_schema.h"
 #include "conf/config.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/core/log.h"
@@ -43,6 +44,25 @@ int checkConfig(const std::string& path) {
     return 1;
   }
   std::printf("ok\n");
+  return 0;
+}
+
+int initDb(const std::string& path) {
+  auto r = conf::loadConfigFile(path);
+  if (!r.errors.empty()) {
+    for (const auto& e : r.errors) std::fprintf(stderr, "%s\n", e.format().c_str());
+    return 1;
+  }
+  if (r.config->directory.postgres.conninfo.empty()) {
+    std::fprintf(stderr, "%s: --init-db needs directory.postgres.conninfo\n", path.c_str());
+    return 1;
+  }
+  auto done = auth::initDatabase(r.config->directory);
+  if (!done) {
+    std::fprintf(stderr, "mailgate: --init-db: %s\n", done.error().c_str());
+    return 1;
+  }
+  std::printf("%s\n", done.value().c_str());
   return 0;
 }
 
@@ -173,7 +193,7 @@ int run(const std::string& path) {
     reactors.push_back(std::move(r));
   }
   session::publishRuntime(rt.value());
-  rt.value()->health->start();
+  rt.value()->startBackground();
   rt = Error{""};  // drop our reference: the published snapshot owns it
 
   std::unique_ptr<admin::AdminServer> admin_server;
@@ -215,7 +235,7 @@ int run(const std::string& path) {
       applyLog(*nl.config);
       auto fresh = nrt.value();
       session::publishRuntime(fresh);
-      fresh->health->start();
+      fresh->startBackground();
       log::info("configuration reloaded");
       continue;
     }
@@ -240,10 +260,7 @@ int main(int argc, char** argv) {
   }
   if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) return checkConfig(argv[2]);
   if (argc == 3 && std::strcmp(argv[1], "--config") == 0) return run(argv[2]);
-  if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) {
-    std::fprintf(stderr, "mailgate: --init-db needs directory.driver postgres, which this build does not have yet\n");
-    return 1;
-  }
+  if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
   usage();
   return 2;
 }

@@ -2,7 +2,10 @@
 
 #include <mutex>
 
+#include "auth/auth_cache.h"
+#include "auth/http_directory.h"
 #include "auth/passwd_file.h"
+#include "auth/postgres_directory.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::session {
@@ -24,12 +27,20 @@ void publishRuntime(std::shared_ptr<Runtime> rt) {
     old = std::move(g_runtime);
     g_runtime = std::move(rt);
   }
-  // The old snapshot's health checker stops now; sessions keep the rest alive.
-  if (old && old->health) old->health->stop();
+  // The old snapshot's background work stops now; sessions keep the rest alive.
+  if (old) old->stopBackground();
 }
 
-Runtime::~Runtime() {
+Runtime::~Runtime() { stopBackground(); }
+
+void Runtime::startBackground() {
+  if (health) health->start();
+  if (route_watcher) route_watcher->start();
+}
+
+void Runtime::stopBackground() {
   if (health) health->stop();
+  if (route_watcher) route_watcher->stop();
 }
 
 const conf::ListenerConfig* Runtime::listener(const std::string& name) const {
@@ -59,10 +70,25 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     for (const auto& p : report.problems) log::warn("passwd-file problem", {{"problem", p}});
     log::info("directory loaded", {{"driver", "file"}, {"users", report.users}});
     rt->directory = std::move(pf);
+  } else if (config->directory.driver == "postgres") {
+    auto pg = auth::PostgresDirectory::create(config->directory);
+    if (!pg) return Error{"directory.postgres: " + pg.error()};
+    rt->directory = std::make_shared<auth::CachingDirectory>(pg.value(), config->directory.cache);
+    log::info("directory ready", {{"driver", "postgres"}});
+  } else if (config->directory.driver == "http") {
+    auto http = auth::HttpDirectory::create(config->directory.http);
+    if (!http) return Error{"directory.http: " + http.error()};
+    rt->directory = std::make_shared<auth::CachingDirectory>(http.value(), config->directory.cache);
+    log::info("directory ready", {{"driver", "http"}, {"url", config->directory.http.url}});
   } else {
     return Error{"directory.driver " + config->directory.driver + " is not supported"};
   }
   rt->router = std::make_unique<routing::Router>(config);
+  if (config->directory.driver == "postgres") {
+    routing::Router* router = rt->router.get();
+    rt->route_watcher = std::make_unique<auth::PostgresRouteWatcher>(
+        config->directory, [router](std::shared_ptr<const routing::RouteTable> t) { router->setTable(std::move(t)); });
+  }
   rt->health = std::make_unique<routing::HealthChecker>(*rt->router);
   return rt;
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "auth/directory.h"
+#include "auth/postgres_routes.h"
 #include "conf/config.h"
 #include "gateway/core/result.h"
 #include "gateway/tls/tls_context.h"
@@ -23,6 +24,11 @@ struct Runtime {
   std::shared_ptr<auth::Directory> directory;
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<routing::HealthChecker> health;
+  std::unique_ptr<auth::PostgresRouteWatcher> route_watcher;  // driver postgres: the routing map
+
+  // Starts the background parts (health checks, route watcher) once published.
+  void startBackground();
+  void stopBackground();
 
   ~Runtime();
   const conf::ListenerConfig* listener(const std::string& name) const;
