@@ -151,25 +151,25 @@ Result<AuthHttpUrl> parseAuthHttpUrl(std::string_view url) {
   if (startsWithIgnoreCase(rest, "http://")) {
     rest.remove_prefix(7);
   } else if (rest.find("://") != std::string_view::npos) {
-    return Error{"auth_http URL must be plain http://host[:port]/path (https is not supported)"};
+    return Error{"only plain http://host[:port]/path is supported (no https, as in nginx)"};
   }
   std::size_t end = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, end);
   std::string_view path = end == std::string_view::npos ? std::string_view{} : rest.substr(end);
-  if (authority.find('@') != std::string_view::npos) return Error{"auth_http URL must not carry user info"};
+  if (authority.find('@') != std::string_view::npos) return Error{"user info is not supported"};
 
   AuthHttpUrl out;
   std::string_view port_text;
   bool has_port = false;
   if (!authority.empty() && authority.front() == '[') {
     std::size_t close = authority.find(']');
-    if (close == std::string_view::npos) return Error{"auth_http URL: unterminated [IPv6] host"};
+    if (close == std::string_view::npos) return Error{"unterminated [IPv6] host"};
     out.host = std::string(authority.substr(1, close - 1));
-    if (!isIpv6Literal(out.host)) return Error{"auth_http URL: bad IPv6 address [" + forLog(out.host) + "]"};
+    if (!isIpv6Literal(out.host)) return Error{"bad IPv6 address [" + forLog(out.host) + "]"};
     out.host_header = "[" + out.host + "]";
     std::string_view after = authority.substr(close + 1);
     if (!after.empty()) {
-      if (after.front() != ':') return Error{"auth_http URL: junk after [IPv6] host"};
+      if (after.front() != ':') return Error{"junk after [IPv6] host"};
       port_text = after.substr(1);
       has_port = true;
     }
@@ -181,16 +181,16 @@ Result<AuthHttpUrl> parseAuthHttpUrl(std::string_view url) {
       has_port = true;
     }
     if (!validHostName(out.host))
-      return Error{"auth_http URL: bad or empty host \"" + forLog(out.host) + "\""};
+      return Error{"bad or empty host \"" + forLog(out.host) + "\""};
     out.host_header = out.host;
   }
   if (has_port) {
     auto port = parsePort(port_text);
-    if (!port) return Error{"auth_http URL: bad port \"" + forLog(port_text) + "\""};
+    if (!port) return Error{"bad port \"" + forLog(port_text) + "\""};
     out.port = *port;
   }
   for (unsigned char c : path)
-    if (c <= 0x20 || c >= 0x7f) return Error{"auth_http URL: space, control or 8-bit character in the path"};
+    if (c <= 0x20 || c >= 0x7f) return Error{"space, control or 8-bit character in the path"};
   if (path.empty()) {
     out.path = "/";
   } else if (path.front() == '?') {
@@ -376,8 +376,8 @@ AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) 
 
 Result<std::shared_ptr<HttpDirectory>> HttpDirectory::create(const conf::HttpDirectoryConfig& config) {
   auto url = parseAuthHttpUrl(config.url);
-  if (!url) return Error{"directory.http.url: " + url.error()};
-  if (config.timeout.count() <= 0) return Error{"directory.http.timeout: must be positive"};
+  if (!url) return Error{"url \"" + forLog(config.url) + "\": " + url.error()};
+  if (config.timeout.count() <= 0) return Error{"timeout: must be positive"};
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -386,7 +386,7 @@ Result<std::shared_ptr<HttpDirectory>> HttpDirectory::create(const conf::HttpDir
   addrinfo* res = nullptr;
   std::string port = std::to_string(url->port);
   int rc = ::getaddrinfo(url->host.c_str(), port.c_str(), &hints, &res);
-  if (rc != 0) return Error{"directory.http.url: cannot resolve " + url->host + ": " + gai_strerror(rc)};
+  if (rc != 0) return Error{"url: cannot resolve " + url->host + ": " + gai_strerror(rc)};
   std::vector<Address> addresses;
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
     if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
@@ -396,7 +396,7 @@ Result<std::shared_ptr<HttpDirectory>> HttpDirectory::create(const conf::HttpDir
     addresses.push_back(a);
   }
   ::freeaddrinfo(res);
-  if (addresses.empty()) return Error{"directory.http.url: " + url->host + " has no address"};
+  if (addresses.empty()) return Error{"url: " + url->host + " has no address"};
   return std::shared_ptr<HttpDirectory>(
       new HttpDirectory(std::move(url.value()), std::move(addresses), config.timeout));
 }
