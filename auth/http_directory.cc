@@ -180,8 +180,7 @@ Result<AuthHttpUrl> parseAuthHttpUrl(std::string_view url) {
       port_text = authority.substr(colon + 1);
       has_port = true;
     }
-    if (!validHostName(out.host))
-      return Error{"bad or empty host \"" + forLog(out.host) + "\""};
+    if (!validHostName(out.host)) return Error{"bad or empty host \"" + forLog(out.host) + "\""};
     out.host_header = out.host;
   }
   if (has_port) {
