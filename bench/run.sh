@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side IMAP benchmark on loopback: Dovecot direct, through mailgate, through
 # nginx's mail proxy. Usage (from the repository root, after building mailgate):
-#   bash bench/run.sh [bench/run.py options, e.g. --idle-sessions 1000 --keep]
+#   bash bench/run.sh [bench/run.py options, e.g. --mailgate-bin build-bench2/mailgate --keep]
+# Takes about 4 minutes with the defaults; bench/README.md has the figures.
 # Needs root (sysctls, Dovecot and nginx as root in a temp dir), dovecot-core,
 # dovecot-imapd, dovecot-lmtpd, nginx-light, libnginx-mod-mail.
 set -euo pipefail
