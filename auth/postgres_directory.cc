@@ -174,7 +174,7 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
   });
   if (!done) {
     impl_->logFailure("password", done.error());
-    out.reason = "directory unavailable: " + done.error();
+    out.reason = done.error();
     return out;
   }
   if (!row.found || !row.has_hash || !row.active) {
@@ -206,7 +206,7 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
       impl_->logFailure("route", routed.error());
       out = AuthResult{};
       out.verdict = Verdict::kTempFail;
-      out.reason = "directory unavailable: " + routed.error();
+      out.reason = routed.error();
       return out;
     }
     if (hint) out.route = std::move(hint);
