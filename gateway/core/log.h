@@ -25,16 +25,22 @@ struct Field {
   Field(std::string_view k, const char* v) : key(k), value(v ? v : "") {}
   Field(std::string_view k, const std::string& v) : key(k), value(v) {}
   template <typename N>
-    requires std::is_arithmetic_v<N>
-  Field(std::string_view k, N n) : key(k), value(std::to_string(n)), quoted(false) {}
+  requires std::is_arithmetic_v<N> Field(std::string_view k, N n)
+      : key(k), value(std::to_string(n)), quoted(false) {}
 };
 
 // Emits one line: {"ts":...,"level":...,"msg":...,fields...}
 void emit(Level level, std::string_view msg, std::initializer_list<Field> fields = {});
 
-inline void debug(std::string_view m, std::initializer_list<Field> f = {}) { if (enabled(Level::kDebug)) emit(Level::kDebug, m, f); }
-inline void info(std::string_view m, std::initializer_list<Field> f = {}) { if (enabled(Level::kInfo)) emit(Level::kInfo, m, f); }
-inline void warn(std::string_view m, std::initializer_list<Field> f = {}) { if (enabled(Level::kWarn)) emit(Level::kWarn, m, f); }
+inline void debug(std::string_view m, std::initializer_list<Field> f = {}) {
+  if (enabled(Level::kDebug)) emit(Level::kDebug, m, f);
+}
+inline void info(std::string_view m, std::initializer_list<Field> f = {}) {
+  if (enabled(Level::kInfo)) emit(Level::kInfo, m, f);
+}
+inline void warn(std::string_view m, std::initializer_list<Field> f = {}) {
+  if (enabled(Level::kWarn)) emit(Level::kWarn, m, f);
+}
 inline void error(std::string_view m, std::initializer_list<Field> f = {}) { emit(Level::kError, m, f); }
 
 // Escapes for a JSON string body and truncates client text to max bytes.

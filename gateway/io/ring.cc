@@ -44,15 +44,20 @@ Result<bool> Ring::init() {
   struct Need {
     int op;
     const char* name;
-  } needs[] = {{IORING_OP_ACCEPT, "accept"},   {IORING_OP_RECV, "recv"},
-               {IORING_OP_SEND, "send"},       {IORING_OP_CONNECT, "connect"},
-               {IORING_OP_LINK_TIMEOUT, "link_timeout"}, {IORING_OP_ASYNC_CANCEL, "async_cancel"},
-               {IORING_OP_TIMEOUT, "timeout"}, {IORING_OP_POLL_ADD, "poll_add"}};
+  } needs[] = {{IORING_OP_ACCEPT, "accept"},
+               {IORING_OP_RECV, "recv"},
+               {IORING_OP_SEND, "send"},
+               {IORING_OP_CONNECT, "connect"},
+               {IORING_OP_LINK_TIMEOUT, "link_timeout"},
+               {IORING_OP_ASYNC_CANCEL, "async_cancel"},
+               {IORING_OP_TIMEOUT, "timeout"},
+               {IORING_OP_POLL_ADD, "poll_add"}};
   std::string missing;
   for (const auto& n : needs)
     if (!io_uring_opcode_supported(probe, n.op)) missing += std::string(missing.empty() ? "" : ", ") + n.name;
   io_uring_free_probe(probe);
-  if (!missing.empty()) return Error{"io_uring lacks operations: " + missing + " (kernel 6.0 or later needed)"};
+  if (!missing.empty())
+    return Error{"io_uring lacks operations: " + missing + " (kernel 6.0 or later needed)"};
 
   size_t bytes = static_cast<size_t>(kBufCount) * kBufSize;
   void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -71,7 +76,8 @@ Result<bool> Ring::init() {
   if (r < 0) {
     munmap(br_, br_bytes_);
     br_ = nullptr;
-    return Error{std::string("provided buffer rings unsupported: ") + std::strerror(-r) + " (kernel 5.19 or later needed)"};
+    return Error{std::string("provided buffer rings unsupported: ") + std::strerror(-r) +
+                 " (kernel 5.19 or later needed)"};
   }
   int mask = io_uring_buf_ring_mask(kBufCount);
   for (unsigned i = 0; i < kBufCount; i++)

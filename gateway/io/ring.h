@@ -12,8 +12,8 @@ namespace mailgate::io {
 class Ring {
  public:
   static constexpr unsigned kEntries = 4096;
-  static constexpr unsigned kBufCount = 256;    // provided buffers (power of two)
-  static constexpr unsigned kBufSize = 65536;   // bytes each
+  static constexpr unsigned kBufCount = 256;   // provided buffers (power of two)
+  static constexpr unsigned kBufSize = 65536;  // bytes each
   static constexpr uint16_t kBufGroup = 1;
 
   Ring() = default;

@@ -18,9 +18,9 @@ enum class Op : uint8_t {
 
 struct Tag {
   Op op;
-  uint8_t aux;       // side (0 client, 1 backend) or listener socket index
-  uint32_t slot;     // 24 bits
-  uint32_t gen;      // 24 bits
+  uint8_t aux;    // side (0 client, 1 backend) or listener socket index
+  uint32_t slot;  // 24 bits
+  uint32_t gen;   // 24 bits
 
   static constexpr uint32_t kMask24 = 0xffffff;
   uint64_t pack() const noexcept {

@@ -38,7 +38,8 @@ bool quote(std::string_view v, std::string* out) {
 
 ImapSession::ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
                          std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
-    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(std::make_unique<codec::ImapCommandParser>(limitsFor(listener))) {}
+    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener),
+      parser_(std::make_unique<codec::ImapCommandParser>(limitsFor(listener))) {}
 
 void ImapSession::start() {
   armPreauthTimer();
@@ -67,7 +68,9 @@ std::string ImapSession::capabilities() const {
   return caps;
 }
 
-void ImapSession::sendGreeting() { writeClient("* OK [CAPABILITY " + capabilities() + "] mailgate ready.\r\n"); }
+void ImapSession::sendGreeting() {
+  writeClient("* OK [CAPABILITY " + capabilities() + "] mailgate ready.\r\n");
+}
 
 void ImapSession::onClientTlsReady() {
   tls_pending_ = false;
@@ -217,7 +220,6 @@ void ImapSession::handleCommand() {
   }
 }
 
-
 void ImapSession::authenticateWith(std::string_view mech, const codec::ImapArg* initial) {
   if (!plaintextAllowed()) {
     tagged("NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS.");
@@ -256,7 +258,6 @@ void ImapSession::handleSaslLine(std::string_view line) {
       return;
   }
 }
-
 
 void ImapSession::replyAuthFailed() {
   tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
@@ -425,8 +426,8 @@ void ImapSession::sendBackendLogin() {
   bstep_ = BackendStep::kLogin;
   std::string out = "I ID (\"x-originating-ip\" \"" + client_ip_ + "\" \"x-originating-port\" \"" +
                     std::to_string(client_port_) + "\" \"x-connected-ip\" \"" + local_ip_ +
-                    "\" \"x-connected-port\" \"" + std::to_string(local_port_) + "\" \"x-session-id\" \"" + id_ +
-                    "\")\r\n";
+                    "\" \"x-connected-port\" \"" + std::to_string(local_port_) + "\" \"x-session-id\" \"" +
+                    id_ + "\")\r\n";
   if (b_auth_plain_ || b_sasl_ir_) {
     std::string plain;
     plain.push_back('\0');

@@ -11,7 +11,9 @@ namespace {
 log::RateLimit g_auth_log(50);
 }
 
-void LoginSession::armPreauthTimer() { setTimer(now() + static_cast<uint64_t>(listener_.preauth_timeout.count())); }
+void LoginSession::armPreauthTimer() {
+  setTimer(now() + static_cast<uint64_t>(listener_.preauth_timeout.count()));
+}
 
 void LoginSession::beginLogin(std::string user, std::string password) {
   user_ = std::move(user);
@@ -91,7 +93,8 @@ void LoginSession::onDirectoryAnswer(auth::AuthResult result, std::vector<Candid
       fail(true, result.reason.empty() ? "unknown user" : result.reason);
       return;
     case auth::Verdict::kTempFail:
-      fail(false, result.reason.empty() ? "directory unavailable" : "directory unavailable: " + result.reason);
+      fail(false,
+           result.reason.empty() ? "directory unavailable" : "directory unavailable: " + result.reason);
       return;
   }
 }
@@ -123,7 +126,8 @@ void LoginSession::onBackendData(std::string_view data) {
     size_t nl = data.find('\n');
     if (nl == std::string_view::npos) {
       bline_.append(data);
-      if (bline_.size() > kMaxBackendLine) backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
+      if (bline_.size() > kMaxBackendLine)
+        backendAttemptFailed(BackendFailure::kProtocol, "backend line too long");
       return;
     }
     bline_.append(data.substr(0, nl + 1));

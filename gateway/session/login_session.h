@@ -47,11 +47,11 @@ class LoginSession : public Session {
 
   // --- protocol hooks ---
   virtual uint16_t backendPort(const conf::BackendConfig& b) const = 0;
-  virtual void replyAuthFailed() = 0;                   // after the failure delay
+  virtual void replyAuthFailed() = 0;                      // after the failure delay
   virtual void replyTempFail(const std::string& why) = 0;  // directory or every node unavailable
-  virtual void beginBackendHandshake() = 0;             // TCP (and implicit TLS) is up
+  virtual void beginBackendHandshake() = 0;                // TCP (and implicit TLS) is up
   virtual void onPreauthTimeout() = 0;
-  virtual void resumeClientInput() = 0;                 // back to pre-auth: parse what was held
+  virtual void resumeClientInput() = 0;  // back to pre-auth: parse what was held
 
   // The node's replies during the handshake, one line at a time (CRLF stripped).
   virtual void handleBackendLine(std::string_view line) = 0;

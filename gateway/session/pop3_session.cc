@@ -26,7 +26,8 @@ bool startsWithCi(std::string_view s, std::string_view prefix) {
 
 Pop3Session::Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
                          std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
-    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener), parser_(std::make_unique<codec::Pop3CommandParser>(limitsFor(listener))) {}
+    : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener),
+      parser_(std::make_unique<codec::Pop3CommandParser>(limitsFor(listener))) {}
 
 void Pop3Session::start() {
   armPreauthTimer();
@@ -53,7 +54,8 @@ void Pop3Session::onClientTlsReady() {
 
 void Pop3Session::badCommand(std::string_view text) {
   bad_commands_++;
-  if (g_proto_log.allow()) log::info("pop3 protocol error", {{"session", id_}, {"client", client_ip_}, {"error", text}});
+  if (g_proto_log.allow())
+    log::info("pop3 protocol error", {{"session", id_}, {"client", client_ip_}, {"error", text}});
   if (bad_commands_ >= listener_.max_bad_commands) {
     writeClient("-ERR Too many invalid commands.\r\n");
     closeAfterFlush("too_many_errors");
@@ -98,7 +100,8 @@ void Pop3Session::onClientData(std::string_view data) {
     }
     if (tls_pending_) {
       if (!data.empty() || parser_->hasPending())
-        log::warn("pipelined data after STLS discarded", {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
+        log::warn("pipelined data after STLS discarded",
+                  {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
       parser_->reset();
       return;
     }
@@ -129,7 +132,8 @@ void Pop3Session::handleCommand() {
     }
     case codec::Pop3Verb::kStls:
       if (listener_.tls != conf::TlsMode::kStarttls || clientTlsStarted()) {
-        writeClient(clientTlsStarted() ? "-ERR TLS is already active.\r\n" : "-ERR STLS is not available.\r\n");
+        writeClient(clientTlsStarted() ? "-ERR TLS is already active.\r\n"
+                                       : "-ERR STLS is not available.\r\n");
         return;
       }
       writeClient("+OK Begin TLS negotiation now.\r\n");
@@ -223,7 +227,6 @@ void Pop3Session::handleSaslLine(std::string_view line) {
   }
 }
 
-
 void Pop3Session::replyAuthFailed() {
   if (authFailures() >= listener_.max_auth_attempts) {
     writeClient("-ERR [AUTH] Authentication failed.\r\n");
@@ -273,7 +276,8 @@ void Pop3Session::afterCapa() {
   }
   if (b_xclient_) {
     bstep_ = BackendStep::kXclient;
-    writeBackend("XCLIENT ADDR=" + client_ip_ + " PORT=" + std::to_string(client_port_) + " SESSION=" + id_ + "\r\n");
+    writeBackend("XCLIENT ADDR=" + client_ip_ + " PORT=" + std::to_string(client_port_) + " SESSION=" + id_ +
+                 "\r\n");
     return;
   }
   sendBackendAuth();
@@ -315,7 +319,8 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         backendAttemptFailed(BackendFailure::kTls, "STLS refused: " + std::string(line));
         return;
       }
-      if (!startBackendTls(currentBackend()->name)) backendAttemptFailed(BackendFailure::kTls, "cannot start TLS");
+      if (!startBackendTls(currentBackend()->name))
+        backendAttemptFailed(BackendFailure::kTls, "cannot start TLS");
       return;
     case BackendStep::kXclient:
       // Dovecot answers XCLIENT with +OK (and nothing else); a refusal is not fatal.

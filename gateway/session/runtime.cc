@@ -87,7 +87,8 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
   if (config->directory.driver == "postgres") {
     routing::Router* router = rt->router.get();
     rt->route_watcher = std::make_unique<auth::PostgresRouteWatcher>(
-        config->directory, [router](std::shared_ptr<const routing::RouteTable> t) { router->setTable(std::move(t)); });
+        config->directory,
+        [router](std::shared_ptr<const routing::RouteTable> t) { router->setTable(std::move(t)); });
   }
   rt->health = std::make_unique<routing::HealthChecker>(*rt->router);
   return rt;

@@ -19,7 +19,7 @@ namespace mailgate::session {
 
 struct Runtime {
   std::shared_ptr<const conf::Config> config;
-  std::shared_ptr<tls::ServerTls> server_tls;                                  // null without certificates
+  std::shared_ptr<tls::ServerTls> server_tls;                                    // null without certificates
   std::unordered_map<std::string, std::shared_ptr<tls::ClientTls>> backend_tls;  // by backend name
   std::shared_ptr<auth::Directory> directory;
   std::unique_ptr<routing::Router> router;

@@ -14,13 +14,20 @@ namespace mailgate::session {
 
 const char* failureName(BackendFailure f) {
   switch (f) {
-    case BackendFailure::kConnect: return "connect";
-    case BackendFailure::kTimeout: return "timeout";
-    case BackendFailure::kProtocol: return "protocol";
-    case BackendFailure::kTls: return "tls";
-    case BackendFailure::kTempRefusal: return "temporary_refusal";
-    case BackendFailure::kAuthRejected: return "auth_rejected";
-    case BackendFailure::kInternal: return "internal";
+    case BackendFailure::kConnect:
+      return "connect";
+    case BackendFailure::kTimeout:
+      return "timeout";
+    case BackendFailure::kProtocol:
+      return "protocol";
+    case BackendFailure::kTls:
+      return "tls";
+    case BackendFailure::kTempRefusal:
+      return "temporary_refusal";
+    case BackendFailure::kAuthRejected:
+      return "auth_rejected";
+    case BackendFailure::kInternal:
+      return "internal";
   }
   return "?";
 }
@@ -227,8 +234,8 @@ void Session::submitSend(Side side, Endpoint& e) {
     std::swap(e.out_inflight, e.out_pending);
   }
   io_uring_sqe* sqe = reactor_.ring().sqe();
-  io_uring_prep_send(sqe, e.fd, e.out_inflight.data() + e.inflight_off, e.out_inflight.size() - e.inflight_off,
-                     MSG_NOSIGNAL);
+  io_uring_prep_send(sqe, e.fd, e.out_inflight.data() + e.inflight_off,
+                     e.out_inflight.size() - e.inflight_off, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kSend, auxOf(side, e), slot_, gen_}.pack());
   e.ops++;
   e.send_inflight = true;

@@ -50,7 +50,7 @@ class Session {
  public:
   static constexpr size_t kHighWater = 256 * 1024;  // pause the other side above this
   static constexpr size_t kLowWater = 64 * 1024;    // resume below this
-  static constexpr uint64_t kTrimAfterMs = 2000;     // quiet time before buffers are released
+  static constexpr uint64_t kTrimAfterMs = 2000;    // quiet time before buffers are released
 
   Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
           std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
@@ -80,7 +80,7 @@ class Session {
   virtual void onBackendConnected() = 0;
   virtual void onBackendTlsReady() = 0;
   virtual void onBackendFailed(BackendFailure why, const std::string& detail) = 0;
-  virtual void onTimer() = 0;           // timer_at_ reached
+  virtual void onTimer() = 0;  // timer_at_ reached
   virtual void onClientClosed() { close("client_closed"); }
 
   // --- services for the protocol ---
@@ -91,6 +91,9 @@ class Session {
   bool startClientTls();
   bool clientTlsActive() const { return client_.tls && client_.tls->handshakeDone(); }
   bool clientTlsStarted() const { return client_.tls != nullptr; }
+  // Negotiated on the client connection (empty without TLS).
+  const std::string& clientTlsVersion() const { return tls_version_; }
+  const std::string& clientTlsCipher() const { return tls_cipher_; }
   // Connects to addr; onBackendConnected() or onBackendFailed() follows.
   void connectBackend(const io::SockAddr& addr, std::chrono::milliseconds timeout);
   bool startBackendTls(const std::string& backend_name);

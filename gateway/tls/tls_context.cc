@@ -23,7 +23,8 @@ std::string drainErrors() {
 namespace {
 
 std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(tolower(c)); });
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(tolower(c)); });
   return s;
 }
 
@@ -77,7 +78,8 @@ Result<std::shared_ptr<ServerTls>> ServerTls::build(const conf::TlsConfig& cfg) 
     if (!ctx) return Error{"SSL_CTX_new: " + drainErrors()};
     SSL_CTX_set_min_proto_version(ctx.get(), minVersion(cfg.min_version));
     SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_options(ctx.get(), SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_options(ctx.get(),
+                        SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (!cfg.ciphers.empty() && SSL_CTX_set_cipher_list(ctx.get(), cfg.ciphers.c_str()) != 1)
       return Error{"tls.ciphers: " + drainErrors()};
     if (SSL_CTX_use_certificate_chain_file(ctx.get(), c.cert.c_str()) != 1)
@@ -85,7 +87,8 @@ Result<std::shared_ptr<ServerTls>> ServerTls::build(const conf::TlsConfig& cfg) 
     if (SSL_CTX_use_PrivateKey_file(ctx.get(), c.key.c_str(), SSL_FILETYPE_PEM) != 1)
       return Error{c.key + ": " + drainErrors()};
     if (SSL_CTX_check_private_key(ctx.get()) != 1) return Error{c.key + ": key does not match " + c.cert};
-    SSL_CTX_callback_ctrl(ctx.get(), SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, reinterpret_cast<void (*)()>(sniCallback));
+    SSL_CTX_callback_ctrl(ctx.get(), SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
+                          reinterpret_cast<void (*)()>(sniCallback));
     SSL_CTX_ctrl(ctx.get(), SSL_CTRL_SET_TLSEXT_SERVERNAME_ARG, 0, self.get());
     Entry e;
     e.names = certNames(SSL_CTX_get0_certificate(ctx.get()));
@@ -134,7 +137,8 @@ SSL* ClientTls::newSsl() const {
   if (!ssl) return nullptr;
   SSL_set_connect_state(ssl);
   // SNI only for names, not IP literals.
-  bool is_ip = name_.find_first_not_of("0123456789.") == std::string::npos || name_.find(':') != std::string::npos;
+  bool is_ip =
+      name_.find_first_not_of("0123456789.") == std::string::npos || name_.find(':') != std::string::npos;
   if (!is_ip)
     SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, const_cast<char*>(name_.c_str()));
   if (verify_) {
