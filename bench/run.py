@@ -12,6 +12,13 @@ the proxy: mailgate's one process with its threads; nginx's master and workers; 
 auth_http responder is not counted), sampled before and after each run. Resident
 memory is the sum of VmRSS of the same processes, sampled before a run and while
 all of its sessions sit in IDLE.
+
+The `logins` scenario is mailgate's alone (the directory cache is mailgate's): a
+private PostgreSQL 15 (tests/integration/pg.py) with mailgate's default schema
+(`mailgate --init-db`) holding the bench users with SHA512-CRYPT hashes, and
+mailgate instances of its own with `directory.driver: postgres`, measured once with
+the auth cache off (ttl 0s: every login queries PostgreSQL and verifies the hash)
+and once with it warm (ttl 5m, after a pass over all users).
 """
 
 from __future__ import annotations
@@ -24,16 +31,28 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 import harness  # noqa: E402  (tests/integration/harness.py)
+import pg  # noqa: E402  (tests/integration/pg.py: a private PostgreSQL cluster)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 TARGETS = ("direct", "mailgate", "nginx")
 TLS_MODES = ("none", "implicit", "starttls")
+SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins")
+# logins: the bench users live in the default schema as user<N>@BENCH_DOMAIN (the
+# schema wants an address with a domain); the load generator logs in as plain user<N>.
+BENCH_DOMAIN = "bench.invalid"
+# The default password query (docs/postgres.md) with the domain appended to the login
+# name; no `user` column, so Dovecot gets the login name (user<N>) unchanged. Same
+# plan as the default: the unique index on lower(address), one row.
+LOGINS_PASSWORD_QUERY = (
+    "SELECT m.password, (m.active AND d.active) AS active FROM mailboxes m "
+    "JOIN domains d ON d.name = m.domain WHERE lower(m.address) = %{user}::text || '@" + BENCH_DOMAIN + "'")
 
 
 def log(msg: str) -> None:
@@ -52,6 +71,34 @@ def proc_cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / CLK_TCK
+
+
+def postgres_pids(db: "pg.Postgres") -> list[int]:
+    """The postmaster and its children (the backends of mailgate's pool, background workers)."""
+    try:
+        pid = int((db.data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return []
+    return [pid] + harness._descendants(pid)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """mailgate's admin /metrics (Prometheus text) as {name: value}; {} when unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            pass
+    return out
 
 
 def proc_rss_kib(pids: list[int]) -> int:
@@ -186,6 +233,8 @@ class Bench:
         self.password = "benchpass"
         self.results: dict = {t: {} for t in TARGETS}
         self.targets: dict[str, dict] = {}  # name -> {ports: {tls: port}, pids: fn}
+        self.work: Path | None = None          # set by main()
+        self.mailgate_env: dict | None = None  # logins: {cert, backend_port}, set by main()
 
     # -- running the load generator
     def load(self, mode: str, port: int, tls: str, extra: list[str], label: str,
@@ -325,6 +374,120 @@ class Bench:
                     f"{fmt(sample.get('setup_s'))} s, RSS/session {fmt(rec.get('kib_per_session'))} KiB")
 
 
+    def scenario_logins(self) -> None:
+        """Logins/s through mailgate with the postgres directory, auth cache cold vs warm."""
+        if self.mailgate_env is None or "mailgate" not in self.targets:
+            log("  logins: needs the mailgate target (the directory cache is mailgate's): skipped")
+            return
+        if not pg.available():
+            log(f"  logins: PostgreSQL 15 not found in {pg.PG_BIN}: skipped")
+            return
+        assert self.work is not None
+        t0 = time.monotonic()
+        work = self.work / "logins"
+        work.mkdir()
+        os.chmod(work, 0o755)
+        users = [f"user{i}" for i in range(self.args.users)]
+        db = pg.Postgres(work, name="pg")
+        try:
+            db.start()
+            # One SHA512-CRYPT hash (doveadm pw, random salt) shared by every user: they
+            # all have the same password, and the cost of verifying it is the same.
+            stored = harness.hash_password(self.password, "SHA512-CRYPT")
+            init_cfg = work / "init-db.yaml"
+            init_cfg.write_text(self.logins_config(db, "{ ttl: 0s }", *harness.free_ports(2)))
+            r = harness.run_mailgate("--init-db", str(init_cfg))
+            if r.returncode != 0:
+                raise RuntimeError(f"mailgate --init-db failed: {(r.stdout + r.stderr).strip()}")
+            sql = [f"INSERT INTO domains (name) VALUES ('{BENCH_DOMAIN}');",
+                   "INSERT INTO nodes (name, host) VALUES ('dovecot', '127.0.0.1');",
+                   "INSERT INTO routes (domain, primary_node) VALUES ('*', 'dovecot');",
+                   "INSERT INTO mailboxes (address, domain, password) VALUES " + ",\n".join(
+                       f"({pg.sql_quote(u + '@' + BENCH_DOMAIN)}, '{BENCH_DOMAIN}', {pg.sql_quote(stored)})"
+                       for u in users) + ";",
+                   "ANALYZE;"]
+            db.psql("\n".join(sql))
+            log(f"  logins: PostgreSQL up, schema applied, {len(users)} users ({time.monotonic() - t0:.1f} s)")
+            for mode, cache in (("cold", "{ ttl: 0s, negative_ttl: 0s }"),
+                                ("warm", "{ ttl: 5m, negative_ttl: 1m }")):
+                self.logins_run(db, mode, cache, len(users))
+        except Exception as e:  # noqa: BLE001 - report, keep the other scenarios' figures
+            log(f"  logins: failed: {e}")
+        finally:
+            db.stop(mode="immediate")
+        log(f"  logins: {time.monotonic() - t0:.1f} s")
+
+    def logins_config(self, db: "pg.Postgres", cache: str, admin_port: int, port: int) -> str:
+        assert self.mailgate_env is not None
+        text = harness.mailgate_config(
+            certificates=[self.mailgate_env["cert"]],
+            listeners=[{"name": "imap", "protocol": "imap", "port": port, "tls": "none",
+                        "allow_plaintext_auth": True}],
+            users_file="unused",
+            backends=[{"name": "dovecot", "imap": self.mailgate_env["backend_port"], "health_interval": "5s",
+                       "health_timeout": "2s"}],
+            routes=[{"domain": "*", "primary": "dovecot"}],
+            threads=self.args.threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
+        directory = ("directory:\n  driver: postgres\n  postgres:\n"
+                     f"    conninfo: {json.dumps(db.conninfo())}\n"
+                     "    timeout: 2s\n    default_scheme: SHA512-CRYPT\n"
+                     f"    queries: {{ password: {json.dumps(LOGINS_PASSWORD_QUERY)} }}\n"
+                     f"  cache: {cache}\n")
+        out, skipping = [], False
+        for line in text.splitlines(keepends=True):  # replaces the file directory block
+            if line.startswith("directory:"):
+                skipping = True
+                out.append(directory)
+                continue
+            if skipping and line.startswith("  "):
+                continue
+            skipping = False
+            out.append(line)
+        return "".join(out) + f"admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n"
+
+    def logins_run(self, db: "pg.Postgres", mode: str, cache: str, nusers: int) -> None:
+        assert self.work is not None
+        port, admin_port = harness.free_ports(2)
+        mg_dir = self.work / "logins" / f"mailgate-{mode}"
+        mg_dir.mkdir()
+        mg = harness.Mailgate(mg_dir, self.logins_config(db, cache, admin_port, port))
+        mg.binary = self.args.mailgate_bin
+        mg.start()
+        label = f"logins/{mode}/mailgate"
+        try:
+            harness.wait_port(admin_port, 10)
+            # One unmeasured pass over all users, in both modes: fills the cache (warm),
+            # opens the pool's connections and warms PostgreSQL's buffers (both).
+            w = self.load("sessions", port, "none", ["--concurrency", "32", "--sessions", str(nusers),
+                                                     "--duration", "60", "--timeout", "10"], label + "/warmup")
+            m0 = scrape_metrics(admin_port)
+            pg0 = proc_cpu_seconds(postgres_pids(db))
+            c0 = proc_cpu_seconds([mg.pid])
+            r = self.load("sessions", port, "none",
+                          ["--concurrency", "32", "--duration", str(self.args.duration), "--timeout", "10"], label)
+            c1 = proc_cpu_seconds([mg.pid])
+            pg1 = proc_cpu_seconds(postgres_pids(db))
+            m1 = scrape_metrics(admin_port)
+        finally:
+            mg.stop()
+        n = r.get("sessions", 0)
+        rec = {"cache": cache, "logins_per_s": r.get("sessions_per_s"), "logins": n, "errors": r.get("errors"),
+               "warmup_logins": w.get("sessions"), "warmup_errors": w.get("errors"),
+               "latency_ms": r.get("latency_ms")}
+        if n:
+            rec["cpu_us_per_login"] = (c1 - c0) / n * 1e6
+            rec["pg_cpu_us_per_login"] = (pg1 - pg0) / n * 1e6
+        for k in ("auth_cache_hits", "auth_cache_misses"):
+            key = f"mailgate_directory_{k}"
+            if key in m0 and key in m1:
+                rec[k] = int(m1[key] - m0[key])
+        self.results["mailgate"][f"logins_{mode}"] = rec
+        log(f"  {label}: {fmt(rec.get('logins_per_s'))} logins/s, mailgate cpu/login "
+            f"{fmt(rec.get('cpu_us_per_login'))} us, postgres cpu/login {fmt(rec.get('pg_cpu_us_per_login'))} us, "
+            f"cache hits/misses {rec.get('auth_cache_hits')}/{rec.get('auth_cache_misses')}, "
+            f"errors {r.get('errors')}")
+
+
 def fmt(v, digits: int = 1) -> str:
     if v is None:
         return "n/a"
@@ -369,6 +532,33 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def report_logins(results: dict) -> str | None:
+    cold, warm = (results.get("mailgate", {}).get(f"logins_{m}") for m in ("cold", "warm"))
+    if not cold and not warm:
+        return None
+    cold, warm = cold or {}, warm or {}
+    rows = [("logins/s, 32 clients, plain IMAP", "logins_per_s"),
+            ("mailgate CPU us/login", "cpu_us_per_login"),
+            ("PostgreSQL CPU us/login", "pg_cpu_us_per_login"),
+            ("session latency median ms", ("latency_ms", "median")),
+            ("session latency p99 ms", ("latency_ms", "p99")),
+            ("auth cache hits (measured run)", "auth_cache_hits"),
+            ("auth cache misses (measured run)", "auth_cache_misses")]
+
+    def get(rec, key):
+        if isinstance(key, tuple):
+            return (rec.get(key[0]) or {}).get(key[1])
+        return rec.get(key)
+
+    head = f"| {'mailgate, postgres directory':<34} | {'cold':>9} | {'warm':>9} | {'warm/cold':>9} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for name, key in rows:
+        c, w = get(cold, key), get(warm, key)
+        r = ratio(w, c) if "cache" not in name else ""
+        lines.append(f"| {name:<34} | {fmt(c):>9} | {fmt(w):>9} | {r:>9} |")
+    return "\n".join(lines)
+
+
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # runs the finally: that stops the daemons
 
@@ -391,10 +581,14 @@ def main() -> int:
     ap.add_argument("--idle-fresh", action=argparse.BooleanOptionalAction, default=True,
                     help="restart each proxy before each idle measurement (default on)")
     ap.add_argument("--threads", type=int, default=2, help="mailgate threads = nginx workers")
-    ap.add_argument("--scenarios", default="sessions,latency,fetch,idle")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    scenarios = args.scenarios.split(",")
+    for name in scenarios:
+        if name not in SCENARIOS:
+            ap.error(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     args.load_bin = os.path.abspath(args.load_bin)
     args.mailgate_bin = os.path.abspath(args.mailgate_bin)
 
@@ -405,6 +599,7 @@ def main() -> int:
     wanted = set(args.targets.split(","))
     started: list = []
     bench = Bench(args)
+    bench.work = work
     t_start = time.monotonic()
     try:
         # Certificates: one EC P-256 server certificate for every listener.
@@ -458,8 +653,9 @@ protocol imap {{
         dovecot.start()
         started.append(dovecot)
         harness.wait_port(imaps_port, 10)
-        bulk_home = dovecot.mail_dir / "_" / "bulk"
-        write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
+        if "fetch" in scenarios:
+            bulk_home = dovecot.mail_dir / "_" / "bulk"
+            write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
         if "direct" in wanted:
             bench.targets["direct"] = {
                 "ports": {"none": dovecot.imap_port, "implicit": imaps_port, "starttls": dovecot.imap_port},
@@ -497,6 +693,7 @@ protocol imap {{
                     started.append(mg)
                     bench.targets["mailgate"] = {"ports": mg_ports, "pids": lambda: (
                         [mg.pid] if mg.is_running() else []), "restart": lambda: (mg.stop(), mg.start())}
+                    bench.mailgate_env = {"cert": cert, "backend_port": dovecot.imap_port}
                 except Exception as e:  # noqa: BLE001 - report and go on with the others
                     log(f"mailgate did not start: {e}\nmailgate column skipped")
 
@@ -512,10 +709,11 @@ protocol imap {{
                                       "restart": lambda: (nginx.stop(), nginx.start())}
 
         # Warm Dovecot's index and the page cache for the bulk mailbox.
-        log("warming the bulk mailbox ...")
-        bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
+        if "fetch" in scenarios:
+            log("warming the bulk mailbox ...")
+            bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
 
-        for name in args.scenarios.split(","):
+        for name in scenarios:
             log(f"scenario {name} ...")
             getattr(bench, f"scenario_{name}")()
     finally:
@@ -527,11 +725,21 @@ protocol imap {{
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    table = report(bench.results)
-    print(table)
-    print(f"\n(total {time.monotonic() - t_start:.0f} s; CPU = proxy processes' utime+stime; "
-          f"RSS = proxy processes' VmRSS while {args.idle_sessions} sessions IDLE, minus before"
-          f"{', on a freshly started proxy' if args.idle_fresh else ''})")
+    if any(s != "logins" for s in scenarios):
+        print(report(bench.results))
+    logins = report_logins(bench.results)
+    if logins:
+        print(("\n" if any(s != "logins" for s in scenarios) else "") + logins)
+    notes = [f"total {time.monotonic() - t_start:.0f} s"]
+    if any(s != "logins" for s in scenarios):
+        notes.append("CPU = proxy processes' utime+stime; "
+                     f"RSS = proxy processes' VmRSS while {args.idle_sessions} sessions IDLE, minus before"
+                     f"{', on a freshly started proxy' if args.idle_fresh else ''}")
+    if logins:
+        notes.append("logins: sessions mode (connect, LOGIN, SELECT, LOGOUT) through mailgate with the "
+                     "postgres directory, SHA512-CRYPT; cold = cache ttl 0s, warm = ttl 5m after a pass "
+                     "over all users; CPU = utime+stime of mailgate / of the postmaster and its children")
+    print("\n(" + "; ".join(notes) + ")")
     if args.json:
         Path(args.json).write_text(json.dumps(bench.results, indent=2) + "\n")
     return 0
