@@ -51,6 +51,14 @@ struct AuthResult {
   std::optional<std::string> backend_password;
 };
 
+// Is this address a mailbox we deliver to? (The MX asks at RCPT time.)
+enum class RecipientResult {
+  kLocal,           // a local domain and an existing mailbox (or alias)
+  kUnknownMailbox,  // a local domain, no such mailbox: 550 5.1.1
+  kForeignDomain,   // not one of our domains: relaying, 550 5.7.1
+  kTempFail,        // cannot tell now (directory down, driver without support): 451 4.3.0
+};
+
 class Directory {
  public:
   virtual ~Directory() = default;
@@ -59,6 +67,9 @@ class Directory {
   virtual AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& /*ctx*/) {
     return authenticate(user, password);
   }
+  // Thread-safe; blocking (may query a database). `address` is local@domain with
+  // the local part unquoted. Drivers that cannot answer say kTempFail.
+  virtual RecipientResult recipient(std::string_view /*address*/) { return RecipientResult::kTempFail; }
   // Counters for the log and /metrics, e.g. "cache_hits=3 cache_misses=7"; empty if none.
   virtual std::string statsText() const { return {}; }
 };

@@ -129,6 +129,8 @@ PasswdLoadReport PasswdFile::loadText(std::string_view text, const std::string& 
       ++snap->enabled;
       ++scheme_count[entry.hash.scheme];
     }
+    if (const std::size_t at = key.rfind('@'); at != std::string::npos && at + 1 < key.size())
+      snap->domains.insert(key.substr(at + 1));
     snap->users.emplace(std::move(key), std::move(entry));
   }
 
@@ -180,6 +182,15 @@ AuthResult PasswdFile::authenticate(std::string_view user, std::string_view pass
   result.verdict = Verdict::kOk;
   result.user = it->second.user;
   return result;
+}
+
+RecipientResult PasswdFile::recipient(std::string_view address) {
+  const auto snap = snapshot();
+  const std::string key = lower(address);
+  const std::size_t at = key.rfind('@');
+  if (at == std::string::npos || at + 1 >= key.size()) return RecipientResult::kUnknownMailbox;
+  if (!snap->domains.contains(key.substr(at + 1))) return RecipientResult::kForeignDomain;
+  return snap->users.contains(key) ? RecipientResult::kLocal : RecipientResult::kUnknownMailbox;
 }
 
 std::size_t PasswdFile::size() const { return snapshot()->enabled; }

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "auth/directory.h"
@@ -49,6 +50,9 @@ class PasswdFile : public Directory {
   // verification (against another user's hash in the file's most common scheme, the
   // result ignored), so the answer time does not tell which users exist.
   AuthResult authenticate(std::string_view user, std::string_view password) override;
+  // The local domains are the domains of the file's users; a mailbox is a user
+  // (also one whose password line is disabled). Case-insensitive (ASCII).
+  RecipientResult recipient(std::string_view address) override;
 
   std::size_t size() const;  // users that can authenticate
 
@@ -60,6 +64,7 @@ class PasswdFile : public Directory {
   };
   struct Snapshot {
     std::unordered_map<std::string, Entry> users;  // key: lower-case user name
+    std::unordered_set<std::string> domains;       // lower-case domains of the users
     StoredHash dummy;                              // verified, result ignored, for unknown users
     std::size_t enabled = 0;
   };

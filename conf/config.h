@@ -56,6 +56,10 @@ struct ListenerConfig {
   uint32_t max_literal = 65536;        // imap: largest literal accepted before authentication
   uint32_t max_bad_commands = 10;      // protocol errors before the session is closed
   uint32_t max_auth_attempts = 3;      // failed logins before the session is closed
+  // smtp/submission: message bounds (SIZE is announced as max_message_size).
+  uint32_t max_message_size = 50u << 20;  // octets of one message (DATA after unstuffing, BDAT total)
+  uint32_t max_recipients = 100;          // RCPT accepted per message (more: 452 4.5.3)
+  uint32_t max_messages = 100;            // messages per session (more: 421 4.7.0 and close)
   // line/column of the listener in the config file, for later diagnostics
   int line = 0;
   int column = 0;

@@ -204,5 +204,16 @@ TEST(PasswdFile, UnknownUserCostsAboutAsMuchAsAKnownOne) {
   EXPECT_GT(unknown * 3, known) << "unknown user answered much faster than a known one";
 }
 
+TEST(PasswdFile, RecipientLocalUnknownForeign) {
+  PasswdFile pf;
+  ASSERT_TRUE(pf.loadText("Alice@Example.org:{PLAIN}x\nbob@example.org:{NOPE}x\nnodomain:{PLAIN}y\n", "t").loaded);
+  EXPECT_EQ(pf.recipient("alice@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(pf.recipient("ALICE@EXAMPLE.ORG"), RecipientResult::kLocal);
+  EXPECT_EQ(pf.recipient("bob@example.org"), RecipientResult::kLocal);  // disabled password, mailbox exists
+  EXPECT_EQ(pf.recipient("carol@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(pf.recipient("alice@example.net"), RecipientResult::kForeignDomain);
+  EXPECT_EQ(pf.recipient("nodomain"), RecipientResult::kUnknownMailbox);
+}
+
 }  // namespace
 }  // namespace mailgate::auth

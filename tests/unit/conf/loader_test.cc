@@ -229,6 +229,35 @@ TEST_F(LoaderTest, AllListenerKeys) {
   EXPECT_EQ(c->log.format, LogFormat::kText);
 }
 
+TEST_F(LoaderTest, SmtpMaxMessageSize) {
+  auto c = ok(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", max_message_size: 10M }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->listeners[0].max_message_size, 50u << 20);  // default
+  EXPECT_EQ(c->listeners[1].max_message_size, 10u << 20);
+  EXPECT_EQ(c->listeners[0].preauth_timeout, Duration(60000));   // imap default
+  EXPECT_EQ(c->listeners[1].preauth_timeout, Duration(300000));  // smtp default: RFC 5321 §4.5.3.2
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", max_message_size: 2G }\n"),
+              ElementsAre(::testing::HasSubstr("max_message_size: 2G is out of range")));
+}
+
+TEST_F(LoaderTest, SmtpMaxRecipients) {
+  auto c = ok(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", max_recipients: 5 }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->listeners[0].max_recipients, 100u);  // default
+  EXPECT_EQ(c->listeners[1].max_recipients, 5u);
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", max_recipients: 0 }\n"),
+              ElementsAre(::testing::HasSubstr("max_recipients: expected a number from 1")));
+}
+
+TEST_F(LoaderTest, SmtpMaxMessages) {
+  auto c = ok(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", max_messages: 7 }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->listeners[0].max_messages, 100u);  // default
+  EXPECT_EQ(c->listeners[1].max_messages, 7u);
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", max_messages: x }\n"),
+              ElementsAre(::testing::HasSubstr("max_messages: expected a number from 1")));
+}
+
 TEST_F(LoaderTest, UnknownKeys) {
   EXPECT_THAT(errors(kBase + "sever: {}\n"                             // 6
                              "backends2: []\n"                         // 7

@@ -1,0 +1,157 @@
+#pragma once
+// SMTP front end for the MX (listener protocol smtp): RFC 5321 with PIPELINING,
+// SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING and STARTTLS. Recipients
+// are checked against the directory on the worker pool at RCPT time and routed; the
+// message is spooled in memory (bounded by max_message_size) and delivered to the
+// storage node over LMTP or SMTP, primary first, then secondary. The client's reply
+// to DATA / BDAT LAST is given only after the node has answered: 250 only when the
+// node accepted the message for every recipient.
+//
+// Phases: greeting → commands ⇄ (recipient lookup | DATA | BDAT chunk | delivery).
+// While a lookup or a delivery runs, the client is paused and its pipelined bytes
+// are held (bounded) and parsed afterwards, so replies keep their order.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "auth/directory.h"
+#include "gateway/codec/smtp_command.h"
+#include "gateway/codec/smtp_data.h"
+#include "gateway/codec/smtp_reply.h"
+#include "gateway/session/session.h"
+
+namespace mailgate::session {
+
+// One storage node a transaction may be delivered to.
+struct DeliveryTarget {
+  const conf::BackendConfig* backend = nullptr;
+  io::SockAddr addr;
+  bool lmtp = true;
+  bool up = true;
+  std::string error;  // resolution failed
+};
+
+class SmtpSession final : public Session {
+ public:
+  SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
+              std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
+  void start() override;
+  // Answer from the worker pool for the RCPT in progress.
+  void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
+                         std::vector<DeliveryTarget> targets);
+
+ private:
+  enum class Phase { kTlsHandshake, kCommand, kRcptLookup, kData, kBdat, kDelivering };
+  // Steps of one delivery attempt to one node.
+  enum class Step {
+    kIdle,
+    kConnect,
+    kGreeting,
+    kHello,
+    kStarttls,
+    kXclient,
+    kMail,
+    kRcpt,
+    kData,
+    kFinal,
+    kQuit
+  };
+
+  // --- Session hooks ---
+  void onClientData(std::string_view plain) override;
+  void onBackendData(std::string_view plain) override;
+  void onClientTlsReady() override;
+  void onBackendConnected() override;
+  void onBackendTlsReady() override;
+  void onBackendFailed(BackendFailure why, const std::string& detail) override;
+  void onTimer() override;
+
+  // --- client side ---
+  void sendGreeting();
+  void process();
+  size_t processCommands(std::string_view in);
+  size_t processData(std::string_view in);
+  size_t processBdat(std::string_view in);
+  void handleCommand(const codec::SmtpCommand& c);
+  void handleMail(const codec::SmtpCommand& c);
+  void handleRcpt(const codec::SmtpCommand& c);
+  void handleData();
+  void handleBdat(const codec::SmtpCommand& c);
+  void handleStarttls();
+  void reply(std::string_view line);  // one complete reply, CRLF added
+  void badCommand(std::string_view line);
+  void parserError();
+  void resetTransaction();
+  void beginSpool();
+  void messageComplete(codec::SmtpDataError err, uint64_t size);
+  void armClientTimer();
+  void updateTimer();
+  bool busy() const { return phase_ == Phase::kRcptLookup || phase_ == Phase::kDelivering; }
+
+  // --- delivery ---
+  void startDelivery();
+  void tryNextTarget();
+  void attemptFailed(BackendFailure why, const std::string& detail, bool permanent_reply = false);
+  void handleNodeReply(const codec::SmtpReply& r);
+  void sendNode(std::string_view line);
+  void sendHello();
+  void sendMail();
+  void sendBody();
+  void deliveryDone(std::string_view client_reply, const char* outcome);
+  void endBackend();  // QUIT and forget the node connection
+  void armNodeTimer(uint64_t ms);
+
+  std::unique_ptr<codec::SmtpCommandParser> parser_;
+  codec::SmtpDataDecoder data_;
+  codec::BdatDecoder bdat_;
+  codec::SmtpReplyParser node_;
+  Phase phase_ = Phase::kCommand;
+  std::string in_;  // client bytes not yet parsed (held while busy)
+  size_t in_off_ = 0;
+  std::string hostname_;
+  std::string helo_;
+  bool esmtp_ = false;
+  unsigned bad_commands_ = 0;
+  unsigned messages_ = 0;
+  uint64_t client_deadline_ = 0;
+  uint64_t node_deadline_ = 0;
+
+  // transaction
+  bool in_txn_ = false;
+  std::string mail_from_;  // path as sent, "<...>"
+  bool smtputf8_ = false;
+  bool body_8bit_ = false;
+  std::vector<std::string> rcpts_;  // paths as sent, accepted
+  std::string pending_rcpt_;        // path of the RCPT being looked up
+  std::string txn_route_;           // primary node of the first accepted recipient
+  std::vector<DeliveryTarget> targets_;
+  bool bdat_started_ = false;
+  bool bdat_reject_ = false;  // the chunk is read and discarded, then refused
+  std::string bdat_reject_reply_;
+  bool bdat_last_ = false;
+  uint64_t discard_left_ = 0;   // octets of a refused BDAT chunk still to skip
+  bool discard_input_ = false;  // STARTTLS answered: drop every byte already received
+  // Received: header + message (unstuffed). Kept in memory, bounded per message by the
+  // listener's max_message_size (50M by default, announced as SIZE): spooling to a
+  // temporary file would be blocking I/O on the reactor and is left for the worker
+  // pool later. Released as soon as the transaction ends.
+  std::string spool_;
+
+  // delivery attempt
+  Step step_ = Step::kIdle;
+  size_t next_target_ = 0;
+  const DeliveryTarget* target_ = nullptr;
+  size_t rcpt_index_ = 0;
+  size_t final_replies_ = 0;
+  size_t final_ok_ = 0;
+  std::string final_failed_;  // recipients the node refused after DATA (LMTP)
+  bool body_queued_ = false;  // after this, a lost connection may have delivered: no failover
+  bool xclient_done_ = false;
+  bool tls_done_ = false;
+  bool node_8bit_ = false, node_utf8_ = false, node_size_ = false;
+  unsigned attempt_ = 0;  // changes with every connection to a node
+  std::string last_node_reply_;
+  std::string permanent_reply_;
+};
+
+}  // namespace mailgate::session
