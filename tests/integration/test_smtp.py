@@ -10,6 +10,7 @@ import socket
 import socketserver
 import threading
 import ssl
+import subprocess
 import sys
 import time
 import unittest
@@ -52,7 +53,7 @@ class SmtpEnv:
                 self.dovecots.append(d)
             users_file = str(self.dir / "users.passwd")
             harness.write_passwd(users_file, USERS)
-            names = ["mx", "mx_tls", "mx_limits"]
+            names = ["mx", "mx_tls", "mx_limits", "mx_short"]
             self.ports = dict(zip(names, harness.free_ports(len(names))))
             listeners = [
                 {"name": "mx", "protocol": "smtp", "port": self.ports["mx"], "preauth_timeout": "30s"},
@@ -60,6 +61,7 @@ class SmtpEnv:
                 {"name": "mx_limits", "protocol": "smtp", "port": self.ports["mx_limits"],
                  "max_recipients": MAX_RCPT, "max_bad_commands": MAX_BAD, "max_messages": 2,
                  "max_message_size": "64K"},
+                {"name": "mx_short", "protocol": "smtp", "port": self.ports["mx_short"], "preauth_timeout": "1s"},
             ]
             backends = [{"name": f"storage-{i + 1:02d}", "imap": d.imap_port, "lmtp": d.lmtp_port,
                          "health_interval": "1s", "health_timeout": "1s"}
@@ -372,6 +374,42 @@ class SmtpMxTest(SmtpTestBase):
             self.assertEqual(code(self.cmd(c, "RSET")), "250")
         self.assertEqual(self.cmd(c, "MAIL FROM:<sender@example.com>")[-1][:9], "421 4.7.0")
         self.assertTrue(c.at_eof())
+
+    def test_command_timeout_421(self):
+        c = self.client("mx_short")
+        self.cmd(c, "EHLO client.example.com")
+        self.assertEqual(smtp_reply(c, timeout=5)[-1][:9], "421 4.4.2")
+        self.assertTrue(c.at_eof())
+
+    def test_auth_refused_on_mx(self):
+        c = self.client()
+        self.cmd(c, "EHLO client.example.com")
+        self.assertEqual(self.cmd(c, "AUTH PLAIN " + harness.sasl_plain(ALICE, "alice-password"))[-1][:9],
+                         "503 5.5.1")
+
+    @unittest.skipUnless(shutil.which("swaks"), "swaks not installed")
+    def test_swaks_pipelined_over_starttls(self):
+        subject = f"swaks {time.time_ns()}"
+        proc = subprocess.run(["swaks", "--server", f"{harness.HOST}:{self.port('mx_tls')}", "--tls",
+                               "--pipeline", "--helo", "client.example.com", "--from", "sender@example.com",
+                               "--to", f"{ALICE},{BOB}", "--header", f"Subject: {subject}",
+                               "--body", "from swaks"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.wait_delivered(0, ALICE, subject.encode())
+        self.wait_delivered(0, BOB, subject.encode())
+
+    @unittest.skipUnless(shutil.which("smtp-source"), "Postfix smtp-source not installed")
+    def test_smtp_source_load_all_accounted_for(self):
+        before = len(self.env.maildir_files(0, BOB))
+        for extra in ([], ["-d"]):  # reused connections, then one message per connection
+            proc = subprocess.run(["smtp-source", "-s", "5", "-m", "40", "-l", "10240", "-f", "sender@example.com",
+                                   "-t", BOB, *extra, f"{harness.HOST}:{self.port('mx')}"],
+                                  capture_output=True, text=True, timeout=120)
+            self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        harness.wait_for(lambda: len(self.env.maildir_files(0, BOB)) - before >= 80, 20,
+                         what="80 messages in bob's Maildir")
+        time.sleep(0.5)
+        self.assertEqual(len(self.env.maildir_files(0, BOB)) - before, 80)
 
     def test_bad_commands_421(self):
         c = self.client("mx_limits")
