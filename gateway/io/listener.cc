@@ -57,6 +57,22 @@ Result<SockAddr> parseListenAddress(const std::string& text) {
 }
 
 Result<SockAddr> resolveAddress(const std::string& host, uint16_t port) {
+  // Numeric addresses (the common case for storage nodes) need no resolver.
+  SockAddr a;
+  auto* in = reinterpret_cast<sockaddr_in*>(&a.ss);
+  if (inet_pton(AF_INET, host.c_str(), &in->sin_addr) == 1) {
+    in->sin_family = AF_INET;
+    in->sin_port = htons(port);
+    a.len = sizeof(sockaddr_in);
+    return a;
+  }
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.ss);
+  if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    a.len = sizeof(sockaddr_in6);
+    return a;
+  }
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
@@ -64,7 +80,6 @@ Result<SockAddr> resolveAddress(const std::string& host, uint16_t port) {
   std::string ps = std::to_string(port);
   int r = getaddrinfo(host.c_str(), ps.c_str(), &hints, &res);
   if (r != 0 || !res) return Error{"cannot resolve " + host + ": " + gai_strerror(r)};
-  SockAddr a;
   std::memcpy(&a.ss, res->ai_addr, res->ai_addrlen);
   a.len = res->ai_addrlen;
   freeaddrinfo(res);

@@ -9,14 +9,19 @@
 
 namespace mailgate::io {
 
-Ring::~Ring() {
+Ring::~Ring() { close(); }
+
+void Ring::close() {
   if (!inited_) return;
+  inited_ = false;
   if (br_) {
     io_uring_unregister_buf_ring(&ring_, kBufGroup);
     munmap(br_, br_bytes_);
   }
   io_uring_queue_exit(&ring_);
   if (bufs_) munmap(bufs_, static_cast<size_t>(kBufCount) * kBufSize);
+  bufs_ = nullptr;
+  br_ = nullptr;
 }
 
 static std::string disabledHint() {
@@ -28,12 +33,16 @@ static std::string disabledHint() {
 
 Result<bool> Ring::init() {
   io_uring_params p{};
-  p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
-  p.flags |= IORING_SETUP_CQSIZE;
+  // The ring is set up on the thread that uses it: completions are then run only
+  // when that thread waits for them (DEFER_TASKRUN), in batches.
+  p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+            IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
   p.cq_entries = kEntries * 4;
   int r = io_uring_queue_init_params(kEntries, &ring_, &p);
   if (r == -EINVAL) {  // older kernel without some flags
     p = io_uring_params{};
+    p.flags = IORING_SETUP_CQSIZE;
+    p.cq_entries = kEntries * 4;
     r = io_uring_queue_init_params(kEntries, &ring_, &p);
   }
   if (r < 0) return Error{std::string("io_uring_setup failed: ") + std::strerror(-r) + disabledHint()};

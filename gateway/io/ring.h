@@ -23,6 +23,8 @@ class Ring {
 
   // Sets up the ring, probes the operations mailgate needs, registers the buffer ring.
   Result<bool> init();
+  // Tears the ring down; call it on the thread that set it up (single issuer).
+  void close();
   // Never returns null: when the submission queue is full it submits first.
   io_uring_sqe* sqe();
   io_uring* raw() { return &ring_; }

@@ -51,8 +51,10 @@ std::string Reactor::newSessionId() {
 }
 
 Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr>>& listen) {
-  auto r = ring_.init();
-  if (!r) return Error{r.error()};
+  // The ring itself is made on the reactor's thread (run()); here we only find out,
+  // while start-up can still stop cleanly, whether this kernel lets us have one.
+  std::string why = io::probeIoUring();
+  if (!why.empty()) return Error{why};
   for (const auto& [name, addr] : listen) {
     auto fd = io::openListener(addr, 1024);
     if (!fd) return Error{"listener " + name + ": " + fd.error()};
@@ -262,6 +264,10 @@ void Reactor::dispatch(io_uring_cqe* cqe) {
 }
 
 void Reactor::run() {
+  if (auto r = ring_.init(); !r) {
+    log::error("reactor cannot set up its io_uring", {{"reactor", index_}, {"error", r.error()}});
+    return;
+  }
   for (size_t i = 0; i < listen_.size(); i++) armAccept(i);
   armTick();
   armWake();
@@ -296,6 +302,7 @@ void Reactor::run() {
       ::close(l.fd);
       l.fd = -1;
     }
+  ring_.close();
 }
 
 }  // namespace mailgate::session
