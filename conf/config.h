@@ -60,6 +60,7 @@ struct ListenerConfig {
   uint32_t max_message_size = 50u << 20;  // octets of one message (DATA after unstuffing, BDAT total)
   uint32_t max_recipients = 100;          // RCPT accepted per message (more: 452 4.5.3)
   uint32_t max_messages = 100;            // messages per session (more: 421 4.7.0 and close)
+  Duration greeting_delay{0};             // wait before the 220; a client talking first is refused
   // line/column of the listener in the config file, for later diagnostics
   int line = 0;
   int column = 0;

@@ -658,7 +658,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
           n, path,
           {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth", "preauth_timeout",
            "idle_timeout", "max_line", "max_literal", "max_bad_commands", "max_auth_attempts", "max_message_size",
-           "max_recipients", "max_messages"},
+           "max_recipients", "max_messages", "greeting_delay"},
           &f))
     return;
   requireKey(f, "name", n.Mark(), path);
@@ -722,6 +722,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   getSize(f, "max_message_size", path, 1024, uint64_t{1} << 30, &l->max_message_size);
   getNumber(f, "max_recipients", path, 1, 100000, &l->max_recipients);
   getNumber(f, "max_messages", path, 1, 1000000, &l->max_messages);
+  getDuration(f, "greeting_delay", path, &l->greeting_delay, true);
   // RFC 5321 §4.5.3.2: an SMTP server waits at least 5 minutes for the next command.
   if (!f.find("preauth_timeout") && (l->protocol == Protocol::kSmtp || l->protocol == Protocol::kSubmission))
     l->preauth_timeout = Duration(300000);

@@ -113,7 +113,16 @@ void SmtpSession::start() {
   pauseClient(false);
 }
 
-void SmtpSession::sendGreeting() { reply("220 " + hostname_ + " ESMTP mailgate"); }
+void SmtpSession::sendGreeting() {
+  if (listener_.greeting_delay.count() > 0 && greet_at_ == 0 && !greeted_) {
+    greet_at_ = now() + static_cast<uint64_t>(listener_.greeting_delay.count());
+    updateTimer();
+    return;
+  }
+  greet_at_ = 0;
+  greeted_ = true;
+  reply("220 " + hostname_ + " ESMTP mailgate");
+}
 
 void SmtpSession::reply(std::string_view line) {
   std::string out(line);
@@ -134,6 +143,7 @@ void SmtpSession::armNodeTimer(uint64_t ms) {
 void SmtpSession::updateTimer() {
   uint64_t at = 0;
   if (client_deadline_ && !busy()) at = client_deadline_;
+  if (greet_at_ && (at == 0 || greet_at_ < at)) at = greet_at_;
   if (node_deadline_ && (at == 0 || node_deadline_ < at)) at = node_deadline_;
   if (at)
     setTimer(at);
@@ -143,6 +153,10 @@ void SmtpSession::updateTimer() {
 
 void SmtpSession::onTimer() {
   const uint64_t t = now();
+  if (greet_at_ && t >= greet_at_) {
+    sendGreeting();
+    armClientTimer();
+  }
   if (node_deadline_ && t >= node_deadline_) {
     node_deadline_ = 0;
     if (step_ == Step::kQuit) {
@@ -166,6 +180,15 @@ void SmtpSession::onTimer() {
 
 void SmtpSession::onClientData(std::string_view plain) {
   if (phase_ == Phase::kTlsHandshake) return;  // cannot happen: handshake bytes go to TLS
+  if (!greeted_) {
+    // RFC 5321 §4.3.1: the client waits for the greeting. Talking first is the mark
+    // of a spam engine that does not read replies.
+    if (g_proto_log.allow())
+      log::info("smtp client talked before the greeting", {{"session", id_}, {"client", client_ip_}});
+    reply("554 5.5.0 " + hostname_ + " Error: talked before the greeting");
+    closeAfterFlush("early_talker");
+    return;
+  }
   in_.append(plain);
   if (busy()) {
     if (in_.size() - in_off_ > kMaxHeld) {

@@ -114,6 +114,8 @@ class SmtpSession final : public Session {
   unsigned bad_commands_ = 0;
   unsigned messages_ = 0;
   uint64_t client_deadline_ = 0;
+  uint64_t greet_at_ = 0;  // greeting_delay: when the 220 is due
+  bool greeted_ = false;
   uint64_t node_deadline_ = 0;
 
   // transaction

@@ -53,7 +53,7 @@ class SmtpEnv:
                 self.dovecots.append(d)
             users_file = str(self.dir / "users.passwd")
             harness.write_passwd(users_file, USERS)
-            names = ["mx", "mx_tls", "mx_limits", "mx_short"]
+            names = ["mx", "mx_tls", "mx_limits", "mx_short", "mx_slow"]
             self.ports = dict(zip(names, harness.free_ports(len(names))))
             listeners = [
                 {"name": "mx", "protocol": "smtp", "port": self.ports["mx"], "preauth_timeout": "30s"},
@@ -62,6 +62,7 @@ class SmtpEnv:
                  "max_recipients": MAX_RCPT, "max_bad_commands": MAX_BAD, "max_messages": 2,
                  "max_message_size": "64K"},
                 {"name": "mx_short", "protocol": "smtp", "port": self.ports["mx_short"], "preauth_timeout": "1s"},
+                {"name": "mx_slow", "protocol": "smtp", "port": self.ports["mx_slow"], "greeting_delay": "1s"},
             ]
             backends = [{"name": f"storage-{i + 1:02d}", "imap": d.imap_port, "lmtp": d.lmtp_port,
                          "health_interval": "1s", "health_timeout": "1s"}
@@ -380,6 +381,17 @@ class SmtpMxTest(SmtpTestBase):
         self.cmd(c, "EHLO client.example.com")
         self.assertEqual(smtp_reply(c, timeout=5)[-1][:9], "421 4.4.2")
         self.assertTrue(c.at_eof())
+
+    def test_greeting_delay(self):
+        t0 = time.monotonic()
+        c = self.client("mx_slow")  # waits for the 220
+        self.assertGreaterEqual(time.monotonic() - t0, 0.8)
+        self.assertEqual(code(self.cmd(c, "EHLO client.example.com")), "250")
+        early = harness.LineClient(self.port("mx_slow"), timeout=10)
+        self.addCleanup(early.close)
+        early.send(b"EHLO spam.example.com\r\n")
+        self.assertEqual(smtp_reply(early)[-1][:9], "554 5.5.0")
+        self.assertTrue(early.at_eof())
 
     def test_auth_refused_on_mx(self):
         c = self.client()

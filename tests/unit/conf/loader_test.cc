@@ -258,6 +258,15 @@ TEST_F(LoaderTest, SmtpMaxMessages) {
               ElementsAre(::testing::HasSubstr("max_messages: expected a number from 1")));
 }
 
+TEST_F(LoaderTest, SmtpGreetingDelay) {
+  auto c = ok(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", greeting_delay: 3s }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->listeners[0].greeting_delay, Duration(0));  // default
+  EXPECT_EQ(c->listeners[1].greeting_delay, Duration(3000));
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", greeting_delay: soon }\n"),
+              ElementsAre(::testing::HasSubstr("greeting_delay: invalid duration")));
+}
+
 TEST_F(LoaderTest, UnknownKeys) {
   EXPECT_THAT(errors(kBase + "sever: {}\n"                             // 6
                              "backends2: []\n"                         // 7
