@@ -311,6 +311,7 @@ void SmtpSession::resetTransaction() {
   rcpts_.clear();
   pending_rcpt_.clear();
   txn_route_.clear();
+  target_ = nullptr;  // points into targets_
   targets_.clear();
   bdat_started_ = false;
   bdat_last_ = false;
