@@ -125,7 +125,7 @@ TEST_F(LoaderTest, DesignExample) {
   EXPECT_FALSE(pop3s.proxy_protocol);
   EXPECT_FALSE(pop3s.allow_plaintext_auth);
   EXPECT_EQ(pop3s.preauth_timeout, Duration(60000));
-  EXPECT_EQ(pop3s.max_literal, 65536u);
+  EXPECT_EQ(pop3s.max_literal, 8192u);
 
   EXPECT_EQ(c.directory.driver, "file");
   EXPECT_EQ(c.directory.file.users, (dir_ / "users.passwd").string());
