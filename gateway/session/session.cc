@@ -130,7 +130,8 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
     flush(side, e);
     if (ev == tls::TlsEvent::kError || ev == tls::TlsEvent::kClosed) {
       if (side == Side::kClient) {
-        log::info("client TLS handshake failed", {{"session", id_}, {"error", t.lastError()}});
+        static log::RateLimit rl(20);  // a client can trigger this at will
+        if (rl.allow()) log::info("client TLS handshake failed", {{"session", id_}, {"error", t.lastError()}});
         close("tls_error");
       } else {
         onBackendFailed(BackendFailure::kTls, t.lastError());

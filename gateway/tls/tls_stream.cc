@@ -2,6 +2,8 @@
 
 #include <openssl/err.h>
 
+#include <algorithm>
+
 #include "gateway/tls/tls_context.h"
 
 namespace mailgate::tls {
@@ -46,13 +48,20 @@ TlsEvent TlsStream::handshake() {
 }
 
 TlsEvent TlsStream::read(std::string* out, size_t max) {
-  char buf[16384];
+  // Decrypts straight into the caller's buffer: no intermediate copy.
+  constexpr size_t kChunk = 16384;
   size_t got = 0;
   while (got < max) {
+    size_t want = std::min(kChunk, max - got);
+    size_t old = out->size();
+    out->resize(old + want);
     ERR_clear_error();
-    int r = SSL_read(ssl_, buf, static_cast<int>(std::min(sizeof buf, max - got)));
-    if (r <= 0) return classify(r);
-    out->append(buf, static_cast<size_t>(r));
+    int r = SSL_read(ssl_, out->data() + old, static_cast<int>(want));
+    if (r <= 0) {
+      out->resize(old);
+      return classify(r);
+    }
+    out->resize(old + static_cast<size_t>(r));
     got += static_cast<size_t>(r);
   }
   return TlsEvent::kOk;
