@@ -50,6 +50,9 @@ class CachingDirectory : public Directory {
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
   // Not cached: the inner directory answers.
   RecipientResult recipient(std::string_view address) override { return inner_->recipient(address); }
+  SenderResult senderAllowed(std::string_view user, std::string_view address) override {
+    return inner_->senderAllowed(user, address);
+  }
   // "auth_cache_hits=.. auth_cache_misses=.. auth_cache_stale_hits=.. auth_cache_entries=.."
   // followed by the inner directory's counters.
   std::string statsText() const override;

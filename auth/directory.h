@@ -59,6 +59,17 @@ enum class RecipientResult {
   kTempFail,        // cannot tell now (directory down, driver without support): 451 4.3.0
 };
 
+// May an authenticated user send with this envelope sender? (Submission asks at MAIL.)
+enum class SenderResult {
+  kAllowed,   // the user's own address or one of its aliases
+  kDenied,    // someone else's address: 553 5.7.1
+  kTempFail,  // cannot tell now (directory down): 451 4.3.0
+};
+
+// The default sender rule of drivers that know no aliases: the sender is the login
+// name itself (local part and domain compared without regard to case).
+SenderResult senderIsLogin(std::string_view user, std::string_view address);
+
 class Directory {
  public:
   virtual ~Directory() = default;
@@ -70,6 +81,12 @@ class Directory {
   // Thread-safe; blocking (may query a database). `address` is local@domain with
   // the local part unquoted. Drivers that cannot answer say kTempFail.
   virtual RecipientResult recipient(std::string_view /*address*/) { return RecipientResult::kTempFail; }
+  // Thread-safe; blocking. `user` is the canonical name authenticate() returned,
+  // `address` the envelope sender as local@domain (local part unquoted, never empty:
+  // the null sender is not asked about).
+  virtual SenderResult senderAllowed(std::string_view user, std::string_view address) {
+    return senderIsLogin(user, address);
+  }
   // Counters for the log and /metrics, e.g. "cache_hits=3 cache_misses=7"; empty if none.
   virtual std::string statsText() const { return {}; }
 };
