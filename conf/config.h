@@ -61,6 +61,9 @@ struct ListenerConfig {
   uint32_t max_recipients = 100;          // RCPT accepted per message (more: 452 4.5.3)
   uint32_t max_messages = 100;            // messages per session (more: 421 4.7.0 and close)
   Duration greeting_delay{0};             // wait before the 220; a client talking first is refused
+  // submission: may the authenticated user send as any envelope sender? false = only
+  // its own addresses and aliases (the directory decides), else 553 5.7.1.
+  bool sender_any = false;                // key sender_check: owned (default) | any
   // line/column of the listener in the config file, for later diagnostics
   int line = 0;
   int column = 0;

@@ -274,6 +274,7 @@ class Loader {
   void loadBackends(const YAML::Node& n, Config* cfg);
   void loadBackend(const YAML::Node& n, const std::string& path, BackendConfig* b);
   void loadRouting(const YAML::Node& n, Config* cfg);
+  void checkSubmissionRelay(const YAML::Node& root, const Config& cfg);
   void checkBackendRef(const Fields& f, std::string_view key, const std::string& path, const Config& cfg);
 
   std::string resolve(const std::string& p) const {
@@ -529,6 +530,7 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
     error(root, "missing required section \"listeners\"");
   }
   if (const Entry* e = f.find("routing")) loadRouting(e->value, cfg);
+  checkSubmissionRelay(root, *cfg);
   if (const Entry* e = f.find("limits")) unsupportedSection(e->value, "limits");
   if (const Entry* e = f.find("policies")) unsupportedSection(e->value, "policies");
   if (const Entry* e = f.find("hooks")) unsupportedSection(e->value, "hooks");
@@ -658,7 +660,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
           n, path,
           {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth", "preauth_timeout",
            "idle_timeout", "max_line", "max_literal", "max_bad_commands", "max_auth_attempts", "max_message_size",
-           "max_recipients", "max_messages", "greeting_delay"},
+           "max_recipients", "max_messages", "greeting_delay", "sender_check"},
           &f))
     return;
   requireKey(f, "name", n.Mark(), path);
@@ -723,6 +725,9 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   getNumber(f, "max_recipients", path, 1, 100000, &l->max_recipients);
   getNumber(f, "max_messages", path, 1, 1000000, &l->max_messages);
   getDuration(f, "greeting_delay", path, &l->greeting_delay, true);
+  getEnum<bool>(f, "sender_check", path, {{"owned", false}, {"any", true}}, &l->sender_any);
+  if (const Entry* e = f.find("sender_check"); e && l->protocol != Protocol::kSubmission)
+    error(e->mark(), join(path, "sender_check") + ": only a submission listener checks senders");
   // RFC 5321 §4.5.3.2: an SMTP server waits at least 5 minutes for the next command.
   if (!f.find("preauth_timeout") && (l->protocol == Protocol::kSmtp || l->protocol == Protocol::kSubmission))
     l->preauth_timeout = Duration(300000);
@@ -963,6 +968,23 @@ void Loader::loadRouting(const YAML::Node& n, Config* cfg) {
   }
   getString(f, "submission_relay", "routing", &cfg->routing.submission_relay);
   if (!cfg->routing.submission_relay.empty()) checkBackendRef(f, "submission_relay", "routing", *cfg);
+}
+
+// A submission listener hands every message to routing.submission_relay.
+void Loader::checkSubmissionRelay(const YAML::Node& root, const Config& cfg) {
+  if (!cfg.routing.submission_relay.empty()) {
+    for (const auto& b : cfg.backends)
+      if (b.name == cfg.routing.submission_relay && b.ports.smtp == 0)
+        error(root, "routing.submission_relay: backend " + quote(b.name) + " has no ports.smtp");
+    return;
+  }
+  for (const auto& l : cfg.listeners) {
+    if (l.protocol != Protocol::kSubmission) continue;
+    YAML::Mark m = root.Mark();
+    m.line = l.line - 1;
+    m.column = l.column - 1;
+    error(m, "listener " + quote(l.name) + ": protocol submission needs routing.submission_relay");
+  }
 }
 
 // Finds where a second YAML document starts, without building it. yaml-cpp 0.7's

@@ -186,9 +186,8 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
       s = new Pop3Session(*this, slot, gens_[slot], fd, peer, rt, *lc);
       break;
     case conf::Protocol::kSmtp:
+    case conf::Protocol::kSubmission:
       s = new SmtpSession(*this, slot, gens_[slot], fd, peer, rt, *lc);
-      break;
-    case conf::Protocol::kSubmission:  // refused at start-up until AUTH is done
       break;
   }
   if (!s) {

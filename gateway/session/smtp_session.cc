@@ -96,7 +96,8 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       parser_(std::make_unique<codec::SmtpCommandParser>(limitsFor(listener))),
       data_(codec::SmtpDataLimits{1000, listener.max_message_size, uint64_t{64} << 20}),
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
-      hostname_(localHostname()) {}
+      hostname_(localHostname()),
+      submission_(listener.protocol == conf::Protocol::kSubmission) {}
 
 void SmtpSession::start() {
   armClientTimer();
@@ -144,6 +145,7 @@ void SmtpSession::updateTimer() {
   uint64_t at = 0;
   if (client_deadline_ && !busy()) at = client_deadline_;
   if (greet_at_ && (at == 0 || greet_at_ < at)) at = greet_at_;
+  if (auth_delay_until_ && (at == 0 || auth_delay_until_ < at)) at = auth_delay_until_;
   if (node_deadline_ && (at == 0 || node_deadline_ < at)) at = node_deadline_;
   if (at)
     setTimer(at);
@@ -156,6 +158,24 @@ void SmtpSession::onTimer() {
   if (greet_at_ && t >= greet_at_) {
     sendGreeting();
     armClientTimer();
+  }
+  if (auth_delay_until_ && t >= auth_delay_until_) {
+    auth_delay_until_ = 0;
+    if (phase_ == Phase::kAuthDelay) {
+      phase_ = Phase::kCommand;
+      if (auth_failures_ >= listener_.max_auth_attempts) {
+        log::info("smtp too many authentication failures",
+                  {{"session", id_}, {"client", client_ip_}, {"failures", auth_failures_}});
+        reply("421 4.7.0 " + hostname_ + " Error: too many authentication failures");
+        closeAfterFlush("too_many_auth_failures");
+        return;
+      }
+      reply("535 5.7.8 Error: authentication failed");
+      pauseClient(false);
+      armClientTimer();
+      process();
+      if (closing()) return;
+    }
   }
   if (node_deadline_ && t >= node_deadline_) {
     node_deadline_ = 0;
@@ -227,6 +247,9 @@ void SmtpSession::process() {
       case Phase::kTlsHandshake:
       case Phase::kRcptLookup:
       case Phase::kDelivering:
+      case Phase::kAuthLookup:
+      case Phase::kAuthDelay:
+      case Phase::kSenderLookup:
         more = false;
         break;
     }
@@ -261,8 +284,13 @@ size_t SmtpSession::processCommands(std::string_view in) {
     case codec::SmtpStatus::kCommand:
       handleCommand(parser_->command());
       break;
-    case codec::SmtpStatus::kSaslLine:  // never asked for on the MX
-      badCommand("500 5.5.1 Error: unexpected line");
+    case codec::SmtpStatus::kSaslLine:
+      if (sasl_wait_) {
+        sasl_wait_ = false;
+        saslStep(sasl_.respond(parser_->saslLine()));
+      } else {
+        badCommand("500 5.5.1 Error: unexpected line");
+      }
       break;
     case codec::SmtpStatus::kError:
       parserError();
@@ -336,6 +364,7 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
       r += "250-8BITMIME\r\n";
       r += "250-SMTPUTF8\r\n";
       r += "250-ENHANCEDSTATUSCODES\r\n";
+      if (submission_ && authOffered()) r += "250-AUTH PLAIN LOGIN\r\n";
       r += "250 CHUNKING\r\n";
       writeClient(r);
       return;
@@ -373,7 +402,11 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
       handleStarttls();
       return;
     case codec::SmtpVerb::kAuth:
-      badCommand("503 5.5.1 Error: authentication not enabled");
+      if (!submission_) {
+        badCommand("503 5.5.1 Error: authentication not enabled");
+        return;
+      }
+      handleAuth(c);
       return;
     case codec::SmtpVerb::kUnknown:
       if (g_proto_log.allow())
@@ -402,6 +435,9 @@ void SmtpSession::handleStarttls() {
   discard_input_ = true;
   helo_.clear();
   esmtp_ = false;
+  authenticated_ = false;
+  user_.clear();
+  sasl_.reset();
   resetTransaction();
 }
 
@@ -420,6 +456,10 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
     badCommand("503 5.5.1 Error: nested MAIL command");
     return;
   }
+  if (submission_ && !authenticated_) {
+    reply("530 5.7.0 Authentication required");
+    return;
+  }
   if (messages_ >= listener_.max_messages) {
     log::info("smtp message limit", {{"session", id_}, {"client", client_ip_}, {"messages", messages_}});
     reply("421 4.7.0 " + hostname_ + " Error: too many messages in this session");
@@ -434,13 +474,212 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
     reply("555 5.5.4 BODY=BINARYMIME is not supported");
     return;
   }
+  pending_mail_.assign(c.path);
+  pending_utf8_ = c.smtputf8;
+  pending_8bit_ = c.body == codec::SmtpBody::k8BitMime || c.smtputf8;
+  const codec::SmtpAddress& a = c.address;
+  if (!submission_ || listener_.sender_any || a.domain.empty()) {
+    // MX: any sender; submission: the null sender (bounces, receipts) and <postmaster>
+    // need no ownership.
+    acceptMail();
+    return;
+  }
+  char local[256];
+  size_t n = codec::unquoteLocalPart(a.local_part, local, sizeof local);
+  if (n == SIZE_MAX) {
+    reply("501 5.1.7 Bad sender address syntax");
+    return;
+  }
+  std::string address(local, n);
+  address += '@';
+  address += a.domainLower();
+  phase_ = Phase::kSenderLookup;
+  pauseClient(true);
+  updateTimer();
+  auto rt = rt_;
+  uint32_t slot = this->slot(), gen = this->gen();
+  Reactor* reactor = &reactor_;
+  bool queued = reactor_.workers().submit([rt, user = user_, address, slot, gen, reactor] {
+    auth::SenderResult r = rt->directory->senderAllowed(user, address);
+    reactor->postToSession(slot, gen,
+                           [r](Session& s) { static_cast<SmtpSession&>(s).onSenderAnswer(r); });
+  });
+  if (!queued) onSenderAnswer(auth::SenderResult::kTempFail);
+}
+
+void SmtpSession::acceptMail() {
   in_txn_ = true;
   messages_++;
-  mail_from_.assign(c.path);
-  smtputf8_ = c.smtputf8;
-  body_8bit_ = c.body == codec::SmtpBody::k8BitMime || c.smtputf8;
+  mail_from_.swap(pending_mail_);
+  pending_mail_.clear();
+  smtputf8_ = pending_utf8_;
+  body_8bit_ = pending_8bit_;
   parser_->setSmtpUtf8(smtputf8_);
   reply("250 2.1.0 Ok");
+}
+
+void SmtpSession::onSenderAnswer(auth::SenderResult result) {
+  if (phase_ != Phase::kSenderLookup || closing()) return;
+  phase_ = Phase::kCommand;
+  switch (result) {
+    case auth::SenderResult::kAllowed:
+      acceptMail();
+      break;
+    case auth::SenderResult::kDenied:
+      log::info("smtp sender not owned by the user",
+                {{"session", id_}, {"client", client_ip_}, {"user", user_}, {"from", pending_mail_}});
+      reply("553 5.7.1 " + pending_mail_ + ": Sender address rejected: not owned by user " + user_);
+      break;
+    case auth::SenderResult::kTempFail:
+      log::warn("smtp sender check failed", {{"session", id_}, {"user", user_}, {"from", pending_mail_}});
+      reply("451 4.3.0 " + pending_mail_ + ": sender check failed, try again later");
+      break;
+  }
+  pending_mail_.clear();
+  if (closing()) return;
+  pauseClient(false);
+  armClientTimer();
+  process();
+}
+
+// ------------------------------------------------------------------ AUTH (submission)
+
+bool SmtpSession::authOffered() const {
+  return clientTlsActive() || listener_.allow_plaintext_auth;
+}
+
+void SmtpSession::handleAuth(const codec::SmtpCommand& c) {
+  if (helo_.empty() || !esmtp_) {
+    badCommand("503 5.5.1 Error: send EHLO first");
+    return;
+  }
+  if (authenticated_) {
+    badCommand("503 5.5.1 Error: already authenticated");
+    return;
+  }
+  if (in_txn_) {
+    badCommand("503 5.5.1 Error: MAIL transaction in progress");
+    return;
+  }
+  if (!authOffered()) {
+    if (g_proto_log.allow())
+      log::info("smtp AUTH refused without TLS", {{"session", id_}, {"client", client_ip_}});
+    badCommand("538 5.7.11 Encryption required for requested authentication mechanism");
+    return;
+  }
+  if (!sasl_.begin(c.arg)) {
+    badCommand("504 5.5.4 Unrecognized authentication type");
+    return;
+  }
+  if (c.has_initial_response) {
+    saslStep(sasl_.respond(c.initial_response));
+    return;
+  }
+  sasl_wait_ = true;
+  parser_->expectSaslLine();
+  reply("334 " + std::string(sasl_.initialChallenge()));
+}
+
+void SmtpSession::saslStep(SaslExchange::Step step) {
+  switch (step) {
+    case SaslExchange::Step::kChallenge:
+      sasl_wait_ = true;
+      parser_->expectSaslLine();
+      reply("334 " + std::string(sasl_.challenge()));
+      return;
+    case SaslExchange::Step::kDone:
+      beginAuth();
+      return;
+    case SaslExchange::Step::kCancelled:
+      sasl_.reset();
+      reply("501 5.7.0 Authentication cancelled");
+      return;
+    case SaslExchange::Step::kMalformed:
+      sasl_.reset();
+      badCommand("501 5.5.2 Cannot decode response");
+      return;
+    case SaslExchange::Step::kRejected:
+      sasl_.reset();
+      badCommand("535 5.7.8 Error: authentication failed: authorization identity not supported");
+      return;
+  }
+}
+
+void SmtpSession::beginAuth() {
+  std::string user = std::move(sasl_.user());
+  std::string password = std::move(sasl_.password());
+  sasl_.reset();
+  user_ = user;
+  phase_ = Phase::kAuthLookup;
+  pauseClient(true);
+  updateTimer();
+  auth::AuthContext ctx;
+  ctx.client_ip = client_ip_;
+  ctx.client_port = client_port_;
+  ctx.local_ip = local_ip_;
+  ctx.local_port = local_port_;
+  ctx.protocol = "smtp";
+  ctx.secured = clientTlsActive();
+  ctx.attempt = auth_failures_ + 1;
+  auto rt = rt_;
+  uint32_t slot = this->slot(), gen = this->gen();
+  Reactor* reactor = &reactor_;
+  bool queued = reactor_.workers().submit(
+      [rt, user = std::move(user), password = std::move(password), ctx, slot, gen, reactor]() mutable {
+        auth::AuthResult r = rt->directory->authenticate(user, password, ctx);
+        password.assign(password.size(), '\0');
+        reactor->postToSession(slot, gen, [r = std::move(r)](Session& s) mutable {
+          static_cast<SmtpSession&>(s).onAuthAnswer(std::move(r));
+        });
+      });
+  if (!queued) {
+    auth::AuthResult r;
+    r.verdict = auth::Verdict::kTempFail;
+    r.reason = "worker queue full";
+    onAuthAnswer(std::move(r));
+  }
+}
+
+void SmtpSession::onAuthAnswer(auth::AuthResult result) {
+  if (phase_ != Phase::kAuthLookup || closing()) return;
+  phase_ = Phase::kCommand;
+  switch (result.verdict) {
+    case auth::Verdict::kOk:
+      if (!result.user.empty()) user_ = result.user;
+      authenticated_ = true;
+      reactor_.stats.logins++;
+      log::info("login", {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"protocol", "submission"}});
+      reply("235 2.7.0 Authentication successful");
+      break;
+    case auth::Verdict::kBadPassword:
+    case auth::Verdict::kUnknownUser: {
+      reactor_.stats.auth_failures++;
+      auth_failures_++;
+      log::info("authentication failed", {{"session", id_},
+                                          {"user", user_},
+                                          {"client", client_ip_},
+                                          {"reason", result.reason.empty() ? "bad credentials" : result.reason}});
+      user_.clear();
+      auto delay = result.wait.count() > 0 ? result.wait : rt_->config->directory.file.failure_delay;
+      phase_ = Phase::kAuthDelay;
+      auth_delay_until_ = now() + static_cast<uint64_t>(std::max<int64_t>(delay.count(), 1));
+      updateTimer();
+      return;  // the client stays paused until the 535
+    }
+    case auth::Verdict::kTempFail:
+      reactor_.stats.temp_failures++;
+      log::warn("login temporarily failed", {{"session", id_},
+                                             {"user", user_},
+                                             {"client", client_ip_},
+                                             {"reason", result.reason.empty() ? "directory unavailable" : result.reason}});
+      user_.clear();
+      reply("454 4.7.0 Temporary authentication failure, try again later");
+      break;
+  }
+  if (closing()) return;
+  pauseClient(false);
+  armClientTimer();
+  process();
 }
 
 void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
@@ -455,7 +694,11 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     return;
   }
   const codec::SmtpAddress& a = c.address;
-  if (a.percent_hack || a.bang_path || a.address_literal) {
+  if (submission_ && a.domain.empty()) {
+    reply("550 5.1.3 " + std::string(c.path) + ": Recipient address needs a domain");
+    return;
+  }
+  if (!submission_ && (a.percent_hack || a.bang_path || a.address_literal)) {
     if (g_proto_log.allow())
       log::info("smtp relay attempt refused", {{"session", id_}, {"client", client_ip_}, {"rcpt", c.path}});
     reply("550 5.7.1 Relay access denied");
@@ -481,19 +724,23 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
   auto rt = rt_;
   uint32_t slot = this->slot(), gen = this->gen();
   Reactor* reactor = &reactor_;
-  bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor] {
-    auth::RecipientResult r = rt->directory->recipient(address);
+  const bool submission = submission_;
+  bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission] {
+    // Submission: every recipient goes to the relay, which applies its own policy.
+    auth::RecipientResult r =
+        submission ? auth::RecipientResult::kLocal : rt->directory->recipient(address);
     std::vector<DeliveryTarget> targets;
     std::string key;
     if (r == auth::RecipientResult::kLocal) {
-      routing::Route route = rt->router->route(address);
+      routing::Route route = submission ? rt->router->resolve(rt->config->routing.submission_relay, std::string())
+                                        : rt->router->route(address);
       if (route.primary && route.primary->config) key = route.primary->config->name;
       for (routing::Backend* b : {route.primary, route.secondary}) {
         if (!b || !b->config || !b->acceptsSessions()) continue;
         const conf::BackendConfig& bc = *b->config;
         DeliveryTarget t;
         t.backend = &bc;
-        t.lmtp = bc.deliver != "smtp";
+        t.lmtp = !submission && bc.deliver != "smtp";
         uint16_t port = t.lmtp ? bc.ports.lmtp : bc.ports.smtp;
         if (port == 0) continue;
         t.up = b->up.load();
@@ -657,6 +904,7 @@ void SmtpSession::beginSpool() {
   const bool tls = clientTlsActive();
   std::string proto = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
   if (tls) proto += 'S';
+  if (authenticated_) proto += 'A';  // RFC 3848: ESMTPA, ESMTPSA
   std::string literal =
       client_ip_.find(':') != std::string::npos ? "[IPv6:" + client_ip_ + "]" : "[" + client_ip_ + "]";
   spool_ =

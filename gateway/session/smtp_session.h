@@ -1,11 +1,17 @@
 #pragma once
-// SMTP front end for the MX (listener protocol smtp): RFC 5321 with PIPELINING,
-// SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING and STARTTLS. Recipients
+// SMTP front end for the MX (listener protocol smtp) and for submission (protocol
+// submission): RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+// ENHANCEDSTATUSCODES, CHUNKING, STARTTLS and, on submission, AUTH (RFC 4954:
+// PLAIN and LOGIN, only over TLS unless allow_plaintext_auth).
+// MX: recipients
 // are checked against the directory on the worker pool at RCPT time and routed; the
 // message is spooled in memory (bounded by max_message_size) and delivered to the
 // storage node over LMTP or SMTP, primary first, then secondary. The client's reply
 // to DATA / BDAT LAST is given only after the node has answered: 250 only when the
 // node accepted the message for every recipient.
+// Submission: AUTH before MAIL; the envelope sender must be the user's own
+// (directory senderAllowed, unless sender_check: any); every recipient goes to
+// routing.submission_relay over SMTP, with XCLIENT LOGIN= when the relay offers it.
 //
 // Phases: greeting → commands ⇄ (recipient lookup | DATA | BDAT chunk | delivery).
 // While a lookup or a delivery runs, the client is paused and its pipelined bytes
@@ -18,6 +24,7 @@
 #include "gateway/codec/smtp_command.h"
 #include "gateway/codec/smtp_data.h"
 #include "gateway/codec/smtp_reply.h"
+#include "gateway/session/sasl_exchange.h"
 #include "gateway/session/session.h"
 
 namespace mailgate::session {
@@ -39,9 +46,22 @@ class SmtpSession final : public Session {
   // Answer from the worker pool for the RCPT in progress.
   void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
                          std::vector<DeliveryTarget> targets);
+  // Answers from the worker pool for AUTH and for the sender check at MAIL.
+  void onAuthAnswer(auth::AuthResult result);
+  void onSenderAnswer(auth::SenderResult result);
 
  private:
-  enum class Phase { kTlsHandshake, kCommand, kRcptLookup, kData, kBdat, kDelivering };
+  enum class Phase {
+    kTlsHandshake,
+    kCommand,
+    kRcptLookup,
+    kData,
+    kBdat,
+    kDelivering,
+    kAuthLookup,    // credentials on the worker pool
+    kAuthDelay,     // failure delay before the 535
+    kSenderLookup,  // MAIL FROM ownership on the worker pool
+  };
   // Steps of one delivery attempt to one node.
   enum class Step {
     kIdle,
@@ -78,6 +98,11 @@ class SmtpSession final : public Session {
   void handleData();
   void handleBdat(const codec::SmtpCommand& c);
   void handleStarttls();
+  void handleAuth(const codec::SmtpCommand& c);
+  void saslStep(SaslExchange::Step step);
+  void beginAuth();
+  void acceptMail();
+  bool authOffered() const;
   void reply(std::string_view line);  // one complete reply, CRLF added
   void badCommand(std::string_view line);
   void parserError();
@@ -86,7 +111,10 @@ class SmtpSession final : public Session {
   void messageComplete(codec::SmtpDataError err, uint64_t size);
   void armClientTimer();
   void updateTimer();
-  bool busy() const { return phase_ == Phase::kRcptLookup || phase_ == Phase::kDelivering; }
+  bool busy() const {
+    return phase_ == Phase::kRcptLookup || phase_ == Phase::kDelivering || phase_ == Phase::kAuthLookup ||
+           phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup;
+  }
 
   // --- delivery ---
   void startDelivery();
@@ -117,6 +145,16 @@ class SmtpSession final : public Session {
   uint64_t greet_at_ = 0;  // greeting_delay: when the 220 is due
   bool greeted_ = false;
   uint64_t node_deadline_ = 0;
+
+  // submission
+  const bool submission_;
+  bool authenticated_ = false;
+  SaslExchange sasl_;
+  bool sasl_wait_ = false;  // a 334 was sent: the next line is a SASL response
+  unsigned auth_failures_ = 0;
+  uint64_t auth_delay_until_ = 0;
+  std::string pending_mail_;  // MAIL path waiting for the sender check
+  bool pending_utf8_ = false, pending_8bit_ = false;
 
   // transaction
   bool in_txn_ = false;

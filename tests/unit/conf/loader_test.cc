@@ -267,6 +267,30 @@ TEST_F(LoaderTest, SmtpGreetingDelay) {
               ElementsAre(::testing::HasSubstr("greeting_delay: invalid duration")));
 }
 
+TEST_F(LoaderTest, SubmissionSenderCheckAndRelay) {
+  const std::string base =
+      "directory: { file: { users: users.passwd } }\n"
+      "backends:\n"
+      "  - { name: b1, host: 127.0.0.1, ports: { imap: 143 } }\n"
+      "  - { name: out, host: 127.0.0.1, ports: { smtp: 2525 } }\n"
+      "listeners:\n"
+      "  - { name: sub, protocol: submission, listen: \"127.0.0.1:1587\", sender_check: any }\n"
+      "  - { name: sub2, protocol: submission, listen: \"127.0.0.1:2587\" }\n";
+  auto c = ok(base + "routing: { submission_relay: out }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_TRUE(c->listeners[0].sender_any);
+  EXPECT_FALSE(c->listeners[1].sender_any);
+  EXPECT_EQ(c->routing.submission_relay, "out");
+  EXPECT_THAT(errors(base), ElementsAre(At(6, 5, "listener \"sub\": protocol submission needs routing.submission_relay"),
+                                        At(7, 5, "listener \"sub2\": protocol submission needs routing.submission_relay")));
+  EXPECT_THAT(errors(base + "routing: { submission_relay: b1 }\n"),
+              ElementsAre(::testing::HasSubstr("routing.submission_relay: backend \"b1\" has no ports.smtp")));
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2526\", sender_check: any }\n"),
+              ElementsAre(::testing::HasSubstr("sender_check: only a submission listener checks senders")));
+  EXPECT_THAT(errors(kBase + "  - { name: s3, protocol: submission, listen: \"127.0.0.1:3587\", sender_check: maybe }\n"),
+              ::testing::Contains(::testing::HasSubstr("sender_check")));
+}
+
 TEST_F(LoaderTest, UnknownKeys) {
   EXPECT_THAT(errors(kBase + "sever: {}\n"                             // 6
                              "backends2: []\n"                         // 7
@@ -605,10 +629,13 @@ TEST_F(LoaderTest, LimitsAndTimeouts) {
                           At(12, 19, "listeners[1].idle_timeout: invalid duration \"10x\""),
                           At(13, 24, "listeners[1].max_auth_attempts: expected a number from 1 to 1000000"),
                           At(14, 23, "listeners[1].max_bad_commands: expected a number from 1 to 1000000")));
-  auto c = ok(kBase +
+  std::string base = kBase;
+  base.replace(base.find("pop3: 110 }"), 11, "pop3: 110, smtp: 25 }");
+  auto c = ok(base +
               "  - { name: l2, protocol: smtp, listen: \"*:25\", max_line: 1M, max_literal: 0 }\n"
               "  - { name: l3, protocol: submission, listen: \"*:587\" }\n"
-              "  - { name: l4, protocol: pop3, listen: \"*:110\", max_line: 0 }\n");
+              "  - { name: l4, protocol: pop3, listen: \"*:110\", max_line: 0 }\n"
+              "routing: { submission_relay: b1 }\n");
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->listeners[1].max_line, 1u << 20);
   EXPECT_EQ(c->listeners[1].max_literal, 0u);
