@@ -36,6 +36,7 @@ ALICE = "alice@example.org"   # a mailbox on the node and in mailgate's director
 BOB = "bob@example.org"       # in mailgate's directory only: the node refuses it (550 5.1.1)
 LOAD = "load@example.org"     # the smtp-source target
 
+NODE_SIZE_LIMIT = 200000    # the node's message_size_limit (mailgate's listener: 50M)
 LOAD_SESSIONS = 5
 LOAD_PER_SESSION = 40
 
@@ -185,7 +186,8 @@ class PostfixNodeTest(PostfixTestBase):
         ca = harness.make_ca(certs)
         cert = harness.make_cert(ca, certs, ["mx.example.org"])
         cls.postfix = harness.Postfix(cls.dir / "postfix", mailboxes=[ALICE, LOAD],
-                                      domains=["example.org"]).start()
+                                      domains=["example.org"],
+                                      extra_main=f"message_size_limit = {NODE_SIZE_LIMIT}\n").start()
         cls.mx_port = harness.free_port()
         listeners = [{"name": "mx", "protocol": "smtp", "port": cls.mx_port,
                       "max_messages": 1000, "preauth_timeout": "60s"}]
@@ -327,6 +329,64 @@ class PostfixNodeTest(PostfixTestBase):
         self.assertEqual(self.postfix.find(ALICE, subject.encode()), [])
         self.assertEqual(self.postfix.maildir_files(BOB), [])
 
+    def test_smtputf8_passed_to_the_node(self):
+        subject = f"pf-utf8 {time.time_ns()}"
+        sender = "jos\u00e9@exampl\u00e9.com"
+        msg = (f"From: {sender}\r\nTo: {ALICE}\r\nSubject: {subject} \u00fcml\u00e4ut\r\n"
+               f"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@x>\r\n\r\n"
+               "gr\u00fc\u00dfe\r\n").encode()
+        s = self.smtp(self.mx_port)
+        s.ehlo(CLIENT_HELO)
+        self.assertTrue(s.has_extn("smtputf8"))
+        self.assertEqual(s.sendmail(sender, [ALICE], msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"]), {})
+        s.quit()
+        data = self.wait_delivered(ALICE, subject.encode())
+        self.assertTrue(data.endswith(msg.replace(b"\r\n", b"\n")), data)
+        self.assertTrue(data.startswith(f"Return-Path: <{sender}>\n".encode()), data[:200])
+        self.assertIn(b"(Postfix) with UTF8SMTP", received_headers(data)[0])
+
+    def test_node_size_limit_552_nothing_delivered(self):
+        """The node's own message_size_limit is below mailgate's: MAIL FROM ... SIZE= is
+        refused by the node and the client gets its 552 5.3.4."""
+        subject = f"pf-toobig {time.time_ns()}"
+        msg = message(subject, body="y" * 900 + "\r\n") + (b"z" * 998 + b"\r\n") * 300
+        s = self.smtp(self.mx_port)
+        s.ehlo(CLIENT_HELO)
+        with self.assertRaises(smtplib.SMTPDataError) as cm:
+            s.sendmail(SENDER, [ALICE], msg)
+        self.assertEqual(cm.exception.smtp_code, 552, cm.exception)
+        self.assertIn(b"5.3.4", cm.exception.smtp_error)
+        s.quit()
+        time.sleep(1.0)
+        self.assertEqual(self.postfix.find(ALICE, subject.encode()), [])
+
+    def test_node_down_451_then_delivers_when_back(self):
+        subject = f"pf-down {time.time_ns()}"
+        self.postfix.stop()
+        try:
+            s = self.smtp(self.mx_port)
+            s.ehlo(CLIENT_HELO)
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                s.sendmail(SENDER, [ALICE], message(subject))
+            self.assertEqual(cm.exception.smtp_code, 451, cm.exception)
+            self.assertIn(b"4.4.1", cm.exception.smtp_error)
+            s.quit()
+        finally:
+            self.postfix.start()
+        self.assertEqual(self.postfix.find(ALICE, subject.encode()), [])
+        # The client's retry goes through once the node is back (health checks every 2s).
+        def retry():
+            try:
+                with smtplib.SMTP(harness.HOST, self.mx_port, timeout=30,
+                                  source_address=(CLIENT_IP, 0)) as s2:
+                    s2.ehlo(CLIENT_HELO)
+                    return s2.sendmail(SENDER, [ALICE], message(subject)) == {}
+            except smtplib.SMTPException:
+                return False
+        harness.wait_for(retry, 20, interval=1.0, what="a delivery once the node is back")
+        self.wait_delivered(ALICE, subject.encode())
+        self.assertEqual(len(self.postfix.find(ALICE, subject.encode())), 1)
+
     # (6) load
     def not_accepted(self) -> int:
         return sum(1 for l in self.gateway.log_lines() if l.get("msg") == "smtp message not accepted")
@@ -454,6 +514,7 @@ class PostfixTlsNodeTest(PostfixTestBase):
         node_received = received_headers(data)[0]
         # smtpd_tls_received_header: the hop mailgate → node was TLS.
         self.assertRegex(node_received, rb"\(using TLSv1\.[23] with cipher ", node_received)
+        self.assertIn(b"(Postfix) with ESMTPS id ", node_received)
         self.assertIn(b"[127.0.0.5]", node_received)
         self.node_log_wait(r"postfix/smtpd\[\d+\]: \w+ TLS connection established from unknown\[127\.0\.0\.1\]")
 
