@@ -20,6 +20,10 @@ struct ServerConfig {
   unsigned threads = 0;  // 0 = auto (one per online CPU)
   Duration shutdown_grace{30000};
   unsigned workers = 2;  // worker pool threads for blocking work (password hashing)
+  // SMTP messages: kept in memory up to spool_memory octets each, beyond that in an
+  // anonymous temporary file in spool_dir.
+  std::string spool_dir = "/var/tmp";
+  uint32_t spool_memory = 1u << 20;
 };
 
 struct LogConfig {

@@ -539,7 +539,7 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
 void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
   const std::string path = "server";
   Fields f;
-  if (!fields(n, path, {"threads", "shutdown_grace", "workers"}, &f)) return;
+  if (!fields(n, path, {"threads", "shutdown_grace", "workers", "spool_dir", "spool_memory"}, &f)) return;
   if (const Entry* e = f.find("threads")) {
     std::string v;
     uint64_t count = 0;
@@ -557,6 +557,20 @@ void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
   uint32_t workers = s->workers;
   getNumber(f, "workers", path, 1, 256, &workers);
   s->workers = workers;
+  getSize(f, "spool_memory", path, 0, uint64_t{1} << 30, &s->spool_memory);
+  if (const Entry* e = f.find("spool_dir")) {
+    std::string dir;
+    getString(f, "spool_dir", path, &dir, false);
+    if (!dir.empty()) {
+      dir = resolve(dir);
+      std::error_code ec;
+      if (!std::filesystem::is_directory(dir, ec))
+        error(e->mark(), "server.spool_dir: " + dir + " is not a directory");
+      else if (::access(dir.c_str(), W_OK | X_OK) != 0)
+        error(e->mark(), "server.spool_dir: cannot write to " + dir);
+      s->spool_dir = std::move(dir);
+    }
+  }
 }
 
 void Loader::loadLog(const YAML::Node& n, LogConfig* l) {

@@ -271,6 +271,10 @@ void Session::onSend(uint8_t aux, int res) {
   e->out_inflight.clear();
   e->inflight_off = 0;
   if (!e->out_pending.empty()) submitSend(side, *e);
+  if (side == Side::kBackend && !relaying_ && e->queued() < kBackendLowWater) {
+    onBackendDrained();
+    if (closing_) return;
+  }
   if (close_after_flush_ && side == Side::kClient) {
     if (client_.queued() == 0 && !client_.send_inflight) {
       close(outcome_ ? outcome_ : "closed");

@@ -82,6 +82,9 @@ class Session {
   virtual void onBackendFailed(BackendFailure why, const std::string& detail) = 0;
   virtual void onTimer() = 0;  // timer_at_ reached
   virtual void onClientClosed() { close("client_closed"); }
+  // Before the relay phase: the backend's send queue fell below kBackendLowWater.
+  virtual void onBackendDrained() {}
+  static constexpr size_t kBackendLowWater = 256 * 1024;
 
   // --- services for the protocol ---
   void writeClient(std::string_view plain);

@@ -97,7 +97,8 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       data_(codec::SmtpDataLimits{1000, listener.max_message_size, uint64_t{64} << 20}),
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
       hostname_(localHostname()),
-      submission_(listener.protocol == conf::Protocol::kSubmission) {}
+      submission_(listener.protocol == conf::Protocol::kSubmission),
+      spool_(rt_->config->server.spool_memory, rt_->config->server.spool_dir) {}
 
 void SmtpSession::start() {
   armClientTimer();
@@ -343,7 +344,9 @@ void SmtpSession::resetTransaction() {
   targets_.clear();
   bdat_started_ = false;
   bdat_last_ = false;
-  std::string().swap(spool_);
+  spool_.clear();
+  body_off_ = 0;
+  std::string().swap(body_chunk_);
 }
 
 void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
@@ -846,8 +849,7 @@ void SmtpSession::handleBdat(const codec::SmtpCommand& c) {
 }
 
 size_t SmtpSession::processData(std::string_view in) {
-  codec::SmtpStringSink sink(&spool_);
-  codec::SmtpDataFeed r = data_.feed(in, sink);
+  codec::SmtpDataFeed r = data_.feed(in, spool_);
   switch (r.status) {
     case codec::SmtpDataStatus::kNeedMore:
       break;
@@ -878,8 +880,7 @@ size_t SmtpSession::processBdat(std::string_view in) {
     }
     return k;
   }
-  codec::SmtpStringSink sink(&spool_);
-  codec::BdatFeed r = bdat_.feed(in, sink);
+  codec::BdatFeed r = bdat_.feed(in, spool_);
   switch (r.status) {
     case codec::BdatStatus::kNeedMore:
       break;
@@ -901,18 +902,20 @@ size_t SmtpSession::processBdat(std::string_view in) {
 
 void SmtpSession::beginSpool() {
   spool_.clear();
+  std::string header;
   const bool tls = clientTlsActive();
   std::string proto = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
   if (tls) proto += 'S';
   if (authenticated_) proto += 'A';  // RFC 3848: ESMTPA, ESMTPSA
   std::string literal =
       client_ip_.find(':') != std::string::npos ? "[IPv6:" + client_ip_ + "]" : "[" + client_ip_ + "]";
-  spool_ =
+  header =
       "Received: from " + helo_ + " (" + literal + ")\r\n\tby " + hostname_ + " (mailgate) with " + proto;
-  if (tls) spool_ += "\r\n\t(version=" + clientTlsVersion() + " cipher=" + clientTlsCipher() + ")";
-  spool_ += "\r\n\tid " + id_;
-  if (rcpts_.size() == 1) spool_ += "\r\n\tfor " + rcpts_[0];
-  spool_ += "; " + rfc5322Date() + "\r\n";
+  if (tls) header += "\r\n\t(version=" + clientTlsVersion() + " cipher=" + clientTlsCipher() + ")";
+  header += "\r\n\tid " + id_;
+  if (rcpts_.size() == 1) header += "\r\n\tfor " + rcpts_[0];
+  header += "; " + rfc5322Date() + "\r\n";
+  spool_.write(header);
 }
 
 void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
@@ -928,6 +931,12 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
     codec::SmtpDataReply r = codec::smtpDataErrorReply(err);
     resetTransaction();
     badCommand(std::to_string(r.code) + " " + std::string(r.enhanced) + " " + std::string(r.text));
+    return;
+  }
+  if (!spool_.flush()) {
+    log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_.error()}});
+    resetTransaction();
+    reply("452 4.3.1 Insufficient system storage, try again later");
     return;
   }
   startDelivery();
@@ -1064,25 +1073,75 @@ void SmtpSession::sendMail() {
   sendNode(line);
 }
 
-void SmtpSession::sendBody() {
-  // Dot-stuffing (RFC 5321 §4.5.2); the spool has CRLF line ends only.
-  std::string out;
-  out.reserve(spool_.size() + spool_.size() / 32 + 8);
-  bool line_start = true;
-  for (size_t i = 0; i < spool_.size();) {
-    if (line_start && spool_[i] == '.') out += '.';
-    size_t nl = spool_.find('\n', i);
-    size_t end = nl == std::string::npos ? spool_.size() : nl + 1;
-    out.append(spool_, i, end - i);
-    line_start = nl != std::string::npos;
+namespace {
+// Dot-stuffing (RFC 5321 §4.5.2) of one piece of the body; the spool has CRLF line
+// ends only. *line_start carries across pieces.
+void stuff(std::string_view in, bool* line_start, std::string* out) {
+  out->reserve(out->size() + in.size() + in.size() / 32 + 8);
+  for (size_t i = 0; i < in.size();) {
+    if (*line_start && in[i] == '.') *out += '.';
+    size_t nl = in.find('\n', i);
+    size_t end = nl == std::string_view::npos ? in.size() : nl + 1;
+    out->append(in.substr(i, end - i));
+    *line_start = nl != std::string_view::npos;
     i = end;
   }
-  if (!out.empty() && !(out.size() >= 2 && out[out.size() - 2] == '\r' && out.back() == '\n')) out += "\r\n";
+}
+constexpr size_t kBodyChunk = 64 * 1024;
+}  // namespace
+
+void SmtpSession::sendBody() {
+  body_off_ = 0;
+  body_line_start_ = true;
+  if (spool_.inFile()) {
+    step_ = Step::kBody;
+    pumpBody();
+    return;
+  }
+  std::string out;
+  stuff(spool_.memory(), &body_line_start_, &out);
+  body_off_ = spool_.size();
+  std::string_view t = spool_.tail();
+  if (spool_.size() > 0 && t != "\r\n") out += "\r\n";
   out += ".\r\n";
   body_queued_ = true;
   step_ = Step::kFinal;
   armNodeTimer(kNodeFinalMs);
   writeBackend(out);
+}
+
+void SmtpSession::pumpBody() {
+  // Called at the start and whenever the node has taken most of what was queued:
+  // at most kBackendLowWater + one chunk of the message is in memory at a time.
+  while (step_ == Step::kBody && body_off_ < spool_.size()) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool_.size() - body_off_));
+    if (!spool_.read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
+      log::error("smtp spool read failed", {{"session", id_}, {"error", spool_.error()}});
+      attemptFailed(BackendFailure::kInternal, "spool read failed");
+      return;
+    }
+    body_off_ += n;
+    std::string out;
+    stuff(body_chunk_, &body_line_start_, &out);
+    armNodeTimer(kNodeReplyMs);
+    writeBackend(out);
+    if (closing() || step_ != Step::kBody) return;
+    if (body_off_ < spool_.size()) return;  // onBackendDrained continues
+  }
+  if (step_ != Step::kBody) return;
+  std::string_view t = spool_.tail();
+  std::string out;
+  if (spool_.size() > 0 && t != "\r\n") out += "\r\n";
+  out += ".\r\n";
+  std::string().swap(body_chunk_);
+  body_queued_ = true;
+  step_ = Step::kFinal;
+  armNodeTimer(kNodeFinalMs);
+  writeBackend(out);
+}
+
+void SmtpSession::onBackendDrained() {
+  if (step_ == Step::kBody) pumpBody();
 }
 
 void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
@@ -1159,7 +1218,11 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       return;  // onBackendTlsReady continues
     case Step::kXclient:
       if (r.positive()) {
-        sendHello();  // XCLIENT restarts the session: greet again
+        // XCLIENT restarts the session: greet again, in the client's name, or the
+        // node records the gateway's name as the client's HELO.
+        step_ = Step::kHello;
+        armNodeTimer(kNodeReplyMs);
+        sendNode((target_->lmtp ? "LHLO " : "EHLO ") + (helo_.empty() ? hostname_ : helo_));
       } else {
         log::warn("node refused XCLIENT",
                   {{"session", id_}, {"backend", target_->backend->name}, {"reply", last_node_reply_}});
@@ -1196,6 +1259,9 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
         return;
       }
       sendBody();
+      return;
+    case Step::kBody:  // nothing is due while the message streams
+      attemptFailed(BackendFailure::kProtocol, "reply before the end of data: " + last_node_reply_);
       return;
     case Step::kFinal: {
       const size_t expected = target_->lmtp ? rcpts_.size() : 1;

@@ -24,6 +24,7 @@
 #include "gateway/codec/smtp_command.h"
 #include "gateway/codec/smtp_data.h"
 #include "gateway/codec/smtp_reply.h"
+#include "gateway/session/message_spool.h"
 #include "gateway/session/sasl_exchange.h"
 #include "gateway/session/session.h"
 
@@ -73,6 +74,7 @@ class SmtpSession final : public Session {
     kMail,
     kRcpt,
     kData,
+    kBody,  // the message streams to the node (from the spool file)
     kFinal,
     kQuit
   };
@@ -125,6 +127,8 @@ class SmtpSession final : public Session {
   void sendHello();
   void sendMail();
   void sendBody();
+  void pumpBody();  // next chunks of a file-spooled body while the node keeps up
+  void onBackendDrained() override;
   void deliveryDone(std::string_view client_reply, const char* outcome);
   void endBackend();  // QUIT and forget the node connection
   void armNodeTimer(uint64_t ms);
@@ -171,11 +175,13 @@ class SmtpSession final : public Session {
   bool bdat_last_ = false;
   uint64_t discard_left_ = 0;   // octets of a refused BDAT chunk still to skip
   bool discard_input_ = false;  // STARTTLS answered: drop every byte already received
-  // Received: header + message (unstuffed). Kept in memory, bounded per message by the
-  // listener's max_message_size (50M by default, announced as SIZE): spooling to a
-  // temporary file would be blocking I/O on the reactor and is left for the worker
-  // pool later. Released as soon as the transaction ends.
-  std::string spool_;
+  // Received: header + message (unstuffed): in memory up to server.spool_memory,
+  // then in a temporary file; bounded by the listener's max_message_size. Released
+  // as soon as the transaction ends.
+  MessageSpool spool_;
+  uint64_t body_off_ = 0;     // next spool octet to stream to the node
+  bool body_line_start_ = true;
+  std::string body_chunk_;
 
   // delivery attempt
   Step step_ = Step::kIdle;
