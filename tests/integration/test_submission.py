@@ -368,6 +368,71 @@ routing:
         return bool(self.sink.find(subject.encode()))
 
 
+class SubmissionPostfixRelayTest(unittest.TestCase):
+    """A real Postfix smtpd as the submission relay: it learns the user's login from
+    XCLIENT LOGIN= and the client's address from XCLIENT ADDR=."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = Path(harness.make_workdir("mailgate-subpf-"))
+        cls.postfix = harness.Postfix(cls.dir / "postfix", ["friend@relay.example"],
+                                      extra_main="smtpd_sasl_authenticated_header = yes\n").start()
+        try:
+            certs = cls.dir / "certs"
+            ca = harness.make_ca(certs)
+            cert = harness.make_cert(ca, certs, ["smtp.example.org"])
+            users_file = str(cls.dir / "users.passwd")
+            harness.write_passwd(users_file, USERS)
+            cls.port = harness.free_port()
+            text = f"""server: {{ threads: 1, shutdown_grace: 2s }}
+log: {{ level: info, format: json }}
+tls:
+  certificates:
+    - {{ cert: "{cert[0]}", key: "{cert[1]}" }}
+listeners:
+  - {{ name: submit, protocol: submission, listen: ["{harness.HOST}:{cls.port}"], tls: none,
+      allow_plaintext_auth: true }}
+directory:
+  driver: file
+  file: {{ users: "{users_file}", failure_delay: 200ms }}
+backends:
+  - name: relay
+    host: {harness.HOST}
+    ports: {{ smtp: {cls.postfix.port} }}
+    deliver: smtp
+    health: {{ interval: 1s, timeout: 1s }}
+routing:
+  submission_relay: relay
+"""
+            cls.gateway = harness.Mailgate(cls.dir, text).start()
+        except BaseException:
+            cls.postfix.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gateway.stop()
+        cls.postfix.stop()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_relay_knows_the_login_and_the_client(self):
+        subject = f"pf-{time.time_ns()}"
+        with smtplib.SMTP(harness.HOST, self.port, timeout=30, source_address=("127.0.0.7", 0)) as s:
+            s.ehlo("laptop.example.org")
+            s.login(ALICE, ALICE_PW)
+            s.sendmail(ALICE, ["friend@relay.example"],
+                       f"From: {ALICE}\r\nSubject: {subject}\r\n\r\nhi\r\n".encode())
+        found = harness.wait_for(lambda: self.postfix.find("friend@relay.example", subject.encode()), 20,
+                                 what="message at the Postfix relay")
+        msg = found[0]
+        # Postfix's own Received header names the original client and its login.
+        self.assertIn(b"from laptop.example.org (unknown [127.0.0.7])", msg)
+        self.assertIn(b"(Authenticated sender: alice@example.org)", msg)
+        log = harness.wait_for(lambda: "sasl_username=alice@example.org" in self.postfix.log_text()
+                               and self.postfix.log_text(), 10, what="sasl_username in the Postfix log")
+        self.assertIn("client=unknown[127.0.0.7]", log)
+
+
 class SubmissionConfigTest(unittest.TestCase):
     def test_submission_needs_relay(self):
         d = Path(harness.make_workdir("mailgate-subcfg-"))
