@@ -105,6 +105,16 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           sum(&session::ReactorStats::temp_failures));
   counter("mailgate_backend_attempt_failures_total", "Failed storage-node attempts (each may fail over).",
           sum(&session::ReactorStats::backend_failures));
+  counter("mailgate_smtp_messages_delivered_total", "SMTP messages answered 250 after the node accepted them.",
+          sum(&session::ReactorStats::smtp_delivered));
+  counter("mailgate_smtp_messages_deferred_total", "SMTP messages answered 4xx at their end (client retries).",
+          sum(&session::ReactorStats::smtp_deferred));
+  counter("mailgate_smtp_messages_rejected_total", "SMTP messages answered 5xx at their end.",
+          sum(&session::ReactorStats::smtp_rejected));
+  counter("mailgate_smtp_framing_errors_total", "SMTP messages or commands with a bare CR/LF or NUL.",
+          sum(&session::ReactorStats::smtp_framing_errors));
+  counter("mailgate_smtp_spooled_to_file_total", "SMTP messages larger than server.spool_memory.",
+          sum(&session::ReactorStats::smtp_spooled_to_file));
   counter("mailgate_stale_completions_total", "Completions for sessions already gone.",
           sum(&session::ReactorStats::stale_completions));
   counter("mailgate_late_worker_answers_total", "Worker answers for sessions already gone.",

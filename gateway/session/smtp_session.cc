@@ -310,6 +310,7 @@ size_t SmtpSession::processCommands(std::string_view in) {
 
 void SmtpSession::parserError() {
   if (parser_->isFramingError()) {
+    reactor_.stats.smtp_framing_errors++;
     if (g_smuggle_log.allow())
       log::warn("smtp bare CR/LF or NUL in a command line",
                 {{"session", id_}, {"client", client_ip_}, {"error", parser_->errorText()}});
@@ -921,6 +922,7 @@ void SmtpSession::beginSpool() {
 void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
   if (err != codec::SmtpDataError::kNone) {
     if (codec::isSmtpDataFramingError(err)) {
+      reactor_.stats.smtp_framing_errors++;
       if (g_smuggle_log.allow())
         log::warn("smtp message refused: bare CR/LF or NUL in data (possible smuggling)",
                   {{"session", id_}, {"client", client_ip_}, {"error", dataErrorName(err)}, {"size", size}});
@@ -929,16 +931,19 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
                 {{"session", id_}, {"client", client_ip_}, {"error", dataErrorName(err)}});
     }
     codec::SmtpDataReply r = codec::smtpDataErrorReply(err);
+    reactor_.stats.smtp_rejected++;
     resetTransaction();
     badCommand(std::to_string(r.code) + " " + std::string(r.enhanced) + " " + std::string(r.text));
     return;
   }
   if (!spool_.flush()) {
     log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_.error()}});
+    reactor_.stats.smtp_deferred++;
     resetTransaction();
     reply("452 4.3.1 Insufficient system storage, try again later");
     return;
   }
+  if (spool_.inFile()) reactor_.stats.smtp_spooled_to_file++;
   startDelivery();
 }
 
@@ -1343,6 +1348,12 @@ void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcom
                                             {"outcome", outcome},
                                             {"reply", client_reply}});
   if (step_ != Step::kQuit) node_deadline_ = 0;
+  if (!client_reply.empty() && client_reply[0] == '2')
+    reactor_.stats.smtp_delivered++;
+  else if (!client_reply.empty() && client_reply[0] == '4')
+    reactor_.stats.smtp_deferred++;
+  else
+    reactor_.stats.smtp_rejected++;
   resetTransaction();
   phase_ = Phase::kCommand;
   reply(client_reply);

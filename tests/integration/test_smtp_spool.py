@@ -8,6 +8,7 @@ import shutil
 import smtplib
 import time
 import unittest
+import urllib.request
 from pathlib import Path
 
 import harness
@@ -54,6 +55,8 @@ class SmtpSpoolTest(unittest.TestCase):
                 users_file=users_file, backends=backends, routes=routes)
             text = text.replace("server: { threads: 2,",
                                 f'server: {{ spool_dir: "{cls.spool}", spool_memory: 32K, threads: 2,')
+            cls.admin_port = harness.free_port()
+            text = text.replace("tls:\n", f'admin: {{ listen: "{harness.HOST}:{cls.admin_port}" }}\ntls:\n', 1)
             cls.gateway = harness.Mailgate(cls.dir, text).start()
         except BaseException:
             for d in cls.dovecots:
@@ -99,6 +102,27 @@ class SmtpSpoolTest(unittest.TestCase):
         self.check_arrived(0, subject, msg)
         # Nothing is left in the spool directory (anonymous files).
         self.assertEqual(list(self.spool.iterdir()), [])
+
+    def metric(self, name: str) -> int:
+        body = urllib.request.urlopen(f"http://{harness.HOST}:{self.admin_port}/metrics", timeout=5).read().decode()
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return int(line.split()[1])
+        raise AssertionError(f"{name} missing from /metrics")
+
+    def test_metrics_count_spooled_and_delivered(self):
+        spooled = self.metric("mailgate_smtp_spooled_to_file_total")
+        delivered = self.metric("mailgate_smtp_messages_delivered_total")
+        subject = f"metrics-{time.time_ns()}"
+        msg = big_message(subject, 2000)
+        self.send(msg)
+        self.check_arrived(0, subject, msg)
+        self.assertEqual(self.metric("mailgate_smtp_spooled_to_file_total"), spooled + 1)
+        self.assertEqual(self.metric("mailgate_smtp_messages_delivered_total"), delivered + 1)
+        small = f"small-{time.time_ns()}"
+        self.send(f"Subject: {small}\r\n\r\nhi\r\n".encode())
+        self.assertEqual(self.metric("mailgate_smtp_spooled_to_file_total"), spooled + 1)
+        self.assertEqual(self.metric("mailgate_smtp_messages_delivered_total"), delivered + 2)
 
     def test_bdat_large_message(self):
         subject = f"bdat-{time.time_ns()}"
