@@ -68,6 +68,8 @@ struct ListenerConfig {
   // submission: may the authenticated user send as any envelope sender? false = only
   // its own addresses and aliases (the directory decides), else 553 5.7.1.
   bool sender_any = false;                // key sender_check: owned (default) | any
+  // smtp: where RCPT TO:<Postmaster> (no domain, RFC 5321 §4.5.1) goes; empty = refused.
+  std::string postmaster;
   // line/column of the listener in the config file, for later diagnostics
   int line = 0;
   int column = 0;

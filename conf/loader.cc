@@ -674,7 +674,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
           n, path,
           {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth", "preauth_timeout",
            "idle_timeout", "max_line", "max_literal", "max_bad_commands", "max_auth_attempts", "max_message_size",
-           "max_recipients", "max_messages", "greeting_delay", "sender_check"},
+           "max_recipients", "max_messages", "greeting_delay", "sender_check", "postmaster"},
           &f))
     return;
   requireKey(f, "name", n.Mark(), path);
@@ -742,6 +742,20 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   getEnum<bool>(f, "sender_check", path, {{"owned", false}, {"any", true}}, &l->sender_any);
   if (const Entry* e = f.find("sender_check"); e && l->protocol != Protocol::kSubmission)
     error(e->mark(), join(path, "sender_check") + ": only a submission listener checks senders");
+  if (const Entry* e = f.find("postmaster")) {
+    std::string pm;
+    getString(f, "postmaster", path, &pm, false);
+    const size_t at = pm.find('@');
+    const bool valid = !pm.empty() && at != std::string::npos && at > 0 && at + 1 < pm.size() &&
+                       pm.find('@', at + 1) == std::string::npos && pm.size() <= 254 &&
+                       pm.find_first_of(" \t<>\"\\,;:()[]") == std::string::npos;
+    if (!pm.empty() && !valid)
+      error(e->mark(), join(path, "postmaster") + ": expected an address local@domain, got " + quote(pm));
+    else if (l->protocol != Protocol::kSmtp)
+      error(e->mark(), join(path, "postmaster") + ": only an smtp listener receives mail for <Postmaster>");
+    else
+      l->postmaster = pm;
+  }
   // RFC 5321 §4.5.3.2: an SMTP server waits at least 5 minutes for the next command.
   if (!f.find("preauth_timeout") && (l->protocol == Protocol::kSmtp || l->protocol == Protocol::kSubmission))
     l->preauth_timeout = Duration(300000);

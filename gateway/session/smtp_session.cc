@@ -708,20 +708,31 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     reply("550 5.7.1 Relay access denied");
     return;
   }
-  if (a.is_postmaster || a.domain.empty()) {
+  std::string address;
+  if (a.is_postmaster && !listener_.postmaster.empty()) {
+    // RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted; it is the
+    // listener's postmaster address, checked and routed like any recipient.
+    const std::string& pm = listener_.postmaster;
+    const size_t at = pm.rfind('@');
+    address = pm.substr(0, at + 1);
+    for (size_t i = at + 1; i < pm.size(); ++i)
+      address += static_cast<char>(pm[i] >= 'A' && pm[i] <= 'Z' ? pm[i] - 'A' + 'a' : pm[i]);
+    pending_rcpt_ = "<" + pm + ">";
+  } else if (a.is_postmaster || a.domain.empty()) {
     reply("550 5.1.1 " + std::string(c.path) + ": Recipient address rejected: User unknown");
     return;
+  } else {
+    char local[256];
+    size_t n = codec::unquoteLocalPart(a.local_part, local, sizeof local);
+    if (n == SIZE_MAX) {
+      reply("501 5.1.3 Bad recipient address syntax");
+      return;
+    }
+    address.assign(local, n);
+    address += '@';
+    address += a.domainLower();
+    pending_rcpt_.assign(c.path);
   }
-  char local[256];
-  size_t n = codec::unquoteLocalPart(a.local_part, local, sizeof local);
-  if (n == SIZE_MAX) {
-    reply("501 5.1.3 Bad recipient address syntax");
-    return;
-  }
-  std::string address(local, n);
-  address += '@';
-  address += a.domainLower();
-  pending_rcpt_.assign(c.path);
   phase_ = Phase::kRcptLookup;
   pauseClient(true);
   updateTimer();

@@ -56,7 +56,8 @@ class SmtpEnv:
             names = ["mx", "mx_tls", "mx_limits", "mx_short", "mx_slow"]
             self.ports = dict(zip(names, harness.free_ports(len(names))))
             listeners = [
-                {"name": "mx", "protocol": "smtp", "port": self.ports["mx"], "preauth_timeout": "30s"},
+                {"name": "mx", "protocol": "smtp", "port": self.ports["mx"], "preauth_timeout": "30s",
+                 "postmaster": ALICE},
                 {"name": "mx_tls", "protocol": "smtp", "port": self.ports["mx_tls"], "tls": "starttls"},
                 {"name": "mx_limits", "protocol": "smtp", "port": self.ports["mx_limits"],
                  "max_recipients": MAX_RCPT, "max_bad_commands": MAX_BAD, "max_messages": 2,
@@ -218,6 +219,20 @@ class SmtpMxTest(SmtpTestBase):
         self.assertEqual(code(self.cmd(c, "MAIL FROM:<sender@example.com>")), "250")
         self.assertEqual(self.cmd(c, "RCPT TO:<nobody@example.org>")[-1][:9], "550 5.1.1")
         self.assertEqual(self.cmd(c, "RCPT TO:<alice@example.org>")[-1][:9], "250 2.1.5")
+
+    def test_postmaster_without_domain(self):
+        # RFC 5321 §4.5.1: <Postmaster> is accepted (any case) and goes to the
+        # listener's postmaster address; a listener without one refuses it.
+        subject = f"pm-{time.time_ns()}"
+        with smtplib.SMTP(harness.HOST, self.port("mx"), timeout=20) as s:
+            s.ehlo("client.example.com")
+            self.assertEqual(s.sendmail("someone@example.com", ["PostMaster"], message(subject)), {})
+        data = self.wait_delivered(0, ALICE, subject.encode())
+        self.assertIn(b"for <alice@example.org>", data)
+        c = self.client("mx_tls")
+        self.assertEqual(code(self.cmd(c, "EHLO client.example.com")), "250")
+        self.assertEqual(code(self.cmd(c, "MAIL FROM:<someone@example.com>")), "250")
+        self.assertEqual(self.cmd(c, "RCPT TO:<Postmaster>")[-1][:9], "550 5.1.1")
 
     def test_relay_attempts_550_571(self):
         c = self.client()

@@ -291,6 +291,17 @@ TEST_F(LoaderTest, SubmissionSenderCheckAndRelay) {
               ::testing::Contains(::testing::HasSubstr("sender_check")));
 }
 
+TEST_F(LoaderTest, SmtpPostmaster) {
+  auto c = ok(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", postmaster: pm@example.org }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->listeners[0].postmaster, "");
+  EXPECT_EQ(c->listeners[1].postmaster, "pm@example.org");
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", postmaster: pm }\n"),
+              ElementsAre(::testing::HasSubstr("postmaster: expected an address local@domain, got \"pm\"")));
+  EXPECT_THAT(errors(kBase + "  - { name: i, protocol: imap, listen: \"127.0.0.1:2143\", postmaster: a@b.c }\n"),
+              ElementsAre(::testing::HasSubstr("only an smtp listener")));
+}
+
 TEST_F(LoaderTest, UnknownKeys) {
   EXPECT_THAT(errors(kBase + "sever: {}\n"                             // 6
                              "backends2: []\n"                         // 7
