@@ -6,7 +6,7 @@
 //   mailgate-load fetch    --port 143 --user bulk --repeat 3
 //   mailgate-load idle     --port 143 --concurrency 5000 --hold 5
 //   mailgate-load authhttp --listen-port 8185 --backend-port 143 --password pw [--accept-none 1]
-//   mailgate-load smtplat  --port 25 --to user@domain --messages 200 --warmup 20 --size 10240
+//   mailgate-load smtplat  --port 25 --to user@domain --messages 200 --warmup 20 --size 10240 [--dot-with-body 1]
 //
 // Each load mode prints one JSON line on stdout with its figures (idle also prints
 // an {"event":"all_idle"} line when every session sits in IDLE). Errors go to stderr.
@@ -67,6 +67,7 @@ struct Options {
   std::string from = "probe@bench.invalid";
   std::string to;
   std::string helo = "probe.bench.invalid";
+  bool dot_with_body = false;
 };
 
 [[noreturn]] void usage(const char* why) {
@@ -79,7 +80,7 @@ struct Options {
                "  --hold S --ramp N --timeout S --label TEXT\n"
                "  authhttp: --listen-port P --backend-host H --backend-port P --password P --accept-none 0|1\n"
                "  smtplat: --host H --port P --to ADDR --from ADDR --helo NAME --messages N --warmup N\n"
-               "           --size BYTES --timeout S --label TEXT\n",
+               "           --size BYTES --timeout S --label TEXT --dot-with-body 0|1\n",
                why);
   std::exit(2);
 }
@@ -139,6 +140,7 @@ Options parseOptions(int argc, char** argv) {
     else if (k == "--from") o.from = v;
     else if (k == "--to") o.to = v;
     else if (k == "--helo") o.helo = v;
+    else if (k == "--dot-with-body") o.dot_with_body = parseUnsigned(k.c_str(), v, 1) == 1;
     else usage(("unknown option " + k).c_str());
   }
   if (o.concurrency == 0) usage("--concurrency must be > 0");
@@ -533,6 +535,7 @@ int main(int argc, char** argv) {
     p.size = o.size;
     p.timeout = o.timeout;
     p.label = o.label;
+    p.dot_with_body = o.dot_with_body;
     return runSmtpProbe(p);
   }
   if (o.mode == "sessions") return runSessions(o);

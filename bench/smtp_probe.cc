@@ -152,11 +152,13 @@ int runSmtpProbe(const SmtpProbeParams& p) {
   const std::string rcpt = "RCPT TO:<" + p.to + ">\r\n";
   for (unsigned i = 0; ok && i < p.warmup + p.messages; ++i) {
     std::string data = body(p, i);
+    if (p.dot_with_body) data += ".\r\n";
     ok = c.send(mail) && c.expect(250, "MAIL") && c.send(rcpt) && c.expect(250, "RCPT") &&
-         c.send("DATA\r\n") && c.expect(354, "DATA") && c.send(data);
+         c.send("DATA\r\n") && c.expect(354, "DATA") && (p.dot_with_body || c.send(data));
     if (!ok) break;
     auto t0 = SteadyClock::now();
-    ok = c.send(".\r\n") && c.expect(250, "end of data");
+    ok = c.send(p.dot_with_body ? std::string_view(data) : std::string_view(".\r\n")) &&
+         c.expect(250, "end of data");
     auto t1 = SteadyClock::now();
     if (!ok) break;
     ++sent;

@@ -5,7 +5,8 @@
 // then the final ".\r\n" alone; the time from just before that write to the end of
 // the final reply's last line is one sample (steady clock, nanoseconds). Warm-up
 // transactions are not recorded. Any reply other than 250 / 354 where expected
-// counts as an error and ends the run.
+// counts as an error and ends the run. With dot_with_body, the body and the final
+// ".\r\n" go in one write and the sample runs from just before that write.
 #include <cstdint>
 #include <string>
 
@@ -21,6 +22,7 @@ struct SmtpProbeParams {
   unsigned warmup = 20;      // transactions first, not recorded
   size_t size = 10240;       // body bytes (after the headers)
   double timeout = 10.0;     // seconds per reply
+  bool dot_with_body = false;  // send ".\r\n" in the same write as the body (timed from that write)
   std::string label;
 };
 
