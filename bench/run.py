@@ -592,8 +592,8 @@ class Bench:
                         f"(warm-up {m1 - m0}/{a.smtp_warmup}), exit {r['rc']}{flag}")
 
             # Latency: one client, one connection, messages back to back, nothing else running.
-            # Primary: the final ".\r\n" in a write of its own, timed from that write (what
-            # smtp-source does too). Secondary ("joined"): the body and "." in one write.
+            # Primary: the final ".\r\n" in a write of its own, timed from that write.
+            # Secondary ("joined"): the body and "." in one write, as smtp-source sends them.
             for variant, key in (("alone", "smtp_latency"), ("joined", "smtp_latency_joined")):
                 for t, tg in targets.items():
                     label = f"smtp/latency/{t}" + ("" if variant == "alone" else "/dot-with-body")
