@@ -65,10 +65,10 @@ BENCH_DOMAIN = "bench.invalid"
 # The default password query (docs/postgres.md) with the domain appended to the login
 # name; no `user` column, so Dovecot gets the login name (user<N>) unchanged. Same
 # plan as the default: the unique index on lower(address), one row.
-SMTP_RCPT = "bench@" + BENCH_DOMAIN  # the one recipient smtp-source and the probe send to
 LOGINS_PASSWORD_QUERY = (
     "SELECT m.password, (m.active AND d.active) AS active FROM mailboxes m "
     "JOIN domains d ON d.name = m.domain WHERE lower(m.address) = %{user}::text || '@" + BENCH_DOMAIN + "'")
+SMTP_RCPT = "bench@" + BENCH_DOMAIN  # the one recipient smtp-source and the probe send to
 
 
 def log(msg: str) -> None:
