@@ -122,8 +122,12 @@ int runAuthHttp(const AuthHttpParams& params) {
       }
       size_t head_end = req.find("\r\n\r\n");
       if (head_end != std::string::npos) {
-        std::string pass = unescape(header(std::string_view(req).substr(0, head_end), "Auth-Pass"));
-        const std::string& reply = pass == params.password ? ok_reply : bad_reply;
+        std::string_view head = std::string_view(req).substr(0, head_end);
+        std::string pass = unescape(header(head, "Auth-Pass"));
+        std::string_view method = header(head, "Auth-Method");
+        bool none = method.size() == 4 && strncasecmp(method.data(), "none", 4) == 0;
+        bool ok = pass == params.password || (params.accept_none && none);
+        const std::string& reply = ok ? ok_reply : bad_reply;
         ssize_t w = ::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL);
         (void)w;  // a few hundred bytes into an empty socket buffer
         ++served;

@@ -5,7 +5,8 @@
 //   mailgate-load latency  --port 143 --sessions 500 [--warmup 20]
 //   mailgate-load fetch    --port 143 --user bulk --repeat 3
 //   mailgate-load idle     --port 143 --concurrency 5000 --hold 5
-//   mailgate-load authhttp --listen-port 8185 --backend-port 143 --password pw
+//   mailgate-load authhttp --listen-port 8185 --backend-port 143 --password pw [--accept-none 1]
+//   mailgate-load smtplat  --port 25 --to user@domain --messages 200 --warmup 20 --size 10240 [--dot-with-body 1]
 //
 // Each load mode prints one JSON line on stdout with its figures (idle also prints
 // an {"event":"all_idle"} line when every session sits in IDLE). Errors go to stderr.
@@ -30,6 +31,7 @@
 
 #include "bench/auth_http.h"
 #include "bench/load_conn.h"
+#include "bench/smtp_probe.h"
 
 namespace mailgate::bench {
 namespace {
@@ -58,17 +60,27 @@ struct Options {
   uint16_t listen_port = 0;
   std::string backend_host = "127.0.0.1";
   uint16_t backend_port = 143;
+  bool accept_none = false;         // authhttp: Auth-Method none (SMTP, smtp_auth none) is OK
+  // smtplat
+  unsigned messages = 200;
+  unsigned long size = 10240;
+  std::string from = "probe@bench.invalid";
+  std::string to;
+  std::string helo = "probe.bench.invalid";
+  bool dot_with_body = false;
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "mailgate-load: %s\n"
-               "usage: mailgate-load sessions|latency|fetch|idle|authhttp [options]\n"
+               "usage: mailgate-load sessions|latency|fetch|idle|authhttp|smtplat [options]\n"
                "  --host H --port P --tls none|implicit|starttls --sni NAME\n"
                "  --users N --user-prefix S --user NAME --password P --mailbox M\n"
                "  --concurrency N --duration S --sessions N --warmup N --repeat N\n"
                "  --hold S --ramp N --timeout S --label TEXT\n"
-               "  authhttp: --listen-port P --backend-host H --backend-port P --password P\n",
+               "  authhttp: --listen-port P --backend-host H --backend-port P --password P --accept-none 0|1\n"
+               "  smtplat: --host H --port P --to ADDR --from ADDR --helo NAME --messages N --warmup N\n"
+               "           --size BYTES --timeout S --label TEXT --dot-with-body 0|1\n",
                why);
   std::exit(2);
 }
@@ -122,6 +134,13 @@ Options parseOptions(int argc, char** argv) {
     else if (k == "--listen-port") o.listen_port = static_cast<uint16_t>(parseUnsigned(k.c_str(), v, 65535));
     else if (k == "--backend-host") o.backend_host = v;
     else if (k == "--backend-port") o.backend_port = static_cast<uint16_t>(parseUnsigned(k.c_str(), v, 65535));
+    else if (k == "--accept-none") o.accept_none = parseUnsigned(k.c_str(), v, 1) == 1;
+    else if (k == "--messages") o.messages = static_cast<unsigned>(parseUnsigned(k.c_str(), v, 10000000));
+    else if (k == "--size") o.size = parseUnsigned(k.c_str(), v, 100UL << 20);
+    else if (k == "--from") o.from = v;
+    else if (k == "--to") o.to = v;
+    else if (k == "--helo") o.helo = v;
+    else if (k == "--dot-with-body") o.dot_with_body = parseUnsigned(k.c_str(), v, 1) == 1;
     else usage(("unknown option " + k).c_str());
   }
   if (o.concurrency == 0) usage("--concurrency must be > 0");
@@ -500,7 +519,24 @@ int main(int argc, char** argv) {
     p.backend_host = o.backend_host;
     p.backend_port = o.backend_port;
     p.password = o.password;
+    p.accept_none = o.accept_none;
     return runAuthHttp(p);
+  }
+  if (o.mode == "smtplat") {
+    if (o.to.empty()) usage("smtplat needs --to");
+    SmtpProbeParams p;
+    p.host = o.host;
+    p.port = o.port;
+    p.helo = o.helo;
+    p.from = o.from;
+    p.to = o.to;
+    p.messages = o.messages;
+    p.warmup = o.warmup;
+    p.size = o.size;
+    p.timeout = o.timeout;
+    p.label = o.label;
+    p.dot_with_body = o.dot_with_body;
+    return runSmtpProbe(p);
   }
   if (o.mode == "sessions") return runSessions(o);
   if (o.mode == "latency") {

@@ -19,6 +19,15 @@ private PostgreSQL 15 (tests/integration/pg.py) with mailgate's default schema
 mailgate instances of its own with `directory.driver: postgres`, measured once with
 the auth cache off (ttl 0s: every login queries PostgreSQL and verifies the hash)
 and once with it warm (ttl 5m, after a pass over all users).
+
+The `smtp` scenario is separate from the IMAP ones: Postfix's smtp-sink as the
+receiving node (it counts every message it takes), Postfix's smtp-source as the
+load (20 sessions, 10 KB messages, one message per connection and then reused
+connections), sent directly to the sink, through a mailgate of its own (an MX
+listener, `deliver: smtp` to the sink) and through an nginx of its own (mail proxy,
+`protocol smtp`, `smtp_auth none`, the auth_http responder pointing at the sink);
+then `mailgate-load smtplat`, one connection, messages back to back, for the time
+from the final "." to the 250.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,7 +53,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 TARGETS = ("direct", "mailgate", "nginx")
 TLS_MODES = ("none", "implicit", "starttls")
-SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins")
+SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins", "smtp")
+IMAP_SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins")  # these need Dovecot
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SMTP_MODES = ("perconn", "reused")  # smtp-source without / with -d
+SMTP_MODE_TEXT = {"perconn": "1 msg/conn", "reused": "reused conns"}
 # logins: the bench users live in the default schema as user<N>@BENCH_DOMAIN (the
 # schema wants an address with a domain); the load generator logs in as plain user<N>.
 BENCH_DOMAIN = "bench.invalid"
@@ -53,6 +68,7 @@ BENCH_DOMAIN = "bench.invalid"
 LOGINS_PASSWORD_QUERY = (
     "SELECT m.password, (m.active AND d.active) AS active FROM mailboxes m "
     "JOIN domains d ON d.name = m.domain WHERE lower(m.address) = %{user}::text || '@" + BENCH_DOMAIN + "'")
+SMTP_RCPT = "bench@" + BENCH_DOMAIN  # the one recipient smtp-source and the probe send to
 
 
 def log(msg: str) -> None:
@@ -198,6 +214,104 @@ class AuthHttp:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class NginxSmtp(NginxMail):
+    """nginx's mail proxy in SMTP mode: `smtp_auth none` (nginx asks auth_http with
+    Auth-Method: none once it has MAIL FROM and RCPT TO, then replays them to the node
+    and relays the rest of the connection byte for byte), XCLIENT on, as mailgate
+    uses it when the node offers it (smtp-sink does)."""
+
+    def __init__(self, workdir: Path, port: int, auth_port: int, workers: int):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ports = {"smtp": port}
+        self.conf = self.dir / "nginx.conf"
+        self.proc = None
+        self.conf.write_text(f"""\
+load_module {NGINX_MAIL_MODULE};
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 4096; }}
+mail {{
+    server_name mx.bench.invalid;
+    auth_http 127.0.0.1:{auth_port}/auth;
+    proxy_pass_error_message on;
+    smtp_auth none;
+    smtp_capabilities "SIZE 52428800" "8BITMIME" "ENHANCEDSTATUSCODES";
+    xclient on;
+    timeout 60s;
+    proxy_timeout 1h;
+    server {{ listen 127.0.0.1:{port}; protocol smtp; }}
+}}
+""")
+
+
+class SmtpSink:
+    """Postfix's smtp-sink (-c: running counters, flushed to its stdout file at every
+    "." it answers, so the number of messages it has taken can be read at any time)."""
+
+    def __init__(self, workdir: Path, port: int):
+        self.port = port
+        self.out = workdir / "smtp-sink.out"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "SmtpSink":
+        f = open(self.out, "ab")
+        self.proc = subprocess.Popen([SMTP_SINK, "-c", "-u", "nobody", "-m", "1024",
+                                      f"127.0.0.1:{self.port}", "1024"],
+                                     stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+        harness.wait_port(self.port, 10)
+        return self
+
+    def counters(self) -> tuple[int, int]:
+        """(sessions, messages) taken so far."""
+        try:
+            found = re.findall(rb"sess=(\d+) quit=\d+ mesg=(\d+)", self.out.read_bytes()[-4096:])
+        except OSError:
+            return -1, -1
+        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+    def messages(self) -> int:
+        return self.counters()[1]
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def smtp_mailgate_config(port: int, sink_port: int, users_file: str, threads: int, log_level: str) -> str:
+    """mailgate as an MX: one plain `smtp` listener, the recipient in a passwd-file,
+    bench.invalid routed to the sink, delivered to it over SMTP."""
+    return f"""\
+server: {{ threads: {threads}, shutdown_grace: 2s }}
+log: {{ level: {log_level}, format: json }}
+listeners:
+  - {{ name: mx, protocol: smtp, listen: ["127.0.0.1:{port}"], tls: none, max_messages: 1000000 }}
+directory:
+  driver: file
+  file: {{ users: {json.dumps(users_file)}, failure_delay: 200ms }}
+backends:
+  - name: sink
+    host: 127.0.0.1
+    ports: {{ smtp: {sink_port} }}
+    deliver: smtp
+    tls: none
+    health: {{ interval: 5s, timeout: 2s }}
+routing:
+  static:
+    - {{ domain: "{BENCH_DOMAIN}", primary: sink }}
+"""
 
 
 # --------------------------------------------------------------------------- mailbox
@@ -373,6 +487,170 @@ class Bench:
                 log(f"  {label}: {sample.get('idle')} idle ({sample.get('failed')} failed) in "
                     f"{fmt(sample.get('setup_s'))} s, RSS/session {fmt(rec.get('kib_per_session'))} KiB")
 
+
+    # -- SMTP: smtp-source → (direct | mailgate | nginx) → smtp-sink
+    def smtp_source(self, port: int, mode: str, count: int, label: str) -> dict:
+        """One smtp-source run; returns wall time, exit status and its stderr."""
+        a = self.args
+        cmd = [SMTP_SOURCE, "-s", str(a.smtp_sessions), "-l", str(a.smtp_size), "-m", str(count),
+               "-f", "sender@bench.invalid", "-t", SMTP_RCPT, "-M", "client.bench.invalid"]
+        if mode == "reused":
+            cmd.append("-d")
+        cmd.append(f"127.0.0.1:{port}")
+        t0 = time.perf_counter()
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+            rc, err = r.returncode, (r.stderr + r.stdout).strip()
+        except subprocess.TimeoutExpired:
+            rc, err = -1, "smtp-source over 120 s: killed"
+        wall = time.perf_counter() - t0
+        if rc != 0 or err:
+            log(f"    [{label}] smtp-source exit {rc}: {err[:800]}")
+        return {"wall_s": wall, "rc": rc, "stderr": err[:2000]}
+
+    def scenario_smtp(self) -> None:
+        a = self.args
+        assert self.work is not None
+        for tool in (SMTP_SOURCE, SMTP_SINK):
+            if not os.access(tool, os.X_OK):
+                log(f"  smtp: {tool} not found (Debian package postfix): skipped")
+                return
+        t_start = time.monotonic()
+        work = self.work / "smtp"
+        work.mkdir()
+        os.chmod(work, 0o755)
+        wanted = set(a.targets.split(","))
+        started: list = []
+        targets: dict[str, dict] = {}
+        try:
+            sink_port, mg_port, ng_port, auth_port = harness.free_ports(4)
+            sink = SmtpSink(work, sink_port).start()
+            started.append(sink)
+            if "direct" in wanted:
+                targets["direct"] = {"port": sink_port, "pids": lambda: []}
+            if "mailgate" in wanted:
+                if not os.access(a.mailgate_bin, os.X_OK):
+                    log(f"  smtp: mailgate binary {a.mailgate_bin} not found: mailgate column skipped")
+                else:
+                    mg_dir = work / "mailgate"
+                    mg_dir.mkdir()
+                    passwd = mg_dir / "users.passwd"
+                    passwd.write_text(f"{SMTP_RCPT}:{{PLAIN}}{self.password}\n")
+                    mg = harness.Mailgate(mg_dir, smtp_mailgate_config(
+                        mg_port, sink_port, str(passwd), a.threads, os.environ.get("BENCH_MAILGATE_LOG", "warn")))
+                    mg.binary = a.mailgate_bin
+                    try:
+                        mg.start()
+                        started.append(mg)
+                        targets["mailgate"] = {"port": mg_port, "pids": lambda: [mg.pid] if mg.is_running() else [],
+                                               "log": mg.log_path}
+                    except Exception as e:  # noqa: BLE001
+                        log(f"  smtp: mailgate did not start: {e}\nmailgate column skipped")
+            if "nginx" in wanted:
+                auth = AuthHttp(self.load_bin, work, auth_port, sink_port, self.password)
+                auth.args += ["--accept-none", "1"]
+                auth.start()
+                started.append(auth)
+                nginx = NginxSmtp(work / "nginx", ng_port, auth_port, a.threads).start()
+                started.append(nginx)
+                targets["nginx"] = {"port": ng_port, "pids": nginx.pids, "log": nginx.dir / "error.log",
+                                    "aux_pids": lambda: [auth.proc.pid] if auth.proc and auth.proc.poll() is None
+                                    else []}
+
+            # Throughput: for each mode, each target gets an unmeasured warm-up run and
+            # then the measured one; every message must have reached the sink.
+            for mode in SMTP_MODES:
+                for t, tg in targets.items():
+                    label = f"smtp/{mode}/{t}"
+                    m0 = sink.messages()
+                    w = self.smtp_source(tg["port"], mode, a.smtp_warmup, label + "/warmup")
+                    time.sleep(0.1)
+                    s1, m1 = sink.counters()
+                    aux = tg.get("aux_pids", lambda: [])
+                    c0, x0 = proc_cpu_seconds(tg["pids"]()), proc_cpu_seconds(aux())
+                    r = self.smtp_source(tg["port"], mode, a.smtp_messages, label)
+                    c1, x1 = proc_cpu_seconds(tg["pids"]()), proc_cpu_seconds(aux())
+                    time.sleep(0.2)  # both proxies answer "." only after the sink did; margin anyway
+                    s2, m2 = sink.counters()
+                    n = a.smtp_messages
+                    rec = {"messages": n, "at_sink": m2 - m1, "lost": n - (m2 - m1),
+                           "warmup_lost": a.smtp_warmup - (m1 - m0), "wall_s": r["wall_s"],
+                           "sink_sessions_per_msg": (s2 - s1) / n if n else None,
+                           "rc": r["rc"], "warmup_rc": w["rc"], "errors": r["stderr"] or None}
+                    if r["rc"] == 0 and r["wall_s"] > 0:
+                        rec["msgs_per_s"] = n / r["wall_s"]
+                    if tg["pids"]() and n:
+                        rec["cpu_us_per_msg"] = (c1 - c0) / n * 1e6
+                        rec["cpu_s"] = c1 - c0
+                    if aux() and n:
+                        rec["authhttp_cpu_us_per_msg"] = (x1 - x0) / n * 1e6
+                    self.results[t][f"smtp_{mode}"] = rec
+                    flag = "" if rec["lost"] == 0 and rec["warmup_lost"] == 0 and r["rc"] == 0 else \
+                        "  <-- MESSAGES NOT ACCOUNTED FOR / ERRORS"
+                    log(f"  {label}: {fmt(rec.get('msgs_per_s'))} msgs/s ({n} in {r['wall_s']:.2f} s), "
+                        f"cpu/msg {fmt(rec.get('cpu_us_per_msg'))} us, at sink {m2 - m1}/{n} "
+                        f"(warm-up {m1 - m0}/{a.smtp_warmup}), exit {r['rc']}{flag}")
+
+            # Latency: one client, one connection, messages back to back, nothing else running.
+            # Primary: the final ".\r\n" in a write of its own, timed from that write.
+            # Secondary ("joined"): the body and "." in one write, as smtp-source sends them.
+            for variant, key in (("alone", "smtp_latency"), ("joined", "smtp_latency_joined")):
+                for t, tg in targets.items():
+                    label = f"smtp/latency/{t}" + ("" if variant == "alone" else "/dot-with-body")
+                    m0 = sink.messages()
+                    r = self.load_smtplat(tg["port"], label, variant == "joined")
+                    time.sleep(0.1)
+                    m1 = sink.messages()
+                    lat = r.get("latency_ms", {})
+                    sent = a.smtp_latency_messages + 20
+                    rec = {"median_ms": lat.get("median"), "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"),
+                           "max_ms": lat.get("max"), "recorded": r.get("recorded"), "accepted": r.get("accepted"),
+                           "at_sink": m1 - m0, "lost": (r.get("accepted") or 0) - (m1 - m0),
+                           "errors": r.get("errors"), "error": r.get("error")}
+                    self.results[t][key] = rec
+                    first = self.results[t].get("smtp_latency")
+                    if variant == "joined" and first:
+                        first["lost_both"] = first["lost"] + rec["lost"]
+                    flag = "" if rec["lost"] == 0 and r.get("accepted") == sent else \
+                        "  <-- MESSAGES NOT ACCOUNTED FOR / ERRORS"
+                    log(f"  {label}: median {fmt(lat.get('median'))} ms, p99 {fmt(lat.get('p99'))} ms, "
+                        f"accepted {r.get('accepted')}/{sent}, at sink {m1 - m0}{flag}")
+        except Exception as e:  # noqa: BLE001 - report, keep the other scenarios' figures
+            log(f"  smtp: failed: {e}")
+        finally:
+            for d in reversed(started):
+                try:
+                    d.stop()
+                except Exception as e:  # noqa: BLE001
+                    log(f"stopping {d}: {e}")
+            for t, tg in targets.items():  # mailgate/nginx complaints, if any, go to stderr
+                if tg.get("log"):
+                    try:
+                        text = Path(tg["log"]).read_text(errors="replace").strip()
+                    except OSError:
+                        text = ""
+                    if text:
+                        lines = text.splitlines()
+                        log(f"  smtp: {t} log has {len(lines)} lines; last ones:\n    " +
+                            "\n    ".join(lines[-5:]))
+        log(f"  smtp: {time.monotonic() - t_start:.1f} s")
+
+    def load_smtplat(self, port: int, label: str, dot_with_body: bool = False) -> dict:
+        a = self.args
+        cmd = [self.load_bin, "smtplat", "--port", str(port), "--to", SMTP_RCPT, "--from", "probe@bench.invalid",
+               "--messages", str(a.smtp_latency_messages), "--warmup", "20", "--size", str(a.smtp_size),
+               "--timeout", "10", "--label", label, "--dot-with-body", "1" if dot_with_body else "0"]
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            log(f"    [{label}] smtplat over 120 s: killed")
+            return {}
+        if r.stderr.strip():
+            log(f"    [{label}] smtplat: {r.stderr.strip()[:800]}")
+        for line in r.stdout.splitlines():
+            if line.startswith("{"):
+                return json.loads(line)
+        return {}
 
     def scenario_logins(self) -> None:
         """Logins/s through mailgate with the postgres directory, auth cache cold vs warm."""
@@ -559,6 +837,40 @@ def report_logins(results: dict) -> str | None:
     return "\n".join(lines)
 
 
+def report_smtp(results: dict, args) -> str | None:
+    if not any(k.startswith("smtp_") for r in results.values() for k in r):
+        return None
+    s = args.smtp_sessions
+    kb = args.smtp_size // 1024
+    rows = []
+    for mode in SMTP_MODES:
+        rows.append((f"SMTP msgs/s, {s} sessions, {kb} KB, {SMTP_MODE_TEXT[mode]}", (f"smtp_{mode}", "msgs_per_s")))
+        rows.append((f"proxy CPU us/msg, {SMTP_MODE_TEXT[mode]}", (f"smtp_{mode}", "cpu_us_per_msg")))
+        rows.append((f"auth_http CPU us/msg, {SMTP_MODE_TEXT[mode]}", (f"smtp_{mode}", "authhttp_cpu_us_per_msg")))
+        rows.append((f"node connections/msg, {SMTP_MODE_TEXT[mode]}", (f"smtp_{mode}", "sink_sessions_per_msg")))
+        rows.append((f"messages lost at sink, {SMTP_MODE_TEXT[mode]}", (f"smtp_{mode}", "lost")))
+    rows.append(("1-client end-of-DATA->250 median ms", ("smtp_latency", "median_ms")))
+    rows.append(("1-client end-of-DATA->250 p99 ms", ("smtp_latency", "p99_ms")))
+    rows.append(("  same, '.' in the body's write, median ms", ("smtp_latency_joined", "median_ms")))
+    rows.append(("  same, '.' in the body's write, p99 ms", ("smtp_latency_joined", "p99_ms")))
+    rows.append(("messages lost at sink, latency probes", ("smtp_latency", "lost_both")))
+
+    def get(t, path):
+        v = results.get(t, {})
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    head = f"| {'figure':<46} | {'direct':>9} | {'mailgate':>9} | {'nginx':>9} | {'mg/nginx':>8} | {'mg/direct':>9} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for name, path in rows:
+        d, m, n = (get(t, path) for t in TARGETS)
+        lost = "lost" in name or "auth_http" in name or "connections" in name
+        lines.append(f"| {name:<46} | {fmt(d):>9} | {fmt(m):>9} | {fmt(n):>9} | "
+                     f"{'' if lost else ratio(m, n):>8} | {'' if lost else ratio(m, d):>9} |")
+    return "\n".join(lines)
+
+
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # runs the finally: that stops the daemons
 
@@ -581,6 +893,12 @@ def main() -> int:
     ap.add_argument("--idle-fresh", action=argparse.BooleanOptionalAction, default=True,
                     help="restart each proxy before each idle measurement (default on)")
     ap.add_argument("--threads", type=int, default=2, help="mailgate threads = nginx workers")
+    ap.add_argument("--smtp-messages", type=int, default=3000, help="smtp: messages per measured smtp-source run")
+    ap.add_argument("--smtp-warmup", type=int, default=200, help="smtp: messages of the warm-up run before each")
+    ap.add_argument("--smtp-sessions", type=int, default=20, help="smtp: smtp-source -s")
+    ap.add_argument("--smtp-size", type=int, default=10240, help="smtp: message payload bytes (smtp-source -l)")
+    ap.add_argument("--smtp-latency-messages", type=int, default=500,
+                    help="smtp: recorded messages of the latency probe (after 20 unrecorded)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -602,116 +920,118 @@ def main() -> int:
     bench.work = work
     t_start = time.monotonic()
     try:
-        # Certificates: one EC P-256 server certificate for every listener.
-        ca = harness.make_ca(work / "certs")
-        cert = harness.make_cert(ca, work / "certs", ["localhost"])
-        os.chmod(cert[1], 0o644)  # Dovecot reads it as root, nginx/mailgate too; test-only key
+        # Dovecot and the IMAP proxies: only for the IMAP scenarios (smtp starts its own).
+        if any(s in IMAP_SCENARIOS for s in scenarios):
+            # Certificates: one EC P-256 server certificate for every listener.
+            ca = harness.make_ca(work / "certs")
+            cert = harness.make_cert(ca, work / "certs", ["localhost"])
+            os.chmod(cert[1], 0o644)  # Dovecot reads it as root, nginx/mailgate too; test-only key
 
-        # Dovecot: plain + STARTTLS on one port, implicit TLS on another.
-        users = {f"user{i}": bench.password for i in range(args.users)}
-        users["bulk"] = bench.password
-        imaps_port = harness.free_port()
-        dovecot_extra = f"""
-ssl_min_protocol = TLSv1.2
-mail_fsync = never
-default_vsz_limit = 1G
-default_client_limit = 20000
-mailbox_idle_check_interval = 30 secs
-auth_verbose = no
-service imap-login {{
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {imaps_port}
-    ssl = yes
-  }}
-  service_count = 0
-  process_min_avail = 2
-  process_limit = 4
-  client_limit = 15000
-  vsz_limit = 2G
-}}
-service imap {{
-  service_count = 0
-  client_limit = 100
-  process_limit = 200
-  process_min_avail = 2
-  vsz_limit = 2G
-}}
-service auth {{
-  client_limit = 20000
-}}
-service anvil {{
-  client_limit = 20000
-}}
-protocol imap {{
-  mail_max_userip_connections = 20000
-}}
-"""
-        log("starting Dovecot ...")
-        dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
-                                  scheme="PLAIN", name="bench")
-        dovecot.start()
-        started.append(dovecot)
-        harness.wait_port(imaps_port, 10)
-        if "fetch" in scenarios:
-            bulk_home = dovecot.mail_dir / "_" / "bulk"
-            write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
-        if "direct" in wanted:
-            bench.targets["direct"] = {
-                "ports": {"none": dovecot.imap_port, "implicit": imaps_port, "starttls": dovecot.imap_port},
-                "pids": lambda: []}
+            # Dovecot: plain + STARTTLS on one port, implicit TLS on another.
+            users = {f"user{i}": bench.password for i in range(args.users)}
+            users["bulk"] = bench.password
+            imaps_port = harness.free_port()
+            dovecot_extra = f"""
+    ssl_min_protocol = TLSv1.2
+    mail_fsync = never
+    default_vsz_limit = 1G
+    default_client_limit = 20000
+    mailbox_idle_check_interval = 30 secs
+    auth_verbose = no
+    service imap-login {{
+      inet_listener imaps {{
+        address = 127.0.0.1
+        port = {imaps_port}
+        ssl = yes
+      }}
+      service_count = 0
+      process_min_avail = 2
+      process_limit = 4
+      client_limit = 15000
+      vsz_limit = 2G
+    }}
+    service imap {{
+      service_count = 0
+      client_limit = 100
+      process_limit = 200
+      process_min_avail = 2
+      vsz_limit = 2G
+    }}
+    service auth {{
+      client_limit = 20000
+    }}
+    service anvil {{
+      client_limit = 20000
+    }}
+    protocol imap {{
+      mail_max_userip_connections = 20000
+    }}
+    """
+            log("starting Dovecot ...")
+            dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
+                                      scheme="PLAIN", name="bench")
+            dovecot.start()
+            started.append(dovecot)
+            harness.wait_port(imaps_port, 10)
+            if "fetch" in scenarios:
+                bulk_home = dovecot.mail_dir / "_" / "bulk"
+                write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
+            if "direct" in wanted:
+                bench.targets["direct"] = {
+                    "ports": {"none": dovecot.imap_port, "implicit": imaps_port, "starttls": dovecot.imap_port},
+                    "pids": lambda: []}
 
-        # mailgate.
-        if "mailgate" in wanted:
-            mg_dir = work / "mailgate"
-            mg_dir.mkdir()
-            mg_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
-            passwd = mg_dir / "users.passwd"
-            passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
-            cfg = harness.mailgate_config(
-                certificates=[cert],
-                listeners=[
-                    {"name": "imap", "protocol": "imap", "port": mg_ports["none"], "tls": "none",
-                     "allow_plaintext_auth": True},
-                    {"name": "imaps", "protocol": "imap", "port": mg_ports["implicit"], "tls": "implicit"},
-                    {"name": "imap-starttls", "protocol": "imap", "port": mg_ports["starttls"],
-                     "tls": "starttls"},
-                ],
-                users_file=str(passwd),
-                backends=[{"name": "dovecot", "imap": dovecot.imap_port, "health_interval": "5s",
-                           "health_timeout": "2s"}],
-                routes=[{"domain": "*", "primary": "dovecot"}],
-                threads=args.threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
-            os.environ["MAILGATE_BIN"] = args.mailgate_bin
-            if not os.access(args.mailgate_bin, os.X_OK):
-                log(f"mailgate binary {args.mailgate_bin} not found: mailgate column skipped")
-            else:
-                try:
-                    mg = harness.Mailgate(mg_dir, cfg)
-                    mg.binary = args.mailgate_bin
-                    mg.start()
-                    started.append(mg)
-                    bench.targets["mailgate"] = {"ports": mg_ports, "pids": lambda: (
-                        [mg.pid] if mg.is_running() else []), "restart": lambda: (mg.stop(), mg.start())}
-                    bench.mailgate_env = {"cert": cert, "backend_port": dovecot.imap_port}
-                except Exception as e:  # noqa: BLE001 - report and go on with the others
-                    log(f"mailgate did not start: {e}\nmailgate column skipped")
+            # mailgate.
+            if "mailgate" in wanted:
+                mg_dir = work / "mailgate"
+                mg_dir.mkdir()
+                mg_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
+                passwd = mg_dir / "users.passwd"
+                passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
+                cfg = harness.mailgate_config(
+                    certificates=[cert],
+                    listeners=[
+                        {"name": "imap", "protocol": "imap", "port": mg_ports["none"], "tls": "none",
+                         "allow_plaintext_auth": True},
+                        {"name": "imaps", "protocol": "imap", "port": mg_ports["implicit"], "tls": "implicit"},
+                        {"name": "imap-starttls", "protocol": "imap", "port": mg_ports["starttls"],
+                         "tls": "starttls"},
+                    ],
+                    users_file=str(passwd),
+                    backends=[{"name": "dovecot", "imap": dovecot.imap_port, "health_interval": "5s",
+                               "health_timeout": "2s"}],
+                    routes=[{"domain": "*", "primary": "dovecot"}],
+                    threads=args.threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
+                os.environ["MAILGATE_BIN"] = args.mailgate_bin
+                if not os.access(args.mailgate_bin, os.X_OK):
+                    log(f"mailgate binary {args.mailgate_bin} not found: mailgate column skipped")
+                else:
+                    try:
+                        mg = harness.Mailgate(mg_dir, cfg)
+                        mg.binary = args.mailgate_bin
+                        mg.start()
+                        started.append(mg)
+                        bench.targets["mailgate"] = {"ports": mg_ports, "pids": lambda: (
+                            [mg.pid] if mg.is_running() else []), "restart": lambda: (mg.stop(), mg.start())}
+                        bench.mailgate_env = {"cert": cert, "backend_port": dovecot.imap_port}
+                    except Exception as e:  # noqa: BLE001 - report and go on with the others
+                        log(f"mailgate did not start: {e}\nmailgate column skipped")
 
-        # nginx mail proxy + auth_http responder.
-        if "nginx" in wanted:
-            auth_port = harness.free_port()
-            auth = AuthHttp(bench.load_bin, work, auth_port, dovecot.imap_port, bench.password).start()
-            started.append(auth)
-            ng_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
-            nginx = NginxMail(work / "nginx", ng_ports, auth_port, cert, args.threads).start()
-            started.append(nginx)
-            bench.targets["nginx"] = {"ports": ng_ports, "pids": nginx.pids,
-                                      "restart": lambda: (nginx.stop(), nginx.start())}
+            # nginx mail proxy + auth_http responder.
+            if "nginx" in wanted:
+                auth_port = harness.free_port()
+                auth = AuthHttp(bench.load_bin, work, auth_port, dovecot.imap_port, bench.password).start()
+                started.append(auth)
+                ng_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
+                nginx = NginxMail(work / "nginx", ng_ports, auth_port, cert, args.threads).start()
+                started.append(nginx)
+                bench.targets["nginx"] = {"ports": ng_ports, "pids": nginx.pids,
+                                          "restart": lambda: (nginx.stop(), nginx.start())}
 
-        # Warm Dovecot's index and the page cache for the bulk mailbox.
-        if "fetch" in scenarios:
-            log("warming the bulk mailbox ...")
-            bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
+            # Warm Dovecot's index and the page cache for the bulk mailbox.
+            if "fetch" in scenarios:
+                log("warming the bulk mailbox ...")
+                bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
 
         for name in scenarios:
             log(f"scenario {name} ...")
@@ -725,13 +1045,19 @@ protocol imap {{
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    if any(s != "logins" for s in scenarios):
-        print(report(bench.results))
+    imap_table = any(s in IMAP_SCENARIOS and s != "logins" for s in scenarios)
+    tables = []
+    if imap_table:
+        tables.append(report(bench.results))
     logins = report_logins(bench.results)
     if logins:
-        print(("\n" if any(s != "logins" for s in scenarios) else "") + logins)
+        tables.append(logins)
+    smtp = report_smtp(bench.results, args) if "smtp" in scenarios else None
+    if smtp:
+        tables.append(smtp)
+    print("\n\n".join(tables))
     notes = [f"total {time.monotonic() - t_start:.0f} s"]
-    if any(s != "logins" for s in scenarios):
+    if imap_table:
         notes.append("CPU = proxy processes' utime+stime; "
                      f"RSS = proxy processes' VmRSS while {args.idle_sessions} sessions IDLE, minus before"
                      f"{', on a freshly started proxy' if args.idle_fresh else ''}")
@@ -739,6 +1065,12 @@ protocol imap {{
         notes.append("logins: sessions mode (connect, LOGIN, SELECT, LOGOUT) through mailgate with the "
                      "postgres directory, SHA512-CRYPT; cold = cache ttl 0s, warm = ttl 5m after a pass "
                      "over all users; CPU = utime+stime of mailgate / of the postmaster and its children")
+    if smtp:
+        notes.append(f"smtp: smtp-source -s {args.smtp_sessions} -l {args.smtp_size} -m {args.smtp_messages} "
+                     "[-d for reused], msgs/s = messages / wall time of the run, every message counted at "
+                     "smtp-sink; CPU = mailgate's process / nginx's master+workers (not auth_http); "
+                     f"latency = mailgate-load smtplat, one connection, {args.smtp_latency_messages} "
+                     "messages after 20 unrecorded, final '.' sent -> 250 received")
     print("\n(" + "; ".join(notes) + ")")
     if args.json:
         Path(args.json).write_text(json.dumps(bench.results, indent=2) + "\n")

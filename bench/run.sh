@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Side-by-side IMAP benchmark on loopback: Dovecot direct, through mailgate, through
 # nginx's mail proxy; plus mailgate's logins/s with its PostgreSQL directory, auth
-# cache cold and warm. Usage (from the repository root, after building mailgate):
+# cache cold and warm; plus SMTP (Postfix's smtp-source → smtp-sink directly, through
+# mailgate's MX and through nginx's SMTP proxy). Usage (from the repository root,
+# after building mailgate):
 #   bash bench/run.sh [bench/run.py options, e.g. --mailgate-bin build-bench2/mailgate --keep]
 #   bash bench/run.sh --mailgate-bin build-bench2/mailgate --scenarios logins   # ~30 s
-# Takes about 4 minutes with the defaults; bench/README.md has the figures.
+#   bash bench/run.sh --mailgate-bin build/mailgate --scenarios smtp            # ~80 s
+# Takes about 5–6 minutes with the defaults; bench/README.md has the figures.
 # Needs root (sysctls, Dovecot and nginx as root in a temp dir), dovecot-core,
-# dovecot-imapd, dovecot-lmtpd, nginx-light, libnginx-mod-mail, and for the logins
-# scenario postgresql-15 (run as the `postgres` user in the temp dir).
+# dovecot-imapd, dovecot-lmtpd, nginx-light, libnginx-mod-mail, for the logins
+# scenario postgresql-15 (run as the `postgres` user in the temp dir), and for the
+# smtp scenario postfix (only its /usr/sbin/smtp-source and smtp-sink are used; all
+# of these are in scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
