@@ -17,6 +17,9 @@ constexpr size_t kMaxHeld = 1 << 20;
 constexpr uint64_t kNodeReplyMs = 60000;   // one reply from the node (RFC 5321 §4.5.3.2 says 5 min)
 constexpr uint64_t kNodeFinalMs = 600000;  // the reply after the end of data (§4.5.3.2.6: 10 min)
 constexpr uint64_t kNodeQuitMs = 5000;
+// A node connection kept after a delivery, for the client's next message (RFC 5321
+// allows many transactions per connection; each one costs a handshake otherwise).
+constexpr uint64_t kNodeIdleMs = 30000;
 log::RateLimit g_proto_log(20);
 log::RateLimit g_smuggle_log(20);
 
@@ -183,6 +186,8 @@ void SmtpSession::onTimer() {
     if (step_ == Step::kQuit) {
       dropBackend();
       step_ = Step::kIdle;
+    } else if (step_ == Step::kReady) {
+      endBackend();
     } else if (step_ != Step::kIdle) {
       attemptFailed(BackendFailure::kTimeout, "no reply from the node in time");
       if (closing()) return;
@@ -355,6 +360,7 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
     case codec::SmtpVerb::kEhlo:
     case codec::SmtpVerb::kHelo: {
       resetTransaction();
+      if (step_ == Step::kReady) endBackend();  // the node knows the old HELO name
       helo_.assign(c.arg);
       esmtp_ = c.verb == codec::SmtpVerb::kEhlo;
       if (!esmtp_) {
@@ -393,6 +399,7 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
       reply("250 2.0.0 Ok");
       return;
     case codec::SmtpVerb::kQuit:
+      if (step_ == Step::kReady) endBackend();
       reply("221 2.0.0 Bye");
       closeAfterFlush("quit");
       return;
@@ -967,6 +974,25 @@ void SmtpSession::startDelivery() {
   next_target_ = 0;
   final_failed_.clear();
   permanent_reply_.clear();
+  if (step_ == Step::kReady) {
+    if (!targets_.empty() && targets_[0].backend == ready_backend_ && targets_[0].lmtp == ready_lmtp_ &&
+        targets_[0].error.empty()) {
+      // The kept connection goes to the first choice: straight to MAIL.
+      next_target_ = 1;
+      target_ = &targets_[0];
+      backend_name_ = target_->backend->name;
+      reused_ = true;
+      body_queued_ = false;
+      rcpt_index_ = 0;
+      final_replies_ = 0;
+      final_ok_ = 0;
+      sendMail();
+      return;
+    }
+    dropBackend();
+    step_ = Step::kIdle;
+    node_deadline_ = 0;
+  }
   tryNextTarget();
 }
 
@@ -981,6 +1007,9 @@ void SmtpSession::tryNextTarget() {
     }
     attempt_++;
     node_.reset();
+    reused_ = false;
+    pipelined_ = false;
+    node_pipelining_ = false;
     step_ = Step::kConnect;
     xclient_done_ = false;
     tls_done_ = false;
@@ -1016,6 +1045,13 @@ void SmtpSession::attemptFailed(BackendFailure why, const std::string& detail, b
   }
   dropBackend();
   step_ = Step::kIdle;
+  if (reused_ && !body_queued_ && why != BackendFailure::kTempRefusal) {
+    // The kept connection had gone stale (the node closed it): a fresh one.
+    reused_ = false;
+    next_target_ = 0;
+    tryNextTarget();
+    return;
+  }
   if (body_queued_ && why != BackendFailure::kTempRefusal) {
     // The node may have taken the message before the connection was lost: another
     // node would make a second copy. The client retries later.
@@ -1048,7 +1084,7 @@ void SmtpSession::onBackendTlsReady() {
 }
 
 void SmtpSession::onBackendFailed(BackendFailure why, const std::string& detail) {
-  if (step_ == Step::kIdle || step_ == Step::kQuit) {
+  if (step_ == Step::kIdle || step_ == Step::kQuit || step_ == Step::kReady) {
     dropBackend();
     step_ = Step::kIdle;
     node_deadline_ = 0;
@@ -1086,6 +1122,15 @@ void SmtpSession::sendMail() {
   if (node_size_) line += " SIZE=" + std::to_string(spool_.size());
   if (body_8bit_ && node_8bit_) line += " BODY=8BITMIME";
   if (smtputf8_ && node_utf8_) line += " SMTPUTF8";
+  pipelined_ = node_pipelining_;
+  if (pipelined_) {
+    // RFC 2920: MAIL, every RCPT and DATA in one write; the replies are read in order.
+    line += "\r\n";
+    for (const std::string& r : rcpts_) line += "RCPT TO:" + r + "\r\n";
+    line += "DATA\r\n";
+    writeBackend(line);
+    return;
+  }
   sendNode(line);
 }
 
@@ -1193,6 +1238,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       node_8bit_ = ehlo.eightbitmime;
       node_utf8_ = ehlo.smtputf8;
       node_size_ = ehlo.size;
+      node_pipelining_ = ehlo.pipelining;
       if (target_->backend->tls == conf::TlsMode::kStarttls && !tls_done_) {
         if (!ehlo.starttls) {
           attemptFailed(BackendFailure::kTls, "node does not offer STARTTLS");
@@ -1253,7 +1299,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       rcpt_index_ = 0;
       step_ = Step::kRcpt;
       armNodeTimer(kNodeReplyMs);
-      sendNode("RCPT TO:" + rcpts_[0]);
+      if (!pipelined_) sendNode("RCPT TO:" + rcpts_[0]);
       return;
     case Step::kRcpt:
       if (!r.positive()) {
@@ -1262,12 +1308,12 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       }
       if (++rcpt_index_ < rcpts_.size()) {
         armNodeTimer(kNodeReplyMs);
-        sendNode("RCPT TO:" + rcpts_[rcpt_index_]);
+        if (!pipelined_) sendNode("RCPT TO:" + rcpts_[rcpt_index_]);
         return;
       }
       step_ = Step::kData;
       armNodeTimer(kNodeReplyMs);
-      sendNode("DATA");
+      if (!pipelined_) sendNode("DATA");
       return;
     case Step::kData:
       if (r.code != 354) {
@@ -1299,7 +1345,11 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       }
       node_deadline_ = 0;
       if (final_ok_ == expected) {
-        endBackend();
+        // Kept for the client's next message.
+        step_ = Step::kReady;
+        ready_backend_ = target_->backend;
+        ready_lmtp_ = target_->lmtp;
+        armNodeTimer(kNodeIdleMs);
         log::info("smtp delivered", {{"session", id_},
                                      {"client", client_ip_},
                                      {"from", mail_from_},
@@ -1330,6 +1380,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       attemptFailed(BackendFailure::kTempRefusal, final_failed_);
       return;
     }
+    case Step::kReady:  // e.g. the node's own idle timeout (421): forget the connection
     case Step::kQuit:
       dropBackend();
       step_ = Step::kIdle;
@@ -1358,7 +1409,7 @@ void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcom
                                             {"recipients", rcpts_.size()},
                                             {"outcome", outcome},
                                             {"reply", client_reply}});
-  if (step_ != Step::kQuit) node_deadline_ = 0;
+  if (step_ != Step::kQuit && step_ != Step::kReady) node_deadline_ = 0;
   if (!client_reply.empty() && client_reply[0] == '2')
     reactor_.stats.smtp_delivered++;
   else if (!client_reply.empty() && client_reply[0] == '4')

@@ -76,6 +76,7 @@ class SmtpSession final : public Session {
     kData,
     kBody,  // the message streams to the node (from the spool file)
     kFinal,
+    kReady,  // a transaction was delivered; the connection waits for the next one
     kQuit
   };
 
@@ -196,6 +197,11 @@ class SmtpSession final : public Session {
   bool tls_done_ = false;
   bool node_8bit_ = false, node_utf8_ = false, node_size_ = false;
   unsigned attempt_ = 0;  // changes with every connection to a node
+  bool node_pipelining_ = false;
+  bool pipelined_ = false;  // MAIL, RCPTs and DATA went in one write
+  bool reused_ = false;     // this attempt runs on the kept connection
+  const conf::BackendConfig* ready_backend_ = nullptr;  // node of the kept connection
+  bool ready_lmtp_ = false;
   std::string last_node_reply_;
   std::string permanent_reply_;
 };

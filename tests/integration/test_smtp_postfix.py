@@ -387,6 +387,45 @@ class PostfixNodeTest(PostfixTestBase):
         self.wait_delivered(ALICE, subject.encode())
         self.assertEqual(len(self.postfix.find(ALICE, subject.encode())), 1)
 
+    def node_connections(self) -> int:
+        return len(re.findall(r"smtpd\[\d+\]: connect from ", self.postfix.log_text()))
+
+    def test_node_connection_kept_for_the_next_message(self):
+        # Three messages on one client connection cost one node connection, each
+        # delivered once; the node's replies to the pipelined MAIL/RCPT/DATA are honoured.
+        before = self.node_connections()
+        subjects = [f"pf-reuse-{i}-{time.time_ns()}" for i in range(3)]
+        s = self.smtp(self.mx_port)
+        s.ehlo(CLIENT_HELO)
+        for subject in subjects:
+            self.assertEqual(s.sendmail(SENDER, [ALICE], message(subject)), {})
+        s.quit()
+        for subject in subjects:
+            self.wait_delivered(ALICE, subject.encode())
+            self.assertEqual(len(self.postfix.find(ALICE, subject.encode())), 1)
+        harness.wait_for(lambda: re.search(r"disconnect from .*quit=1", self.postfix.log_text()), 10,
+                         what="the node's disconnect after QUIT")
+        # One node session carried all three (health checks connect too, without mail).
+        multi = re.findall(r"disconnect from [^\n]*\[127\.0\.0\.5\][^\n]* mail=3 rcpt=3 data=3 quit=1",
+                           self.postfix.log_text())
+        self.assertEqual(len(multi), 1, self.postfix.log_text()[-3000:])
+        self.assertGreaterEqual(self.node_connections() - before, 1)
+
+    def test_stale_kept_connection_replaced(self):
+        # The node restarts between two messages of one client session: the kept
+        # connection is dead; the second message goes over a fresh one, once.
+        s = self.smtp(self.mx_port)
+        s.ehlo(CLIENT_HELO)
+        first, second = f"pf-stale-1-{time.time_ns()}", f"pf-stale-2-{time.time_ns()}"
+        self.assertEqual(s.sendmail(SENDER, [ALICE], message(first)), {})
+        self.postfix.stop()
+        self.postfix.start()
+        self.assertEqual(s.sendmail(SENDER, [ALICE], message(second)), {})
+        s.quit()
+        self.wait_delivered(ALICE, second.encode())
+        self.assertEqual(len(self.postfix.find(ALICE, first.encode())), 1)
+        self.assertEqual(len(self.postfix.find(ALICE, second.encode())), 1)
+
     # (6) load
     def not_accepted(self) -> int:
         return sum(1 for l in self.gateway.log_lines() if l.get("msg") == "smtp message not accepted")
