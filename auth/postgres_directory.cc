@@ -170,12 +170,24 @@ Result<std::shared_ptr<PostgresDirectory>> PostgresDirectory::create(const conf:
     if (parsed) impl->dummy = std::move(*parsed);
   }
 
-  std::vector<pg::CompiledQuery> statements{impl->password, impl->recipient, impl->domain, impl->sender};
+  std::vector<pg::CompiledQuery> statements{impl->password, impl->recipient};
   if (!impl->route.empty()) statements.push_back(impl->route);
+  // The SMTP-time statements must not cost the logins: a database whose schema
+  // lacks their tables (a legacy schema configured before these queries existed)
+  // still logs users in, and only those checks fail (temporarily, logged).
+  std::vector<pg::CompiledQuery> smtp_statements{impl->domain, impl->sender};
+  Impl* self = impl.get();  // owns the pool, so it outlives every on_connect call
   impl->pool = std::make_unique<pg::Pool>(
       pg::withConnectTimeout(impl->cfg.conninfo, impl->cfg.timeout), impl->cfg.pool, impl->cfg.timeout,
-      [statements](pqxx::connection& c) {
+      [statements, smtp_statements, self](pqxx::connection& c) {
         for (const auto& s : statements) c.prepare(s.name, s.sql);
+        for (const auto& s : smtp_statements) {
+          try {
+            c.prepare(s.name, s.sql);
+          } catch (const pqxx::sql_error& e) {
+            self->logFailure("prepare " + s.name, pg::describe(e));
+          }
+        }
       });
   return std::shared_ptr<PostgresDirectory>(new PostgresDirectory(std::move(impl)));
 }

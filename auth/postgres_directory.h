@@ -31,6 +31,10 @@
 //             is the login itself, or an active alias (aliases.address) whose
 //             target is the login. No row → kDenied, any error → kTempFail.
 //
+// password, recipient and route are prepared on every new connection, and a failure
+// fails the connection; domain and sender too, but a failure there is only logged
+// (logins keep working on a schema without their tables; those checks then fail).
+//
 // Every query runs with statement_timeout = directory.postgres.timeout; the connect
 // has connect_timeout = the timeout rounded up to seconds, at least 2 (libpq's
 // minimum). Any database error (connect, broken connection, SQL error, timeout, no
