@@ -199,7 +199,8 @@ std::string CachingDirectory::statsText() const {
     out = "auth_cache_hits=" + std::to_string(hits_) + " auth_cache_misses=" + std::to_string(misses_) +
           " auth_cache_stale_hits=" + std::to_string(stale_hits_) +
           " auth_cache_entries=" + std::to_string(entries_.size()) +
-          " rcpt_cache_hits=" + std::to_string(rcpt_hits_) + " rcpt_cache_misses=" + std::to_string(rcpt_misses_) +
+          " rcpt_cache_hits=" + std::to_string(rcpt_hits_) +
+          " rcpt_cache_misses=" + std::to_string(rcpt_misses_) +
           " rcpt_cache_entries=" + std::to_string(rcpt_entries_.size());
   }
   std::string inner = inner_->statsText();

@@ -308,7 +308,8 @@ std::string parseAuthHttpHeaders(std::string_view block, AuthHttpHeaders* h) {
       return "auth_http: malformed response (header line without name)";
     std::string_view name = line.substr(0, colon);
     for (char c : name)  // also rejects obs-fold (leading space) and space before ':'
-      if (!isTokenChar(static_cast<unsigned char>(c))) return "auth_http: malformed response (bad header name)";
+      if (!isTokenChar(static_cast<unsigned char>(c)))
+        return "auth_http: malformed response (bad header name)";
     std::string_view value = line.substr(colon + 1);
     while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
     while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
@@ -461,12 +462,14 @@ std::string buildAuthHttpRecipientRequest(const AuthHttpUrl& url, std::string_vi
   r += "Auth-Pass: \r\n";
   r += "Auth-Protocol: smtp\r\n";
   r += "Auth-Login-Attempt: 1\r\n";
-  if (!envelope.client.client_ip.empty()) r += "Client-IP: " + escapeMailAuth(envelope.client.client_ip) + "\r\n";
+  if (!envelope.client.client_ip.empty())
+    r += "Client-IP: " + escapeMailAuth(envelope.client.client_ip) + "\r\n";
   r += "Client-Host: [UNAVAILABLE]\r\n";
   // nginx passes the client's command lines as they were (they hold no CRLF).
   r += "Auth-SMTP-Helo: " + noControls(envelope.helo) + "\r\n";
   r += "Auth-SMTP-From: ";
-  if (envelope.from) r += "MAIL FROM:" + (envelope.from->empty() ? std::string("<>") : noControls(smtpPath(*envelope.from)));
+  if (envelope.from)
+    r += "MAIL FROM:" + (envelope.from->empty() ? std::string("<>") : noControls(smtpPath(*envelope.from)));
   r += "\r\n";
   r += "Auth-SMTP-To: RCPT TO:" + noControls(smtpPath(address)) + "\r\n";
   if (envelope.client.secured) r += "Auth-SSL: on\r\n";
@@ -578,7 +581,8 @@ RecipientResult HttpDirectory::recipient(std::string_view address, const SmtpEnv
   if (r == RecipientResult::kTempFail) {
     rcpt_tempfail_.fetch_add(1, std::memory_order_relaxed);
     if (log_limit_.allow())
-      log::warn("auth_http recipient check failed", {{"error", why}, {"suppressed", log_limit_.suppressed()}});
+      log::warn("auth_http recipient check failed",
+                {{"error", why}, {"suppressed", log_limit_.suppressed()}});
   }
   return r;
 }

@@ -1,8 +1,9 @@
 #pragma once
 // PostgreSQL plumbing shared by the postgres directory, the route watcher and the
 // schema migrations: named query parameters (auth/postgres_query.h), connection
-// options, a bounded connection pool with reconnect backoff. Includes libpqxx: include this header
-// only from auth/postgres_*.cc, never from a header the rest of the tree sees.
+// options, a bounded connection pool with reconnect backoff. Includes libpqxx:
+// include this header only from auth/postgres_*.cc, never from a header the rest
+// of the tree sees.
 #include <pqxx/pqxx>
 
 #include <chrono>

@@ -18,8 +18,8 @@ struct ParamName {
   Param param;
 };
 constexpr ParamName kParams[] = {
-    {"user", Param::kUser},          {"address", Param::kAddress},   {"local_part", Param::kLocalPart},
-    {"domain", Param::kDomain},      {"client_ip", Param::kClientIp}, {"protocol", Param::kProtocol},
+    {"user", Param::kUser},     {"address", Param::kAddress},    {"local_part", Param::kLocalPart},
+    {"domain", Param::kDomain}, {"client_ip", Param::kClientIp}, {"protocol", Param::kProtocol},
 };
 
 }  // namespace

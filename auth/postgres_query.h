@@ -15,8 +15,8 @@ namespace mailgate::auth::pg {
 enum class Param { kUser, kAddress, kLocalPart, kDomain, kClientIp, kProtocol };
 
 struct CompiledQuery {
-  std::string name;   // prepared statement name
-  std::string sql;    // with $1..$n
+  std::string name;           // prepared statement name
+  std::string sql;            // with $1..$n
   std::vector<Param> params;  // params[i] is bound to $(i+1)
   bool empty() const { return sql.empty(); }
 };
@@ -42,7 +42,8 @@ struct ParamValues {
 std::vector<std::string> bindParams(const CompiledQuery& q, const ParamValues& values);
 
 // Login queries (password, route): %{address} = %{user}.
-inline std::vector<std::string> bindParams(const CompiledQuery& q, std::string_view user, const AuthContext* ctx) {
+inline std::vector<std::string> bindParams(const CompiledQuery& q, std::string_view user,
+                                           const AuthContext* ctx) {
   return bindParams(q, ParamValues{user, {}, ctx});
 }
 

@@ -348,7 +348,9 @@ TEST(HttpDirectoryLive, LoginOk) {
   EXPECT_NE(req.find("\r\nAuth-Protocol: pop3\r\n"), std::string::npos) << req;
   EXPECT_NE(req.find("\r\nClient-IP: 203.0.113.9\r\n"), std::string::npos) << req;
   EXPECT_NE(req.find("\r\nAuth-SSL: on\r\n"), std::string::npos) << req;
-  EXPECT_EQ((*dir)->statsText(), "http_requests=1 http_ok=1 http_rejected=0 http_tempfail=0 http_rcpt_requests=0 http_rcpt_tempfail=0");
+  EXPECT_EQ(
+      (*dir)->statsText(),
+      "http_requests=1 http_ok=1 http_rejected=0 http_tempfail=0 http_rcpt_requests=0 http_rcpt_tempfail=0");
 }
 
 TEST(HttpDirectoryLive, BadPasswordWithWaitLfOnly) {
@@ -416,7 +418,9 @@ TEST(HttpDirectoryLive, ConnectRefusedIsTemporary) {
   AuthResult r = (*dir)->authenticate("u", "p");
   EXPECT_EQ(r.verdict, Verdict::kTempFail);
   EXPECT_NE(r.reason.find("connect"), std::string::npos) << r.reason;
-  EXPECT_EQ((*dir)->statsText(), "http_requests=1 http_ok=0 http_rejected=0 http_tempfail=1 http_rcpt_requests=0 http_rcpt_tempfail=0");
+  EXPECT_EQ(
+      (*dir)->statsText(),
+      "http_requests=1 http_ok=0 http_rejected=0 http_tempfail=1 http_rcpt_requests=0 http_rcpt_tempfail=0");
 }
 
 TEST(HttpDirectoryCreate, Rejects) {
@@ -454,8 +458,9 @@ TEST(AuthHttpRecipient, UnknownEnvelopeIsEmptyAndSenderIsAPath) {
   auto u = parseAuthHttpUrl("http://127.0.0.1/auth");
   ASSERT_TRUE(u.ok());
   std::string req = buildAuthHttpRecipientRequest(*u, "bob@example.org", SmtpEnvelope{});
-  EXPECT_NE(req.find("\r\nAuth-SMTP-Helo: \r\nAuth-SMTP-From: \r\nAuth-SMTP-To: RCPT TO:<bob@example.org>\r\n"),
-            std::string::npos)
+  EXPECT_NE(
+      req.find("\r\nAuth-SMTP-Helo: \r\nAuth-SMTP-From: \r\nAuth-SMTP-To: RCPT TO:<bob@example.org>\r\n"),
+      std::string::npos)
       << req;
   EXPECT_EQ(req.find("Client-IP"), std::string::npos) << req;
   SmtpEnvelope env;
@@ -473,7 +478,8 @@ TEST(AuthHttpRecipient, LocalPartRequotedAndNoControlBytes) {
   EXPECT_EQ(smtpPath("a..b@example.org"), "<\"a..b\"@example.org>");
   auto u = parseAuthHttpUrl("http://127.0.0.1/auth");
   ASSERT_TRUE(u.ok());
-  std::string req = buildAuthHttpRecipientRequest(*u, std::string("x\r\ny\0z@example.org", 18), SmtpEnvelope{});
+  std::string req =
+      buildAuthHttpRecipientRequest(*u, std::string("x\r\ny\0z@example.org", 18), SmtpEnvelope{});
   EXPECT_NE(req.find("RCPT TO:<\"x%0D%0Ay%00z\"@example.org>\r\n"), std::string::npos) << req;
   EXPECT_EQ(req.find("\r\n\r\n"), req.size() - 4);
 }
@@ -486,23 +492,27 @@ RecipientResult rcptAnswer(const std::string& headers, std::string* reason = nul
 }
 
 TEST(AuthHttpRecipient, AnswerMapping) {
-  EXPECT_EQ(rcptAnswer("Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n"), RecipientResult::kLocal);
+  EXPECT_EQ(rcptAnswer("Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n"),
+            RecipientResult::kLocal);
   EXPECT_EQ(rcptAnswer("Auth-Status: OK\r\n"), RecipientResult::kLocal);
   std::string why;
   EXPECT_EQ(rcptAnswer("Auth-Status: User unknown\r\nAuth-Error-Code: 550 5.1.1\r\n", &why),
             RecipientResult::kUnknownMailbox);
   EXPECT_EQ(why, "auth_http: User unknown (Auth-Error-Code: 550 5.1.1)");
   EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 550\r\n"), RecipientResult::kUnknownMailbox);
-  EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 550 5.1.10\r\n"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 550 5.1.10\r\n"),
+            RecipientResult::kUnknownMailbox);
   EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 5.1.1\r\n"), RecipientResult::kUnknownMailbox);
   EXPECT_EQ(rcptAnswer("Auth-Status: Relay access denied\r\nAuth-Error-Code: 550 5.7.1\r\n"),
             RecipientResult::kForeignDomain);
   EXPECT_EQ(rcptAnswer("Auth-Status: x\r\nAuth-Error-Code: 554 5.7.1 relaying denied\r\n"),
             RecipientResult::kForeignDomain);
-  EXPECT_EQ(rcptAnswer("Auth-Status: Try later\r\nAuth-Error-Code: 451 4.3.0\r\n"), RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: Try later\r\nAuth-Error-Code: 451 4.3.0\r\n"),
+            RecipientResult::kTempFail);
   EXPECT_EQ(rcptAnswer("Auth-Status: x\r\nAuth-Error-Code: 450\r\n"), RecipientResult::kTempFail);
   EXPECT_EQ(rcptAnswer("Auth-Status: WAIT\r\n"), RecipientResult::kTempFail);
-  EXPECT_EQ(rcptAnswer("Auth-Status: Invalid login or password\r\nAuth-Wait: 3\r\n"), RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: Invalid login or password\r\nAuth-Wait: 3\r\n"),
+            RecipientResult::kTempFail);
   EXPECT_EQ(rcptAnswer("Auth-Status: Invalid login or password\r\n"), RecipientResult::kUnknownMailbox);
 }
 
@@ -519,7 +529,8 @@ TEST(AuthHttpRecipient, MalformedOrNotOkHttpIsTemporary) {
 
 TEST(HttpDirectoryLive, RecipientAnswers) {
   {
-    OneShotServer server("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n\r\n");
+    OneShotServer server(
+        "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n\r\n");
     auto dir = HttpDirectory::create(configFor(server.url()));
     ASSERT_TRUE(dir.ok()) << dir.error();
     EXPECT_EQ((*dir)->recipient("alice@example.org"), RecipientResult::kLocal);
@@ -541,7 +552,8 @@ TEST(HttpDirectoryLive, RecipientAnswers) {
     ASSERT_TRUE(dir.ok()) << dir.error();
     EXPECT_EQ((*dir)->recipient("alice@example.org"), RecipientResult::kTempFail);
     EXPECT_EQ((*dir)->statsText(),
-              "http_requests=0 http_ok=0 http_rejected=0 http_tempfail=0 http_rcpt_requests=1 http_rcpt_tempfail=1");
+              "http_requests=0 http_ok=0 http_rejected=0 http_tempfail=0 http_rcpt_requests=1 "
+              "http_rcpt_tempfail=1");
   }
 }
 
