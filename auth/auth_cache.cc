@@ -134,13 +134,74 @@ void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chr
   }
 }
 
+RecipientResult CachingDirectory::recipient(std::string_view address) {
+  if (cfg_.ttl.count() <= 0) {  // ttl 0 disables the cache, as for logins
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++rcpt_misses_;
+    }
+    return inner_->recipient(address);
+  }
+  const std::string k = lower(address);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = rcpt_entries_.find(k);
+    if (it != rcpt_entries_.end() && clock_() < it->second.expires) {
+      ++rcpt_hits_;
+      return it->second.result;
+    }
+    ++rcpt_misses_;
+  }
+  const RecipientResult r = inner_->recipient(address);
+  conf::Duration ttl{0};
+  switch (r) {
+    case RecipientResult::kLocal:
+      ttl = cfg_.ttl;
+      break;
+    case RecipientResult::kUnknownMailbox:
+    case RecipientResult::kForeignDomain:
+      ttl = cfg_.negative_ttl;
+      break;
+    case RecipientResult::kTempFail:
+      return r;
+  }
+  const auto now = clock_();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = rcpt_entries_.find(k);
+  if (ttl.count() <= 0) {
+    // Not kept: an older answer for this address is no longer true either.
+    if (it != rcpt_entries_.end()) {
+      rcpt_order_.erase(it->second.order);
+      rcpt_entries_.erase(it);
+    }
+    return r;
+  }
+  if (it == rcpt_entries_.end()) {
+    while (rcpt_entries_.size() >= max_entries_ && !rcpt_order_.empty()) {
+      rcpt_entries_.erase(rcpt_order_.front());
+      rcpt_order_.pop_front();
+    }
+    rcpt_order_.push_back(k);
+    it = rcpt_entries_.emplace(k, RecipientEntry{}).first;
+    it->second.order = std::prev(rcpt_order_.end());
+  } else {
+    rcpt_order_.splice(rcpt_order_.end(), rcpt_order_, it->second.order);
+  }
+  it->second.result = r;
+  it->second.expires = now + ttl;
+  return r;
+}
+
 std::string CachingDirectory::statsText() const {
   std::string out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     out = "auth_cache_hits=" + std::to_string(hits_) + " auth_cache_misses=" + std::to_string(misses_) +
           " auth_cache_stale_hits=" + std::to_string(stale_hits_) +
-          " auth_cache_entries=" + std::to_string(entries_.size());
+          " auth_cache_entries=" + std::to_string(entries_.size()) +
+          " rcpt_cache_hits=" + std::to_string(rcpt_hits_) +
+          " rcpt_cache_misses=" + std::to_string(rcpt_misses_) +
+          " rcpt_cache_entries=" + std::to_string(rcpt_entries_.size());
   }
   std::string inner = inner_->statsText();
   if (!inner.empty()) out += " " + inner;
@@ -163,10 +224,24 @@ std::size_t CachingDirectory::size() const {
   std::lock_guard<std::mutex> lock(mu_);
   return entries_.size();
 }
+uint64_t CachingDirectory::recipientHits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rcpt_hits_;
+}
+uint64_t CachingDirectory::recipientMisses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rcpt_misses_;
+}
+std::size_t CachingDirectory::recipientSize() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rcpt_entries_.size();
+}
 void CachingDirectory::clear() {
   std::lock_guard<std::mutex> lock(mu_);
   entries_.clear();
   order_.clear();
+  rcpt_entries_.clear();
+  rcpt_order_.clear();
 }
 
 }  // namespace mailgate::auth

@@ -19,6 +19,14 @@
 //
 // The table is bounded (max_entries, default 100k); when full, the entry confirmed
 // longest ago is evicted. Thread-safe; the inner call runs outside the lock.
+//
+// Recipient answers (the MX's RCPT check) have a table of their own, keyed by the
+// lower-case address and bounded the same way: kLocal is kept for cache.ttl,
+// kUnknownMailbox and kForeignDomain for cache.negative_ttl, kTempFail never (and
+// no stale answers during an outage: the MX answers 451 and the sender retries).
+// A new mailbox is therefore accepted at the latest negative_ttl after it was
+// refused; a removed one is refused at the latest ttl after it was accepted.
+// Sender checks (submission) are not cached.
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -48,19 +56,23 @@ class CachingDirectory : public Directory {
 
   AuthResult authenticate(std::string_view user, std::string_view password) override;
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
+  RecipientResult recipient(std::string_view address) override;
   // Not cached: the inner directory answers.
-  RecipientResult recipient(std::string_view address) override { return inner_->recipient(address); }
   SenderResult senderAllowed(std::string_view user, std::string_view address) override {
     return inner_->senderAllowed(user, address);
   }
-  // "auth_cache_hits=.. auth_cache_misses=.. auth_cache_stale_hits=.. auth_cache_entries=.."
-  // followed by the inner directory's counters.
+  // "auth_cache_hits=.. auth_cache_misses=.. auth_cache_stale_hits=.. auth_cache_entries=..
+  // rcpt_cache_hits=.. rcpt_cache_misses=.. rcpt_cache_entries=.." followed by the inner
+  // directory's counters.
   std::string statsText() const override;
 
   uint64_t hits() const;
   uint64_t misses() const;
   uint64_t staleHits() const;
   std::size_t size() const;
+  uint64_t recipientHits() const;
+  uint64_t recipientMisses() const;
+  std::size_t recipientSize() const;
   void clear();
 
  private:
@@ -68,6 +80,12 @@ class CachingDirectory : public Directory {
     AuthResult result;
     std::chrono::steady_clock::time_point expires;
     std::chrono::steady_clock::time_point stale_until;  // positive entries only
+    std::list<std::string>::iterator order;
+  };
+
+  struct RecipientEntry {
+    RecipientResult result;
+    std::chrono::steady_clock::time_point expires;
     std::list<std::string>::iterator order;
   };
 
@@ -87,6 +105,11 @@ class CachingDirectory : public Directory {
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
   uint64_t stale_hits_ = 0;
+
+  std::unordered_map<std::string, RecipientEntry> rcpt_entries_;
+  std::list<std::string> rcpt_order_;  // front = stored longest ago
+  uint64_t rcpt_hits_ = 0;
+  uint64_t rcpt_misses_ = 0;
 };
 
 }  // namespace mailgate::auth

@@ -12,6 +12,8 @@
 #include <optional>
 #include <utility>
 
+#include "gateway/core/log.h"
+
 namespace mailgate::auth {
 namespace {
 
@@ -245,8 +247,17 @@ std::size_t authHttpHeaderEnd(std::string_view bytes) { return headerEndFrom(byt
 
 // ------------------------------------------------------------------ response
 
-AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) {
-  if (block.size() > kMaxResponseHeader) return tempFail("auth_http: response headers over the size limit");
+namespace {
+
+// The headers of an auth_http answer that mailgate reads (views into the block).
+struct AuthHttpHeaders {
+  std::optional<std::string_view> auth_status, server, port, wait, error_code, new_user, new_pass;
+};
+
+// Checks the status line (200 only) and collects the known headers. "" when the block
+// is well-formed, else the reason (a temporary failure for the caller).
+std::string parseAuthHttpHeaders(std::string_view block, AuthHttpHeaders* h) {
+  if (block.size() > kMaxResponseHeader) return "auth_http: response headers over the size limit";
 
   // Split into lines: LF ends a line, one CR before it is dropped; any other CR, or a
   // NUL, is malformed.
@@ -255,11 +266,11 @@ AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) 
   bool ended = false;
   while (pos < block.size()) {
     std::size_t nl = block.find('\n', pos);
-    if (nl == std::string_view::npos) return tempFail("auth_http: malformed response (unterminated line)");
+    if (nl == std::string_view::npos) return "auth_http: malformed response (unterminated line)";
     std::string_view line = block.substr(pos, nl - pos);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.find('\r') != std::string_view::npos || line.find('\0') != std::string_view::npos)
-      return tempFail("auth_http: malformed response (stray CR or NUL)");
+      return "auth_http: malformed response (stray CR or NUL)";
     pos = nl + 1;
     if (line.empty()) {  // end of headers
       ended = true;
@@ -267,55 +278,61 @@ AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) 
     }
     lines.push_back(line);
   }
-  if (!ended) return tempFail("auth_http: malformed response (no blank line after the headers)");
-  if (lines.empty()) return tempFail("auth_http: malformed response (no status line)");
+  if (!ended) return "auth_http: malformed response (no blank line after the headers)";
+  if (lines.empty()) return "auth_http: malformed response (no status line)";
 
   // Status line: HTTP/x.y SP 3DIGIT [SP reason]
   std::string_view status = lines.front();
-  if (!startsWithIgnoreCase(status, "HTTP/"))
-    return tempFail("auth_http: malformed response (bad status line)");
+  if (!startsWithIgnoreCase(status, "HTTP/")) return "auth_http: malformed response (bad status line)";
   std::size_t sp = status.find(' ');
   if (sp == std::string_view::npos || status.size() < sp + 4 || !isDigit(status[sp + 1]) ||
       !isDigit(status[sp + 2]) || !isDigit(status[sp + 3]) ||
       (status.size() > sp + 4 && status[sp + 4] != ' '))
-    return tempFail("auth_http: malformed response (bad status line)");
+    return "auth_http: malformed response (bad status line)";
   std::string_view code = status.substr(sp + 1, 3);
-  if (code != "200") return tempFail("auth_http: HTTP status " + std::string(code));
+  if (code != "200") return "auth_http: HTTP status " + std::string(code);
 
-  std::optional<std::string_view> auth_status, server, port, wait, error_code, new_user, new_pass;
   struct Known {
     std::string_view name;
     std::optional<std::string_view>* slot;
   };
   const Known known[] = {
-      {"Auth-Status", &auth_status}, {"Auth-Server", &server},         {"Auth-Port", &port},
-      {"Auth-Wait", &wait},          {"Auth-Error-Code", &error_code}, {"Auth-User", &new_user},
-      {"Auth-Pass", &new_pass}};
+      {"Auth-Status", &h->auth_status}, {"Auth-Server", &h->server},         {"Auth-Port", &h->port},
+      {"Auth-Wait", &h->wait},          {"Auth-Error-Code", &h->error_code}, {"Auth-User", &h->new_user},
+      {"Auth-Pass", &h->new_pass}};
 
   for (std::size_t i = 1; i < lines.size(); ++i) {
     std::string_view line = lines[i];
     std::size_t colon = line.find(':');
     if (colon == std::string_view::npos || colon == 0)
-      return tempFail("auth_http: malformed response (header line without name)");
+      return "auth_http: malformed response (header line without name)";
     std::string_view name = line.substr(0, colon);
     for (char c : name)  // also rejects obs-fold (leading space) and space before ':'
       if (!isTokenChar(static_cast<unsigned char>(c)))
-        return tempFail("auth_http: malformed response (bad header name)");
+        return "auth_http: malformed response (bad header name)";
     std::string_view value = line.substr(colon + 1);
     while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
     while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
     for (char ch : value) {
       auto c = static_cast<unsigned char>(ch);
       if ((c < 0x20 && c != '\t') || c == 0x7f)
-        return tempFail("auth_http: malformed response (control character in a header)");
+        return "auth_http: malformed response (control character in a header)";
     }
     for (const Known& k : known) {
       if (!equalsIgnoreCase(name, k.name)) continue;
-      if (k.slot->has_value())
-        return tempFail("auth_http: malformed response (duplicate " + std::string(k.name) + ")");
+      if (k.slot->has_value()) return "auth_http: malformed response (duplicate " + std::string(k.name) + ")";
       *k.slot = value;
     }
   }
+  return {};
+}
+
+}  // namespace
+
+AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) {
+  AuthHttpHeaders h;
+  if (std::string why = parseAuthHttpHeaders(block, &h); !why.empty()) return tempFail(std::move(why));
+  auto& [auth_status, server, port, wait, error_code, new_user, new_pass] = h;
 
   if (!auth_status) return tempFail("auth_http: response without Auth-Status");
 
@@ -369,6 +386,126 @@ AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) 
   r.reason = "auth_http: " + forLog(*auth_status);
   if (error_code && !error_code->empty()) r.reason += " (Auth-Error-Code: " + forLog(*error_code) + ")";
   return r;
+}
+
+// ------------------------------------------------------------------ recipient check
+
+namespace {
+
+bool isAtext(unsigned char c) {
+  if (c >= 0x80) return true;  // SMTPUTF8
+  if (isDigit(static_cast<char>(c)) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')) return true;
+  return c != 0 && std::strchr("!#$%&'*+-/=?^_`{|}~", c) != nullptr;
+}
+
+bool isDotAtom(std::string_view s) {
+  if (s.empty() || s.front() == '.' || s.back() == '.') return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '.') {
+      if (s[i + 1] == '.') return false;
+      continue;
+    }
+    if (!isAtext(c)) return false;
+  }
+  return true;
+}
+
+// A header value that cannot break the request: control bytes become %XX.
+std::string noControls(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0x0f];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string smtpPath(std::string_view address) {
+  const std::size_t at = address.rfind('@');
+  std::string_view local = at == std::string_view::npos ? address : address.substr(0, at);
+  std::string out = "<";
+  if (isDotAtom(local)) {
+    out += local;
+  } else {
+    out += '"';
+    for (char c : local) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  if (at != std::string_view::npos) out += address.substr(at);
+  out += '>';
+  return out;
+}
+
+std::string buildAuthHttpRecipientRequest(const AuthHttpUrl& url, std::string_view address,
+                                          const SmtpEnvelope& envelope) {
+  std::string r;
+  r.reserve(320 + address.size() + envelope.helo.size() + (envelope.from ? envelope.from->size() : 0));
+  r += "GET ";
+  r += url.path;
+  r += " HTTP/1.0\r\n";
+  r += "Host: " + url.host_header + "\r\n";
+  r += "Auth-Method: none\r\n";
+  r += "Auth-User: \r\n";
+  r += "Auth-Pass: \r\n";
+  r += "Auth-Protocol: smtp\r\n";
+  r += "Auth-Login-Attempt: 1\r\n";
+  if (!envelope.client.client_ip.empty())
+    r += "Client-IP: " + escapeMailAuth(envelope.client.client_ip) + "\r\n";
+  r += "Client-Host: [UNAVAILABLE]\r\n";
+  // nginx passes the client's command lines as they were (they hold no CRLF).
+  r += "Auth-SMTP-Helo: " + noControls(envelope.helo) + "\r\n";
+  r += "Auth-SMTP-From: ";
+  if (envelope.from)
+    r += "MAIL FROM:" + (envelope.from->empty() ? std::string("<>") : noControls(smtpPath(*envelope.from)));
+  r += "\r\n";
+  r += "Auth-SMTP-To: RCPT TO:" + noControls(smtpPath(address)) + "\r\n";
+  if (envelope.client.secured) r += "Auth-SSL: on\r\n";
+  r += "\r\n";
+  return r;
+}
+
+RecipientResult parseAuthHttpRecipientResponse(std::string_view block, std::string* reason) {
+  AuthHttpHeaders h;
+  if (std::string why = parseAuthHttpHeaders(block, &h); !why.empty()) {
+    *reason = std::move(why);
+    return RecipientResult::kTempFail;
+  }
+  if (!h.auth_status) {
+    *reason = "auth_http: response without Auth-Status";
+    return RecipientResult::kTempFail;
+  }
+  if (*h.auth_status == "OK") {
+    reason->clear();
+    return RecipientResult::kLocal;
+  }
+  *reason = "auth_http: " + forLog(*h.auth_status);
+  if (h.error_code && !h.error_code->empty()) *reason += " (Auth-Error-Code: " + forLog(*h.error_code) + ")";
+  if (*h.auth_status == "WAIT") return RecipientResult::kTempFail;
+  // The SMTP reply code decides: "451 4.3.0 ...", "550 5.1.1 ...", "550 5.7.1 ..."
+  // (or the enhanced code alone).
+  std::string_view code = h.error_code ? *h.error_code : std::string_view{};
+  if (!code.empty() && code.front() == '4') return RecipientResult::kTempFail;
+  if (!code.empty() && code.front() == '5') {
+    return code.find("5.7.1") != std::string_view::npos ? RecipientResult::kForeignDomain
+                                                        : RecipientResult::kUnknownMailbox;
+  }
+  // No usable code: Auth-Wait asks for a pause (nginx: delay, then the error), which
+  // mailgate answers as a temporary failure; a plain refusal is an unknown mailbox.
+  if (h.wait && !h.wait->empty()) return RecipientResult::kTempFail;
+  return RecipientResult::kUnknownMailbox;
 }
 
 // ------------------------------------------------------------------ the driver
@@ -426,6 +563,26 @@ AuthResult HttpDirectory::authenticate(std::string_view user, std::string_view p
     case Verdict::kTempFail:
       tempfail_.fetch_add(1, std::memory_order_relaxed);
       break;
+  }
+  return r;
+}
+
+RecipientResult HttpDirectory::recipient(std::string_view address) {
+  return recipient(address, SmtpEnvelope{});
+}
+
+RecipientResult HttpDirectory::recipient(std::string_view address, const SmtpEnvelope& envelope) {
+  rcpt_requests_.fetch_add(1, std::memory_order_relaxed);
+  const std::string request = buildAuthHttpRecipientRequest(url_, address, envelope);
+  std::string header;
+  std::string why = exchange(request, &header);
+  RecipientResult r = RecipientResult::kTempFail;
+  if (why.empty()) r = parseAuthHttpRecipientResponse(header, &why);
+  if (r == RecipientResult::kTempFail) {
+    rcpt_tempfail_.fetch_add(1, std::memory_order_relaxed);
+    if (log_limit_.allow())
+      log::warn("auth_http recipient check failed",
+                {{"error", why}, {"suppressed", log_limit_.suppressed()}});
   }
   return r;
 }
@@ -528,7 +685,9 @@ std::string HttpDirectory::statsText() const {
   return "http_requests=" + std::to_string(requests_.load(std::memory_order_relaxed)) +
          " http_ok=" + std::to_string(ok_.load(std::memory_order_relaxed)) +
          " http_rejected=" + std::to_string(rejected_.load(std::memory_order_relaxed)) +
-         " http_tempfail=" + std::to_string(tempfail_.load(std::memory_order_relaxed));
+         " http_tempfail=" + std::to_string(tempfail_.load(std::memory_order_relaxed)) +
+         " http_rcpt_requests=" + std::to_string(rcpt_requests_.load(std::memory_order_relaxed)) +
+         " http_rcpt_tempfail=" + std::to_string(rcpt_tempfail_.load(std::memory_order_relaxed));
 }
 
 }  // namespace mailgate::auth

@@ -19,6 +19,26 @@
 //   anything else (HTTP status other than 200, no Auth-Status, OK without server or
 //   port, a malformed or oversize answer, connect failure, timeout) → kTempFail.
 //
+// Recipient checks (the MX at RCPT time) ask the way nginx's mail proxy does for an
+// unauthenticated SMTP client (smtp_auth none):
+//
+//   Auth-Method: none   Auth-User: (empty)   Auth-Pass: (empty)   Auth-Protocol: smtp
+//   Auth-Login-Attempt: 1   [Client-IP]   Client-Host: [UNAVAILABLE]
+//   Auth-SMTP-Helo: <HELO argument, may be empty>
+//   Auth-SMTP-From: MAIL FROM:<sender>   (empty when not known)
+//   Auth-SMTP-To: RCPT TO:<local@domain> (local part re-quoted when not a dot-atom)
+//
+// and read the answer as:
+//   Auth-Status: OK (Auth-Server/Auth-Port not needed)      → kLocal
+//   Auth-Status WAIT, or Auth-Error-Code 4xx ("451 4.3.0")   → kTempFail
+//   Auth-Error-Code 5xx containing 5.7.1 ("550 5.7.1")       → kForeignDomain
+//   Auth-Error-Code other 5xx ("550 5.1.1", "550")           → kUnknownMailbox
+//   other Auth-Status without a code: with Auth-Wait         → kTempFail
+//                                     without                → kUnknownMailbox
+//   a transport failure, timeout or malformed answer         → kTempFail
+// The sender check (senderAllowed) is the default rule, the sender is the login:
+// the protocol has no question for it.
+//
 // The URL (plain http only) is parsed and its host resolved once, in create(), as
 // nginx does at configuration time; every request tries the resolved addresses in
 // order within one deadline of `timeout` for the whole exchange.
@@ -29,12 +49,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "auth/directory.h"
 #include "conf/config.h"
+#include "gateway/core/log.h"
 #include "gateway/core/result.h"
 
 namespace mailgate::auth {
@@ -73,6 +95,25 @@ std::size_t authHttpHeaderEnd(std::string_view bytes);
 // the client's login, copied to AuthResult.user on kOk.
 AuthResult parseAuthHttpResponse(std::string_view header_block, std::string_view user);
 
+// What the recipient request says about the SMTP session besides the recipient.
+// The Directory interface carries only the address, so recipient(address) sends
+// these empty.
+struct SmtpEnvelope {
+  std::string helo;                 // HELO/EHLO argument
+  std::optional<std::string> from;  // envelope sender local@domain ("" = null sender)
+  AuthContext client;               // client_ip, secured
+};
+
+// "<local@domain>" with the local part quoted when it is not a dot-atom.
+std::string smtpPath(std::string_view address);
+
+// The recipient-check request (see above), headers in nginx's order.
+std::string buildAuthHttpRecipientRequest(const AuthHttpUrl& url, std::string_view address,
+                                          const SmtpEnvelope& envelope);
+
+// Interprets the answer to a recipient check; *reason says why for a non-kLocal answer.
+RecipientResult parseAuthHttpRecipientResponse(std::string_view header_block, std::string* reason);
+
 class HttpDirectory : public Directory {
  public:
   static Result<std::shared_ptr<HttpDirectory>> create(const conf::HttpDirectoryConfig& config);
@@ -80,7 +121,13 @@ class HttpDirectory : public Directory {
   // Thread-safe and blocking (at most `timeout` in the exchange).
   AuthResult authenticate(std::string_view user, std::string_view password) override;
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
-  // "http_requests=N http_ok=N http_rejected=N http_tempfail=N"
+  // Thread-safe and blocking: the recipient check (see above).
+  RecipientResult recipient(std::string_view address) override;
+  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope);
+  // senderAllowed: the default (the sender is the login).
+
+  // "http_requests=N http_ok=N http_rejected=N http_tempfail=N http_rcpt_requests=N
+  // http_rcpt_tempfail=N"
   std::string statsText() const override;
 
   const AuthHttpUrl& url() const { return url_; }
@@ -102,6 +149,9 @@ class HttpDirectory : public Directory {
   mutable std::atomic<uint64_t> ok_{0};
   mutable std::atomic<uint64_t> rejected_{0};
   mutable std::atomic<uint64_t> tempfail_{0};
+  std::atomic<uint64_t> rcpt_requests_{0};
+  std::atomic<uint64_t> rcpt_tempfail_{0};
+  log::RateLimit log_limit_{2};
 };
 
 }  // namespace mailgate::auth

@@ -53,6 +53,8 @@ class PasswdFile : public Directory {
   // The local domains are the domains of the file's users; a mailbox is a user
   // (also one whose password line is disabled). Case-insensitive (ASCII).
   RecipientResult recipient(std::string_view address) override;
+  // senderAllowed: the default rule (the sender is the login itself). A passwd-file
+  // has users only, no aliases, so no other address belongs to a user.
 
   std::size_t size() const;  // users that can authenticate
 

@@ -19,6 +19,11 @@ const char* const kDefaultRecipientQuery =
     "SELECT 1 FROM mailboxes m JOIN domains d ON d.name = m.domain "
     "WHERE lower(m.address) = %{user} AND m.active AND d.active "
     "UNION ALL SELECT 1 FROM aliases a WHERE lower(a.address) = %{user} AND a.active LIMIT 1";
+const char* const kDefaultDomainQuery = "SELECT 1 FROM domains WHERE lower(name) = %{domain} AND active";
+const char* const kDefaultSenderQuery =
+    "SELECT 1 WHERE %{address}::text = %{user}::text "
+    "UNION ALL SELECT 1 FROM aliases a WHERE lower(a.address) = %{address} AND lower(a.target) = %{user} "
+    "AND a.active LIMIT 1";
 const char* const kDefaultRoutesQuery =
     "SELECT domain AS key, primary_node AS primary, secondary_node AS secondary FROM routes "
     "UNION ALL "
@@ -77,6 +82,8 @@ struct PostgresDirectory::Impl {
   pg::CompiledQuery password;
   pg::CompiledQuery route;
   pg::CompiledQuery recipient;
+  pg::CompiledQuery domain;
+  pg::CompiledQuery sender;
   std::unique_ptr<pg::Pool> pool;
   StoredHash dummy;  // verified for unknown users, result ignored
   std::atomic<uint64_t> queries{0};
@@ -93,15 +100,40 @@ struct PostgresDirectory::Impl {
   // Runs q with the bound parameters; copies what it needs inside fn.
   Result<bool> exec(const pg::CompiledQuery& q, std::string_view user, const AuthContext* ctx,
                     const std::function<void(const pqxx::result&)>& fn) {
+    return exec(q, pg::ParamValues{user, {}, ctx}, fn);
+  }
+  Result<bool> exec(const pg::CompiledQuery& q, const pg::ParamValues& values,
+                    const std::function<void(const pqxx::result&)>& fn) {
     ++queries;
-    const std::vector<std::string> params = pg::bindParams(q, user, ctx);
+    const std::vector<std::string> params = pg::bindParams(q, values);
     return pool->run([&](pqxx::connection& c) {
       pqxx::nontransaction tx(c);
       const pqxx::result r = tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(params));
       fn(r);
     });
   }
+
+  // Does q return a row? On one pooled connection, for the queries of one answer.
+  static bool hasRow(pqxx::connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
+    pqxx::nontransaction tx(c);
+    return !tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(pg::bindParams(q, values))).empty();
+  }
 };
+
+namespace {
+
+// The context of the SMTP-time queries: %{protocol} is "smtp", %{client_ip} empty
+// (the directory interface does not carry the client of a recipient check).
+const AuthContext& smtpContext() {
+  static const AuthContext ctx = [] {
+    AuthContext c;
+    c.protocol = "smtp";
+    return c;
+  }();
+  return ctx;
+}
+
+}  // namespace
 
 Result<std::shared_ptr<PostgresDirectory>> PostgresDirectory::create(const conf::DirectoryConfig& dcfg) {
   auto impl = std::make_unique<Impl>();
@@ -123,6 +155,14 @@ Result<std::shared_ptr<PostgresDirectory>> PostgresDirectory::create(const conf:
                              "directory.postgres.queries.recipient");
   if (!rc) return Error{rc.error()};
   impl->recipient = std::move(*rc);
+  auto dq = pg::compileQuery(q.domain.empty() ? kDefaultDomainQuery : q.domain, "mailgate_domain",
+                             "directory.postgres.queries.domain");
+  if (!dq) return Error{dq.error()};
+  impl->domain = std::move(*dq);
+  auto sq = pg::compileQuery(q.sender.empty() ? kDefaultSenderQuery : q.sender, "mailgate_sender",
+                             "directory.postgres.queries.sender");
+  if (!sq) return Error{sq.error()};
+  impl->sender = std::move(*sq);
 
   auto dummy = makeHash(impl->default_scheme, "mailgate-dummy-password");
   if (dummy) {
@@ -132,10 +172,22 @@ Result<std::shared_ptr<PostgresDirectory>> PostgresDirectory::create(const conf:
 
   std::vector<pg::CompiledQuery> statements{impl->password, impl->recipient};
   if (!impl->route.empty()) statements.push_back(impl->route);
+  // The SMTP-time statements must not cost the logins: a database whose schema
+  // lacks their tables (a legacy schema configured before these queries existed)
+  // still logs users in, and only those checks fail (temporarily, logged).
+  std::vector<pg::CompiledQuery> smtp_statements{impl->domain, impl->sender};
+  Impl* self = impl.get();  // owns the pool, so it outlives every on_connect call
   impl->pool = std::make_unique<pg::Pool>(
       pg::withConnectTimeout(impl->cfg.conninfo, impl->cfg.timeout), impl->cfg.pool, impl->cfg.timeout,
-      [statements](pqxx::connection& c) {
+      [statements, smtp_statements, self](pqxx::connection& c) {
         for (const auto& s : statements) c.prepare(s.name, s.sql);
+        for (const auto& s : smtp_statements) {
+          try {
+            c.prepare(s.name, s.sql);
+          } catch (const pqxx::sql_error& e) {
+            self->logFailure("prepare " + s.name, pg::describe(e));
+          }
+        }
       });
   return std::shared_ptr<PostgresDirectory>(new PostgresDirectory(std::move(impl)));
 }
@@ -223,6 +275,36 @@ Verdict PostgresDirectory::recipientExists(std::string_view address, const AuthC
     return Verdict::kTempFail;
   }
   return found ? Verdict::kOk : Verdict::kUnknownUser;
+}
+
+RecipientResult PostgresDirectory::recipient(std::string_view address) {
+  const pg::ParamValues values{address, address, &smtpContext()};
+  bool local_domain = false;
+  bool exists = false;
+  auto done = impl_->pool->run([&](pqxx::connection& c) {
+    ++impl_->queries;
+    local_domain = Impl::hasRow(c, impl_->domain, values);
+    if (!local_domain) return;
+    ++impl_->queries;
+    exists = Impl::hasRow(c, impl_->recipient, values);
+  });
+  if (!done) {
+    impl_->logFailure("recipient", done.error());
+    return RecipientResult::kTempFail;
+  }
+  if (!local_domain) return RecipientResult::kForeignDomain;
+  return exists ? RecipientResult::kLocal : RecipientResult::kUnknownMailbox;
+}
+
+SenderResult PostgresDirectory::senderAllowed(std::string_view user, std::string_view address) {
+  bool allowed = false;
+  auto done = impl_->exec(impl_->sender, pg::ParamValues{user, address, &smtpContext()},
+                          [&](const pqxx::result& r) { allowed = !r.empty(); });
+  if (!done) {
+    impl_->logFailure("sender", done.error());
+    return SenderResult::kTempFail;
+  }
+  return allowed ? SenderResult::kAllowed : SenderResult::kDenied;
 }
 
 std::string PostgresDirectory::statsText() const {

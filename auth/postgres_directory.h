@@ -4,9 +4,10 @@
 //
 // Queries (directory.postgres.queries; empty = the default on the default schema,
 // see auth/postgres_schema.h and docs/postgres.md) may use the named parameters
-// %{user} (the login name, lower-cased), %{local_part}, %{domain}, %{client_ip} and
-// %{protocol}; they are bound as parameters of a prepared statement, never spliced
-// into the SQL text. An unknown parameter is an error of create().
+// %{user}, %{address}, %{local_part}, %{domain}, %{client_ip} and %{protocol} (see
+// auth/postgres_query.h; values lower-cased); they are bound as parameters of a
+// prepared statement, never spliced into the SQL text. An unknown parameter is an
+// error of create().
 //
 // password  → first row: column 0 is the stored hash, "{SCHEME}hash" or a bare hash
 //             in default_scheme. No row, or a NULL hash → kUnknownUser. Optional
@@ -18,7 +19,21 @@
 //             listing, see PostgresRouteWatcher); run after a successful password
 //             check; row columns primary, secondary (backend names or host[:port],
 //             NULL = none) become AuthResult.route.
-// recipient → a row when the address exists (SMTP recipient check).
+// domain    → a row when %{domain} is a local domain (SMTP recipient check; the
+//             default: the domains table, active ones).
+// recipient → a row when the address exists (mailbox or alias), asked only for a
+//             local domain. recipient(): no domain row → kForeignDomain; domain
+//             but no recipient row → kUnknownMailbox; any error → kTempFail. Both
+//             run on one pooled connection; %{user} = %{address} = the recipient,
+//             %{protocol} = "smtp".
+// sender    → a row when the login %{user} may use the envelope sender %{address}
+//             (%{local_part}/%{domain} split the sender). The default: the sender
+//             is the login itself, or an active alias (aliases.address) whose
+//             target is the login. No row → kDenied, any error → kTempFail.
+//
+// password, recipient and route are prepared on every new connection, and a failure
+// fails the connection; domain and sender too, but a failure there is only logged
+// (logins keep working on a schema without their tables; those checks then fail).
 //
 // Every query runs with statement_timeout = directory.postgres.timeout; the connect
 // has connect_timeout = the timeout rounded up to seconds, at least 2 (libpq's
@@ -53,6 +68,10 @@ class PostgresDirectory : public Directory {
 
   // Does `address` exist (recipient query)? kOk: yes, kUnknownUser: no, kTempFail.
   Verdict recipientExists(std::string_view address, const AuthContext& ctx);
+  // The domain query, then the recipient query (see above).
+  RecipientResult recipient(std::string_view address) override;
+  // The sender query.
+  SenderResult senderAllowed(std::string_view user, std::string_view address) override;
 
   // "pg_queries=.. pg_query_failures=.. pg_connects=.."
   std::string statsText() const override;
@@ -68,6 +87,8 @@ class PostgresDirectory : public Directory {
 // The default queries (docs and tests).
 extern const char* const kDefaultPasswordQuery;
 extern const char* const kDefaultRecipientQuery;
+extern const char* const kDefaultDomainQuery;
+extern const char* const kDefaultSenderQuery;
 extern const char* const kDefaultRoutesQuery;
 extern const char* const kDefaultNodesQuery;
 

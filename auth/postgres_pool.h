@@ -1,8 +1,9 @@
 #pragma once
 // PostgreSQL plumbing shared by the postgres directory, the route watcher and the
-// schema migrations: named query parameters, connection options, a bounded
-// connection pool with reconnect backoff. Includes libpqxx: include this header
-// only from auth/postgres_*.cc, never from a header the rest of the tree sees.
+// schema migrations: named query parameters (auth/postgres_query.h), connection
+// options, a bounded connection pool with reconnect backoff. Includes libpqxx:
+// include this header only from auth/postgres_*.cc, never from a header the rest
+// of the tree sees.
 #include <pqxx/pqxx>
 
 #include <chrono>
@@ -16,31 +17,13 @@
 #include <vector>
 
 #include "auth/directory.h"
+#include "auth/postgres_query.h"
 #include "conf/config.h"
 #include "gateway/core/result.h"
 
 namespace mailgate::auth::pg {
 
 using Clock = std::chrono::steady_clock;
-
-// The named parameters a query may use; each becomes $n of a prepared statement.
-enum class Param { kUser, kLocalPart, kDomain, kClientIp, kProtocol };
-
-struct CompiledQuery {
-  std::string name;   // prepared statement name
-  std::string sql;    // with $1..$n
-  std::vector<Param> params;  // params[i] is bound to $(i+1)
-  bool empty() const { return sql.empty(); }
-};
-
-// Translates %{user} %{local_part} %{domain} %{client_ip} %{protocol} into $1..$n
-// (a name used twice binds the same $n). A '%' not followed by '{' is kept as is.
-// Errors name `what` (e.g. "directory.postgres.queries.password").
-Result<CompiledQuery> compileQuery(std::string_view text, std::string name, const std::string& what);
-
-// The values for a compiled query: %{user} is the login name lower-cased (ASCII),
-// %{local_part}/%{domain} split it at the last '@' (domain empty when there is none).
-std::vector<std::string> bindParams(const CompiledQuery& q, std::string_view user, const AuthContext* ctx);
 
 // conninfo with connect_timeout (seconds, at least 2: libpq's minimum) added when the
 // operator did not set one. Works for "key=value" strings and postgresql:// URIs.

@@ -89,6 +89,8 @@ struct CacheConfig {
 struct PostgresQueriesConfig {
   std::string password;  // empty = built-in default query
   std::string recipient;
+  std::string domain;  // a row when %{domain} is one of ours (SMTP recipient check)
+  std::string sender;  // a row when login %{user} may send as %{address} (submission)
   std::string route;
   std::string routes;
   // Node states for the routing map: rows (name, state active|drain|down). Empty =

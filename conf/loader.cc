@@ -845,9 +845,11 @@ void Loader::loadPostgres(const YAML::Node& n, const std::string& path, Postgres
   if (const Entry* e = f.find("queries")) {
     const std::string qpath = join(path, "queries");
     Fields qf;
-    if (fields(e->value, qpath, {"password", "recipient", "route", "routes", "nodes"}, &qf)) {
+    if (fields(e->value, qpath, {"password", "recipient", "domain", "sender", "route", "routes", "nodes"}, &qf)) {
       getString(qf, "password", qpath, &p->queries.password);
       getString(qf, "recipient", qpath, &p->queries.recipient);
+      getString(qf, "domain", qpath, &p->queries.domain);
+      getString(qf, "sender", qpath, &p->queries.sender);
       getString(qf, "route", qpath, &p->queries.route);
       getString(qf, "routes", qpath, &p->queries.routes);
       getString(qf, "nodes", qpath, &p->queries.nodes);

@@ -20,9 +20,17 @@ domain to another node by rewriting it (seed 004 fails over by editing maps.stor
       "maps":  {"example.org": "storage-02"},
       "nodes": {"storage-02": {"host": "127.0.0.1", "imap": 10143, "pop3": 10110, "smtp": 10025}},
       "wait":  1,                                     # Auth-Wait on failures (optional)
-      "rewrite": {"old@example.org": ["new@example.org", "new-password"]}
+      "rewrite": {"old@example.org": ["new@example.org", "new-password"]},
                                                       # optional Auth-User/Auth-Pass answer
+      "aliases": {"info@example.org": "alice@example.org"},   # optional, recipients only
+      "rcpt_tempfail": ["busy@example.org"]                   # optional, recipients only
     }
+
+Recipient checks (Auth-Method: none, as nginx asks for `smtp_auth none`) look up the
+address in Auth-SMTP-To ("RCPT TO:<local@domain>"): a mailbox or alias of a domain
+in `maps` is OK (+ the node's smtp port), another address of such a domain
+"550 5.1.1", any other domain "550 5.7.1" (relaying), an address in
+`rcpt_tempfail` "451 4.3.0" (Auth-Error-Code).
 
 Every request is appended to --log as one JSON object: the request line and its
 headers, with Auth-Pass replaced by "ok"/"bad" (a password is never logged), and
@@ -65,8 +73,30 @@ class Handler(BaseHTTPRequestHandler):
         with open(self.config_path, encoding="utf-8") as f:
             return json.load(f)
 
+    def recipient_answer(self, t: dict) -> list[tuple[str, str]]:
+        to = self.headers.get("Auth-SMTP-To", "")
+        address = to[to.find("<") + 1:to.rfind(">")] if "<" in to and ">" in to else ""
+        if address.startswith('"'):  # a quoted local part
+            local, _, domain = address.rpartition("@")
+            address = local[1:-1].replace('\\"', '"').replace("\\\\", "\\") + "@" + domain
+        domain = address.rpartition("@")[2].lower()
+        address = address.rpartition("@")[0] + "@" + domain
+        if address in t.get("rcpt_tempfail", []):
+            return [("Auth-Status", "Temporary lookup failure"), ("Auth-Error-Code", "451 4.3.0")]
+        if domain not in t.get("maps", {}):
+            return [("Auth-Status", "Relay access denied"), ("Auth-Error-Code", "550 5.7.1")]
+        if address not in t.get("mail", {}) and address not in t.get("aliases", {}):
+            return [("Auth-Status", "Mailbox unavailable"), ("Auth-Error-Code", "550 5.1.1")]
+        node = t.get("nodes", {}).get(t["maps"][domain], {})
+        return [("Auth-Status", "OK"), ("Auth-Server", node.get("host", "127.0.0.1")),
+                ("Auth-Port", str(node.get("smtp", 25)))]
+
     def do_GET(self):  # noqa: N802 (http.server's naming)
         t = self.tables()
+        if self.headers.get("Auth-Method", "") == "none":
+            answer = self.recipient_answer(t)
+            self.log_and_answer(answer, auth_ok=False)
+            return
         mailbox = decode(self.headers.get("Auth-User", ""))
         password = decode(self.headers.get("Auth-Pass", ""))
         protocol = self.headers.get("Auth-Protocol", "")
@@ -93,6 +123,9 @@ class Handler(BaseHTTPRequestHandler):
             if t.get("wait"):
                 answer.append(("Auth-Wait", str(t["wait"])))
 
+        self.log_and_answer(answer, auth_ok)
+
+    def log_and_answer(self, answer: list[tuple[str, str]], auth_ok: bool) -> None:
         record = {"request": self.requestline,
                   "headers": {k: (("ok" if auth_ok else "bad") if k.lower() == "auth-pass" else v)
                               for k, v in self.headers.items()},

@@ -43,11 +43,19 @@ class FakeDirectory : public Directory {
     return authenticate(user, password);
   }
   std::string statsText() const override { return "fake=1"; }
+  RecipientResult recipient(std::string_view address) override {
+    ++rcpt_calls;
+    if (down) return RecipientResult::kTempFail;
+    auto it = recipients.find(std::string(address));
+    return it == recipients.end() ? RecipientResult::kForeignDomain : it->second;
+  }
 
   std::map<std::string, std::string> users;
   std::atomic<bool> down{false};
   std::atomic<int> calls{0};
   std::string last_protocol;
+  std::map<std::string, RecipientResult> recipients;
+  std::atomic<int> rcpt_calls{0};
 };
 
 struct FakeClock {
@@ -80,7 +88,8 @@ TEST_F(AuthCache, PositiveHitCostsNoInnerCall) {
   EXPECT_EQ(cache.hits(), 1u);
   EXPECT_EQ(cache.misses(), 1u);
   EXPECT_EQ(cache.statsText(),
-            "auth_cache_hits=1 auth_cache_misses=1 auth_cache_stale_hits=0 auth_cache_entries=1 fake=1");
+            "auth_cache_hits=1 auth_cache_misses=1 auth_cache_stale_hits=0 auth_cache_entries=1 "
+            "rcpt_cache_hits=0 rcpt_cache_misses=0 rcpt_cache_entries=0 fake=1");
 }
 
 TEST_F(AuthCache, ContextIsPassedOnMiss) {
@@ -229,6 +238,96 @@ TEST_F(AuthCache, ConcurrentCallersAgree) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(ok, 800);
   EXPECT_EQ(cache.hits() + cache.misses(), 800u);
+}
+
+// ------------------------------------------------------------------ recipients
+
+struct RecipientFixture : Fixture {
+  RecipientFixture() {
+    fake->recipients["alice@example.org"] = RecipientResult::kLocal;
+    fake->recipients["nobody@example.org"] = RecipientResult::kUnknownMailbox;
+  }
+};
+using RecipientCache = RecipientFixture;
+
+TEST_F(RecipientCache, LocalIsKeptForTtlCaseInsensitively) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.recipient("alice@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(cache.recipient("ALICE@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(fake->rcpt_calls, 1);
+  clock.now += seconds(59);
+  EXPECT_EQ(cache.recipient("alice@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(fake->rcpt_calls, 1);
+  fake->recipients.erase("alice@example.org");  // mailbox removed
+  clock.now += seconds(2);
+  EXPECT_EQ(cache.recipient("alice@example.org"), RecipientResult::kForeignDomain);
+  EXPECT_EQ(fake->rcpt_calls, 2);
+  EXPECT_EQ(cache.recipientHits(), 2U);
+  EXPECT_EQ(cache.recipientMisses(), 2U);
+}
+
+TEST_F(RecipientCache, NegativeAnswersAreKeptForNegativeTtl) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(cache.recipient("x@example.com"), RecipientResult::kForeignDomain);
+  EXPECT_EQ(cache.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(cache.recipient("x@example.com"), RecipientResult::kForeignDomain);
+  EXPECT_EQ(fake->rcpt_calls, 2);
+  fake->recipients["nobody@example.org"] = RecipientResult::kLocal;  // mailbox created
+  clock.now += seconds(9);
+  EXPECT_EQ(cache.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  clock.now += seconds(2);
+  EXPECT_EQ(cache.recipient("nobody@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(fake->rcpt_calls, 3);
+}
+
+TEST_F(RecipientCache, TempFailIsNeverCachedNorServedStale) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.recipient("alice@example.org"), RecipientResult::kLocal);
+  fake->down = true;
+  EXPECT_EQ(cache.recipient("bob@example.org"), RecipientResult::kTempFail);
+  EXPECT_EQ(cache.recipient("bob@example.org"), RecipientResult::kTempFail);
+  EXPECT_EQ(fake->rcpt_calls, 3);
+  EXPECT_EQ(cache.recipient("alice@example.org"), RecipientResult::kLocal);  // still fresh
+  clock.now += seconds(61);
+  EXPECT_EQ(cache.recipient("alice@example.org"), RecipientResult::kTempFail);  // expired: no stale answer
+  fake->down = false;
+  EXPECT_EQ(cache.recipient("bob@example.org"), RecipientResult::kForeignDomain);
+  EXPECT_EQ(cache.recipientSize(), 2U);
+}
+
+TEST_F(RecipientCache, ZeroTtlsDisableIt) {
+  CachingDirectory none(fake, conf::CacheConfig{milliseconds(0), milliseconds(10000)}, clock.fn());
+  EXPECT_EQ(none.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(none.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(fake->rcpt_calls, 2);
+  EXPECT_EQ(none.recipientSize(), 0U);
+
+  CachingDirectory positive_only(fake, conf::CacheConfig{milliseconds(60000), milliseconds(0)}, clock.fn());
+  EXPECT_EQ(positive_only.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(positive_only.recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(positive_only.recipient("alice@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(positive_only.recipient("alice@example.org"), RecipientResult::kLocal);
+  EXPECT_EQ(fake->rcpt_calls, 5);
+  EXPECT_EQ(positive_only.recipientSize(), 1U);
+}
+
+TEST_F(RecipientCache, BoundedAndCounted) {
+  CachingDirectory cache(fake, cfg, clock.fn(), /*max_entries=*/2);
+  for (const char* a : {"a@x.test", "b@x.test", "c@x.test", "d@x.test"}) (void)cache.recipient(a);
+  EXPECT_EQ(cache.recipientSize(), 2U);
+  (void)cache.recipient("d@x.test");
+  (void)cache.recipient("a@x.test");  // evicted: asked again
+  EXPECT_EQ(fake->rcpt_calls, 5);
+  EXPECT_EQ(cache.statsText(),
+            "auth_cache_hits=0 auth_cache_misses=0 auth_cache_stale_hits=0 auth_cache_entries=0 "
+            "rcpt_cache_hits=1 rcpt_cache_misses=5 rcpt_cache_entries=2 fake=1");
+}
+
+TEST_F(RecipientCache, SenderCheckGoesToTheInnerDirectory) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.senderAllowed("alice@example.org", "alice@EXAMPLE.org"), SenderResult::kAllowed);
+  EXPECT_EQ(cache.senderAllowed("alice@example.org", "bob@example.org"), SenderResult::kDenied);
 }
 
 }  // namespace

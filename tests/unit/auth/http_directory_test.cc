@@ -348,7 +348,9 @@ TEST(HttpDirectoryLive, LoginOk) {
   EXPECT_NE(req.find("\r\nAuth-Protocol: pop3\r\n"), std::string::npos) << req;
   EXPECT_NE(req.find("\r\nClient-IP: 203.0.113.9\r\n"), std::string::npos) << req;
   EXPECT_NE(req.find("\r\nAuth-SSL: on\r\n"), std::string::npos) << req;
-  EXPECT_EQ((*dir)->statsText(), "http_requests=1 http_ok=1 http_rejected=0 http_tempfail=0");
+  EXPECT_EQ(
+      (*dir)->statsText(),
+      "http_requests=1 http_ok=1 http_rejected=0 http_tempfail=0 http_rcpt_requests=0 http_rcpt_tempfail=0");
 }
 
 TEST(HttpDirectoryLive, BadPasswordWithWaitLfOnly) {
@@ -416,13 +418,150 @@ TEST(HttpDirectoryLive, ConnectRefusedIsTemporary) {
   AuthResult r = (*dir)->authenticate("u", "p");
   EXPECT_EQ(r.verdict, Verdict::kTempFail);
   EXPECT_NE(r.reason.find("connect"), std::string::npos) << r.reason;
-  EXPECT_EQ((*dir)->statsText(), "http_requests=1 http_ok=0 http_rejected=0 http_tempfail=1");
+  EXPECT_EQ(
+      (*dir)->statsText(),
+      "http_requests=1 http_ok=0 http_rejected=0 http_tempfail=1 http_rcpt_requests=0 http_rcpt_tempfail=0");
 }
 
 TEST(HttpDirectoryCreate, Rejects) {
   EXPECT_FALSE(HttpDirectory::create(configFor("https://127.0.0.1/auth")).ok());
   EXPECT_FALSE(HttpDirectory::create(configFor("http://127.0.0.1/auth", 0ms)).ok());
   EXPECT_FALSE(HttpDirectory::create(configFor("http://no-such-host.invalid/auth")).ok());
+}
+
+// ------------------------------------------------------------------ recipient check
+
+TEST(AuthHttpRecipient, RequestAsNginxSmtpAuthNone) {
+  auto u = parseAuthHttpUrl("http://auth.example.org:8185/auth");
+  ASSERT_TRUE(u.ok());
+  SmtpEnvelope env;
+  env.helo = "client.example.com";
+  env.from = "";
+  env.client.client_ip = "192.0.2.42";
+  EXPECT_EQ(buildAuthHttpRecipientRequest(*u, "postmaster@mail.example.com", env),
+            "GET /auth HTTP/1.0\r\n"
+            "Host: auth.example.org\r\n"
+            "Auth-Method: none\r\n"
+            "Auth-User: \r\n"
+            "Auth-Pass: \r\n"
+            "Auth-Protocol: smtp\r\n"
+            "Auth-Login-Attempt: 1\r\n"
+            "Client-IP: 192.0.2.42\r\n"
+            "Client-Host: [UNAVAILABLE]\r\n"
+            "Auth-SMTP-Helo: client.example.com\r\n"
+            "Auth-SMTP-From: MAIL FROM:<>\r\n"
+            "Auth-SMTP-To: RCPT TO:<postmaster@mail.example.com>\r\n"
+            "\r\n");
+}
+
+TEST(AuthHttpRecipient, UnknownEnvelopeIsEmptyAndSenderIsAPath) {
+  auto u = parseAuthHttpUrl("http://127.0.0.1/auth");
+  ASSERT_TRUE(u.ok());
+  std::string req = buildAuthHttpRecipientRequest(*u, "bob@example.org", SmtpEnvelope{});
+  EXPECT_NE(
+      req.find("\r\nAuth-SMTP-Helo: \r\nAuth-SMTP-From: \r\nAuth-SMTP-To: RCPT TO:<bob@example.org>\r\n"),
+      std::string::npos)
+      << req;
+  EXPECT_EQ(req.find("Client-IP"), std::string::npos) << req;
+  SmtpEnvelope env;
+  env.from = "alice@example.org";
+  env.client.secured = true;
+  req = buildAuthHttpRecipientRequest(*u, "bob@example.org", env);
+  EXPECT_NE(req.find("\r\nAuth-SMTP-From: MAIL FROM:<alice@example.org>\r\n"), std::string::npos) << req;
+  EXPECT_NE(req.find("\r\nAuth-SSL: on\r\n\r\n"), std::string::npos) << req;
+}
+
+TEST(AuthHttpRecipient, LocalPartRequotedAndNoControlBytes) {
+  EXPECT_EQ(smtpPath("a.b+c@example.org"), "<a.b+c@example.org>");
+  EXPECT_EQ(smtpPath("john doe@example.org"), "<\"john doe\"@example.org>");
+  EXPECT_EQ(smtpPath("a\"b\\c@example.org"), "<\"a\\\"b\\\\c\"@example.org>");
+  EXPECT_EQ(smtpPath("a..b@example.org"), "<\"a..b\"@example.org>");
+  auto u = parseAuthHttpUrl("http://127.0.0.1/auth");
+  ASSERT_TRUE(u.ok());
+  std::string req =
+      buildAuthHttpRecipientRequest(*u, std::string("x\r\ny\0z@example.org", 18), SmtpEnvelope{});
+  EXPECT_NE(req.find("RCPT TO:<\"x%0D%0Ay%00z\"@example.org>\r\n"), std::string::npos) << req;
+  EXPECT_EQ(req.find("\r\n\r\n"), req.size() - 4);
+}
+
+RecipientResult rcptAnswer(const std::string& headers, std::string* reason = nullptr) {
+  std::string why;
+  RecipientResult r = parseAuthHttpRecipientResponse("HTTP/1.0 200 OK\r\n" + headers + "\r\n", &why);
+  if (reason) *reason = why;
+  return r;
+}
+
+TEST(AuthHttpRecipient, AnswerMapping) {
+  EXPECT_EQ(rcptAnswer("Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n"),
+            RecipientResult::kLocal);
+  EXPECT_EQ(rcptAnswer("Auth-Status: OK\r\n"), RecipientResult::kLocal);
+  std::string why;
+  EXPECT_EQ(rcptAnswer("Auth-Status: User unknown\r\nAuth-Error-Code: 550 5.1.1\r\n", &why),
+            RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(why, "auth_http: User unknown (Auth-Error-Code: 550 5.1.1)");
+  EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 550\r\n"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 550 5.1.10\r\n"),
+            RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(rcptAnswer("Auth-Status: no\r\nAuth-Error-Code: 5.1.1\r\n"), RecipientResult::kUnknownMailbox);
+  EXPECT_EQ(rcptAnswer("Auth-Status: Relay access denied\r\nAuth-Error-Code: 550 5.7.1\r\n"),
+            RecipientResult::kForeignDomain);
+  EXPECT_EQ(rcptAnswer("Auth-Status: x\r\nAuth-Error-Code: 554 5.7.1 relaying denied\r\n"),
+            RecipientResult::kForeignDomain);
+  EXPECT_EQ(rcptAnswer("Auth-Status: Try later\r\nAuth-Error-Code: 451 4.3.0\r\n"),
+            RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: x\r\nAuth-Error-Code: 450\r\n"), RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: WAIT\r\n"), RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: Invalid login or password\r\nAuth-Wait: 3\r\n"),
+            RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: Invalid login or password\r\n"), RecipientResult::kUnknownMailbox);
+}
+
+TEST(AuthHttpRecipient, MalformedOrNotOkHttpIsTemporary) {
+  std::string why;
+  EXPECT_EQ(parseAuthHttpRecipientResponse("HTTP/1.0 500 Oops\r\nAuth-Status: OK\r\n\r\n", &why),
+            RecipientResult::kTempFail);
+  EXPECT_EQ(why, "auth_http: HTTP status 500");
+  EXPECT_EQ(rcptAnswer("Content-Type: text/html\r\n"), RecipientResult::kTempFail);
+  EXPECT_EQ(rcptAnswer("Auth-Status: OK\r\nAuth-Status: OK\r\n"), RecipientResult::kTempFail);
+  EXPECT_EQ(parseAuthHttpRecipientResponse("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\n", &why),
+            RecipientResult::kTempFail);
+}
+
+TEST(HttpDirectoryLive, RecipientAnswers) {
+  {
+    OneShotServer server(
+        "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 25\r\n\r\n");
+    auto dir = HttpDirectory::create(configFor(server.url()));
+    ASSERT_TRUE(dir.ok()) << dir.error();
+    EXPECT_EQ((*dir)->recipient("alice@example.org"), RecipientResult::kLocal);
+    const std::string req = server.request();
+    EXPECT_NE(req.find("\r\nAuth-Method: none\r\nAuth-User: \r\nAuth-Pass: \r\nAuth-Protocol: smtp\r\n"),
+              std::string::npos)
+        << req;
+    EXPECT_NE(req.find("\r\nAuth-SMTP-To: RCPT TO:<alice@example.org>\r\n"), std::string::npos) << req;
+  }
+  {
+    OneShotServer server("HTTP/1.0 200 OK\nAuth-Status: unknown\nAuth-Error-Code: 550 5.1.1\n\n");
+    auto dir = HttpDirectory::create(configFor(server.url()));
+    ASSERT_TRUE(dir.ok()) << dir.error();
+    EXPECT_EQ((*dir)->recipient("nobody@example.org"), RecipientResult::kUnknownMailbox);
+  }
+  {
+    OneShotServer server("", /*hang=*/true);
+    auto dir = HttpDirectory::create(configFor(server.url(), 200ms));
+    ASSERT_TRUE(dir.ok()) << dir.error();
+    EXPECT_EQ((*dir)->recipient("alice@example.org"), RecipientResult::kTempFail);
+    EXPECT_EQ((*dir)->statsText(),
+              "http_requests=0 http_ok=0 http_rejected=0 http_tempfail=0 http_rcpt_requests=1 "
+              "http_rcpt_tempfail=1");
+  }
+}
+
+TEST(HttpDirectory, SenderIsTheLogin) {
+  auto dir = HttpDirectory::create(configFor("http://127.0.0.1:1/auth"));
+  ASSERT_TRUE(dir.ok()) << dir.error();
+  EXPECT_EQ((*dir)->senderAllowed("alice@example.org", "Alice@Example.org"), SenderResult::kAllowed);
+  EXPECT_EQ((*dir)->senderAllowed("alice@example.org", "bob@example.org"), SenderResult::kDenied);
 }
 
 }  // namespace
