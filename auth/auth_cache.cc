@@ -134,13 +134,13 @@ void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chr
   }
 }
 
-RecipientResult CachingDirectory::recipient(std::string_view address) {
+RecipientResult CachingDirectory::recipient(std::string_view address, const SmtpEnvelope& envelope) {
   if (cfg_.ttl.count() <= 0) {  // ttl 0 disables the cache, as for logins
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++rcpt_misses_;
     }
-    return inner_->recipient(address);
+    return inner_->recipient(address, envelope);
   }
   const std::string k = lower(address);
   {
@@ -152,7 +152,7 @@ RecipientResult CachingDirectory::recipient(std::string_view address) {
     }
     ++rcpt_misses_;
   }
-  const RecipientResult r = inner_->recipient(address);
+  const RecipientResult r = inner_->recipient(address, envelope);
   conf::Duration ttl{0};
   switch (r) {
     case RecipientResult::kLocal:

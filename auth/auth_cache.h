@@ -56,7 +56,10 @@ class CachingDirectory : public Directory {
 
   AuthResult authenticate(std::string_view user, std::string_view password) override;
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
-  RecipientResult recipient(std::string_view address) override;
+  RecipientResult recipient(std::string_view address) override { return recipient(address, SmtpEnvelope{}); }
+  // Cached by address alone: a driver whose answer depends on the client should run
+  // with cache.ttl 0.
+  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override;
   // Not cached: the inner directory answers.
   SenderResult senderAllowed(std::string_view user, std::string_view address) override {
     return inner_->senderAllowed(user, address);

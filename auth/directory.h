@@ -59,6 +59,14 @@ enum class RecipientResult {
   kTempFail,        // cannot tell now (directory down, driver without support): 451 4.3.0
 };
 
+// What a recipient check knows about the SMTP session besides the recipient (the
+// http driver sends it as Auth-SMTP-Helo/-From and Client-IP; %{client_ip} in SQL).
+struct SmtpEnvelope {
+  std::string helo;                 // HELO/EHLO argument
+  std::optional<std::string> from;  // envelope sender local@domain ("" = null sender)
+  AuthContext client;               // client_ip, secured, protocol
+};
+
 // May an authenticated user send with this envelope sender? (Submission asks at MAIL.)
 enum class SenderResult {
   kAllowed,   // the user's own address or one of its aliases
@@ -81,6 +89,10 @@ class Directory {
   // Thread-safe; blocking (may query a database). `address` is local@domain with
   // the local part unquoted. Drivers that cannot answer say kTempFail.
   virtual RecipientResult recipient(std::string_view /*address*/) { return RecipientResult::kTempFail; }
+  // The same with the session's envelope; drivers that use none of it ignore it.
+  virtual RecipientResult recipient(std::string_view address, const SmtpEnvelope& /*envelope*/) {
+    return recipient(address);
+  }
   // Thread-safe; blocking. `user` is the canonical name authenticate() returned,
   // `address` the envelope sender as local@domain (local part unquoted, never empty:
   // the null sender is not asked about).

@@ -95,15 +95,6 @@ std::size_t authHttpHeaderEnd(std::string_view bytes);
 // the client's login, copied to AuthResult.user on kOk.
 AuthResult parseAuthHttpResponse(std::string_view header_block, std::string_view user);
 
-// What the recipient request says about the SMTP session besides the recipient.
-// The Directory interface carries only the address, so recipient(address) sends
-// these empty.
-struct SmtpEnvelope {
-  std::string helo;                 // HELO/EHLO argument
-  std::optional<std::string> from;  // envelope sender local@domain ("" = null sender)
-  AuthContext client;               // client_ip, secured
-};
-
 // "<local@domain>" with the local part quoted when it is not a dot-atom.
 std::string smtpPath(std::string_view address);
 
@@ -123,7 +114,7 @@ class HttpDirectory : public Directory {
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
   // Thread-safe and blocking: the recipient check (see above).
   RecipientResult recipient(std::string_view address) override;
-  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope);
+  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override;
   // senderAllowed: the default (the sender is the login).
 
   // "http_requests=N http_ok=N http_rejected=N http_tempfail=N http_rcpt_requests=N

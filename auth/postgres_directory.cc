@@ -278,7 +278,13 @@ Verdict PostgresDirectory::recipientExists(std::string_view address, const AuthC
 }
 
 RecipientResult PostgresDirectory::recipient(std::string_view address) {
-  const pg::ParamValues values{address, address, &smtpContext()};
+  return recipient(address, SmtpEnvelope{{}, {}, smtpContext()});
+}
+
+RecipientResult PostgresDirectory::recipient(std::string_view address, const SmtpEnvelope& envelope) {
+  AuthContext ctx = envelope.client;
+  ctx.protocol = "smtp";
+  const pg::ParamValues values{address, address, &ctx};
   bool local_domain = false;
   bool exists = false;
   auto done = impl_->pool->run([&](pqxx::connection& c) {

@@ -70,6 +70,7 @@ class PostgresDirectory : public Directory {
   Verdict recipientExists(std::string_view address, const AuthContext& ctx);
   // The domain query, then the recipient query (see above).
   RecipientResult recipient(std::string_view address) override;
+  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override;
   // The sender query.
   SenderResult senderAllowed(std::string_view user, std::string_view address) override;
 

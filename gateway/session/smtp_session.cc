@@ -747,10 +747,24 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
   uint32_t slot = this->slot(), gen = this->gen();
   Reactor* reactor = &reactor_;
   const bool submission = submission_;
-  bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission] {
+  auth::SmtpEnvelope env;
+  if (!submission) {
+    env.helo = helo_;
+    const size_t lt = mail_from_.find('<'), gt = mail_from_.rfind('>');
+    if (lt != std::string::npos && gt != std::string::npos && gt > lt)
+      env.from = mail_from_.substr(lt + 1, gt - lt - 1);
+    env.client.client_ip = client_ip_;
+    env.client.client_port = client_port_;
+    env.client.local_ip = local_ip_;
+    env.client.local_port = local_port_;
+    env.client.protocol = "smtp";
+    env.client.method = "none";
+    env.client.secured = clientTlsActive();
+  }
+  bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission, env = std::move(env)] {
     // Submission: every recipient goes to the relay, which applies its own policy.
     auth::RecipientResult r =
-        submission ? auth::RecipientResult::kLocal : rt->directory->recipient(address);
+        submission ? auth::RecipientResult::kLocal : rt->directory->recipient(address, env);
     std::vector<DeliveryTarget> targets;
     std::string key;
     if (r == auth::RecipientResult::kLocal) {

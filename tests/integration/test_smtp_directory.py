@@ -432,8 +432,10 @@ class SmtpHttpDirectoryTest(MxDirectoryCase):
         self.assertEqual(h["Auth-Method"], "none")
         self.assertEqual(h["Auth-User"], "")
         self.assertEqual(h["Auth-Protocol"], "smtp")
-        self.assertIn("Auth-SMTP-Helo", h)
-        self.assertIn("Auth-SMTP-From", h)
+        # The session's envelope travels with the check, as nginx sends it.
+        self.assertEqual(h["Auth-SMTP-From"], "MAIL FROM:<sender@example.com>")
+        self.assertEqual(h["Auth-SMTP-Helo"], "client.example.com")
+        self.assertEqual(h["Client-IP"], harness.HOST)
         self.assertEqual(asked[-1]["status"], "OK")
 
     def test_2_alias_delivered(self):
