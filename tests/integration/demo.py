@@ -2,10 +2,12 @@
 
 Run through scripts/demo.sh. Starts Dovecot (imap, pop3, lmtp) with demo users,
 makes a CA and a certificate, starts mailgate with implicit-TLS and STARTTLS
-listeners for IMAP and POP3, delivers a welcome message, prints how to connect,
+listeners for IMAP and POP3 and an SMTP MX listener (STARTTLS) that delivers into
+Dovecot over LMTP, sends a welcome message through that MX, prints how to connect,
 and stays in the foreground (showing mailgate's log) until Ctrl-C.
 
-  --self-test   connect with curl through every listener, then exit (0 = all worked)
+  --self-test   send through the MX, read back with curl through every listener, then
+                exit (0 = all worked)
   --keep        leave the temporary directory in place at exit
 """
 
@@ -15,6 +17,7 @@ import argparse
 import os
 import shutil
 import signal
+import smtplib
 import sys
 import time
 from pathlib import Path
@@ -26,7 +29,7 @@ USERS = {
     "alice@example.org": "alice-password",
     "bob@example.org": "bob-password",
 }
-PREFERRED = {"imaps": 10993, "imap": 10143, "pop3s": 10995, "pop3": 10110}
+PREFERRED = {"imaps": 10993, "imap": 10143, "pop3s": 10995, "pop3": 10110, "smtp": 10025}
 
 
 def pick_ports() -> dict[str, int]:
@@ -82,6 +85,7 @@ def main() -> int:
                 {"name": "imap", "protocol": "imap", "port": ports["imap"], "tls": "starttls"},
                 {"name": "pop3s", "protocol": "pop3", "port": ports["pop3s"], "tls": "implicit"},
                 {"name": "pop3", "protocol": "pop3", "port": ports["pop3"], "tls": "starttls"},
+                {"name": "mx", "protocol": "smtp", "port": ports["smtp"], "tls": "starttls"},
             ],
             backends=[{"name": "storage-01", "imap": dovecot.imap_port, "pop3": dovecot.pop3_port,
                        "lmtp": dovecot.lmtp_port, "health_interval": "5s",
@@ -92,10 +96,18 @@ def main() -> int:
         gateway.start()
 
         for user in USERS:
-            dovecot.deliver(user, "Welcome to mailgate",
-                            f"Hello {user.split('@')[0]},\r\n\r\n"
-                            "this message was delivered to Dovecot over LMTP and you are\r\n"
-                            "reading it through mailgate.\r\n")
+            # Through mailgate's own MX: recipient checked, message spooled, delivered
+            # to Dovecot over LMTP, 250 only after Dovecot's.
+            with smtplib.SMTP(harness.HOST, ports["smtp"], timeout=30) as s:
+                s.ehlo("demo.example.net")
+                s.starttls(context=harness.client_context(ca.cert))
+                s.ehlo("demo.example.net")
+                s.sendmail("welcome@example.net", [user],
+                           (f"From: welcome@example.net\r\nTo: {user}\r\nSubject: Welcome to mailgate\r\n"
+                            f"\r\nHello {user.split('@')[0]},\r\n\r\n"
+                            "this message came in through mailgate's MX (SMTP with STARTTLS), was\r\n"
+                            "delivered to Dovecot over LMTP, and you are reading it through mailgate.\r\n"
+                            ).encode())
 
         ca_pem = ca.cert
         h = harness.HOST
@@ -111,6 +123,11 @@ The same over IMAP with STARTTLS, and over POP3 (implicit TLS and STLS):
   curl --ssl-reqd --cacert {ca_pem} -u alice@example.org:alice-password 'imap://{h}:{ports['imap']}/INBOX;MAILINDEX=1'
   curl --cacert {ca_pem} -u alice@example.org:alice-password 'pop3s://{h}:{ports['pop3s']}/1'
   curl --ssl-reqd --cacert {ca_pem} -u bob@example.org:bob-password 'pop3://{h}:{ports['pop3']}/'
+
+Send mail through mailgate's MX (STARTTLS; recipients are checked, the message is
+delivered to Dovecot over LMTP), then read it as above with MAILINDEX=2:
+  swaks --server {h}:{ports['smtp']} --tls --to bob@example.org --from you@example.net
+  swaks --server {h}:{ports['smtp']} --to nobody@example.org     # 550 5.1.1, unknown mailbox
 
 Talk IMAP yourself:
   openssl s_client -quiet -crlf -connect {h}:{ports['imap']} -starttls imap -CAfile {ca_pem}
