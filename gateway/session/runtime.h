@@ -11,6 +11,7 @@
 #include "auth/directory.h"
 #include "auth/postgres_routes.h"
 #include "conf/config.h"
+#include "filters/content_hook.h"
 #include "gateway/core/result.h"
 #include "gateway/tls/tls_context.h"
 #include "routing/router.h"
@@ -25,6 +26,8 @@ struct Runtime {
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<routing::HealthChecker> health;
   std::unique_ptr<auth::PostgresRouteWatcher> route_watcher;  // driver postgres: the routing map
+  // SMTP content hooks, from the `hooks` section (no hook is defined yet: empty).
+  std::shared_ptr<const filters::ContentChain> content = std::make_shared<filters::ContentChain>();
 
   // Starts the background parts (health checks, route watcher) once published.
   void startBackground();

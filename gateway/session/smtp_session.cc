@@ -101,7 +101,7 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
       hostname_(localHostname()),
       submission_(listener.protocol == conf::Protocol::kSubmission),
-      spool_(rt_->config->server.spool_memory, rt_->config->server.spool_dir) {}
+      spool_(std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir)) {}
 
 void SmtpSession::start() {
   armClientTimer();
@@ -256,6 +256,7 @@ void SmtpSession::process() {
       case Phase::kAuthLookup:
       case Phase::kAuthDelay:
       case Phase::kSenderLookup:
+      case Phase::kFiltering:
         more = false;
         break;
     }
@@ -350,7 +351,7 @@ void SmtpSession::resetTransaction() {
   targets_.clear();
   bdat_started_ = false;
   bdat_last_ = false;
-  spool_.clear();
+  spool_->clear();
   body_off_ = 0;
   std::string().swap(body_chunk_);
 }
@@ -882,7 +883,7 @@ void SmtpSession::handleBdat(const codec::SmtpCommand& c) {
 }
 
 size_t SmtpSession::processData(std::string_view in) {
-  codec::SmtpDataFeed r = data_.feed(in, spool_);
+  codec::SmtpDataFeed r = data_.feed(in, *spool_);
   switch (r.status) {
     case codec::SmtpDataStatus::kNeedMore:
       break;
@@ -913,7 +914,7 @@ size_t SmtpSession::processBdat(std::string_view in) {
     }
     return k;
   }
-  codec::BdatFeed r = bdat_.feed(in, spool_);
+  codec::BdatFeed r = bdat_.feed(in, *spool_);
   switch (r.status) {
     case codec::BdatStatus::kNeedMore:
       break;
@@ -934,7 +935,7 @@ size_t SmtpSession::processBdat(std::string_view in) {
 }
 
 void SmtpSession::beginSpool() {
-  spool_.clear();
+  spool_->clear();
   std::string header;
   const bool tls = clientTlsActive();
   std::string proto = smtputf8_ ? "UTF8SMTP" : (esmtp_ ? "ESMTP" : "SMTP");
@@ -948,7 +949,7 @@ void SmtpSession::beginSpool() {
   header += "\r\n\tid " + id_;
   if (rcpts_.size() == 1) header += "\r\n\tfor " + rcpts_[0];
   header += "; " + rfc5322Date() + "\r\n";
-  spool_.write(header);
+  spool_->write(header);
 }
 
 void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
@@ -968,15 +969,89 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
     badCommand(std::to_string(r.code) + " " + std::string(r.enhanced) + " " + std::string(r.text));
     return;
   }
-  if (!spool_.flush()) {
-    log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_.error()}});
+  if (!spool_->flush()) {
+    log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_->error()}});
     reactor_.stats.smtp_deferred++;
     resetTransaction();
     reply("452 4.3.1 Insufficient system storage, try again later");
     return;
   }
-  if (spool_.inFile()) reactor_.stats.smtp_spooled_to_file++;
+  if (spool_->inFile()) reactor_.stats.smtp_spooled_to_file++;
+  if (rt_->content && !rt_->content->empty()) {
+    runContentHooks();
+    return;
+  }
   startDelivery();
+}
+
+namespace {
+// The spool as the hooks read it; shared, so it outlives a session that closes
+// while a hook still runs.
+class SpoolBody final : public filters::MessageBody {
+ public:
+  explicit SpoolBody(std::shared_ptr<MessageSpool> s) : s_(std::move(s)) {}
+  uint64_t size() const override { return s_->size(); }
+  bool read(uint64_t off, size_t n, std::string* out) const override { return s_->read(off, n, out); }
+
+ private:
+  std::shared_ptr<MessageSpool> s_;
+};
+}  // namespace
+
+void SmtpSession::runContentHooks() {
+  phase_ = Phase::kFiltering;
+  pauseClient(true);
+  updateTimer();
+  filters::MessageInfo info;
+  info.session_id = id_;
+  info.client_ip = client_ip_;
+  info.helo = helo_;
+  info.user = authenticated_ ? user_ : std::string();
+  info.mail_from = mail_from_;
+  info.rcpts = rcpts_;
+  info.tls = clientTlsActive();
+  auto chain = rt_->content;
+  auto body = std::make_shared<SpoolBody>(spool_);
+  uint32_t slot = this->slot(), gen = this->gen();
+  Reactor* reactor = &reactor_;
+  bool queued = reactor_.workers().submit([chain, body, info = std::move(info), slot, gen, reactor] {
+    filters::Decision d = chain->run(info, *body);
+    reactor->postToSession(slot, gen, [d = std::move(d)](Session& s) mutable {
+      static_cast<SmtpSession&>(s).onContentDecision(std::move(d));
+    });
+  });
+  if (!queued) {
+    filters::Decision d;
+    d.action = filters::Action::kTempFail;
+    d.reply = "451 4.3.2 System busy, try again later";
+    d.reason = "worker queue full";
+    onContentDecision(std::move(d));
+  }
+}
+
+void SmtpSession::onContentDecision(filters::Decision d) {
+  if (phase_ != Phase::kFiltering || closing()) return;
+  if (d.action == filters::Action::kAccept) {
+    startDelivery();
+    return;
+  }
+  log::info("smtp message refused by a content hook", {{"session", id_},
+                                                       {"client", client_ip_},
+                                                       {"from", mail_from_},
+                                                       {"hook", d.hook},
+                                                       {"reason", d.reason},
+                                                       {"reply", d.reply}});
+  if (d.action == filters::Action::kReject)
+    reactor_.stats.smtp_rejected++;
+  else
+    reactor_.stats.smtp_deferred++;
+  resetTransaction();
+  phase_ = Phase::kCommand;
+  reply(d.reply);
+  if (closing()) return;
+  pauseClient(false);
+  armClientTimer();
+  process();
 }
 
 // ------------------------------------------------------------------ delivery
@@ -1133,7 +1208,7 @@ void SmtpSession::sendMail() {
   step_ = Step::kMail;
   armNodeTimer(kNodeReplyMs);
   std::string line = "MAIL FROM:" + mail_from_;
-  if (node_size_) line += " SIZE=" + std::to_string(spool_.size());
+  if (node_size_) line += " SIZE=" + std::to_string(spool_->size());
   if (body_8bit_ && node_8bit_) line += " BODY=8BITMIME";
   if (smtputf8_ && node_utf8_) line += " SMTPUTF8";
   pipelined_ = node_pipelining_;
@@ -1168,16 +1243,16 @@ constexpr size_t kBodyChunk = 64 * 1024;
 void SmtpSession::sendBody() {
   body_off_ = 0;
   body_line_start_ = true;
-  if (spool_.inFile()) {
+  if (spool_->inFile()) {
     step_ = Step::kBody;
     pumpBody();
     return;
   }
   std::string out;
-  stuff(spool_.memory(), &body_line_start_, &out);
-  body_off_ = spool_.size();
-  std::string_view t = spool_.tail();
-  if (spool_.size() > 0 && t != "\r\n") out += "\r\n";
+  stuff(spool_->memory(), &body_line_start_, &out);
+  body_off_ = spool_->size();
+  std::string_view t = spool_->tail();
+  if (spool_->size() > 0 && t != "\r\n") out += "\r\n";
   out += ".\r\n";
   body_queued_ = true;
   step_ = Step::kFinal;
@@ -1188,10 +1263,10 @@ void SmtpSession::sendBody() {
 void SmtpSession::pumpBody() {
   // Called at the start and whenever the node has taken most of what was queued:
   // at most kBackendLowWater + one chunk of the message is in memory at a time.
-  while (step_ == Step::kBody && body_off_ < spool_.size()) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool_.size() - body_off_));
-    if (!spool_.read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
-      log::error("smtp spool read failed", {{"session", id_}, {"error", spool_.error()}});
+  while (step_ == Step::kBody && body_off_ < spool_->size()) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool_->size() - body_off_));
+    if (!spool_->read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
+      log::error("smtp spool read failed", {{"session", id_}, {"error", spool_->error()}});
       attemptFailed(BackendFailure::kInternal, "spool read failed");
       return;
     }
@@ -1201,12 +1276,12 @@ void SmtpSession::pumpBody() {
     armNodeTimer(kNodeReplyMs);
     writeBackend(out);
     if (closing() || step_ != Step::kBody) return;
-    if (body_off_ < spool_.size()) return;  // onBackendDrained continues
+    if (body_off_ < spool_->size()) return;  // onBackendDrained continues
   }
   if (step_ != Step::kBody) return;
-  std::string_view t = spool_.tail();
+  std::string_view t = spool_->tail();
   std::string out;
-  if (spool_.size() > 0 && t != "\r\n") out += "\r\n";
+  if (spool_->size() > 0 && t != "\r\n") out += "\r\n";
   out += ".\r\n";
   std::string().swap(body_chunk_);
   body_queued_ = true;
@@ -1368,7 +1443,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
                                      {"client", client_ip_},
                                      {"from", mail_from_},
                                      {"recipients", rcpts_.size()},
-                                     {"size", spool_.size()},
+                                     {"size", spool_->size()},
                                      {"backend", target_->backend->name},
                                      {"reply", last_node_reply_}});
         deliveryDone("250 2.0.0 Ok: delivered as " + id_ + "-" + std::to_string(messages_), "delivered");

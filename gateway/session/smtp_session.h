@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "auth/directory.h"
+#include "filters/content_hook.h"
 #include "gateway/codec/smtp_command.h"
 #include "gateway/codec/smtp_data.h"
 #include "gateway/codec/smtp_reply.h"
@@ -50,6 +51,7 @@ class SmtpSession final : public Session {
   // Answers from the worker pool for AUTH and for the sender check at MAIL.
   void onAuthAnswer(auth::AuthResult result);
   void onSenderAnswer(auth::SenderResult result);
+  void onContentDecision(filters::Decision d);
 
  private:
   enum class Phase {
@@ -62,6 +64,7 @@ class SmtpSession final : public Session {
     kAuthLookup,    // credentials on the worker pool
     kAuthDelay,     // failure delay before the 535
     kSenderLookup,  // MAIL FROM ownership on the worker pool
+    kFiltering,     // the content hooks look at the message (worker pool)
   };
   // Steps of one delivery attempt to one node.
   enum class Step {
@@ -105,6 +108,7 @@ class SmtpSession final : public Session {
   void saslStep(SaslExchange::Step step);
   void beginAuth();
   void acceptMail();
+  void runContentHooks();
   bool authOffered() const;
   void reply(std::string_view line);  // one complete reply, CRLF added
   void badCommand(std::string_view line);
@@ -116,7 +120,7 @@ class SmtpSession final : public Session {
   void updateTimer();
   bool busy() const {
     return phase_ == Phase::kRcptLookup || phase_ == Phase::kDelivering || phase_ == Phase::kAuthLookup ||
-           phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup;
+           phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup || phase_ == Phase::kFiltering;
   }
 
   // --- delivery ---
@@ -179,7 +183,7 @@ class SmtpSession final : public Session {
   // Received: header + message (unstuffed): in memory up to server.spool_memory,
   // then in a temporary file; bounded by the listener's max_message_size. Released
   // as soon as the transaction ends.
-  MessageSpool spool_;
+  std::shared_ptr<MessageSpool> spool_;
   uint64_t body_off_ = 0;     // next spool octet to stream to the node
   bool body_line_start_ = true;
   std::string body_chunk_;
