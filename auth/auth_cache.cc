@@ -134,13 +134,13 @@ void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chr
   }
 }
 
-RecipientResult CachingDirectory::recipient(std::string_view address, const SmtpEnvelope& envelope) {
+RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
   if (cfg_.ttl.count() <= 0) {  // ttl 0 disables the cache, as for logins
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++rcpt_misses_;
     }
-    return inner_->recipient(address, envelope);
+    return inner_->lookupRecipient(address, envelope);
   }
   const std::string k = lower(address);
   {
@@ -148,11 +148,12 @@ RecipientResult CachingDirectory::recipient(std::string_view address, const Smtp
     auto it = rcpt_entries_.find(k);
     if (it != rcpt_entries_.end() && clock_() < it->second.expires) {
       ++rcpt_hits_;
-      return it->second.result;
+      return it->second.answer;
     }
     ++rcpt_misses_;
   }
-  const RecipientResult r = inner_->recipient(address, envelope);
+  const RecipientAnswer answer = inner_->lookupRecipient(address, envelope);
+  const RecipientResult r = answer.result;
   conf::Duration ttl{0};
   switch (r) {
     case RecipientResult::kLocal:
@@ -163,7 +164,7 @@ RecipientResult CachingDirectory::recipient(std::string_view address, const Smtp
       ttl = cfg_.negative_ttl;
       break;
     case RecipientResult::kTempFail:
-      return r;
+      return answer;
   }
   const auto now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
@@ -174,7 +175,7 @@ RecipientResult CachingDirectory::recipient(std::string_view address, const Smtp
       rcpt_order_.erase(it->second.order);
       rcpt_entries_.erase(it);
     }
-    return r;
+    return answer;
   }
   if (it == rcpt_entries_.end()) {
     while (rcpt_entries_.size() >= max_entries_ && !rcpt_order_.empty()) {
@@ -187,9 +188,9 @@ RecipientResult CachingDirectory::recipient(std::string_view address, const Smtp
   } else {
     rcpt_order_.splice(rcpt_order_.end(), rcpt_order_, it->second.order);
   }
-  it->second.result = r;
+  it->second.answer = answer;
   it->second.expires = now + ttl;
-  return r;
+  return answer;
 }
 
 std::string CachingDirectory::statsText() const {

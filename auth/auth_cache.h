@@ -59,7 +59,10 @@ class CachingDirectory : public Directory {
   RecipientResult recipient(std::string_view address) override { return recipient(address, SmtpEnvelope{}); }
   // Cached by address alone: a driver whose answer depends on the client should run
   // with cache.ttl 0.
-  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override;
+  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override {
+    return lookupRecipient(address, envelope).result;
+  }
+  RecipientAnswer lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) override;
   // Not cached: the inner directory answers.
   SenderResult senderAllowed(std::string_view user, std::string_view address) override {
     return inner_->senderAllowed(user, address);
@@ -87,7 +90,7 @@ class CachingDirectory : public Directory {
   };
 
   struct RecipientEntry {
-    RecipientResult result;
+    RecipientAnswer answer;
     std::chrono::steady_clock::time_point expires;
     std::list<std::string>::iterator order;
   };

@@ -59,6 +59,13 @@ enum class RecipientResult {
   kTempFail,        // cannot tell now (directory down, driver without support): 451 4.3.0
 };
 
+// A recipient check's answer with the mailbox whose route applies: an alias is
+// routed to the node of its target. Empty mailbox = the address itself.
+struct RecipientAnswer {
+  RecipientResult result = RecipientResult::kTempFail;
+  std::string mailbox;
+};
+
 // What a recipient check knows about the SMTP session besides the recipient (the
 // http driver sends it as Auth-SMTP-Helo/-From and Client-IP; %{client_ip} in SQL).
 struct SmtpEnvelope {
@@ -92,6 +99,10 @@ class Directory {
   // The same with the session's envelope; drivers that use none of it ignore it.
   virtual RecipientResult recipient(std::string_view address, const SmtpEnvelope& /*envelope*/) {
     return recipient(address);
+  }
+  // The same with the mailbox to route by (drivers that know aliases say it).
+  virtual RecipientAnswer lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
+    return RecipientAnswer{recipient(address, envelope), {}};
   }
   // Thread-safe; blocking. `user` is the canonical name authenticate() returned,
   // `address` the envelope sender as local@domain (local part unquoted, never empty:

@@ -16,9 +16,9 @@ const char* const kDefaultPasswordQuery =
     "FROM mailboxes m JOIN domains d ON d.name = m.domain "
     "WHERE lower(m.address) = %{user}";
 const char* const kDefaultRecipientQuery =
-    "SELECT 1 FROM mailboxes m JOIN domains d ON d.name = m.domain "
+    "SELECT m.address FROM mailboxes m JOIN domains d ON d.name = m.domain "
     "WHERE lower(m.address) = %{user} AND m.active AND d.active "
-    "UNION ALL SELECT 1 FROM aliases a WHERE lower(a.address) = %{user} AND a.active LIMIT 1";
+    "UNION ALL SELECT a.target FROM aliases a WHERE lower(a.address) = %{user} AND a.active LIMIT 1";
 const char* const kDefaultDomainQuery = "SELECT 1 FROM domains WHERE lower(name) = %{domain} AND active";
 const char* const kDefaultSenderQuery =
     "SELECT 1 WHERE %{address}::text = %{user}::text "
@@ -281,25 +281,36 @@ RecipientResult PostgresDirectory::recipient(std::string_view address) {
   return recipient(address, SmtpEnvelope{{}, {}, smtpContext()});
 }
 
-RecipientResult PostgresDirectory::recipient(std::string_view address, const SmtpEnvelope& envelope) {
+RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
   AuthContext ctx = envelope.client;
   ctx.protocol = "smtp";
   const pg::ParamValues values{address, address, &ctx};
   bool local_domain = false;
   bool exists = false;
+  std::string mailbox;
   auto done = impl_->pool->run([&](pqxx::connection& c) {
     ++impl_->queries;
     local_domain = Impl::hasRow(c, impl_->domain, values);
     if (!local_domain) return;
     ++impl_->queries;
-    exists = Impl::hasRow(c, impl_->recipient, values);
+    pqxx::nontransaction tx(c);
+    const pqxx::result r = tx.exec_prepared(impl_->recipient.name,
+                                            pqxx::prepare::make_dynamic_params(pg::bindParams(impl_->recipient, values)));
+    exists = !r.empty();
+    if (exists && r.columns() > 0 && !r[0][0].is_null()) {
+      const std::string v = r[0][0].c_str();
+      if (v.find('@') != std::string::npos && v.size() <= 320) mailbox = v;
+    }
   });
   if (!done) {
     impl_->logFailure("recipient", done.error());
-    return RecipientResult::kTempFail;
+    return RecipientAnswer{RecipientResult::kTempFail, {}};
   }
-  if (!local_domain) return RecipientResult::kForeignDomain;
-  return exists ? RecipientResult::kLocal : RecipientResult::kUnknownMailbox;
+  if (!local_domain) return RecipientAnswer{RecipientResult::kForeignDomain, {}};
+  if (!exists) return RecipientAnswer{RecipientResult::kUnknownMailbox, {}};
+  for (char& ch : mailbox)
+    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+  return RecipientAnswer{RecipientResult::kLocal, std::move(mailbox)};
 }
 
 SenderResult PostgresDirectory::senderAllowed(std::string_view user, std::string_view address) {

@@ -70,7 +70,12 @@ class PostgresDirectory : public Directory {
   Verdict recipientExists(std::string_view address, const AuthContext& ctx);
   // The domain query, then the recipient query (see above).
   RecipientResult recipient(std::string_view address) override;
-  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override;
+  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override {
+    return lookupRecipient(address, envelope).result;
+  }
+  // The recipient query's first column, when it holds an address, is the mailbox to
+  // route by (the default query returns the mailbox itself or the alias's target).
+  RecipientAnswer lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) override;
   // The sender query.
   SenderResult senderAllowed(std::string_view user, std::string_view address) override;
 

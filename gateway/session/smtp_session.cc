@@ -764,13 +764,16 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
   }
   bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission, env = std::move(env)] {
     // Submission: every recipient goes to the relay, which applies its own policy.
-    auth::RecipientResult r =
-        submission ? auth::RecipientResult::kLocal : rt->directory->recipient(address, env);
+    auth::RecipientAnswer answer = submission ? auth::RecipientAnswer{auth::RecipientResult::kLocal, {}}
+                                              : rt->directory->lookupRecipient(address, env);
+    const auth::RecipientResult r = answer.result;
     std::vector<DeliveryTarget> targets;
     std::string key;
     if (r == auth::RecipientResult::kLocal) {
+      // An alias goes to the node of its target mailbox.
+      const std::string& route_by = answer.mailbox.empty() ? address : answer.mailbox;
       routing::Route route = submission ? rt->router->resolve(rt->config->routing.submission_relay, std::string())
-                                        : rt->router->route(address);
+                                        : rt->router->route(route_by);
       if (route.primary && route.primary->config) key = route.primary->config->name;
       for (routing::Backend* b : {route.primary, route.secondary}) {
         if (!b || !b->config || !b->acceptsSessions()) continue;
