@@ -111,7 +111,12 @@ void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
     e->bytes_in += static_cast<uint64_t>(res);
     last_activity_ = now();
     trimmed_ = false;
+    // The protocol may drop this backend (and free it) and connect another, possibly
+    // at the same address: compare incarnations, never the pointer.
+    const uint8_t inc = e->incarnation;
     deliver(side, *e, std::string_view(data, static_cast<size_t>(res)));
+    if (closing_) return;
+    if (side == Side::kBackend && !isBackend(inc)) return;
   }
   if (closing_) return;
   if (side == Side::kBackend && e != backend_.get()) return;
@@ -119,6 +124,7 @@ void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
 }
 
 void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
+  const uint8_t inc = e.incarnation;
   if (!e.tls) {
     handlePlain(side, bytes);
     return;
@@ -146,7 +152,7 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
     } else {
       onBackendTlsReady();
     }
-    if (closing_ || (side == Side::kBackend && backend_.get() != &e)) return;
+    if (closing_ || (side == Side::kBackend && !isBackend(inc))) return;
   }
   std::string plain;
   plain.swap(scratch_);
@@ -156,7 +162,7 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
   if (!plain.empty()) handlePlain(side, plain);
   plain.clear();
   if (plain.capacity() <= 65536) scratch_.swap(plain);
-  if (closing_ || (side == Side::kBackend && backend_.get() != &e)) return;
+  if (closing_ || (side == Side::kBackend && !isBackend(inc))) return;
   if (ev == tls::TlsEvent::kClosed) {
     endpointEof(side, e, "TLS close_notify");
   } else if (ev == tls::TlsEvent::kError) {

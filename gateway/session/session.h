@@ -128,6 +128,8 @@ class Session {
 
  private:
   Endpoint* endpointFor(uint8_t aux);
+  // Is the current backend the one with this incarnation (not dropped meanwhile)?
+  bool isBackend(uint8_t incarnation) const { return backend_ && backend_->incarnation == incarnation; }
   uint8_t auxOf(Side side, const Endpoint& e) const;
   void armRecv(Side side, Endpoint& e);
   void flush(Side side, Endpoint& e);

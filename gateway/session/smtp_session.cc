@@ -228,6 +228,15 @@ void SmtpSession::onClientData(std::string_view plain) {
 }
 
 void SmtpSession::process() {
+  // A handler may finish a busy phase synchronously (a failed delivery, a full
+  // worker queue) and call process() again: the outer loop goes on from the right
+  // offset instead, or the rest of a message would be parsed as commands.
+  if (in_process_) return;
+  in_process_ = true;
+  struct Reset {
+    bool* flag;
+    ~Reset() { *flag = false; }
+  } reset{&in_process_};
   bool more = true;
   while (more && !closing() && !busy() && phase_ != Phase::kTlsHandshake) {
     std::string_view in(in_);
@@ -1131,14 +1140,22 @@ void SmtpSession::attemptFailed(BackendFailure why, const std::string& detail, b
   node_deadline_ = 0;
   if (permanent_reply) {
     // The node refused for good: the client gets the refusal (no other node would take it).
-    endBackend();
+    // With a pipelined envelope the node may still answer DATA with 354: a QUIT would
+    // then be message text, so the connection is dropped instead.
+    if (pipelined_ && (step_ == Step::kMail || step_ == Step::kRcpt || step_ == Step::kData)) {
+      dropBackend();
+      step_ = Step::kIdle;
+    } else {
+      endBackend();
+    }
     deliveryDone(permanent_reply_, "rejected");
     return;
   }
   dropBackend();
   step_ = Step::kIdle;
-  if (reused_ && !body_queued_ && why != BackendFailure::kTempRefusal) {
-    // The kept connection had gone stale (the node closed it): a fresh one.
+  if (reused_ && !body_queued_) {
+    // The kept connection had gone stale (the node closed it, or answers 421 at the
+    // end of its idle time or its per-connection limit): one fresh connection.
     reused_ = false;
     next_target_ = 0;
     tryNextTarget();

@@ -144,6 +144,7 @@ class SmtpSession final : public Session {
   codec::SmtpReplyParser node_;
   Phase phase_ = Phase::kCommand;
   std::string in_;  // client bytes not yet parsed (held while busy)
+  bool in_process_ = false;
   size_t in_off_ = 0;
   std::string hostname_;
   std::string helo_;

@@ -529,6 +529,12 @@ class FakeNodeHandler(socketserver.StreamRequestHandler):
             elif verb == "XCLIENT":
                 w.write(b"220 fake LMTP ready again\r\n")
             elif verb == "MAIL":
+                t["mails"] = t.get("mails", 0) + 1
+                if node.mode == "421_second_mail" and t["mails"] == 2:
+                    # the node's idle timer or per-connection limit, just as MAIL arrives
+                    w.write(b"421 4.4.2 fake closing connection\r\n")
+                    w.flush()
+                    return
                 w.write(b"250 2.1.0 Ok\r\n")
             elif verb == "RCPT":
                 if node.mode == "reject_rcpt":
@@ -648,6 +654,17 @@ class SmtpFakeNodeTest(unittest.TestCase):
         self.assertEqual(self.nodes[1].delivered(), [])
         harness.wait_for(lambda: "partly refused" in self.gateway.log_text(), 5, what="log line")
         self.assertIn(f"<{BOB}> 452 4.2.2", self.gateway.log_text())
+
+    def test_kept_connection_answering_421_is_replaced(self):
+        self.nodes[0].mode = "421_second_mail"
+        with smtplib.SMTP(harness.HOST, self.mx_port, timeout=20) as s:
+            s.ehlo("client.example.com")
+            for i in range(2):
+                self.assertEqual(s.sendmail("sender@example.com", [ALICE], f"Subject: keep-{i}\r\n\r\nx\r\n".encode()), {})
+        delivered = [t for t in self.nodes[0].delivered()]
+        self.assertEqual([b"keep-0" in t["data"] for t in delivered].count(True), 1)
+        self.assertEqual([b"keep-1" in t["data"] for t in delivered].count(True), 1)
+        self.assertEqual(self.nodes[1].delivered(), [])  # not failed over: a fresh connection to node 1
 
     def test_temporary_refusal_fails_over(self):
         self.nodes[0].mode = "temp"
