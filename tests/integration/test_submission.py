@@ -17,17 +17,10 @@ from pathlib import Path
 
 import harness
 from fixtures import ALICE, ALICE_PW, BOB, USERS
+from test_smtp import code, smtp_reply
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 MAX_AUTH = 2
-
-
-def smtp_reply(c: harness.LineClient, timeout: float = 10.0) -> list[str]:
-    return c.read_until(lambda l: len(l) < 4 or l[3] == " ", timeout)
-
-
-def code(lines: list[str]) -> str:
-    return lines[-1][:3]
 
 
 class SmtpSink:
