@@ -23,13 +23,7 @@ void LoginSession::beginLogin(std::string user, std::string password) {
   phase_ = LoginPhase::kDirectory;
   clearTimer();
   pauseClient(true);
-  auth::AuthContext ctx;
-  ctx.client_ip = client_ip_;
-  ctx.client_port = client_port_;
-  ctx.local_ip = local_ip_;
-  ctx.local_port = local_port_;
-  ctx.protocol = listener_.protocol == conf::Protocol::kImap ? "imap" : "pop3";
-  ctx.secured = clientTlsActive();
+  auth::AuthContext ctx = authContext(listener_.protocol == conf::Protocol::kImap ? "imap" : "pop3");
   ctx.attempt = auth_failures_ + 1;
   auto rt = rt_;
   std::string u = user_, p = password_;
@@ -42,24 +36,9 @@ void LoginSession::beginLogin(std::string user, std::string password) {
     if (r.verdict == auth::Verdict::kOk) {
       routing::Route route = r.route ? rt->router->resolve(r.route->primary, r.route->secondary)
                                      : rt->router->route(r.user.empty() ? u : r.user);
-      for (routing::Backend* b : {route.primary, route.secondary}) {
-        if (!b || !b->config) continue;
-        if (!b->acceptsSessions()) continue;  // drain/down in the directory: no new sessions
-        const conf::BackendConfig& bc = *b->config;
-        uint16_t port = proto == conf::Protocol::kImap ? bc.ports.imap : bc.ports.pop3;
-        if (port == 0) continue;
-        Candidate c;
-        c.backend = &bc;
-        c.up = b->up.load();
-        auto addr = io::resolveAddress(bc.host, port);
-        if (addr)
-          c.addr = addr.value();
-        else
-          c.error = addr.error();
-        cands.push_back(std::move(c));
-      }
-      // Healthy nodes first, keeping primary-before-secondary among equals.
-      std::stable_partition(cands.begin(), cands.end(), [](const Candidate& c) { return c.up; });
+      cands = routeCandidates(route, [proto](const conf::BackendConfig& bc) {
+        return proto == conf::Protocol::kImap ? bc.ports.imap : bc.ports.pop3;
+      });
     }
     reactor->postToSession(slot, gen, [r = std::move(r), cands = std::move(cands)](Session& s) mutable {
       static_cast<LoginSession&>(s).onDirectoryAnswer(std::move(r), std::move(cands));

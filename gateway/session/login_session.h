@@ -13,13 +13,6 @@
 
 namespace mailgate::session {
 
-struct Candidate {
-  const conf::BackendConfig* backend = nullptr;
-  io::SockAddr addr;
-  std::string error;  // resolution failed
-  bool up = true;
-};
-
 class LoginSession : public Session {
  public:
   using Session::Session;

@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -11,6 +12,39 @@
 #include "gateway/session/reactor.h"
 
 namespace mailgate::session {
+
+std::vector<Candidate> routeCandidates(const routing::Route& route,
+                                       const std::function<uint16_t(const conf::BackendConfig&)>& port) {
+  std::vector<Candidate> out;
+  for (routing::Backend* b : {route.primary, route.secondary}) {
+    if (!b || !b->config || !b->acceptsSessions()) continue;  // drain/down: no new sessions
+    const conf::BackendConfig& bc = *b->config;
+    const uint16_t p = port(bc);
+    if (p == 0) continue;
+    Candidate c;
+    c.backend = &bc;
+    c.up = b->up.load();
+    auto addr = io::resolveAddress(bc.host, p);
+    if (addr)
+      c.addr = addr.value();
+    else
+      c.error = addr.error();
+    out.push_back(std::move(c));
+  }
+  std::stable_partition(out.begin(), out.end(), [](const Candidate& c) { return c.up; });
+  return out;
+}
+
+auth::AuthContext Session::authContext(const char* protocol) const {
+  auth::AuthContext ctx;
+  ctx.client_ip = client_ip_;
+  ctx.client_port = client_port_;
+  ctx.local_ip = local_ip_;
+  ctx.local_port = local_port_;
+  ctx.protocol = protocol;
+  ctx.secured = clientTlsActive();
+  return ctx;
+}
 
 const char* failureName(BackendFailure f) {
   switch (f) {
@@ -89,6 +123,9 @@ void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
   Endpoint* e = endpointFor(aux);
   if (!e) return;
   Side side = (aux & 1) ? Side::kBackend : Side::kClient;
+  // The protocol may drop this backend (and free it) and connect another, possibly
+  // at the same address: compare incarnations, never the pointer.
+  const uint8_t inc = e->incarnation;
   if (!(flags & IORING_CQE_F_MORE)) {
     e->ops--;
     e->recv_armed = false;
@@ -111,15 +148,10 @@ void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
     e->bytes_in += static_cast<uint64_t>(res);
     last_activity_ = now();
     trimmed_ = false;
-    // The protocol may drop this backend (and free it) and connect another, possibly
-    // at the same address: compare incarnations, never the pointer.
-    const uint8_t inc = e->incarnation;
     deliver(side, *e, std::string_view(data, static_cast<size_t>(res)));
-    if (closing_) return;
-    if (side == Side::kBackend && !isBackend(inc)) return;
   }
   if (closing_) return;
-  if (side == Side::kBackend && e != backend_.get()) return;
+  if (side == Side::kBackend && !isBackend(inc)) return;
   if (!e->recv_armed) armRecv(side, *e);
 }
 

@@ -6,6 +6,7 @@
 #include <liburing.h>
 #include <sys/socket.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -26,6 +27,20 @@ enum class Side : uint8_t { kClient = 0, kBackend = 1 };
 // Why a backend attempt failed; the class alone decides retry and the client's reply.
 enum class BackendFailure { kConnect, kTimeout, kProtocol, kTls, kTempRefusal, kAuthRejected, kInternal };
 const char* failureName(BackendFailure f);
+
+// A storage node a session may use, resolved on the worker pool.
+struct Candidate {
+  const conf::BackendConfig* backend = nullptr;
+  io::SockAddr addr;
+  std::string error;  // resolution failed
+  bool up = true;
+};
+
+// The nodes of a route that take new sessions and offer a port (port(b) == 0 skips
+// b), healthy first, primary before secondary among equals. Blocking (may resolve
+// a host name): worker pool only.
+std::vector<Candidate> routeCandidates(const routing::Route& route,
+                                       const std::function<uint16_t(const conf::BackendConfig&)>& port);
 
 struct Endpoint {
   int fd = -1;
@@ -87,6 +102,8 @@ class Session {
   static constexpr size_t kBackendLowWater = 256 * 1024;
 
   // --- services for the protocol ---
+  // Who is asking, for the directory: addresses, protocol, TLS state.
+  auth::AuthContext authContext(const char* protocol) const;
   void writeClient(std::string_view plain);
   void writeBackend(std::string_view plain);
   // Server-side TLS on the client connection (implicit TLS at start, or after the

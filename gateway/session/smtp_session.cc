@@ -634,13 +634,7 @@ void SmtpSession::beginAuth() {
   phase_ = Phase::kAuthLookup;
   pauseClient(true);
   updateTimer();
-  auth::AuthContext ctx;
-  ctx.client_ip = client_ip_;
-  ctx.client_port = client_port_;
-  ctx.local_ip = local_ip_;
-  ctx.local_port = local_port_;
-  ctx.protocol = "smtp";
-  ctx.secured = clientTlsActive();
+  auth::AuthContext ctx = authContext("smtp");
   ctx.attempt = auth_failures_ + 1;
   auto rt = rt_;
   uint32_t slot = this->slot(), gen = this->gen();
@@ -763,13 +757,8 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     const size_t lt = mail_from_.find('<'), gt = mail_from_.rfind('>');
     if (lt != std::string::npos && gt != std::string::npos && gt > lt)
       env.from = mail_from_.substr(lt + 1, gt - lt - 1);
-    env.client.client_ip = client_ip_;
-    env.client.client_port = client_port_;
-    env.client.local_ip = local_ip_;
-    env.client.local_port = local_port_;
-    env.client.protocol = "smtp";
+    env.client = authContext("smtp");
     env.client.method = "none";
-    env.client.secured = clientTlsActive();
   }
   bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission, env = std::move(env)] {
     // Submission: every recipient goes to the relay, which applies its own policy.
@@ -784,23 +773,16 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
       routing::Route route = submission ? rt->router->resolve(rt->config->routing.submission_relay, std::string())
                                         : rt->router->route(route_by);
       if (route.primary && route.primary->config) key = route.primary->config->name;
-      for (routing::Backend* b : {route.primary, route.secondary}) {
-        if (!b || !b->config || !b->acceptsSessions()) continue;
-        const conf::BackendConfig& bc = *b->config;
+      // The relay always speaks SMTP; a node takes inbound mail as its `deliver` says.
+      auto lmtp = [submission](const conf::BackendConfig& bc) { return !submission && bc.deliver != "smtp"; };
+      for (Candidate& cand : routeCandidates(route, [&](const conf::BackendConfig& bc) {
+             return lmtp(bc) ? bc.ports.lmtp : bc.ports.smtp;
+           })) {
         DeliveryTarget t;
-        t.backend = &bc;
-        t.lmtp = !submission && bc.deliver != "smtp";
-        uint16_t port = t.lmtp ? bc.ports.lmtp : bc.ports.smtp;
-        if (port == 0) continue;
-        t.up = b->up.load();
-        auto addr = io::resolveAddress(bc.host, port);
-        if (addr)
-          t.addr = addr.value();
-        else
-          t.error = addr.error();
+        static_cast<Candidate&>(t) = std::move(cand);
+        t.lmtp = lmtp(*t.backend);
         targets.push_back(std::move(t));
       }
-      std::stable_partition(targets.begin(), targets.end(), [](const DeliveryTarget& t) { return t.up; });
     }
     reactor->postToSession(
         slot, gen, [r, key = std::move(key), targets = std::move(targets)](Session& s) mutable {

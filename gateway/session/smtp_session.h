@@ -31,13 +31,9 @@
 
 namespace mailgate::session {
 
-// One storage node a transaction may be delivered to.
-struct DeliveryTarget {
-  const conf::BackendConfig* backend = nullptr;
-  io::SockAddr addr;
+// One storage node a transaction may be delivered to, and how.
+struct DeliveryTarget : Candidate {
   bool lmtp = true;
-  bool up = true;
-  std::string error;  // resolution failed
 };
 
 class SmtpSession final : public Session {
