@@ -113,10 +113,13 @@ struct PostgresDirectory::Impl {
     });
   }
 
-  // Does q return a row? On one pooled connection, for the queries of one answer.
-  static bool hasRow(pqxx::connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
+  // q on a pooled connection the caller holds, for the queries of one answer.
+  static pqxx::result query(pqxx::connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
     pqxx::nontransaction tx(c);
-    return !tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(pg::bindParams(q, values))).empty();
+    return tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(pg::bindParams(q, values)));
+  }
+  static bool hasRow(pqxx::connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
+    return !query(c, q, values).empty();
   }
 };
 
@@ -267,16 +270,6 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
   return out;
 }
 
-Verdict PostgresDirectory::recipientExists(std::string_view address, const AuthContext& ctx) {
-  bool found = false;
-  auto done = impl_->exec(impl_->recipient, address, &ctx, [&](const pqxx::result& r) { found = !r.empty(); });
-  if (!done) {
-    impl_->logFailure("recipient", done.error());
-    return Verdict::kTempFail;
-  }
-  return found ? Verdict::kOk : Verdict::kUnknownUser;
-}
-
 RecipientResult PostgresDirectory::recipient(std::string_view address) {
   return recipient(address, SmtpEnvelope{{}, {}, smtpContext()});
 }
@@ -293,9 +286,7 @@ RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, con
     local_domain = Impl::hasRow(c, impl_->domain, values);
     if (!local_domain) return;
     ++impl_->queries;
-    pqxx::nontransaction tx(c);
-    const pqxx::result r = tx.exec_prepared(impl_->recipient.name,
-                                            pqxx::prepare::make_dynamic_params(pg::bindParams(impl_->recipient, values)));
+    const pqxx::result r = Impl::query(c, impl_->recipient, values);
     exists = !r.empty();
     if (exists && r.columns() > 0 && !r[0][0].is_null()) {
       const std::string v = r[0][0].c_str();

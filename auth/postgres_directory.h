@@ -66,8 +66,6 @@ class PostgresDirectory : public Directory {
   AuthResult authenticate(std::string_view user, std::string_view password) override;
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
 
-  // Does `address` exist (recipient query)? kOk: yes, kUnknownUser: no, kTempFail.
-  Verdict recipientExists(std::string_view address, const AuthContext& ctx);
   // The domain query, then the recipient query (see above).
   RecipientResult recipient(std::string_view address) override;
   RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override {

@@ -173,6 +173,20 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
       states.emplace_back(b, st);
     }
   }
+  std::shared_ptr<TableIndex> index;
+  if (table) {
+    index = std::make_shared<TableIndex>();
+    for (const auto& e : table->entries) {
+      std::string k = lower(e.key);
+      if (k == "*") {
+        if (!index->star) index->star = &e;
+      } else if (k.find('@') != std::string::npos) {
+        index->users[std::move(k)] = &e;
+      } else {
+        index->domains.emplace(std::move(k), &e);
+      }
+    }
+  }
   std::lock_guard<std::mutex> g(dyn_mu_);
   auto apply = [&](Backend& b) {
     AdminState st = AdminState::kActive;
@@ -183,6 +197,7 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
   for (auto& b : backends_) apply(*b);
   for (auto& a : adhoc_) apply(*a->backend);
   table_ = std::move(table);
+  index_ = std::move(index);
 }
 
 std::shared_ptr<const RouteTable> Router::table() const {
@@ -255,20 +270,23 @@ Route Router::resolve(const std::string& primary, const std::string& secondary) 
 }
 
 Route Router::route(std::string_view user) {
-  if (auto t = table()) {
-    std::string u = lower(user);
-    const RouteEntry* hit = nullptr;
-    const RouteEntry* dom = nullptr;
-    const RouteEntry* star = nullptr;
+  std::shared_ptr<const TableIndex> idx;
+  std::shared_ptr<const RouteTable> keep;  // the entries idx points into
+  {
+    std::lock_guard<std::mutex> g(dyn_mu_);
+    idx = index_;
+    keep = table_;
+  }
+  if (idx) {
+    const std::string u = lower(user);
     const std::size_t at = u.rfind('@');
-    std::string_view d = at == std::string::npos ? std::string_view() : std::string_view(u).substr(at + 1);
-    for (const auto& e : t->entries) {
-      std::string k = lower(e.key);
-      if (k == u && at != std::string::npos) hit = &e;
-      else if (!d.empty() && k == d && !dom) dom = &e;
-      else if (k == "*" && !star) star = &e;
+    const RouteEntry* use = nullptr;
+    if (at != std::string::npos) {
+      if (auto it = idx->users.find(u); it != idx->users.end()) use = it->second;
+      if (!use && at + 1 < u.size())
+        if (auto it = idx->domains.find(u.substr(at + 1)); it != idx->domains.end()) use = it->second;
     }
-    const RouteEntry* use = hit ? hit : dom ? dom : star;
+    if (!use) use = idx->star;
     if (use) {
       Route r = resolve(use->primary, use->secondary);
       if (r.primary) return r;

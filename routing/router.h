@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "conf/config.h"
@@ -69,6 +70,14 @@ class Router {
   std::vector<std::unique_ptr<Backend>> backends_;
   mutable std::mutex dyn_mu_;
   std::shared_ptr<const RouteTable> table_;
+  // table_ indexed by lower-cased key, built once per setTable (route() runs per login
+  // and per RCPT): a user@domain key (the last one wins), a domain (the first wins), "*".
+  struct TableIndex {
+    std::unordered_map<std::string, const RouteEntry*> users;
+    std::unordered_map<std::string, const RouteEntry*> domains;
+    const RouteEntry* star = nullptr;
+  };
+  std::shared_ptr<const TableIndex> index_;  // guarded by dyn_mu_; points into table_
   struct AdHoc {
     conf::BackendConfig config;
     std::unique_ptr<Backend> backend;

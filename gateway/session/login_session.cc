@@ -187,7 +187,6 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
     reactor_.stats.auth_failures++;
     auth_failures_++;
     phase_ = LoginPhase::kDelay;
-    delay_is_auth_failure_ = true;
     // The directory's own wait (auth_http Auth-Wait) replaces the configured delay.
     auto delay = extra_wait_.count() > 0 ? extra_wait_ : rt_->config->directory.file.failure_delay;
     extra_wait_ = std::chrono::milliseconds(0);

@@ -72,8 +72,6 @@ class LoginSession : public Session {
   const conf::BackendConfig* current_ = nullptr;
   unsigned auth_failures_ = 0;
   unsigned attempt_ = 0;
-  bool delay_is_auth_failure_ = false;
-  std::string delay_reason_;
 };
 
 }  // namespace mailgate::session

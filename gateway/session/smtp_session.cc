@@ -758,7 +758,6 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     if (lt != std::string::npos && gt != std::string::npos && gt > lt)
       env.from = mail_from_.substr(lt + 1, gt - lt - 1);
     env.client = authContext("smtp");
-    env.client.method = "none";
   }
   bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission, env = std::move(env)] {
     // Submission: every recipient goes to the relay, which applies its own policy.
