@@ -47,10 +47,14 @@ int checkConfig(const std::string& path) {
   return 0;
 }
 
+void reportErrors(const std::vector<conf::ConfigError>& errors) {
+  for (const auto& e : errors) std::fprintf(stderr, "%s\n", e.format().c_str());
+}
+
 int initDb(const std::string& path) {
   auto r = conf::loadConfigFile(path);
   if (!r.errors.empty()) {
-    for (const auto& e : r.errors) std::fprintf(stderr, "%s\n", e.format().c_str());
+    reportErrors(r.errors);
     return 1;
   }
   if (r.config->directory.postgres.conninfo.empty()) {
@@ -74,10 +78,6 @@ void applyLog(const conf::Config& c) {
     case conf::LogLevel::kWarn: log::setLevel(log::Level::kWarn); break;
     case conf::LogLevel::kError: log::setLevel(log::Level::kError); break;
   }
-}
-
-void reportErrors(const std::vector<conf::ConfigError>& errors) {
-  for (const auto& e : errors) std::fprintf(stderr, "%s\n", e.format().c_str());
 }
 
 // Prometheus text for /metrics: reactor counters summed, backend health, and the
