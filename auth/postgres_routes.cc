@@ -98,6 +98,12 @@ void PostgresRouteWatcher::start() {
   thread_ = std::thread([this] { run(); });
 }
 
+bool PostgresRouteWatcher::waitFirstLoad(std::chrono::milliseconds max) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, max, [this] { return reloads_.load() > 0 || failures_.load() > 0 || stop_.load(); });
+  return reloads_.load() > 0;
+}
+
 void PostgresRouteWatcher::stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -119,7 +125,11 @@ void PostgresRouteWatcher::run() {
   bool down_logged = false;
 
   auto drop = [&](const std::string& why) {
-    ++failures_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++failures_;
+    }
+    cv_.notify_all();
     try {
       receiver.reset();
     } catch (...) {
@@ -163,9 +173,13 @@ void PostgresRouteWatcher::run() {
       try {
         auto table = load(*conn, routes_sql_, nodes_sql_);
         next_refresh = Clock::now() + refresh;
-        ++reloads_;
         log::debug("postgres routes: loaded", {{"routes", table->entries.size()}, {"nodes", table->node_states.size()}});
         if (publish_) publish_(std::move(table));
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          ++reloads_;
+        }
+        cv_.notify_all();
       } catch (const std::exception& e) {
         drop(pg::describe(e));
         continue;

@@ -15,6 +15,7 @@
 // 5 s) and the last good table stays published; on reconnect it reloads at once.
 // Routes and nodes queries take no %{...} parameters.
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -44,6 +45,10 @@ class PostgresRouteWatcher {
   static Result<std::shared_ptr<const routing::RouteTable>> loadOnce(const conf::DirectoryConfig& cfg);
 
   void start();
+  // Blocks until the first map has been published or the first attempt has failed,
+  // at most `max`; true when a map was published. The gateway calls it before it
+  // takes sessions, so none is routed by routing.static for want of the map.
+  bool waitFirstLoad(std::chrono::milliseconds max);
   // Prompt (the wait for a notification is 100 ms at a time; a connect attempt in
   // progress finishes first, bounded by connect_timeout); joins the thread.
   void stop();

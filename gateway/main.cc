@@ -197,8 +197,8 @@ int run(const std::string& path) {
     }
     reactors.push_back(std::move(r));
   }
-  session::publishRuntime(rt.value());
   rt.value()->startBackground();
+  session::publishRuntime(rt.value());
   rt = Error{""};  // drop our reference: the published snapshot owns it
 
   std::unique_ptr<admin::AdminServer> admin_server;
@@ -239,8 +239,8 @@ int run(const std::string& path) {
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
       applyLog(*nl.config);
       auto fresh = nrt.value();
-      session::publishRuntime(fresh);
       fresh->startBackground();
+      session::publishRuntime(fresh);
       log::info("configuration reloaded");
       continue;
     }

@@ -35,7 +35,10 @@ Runtime::~Runtime() { stopBackground(); }
 
 void Runtime::startBackground() {
   if (health) health->start();
-  if (route_watcher) route_watcher->start();
+  if (!route_watcher) return;
+  route_watcher->start();
+  if (!route_watcher->waitFirstLoad(2 * config->directory.postgres.timeout))
+    log::warn("routing map not loaded from the database: routing.static applies until it is");
 }
 
 void Runtime::stopBackground() {

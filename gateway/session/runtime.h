@@ -29,7 +29,12 @@ struct Runtime {
   // SMTP content hooks, from the `hooks` section (no hook is defined yet: empty).
   std::shared_ptr<const filters::ContentChain> content = std::make_shared<filters::ContentChain>();
 
-  // Starts the background parts (health checks, route watcher) once published.
+  // Starts the background parts (health checks, route watcher) and waits, bounded
+  // by twice directory.postgres.timeout, for the directory's first routing map:
+  // called before the snapshot is published, so that no session is routed by
+  // routing.static for want of the map (at start and after every reload). If the
+  // database does not answer, the snapshot goes live with routing.static and the
+  // map follows when the database does.
   void startBackground();
   void stopBackground();
 

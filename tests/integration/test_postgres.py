@@ -379,6 +379,73 @@ class PostgresDefaultSchemaTest(PgGatewayCase):
             db.psql("UPDATE routes SET primary_node = 'storage-01' WHERE domain = 'example.org'")
 
 
+# ====================================================================== map at start
+
+class PostgresRouteMapAtStartTest(PgGatewayCase):
+    """The first sessions after start and after a reload follow the directory's map,
+    not routing.static (`*` → storage-01 here), although loading the map takes a second
+    (the routes query sleeps): the gateway waits for its first map before it serves."""
+    USERS = {ALICE: ALICE_PW}
+    SLOW_MAP = 1.0
+
+    @classmethod
+    def directory_block(cls) -> str:
+        slow_routes = (f"SELECT domain, primary_node, secondary_node FROM routes, pg_sleep({cls.SLOW_MAP}) "
+                       "UNION ALL SELECT address, route_primary, route_secondary FROM mailboxes "
+                       "WHERE route_primary IS NOT NULL")
+        return postgres_directory(cls.dbs[0].conninfo(), queries={"routes": slow_routes}, timeout="3s")
+
+    @classmethod
+    def fill_database(cls, db):
+        cfg = cls.dir / "initdb.yaml"
+        cfg.write_text(postgres_directory(db.conninfo()) + "listeners: [{ name: l, protocol: imap, "
+                       "listen: \"127.0.0.1:1\" }]\nbackends: [{ name: b, host: 127.0.0.1, "
+                       "ports: { imap: 1 } }]\n")
+        r = harness.run_mailgate("--init-db", str(cfg))
+        if r.returncode != 0:
+            raise AssertionError(f"mailgate --init-db failed: {r.stdout}{r.stderr}")
+        db.psql("\n".join([
+            "INSERT INTO domains (name) VALUES ('example.org');",
+            "INSERT INTO nodes (name, host) VALUES ('storage-01', '127.0.0.1'), ('storage-02', '127.0.0.1');",
+            "INSERT INTO routes VALUES ('example.org', 'storage-02', NULL);",
+            f"INSERT INTO mailboxes (address, domain, password) VALUES ({pg.sql_quote(ALICE)}, "
+            f"'example.org', {pg.sql_quote('{PLAIN}' + ALICE_PW)});"]))
+        cls.mark_nodes(ALICE)  # before the gateway starts: the first session is the test
+
+    def test_1_first_session_after_start_follows_the_map(self):
+        self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-02", self.diagnostics())
+
+    def test_2_sessions_during_a_reload_follow_the_map(self):
+        before = self.gateway.log_text().count("configuration reloaded")
+        self.gateway.reload()
+        seen = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen.append(self.imap_node(ALICE, ALICE_PW))
+            if self.gateway.log_text().count("configuration reloaded") > before:
+                break
+        seen += [self.imap_node(ALICE, ALICE_PW) for _ in range(3)]  # the new snapshot's first sessions
+        self.assertGreater(self.gateway.log_text().count("configuration reloaded"), before, self.diagnostics())
+        self.assertEqual(set(seen), {"storage-02"}, self.diagnostics())
+
+    def test_3_database_down_at_start_bounded_wait_then_the_map(self):
+        self.gateway.stop()
+        db = self.dbs[0]
+        db.stop()
+        try:
+            started = time.monotonic()
+            type(self).gateway = harness.Mailgate(self.dir, self.config_text)
+            self.gateway.start()
+            self.assertLess(time.monotonic() - started, 10.0)
+            self.assertIn("routing map not loaded", self.gateway.log_text())
+        finally:
+            db.start()
+        # logins, then the map, follow when the database does (reconnect backoff is at most 5 s)
+        harness.wait_for(lambda: self.imap_login(ALICE, ALICE_PW).startswith("a OK"), 15.0, 0.2,
+                         "login after the database came back")
+        self.wait_node(ALICE, ALICE_PW, "storage-02", 10.0)
+
+
 # ====================================================================== multi-host
 
 class PostgresMultiHostTest(PgGatewayCase):
