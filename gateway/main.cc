@@ -239,6 +239,8 @@ int run(const std::string& path) {
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
       applyLog(*nl.config);
       auto fresh = nrt.value();
+      if (auto running = session::currentRuntime(); running && fresh->route_watcher)
+        fresh->router->setTable(running->router->table());  // until the fresh map arrives
       fresh->startBackground();
       session::publishRuntime(fresh);
       log::info("configuration reloaded");

@@ -38,7 +38,8 @@ void Runtime::startBackground() {
   if (!route_watcher) return;
   route_watcher->start();
   if (!route_watcher->waitFirstLoad(2 * config->directory.postgres.timeout))
-    log::warn("routing map not loaded from the database: routing.static applies until it is");
+    log::warn(router->table() ? "routing map not reloaded from the database: the previous map applies until it is"
+                              : "routing map not loaded from the database: routing.static applies until it is");
 }
 
 void Runtime::stopBackground() {

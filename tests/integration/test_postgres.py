@@ -445,6 +445,22 @@ class PostgresRouteMapAtStartTest(PgGatewayCase):
                          "login after the database came back")
         self.wait_node(ALICE, ALICE_PW, "storage-02", 10.0)
 
+    def test_4_reload_with_the_database_down_keeps_the_map(self):
+        db = self.dbs[0]
+        before = self.gateway.log_text().count("configuration reloaded")
+        db.stop()
+        try:
+            self.gateway.reload()
+            harness.wait_for(lambda: self.gateway.log_text().count("configuration reloaded") > before, 10.0,
+                             what="the reload")
+            self.assertIn("routing map not reloaded from the database: the previous map applies",
+                          self.gateway.log_text())
+        finally:
+            db.start()
+        harness.wait_for(lambda: self.imap_login(ALICE, ALICE_PW).startswith("a OK"), 15.0, 0.2,
+                         "login after the database came back")
+        self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-02", self.diagnostics())
+
 
 # ====================================================================== multi-host
 
