@@ -1206,6 +1206,13 @@ void SmtpSession::sendHello() {
 }
 
 void SmtpSession::sendMail() {
+  if (smtputf8_ && !node_utf8_ && envelopeNeedsUtf8()) {
+    // RFC 6531 §3.2: an internationalized address never goes to a server that does
+    // not offer SMTPUTF8; the transaction is refused, as the node itself would.
+    permanent_reply_ = "554 5.6.7 SMTPUTF8 is required, but the storage node does not offer it";
+    attemptFailed(BackendFailure::kProtocol, "node does not offer SMTPUTF8 for an internationalized address", true);
+    return;
+  }
   step_ = Step::kMail;
   armNodeTimer(kNodeReplyMs);
   std::string line = "MAIL FROM:" + mail_from_;
@@ -1222,6 +1229,13 @@ void SmtpSession::sendMail() {
     return;
   }
   sendNode(line);
+}
+
+bool SmtpSession::envelopeNeedsUtf8() const {
+  auto eight_bit = [](std::string_view a) {
+    return std::any_of(a.begin(), a.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+  };
+  return eight_bit(mail_from_) || std::any_of(rcpts_.begin(), rcpts_.end(), eight_bit);
 }
 
 namespace {

@@ -127,6 +127,8 @@ class SmtpSession final : public Session {
   void sendNode(std::string_view line);
   void sendHello();
   void sendMail();
+  // Whether the sender or a recipient holds an 8-bit (internationalized) address.
+  bool envelopeNeedsUtf8() const;
   void sendBody();
   void pumpBody();  // next chunks of a file-spooled body while the node keeps up
   void onBackendDrained() override;

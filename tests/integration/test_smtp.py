@@ -679,6 +679,26 @@ class SmtpFakeNodeTest(unittest.TestCase):
         self.assertEqual(code_, 451)
         self.assertIn(b"4.4.1", text)
 
+    def test_internationalized_address_to_a_node_without_smtputf8_554_567(self):
+        # FakeNode does not offer SMTPUTF8 (RFC 6531 §3.2: such an address is never sent to it)
+        with smtplib.SMTP(harness.HOST, self.mx_port, timeout=20) as s:
+            s.ehlo("client.example.com")
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                s.sendmail("jörg@example.net", [ALICE], b"Subject: eai\r\n\r\nx\r\n",
+                           mail_options=["SMTPUTF8"])
+            self.assertEqual(cm.exception.smtp_code, 554)
+            self.assertIn(b"5.6.7", cm.exception.smtp_error)
+            # an all-ASCII envelope flagged SMTPUTF8 still goes, without the flag
+            self.assertEqual(s.sendmail("sender@example.com", [ALICE], b"Subject: eai-ascii\r\n\r\nx\r\n",
+                                        mail_options=["SMTPUTF8"]), {})
+        for n in self.nodes:
+            self.assertFalse(any("jörg" in c for t in n.transactions for c in t["commands"]))
+        got = self.nodes[0].delivered()
+        self.assertEqual(len(got), 1)
+        mail = [c for c in got[0]["commands"] if c.startswith("MAIL ")]
+        self.assertEqual(mail, ["MAIL FROM:<sender@example.com> BODY=8BITMIME"])  # SMTPUTF8 implies 8-bit
+        self.assertIn(b"eai-ascii", got[0]["data"])
+
     def test_node_refuses_recipient_permanently(self):
         self.nodes[0].mode = "reject_rcpt"
         code_, text = self.send([ALICE], b"Subject: rej\r\n\r\nx\r\n")
