@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gateway/codec/pop3_command.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
@@ -20,24 +21,7 @@ using mailgate::codec::Pop3Limits;
 using mailgate::codec::Pop3Status;
 using mailgate::codec::Pop3Verb;
 
-#define FUZZ_CHECK(cond)                                                     \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      std::fprintf(stderr, "check failed: %s (line %d)\n", #cond, __LINE__); \
-      std::abort();                                                          \
-    }                                                                        \
-  } while (0)
-
-struct Chunker {
-  uint32_t state;
-  size_t next(size_t left) {
-    if (state == 0) return left;  // whole
-    state = state * 1103515245u + 12345u;
-    const uint32_t r = (state >> 16) & 0x7fff;
-    const size_t n = (r % 8 == 0) ? (r % 200) + 1 : (r % 5) + 1;
-    return n < left ? n : left;
-  }
-};
+using mailgate::fuzz::Chunker;
 
 std::string record(const Pop3CommandParser& p, Pop3Status s, size_t pos) {
   std::string out = std::to_string(static_cast<int>(s)) + "@" + std::to_string(pos) + ":";

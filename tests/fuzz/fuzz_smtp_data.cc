@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gateway/codec/smtp_data.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
@@ -29,24 +30,7 @@ using mailgate::codec::SmtpDataLimits;
 using mailgate::codec::SmtpDataStatus;
 using mailgate::codec::SmtpStringSink;
 
-#define FUZZ_CHECK(cond)                                                     \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      std::fprintf(stderr, "check failed: %s (line %d)\n", #cond, __LINE__); \
-      std::abort();                                                          \
-    }                                                                        \
-  } while (0)
-
-struct Chunker {
-  uint32_t state;
-  size_t next(size_t left) {
-    if (state == 0) return left;
-    state = state * 1103515245u + 12345u;
-    const uint32_t r = (state >> 16) & 0x7fff;
-    const size_t n = (r % 8 == 0) ? (r % 200) + 1 : (r % 5) + 1;
-    return n < left ? n : left;
-  }
-};
+using mailgate::fuzz::Chunker;
 
 struct DataResult {
   int status = 0;  // 0 more, 1 end, 2 fatal
