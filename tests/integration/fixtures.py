@@ -4,9 +4,6 @@ STARTTLS listeners for IMAP and POP3 (and a short-timeout listener for each)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import unittest
 from pathlib import Path
 
@@ -111,10 +108,7 @@ class GatewayEnv:
             self.gateway.stop()
         for d in self.dovecots:
             d.stop()
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {self.dir}")
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        harness.remove_workdir(self.dir)
 
     def diagnostics(self) -> str:
         out = []
@@ -125,7 +119,7 @@ class GatewayEnv:
         return "\n".join(out)
 
 
-class GatewayTestCase(unittest.TestCase):
+class GatewayTestCase(harness.LogsOnFailure, unittest.TestCase):
     """Base class: one GatewayEnv per test class, torn down after the class."""
 
     NODES = 1
@@ -154,17 +148,8 @@ class GatewayTestCase(unittest.TestCase):
         if env is not None:
             env.stop()
 
-    def tearDown(self):
-        # On failure, show the daemons' logs next to the traceback.
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = outcome is not None and not getattr(outcome, "success", True)
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.env.diagnostics()}\n")
+    def diagnostics(self) -> str:
+        return self.env.diagnostics()
 
     def port(self, name: str) -> int:
         return self.env.ports[name]

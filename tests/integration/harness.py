@@ -24,6 +24,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -247,6 +248,31 @@ def make_workdir(prefix: str = "mailgate-it-") -> str:
     d = tempfile.mkdtemp(prefix=prefix)
     os.chmod(d, 0o755)
     return d
+
+
+def remove_workdir(path) -> None:
+    """Removes a work directory, or keeps it (and says where) with MAILGATE_KEEP_TMP=1."""
+    if os.environ.get("MAILGATE_KEEP_TMP"):
+        print(f"\nkept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class LogsOnFailure:
+    """Mixin for a unittest.TestCase with a diagnostics() method (the daemons' logs):
+    a test that failed or raised gets them on stderr, next to its traceback."""
+
+    def tearDown(self):
+        outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        failed = outcome is not None and not getattr(outcome, "success", True)
+        if result is not None:
+            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
+                if getattr(test, "test_case", test) is self:
+                    failed = True
+        if failed:
+            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.diagnostics()}\n")
+        super().tearDown()
 
 
 # --------------------------------------------------------------------------- Dovecot

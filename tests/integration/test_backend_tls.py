@@ -21,9 +21,7 @@ import imaplib
 import os
 import poplib
 import re
-import shutil
 import subprocess
-import sys
 import time
 import unittest
 from pathlib import Path
@@ -182,7 +180,7 @@ def add_backend_tls_keys(config: str, backend: str, keys: dict) -> str:
 
 # --------------------------------------------------------------------------- the environment
 
-class BackendTlsTest(unittest.TestCase):
+class BackendTlsTest(harness.LogsOnFailure, unittest.TestCase):
     maxDiff = None
 
     @classmethod
@@ -246,25 +244,11 @@ class BackendTlsTest(unittest.TestCase):
             cls.gateway.stop()
         if cls.node is not None:
             cls.node.stop()
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {cls.dir}")
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):
         cls._stop()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = outcome is not None and not getattr(outcome, "success", True)
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.diagnostics()}\n")
 
     def diagnostics(self) -> str:
         return ("--- mailgate log (tail) ---\n" + self.gateway.log_text()[-4000:]

@@ -16,7 +16,6 @@ import json
 import os
 import poplib
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ def md5(s: str) -> str:
     return hashlib.md5(s.encode()).hexdigest()
 
 
-class HttpAuthTest(unittest.TestCase):
+class HttpAuthTest(harness.LogsOnFailure, unittest.TestCase):
     maxDiff = None
 
     # ------------------------------------------------------------------ set-up
@@ -150,25 +149,11 @@ class HttpAuthTest(unittest.TestCase):
             cls.stop_responder()
         for d in cls.dovecots:
             d.stop()
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {cls.dir}")
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):
         cls._stop()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = outcome is not None and not getattr(outcome, "success", True)
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.diagnostics()}\n")
 
     def diagnostics(self) -> str:
         out = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import imaplib
 import json
-import os
 import shutil
 import time
 import unittest
@@ -176,10 +175,7 @@ class PgGatewayCase(unittest.TestCase):
             d.stop()
         for db in cls.dbs:
             db.stop(mode="immediate")
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {cls.dir}")
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):

@@ -3,7 +3,6 @@ through mailgate into real Dovecot LMTP storage nodes, Maildirs checked."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import smtplib
 import socket
@@ -11,7 +10,6 @@ import socketserver
 import threading
 import ssl
 import subprocess
-import sys
 import time
 import unittest
 from pathlib import Path
@@ -83,10 +81,7 @@ class SmtpEnv:
             self.gateway.stop()
         for d in self.dovecots:
             d.stop()
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {self.dir}")
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        harness.remove_workdir(self.dir)
 
     def maildir_files(self, node: int, user: str) -> list[Path]:
         local, _, domain = user.partition("@")
@@ -122,7 +117,7 @@ def message(subject: str, body: str = "Hello.\r\n") -> bytes:
             f"Message-ID: <{time.time_ns()}@test>\r\n\r\n{body}").encode()
 
 
-class SmtpTestBase(unittest.TestCase):
+class SmtpTestBase(harness.LogsOnFailure, unittest.TestCase):
     env: SmtpEnv
     maxDiff = None
 
@@ -134,16 +129,8 @@ class SmtpTestBase(unittest.TestCase):
     def tearDownClass(cls):
         cls.env.stop()
 
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = outcome is not None and not getattr(outcome, "success", True)
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.env.diagnostics()}\n")
+    def diagnostics(self) -> str:
+        return self.env.diagnostics()
 
     def port(self, name: str) -> int:
         return self.env.ports[name]
@@ -414,8 +401,8 @@ class SmtpMxTest(SmtpTestBase):
         self.assertEqual(self.cmd(c, "AUTH PLAIN " + harness.sasl_plain(ALICE, "alice-password"))[-1][:9],
                          "503 5.5.1")
 
-    @unittest.skipUnless(shutil.which("swaks"), "swaks not installed")
     def test_swaks_pipelined_over_starttls(self):
+        self.assertIsNotNone(shutil.which("swaks"), "swaks missing (scripts/deps.sh installs it)")
         subject = f"swaks {time.time_ns()}"
         proc = subprocess.run(["swaks", "--server", f"{harness.HOST}:{self.port('mx_tls')}", "--tls",
                                "--pipeline", "--helo", "client.example.com", "--from", "sender@example.com",
@@ -425,8 +412,8 @@ class SmtpMxTest(SmtpTestBase):
         self.wait_delivered(0, ALICE, subject.encode())
         self.wait_delivered(0, BOB, subject.encode())
 
-    @unittest.skipUnless(shutil.which("smtp-source"), "Postfix smtp-source not installed")
     def test_smtp_source_load_all_accounted_for(self):
+        self.assertIsNotNone(shutil.which("smtp-source"), "smtp-source missing (scripts/deps.sh installs postfix)")
         before = len(self.env.maildir_files(0, BOB))
         for extra in ([], ["-d"]):  # reused connections, then one message per connection
             proc = subprocess.run(["smtp-source", "-s", "5", "-m", "40", "-l", "10240", "-f", "sender@example.com",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ LEGACY_DOMAIN_QUERY = """
 LEGACY_SENDER_QUERY = "SELECT 1 WHERE %{address}::text = %{user}::text"
 
 
-class MxDirectoryCase(unittest.TestCase):
+class MxDirectoryCase(harness.LogsOnFailure, unittest.TestCase):
     """Base: one Dovecot node, mailgate with an MX listener in front, a directory."""
 
     USERS: dict[str, str] = {}
@@ -120,25 +119,11 @@ class MxDirectoryCase(unittest.TestCase):
         cls.stop_directory()
         if cls.dovecot is not None:
             cls.dovecot.stop()
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {cls.dir}")
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):
         cls._stop()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = outcome is not None and not getattr(outcome, "success", True)
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.diagnostics()}\n")
 
     def diagnostics(self) -> str:
         out = ["--- mailgate log (tail) ---\n" + self.gateway.log_text()[-5000:]]

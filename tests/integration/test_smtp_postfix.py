@@ -11,7 +11,6 @@ tells whether XCLIENT was honoured: mailgate itself connects from 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import smtplib
@@ -82,7 +81,7 @@ def received_headers(data: bytes) -> list[bytes]:
     return [f for f in split_headers(data) if f.lower().startswith(b"received:")]
 
 
-class PostfixTestBase(unittest.TestCase):
+class PostfixTestBase(harness.LogsOnFailure, unittest.TestCase):
     """One Postfix node + one mailgate per class. Subclasses define node_setup()."""
 
     maxDiff = None
@@ -116,25 +115,11 @@ class PostfixTestBase(unittest.TestCase):
         finally:
             if cls.postfix is not None:
                 cls.postfix.stop()
-            if os.environ.get("MAILGATE_KEEP_TMP"):
-                print(f"\nkept {cls.dir}")
-            else:
-                shutil.rmtree(cls.dir, ignore_errors=True)
+            harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):
         cls._stop()
-
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = outcome is not None and not getattr(outcome, "success", True)
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.diagnostics()}\n")
 
     @classmethod
     def diagnostics(cls) -> str:

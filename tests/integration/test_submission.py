@@ -10,7 +10,6 @@ import shutil
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 import unittest
 from pathlib import Path
@@ -79,7 +78,7 @@ class SmtpSink:
             return ""
 
 
-class SubmissionTest(unittest.TestCase):
+class SubmissionTest(harness.LogsOnFailure, unittest.TestCase):
     maxDiff = None
 
     @classmethod
@@ -134,22 +133,11 @@ routing:
     def tearDownClass(cls):
         cls.gateway.stop()
         cls.sink.stop()
-        if os.environ.get("MAILGATE_KEEP_TMP"):
-            print(f"\nkept {cls.dir}")
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        harness.remove_workdir(cls.dir)
 
-    def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        result = getattr(outcome, "result", None)
-        failed = False
-        if result is not None:
-            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
-                if getattr(test, "test_case", test) is self:
-                    failed = True
-        if failed:
-            sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.gateway.log_text()[-6000:]}\n"
-                             f"--- smtp-sink ---\n{self.sink.log_text()[-3000:]}\n")
+    def diagnostics(self) -> str:
+        return (f"--- mailgate log (tail) ---\n{self.gateway.log_text()[-6000:]}\n"
+                f"--- smtp-sink ---\n{self.sink.log_text()[-3000:]}")
 
     # -- helpers
     def client(self, name: str = "submit") -> harness.LineClient:
