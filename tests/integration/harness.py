@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import imaplib
 import json
 import os
 import re
@@ -273,6 +274,28 @@ class LogsOnFailure:
         if failed:
             sys.stderr.write(f"\n=== logs for {self.id()} ===\n{self.diagnostics()}\n")
         super().tearDown()
+
+
+def imap_node_marker(port: int, context: ssl.SSLContext, user: str, password: str) -> str:
+    """Logs in over implicit TLS and returns the last word of message 1's subject: the
+    tests mark each storage node's copy of a mailbox that way to tell which node answered."""
+    imap = imaplib.IMAP4_SSL(HOST, port, ssl_context=context, timeout=10)
+    try:
+        typ, data = imap.login(user, password)
+        if typ != "OK":
+            raise AssertionError(f"login as {user}: {typ} {data}")
+        imap.select("INBOX", readonly=True)
+        typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        if typ != "OK":
+            raise AssertionError(f"fetch: {typ} {data}")
+        subject = data[0][1].decode().strip()
+        imap.logout()
+    finally:
+        try:
+            imap.shutdown()
+        except OSError:
+            pass
+    return subject.rsplit(" ", 1)[-1]
 
 
 # --------------------------------------------------------------------------- Dovecot

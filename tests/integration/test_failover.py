@@ -25,22 +25,7 @@ class FailoverTest(GatewayTestCase):
     # ------------------------------------------------------------------ helpers
     def imap_node(self) -> str:
         """Logs in through the gateway and tells which node answered."""
-        imap = imaplib.IMAP4_SSL(harness.HOST, self.port("imaps"), ssl_context=self.env.context,
-                                 timeout=10)
-        try:
-            typ, data = imap.login(ALICE, ALICE_PW)
-            self.assertEqual(typ, "OK", data)
-            imap.select("INBOX", readonly=True)
-            typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            self.assertEqual(typ, "OK", data)
-            subject = data[0][1].decode().strip()
-            imap.logout()
-        finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
-        return subject.rsplit(" ", 1)[-1]
+        return harness.imap_node_marker(self.port("imaps"), self.env.context, ALICE, ALICE_PW)
 
     def pop3_node(self) -> str:
         pop = poplib.POP3_SSL(harness.HOST, self.port("pop3s"), context=self.env.context,

@@ -11,7 +11,6 @@ Tests run in name order; the last one stops the responder."""
 from __future__ import annotations
 
 import hashlib
-import imaplib
 import json
 import os
 import poplib
@@ -184,21 +183,7 @@ class HttpAuthTest(harness.LogsOnFailure, unittest.TestCase):
 
     def imap_node(self, user: str, password: str) -> str:
         """Logs in through the gateway (imaps) and tells which node answered."""
-        imap = imaplib.IMAP4_SSL(harness.HOST, self.ports["imaps"], ssl_context=self.context, timeout=10)
-        try:
-            typ, data = imap.login(user, password)
-            self.assertEqual(typ, "OK", data)
-            imap.select("INBOX", readonly=True)
-            typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            self.assertEqual(typ, "OK", data)
-            subject = data[0][1].decode().strip()
-            imap.logout()
-        finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
-        return subject.rsplit(" ", 1)[-1]
+        return harness.imap_node_marker(self.ports["imaps"], self.context, user, password)
 
     def pop3_node(self, user: str, password: str) -> str:
         pop = poplib.POP3_SSL(harness.HOST, self.ports["pop3s"], context=self.context, timeout=10)

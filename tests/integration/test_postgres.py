@@ -211,21 +211,7 @@ class PgGatewayCase(unittest.TestCase):
 
     def imap_node(self, user: str, password: str) -> str:
         """Logs in and returns the node marker (last word of message 1's subject)."""
-        imap = imaplib.IMAP4_SSL(harness.HOST, self.ports["imaps"], ssl_context=self.context, timeout=10)
-        try:
-            typ, data = imap.login(user, password)
-            self.assertEqual(typ, "OK", data)
-            imap.select("INBOX", readonly=True)
-            typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            self.assertEqual(typ, "OK", data)
-            subject = data[0][1].decode().strip()
-            imap.logout()
-        finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
-        return subject.rsplit(" ", 1)[-1]
+        return harness.imap_node_marker(self.ports["imaps"], self.context, user, password)
 
     def wait_node(self, user: str, password: str, node: str, within: float) -> float:
         """Polls new sessions until one lands on node; returns the seconds it took."""
