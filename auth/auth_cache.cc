@@ -10,15 +10,10 @@
 #include <random>
 #include <utility>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::auth {
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
 
 bool cacheable(const AuthResult& r) { return !r.backend_password && !r.backend_user; }
 
@@ -38,7 +33,7 @@ CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::Cache
 }
 
 std::string CachingDirectory::key(std::string_view user, std::string_view password) const {
-  std::string k = lower(user);
+  std::string k = ascii::lower(user);
   std::string msg = k;
   msg.push_back('\0');
   msg.append(password);
@@ -142,7 +137,7 @@ RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address, cons
     }
     return inner_->lookupRecipient(address, envelope);
   }
-  const std::string k = lower(address);
+  const std::string k = ascii::lower(address);
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = rcpt_entries_.find(k);

@@ -12,6 +12,7 @@
 #include <optional>
 #include <utility>
 
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::auth {
@@ -22,30 +23,14 @@ using Clock = std::chrono::steady_clock;
 // Longest responder text kept in AuthResult.reason (it goes to the log).
 constexpr std::size_t kMaxReasonText = 200;
 
-char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
-  return true;
-}
-
-bool startsWithIgnoreCase(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && equalsIgnoreCase(s.substr(0, prefix.size()), prefix);
-}
-
-bool isDigit(char c) { return c >= '0' && c <= '9'; }
-
 // RFC 9110 tchar.
 bool isTokenChar(unsigned char c) {
-  if (c >= '0' && c <= '9') return true;
-  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
+  if (ascii::isDigit(static_cast<char>(c)) || ascii::isAlpha(static_cast<char>(c))) return true;
   return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != 0;
 }
 
 bool isHostNameChar(char c) {
-  return isDigit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c == '-' || c == '.' || c == '_';
+  return ascii::isDigit(c) || ascii::isAlpha(c) || c == '-' || c == '.' || c == '_';
 }
 
 bool validHostName(std::string_view host) {
@@ -72,7 +57,7 @@ std::optional<uint16_t> parsePort(std::string_view s) {
   if (s.empty() || s.size() > 5) return std::nullopt;
   uint32_t v = 0;
   for (char c : s) {
-    if (!isDigit(c)) return std::nullopt;
+    if (!ascii::isDigit(c)) return std::nullopt;
     v = v * 10 + static_cast<uint32_t>(c - '0');
   }
   if (v == 0 || v > 65535) return std::nullopt;
@@ -150,7 +135,7 @@ class Socket {
 
 Result<AuthHttpUrl> parseAuthHttpUrl(std::string_view url) {
   std::string_view rest = url;
-  if (startsWithIgnoreCase(rest, "http://")) {
+  if (ascii::istartsWith(rest, "http://")) {
     rest.remove_prefix(7);
   } else if (rest.find("://") != std::string_view::npos) {
     return Error{"only plain http://host[:port]/path is supported (no https, as in nginx)"};
@@ -220,8 +205,7 @@ std::string escapeMailAuth(std::string_view text) {
 
 std::string buildAuthHttpRequest(const AuthHttpUrl& url, std::string_view user, std::string_view password,
                                  const AuthContext& ctx) {
-  std::string protocol;
-  for (char c : ctx.protocol) protocol += asciiLower(c);
+  std::string protocol = ascii::lower(ctx.protocol);
   if (protocol == "submission" || protocol == "lmtp") protocol = "smtp";
 
   std::string r;
@@ -283,10 +267,10 @@ std::string parseAuthHttpHeaders(std::string_view block, AuthHttpHeaders* h) {
 
   // Status line: HTTP/x.y SP 3DIGIT [SP reason]
   std::string_view status = lines.front();
-  if (!startsWithIgnoreCase(status, "HTTP/")) return "auth_http: malformed response (bad status line)";
+  if (!ascii::istartsWith(status, "HTTP/")) return "auth_http: malformed response (bad status line)";
   std::size_t sp = status.find(' ');
-  if (sp == std::string_view::npos || status.size() < sp + 4 || !isDigit(status[sp + 1]) ||
-      !isDigit(status[sp + 2]) || !isDigit(status[sp + 3]) ||
+  if (sp == std::string_view::npos || status.size() < sp + 4 || !ascii::isDigit(status[sp + 1]) ||
+      !ascii::isDigit(status[sp + 2]) || !ascii::isDigit(status[sp + 3]) ||
       (status.size() > sp + 4 && status[sp + 4] != ' '))
     return "auth_http: malformed response (bad status line)";
   std::string_view code = status.substr(sp + 1, 3);
@@ -319,7 +303,7 @@ std::string parseAuthHttpHeaders(std::string_view block, AuthHttpHeaders* h) {
         return "auth_http: malformed response (control character in a header)";
     }
     for (const Known& k : known) {
-      if (!equalsIgnoreCase(name, k.name)) continue;
+      if (!ascii::iequals(name, k.name)) continue;
       if (k.slot->has_value()) return "auth_http: malformed response (duplicate " + std::string(k.name) + ")";
       *k.slot = value;
     }
@@ -362,7 +346,7 @@ AuthResult parseAuthHttpResponse(std::string_view block, std::string_view user) 
 
   // Auth-Wait: N seconds (nginx ignores a value that is not a number).
   std::chrono::milliseconds wait_ms{0};
-  if (wait && !wait->empty() && std::all_of(wait->begin(), wait->end(), isDigit)) {
+  if (wait && !wait->empty() && std::all_of(wait->begin(), wait->end(), ascii::isDigit)) {
     uint64_t seconds = 0;
     for (char c : *wait) {
       seconds = seconds * 10 + static_cast<uint64_t>(c - '0');
@@ -394,7 +378,7 @@ namespace {
 
 bool isAtext(unsigned char c) {
   if (c >= 0x80) return true;  // SMTPUTF8
-  if (isDigit(static_cast<char>(c)) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')) return true;
+  if (ascii::isDigit(static_cast<char>(c)) || ascii::isAlpha(static_cast<char>(c))) return true;
   return c != 0 && std::strchr("!#$%&'*+-/=?^_`{|}~", c) != nullptr;
 }
 

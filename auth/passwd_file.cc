@@ -5,18 +5,13 @@
 #include <sstream>
 #include <utility>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::auth {
 namespace {
 
 // Generous bound on one line: a line longer than this is reported, not loaded.
 constexpr std::size_t kMaxLineLength = 16384;
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
 
 std::string problem(const std::string& name, std::size_t line, std::string_view message) {
   std::string out = name;
@@ -107,7 +102,7 @@ PasswdLoadReport PasswdFile::loadText(std::string_view text, const std::string& 
     std::string_view password = line.substr(colon + 1);
     password = password.substr(0, password.find(':'));  // uid:gid:gecos:home:shell:extra follow
 
-    std::string key = lower(user);
+    std::string key = ascii::lower(user);
     Entry entry;
     entry.user = std::string(user);
     auto parsed = parseStoredHash(password, default_scheme_);
@@ -169,7 +164,7 @@ std::shared_ptr<const PasswdFile::Snapshot> PasswdFile::snapshot() const {
 AuthResult PasswdFile::authenticate(std::string_view user, std::string_view password) {
   const auto snap = snapshot();
   AuthResult result;
-  auto it = snap->users.find(lower(user));
+  auto it = snap->users.find(ascii::lower(user));
   if (it == snap->users.end() || !it->second.enabled) {
     (void)verifyPassword(snap->dummy, password);  // same cost as a real check
     result.verdict = it == snap->users.end() ? Verdict::kUnknownUser : Verdict::kBadPassword;
@@ -186,7 +181,7 @@ AuthResult PasswdFile::authenticate(std::string_view user, std::string_view pass
 
 RecipientResult PasswdFile::recipient(std::string_view address) {
   const auto snap = snapshot();
-  const std::string key = lower(address);
+  const std::string key = ascii::lower(address);
   const std::size_t at = key.rfind('@');
   if (at == std::string::npos || at + 1 >= key.size()) return RecipientResult::kUnknownMailbox;
   if (!snap->domains.contains(key.substr(at + 1))) return RecipientResult::kForeignDomain;

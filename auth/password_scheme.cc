@@ -6,11 +6,13 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <memory>
 
 #include "auth/sasl.h"
+#include "gateway/core/ascii.h"
 
 namespace mailgate::auth {
 namespace {
@@ -25,17 +27,6 @@ constexpr uint32_t kArgonLanes = 1;
 constexpr std::size_t kArgonSaltLen = 16;
 constexpr std::size_t kArgonHashLen = 32;
 
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 'a' + 'A');
-    if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 'a' + 'A');
-    if (x != y) return false;
-  }
-  return true;
-}
-
 int hexValue(char c) noexcept {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -43,15 +34,9 @@ int hexValue(char c) noexcept {
   return -1;
 }
 
-bool isHex(std::string_view s) noexcept {
-  for (char c : s)
-    if (hexValue(c) < 0) return false;
-  return true;
-}
-
 // 32 hex digits or 24 base64 characters → 16 bytes.
 bool decodeMd5(std::string_view text, Md5Digest* out) {
-  if (text.size() == 2 * kMd5Size && isHex(text)) {
+  if (text.size() == 2 * kMd5Size && std::all_of(text.begin(), text.end(), ascii::isHexDigit)) {
     for (std::size_t i = 0; i < kMd5Size; ++i)
       (*out)[i] = static_cast<unsigned char>(hexValue(text[2 * i]) * 16 + hexValue(text[2 * i + 1]));
     return true;
@@ -156,14 +141,15 @@ Result<std::string> makeCrypt(const char* prefix, unsigned cost, std::string_vie
 }  // namespace
 
 std::optional<Scheme> parseScheme(std::string_view name) noexcept {
-  if (iequals(name, "PLAIN") || iequals(name, "CLEAR") || iequals(name, "CLEARTEXT")) return Scheme::kPlain;
-  if (iequals(name, "PLAIN-MD5")) return Scheme::kPlainMd5;
-  if (iequals(name, "MD5")) return Scheme::kMd5;
-  if (iequals(name, "MD5-CRYPT")) return Scheme::kMd5Crypt;
-  if (iequals(name, "SHA256-CRYPT")) return Scheme::kSha256Crypt;
-  if (iequals(name, "SHA512-CRYPT")) return Scheme::kSha512Crypt;
-  if (iequals(name, "BLF-CRYPT")) return Scheme::kBlfCrypt;
-  if (iequals(name, "ARGON2ID")) return Scheme::kArgon2id;
+  if (ascii::iequals(name, "PLAIN") || ascii::iequals(name, "CLEAR") || ascii::iequals(name, "CLEARTEXT"))
+    return Scheme::kPlain;
+  if (ascii::iequals(name, "PLAIN-MD5")) return Scheme::kPlainMd5;
+  if (ascii::iequals(name, "MD5")) return Scheme::kMd5;
+  if (ascii::iequals(name, "MD5-CRYPT")) return Scheme::kMd5Crypt;
+  if (ascii::iequals(name, "SHA256-CRYPT")) return Scheme::kSha256Crypt;
+  if (ascii::iequals(name, "SHA512-CRYPT")) return Scheme::kSha512Crypt;
+  if (ascii::iequals(name, "BLF-CRYPT")) return Scheme::kBlfCrypt;
+  if (ascii::iequals(name, "ARGON2ID")) return Scheme::kArgon2id;
   return std::nullopt;
 }
 
@@ -200,7 +186,8 @@ Result<StoredHash> parseStoredHash(std::string_view stored, Scheme default_schem
     auto scheme = parseScheme(name);
     // Dovecot's encoding suffix: {PLAIN-MD5.HEX}, {PLAIN-MD5.B64}; both forms are detected anyway.
     if (!scheme && name.size() > 4 &&
-        (iequals(name.substr(name.size() - 4), ".HEX") || iequals(name.substr(name.size() - 4), ".B64"))) {
+        (ascii::iequals(name.substr(name.size() - 4), ".HEX") ||
+         ascii::iequals(name.substr(name.size() - 4), ".B64"))) {
       auto base = parseScheme(name.substr(0, name.size() - 4));
       if (base == Scheme::kPlainMd5) scheme = base;
     }

@@ -7,6 +7,7 @@
 
 #include "auth/password_scheme.h"
 #include "auth/postgres_pool.h"
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::auth {
@@ -34,15 +35,8 @@ namespace {
 
 constexpr unsigned kBoolOid = 16;
 
-std::string lowerAscii(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 bool falsy(std::string_view v) {
-  const std::string l = lowerAscii(v);
+  const std::string l = ascii::lower(v);
   return l == "f" || l == "false" || l == "0" || l == "no" || l == "off" || l == "n";
 }
 
@@ -69,7 +63,7 @@ std::optional<RouteHint> routeFromRow(const pqxx::row& row, int primary_col, int
 int column(const pqxx::result& r, std::string_view name) {
   for (pqxx::row::size_type i = 0; i < r.columns(); ++i) {
     const char* n = r.column_name(i);
-    if (n && lowerAscii(n) == name) return static_cast<int>(i);
+    if (n && ascii::lower(n) == name) return static_cast<int>(i);
   }
   return -1;
 }
@@ -299,8 +293,7 @@ RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, con
   }
   if (!local_domain) return RecipientAnswer{RecipientResult::kForeignDomain, {}};
   if (!exists) return RecipientAnswer{RecipientResult::kUnknownMailbox, {}};
-  for (char& ch : mailbox)
-    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
+  for (char& ch : mailbox) ch = ascii::toLower(ch);
   return RecipientAnswer{RecipientResult::kLocal, std::move(mailbox)};
 }
 

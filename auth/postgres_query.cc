@@ -3,15 +3,10 @@
 #include <algorithm>
 #include <utility>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::auth::pg {
 namespace {
-
-std::string lowerAscii(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
 
 struct ParamName {
   std::string_view name;
@@ -54,8 +49,8 @@ Result<CompiledQuery> compileQuery(std::string_view text, std::string name, cons
 }
 
 std::vector<std::string> bindParams(const CompiledQuery& q, const ParamValues& v) {
-  const std::string u = lowerAscii(v.user);
-  const std::string a = v.address.empty() ? u : lowerAscii(v.address);
+  const std::string u = ascii::lower(v.user);
+  const std::string a = v.address.empty() ? u : ascii::lower(v.address);
   const std::size_t at = a.rfind('@');
   std::vector<std::string> values;
   values.reserve(q.params.size());

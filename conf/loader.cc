@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "gateway/core/ascii.h"
 
 namespace mailgate::conf {
 namespace {
@@ -110,8 +111,7 @@ size_t editDistance(std::string_view a, std::string_view b) {
 bool isValidName(std::string_view s) {
   if (s.empty() || s.size() > kMaxNameLength) return false;
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-           c == '_' || c == '.';
+    return ascii::isAlpha(c) || ascii::isDigit(c) || c == '-' || c == '_' || c == '.';
   });
 }
 
@@ -124,8 +124,7 @@ bool isHostName(std::string_view s) {
     if (c == '.') {
       if (label == 0 || prev == '-') return false;
       label = 0;
-    } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-               (c == '-' && label > 0)) {
+    } else if (ascii::isAlpha(c) || ascii::isDigit(c) || (c == '-' && label > 0)) {
       if (++label > 63) return false;
     } else {
       return false;
@@ -138,18 +137,6 @@ bool isHostName(std::string_view s) {
 bool isIpv6Literal(const std::string& s) {
   ListenAddress a;
   return s.find(':') != std::string::npos && parseListenAddress("[" + s + "]:1", &a, nullptr);
-}
-
-std::string lower(std::string s) {
-  for (char& c : s)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return s;
-}
-
-std::string upper(std::string s) {
-  for (char& c : s)
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-  return s;
 }
 
 // Checks that path names a readable regular file. Devices and FIFOs are never opened.
@@ -310,7 +297,7 @@ bool Loader::fields(const YAML::Node& node, const std::string& path,
       std::string_view best;
       size_t best_distance = 3;
       for (auto k : known) {
-        const size_t d = editDistance(lower(key), k);
+        const size_t d = editDistance(ascii::lower(key), k);
         if (d < best_distance) best_distance = d, best = k;
       }
       if (!best.empty()) message += " (did you mean " + quote(best) + "?)";
@@ -831,7 +818,7 @@ void Loader::loadPostgres(const YAML::Node& n, const std::string& path, Postgres
   if (const Entry* e = f.find("default_scheme")) {
     std::string s;
     if (scalar(*e, join(path, "default_scheme"), "a password scheme", &s)) {
-      const std::string u = upper(s);
+      const std::string u = ascii::upper(s);
       static constexpr std::string_view kSchemes[] = {"PLAIN",        "PLAIN-MD5", "MD5",     "SHA256-CRYPT",
                                                       "SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID"};
       if (std::find(std::begin(kSchemes), std::end(kSchemes), u) == std::end(kSchemes)) {
@@ -977,7 +964,7 @@ void Loader::loadRouting(const YAML::Node& n, Config* cfg) {
           std::string domain;
           getString(rf, "domain", path, &domain, false);
           if (!domain.empty()) {
-            domain = lower(domain);
+            domain = ascii::lower(domain);
             if (domain != "*" && !isHostName(domain)) {
               error(d->mark(), path + ".domain: " + quote(domain) + " is not a domain name or *");
             } else {

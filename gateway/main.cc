@@ -13,6 +13,7 @@
 #include "auth/postgres_schema.h"
 #include "conf/config.h"
 #include "gateway/admin/admin_server.h"
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/worker_pool.h"
@@ -136,7 +137,7 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
     if (eq != std::string::npos && eq > 0) {
       std::string name = "mailgate_directory_" + kv.substr(0, eq);
       bool ok = true;
-      for (char c : name) ok = ok && (isalnum(static_cast<unsigned char>(c)) || c == '_');
+      for (char c : name) ok = ok && (ascii::isAlpha(c) || ascii::isDigit(c) || c == '_');
       if (ok) out += "# TYPE " + name + " counter\n" + name + " " + kv.substr(eq + 1) + "\n";
     }
     pos = end + 1;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <optional>
 
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::routing {
@@ -24,13 +25,6 @@ constexpr std::size_t kMaxGreeting = 1024;
 constexpr std::chrono::milliseconds kStopSlice{100};
 // Floor for health.interval, so a zero or tiny value cannot spin the thread.
 constexpr std::chrono::milliseconds kMinInterval{100};
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
 
 class Fd {
  public:
@@ -151,7 +145,7 @@ Router::Router(std::shared_ptr<const conf::Config> config) : config_(std::move(c
       default_ = r;
       continue;
     }
-    std::string domain = lower(rc.domain);
+    std::string domain = ascii::lower(rc.domain);
     bool seen =
         std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.domain == domain; });
     if (!seen) entries_.push_back(Entry{std::move(domain), r});  // first route for a domain wins
@@ -166,9 +160,9 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
       Backend* b = resolve(name);
       if (!b) continue;
       AdminState st = AdminState::kActive;
-      if (lower(state) == "drain")
+      if (ascii::lower(state) == "drain")
         st = AdminState::kDrain;
-      else if (lower(state) == "down")
+      else if (ascii::lower(state) == "down")
         st = AdminState::kDown;
       states.emplace_back(b, st);
     }
@@ -177,7 +171,7 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
   if (table) {
     index = std::make_shared<TableIndex>();
     for (const auto& e : table->entries) {
-      std::string k = lower(e.key);
+      std::string k = ascii::lower(e.key);
       if (k == "*") {
         if (!index->star) index->star = &e;
       } else if (k.find('@') != std::string::npos) {
@@ -239,7 +233,7 @@ Backend* Router::resolve(std::string_view name_or_hostport) {
     port = static_cast<uint16_t>(p);
   }
   if (host.empty()) return nullptr;
-  std::string key = lower(name_or_hostport);
+  std::string key = ascii::lower(name_or_hostport);
   std::lock_guard<std::mutex> g(dyn_mu_);
   for (auto& a : adhoc_)
     if (a->config.name == key) return a->backend.get();
@@ -278,7 +272,7 @@ Route Router::route(std::string_view user) {
     keep = table_;
   }
   if (idx) {
-    const std::string u = lower(user);
+    const std::string u = ascii::lower(user);
     const std::size_t at = u.rfind('@');
     const RouteEntry* use = nullptr;
     if (at != std::string::npos) {
@@ -296,14 +290,7 @@ Route Router::route(std::string_view user) {
   if (at == std::string_view::npos) return default_;
   const std::string_view domain = user.substr(at + 1);
   for (const auto& e : entries_) {
-    if (e.domain.size() != domain.size()) continue;
-    bool same = true;
-    for (std::size_t i = 0; i < domain.size() && same; ++i) {
-      char c = domain[i];
-      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-      same = c == e.domain[i];
-    }
-    if (same) return e.route;
+    if (ascii::iequals(domain, e.domain)) return e.route;
   }
   return default_;
 }

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <new>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::codec {
 namespace {
 
@@ -51,38 +53,29 @@ constexpr bool isAtomChar(char ch) noexcept {
 }
 constexpr bool isAstringChar(char c) noexcept { return isAtomChar(c) || c == ']'; }
 constexpr bool isTagChar(char c) noexcept { return isAstringChar(c) && c != '+'; }
-constexpr char foldUpper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
-
-bool equalsFolded(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (foldUpper(a[i]) != upper[i]) return false;
-  }
-  return true;
-}
 
 ImapVerb classify(std::string_view v) noexcept {
   switch (v.size()) {
     case 2:
-      if (equalsFolded(v, "ID")) return ImapVerb::kId;
+      if (ascii::iequals(v, "ID")) return ImapVerb::kId;
       break;
     case 4:
-      if (equalsFolded(v, "NOOP")) return ImapVerb::kNoop;
+      if (ascii::iequals(v, "NOOP")) return ImapVerb::kNoop;
       break;
     case 5:
-      if (equalsFolded(v, "LOGIN")) return ImapVerb::kLogin;
+      if (ascii::iequals(v, "LOGIN")) return ImapVerb::kLogin;
       break;
     case 6:
-      if (equalsFolded(v, "LOGOUT")) return ImapVerb::kLogout;
+      if (ascii::iequals(v, "LOGOUT")) return ImapVerb::kLogout;
       break;
     case 8:
-      if (equalsFolded(v, "STARTTLS")) return ImapVerb::kStarttls;
+      if (ascii::iequals(v, "STARTTLS")) return ImapVerb::kStarttls;
       break;
     case 10:
-      if (equalsFolded(v, "CAPABILITY")) return ImapVerb::kCapability;
+      if (ascii::iequals(v, "CAPABILITY")) return ImapVerb::kCapability;
       break;
     case 12:
-      if (equalsFolded(v, "AUTHENTICATE")) return ImapVerb::kAuthenticate;
+      if (ascii::iequals(v, "AUTHENTICATE")) return ImapVerb::kAuthenticate;
       break;
     default:
       break;
@@ -91,7 +84,7 @@ ImapVerb classify(std::string_view v) noexcept {
 }
 
 constexpr bool isBase64Char(char c) noexcept {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+  return ascii::isAlpha(c) || ascii::isDigit(c) || c == '+' || c == '/';
 }
 
 // RFC 4959 initial-resp = base64 / "="; base64 = *(4base64-char) [base64-terminal]
@@ -468,7 +461,7 @@ void ImapCommandParser::pushArg(ArgKind kind, bool open, bool close) noexcept {
   }
   ImapArg& a = cmd_.args[cmd_.argc];
   a.value = std::string_view(buf_.get() + tok_start_, len_ - tok_start_);
-  a.is_nil = kind == ArgKind::kAtom && equalsFolded(a.value, "NIL");
+  a.is_nil = kind == ArgKind::kAtom && ascii::iequals(a.value, "NIL");
   a.is_list_open = open;
   a.is_list_close = close;
   kinds_[cmd_.argc] = kind;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <new>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::codec {
 namespace {
 
@@ -18,44 +20,34 @@ constexpr std::string_view kErrBareCr = "Bare CR in command line.";
 constexpr std::string_view kErrNul = "NUL in command line.";
 constexpr std::string_view kErrDead = "Connection state is invalid.";
 
-constexpr bool isAlpha(char c) noexcept { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 constexpr bool isCtl(char ch) noexcept {
   const auto c = static_cast<unsigned char>(ch);
   return c < 0x20 || c == 0x7f;
 }
-constexpr char foldUpper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
-
-bool equalsFolded(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (foldUpper(a[i]) != upper[i]) return false;
-  }
-  return true;
-}
 
 Pop3Verb classify(std::string_view v) noexcept {
   if (v.size() != 4) return Pop3Verb::kOther;
-  switch (foldUpper(v[0])) {
+  switch (ascii::toUpper(v[0])) {
     case 'A':
-      if (equalsFolded(v, "AUTH")) return Pop3Verb::kAuth;
+      if (ascii::iequals(v, "AUTH")) return Pop3Verb::kAuth;
       break;
     case 'C':
-      if (equalsFolded(v, "CAPA")) return Pop3Verb::kCapa;
+      if (ascii::iequals(v, "CAPA")) return Pop3Verb::kCapa;
       break;
     case 'N':
-      if (equalsFolded(v, "NOOP")) return Pop3Verb::kNoop;
+      if (ascii::iequals(v, "NOOP")) return Pop3Verb::kNoop;
       break;
     case 'P':
-      if (equalsFolded(v, "PASS")) return Pop3Verb::kPass;
+      if (ascii::iequals(v, "PASS")) return Pop3Verb::kPass;
       break;
     case 'Q':
-      if (equalsFolded(v, "QUIT")) return Pop3Verb::kQuit;
+      if (ascii::iequals(v, "QUIT")) return Pop3Verb::kQuit;
       break;
     case 'S':
-      if (equalsFolded(v, "STLS")) return Pop3Verb::kStls;
+      if (ascii::iequals(v, "STLS")) return Pop3Verb::kStls;
       break;
     case 'U':
-      if (equalsFolded(v, "USER")) return Pop3Verb::kUser;
+      if (ascii::iequals(v, "USER")) return Pop3Verb::kUser;
       break;
     default:
       break;
@@ -173,7 +165,7 @@ Pop3Status Pop3CommandParser::step(char c) noexcept {
   }
   switch (state_) {
     case State::kVerb:
-      if (isAlpha(c) && len_ < 4) {
+      if (ascii::isAlpha(c) && len_ < 4) {
         if (len_ < cap_) buf_[len_++] = c;
       } else if (c == ' ' || c == '\r') {
         if (len_ < 3) {

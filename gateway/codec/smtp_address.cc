@@ -2,22 +2,18 @@
 
 #include <cstdint>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::codec {
 namespace {
 
 constexpr size_t kMaxLabel = 63;
 
-constexpr bool isAlpha(char c) noexcept { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-constexpr bool isDigit(char c) noexcept { return c >= '0' && c <= '9'; }
-constexpr bool isHex(char c) noexcept {
-  return isDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
 constexpr bool isHigh(char c) noexcept { return static_cast<unsigned char>(c) >= 0x80; }
-constexpr char foldLower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
 // RFC 5322 atext.
 constexpr bool isAtext(char c) noexcept {
-  if (isAlpha(c) || isDigit(c)) return true;
+  if (ascii::isAlpha(c) || ascii::isDigit(c)) return true;
   switch (c) {
     case '!':
     case '#':
@@ -89,14 +85,6 @@ SmtpAddressError eat8bit(std::string_view s, size_t* i, bool smtputf8) noexcept 
   return SmtpAddressError::kNone;
 }
 
-bool equalsFoldedLower(std::string_view a, std::string_view lower) noexcept {
-  if (a.size() != lower.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (foldLower(a[i]) != lower[i]) return false;
-  }
-  return true;
-}
-
 // snum "." snum "." snum "." snum, each 0..255 in 1-3 digits.
 bool isIpv4(std::string_view s) noexcept {
   int parts = 0;
@@ -104,7 +92,7 @@ bool isIpv4(std::string_view s) noexcept {
   while (true) {
     size_t digits = 0;
     unsigned v = 0;
-    while (i < s.size() && isDigit(s[i]) && digits < 4) {
+    while (i < s.size() && ascii::isDigit(s[i]) && digits < 4) {
       v = v * 10 + static_cast<unsigned>(s[i] - '0');
       ++digits;
       ++i;
@@ -135,7 +123,7 @@ bool ipv6Groups(std::string_view s, bool allow_v4, int* hex, bool* v4) noexcept 
     }
     if (g.empty() || g.size() > 4) return false;
     for (char c : g) {
-      if (!isHex(c)) return false;
+      if (!ascii::isHexDigit(c)) return false;
     }
     ++*hex;
     if (*hex > 8) return false;
@@ -163,7 +151,7 @@ SmtpAddressError checkLiteral(std::string_view s) noexcept {
   if (s.size() < 3 || s.front() != '[' || s.back() != ']') return SmtpAddressError::kSyntax;
   const std::string_view in = s.substr(1, s.size() - 2);
   if (isIpv4(in)) return SmtpAddressError::kNone;
-  if (in.size() > 5 && equalsFoldedLower(in.substr(0, 5), "ipv6:") && isIpv6(in.substr(5))) {
+  if (in.size() > 5 && ascii::iequals(in.substr(0, 5), "ipv6:") && isIpv6(in.substr(5))) {
     return SmtpAddressError::kNone;
   }
   return SmtpAddressError::kSyntax;  // general address literals are refused too
@@ -189,7 +177,7 @@ SmtpAddressError checkDomainName(std::string_view s, bool smtputf8, bool* eight_
       if (c == '-') {
         if (i == label_start) return SmtpAddressError::kSyntax;
         last_hyphen = true;
-      } else if (isAlpha(c) || isDigit(c)) {
+      } else if (ascii::isAlpha(c) || ascii::isDigit(c)) {
         last_hyphen = false;
       } else {
         return SmtpAddressError::kSyntax;
@@ -282,7 +270,7 @@ SmtpAddressError parseMailboxInto(std::string_view s, const SmtpAddressOptions& 
     e = checkDomainName(a->domain, o.smtputf8, &a->eight_bit);
   }
   if (e != SmtpAddressError::kNone) return e;
-  for (size_t k = 0; k < a->domain.size(); ++k) a->lower_[k] = foldLower(a->domain[k]);
+  for (size_t k = 0; k < a->domain.size(); ++k) a->lower_[k] = ascii::toLower(a->domain[k]);
   a->lower_len_ = a->domain.size();
   return SmtpAddressError::kNone;
 }
@@ -314,7 +302,7 @@ SmtpAddressError parseSmtpPath(std::string_view path, const SmtpAddressOptions& 
     // A-d-l ":" Mailbox. Refused whatever follows, as long as it looks like a route.
     return in.find(':') != std::string_view::npos ? SmtpAddressError::kSourceRoute : SmtpAddressError::kSyntax;
   }
-  if (options.allow_postmaster && equalsFoldedLower(in, "postmaster")) {
+  if (options.allow_postmaster && ascii::iequals(in, "postmaster")) {
     out->is_postmaster = true;
     out->local_part = in;
     return SmtpAddressError::kNone;

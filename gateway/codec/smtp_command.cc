@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <new>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::codec {
 namespace {
 
@@ -10,68 +12,54 @@ constexpr size_t kFatalLineFactor = 4;
 constexpr size_t kMaxSizeDigits = 20;  // RFC 1870 size-value = 1*20DIGIT
 constexpr size_t kMaxMechanism = 20;   // RFC 4422 sasl-mech = 1*20mech-char
 
-constexpr char foldUpper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
-constexpr bool isAlpha(char c) noexcept { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-constexpr bool isDigit(char c) noexcept { return c >= '0' && c <= '9'; }
-constexpr bool isUpperHex(char c) noexcept { return isDigit(c) || (c >= 'A' && c <= 'F'); }
-
-bool equalsFolded(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (foldUpper(a[i]) != upper[i]) return false;
-  }
-  return true;
-}
-
-bool startsFolded(std::string_view a, std::string_view upper) noexcept {
-  return a.size() >= upper.size() && equalsFolded(a.substr(0, upper.size()), upper);
-}
+// RFC 3461 hexchar digits: upper case only, unlike ascii::isHexDigit.
+constexpr bool isUpperHex(char c) noexcept { return ascii::isDigit(c) || (c >= 'A' && c <= 'F'); }
 
 SmtpVerb classify(std::string_view v) noexcept {
   for (char c : v) {
-    if (!isAlpha(c)) return SmtpVerb::kUnknown;
+    if (!ascii::isAlpha(c)) return SmtpVerb::kUnknown;
   }
   switch (v.size()) {
     case 4:
-      switch (foldUpper(v[0])) {
+      switch (ascii::toUpper(v[0])) {
         case 'A':
-          if (equalsFolded(v, "AUTH")) return SmtpVerb::kAuth;
+          if (ascii::iequals(v, "AUTH")) return SmtpVerb::kAuth;
           break;
         case 'B':
-          if (equalsFolded(v, "BDAT")) return SmtpVerb::kBdat;
+          if (ascii::iequals(v, "BDAT")) return SmtpVerb::kBdat;
           break;
         case 'D':
-          if (equalsFolded(v, "DATA")) return SmtpVerb::kData;
+          if (ascii::iequals(v, "DATA")) return SmtpVerb::kData;
           break;
         case 'E':
-          if (equalsFolded(v, "EHLO")) return SmtpVerb::kEhlo;
+          if (ascii::iequals(v, "EHLO")) return SmtpVerb::kEhlo;
           break;
         case 'H':
-          if (equalsFolded(v, "HELO")) return SmtpVerb::kHelo;
-          if (equalsFolded(v, "HELP")) return SmtpVerb::kHelp;
+          if (ascii::iequals(v, "HELO")) return SmtpVerb::kHelo;
+          if (ascii::iequals(v, "HELP")) return SmtpVerb::kHelp;
           break;
         case 'M':
-          if (equalsFolded(v, "MAIL")) return SmtpVerb::kMail;
+          if (ascii::iequals(v, "MAIL")) return SmtpVerb::kMail;
           break;
         case 'N':
-          if (equalsFolded(v, "NOOP")) return SmtpVerb::kNoop;
+          if (ascii::iequals(v, "NOOP")) return SmtpVerb::kNoop;
           break;
         case 'Q':
-          if (equalsFolded(v, "QUIT")) return SmtpVerb::kQuit;
+          if (ascii::iequals(v, "QUIT")) return SmtpVerb::kQuit;
           break;
         case 'R':
-          if (equalsFolded(v, "RCPT")) return SmtpVerb::kRcpt;
-          if (equalsFolded(v, "RSET")) return SmtpVerb::kRset;
+          if (ascii::iequals(v, "RCPT")) return SmtpVerb::kRcpt;
+          if (ascii::iequals(v, "RSET")) return SmtpVerb::kRset;
           break;
         case 'V':
-          if (equalsFolded(v, "VRFY")) return SmtpVerb::kVrfy;
+          if (ascii::iequals(v, "VRFY")) return SmtpVerb::kVrfy;
           break;
         default:
           break;
       }
       break;
     case 8:
-      if (equalsFolded(v, "STARTTLS")) return SmtpVerb::kStarttls;
+      if (ascii::iequals(v, "STARTTLS")) return SmtpVerb::kStarttls;
       break;
     default:
       break;
@@ -85,7 +73,7 @@ Num parseNumber(std::string_view s, uint64_t* out) noexcept {
   if (s.empty()) return Num::kSyntax;
   uint64_t v = 0;
   for (char c : s) {
-    if (!isDigit(c)) return Num::kSyntax;
+    if (!ascii::isDigit(c)) return Num::kSyntax;
   }
   if (s.size() > kMaxSizeDigits) return Num::kOverflow;
   for (char c : s) {
@@ -98,7 +86,7 @@ Num parseNumber(std::string_view s, uint64_t* out) noexcept {
 }
 
 constexpr bool isBase64Char(char c) noexcept {
-  return isAlpha(c) || isDigit(c) || c == '+' || c == '/';
+  return ascii::isAlpha(c) || ascii::isDigit(c) || c == '+' || c == '/';
 }
 
 // RFC 4954 initial-response = base64 / "="
@@ -126,7 +114,7 @@ bool isXtext(std::string_view s) noexcept {
 
 // NOTIFY = "NEVER" / 1#( "SUCCESS" / "FAILURE" / "DELAY" )
 bool isNotify(std::string_view s) noexcept {
-  if (equalsFolded(s, "NEVER")) return true;
+  if (ascii::iequals(s, "NEVER")) return true;
   unsigned seen = 0;
   size_t start = 0;
   while (true) {
@@ -134,11 +122,11 @@ bool isNotify(std::string_view s) noexcept {
     if (end == std::string_view::npos) end = s.size();
     const std::string_view item = s.substr(start, end - start);
     unsigned bit = 0;
-    if (equalsFolded(item, "SUCCESS")) {
+    if (ascii::iequals(item, "SUCCESS")) {
       bit = 1;
-    } else if (equalsFolded(item, "FAILURE")) {
+    } else if (ascii::iequals(item, "FAILURE")) {
       bit = 2;
-    } else if (equalsFolded(item, "DELAY")) {
+    } else if (ascii::iequals(item, "DELAY")) {
       bit = 4;
     } else {
       return false;
@@ -155,7 +143,7 @@ bool isOrcpt(std::string_view s) noexcept {
   const size_t semi = s.find(';');
   if (semi == 0 || semi == std::string_view::npos || semi + 1 >= s.size()) return false;
   for (size_t i = 0; i < semi; ++i) {
-    if (!isAlpha(s[i]) && !isDigit(s[i]) && s[i] != '-') return false;
+    if (!ascii::isAlpha(s[i]) && !ascii::isDigit(s[i]) && s[i] != '-') return false;
   }
   return isXtext(s.substr(semi + 1));
 }
@@ -267,7 +255,8 @@ SmtpFeed SmtpCommandParser::feed(std::string_view input) noexcept {
           framing(SmtpErrorKind::kNul);
         } else if (len_ < cap_) {
           buf_[len_++] = c;
-          if (len_ == 5 && !sasl_line_active_ && startsFolded({buf_.get(), 5}, "AUTH ")) auth_line_ = true;
+          if (len_ == 5 && !sasl_line_active_ && ascii::istartsWith({buf_.get(), 5}, "AUTH "))
+            auth_line_ = true;
         }
         break;
       case State::kCr:
@@ -346,14 +335,14 @@ SmtpStatus SmtpCommandParser::parseLine(std::string_view line) noexcept {
       cmd_.arg = rest;
       break;
     case SmtpVerb::kMail:
-      if (!startsFolded(rest, "FROM:")) {
+      if (!ascii::istartsWith(rest, "FROM:")) {
         e = SmtpErrorKind::kSyntax;
       } else {
         e = parseMailRcpt(rest.substr(5), true);
       }
       break;
     case SmtpVerb::kRcpt:
-      if (!startsFolded(rest, "TO:")) {
+      if (!ascii::istartsWith(rest, "TO:")) {
         e = SmtpErrorKind::kSyntax;
       } else {
         e = parseMailRcpt(rest.substr(3), false);
@@ -448,7 +437,7 @@ SmtpErrorKind SmtpCommandParser::parseParams(std::string_view s, bool mail) noex
     // esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
     if (p.keyword.empty() || p.keyword.front() == '-') return SmtpErrorKind::kBadParam;
     for (char c : p.keyword) {
-      if (!isAlpha(c) && !isDigit(c) && c != '-') return SmtpErrorKind::kBadParam;
+      if (!ascii::isAlpha(c) && !ascii::isDigit(c) && c != '-') return SmtpErrorKind::kBadParam;
     }
     // esmtp-value = 1*(%d33-60 / %d62-126) (RFC 6531 adds UTF8-non-ascii)
     if (p.has_value && p.value.empty()) return SmtpErrorKind::kBadParam;
@@ -464,7 +453,7 @@ SmtpErrorKind SmtpCommandParser::parseParams(std::string_view s, bool mail) noex
     const std::string_view v = p.value;
     unsigned bit = 0;
     bool ok = true;
-    if (mail && equalsFolded(k, "SIZE")) {
+    if (mail && ascii::iequals(k, "SIZE")) {
       bit = kPSize;
       if (!p.has_value) return SmtpErrorKind::kBadParam;
       switch (parseNumber(v, &cmd_.size)) {
@@ -476,39 +465,39 @@ SmtpErrorKind SmtpCommandParser::parseParams(std::string_view s, bool mail) noex
         case Num::kOverflow:
           return SmtpErrorKind::kSizeOverflow;
       }
-    } else if (mail && equalsFolded(k, "BODY")) {
+    } else if (mail && ascii::iequals(k, "BODY")) {
       bit = kPBody;
-      if (equalsFolded(v, "7BIT")) {
+      if (ascii::iequals(v, "7BIT")) {
         cmd_.body = SmtpBody::k7Bit;
-      } else if (equalsFolded(v, "8BITMIME")) {
+      } else if (ascii::iequals(v, "8BITMIME")) {
         cmd_.body = SmtpBody::k8BitMime;
-      } else if (equalsFolded(v, "BINARYMIME")) {
+      } else if (ascii::iequals(v, "BINARYMIME")) {
         cmd_.body = SmtpBody::kBinaryMime;
       } else {
         ok = false;
       }
-    } else if (mail && equalsFolded(k, "SMTPUTF8")) {
+    } else if (mail && ascii::iequals(k, "SMTPUTF8")) {
       bit = kPUtf8;
       ok = !p.has_value;
       cmd_.smtputf8 = true;
-    } else if (mail && equalsFolded(k, "AUTH")) {
+    } else if (mail && ascii::iequals(k, "AUTH")) {
       bit = kPAuth;
       ok = p.has_value && (v == "<>" || isXtext(v));
       cmd_.has_auth = true;
       cmd_.auth = v;
-    } else if (mail && equalsFolded(k, "RET")) {
+    } else if (mail && ascii::iequals(k, "RET")) {
       bit = kPRet;
-      ok = equalsFolded(v, "FULL") || equalsFolded(v, "HDRS");
+      ok = ascii::iequals(v, "FULL") || ascii::iequals(v, "HDRS");
       cmd_.ret = v;
-    } else if (mail && equalsFolded(k, "ENVID")) {
+    } else if (mail && ascii::iequals(k, "ENVID")) {
       bit = kPEnvid;
       ok = p.has_value && isXtext(v);
       cmd_.envid = v;
-    } else if (!mail && equalsFolded(k, "NOTIFY")) {
+    } else if (!mail && ascii::iequals(k, "NOTIFY")) {
       bit = kPNotify;
       ok = p.has_value && isNotify(v);
       cmd_.notify = v;
-    } else if (!mail && equalsFolded(k, "ORCPT")) {
+    } else if (!mail && ascii::iequals(k, "ORCPT")) {
       bit = kPOrcpt;
       ok = p.has_value && isOrcpt(v);
       cmd_.orcpt = v;
@@ -529,7 +518,7 @@ SmtpErrorKind SmtpCommandParser::parseBdat(std::string_view rest) noexcept {
   const std::string_view num = rest.substr(0, sp);
   if (parseNumber(num, &cmd_.bdat_size) != Num::kOk) return SmtpErrorKind::kBdatSyntax;
   if (sp != std::string_view::npos) {
-    if (!equalsFolded(rest.substr(sp + 1), "LAST")) return SmtpErrorKind::kBdatSyntax;
+    if (!ascii::iequals(rest.substr(sp + 1), "LAST")) return SmtpErrorKind::kBdatSyntax;
     cmd_.bdat_last = true;
   }
   return SmtpErrorKind::kNone;
@@ -540,7 +529,7 @@ SmtpErrorKind SmtpCommandParser::parseAuth(std::string_view rest) noexcept {
   const std::string_view mech = rest.substr(0, sp);
   if (mech.empty() || mech.size() > kMaxMechanism) return SmtpErrorKind::kSyntax;
   for (char c : mech) {
-    if (!isAlpha(c) && !isDigit(c) && c != '-' && c != '_') return SmtpErrorKind::kSyntax;
+    if (!ascii::isAlpha(c) && !ascii::isDigit(c) && c != '-' && c != '_') return SmtpErrorKind::kSyntax;
   }
   cmd_.arg = mech;
   if (sp != std::string_view::npos) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <new>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::codec {
 namespace {
 
@@ -15,22 +17,11 @@ constexpr std::string_view kErrCode = "Invalid reply code";
 constexpr std::string_view kErrMixed = "Inconsistent reply code in multi-line reply";
 constexpr std::string_view kErrDead = "Reply stream is in error";
 
-constexpr bool isDigit(char c) noexcept { return c >= '0' && c <= '9'; }
-constexpr char foldUpper(char c) noexcept { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c; }
-
-bool equalsFolded(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (foldUpper(a[i]) != upper[i]) return false;
-  }
-  return true;
-}
-
 // 1-3 digits at s[*i]; false otherwise.
 bool digits13(std::string_view s, size_t* i, uint16_t* v) noexcept {
   size_t n = 0;
   *v = 0;
-  while (*i < s.size() && isDigit(s[*i]) && n < 4) {
+  while (*i < s.size() && ascii::isDigit(s[*i]) && n < 4) {
     *v = static_cast<uint16_t>(*v * 10 + (s[*i] - '0'));
     ++*i;
     ++n;
@@ -56,26 +47,26 @@ size_t enhancedCode(std::string_view text, uint16_t code, SmtpEnhancedCode* out)
 }
 
 uint32_t authBit(std::string_view m) noexcept {
-  if (equalsFolded(m, "PLAIN")) return kSmtpAuthPlain;
-  if (equalsFolded(m, "LOGIN")) return kSmtpAuthLogin;
-  if (equalsFolded(m, "CRAM-MD5")) return kSmtpAuthCramMd5;
-  if (equalsFolded(m, "XOAUTH2")) return kSmtpAuthXoauth2;
-  if (equalsFolded(m, "OAUTHBEARER")) return kSmtpAuthOauthBearer;
-  if (equalsFolded(m, "SCRAM-SHA-1")) return kSmtpAuthScramSha1;
-  if (equalsFolded(m, "SCRAM-SHA-256")) return kSmtpAuthScramSha256;
-  if (equalsFolded(m, "EXTERNAL")) return kSmtpAuthExternal;
+  if (ascii::iequals(m, "PLAIN")) return kSmtpAuthPlain;
+  if (ascii::iequals(m, "LOGIN")) return kSmtpAuthLogin;
+  if (ascii::iequals(m, "CRAM-MD5")) return kSmtpAuthCramMd5;
+  if (ascii::iequals(m, "XOAUTH2")) return kSmtpAuthXoauth2;
+  if (ascii::iequals(m, "OAUTHBEARER")) return kSmtpAuthOauthBearer;
+  if (ascii::iequals(m, "SCRAM-SHA-1")) return kSmtpAuthScramSha1;
+  if (ascii::iequals(m, "SCRAM-SHA-256")) return kSmtpAuthScramSha256;
+  if (ascii::iequals(m, "EXTERNAL")) return kSmtpAuthExternal;
   return kSmtpAuthOther;
 }
 
 uint32_t xclientBit(std::string_view a) noexcept {
-  if (equalsFolded(a, "ADDR")) return kXclientAddr;
-  if (equalsFolded(a, "PORT")) return kXclientPort;
-  if (equalsFolded(a, "HELO")) return kXclientHelo;
-  if (equalsFolded(a, "PROTO")) return kXclientProto;
-  if (equalsFolded(a, "LOGIN")) return kXclientLogin;
-  if (equalsFolded(a, "NAME")) return kXclientName;
-  if (equalsFolded(a, "DESTADDR")) return kXclientDestAddr;
-  if (equalsFolded(a, "DESTPORT")) return kXclientDestPort;
+  if (ascii::iequals(a, "ADDR")) return kXclientAddr;
+  if (ascii::iequals(a, "PORT")) return kXclientPort;
+  if (ascii::iequals(a, "HELO")) return kXclientHelo;
+  if (ascii::iequals(a, "PROTO")) return kXclientProto;
+  if (ascii::iequals(a, "LOGIN")) return kXclientLogin;
+  if (ascii::iequals(a, "NAME")) return kXclientName;
+  if (ascii::iequals(a, "DESTADDR")) return kXclientDestAddr;
+  if (ascii::iequals(a, "DESTPORT")) return kXclientDestPort;
   return kXclientOther;
 }
 
@@ -174,7 +165,8 @@ SmtpReplyStatus SmtpReplyParser::lineDone() noexcept {
   state_ = State::kLine;
   const std::string_view line(buf_.get() + line_start_, len_ - line_start_);
   line_octets_ = 0;
-  if (line.size() < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '5' || !isDigit(line[2])) {
+  if (line.size() < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '5' ||
+      !ascii::isDigit(line[2])) {
     return fail(kErrCode);
   }
   bool last = true;
@@ -215,29 +207,29 @@ bool parseEhloReply(const SmtpReply& reply, SmtpEhlo* out) noexcept {
     if (kend == std::string_view::npos) kend = line.size();
     const std::string_view kw = line.substr(0, kend);
     const std::string_view params = kend < line.size() ? line.substr(kend + 1) : std::string_view{};
-    if (equalsFolded(kw, "PIPELINING")) {
+    if (ascii::iequals(kw, "PIPELINING")) {
       out->pipelining = true;
-    } else if (equalsFolded(kw, "8BITMIME")) {
+    } else if (ascii::iequals(kw, "8BITMIME")) {
       out->eightbitmime = true;
-    } else if (equalsFolded(kw, "SMTPUTF8")) {
+    } else if (ascii::iequals(kw, "SMTPUTF8")) {
       out->smtputf8 = true;
-    } else if (equalsFolded(kw, "CHUNKING")) {
+    } else if (ascii::iequals(kw, "CHUNKING")) {
       out->chunking = true;
-    } else if (equalsFolded(kw, "BINARYMIME")) {
+    } else if (ascii::iequals(kw, "BINARYMIME")) {
       out->binarymime = true;
-    } else if (equalsFolded(kw, "STARTTLS")) {
+    } else if (ascii::iequals(kw, "STARTTLS")) {
       out->starttls = true;
-    } else if (equalsFolded(kw, "ENHANCEDSTATUSCODES")) {
+    } else if (ascii::iequals(kw, "ENHANCEDSTATUSCODES")) {
       out->enhancedstatuscodes = true;
-    } else if (equalsFolded(kw, "DSN")) {
+    } else if (ascii::iequals(kw, "DSN")) {
       out->dsn = true;
-    } else if (equalsFolded(kw, "SIZE")) {
+    } else if (ascii::iequals(kw, "SIZE")) {
       out->size = true;
       uint64_t v = 0;
       bool ok = !params.empty() && params.size() <= 20;
       for (char c : params) {
         if (!ok) break;
-        if (!isDigit(c)) {
+        if (!ascii::isDigit(c)) {
           ok = false;
         } else {
           const auto d = static_cast<uint64_t>(c - '0');
@@ -249,11 +241,11 @@ bool parseEhloReply(const SmtpReply& reply, SmtpEhlo* out) noexcept {
         }
       }
       out->size_limit = ok ? v : 0;
-    } else if (equalsFolded(kw, "AUTH")) {
+    } else if (ascii::iequals(kw, "AUTH")) {
       out->auth = true;
       if (out->auth_raw.empty()) out->auth_raw = params;
       forEachWord(params, [&](std::string_view m) { out->auth_mechs |= authBit(m); });
-    } else if (equalsFolded(kw, "XCLIENT")) {
+    } else if (ascii::iequals(kw, "XCLIENT")) {
       out->xclient = true;
       out->xclient_raw = params;
       forEachWord(params, [&](std::string_view a) { out->xclient_attrs |= xclientBit(a); });

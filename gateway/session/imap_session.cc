@@ -1,8 +1,7 @@
 #include "gateway/session/imap_session.h"
 
-#include <strings.h>
-
 #include "auth/sasl.h"
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
 
@@ -17,10 +16,6 @@ codec::ImapLimits limitsFor(const conf::ListenerConfig& l) {
   lim.max_line = l.max_line ? l.max_line : 8192;
   lim.max_literal = l.max_literal;
   return lim;
-}
-
-bool startsWithCi(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && strncasecmp(s.data(), prefix.data(), prefix.size()) == 0;
 }
 
 // An IMAP quoted string, or empty optional when the value cannot be quoted.
@@ -305,7 +300,7 @@ void ImapSession::parseBackendCaps(std::string_view text) {
       size_t end = text.find_first_of(" ]", pos);
       if (end == std::string_view::npos) end = text.size();
       std::string_view tok = text.substr(pos, end - pos);
-      if (tok.size() == cap.size() && strncasecmp(tok.data(), cap.data(), cap.size()) == 0) return true;
+      if (ascii::iequals(tok, cap)) return true;
       pos = end + 1;
     }
     return false;
@@ -318,11 +313,11 @@ void ImapSession::parseBackendCaps(std::string_view text) {
 void ImapSession::handleBackendLine(std::string_view line) {
   switch (bstep_) {
     case BackendStep::kGreeting: {
-      if (startsWithCi(line, "* BYE")) {
+      if (ascii::istartsWith(line, "* BYE")) {
         backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
         return;
       }
-      if (!startsWithCi(line, "* OK")) {
+      if (!ascii::istartsWith(line, "* OK")) {
         backendAttemptFailed(BackendFailure::kProtocol, "unexpected greeting");
         return;
       }
@@ -344,7 +339,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
     }
     case BackendStep::kStarttls:
       if (line.rfind("S ", 0) != 0) return;  // untagged lines
-      if (!startsWithCi(line, "S OK")) {
+      if (!ascii::istartsWith(line, "S OK")) {
         backendAttemptFailed(BackendFailure::kTls, "STARTTLS refused: " + std::string(line));
         return;
       }
@@ -352,12 +347,12 @@ void ImapSession::handleBackendLine(std::string_view line) {
         backendAttemptFailed(BackendFailure::kTls, "cannot start TLS");
       return;
     case BackendStep::kCapability:
-      if (startsWithCi(line, "* CAPABILITY ")) {
+      if (ascii::istartsWith(line, "* CAPABILITY ")) {
         parseBackendCaps(line.substr(13));
         return;
       }
       if (line.rfind("C ", 0) != 0) return;
-      if (!startsWithCi(line, "C OK")) {
+      if (!ascii::istartsWith(line, "C OK")) {
         backendAttemptFailed(BackendFailure::kProtocol, "CAPABILITY failed");
         return;
       }
@@ -378,7 +373,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
         return;
       }
       if (line.rfind("L ", 0) != 0) return;  // untagged and ID's reply
-      if (startsWithCi(line, "L OK") && line.find("[CAPABILITY ") == std::string_view::npos) {
+      if (ascii::istartsWith(line, "L OK") && line.find("[CAPABILITY ") == std::string_view::npos) {
         // The node did not say what it can do after login: ask, so the client's
         // reply carries the post-login capabilities.
         ok_text_ = std::string(line.substr(4));
@@ -387,7 +382,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
         writeBackend("K CAPABILITY\r\n");
         return;
       }
-      if (startsWithCi(line, "L OK")) {
+      if (ascii::istartsWith(line, "L OK")) {
         std::string reply = tag_ + std::string(line.substr(1)) + "\r\n";
         std::string held;
         held.swap(held_);
@@ -395,7 +390,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
         loginSucceeded(reply, held);
         return;
       }
-      if (startsWithCi(line, "L NO [UNAVAILABLE]") || startsWithCi(line, "L NO [SERVERBUG]")) {
+      if (ascii::istartsWith(line, "L NO [UNAVAILABLE]") || ascii::istartsWith(line, "L NO [SERVERBUG]")) {
         backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
         return;
       }
@@ -405,7 +400,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
 }
 
 void ImapSession::finishPostLoginCapability(std::string_view line) {
-  if (startsWithCi(line, "* CAPABILITY ")) {
+  if (ascii::istartsWith(line, "* CAPABILITY ")) {
     post_caps_ = std::string(line.substr(13));
     return;
   }

@@ -1,8 +1,7 @@
 #include "gateway/session/pop3_session.h"
 
-#include <strings.h>
-
 #include "auth/sasl.h"
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
 
@@ -16,10 +15,6 @@ codec::Pop3Limits limitsFor(const conf::ListenerConfig& l) {
   codec::Pop3Limits lim;
   lim.max_line = l.max_line ? l.max_line : 512;
   return lim;
-}
-
-bool startsWithCi(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && strncasecmp(s.data(), prefix.data(), prefix.size()) == 0;
 }
 
 }  // namespace
@@ -296,7 +291,7 @@ void Pop3Session::sendBackendAuth() {
 void Pop3Session::handleBackendLine(std::string_view line) {
   switch (bstep_) {
     case BackendStep::kGreeting:
-      if (!startsWithCi(line, "+OK")) {
+      if (!ascii::istartsWith(line, "+OK")) {
         backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
         return;
       }
@@ -308,14 +303,14 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         afterCapa();
         return;
       }
-      if (startsWithCi(line, "-ERR")) {
+      if (ascii::istartsWith(line, "-ERR")) {
         afterCapa();
         return;
       }
-      if (startsWithCi(line, "XCLIENT")) b_xclient_ = true;
+      if (ascii::istartsWith(line, "XCLIENT")) b_xclient_ = true;
       return;
     case BackendStep::kStls:
-      if (!startsWithCi(line, "+OK")) {
+      if (!ascii::istartsWith(line, "+OK")) {
         backendAttemptFailed(BackendFailure::kTls, "STLS refused: " + std::string(line));
         return;
       }
@@ -339,7 +334,7 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         writeBackend(auth::base64Encode(plain) + "\r\n");
         return;
       }
-      if (startsWithCi(line, "+OK")) {
+      if (ascii::istartsWith(line, "+OK")) {
         std::string reply(line);
         reply += "\r\n";
         std::string held;
@@ -348,7 +343,7 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         loginSucceeded(reply, held);
         return;
       }
-      if (startsWithCi(line, "-ERR [SYS/TEMP]") || startsWithCi(line, "-ERR [IN-USE]")) {
+      if (ascii::istartsWith(line, "-ERR [SYS/TEMP]") || ascii::istartsWith(line, "-ERR [IN-USE]")) {
         backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
         return;
       }

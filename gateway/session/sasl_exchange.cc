@@ -1,16 +1,9 @@
 #include "gateway/session/sasl_exchange.h"
 
-#include <strings.h>
-
 #include "auth/sasl.h"
+#include "gateway/core/ascii.h"
 
 namespace mailgate::session {
-
-namespace {
-bool isMech(std::string_view v, std::string_view m) {
-  return v.size() == m.size() && strncasecmp(v.data(), m.data(), m.size()) == 0;
-}
-}  // namespace
 
 void SaslExchange::reset() {
   mech_ = Mech::kNone;
@@ -22,9 +15,9 @@ void SaslExchange::reset() {
 
 bool SaslExchange::begin(std::string_view mechanism) {
   reset();
-  if (isMech(mechanism, "PLAIN"))
+  if (ascii::iequals(mechanism, "PLAIN"))
     mech_ = Mech::kPlain;
-  else if (isMech(mechanism, "LOGIN"))
+  else if (ascii::iequals(mechanism, "LOGIN"))
     mech_ = Mech::kLogin;
   return mech_ != Mech::kNone;
 }

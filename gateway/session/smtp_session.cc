@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <ctime>
 
+#include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
 
@@ -726,8 +727,7 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     const std::string& pm = listener_.postmaster;
     const size_t at = pm.rfind('@');
     address = pm.substr(0, at + 1);
-    for (size_t i = at + 1; i < pm.size(); ++i)
-      address += static_cast<char>(pm[i] >= 'A' && pm[i] <= 'Z' ? pm[i] - 'A' + 'a' : pm[i]);
+    address += ascii::lower(std::string_view(pm).substr(at + 1));
     pending_rcpt_ = "<" + pm + ">";
   } else if (a.is_postmaster || a.domain.empty()) {
     reply("550 5.1.1 " + std::string(c.path) + ": Recipient address rejected: User unknown");

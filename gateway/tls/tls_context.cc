@@ -2,9 +2,8 @@
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
-#include <strings.h>
 
-#include <algorithm>
+#include "gateway/core/ascii.h"
 
 namespace mailgate::tls {
 
@@ -22,12 +21,6 @@ std::string drainErrors() {
 
 namespace {
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(tolower(c)); });
-  return s;
-}
-
 std::vector<std::string> certNames(X509* x) {
   std::vector<std::string> names;
   auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(x, NID_subject_alt_name, nullptr, nullptr));
@@ -37,14 +30,15 @@ std::vector<std::string> certNames(X509* x) {
       if (gn->type != GEN_DNS) continue;
       const unsigned char* d = ASN1_STRING_get0_data(gn->d.dNSName);
       int len = ASN1_STRING_length(gn->d.dNSName);
-      names.push_back(lower(std::string(reinterpret_cast<const char*>(d), static_cast<size_t>(len))));
+      names.push_back(
+          ascii::lower(std::string_view(reinterpret_cast<const char*>(d), static_cast<size_t>(len))));
     }
     GENERAL_NAMES_free(sans);
   }
   if (names.empty()) {
     char cn[256];
     if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof cn) > 0)
-      names.push_back(lower(cn));
+      names.push_back(ascii::lower(cn));
   }
   return names;
 }
@@ -99,7 +93,7 @@ Result<std::shared_ptr<ServerTls>> ServerTls::build(const conf::TlsConfig& cfg) 
 }
 
 SSL_CTX* ServerTls::select(const char* host) const {
-  std::string h = lower(host);
+  std::string h = ascii::lower(host);
   for (const auto& e : entries_)
     for (const auto& n : e.names)
       if (nameMatches(n, h)) return e.ctx.get();
