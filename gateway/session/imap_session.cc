@@ -117,7 +117,7 @@ void ImapSession::onClientData(std::string_view data) {
         writeClient("+ OK\r\n");
         break;
       case codec::ImapStatus::kSaslLine:
-        handleSaslLine(parser_->saslLine());
+        saslRespond(parser_->saslLine());
         break;
       case codec::ImapStatus::kCommand:
         handleCommand();
@@ -225,33 +225,24 @@ void ImapSession::authenticateWith(std::string_view mech, const codec::ImapArg* 
     return;
   }
   if (initial) {
-    handleSaslLine(initial->value);
+    saslRespond(initial->value);
     return;
   }
-  parser_->expectSaslLine();
-  writeClient("+ " + std::string(sasl_.initialChallenge()) + "\r\n");
+  sendSaslChallenge(sasl_.initialChallenge());
 }
 
-void ImapSession::handleSaslLine(std::string_view line) {
-  switch (sasl_.respond(line)) {
-    case SaslExchange::Step::kChallenge:
-      parser_->expectSaslLine();
-      writeClient("+ " + std::string(sasl_.challenge()) + "\r\n");
-      return;
-    case SaslExchange::Step::kDone:
-      beginLogin(std::move(sasl_.user()), std::move(sasl_.password()));
-      sasl_.reset();
-      return;
-    case SaslExchange::Step::kCancelled:
-      tagged("BAD Authentication aborted by client.");
-      return;
-    case SaslExchange::Step::kMalformed:
-      tagged("BAD Invalid base64 data in continued response.");
-      return;
-    case SaslExchange::Step::kRejected:
-      tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
-      return;
-  }
+void ImapSession::sendSaslChallenge(std::string_view challenge) {
+  parser_->expectSaslLine();
+  writeClient("+ " + std::string(challenge) + "\r\n");
+}
+
+void ImapSession::replySaslRefused(SaslExchange::Step why) {
+  if (why == SaslExchange::Step::kCancelled)
+    tagged("BAD Authentication aborted by client.");
+  else if (why == SaslExchange::Step::kMalformed)
+    tagged("BAD Invalid base64 data in continued response.");
+  else
+    tagged("NO [AUTHENTICATIONFAILED] Authentication failed.");
 }
 
 void ImapSession::replyAuthFailed() {

@@ -8,7 +8,6 @@
 
 #include "gateway/codec/imap_command.h"
 #include "gateway/session/login_session.h"
-#include "gateway/session/sasl_exchange.h"
 
 namespace mailgate::session {
 
@@ -35,7 +34,8 @@ class ImapSession final : public LoginSession {
   std::string capabilities() const;
   bool plaintextAllowed() const;
   void handleCommand();
-  void handleSaslLine(std::string_view line);
+  void sendSaslChallenge(std::string_view challenge) override;
+  void replySaslRefused(SaslExchange::Step why) override;
   void authenticateWith(std::string_view mech, const codec::ImapArg* initial);
   void tagged(std::string_view text);
   void badCommand(std::string_view tag, std::string_view text);
@@ -48,7 +48,6 @@ class ImapSession final : public LoginSession {
   bool tls_pending_ = false;                          // STARTTLS answered, handshake running
   std::string held_;                                  // client bytes received while the login is in progress
   std::string tag_;                                   // tag of the LOGIN/AUTHENTICATE in progress
-  SaslExchange sasl_;
   unsigned bad_commands_ = 0;
   // backend handshake
   BackendStep bstep_ = BackendStep::kGreeting;

@@ -228,4 +228,22 @@ void LoginSession::onTimer() {
   }
 }
 
+void LoginSession::saslRespond(std::string_view line) {
+  const SaslExchange::Step step = sasl_.respond(line);
+  switch (step) {
+    case SaslExchange::Step::kChallenge:
+      sendSaslChallenge(sasl_.challenge());
+      return;
+    case SaslExchange::Step::kDone:
+      beginLogin(std::move(sasl_.user()), std::move(sasl_.password()));
+      sasl_.reset();
+      return;
+    case SaslExchange::Step::kCancelled:
+    case SaslExchange::Step::kMalformed:
+    case SaslExchange::Step::kRejected:
+      replySaslRefused(step);
+      return;
+  }
+}
+
 }  // namespace mailgate::session

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "auth/directory.h"
+#include "gateway/session/sasl_exchange.h"
 #include "gateway/session/session.h"
 
 namespace mailgate::session {
@@ -38,7 +39,15 @@ class LoginSession : public Session {
   unsigned authFailures() const { return auth_failures_; }
   unsigned attempt() const { return attempt_; }  // changes with every backend attempt
 
+  // One SASL response from the client (an initial response or a continuation line):
+  // the next challenge, the login, or the protocol's refusal.
+  void saslRespond(std::string_view line);
+
   // --- protocol hooks ---
+  // "+ <base64>" to the client; its next line is a SASL response.
+  virtual void sendSaslChallenge(std::string_view challenge) = 0;
+  // The exchange ended without credentials (kCancelled, kMalformed or kRejected).
+  virtual void replySaslRefused(SaslExchange::Step why) = 0;
   virtual uint16_t backendPort(const conf::BackendConfig& b) const = 0;
   virtual void replyAuthFailed() = 0;                      // after the failure delay
   virtual void replyTempFail(const std::string& why) = 0;  // directory or every node unavailable
@@ -56,6 +65,8 @@ class LoginSession : public Session {
   void onBackendFailed(BackendFailure why, const std::string& detail) final;
   void onTimer() final;
   void armPreauthTimer();
+
+  SaslExchange sasl_;
 
  private:
   void tryNextCandidate();

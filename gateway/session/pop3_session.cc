@@ -79,7 +79,7 @@ void Pop3Session::onClientData(std::string_view data) {
         if (r.consumed == 0) data = {};
         break;
       case codec::Pop3Status::kSaslLine:
-        handleSaslLine(parser_->saslLine());
+        saslRespond(parser_->saslLine());
         break;
       case codec::Pop3Status::kCommand:
         handleCommand();
@@ -180,11 +180,10 @@ void Pop3Session::handleCommand() {
         return;
       }
       if (c.argc >= 2) {
-        handleSaslLine(c.args[1]);
+        saslRespond(c.args[1]);
         return;
       }
-      parser_->expectSaslLine();
-      writeClient("+ " + std::string(sasl_.initialChallenge()) + "\r\n");
+      sendSaslChallenge(sasl_.initialChallenge());
       return;
     case codec::Pop3Verb::kQuit:
       writeClient("+OK Logging out.\r\n");
@@ -200,26 +199,18 @@ void Pop3Session::handleCommand() {
   }
 }
 
-void Pop3Session::handleSaslLine(std::string_view line) {
-  switch (sasl_.respond(line)) {
-    case SaslExchange::Step::kChallenge:
-      parser_->expectSaslLine();
-      writeClient("+ " + std::string(sasl_.challenge()) + "\r\n");
-      return;
-    case SaslExchange::Step::kDone:
-      beginLogin(std::move(sasl_.user()), std::move(sasl_.password()));
-      sasl_.reset();
-      return;
-    case SaslExchange::Step::kCancelled:
-      writeClient("-ERR Authentication aborted by client.\r\n");
-      return;
-    case SaslExchange::Step::kMalformed:
-      writeClient("-ERR Invalid base64 data.\r\n");
-      return;
-    case SaslExchange::Step::kRejected:
-      writeClient("-ERR [AUTH] Authentication failed.\r\n");
-      return;
-  }
+void Pop3Session::sendSaslChallenge(std::string_view challenge) {
+  parser_->expectSaslLine();
+  writeClient("+ " + std::string(challenge) + "\r\n");
+}
+
+void Pop3Session::replySaslRefused(SaslExchange::Step why) {
+  if (why == SaslExchange::Step::kCancelled)
+    writeClient("-ERR Authentication aborted by client.\r\n");
+  else if (why == SaslExchange::Step::kMalformed)
+    writeClient("-ERR Invalid base64 data.\r\n");
+  else
+    writeClient("-ERR [AUTH] Authentication failed.\r\n");
 }
 
 void Pop3Session::replyAuthFailed() {

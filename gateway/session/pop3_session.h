@@ -7,7 +7,6 @@
 
 #include "gateway/codec/pop3_command.h"
 #include "gateway/session/login_session.h"
-#include "gateway/session/sasl_exchange.h"
 
 namespace mailgate::session {
 
@@ -32,7 +31,8 @@ class Pop3Session final : public LoginSession {
 
   bool plaintextAllowed() const;
   void handleCommand();
-  void handleSaslLine(std::string_view line);
+  void sendSaslChallenge(std::string_view challenge) override;
+  void replySaslRefused(SaslExchange::Step why) override;
   void badCommand(std::string_view text);
   void handleBackendLine(std::string_view line) override;
   void afterCapa();
@@ -42,7 +42,6 @@ class Pop3Session final : public LoginSession {
   bool tls_pending_ = false;
   std::string held_;
   std::string user_arg_;  // from USER
-  SaslExchange sasl_;
   unsigned bad_commands_ = 0;
   BackendStep bstep_ = BackendStep::kGreeting;
   bool b_xclient_ = false, b_stls_done_ = false;
