@@ -6,7 +6,6 @@
 #include <openssl/rand.h>
 
 #include <cstring>
-#include <iterator>
 #include <random>
 #include <utility>
 
@@ -24,7 +23,11 @@ CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::Cache
 
 CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg, Clock clock,
                                    std::size_t max_entries)
-    : inner_(std::move(inner)), cfg_(cfg), clock_(std::move(clock)), max_entries_(max_entries ? max_entries : 1) {
+    : inner_(std::move(inner)),
+      cfg_(cfg),
+      clock_(std::move(clock)),
+      entries_(max_entries),
+      rcpt_entries_(max_entries) {
   if (RAND_bytes(hmac_key_, sizeof hmac_key_) != 1) {
     // No usable CSPRNG: fall back to random_device (still never stores the password).
     std::random_device rd;
@@ -67,10 +70,9 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
   const std::string k = key(user, password);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = entries_.find(k);
-    if (it != entries_.end() && clock_() < it->second.expires) {
+    if (const Entry* e = entries_.find(k); e && clock_() < e->expires) {
       ++hits_;
-      return it->second.result;
+      return e->result;
     }
     ++misses_;
   }
@@ -79,10 +81,9 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
   std::lock_guard<std::mutex> lock(mu_);
   switch (r.verdict) {
     case Verdict::kTempFail: {
-      auto it = entries_.find(k);
-      if (it != entries_.end() && it->second.result.verdict == Verdict::kOk && now < it->second.stale_until) {
+      if (const Entry* e = entries_.find(k); e && e->result.verdict == Verdict::kOk && now < e->stale_until) {
         ++stale_hits_;
-        return it->second.result;
+        return e->result;
       }
       return r;
     }
@@ -97,27 +98,12 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
 
 void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point now) {
   const bool positive = r.verdict == Verdict::kOk;
-  auto it = entries_.find(k);
   if (!positive && cfg_.negative_ttl.count() <= 0) {
     // Negative entries disabled: a positive entry for this password is no longer true.
-    if (it != entries_.end()) {
-      order_.erase(it->second.order);
-      entries_.erase(it);
-    }
+    entries_.erase(k);
     return;
   }
-  if (it == entries_.end()) {
-    while (entries_.size() >= max_entries_ && !order_.empty()) {
-      entries_.erase(order_.front());
-      order_.pop_front();
-    }
-    order_.push_back(k);
-    it = entries_.emplace(k, Entry{}).first;
-    it->second.order = std::prev(order_.end());
-  } else {
-    order_.splice(order_.end(), order_, it->second.order);
-  }
-  Entry& e = it->second;
+  Entry& e = entries_.put(k);
   e.result = r;
   e.result.wait = std::chrono::milliseconds(0);
   if (positive) {
@@ -140,10 +126,9 @@ RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address, cons
   const std::string k = ascii::lower(address);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = rcpt_entries_.find(k);
-    if (it != rcpt_entries_.end() && clock_() < it->second.expires) {
+    if (const RecipientEntry* e = rcpt_entries_.find(k); e && clock_() < e->expires) {
       ++rcpt_hits_;
-      return it->second.answer;
+      return e->answer;
     }
     ++rcpt_misses_;
   }
@@ -163,28 +148,13 @@ RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address, cons
   }
   const auto now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = rcpt_entries_.find(k);
   if (ttl.count() <= 0) {
-    // Not kept: an older answer for this address is no longer true either.
-    if (it != rcpt_entries_.end()) {
-      rcpt_order_.erase(it->second.order);
-      rcpt_entries_.erase(it);
-    }
+    rcpt_entries_.erase(k);  // not kept: an older answer for this address is no longer true either
     return answer;
   }
-  if (it == rcpt_entries_.end()) {
-    while (rcpt_entries_.size() >= max_entries_ && !rcpt_order_.empty()) {
-      rcpt_entries_.erase(rcpt_order_.front());
-      rcpt_order_.pop_front();
-    }
-    rcpt_order_.push_back(k);
-    it = rcpt_entries_.emplace(k, RecipientEntry{}).first;
-    it->second.order = std::prev(rcpt_order_.end());
-  } else {
-    rcpt_order_.splice(rcpt_order_.end(), rcpt_order_, it->second.order);
-  }
-  it->second.answer = answer;
-  it->second.expires = now + ttl;
+  RecipientEntry& e = rcpt_entries_.put(k);
+  e.answer = answer;
+  e.expires = now + ttl;
   return answer;
 }
 
@@ -235,9 +205,7 @@ std::size_t CachingDirectory::recipientSize() const {
 void CachingDirectory::clear() {
   std::lock_guard<std::mutex> lock(mu_);
   entries_.clear();
-  order_.clear();
   rcpt_entries_.clear();
-  rcpt_order_.clear();
 }
 
 }  // namespace mailgate::auth

@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,54 @@
 #include "conf/config.h"
 
 namespace mailgate::auth {
+
+// A map bounded to `max` entries that forgets the one stored or refreshed longest ago.
+// Not thread-safe (the cache's mutex guards it).
+template <typename V>
+class LruMap {
+ public:
+  explicit LruMap(std::size_t max) : max_(max ? max : 1) {}
+  V* find(const std::string& k) {
+    auto it = map_.find(k);
+    return it == map_.end() ? nullptr : &it->second.value;
+  }
+  // The value under k, now the most recent; a new one (evicting the oldest when full)
+  // if k was not there.
+  V& put(const std::string& k) {
+    auto it = map_.find(k);
+    if (it != map_.end()) {
+      order_.splice(order_.end(), order_, it->second.pos);
+      return it->second.value;
+    }
+    while (map_.size() >= max_ && !order_.empty()) {
+      map_.erase(order_.front());
+      order_.pop_front();
+    }
+    order_.push_back(k);
+    it = map_.emplace(k, Slot{V{}, std::prev(order_.end())}).first;
+    return it->second.value;
+  }
+  void erase(const std::string& k) {
+    auto it = map_.find(k);
+    if (it == map_.end()) return;
+    order_.erase(it->second.pos);
+    map_.erase(it);
+  }
+  std::size_t size() const { return map_.size(); }
+  void clear() {
+    map_.clear();
+    order_.clear();
+  }
+
+ private:
+  struct Slot {
+    V value;
+    std::list<std::string>::iterator pos;
+  };
+  std::size_t max_;
+  std::unordered_map<std::string, Slot> map_;
+  std::list<std::string> order_;  // front = stored or refreshed longest ago
+};
 
 class CachingDirectory : public Directory {
  public:
@@ -86,13 +135,11 @@ class CachingDirectory : public Directory {
     AuthResult result;
     std::chrono::steady_clock::time_point expires;
     std::chrono::steady_clock::time_point stale_until;  // positive entries only
-    std::list<std::string>::iterator order;
   };
 
   struct RecipientEntry {
     RecipientAnswer answer;
     std::chrono::steady_clock::time_point expires;
-    std::list<std::string>::iterator order;
   };
 
   AuthResult lookup(std::string_view user, std::string_view password, const AuthContext* ctx);
@@ -102,18 +149,15 @@ class CachingDirectory : public Directory {
   std::shared_ptr<Directory> inner_;
   conf::CacheConfig cfg_;
   Clock clock_;
-  std::size_t max_entries_;
   unsigned char hmac_key_[32];
 
   mutable std::mutex mu_;
-  std::unordered_map<std::string, Entry> entries_;
-  std::list<std::string> order_;  // front = confirmed longest ago
+  LruMap<Entry> entries_;  // the least recently confirmed goes first
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
   uint64_t stale_hits_ = 0;
 
-  std::unordered_map<std::string, RecipientEntry> rcpt_entries_;
-  std::list<std::string> rcpt_order_;  // front = stored longest ago
+  LruMap<RecipientEntry> rcpt_entries_;
   uint64_t rcpt_hits_ = 0;
   uint64_t rcpt_misses_ = 0;
 };

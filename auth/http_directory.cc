@@ -203,25 +203,37 @@ std::string escapeMailAuth(std::string_view text) {
   return out;
 }
 
-std::string buildAuthHttpRequest(const AuthHttpUrl& url, std::string_view user, std::string_view password,
-                                 const AuthContext& ctx) {
-  std::string protocol = ascii::lower(ctx.protocol);
-  if (protocol == "submission" || protocol == "lmtp") protocol = "smtp";
+namespace {
 
+// The request line and the headers every auth_http request carries, in nginx's order.
+std::string requestHead(const AuthHttpUrl& url, std::string_view method, std::string_view user,
+                        std::string_view password, std::string_view protocol, unsigned attempt,
+                        std::string_view client_ip) {
   std::string r;
-  r.reserve(256 + user.size() * 3 + password.size() * 3);
+  r.reserve(320 + user.size() * 3 + password.size() * 3);
   r += "GET ";
   r += url.path;
   r += " HTTP/1.0\r\n";
   r += "Host: " + url.host_header + "\r\n";
-  r += "Auth-Method: " + escapeMailAuth(ctx.method.empty() ? std::string_view("plain") : ctx.method) + "\r\n";
+  r += "Auth-Method: " + escapeMailAuth(method) + "\r\n";
   r += "Auth-User: " + escapeMailAuth(user) + "\r\n";
   r += "Auth-Pass: " + escapeMailAuth(password) + "\r\n";
   if (!protocol.empty()) r += "Auth-Protocol: " + escapeMailAuth(protocol) + "\r\n";
-  r += "Auth-Login-Attempt: " + std::to_string(ctx.attempt == 0 ? 1U : ctx.attempt) + "\r\n";
-  if (!ctx.client_ip.empty()) r += "Client-IP: " + escapeMailAuth(ctx.client_ip) + "\r\n";
+  r += "Auth-Login-Attempt: " + std::to_string(attempt) + "\r\n";
+  if (!client_ip.empty()) r += "Client-IP: " + escapeMailAuth(client_ip) + "\r\n";
   // mailgate does no reverse DNS: nginx without a resolver sends this marker.
   r += "Client-Host: [UNAVAILABLE]\r\n";
+  return r;
+}
+
+}  // namespace
+
+std::string buildAuthHttpRequest(const AuthHttpUrl& url, std::string_view user, std::string_view password,
+                                 const AuthContext& ctx) {
+  std::string protocol = ascii::lower(ctx.protocol);
+  if (protocol == "submission" || protocol == "lmtp") protocol = "smtp";
+  std::string r = requestHead(url, ctx.method.empty() ? std::string_view("plain") : ctx.method, user, password,
+                              protocol, ctx.attempt == 0 ? 1U : ctx.attempt, ctx.client_ip);
   if (ctx.secured) r += "Auth-SSL: on\r\n";
   r += "\r\n";
   return r;
@@ -435,20 +447,7 @@ std::string smtpPath(std::string_view address) {
 
 std::string buildAuthHttpRecipientRequest(const AuthHttpUrl& url, std::string_view address,
                                           const SmtpEnvelope& envelope) {
-  std::string r;
-  r.reserve(320 + address.size() + envelope.helo.size() + (envelope.from ? envelope.from->size() : 0));
-  r += "GET ";
-  r += url.path;
-  r += " HTTP/1.0\r\n";
-  r += "Host: " + url.host_header + "\r\n";
-  r += "Auth-Method: none\r\n";
-  r += "Auth-User: \r\n";
-  r += "Auth-Pass: \r\n";
-  r += "Auth-Protocol: smtp\r\n";
-  r += "Auth-Login-Attempt: 1\r\n";
-  if (!envelope.client.client_ip.empty())
-    r += "Client-IP: " + escapeMailAuth(envelope.client.client_ip) + "\r\n";
-  r += "Client-Host: [UNAVAILABLE]\r\n";
+  std::string r = requestHead(url, "none", "", "", "smtp", 1, envelope.client.client_ip);
   // nginx passes the client's command lines as they were (they hold no CRLF).
   r += "Auth-SMTP-Helo: " + noControls(envelope.helo) + "\r\n";
   r += "Auth-SMTP-From: ";
