@@ -78,14 +78,16 @@ struct ListenerConfig {
 struct FileDirectoryConfig {
   std::string users;            // passwd-file path
   Duration failure_delay{2000};  // delay before a failed-authentication reply
+  bool operator==(const FileDirectoryConfig&) const = default;
 };
 
 struct CacheConfig {
   Duration ttl{60000};
   Duration negative_ttl{10000};
+  bool operator==(const CacheConfig&) const = default;
 };
 
-// directory.postgres: accepted and validated by the schema; the driver itself comes later.
+// directory.postgres (the PostgreSQL driver; every query overridable).
 struct PostgresQueriesConfig {
   std::string password;  // empty = built-in default query
   std::string recipient;
@@ -97,6 +99,7 @@ struct PostgresQueriesConfig {
   // the default query on the default schema's nodes table when `routes` is the
   // default too; none when `routes` is overridden (legacy schemas without nodes).
   std::string nodes;
+  bool operator==(const PostgresQueriesConfig&) const = default;
 };
 
 struct PostgresDirectoryConfig {
@@ -106,20 +109,23 @@ struct PostgresDirectoryConfig {
   Duration refresh{30000};
   std::string default_scheme = "SHA512-CRYPT";  // for stored hashes without a {SCHEME} prefix
   PostgresQueriesConfig queries;
+  bool operator==(const PostgresDirectoryConfig&) const = default;
 };
 
-// directory.http: nginx auth_http protocol; accepted by the schema, driver later.
+// directory.http: nginx's auth_http protocol, mailgate as the client.
 struct HttpDirectoryConfig {
   std::string url;
   Duration timeout{2000};
+  bool operator==(const HttpDirectoryConfig&) const = default;
 };
 
 struct DirectoryConfig {
-  std::string driver = "file";  // file (postgres, http: later)
+  std::string driver = "file";  // file | postgres | http
   FileDirectoryConfig file;
   PostgresDirectoryConfig postgres;
   HttpDirectoryConfig http;
   CacheConfig cache;
+  bool operator==(const DirectoryConfig&) const = default;
 };
 
 struct BackendPorts {

@@ -228,7 +228,7 @@ int run(const std::string& path) {
         for (const auto& e : nl.errors) log::error("reload failed, keeping the running configuration", {{"error", e.format()}});
         continue;
       }
-      auto nrt = session::Runtime::build(nl.config);
+      auto nrt = session::Runtime::build(nl.config, session::currentRuntime().get());
       if (!nrt) {
         log::error("reload failed, keeping the running configuration", {{"error", nrt.error()}});
         continue;
@@ -240,8 +240,6 @@ int run(const std::string& path) {
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
       applyLog(*nl.config);
       auto fresh = nrt.value();
-      if (auto running = session::currentRuntime(); running && fresh->route_watcher)
-        fresh->router->setTable(running->router->table());  // until the fresh map arrives
       fresh->startBackground();
       session::publishRuntime(fresh);
       log::info("configuration reloaded");

@@ -53,7 +53,8 @@ const conf::ListenerConfig* Runtime::listener(const std::string& name) const {
   return nullptr;
 }
 
-Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Config> config) {
+Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Config> config,
+                                               const Runtime* running) {
   auto rt = std::make_shared<Runtime>();
   rt->config = config;
   if (!config->tls.certificates.empty()) {
@@ -67,7 +68,12 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     if (!ct) return Error{"backend " + b.name + ": " + ct.error()};
     rt->backend_tls[b.name] = std::move(ct.value());
   }
-  if (config->directory.driver == "file") {
+  const bool keep_directory = running && running->directory && config->directory.driver != "file" &&
+                              running->config->directory == config->directory;
+  if (keep_directory) {
+    rt->directory = running->directory;
+    log::info("directory kept: its section is unchanged", {{"driver", config->directory.driver}});
+  } else if (config->directory.driver == "file") {
     auto pf = std::make_shared<auth::PasswdFile>();
     auto report = pf->load(config->directory.file.users);
     if (!report.loaded) return Error{"directory.file.users: cannot read " + config->directory.file.users};
@@ -93,6 +99,7 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     rt->route_watcher = std::make_unique<auth::PostgresRouteWatcher>(
         config->directory,
         [router](std::shared_ptr<const routing::RouteTable> t) { router->setTable(std::move(t)); });
+    if (running && running->router) router->setTable(running->router->table());  // until the fresh one arrives
   }
   rt->health = std::make_unique<routing::HealthChecker>(*rt->router);
   return rt;

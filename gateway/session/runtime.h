@@ -40,8 +40,13 @@ struct Runtime {
 
   ~Runtime();
   const conf::ListenerConfig* listener(const std::string& name) const;
-  // Builds everything; errors name the file/section at fault.
-  static Result<std::shared_ptr<Runtime>> build(std::shared_ptr<const conf::Config> config);
+  // Builds everything; errors name the file/section at fault. On a reload, `running`
+  // is the snapshot in service: a postgres or http directory whose section is unchanged
+  // is kept (its auth cache and connections with it: a reload during a database
+  // outage does not log out the cached users), and the fresh router starts from the
+  // running routing map until its own arrives. A passwd-file is always read again.
+  static Result<std::shared_ptr<Runtime>> build(std::shared_ptr<const conf::Config> config,
+                                                const Runtime* running = nullptr);
 };
 
 // The process-wide current snapshot (reactors read it at accept time).

@@ -427,21 +427,38 @@ class PostgresRouteMapAtStartTest(PgGatewayCase):
                          "login after the database came back")
         self.wait_node(ALICE, ALICE_PW, "storage-02", 10.0)
 
-    def test_4_reload_with_the_database_down_keeps_the_map(self):
+    def test_4_reload_with_the_database_down_keeps_the_map_and_the_cache(self):
         db = self.dbs[0]
+        self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-02")  # alice is in the auth cache now
         before = self.gateway.log_text().count("configuration reloaded")
         db.stop()
         try:
             self.gateway.reload()
             harness.wait_for(lambda: self.gateway.log_text().count("configuration reloaded") > before, 10.0,
                              what="the reload")
-            self.assertIn("routing map not reloaded from the database: the previous map applies",
-                          self.gateway.log_text())
+            log = self.gateway.log_text()
+            self.assertIn("routing map not reloaded from the database: the previous map applies", log)
+            self.assertIn("directory kept: its section is unchanged", log)
+            # the cached user still logs in, and on the map's node, not routing.static's
+            self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-02", self.diagnostics())
         finally:
             db.start()
         harness.wait_for(lambda: self.imap_login(ALICE, ALICE_PW).startswith("a OK"), 15.0, 0.2,
                          "login after the database came back")
         self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-02", self.diagnostics())
+
+    def test_5_a_changed_directory_section_is_built_afresh(self):
+        before = self.gateway.log_text().count('"directory ready"')
+        reloads = self.gateway.log_text().count("configuration reloaded")
+        self.gateway.write_config(self.config_text.replace("    pool: 4\n", "    pool: 3\n"))
+        try:
+            self.gateway.reload()
+            harness.wait_for(lambda: self.gateway.log_text().count("configuration reloaded") > reloads, 10.0,
+                             what="the reload")
+            self.assertEqual(self.gateway.log_text().count('"directory ready"'), before + 1)
+            self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-02", self.diagnostics())
+        finally:
+            self.gateway.write_config(self.config_text)
 
 
 # ====================================================================== multi-host
