@@ -153,13 +153,6 @@ int run(const std::string& path) {
   }
   const conf::Config& cfg = *loaded.config;
   applyLog(cfg);
-  for (const auto& l : cfg.listeners) {
-    if (l.proxy_protocol) {
-      std::fprintf(stderr, "%s:%d:%d: listener %s: proxy_protocol is not available in this build\n", path.c_str(),
-                   l.line, l.column, l.name.c_str());
-      return 1;
-    }
-  }
   auto rt = session::Runtime::build(loaded.config);
   if (!rt) {
     std::fprintf(stderr, "%s: %s\n", path.c_str(), rt.error().c_str());

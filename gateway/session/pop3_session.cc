@@ -236,7 +236,7 @@ void Pop3Session::onPreauthTimeout() {
 void Pop3Session::beginBackendHandshake() {
   bstep_ = BackendStep::kGreeting;
   resetBackendLines();
-  b_xclient_ = false;
+  b_xclient_ = b_greeting_xclient_ = false;
   b_stls_done_ = false;
 }
 
@@ -249,7 +249,7 @@ void Pop3Session::onBackendTlsReady() {
   }
   b_stls_done_ = true;
   bstep_ = BackendStep::kCapa;
-  b_xclient_ = false;
+  b_xclient_ = b_greeting_xclient_;
   writeBackend("CAPA\r\n");
 }
 
@@ -269,14 +269,18 @@ void Pop3Session::afterCapa() {
   sendBackendAuth();
 }
 
-void Pop3Session::sendBackendAuth() {
-  bstep_ = BackendStep::kAuth;
+std::string Pop3Session::plainResponse() const {
   std::string plain;
   plain.push_back('\0');
   plain += loginUser();
   plain.push_back('\0');
   plain += password();
-  writeBackend("AUTH PLAIN " + auth::base64Encode(plain) + "\r\n");
+  return auth::base64Encode(plain);
+}
+
+void Pop3Session::sendBackendAuth() {
+  bstep_ = BackendStep::kAuth;
+  writeBackend("AUTH PLAIN " + plainResponse() + "\r\n");
 }
 
 void Pop3Session::handleBackendLine(std::string_view line) {
@@ -286,6 +290,10 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         backendAttemptFailed(BackendFailure::kTempRefusal, std::string(line));
         return;
       }
+      // Dovecot offers XCLIENT to trusted networks in its greeting ("+OK [XCLIENT] ..."),
+      // not in CAPA; other servers may list it in CAPA.
+      b_greeting_xclient_ = line.find("[XCLIENT]") != std::string_view::npos;
+      b_xclient_ = b_greeting_xclient_;
       bstep_ = BackendStep::kCapa;
       writeBackend("CAPA\r\n");
       return;
@@ -316,13 +324,8 @@ void Pop3Session::handleBackendLine(std::string_view line) {
     case BackendStep::kAuthResponse:
       if (line.rfind("+ ", 0) == 0 || line == "+") {
         // No initial-response support: answer the empty challenge.
-        std::string plain;
-        plain.push_back('\0');
-        plain += loginUser();
-        plain.push_back('\0');
-        plain += password();
         bstep_ = BackendStep::kAuthResponse;
-        writeBackend(auth::base64Encode(plain) + "\r\n");
+        writeBackend(plainResponse() + "\r\n");
         return;
       }
       if (ascii::istartsWith(line, "+OK")) {

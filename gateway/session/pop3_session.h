@@ -37,6 +37,7 @@ class Pop3Session final : public LoginSession {
   void handleBackendLine(std::string_view line) override;
   void afterCapa();
   void sendBackendAuth();
+  std::string plainResponse() const;  // SASL PLAIN with the node's credentials, base64
 
   std::unique_ptr<codec::Pop3CommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;
@@ -44,7 +45,7 @@ class Pop3Session final : public LoginSession {
   std::string user_arg_;  // from USER
   unsigned bad_commands_ = 0;
   BackendStep bstep_ = BackendStep::kGreeting;
-  bool b_xclient_ = false, b_stls_done_ = false;
+  bool b_xclient_ = false, b_greeting_xclient_ = false, b_stls_done_ = false;
 };
 
 }  // namespace mailgate::session

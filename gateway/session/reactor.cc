@@ -198,7 +198,7 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
   slots_[slot] = s;
   live_++;
   stats.live.store(live_, std::memory_order_relaxed);
-  s->start();
+  s->open();
 }
 
 void Reactor::onTick() {

@@ -93,6 +93,51 @@ Session::Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const so
 
 Session::~Session() = default;
 
+namespace {
+// A PROXY header comes from a balancer at once; a peer that sends none in this time
+// is not one (Dovecot's haproxy_timeout is 3 s).
+constexpr uint64_t kProxyHeaderMs = 5000;
+}  // namespace
+
+void Session::open() {
+  if (!listener_.proxy_protocol) {
+    start();
+    return;
+  }
+  proxy_ = std::make_unique<codec::ProxyHeaderParser>();
+  proxy_deadline_ = now() + std::min<uint64_t>(kProxyHeaderMs, static_cast<uint64_t>(listener_.preauth_timeout.count()));
+  pauseClient(false);
+}
+
+bool Session::takeProxyHeader(std::string_view* bytes) {
+  const codec::ProxyFeed f = proxy_->feed(*bytes);
+  bytes->remove_prefix(f.consumed);
+  if (f.status == codec::ProxyStatus::kNeedMore) return false;
+  if (f.status == codec::ProxyStatus::kError) {
+    static log::RateLimit rl(20);  // anyone who reaches the listener can trigger this
+    if (rl.allow())
+      log::info("PROXY protocol header refused", {{"session", id_},
+                                                  {"peer", client_ip_ + ":" + std::to_string(client_port_)},
+                                                  {"error", proxy_->errorText()}});
+    close("proxy_protocol_error");
+    return false;
+  }
+  const codec::ProxyHeader& h = proxy_->header();
+  if (h.has_addresses) {
+    log::debug("PROXY protocol header", {{"session", id_},
+                                         {"peer", client_ip_ + ":" + std::to_string(client_port_)},
+                                         {"client", std::string(h.src_ip) + ":" + std::to_string(h.src_port)}});
+    client_ip_ = h.src_ip;
+    client_port_ = h.src_port;
+    local_ip_ = h.dst_ip;
+    local_port_ = h.dst_port;
+  }
+  proxy_.reset();
+  proxy_deadline_ = 0;
+  start();
+  return !closing_;
+}
+
 uint64_t Session::now() const { return reactor_.nowMs(); }
 
 uint8_t Session::auxOf(Side side, const Endpoint& e) const {
@@ -157,6 +202,7 @@ void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
 
 void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
   const uint8_t inc = e.incarnation;
+  if (side == Side::kClient && proxy_ && (!takeProxyHeader(&bytes) || bytes.empty())) return;
   if (!e.tls) {
     handlePlain(side, bytes);
     return;
@@ -219,6 +265,10 @@ void Session::handlePlain(Side side, std::string_view plain) {
 void Session::endpointEof(Side side, Endpoint& e, const std::string& why) {
   e.eof = true;
   if (side == Side::kClient) {
+    if (proxy_) {  // gone before its PROXY header: the protocol never started
+      close("client_closed");
+      return;
+    }
     onClientClosed();
     return;
   }
@@ -531,6 +581,16 @@ void Session::onTick(uint64_t now_ms) {
     return;
   }
   if (closing_) return;
+  if (proxy_) {
+    if (now_ms >= proxy_deadline_) {
+      static log::RateLimit rl(20);
+      if (rl.allow())
+        log::info("no PROXY protocol header in time",
+                  {{"session", id_}, {"peer", client_ip_ + ":" + std::to_string(client_port_)}});
+      close("proxy_protocol_timeout");
+    }
+    return;
+  }
   if (relaying_) {
     uint64_t idle = now_ms - last_activity_;
     if (idle > static_cast<uint64_t>(listener_.idle_timeout.count())) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "gateway/codec/proxy_header.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/tag.h"
 #include "gateway/session/runtime.h"
@@ -71,7 +72,9 @@ class Session {
           std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
   virtual ~Session();
 
-  virtual void start() = 0;
+  // From the reactor, once: on a proxy_protocol listener the PROXY header is read
+  // first (the client's addresses are taken from it), then start(); else start().
+  void open();
 
   // Completions, from the reactor.
   void onRecv(uint8_t aux, int res, uint32_t flags, const char* data);
@@ -89,6 +92,7 @@ class Session {
 
  protected:
   // --- hooks for the protocol ---
+  virtual void start() = 0;  // greeting, or implicit TLS first
   virtual void onClientData(std::string_view plain) = 0;   // before the relay phase
   virtual void onBackendData(std::string_view plain) = 0;  // before the relay phase
   virtual void onClientTlsReady() = 0;
@@ -158,6 +162,9 @@ class Session {
   void updateBackpressure();
   void maybeRetireEndpoints();
   void trimBuffers();
+  // Feeds the PROXY header parser; true when the header is complete (the session has
+  // started and *bytes holds what followed it).
+  bool takeProxyHeader(std::string_view* bytes);
 
   uint32_t slot_;
   uint32_t gen_;
@@ -176,6 +183,8 @@ class Session {
   uint64_t timer_at_ = 0;
   uint64_t started_ms_ = 0;
   std::string tls_version_, tls_cipher_;
+  std::unique_ptr<codec::ProxyHeaderParser> proxy_;  // until the PROXY header is in
+  uint64_t proxy_deadline_ = 0;
   std::string scratch_;
 };
 
