@@ -17,9 +17,9 @@ constexpr unsigned char kV2Signature[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
 constexpr size_t kInetBlock = 12;   // 4 + 4 + 2 + 2
 constexpr size_t kInet6Block = 36;  // 16 + 16 + 2 + 2
 
-// Decimal 0-65535, 1-5 digits.
+// Decimal 0-65535, 1-5 digits, no leading zero.
 bool parsePort(std::string_view s, uint16_t* out) noexcept {
-  if (s.empty() || s.size() > 5) return false;
+  if (s.empty() || s.size() > 5 || (s.size() > 1 && s[0] == '0')) return false;
   uint32_t v = 0;
   for (char c : s) {
     if (!ascii::isDigit(c)) return false;
@@ -30,14 +30,28 @@ bool parsePort(std::string_view s, uint16_t* out) noexcept {
   return true;
 }
 
-// A textual address of `family`, rewritten in canonical form into out[46].
-bool parseAddress(int family, std::string_view s, char* out) noexcept {
+// A binary address of `family` in canonical text into out[46]; an IPv4-mapped IPv6
+// address (::ffff:a.b.c.d, from a dual-stack balancer) as the IPv4 address it is, as
+// the gateway prints a mapped peer. *v6 tells which family came out.
+bool printAddress(int family, const void* bin, char* out, bool* v6) noexcept {
+  const auto* b = static_cast<const unsigned char*>(bin);
+  static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (family == AF_INET6 && std::memcmp(b, kMapped, sizeof kMapped) == 0) {
+    family = AF_INET;
+    b += sizeof kMapped;
+  }
+  *v6 = family == AF_INET6;
+  return inet_ntop(family, b, out, INET6_ADDRSTRLEN) != nullptr;
+}
+
+// A textual address of `family`, rewritten by printAddress into out[46].
+bool parseAddress(int family, std::string_view s, char* out, bool* v6) noexcept {
   char text[INET6_ADDRSTRLEN] = {};
   if (s.empty() || s.size() >= sizeof text) return false;
   std::memcpy(text, s.data(), s.size());
   unsigned char bin[sizeof(in6_addr)];
   if (inet_pton(family, text, bin) != 1) return false;
-  return inet_ntop(family, bin, out, INET6_ADDRSTRLEN) != nullptr;
+  return printAddress(family, bin, out, v6);
 }
 
 uint16_t be16(const char* p) noexcept {
@@ -100,18 +114,17 @@ bool ProxyHeaderParser::parseV1Line() noexcept {
   header_.version = 1;
   std::string_view rest(buf_ + kV1Prefix.size(), have_ - kV1Prefix.size());
   if (rest == "UNKNOWN" || rest.starts_with("UNKNOWN ")) return true;  // no addresses
+  // Exactly five fields, one SP between each, none empty, nothing after the last.
   std::string_view field[5];
   size_t n = 0;
-  while (n < 5) {
+  bool ok = std::count(rest.begin(), rest.end(), ' ') == 4;
+  while (ok && n < 5) {
     const size_t sp = rest.find(' ');
-    field[n++] = rest.substr(0, sp);
-    if (sp == std::string_view::npos) {
-      rest = {};
-      break;
-    }
-    rest.remove_prefix(sp + 1);
+    field[n] = rest.substr(0, sp);
+    ok = !field[n++].empty();
+    rest.remove_prefix(sp == std::string_view::npos ? rest.size() : sp + 1);
   }
-  if (n != 5 || !rest.empty() || std::any_of(field, field + 5, [](std::string_view f) { return f.empty(); })) {
+  if (!ok) {
     error_ = "a v1 header needs: protocol, source, destination, source port, destination port";
     return false;
   }
@@ -124,7 +137,9 @@ bool ProxyHeaderParser::parseV1Line() noexcept {
     error_ = "unknown v1 protocol (TCP4, TCP6 or UNKNOWN)";
     return false;
   }
-  if (!parseAddress(family, field[1], header_.src_ip) || !parseAddress(family, field[2], header_.dst_ip)) {
+  bool dst_v6 = false;
+  if (!parseAddress(family, field[1], header_.src_ip, &header_.ipv6) ||
+      !parseAddress(family, field[2], header_.dst_ip, &dst_v6)) {
     error_ = "v1 address not of the stated family";
     return false;
   }
@@ -132,7 +147,6 @@ bool ProxyHeaderParser::parseV1Line() noexcept {
     error_ = "v1 port not a decimal number 0-65535";
     return false;
   }
-  header_.ipv6 = family == AF_INET6;
   header_.has_addresses = true;
   return true;
 }
@@ -149,7 +163,10 @@ ProxyFeed ProxyHeaderParser::feedV2(std::string_view in) noexcept {
     } else if (seen_ == 13) {
       if ((c >> 4) > 3) return fail("unknown v2 address family", i + 1);
       if ((c & 0x0f) > 2) return fail("unknown v2 transport", i + 1);
-      if ((c & 0x0f) == 2 && v2_command_ == 1) return fail("v2 header for a datagram connection", i + 1);
+      // With PROXY: UNSPEC (0x00) or a family over STREAM (0x11, 0x21, 0x31).
+      if (v2_command_ == 1 && (c & 0x0f) == 2) return fail("v2 header for a datagram connection", i + 1);
+      if (v2_command_ == 1 && c != 0x00 && ((c & 0x0f) != 1 || (c >> 4) == 0))
+        return fail("v2 family and transport must both be given", i + 1);
       v2_family_ = static_cast<uint8_t>(c >> 4);
     }
     buf_[have_++] = static_cast<char>(c);
@@ -183,14 +200,14 @@ bool ProxyHeaderParser::finishV2() noexcept {
   const char* a = buf_ + kV2Fixed;
   const size_t alen = v6 ? 16 : 4;
   const int family = v6 ? AF_INET6 : AF_INET;
-  if (!inet_ntop(family, a, header_.src_ip, sizeof header_.src_ip) ||
-      !inet_ntop(family, a + alen, header_.dst_ip, sizeof header_.dst_ip)) {
+  bool dst_v6 = false;
+  if (!printAddress(family, a, header_.src_ip, &header_.ipv6) ||
+      !printAddress(family, a + alen, header_.dst_ip, &dst_v6)) {
     error_ = "v2 address not printable";
     return false;
   }
   header_.src_port = be16(a + 2 * alen);
   header_.dst_port = be16(a + 2 * alen + 2);
-  header_.ipv6 = v6;
   header_.has_addresses = true;
   return true;
 }

@@ -12,7 +12,7 @@
 // Behaviour choices:
 // - v1: "PROXY TCP4|TCP6 src dst sport dport" CRLF, at most 107 octets, fields
 //   separated by one SP, addresses of the stated family (inet_pton), ports decimal
-//   0-65535; "PROXY UNKNOWN" followed by anything printable up to CRLF carries no
+//   0-65535 without leading zeros; "PROXY UNKNOWN" followed by anything printable up to CRLF carries no
 //   addresses. A bare LF, a control character or a line over 107 octets is kError.
 // - v2: the 12-octet signature, version 2, command LOCAL or PROXY, then the length
 //   of the rest. PROXY over STREAM with INET or INET6 carries addresses (the block
@@ -37,7 +37,7 @@ struct ProxyFeed {
 struct ProxyHeader {
   uint8_t version = 0;         // 1 or 2
   bool has_addresses = false;  // false: the connection's own addresses stand
-  bool ipv6 = false;
+  bool ipv6 = false;     // src_ip is IPv6 (an IPv4-mapped address is given as IPv4)
   char src_ip[46] = {};  // textual (inet_ntop), NUL-terminated; IPv6 without brackets
   char dst_ip[46] = {};
   uint16_t src_port = 0;

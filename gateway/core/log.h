@@ -43,7 +43,8 @@ inline void warn(std::string_view m, std::initializer_list<Field> f = {}) {
 }
 inline void error(std::string_view m, std::initializer_list<Field> f = {}) { emit(Level::kError, m, f); }
 
-// Escapes for a JSON string body and truncates client text to max bytes.
+// Escapes for a JSON string body and truncates client text to max bytes: well-formed
+// UTF-8 passes as it is; control octets and octets that are not UTF-8 become \u00XX.
 std::string jsonEscape(std::string_view s, size_t max = 256);
 
 // Rate limiter for client-triggerable log lines: at most `per_second` lines per

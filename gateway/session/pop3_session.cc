@@ -291,7 +291,9 @@ void Pop3Session::handleBackendLine(std::string_view line) {
         return;
       }
       // Dovecot offers XCLIENT to trusted networks in its greeting ("+OK [XCLIENT] ..."),
-      // not in CAPA; other servers may list it in CAPA.
+      // not in CAPA; other servers may list it in CAPA. With STLS the offer was made
+      // before TLS and is kept: it only tells whether to send our client's address,
+      // and the node itself decides whether to believe it.
       b_greeting_xclient_ = line.find("[XCLIENT]") != std::string_view::npos;
       b_xclient_ = b_greeting_xclient_;
       bstep_ = BackendStep::kCapa;

@@ -1,5 +1,7 @@
 #include "gateway/session/runtime.h"
 
+#include <algorithm>
+#include <chrono>
 #include <mutex>
 
 #include "auth/auth_cache.h"
@@ -37,7 +39,10 @@ void Runtime::startBackground() {
   if (health) health->start();
   if (!route_watcher) return;
   route_watcher->start();
-  if (!route_watcher->waitFirstLoad(2 * config->directory.postgres.timeout))
+  // One connect (libpq's connect_timeout is at least 2 s, see pg::withConnectTimeout)
+  // and one load (statement_timeout).
+  const conf::Duration timeout = config->directory.postgres.timeout;
+  if (!route_watcher->waitFirstLoad(std::max<conf::Duration>(std::chrono::seconds(2), timeout) + timeout))
     log::warn(router->table() ? "routing map not reloaded from the database: the previous map applies until it is"
                               : "routing map not loaded from the database: routing.static applies until it is");
 }
@@ -68,7 +73,9 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     if (!ct) return Error{"backend " + b.name + ": " + ct.error()};
     rt->backend_tls[b.name] = std::move(ct.value());
   }
-  const bool keep_directory = running && running->directory && config->directory.driver != "file" &&
+  // Kept: postgres only (libpq resolves host names per connection; the http driver
+  // resolves its URL's host once, so a reload must build it again).
+  const bool keep_directory = running && running->directory && config->directory.driver == "postgres" &&
                               running->config->directory == config->directory;
   if (keep_directory) {
     rt->directory = running->directory;
@@ -95,6 +102,7 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
   }
   rt->router = std::make_unique<routing::Router>(config);
   if (config->directory.driver == "postgres") {
+    if (auto ok = auth::PostgresRouteWatcher::check(config->directory); !ok) return Error{ok.error()};
     routing::Router* router = rt->router.get();
     rt->route_watcher = std::make_unique<auth::PostgresRouteWatcher>(
         config->directory,

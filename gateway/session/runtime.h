@@ -30,7 +30,7 @@ struct Runtime {
   std::shared_ptr<const filters::ContentChain> content = std::make_shared<filters::ContentChain>();
 
   // Starts the background parts (health checks, route watcher) and waits, bounded
-  // by twice directory.postgres.timeout, for the directory's first routing map:
+  // by one database connect and one query, for the directory's first routing map:
   // called before the snapshot is published, so that no session is routed by
   // routing.static for want of the map (at start and after every reload). If the
   // database does not answer, the snapshot goes live with routing.static and the
@@ -41,10 +41,11 @@ struct Runtime {
   ~Runtime();
   const conf::ListenerConfig* listener(const std::string& name) const;
   // Builds everything; errors name the file/section at fault. On a reload, `running`
-  // is the snapshot in service: a postgres or http directory whose section is unchanged
-  // is kept (its auth cache and connections with it: a reload during a database
-  // outage does not log out the cached users), and the fresh router starts from the
-  // running routing map until its own arrives. A passwd-file is always read again.
+  // is the snapshot in service: a postgres directory whose section is unchanged is
+  // kept (its auth cache and connections with it: a reload during a database outage
+  // does not log out the cached users), and the fresh router starts from the running
+  // routing map until its own arrives. A passwd-file is always read again, an http
+  // directory built again (its host name resolved again).
   static Result<std::shared_ptr<Runtime>> build(std::shared_ptr<const conf::Config> config,
                                                 const Runtime* running = nullptr);
 };

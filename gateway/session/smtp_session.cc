@@ -1056,6 +1056,7 @@ void SmtpSession::startDelivery() {
   next_target_ = 0;
   final_failed_.clear();
   permanent_reply_.clear();
+  utf8_refused_ = node_failed_ = false;
   if (step_ == Step::kReady) {
     if (!targets_.empty() && targets_[0].backend == ready_backend_ && targets_[0].lmtp == ready_lmtp_ &&
         targets_[0].error.empty()) {
@@ -1084,6 +1085,7 @@ void SmtpSession::tryNextTarget() {
     target_ = &t;
     backend_name_ = t.backend->name;
     if (!t.error.empty()) {
+      node_failed_ = true;
       log::warn("backend unresolvable", {{"session", id_}, {"backend", t.backend->name}, {"error", t.error}});
       continue;
     }
@@ -1107,6 +1109,10 @@ void SmtpSession::tryNextTarget() {
   }
   target_ = nullptr;
   step_ = Step::kIdle;
+  if (utf8_refused_ && !node_failed_) {
+    deliveryDone("554 5.6.7 SMTPUTF8 is required, but no storage node offers it", "rejected");
+    return;
+  }
   log::warn("smtp delivery failed on every storage node",
             {{"session", id_}, {"from", mail_from_}, {"recipients", rcpts_.size()}});
   deliveryDone("451 4.4.1 Error: storage unavailable, try again later", "failed");
@@ -1119,6 +1125,7 @@ void SmtpSession::attemptFailed(BackendFailure why, const std::string& detail, b
                                         {"detail", detail}});
   reactor_.stats.backend_failures++;
   node_deadline_ = 0;
+  node_failed_ = true;
   if (permanent_reply) {
     // The node refused for good: the client gets the refusal (no other node would take it).
     // With a pipelined envelope the node may still answer DATA with 354: a QUIT would
@@ -1208,9 +1215,14 @@ void SmtpSession::sendHello() {
 void SmtpSession::sendMail() {
   if (smtputf8_ && !node_utf8_ && envelopeNeedsUtf8()) {
     // RFC 6531 §3.2: an internationalized address never goes to a server that does
-    // not offer SMTPUTF8; the transaction is refused, as the node itself would.
-    permanent_reply_ = "554 5.6.7 SMTPUTF8 is required, but the storage node does not offer it";
-    attemptFailed(BackendFailure::kProtocol, "node does not offer SMTPUTF8 for an internationalized address", true);
+    // not offer SMTPUTF8. Not the node's failure: the next node may offer it; when
+    // none does, the transaction is refused (tryNextTarget).
+    log::info("storage node does not offer SMTPUTF8", {{"session", id_}, {"backend", backend_name_}});
+    utf8_refused_ = true;
+    dropBackend();
+    step_ = Step::kIdle;
+    node_deadline_ = 0;
+    tryNextTarget();
     return;
   }
   step_ = Step::kMail;

@@ -207,6 +207,10 @@ class SmtpSession final : public Session {
   bool ready_lmtp_ = false;
   std::string last_node_reply_;
   std::string permanent_reply_;
+  // This delivery: a node lacked SMTPUTF8 for an internationalized envelope / a node
+  // failed otherwise. Only the first, on every node, makes the refusal 554 5.6.7.
+  bool utf8_refused_ = false;
+  bool node_failed_ = false;
 };
 
 }  // namespace mailgate::session

@@ -2,7 +2,7 @@
 // Input: [split seed byte] data... Fed whole and in seed-derived chunks; both runs
 // must end the same way at the same offset with the same addresses (split
 // independence). Invariants: consumed <= input, kNeedMore consumes everything, a
-// v1 header ends within 107 octets, addresses read back as the stated family.
+// v1 header ends within 107 octets, addresses read back, IPv4-mapped ones as IPv4.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -46,9 +46,10 @@ std::string run(std::string_view in, uint32_t seed) {
     std::string out = "D@" + std::to_string(pos) + " v" + std::to_string(h.version);
     if (h.has_addresses) {
       unsigned char bin[sizeof(in6_addr)];
-      const int family = h.ipv6 ? AF_INET6 : AF_INET;
-      FUZZ_CHECK(inet_pton(family, h.src_ip, bin) == 1);
-      FUZZ_CHECK(inet_pton(family, h.dst_ip, bin) == 1);
+      FUZZ_CHECK(inet_pton(h.ipv6 ? AF_INET6 : AF_INET, h.src_ip, bin) == 1);
+      FUZZ_CHECK(inet_pton(AF_INET, h.dst_ip, bin) == 1 || inet_pton(AF_INET6, h.dst_ip, bin) == 1);
+      // An IPv4-mapped address is given as IPv4.
+      FUZZ_CHECK(std::strncmp(h.src_ip, "::ffff:", 7) != 0 || std::strchr(h.src_ip, '.') == nullptr);
       out += std::string(" ") + h.src_ip + ":" + std::to_string(h.src_port) + ">" + h.dst_ip + ":" +
              std::to_string(h.dst_port);
     }

@@ -479,6 +479,7 @@ class FakeNode(socketserver.ThreadingTCPServer):
 
     def __init__(self, mode: str = "ok"):
         self.mode = mode
+        self.smtputf8 = False  # announce SMTPUTF8
         self.transactions: list[dict] = []
         self.lock = threading.Lock()
         super().__init__((harness.HOST, 0), FakeNodeHandler)
@@ -512,7 +513,8 @@ class FakeNodeHandler(socketserver.StreamRequestHandler):
             verb = cmd.split(" ", 1)[0].upper()
             if verb == "LHLO":
                 w.write(b"250-fake\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                        b"250-XCLIENT ADDR PORT HELO PROTO LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n")
+                        + (b"250-SMTPUTF8\r\n" if node.smtputf8 else b"")
+                        + b"250-XCLIENT ADDR PORT HELO PROTO LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n")
             elif verb == "XCLIENT":
                 w.write(b"220 fake LMTP ready again\r\n")
             elif verb == "MAIL":
@@ -596,6 +598,7 @@ class SmtpFakeNodeTest(unittest.TestCase):
     def setUp(self):
         for n in self.nodes:
             n.mode = "ok"
+            n.smtputf8 = False
             with n.lock:
                 n.transactions.clear()
 
@@ -685,6 +688,21 @@ class SmtpFakeNodeTest(unittest.TestCase):
         mail = [c for c in got[0]["commands"] if c.startswith("MAIL ")]
         self.assertEqual(mail, ["MAIL FROM:<sender@example.com> BODY=8BITMIME"])  # SMTPUTF8 implies 8-bit
         self.assertIn(b"eai-ascii", got[0]["data"])
+
+    def test_internationalized_address_goes_to_the_node_that_offers_smtputf8(self):
+        self.nodes[1].smtputf8 = True  # the secondary only (a fleet half upgraded)
+        failures_before = self.gateway.log_text().count("delivery attempt failed")
+        with smtplib.SMTP(harness.HOST, self.mx_port, timeout=20) as s:
+            s.ehlo("client.example.com")
+            self.assertEqual(s.sendmail("jörg@example.net", [ALICE], b"Subject: eai-2\r\n\r\nx\r\n",
+                                        mail_options=["SMTPUTF8"]), {})
+        self.assertEqual(self.nodes[0].delivered(), [])
+        got = self.nodes[1].delivered()
+        self.assertEqual(len(got), 1)
+        self.assertIn("MAIL FROM:<jörg@example.net> BODY=8BITMIME SMTPUTF8", got[0]["commands"])
+        # not a node failure, and the log shows the address as it is (UTF-8)
+        self.assertEqual(self.gateway.log_text().count("delivery attempt failed"), failures_before)
+        self.assertIn('"from":"<jörg@example.net>"', self.gateway.log_text())
 
     def test_node_refuses_recipient_permanently(self):
         self.nodes[0].mode = "reject_rcpt"

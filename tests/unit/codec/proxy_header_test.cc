@@ -73,6 +73,23 @@ TEST(ProxyHeader, V1Tcp6Canonical) {
   EXPECT_EQ(parse("PROXY TCP6 2001:0db8:0:0::7 ::1 40000 993\r\n"), "D v1 2001:db8::7:40000>::1:993 +0");
 }
 
+TEST(ProxyHeader, Ipv4MappedAddressesAreGivenAsIpv4) {
+  EXPECT_EQ(parse("PROXY TCP6 ::ffff:203.0.113.7 ::ffff:10.0.0.5 40000 143\r\n"),
+            "D v1 203.0.113.7:40000>10.0.0.5:143 +0");
+  std::string mapped(16, '\0');
+  mapped[10] = mapped[11] = '\xff';
+  mapped[12] = '\xcb';
+  mapped[13] = '\x00';
+  mapped[14] = '\x71';
+  mapped[15] = '\x07';
+  std::string dst(16, '\0');
+  dst[15] = '\x01';
+  EXPECT_EQ(parse(v2(0x21, 0x21, mapped + dst + "\x9c\x40"s + "\x00\x8f"s)), "D v2 203.0.113.7:40000>::1:143 +0");
+  ProxyHeaderParser p;
+  ASSERT_EQ(p.feed("PROXY TCP6 ::ffff:203.0.113.7 ::1 1 2\r\n").status, ProxyStatus::kDone);
+  EXPECT_FALSE(p.header().ipv6);
+}
+
 TEST(ProxyHeader, V1Unknown) {
   EXPECT_EQ(parse("PROXY UNKNOWN\r\n"), "D v1 - +0");
   EXPECT_EQ(parse("PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"), "D v1 - +0");
@@ -92,6 +109,10 @@ TEST(ProxyHeader, V1Errors) {
   EXPECT_EQ(parse("PROXY TCP6 1.2.3.4 ::1 1 2\r\n"), "E v1 address not of the stated family");
   EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n"), "E v1 port not a decimal number 0-65535");
   EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n"), "E v1 port not a decimal number 0-65535");
+  EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 080 2\r\n"), "E v1 port not a decimal number 0-65535");
+  EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 0 2\r\n"), "D v1 1.2.3.4:0>5.6.7.8:2 +0");
+  EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n").substr(0, 25), "E a v1 header needs: prot");
+  EXPECT_EQ(parse("PROXY TCP4 \r\n").substr(0, 25), "E a v1 header needs: prot");
 }
 
 TEST(ProxyHeader, V1LengthBound) {
@@ -133,6 +154,9 @@ TEST(ProxyHeader, V2Errors) {
   EXPECT_EQ(parse(v2(0x21, 0x41, inet4Block())), "E unknown v2 address family");
   EXPECT_EQ(parse(v2(0x21, 0x13, inet4Block())), "E unknown v2 transport");
   EXPECT_EQ(parse(v2(0x21, 0x12, inet4Block())), "E v2 header for a datagram connection");
+  EXPECT_EQ(parse(v2(0x21, 0x10, inet4Block())), "E v2 family and transport must both be given");
+  EXPECT_EQ(parse(v2(0x21, 0x01, inet4Block())), "E v2 family and transport must both be given");
+  EXPECT_EQ(parse(v2(0x20, 0x12, inet4Block())), "D v2 - +0");  // LOCAL: whatever follows is ignored
   EXPECT_EQ(parse(v2(0x21, 0x11, inet4Block().substr(0, 11))), "E v2 address block shorter than its family needs");
   EXPECT_EQ(parse(v2(0x21, 0x21, inet4Block())), "E v2 address block shorter than its family needs");
 }
