@@ -149,6 +149,11 @@ struct BackendConfig {
   bool tls_verify = true;     // verify the node's certificate and name
   std::string tls_name;       // name to verify; empty = host
   std::string login = "replay";  // replay | master
+  // login: master — the node is logged in to as this master user, on behalf of the
+  // user (SASL PLAIN authorization identity); its password is read from the file at
+  // start and on reload (Runtime), never kept in the config text.
+  std::string master_user;
+  std::string master_password_file;
   std::string deliver = "lmtp";  // lmtp | smtp
   HealthConfig health;
   Duration connect_timeout{5000};

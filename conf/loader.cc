@@ -876,8 +876,8 @@ void Loader::loadBackends(const YAML::Node& n, Config* cfg) {
 void Loader::loadBackend(const YAML::Node& n, const std::string& path, BackendConfig* b) {
   Fields f;
   if (!fields(n, path,
-              {"name", "host", "ports", "tls", "tls_ca", "tls_verify", "tls_name", "login", "deliver",
-               "health", "connect_timeout"},
+              {"name", "host", "ports", "tls", "tls_ca", "tls_verify", "tls_name", "login", "master_user",
+               "master_password_file", "deliver", "health", "connect_timeout"},
               &f))
     return;
   requireKey(f, "name", n.Mark(), path);
@@ -916,6 +916,17 @@ void Loader::loadBackend(const YAML::Node& n, const std::string& path, BackendCo
   getBool(f, "tls_verify", path, &b->tls_verify);
   getString(f, "tls_name", path, &b->tls_name);
   getEnum<std::string>(f, "login", path, {{"replay", "replay"}, {"master", "master"}}, &b->login);
+  getString(f, "master_user", path, &b->master_user);
+  getFile(f, "master_password_file", path, &b->master_password_file);
+  if (b->login == "master") {
+    const Entry* e = f.find("login");
+    if (b->master_user.empty() || !f.find("master_password_file"))
+      error(e->mark(), join(path, "login") + ": master needs master_user and master_password_file");
+  } else {
+    for (std::string_view key : {"master_user", "master_password_file"})
+      if (const Entry* e = f.find(key))
+        error(e->mark(), join(path, key) + ": only with login: master");
+  }
   getEnum<std::string>(f, "deliver", path, {{"lmtp", "lmtp"}, {"smtp", "smtp"}}, &b->deliver);
   if (const Entry* e = f.find("health")) {
     const std::string hpath = join(path, "health");

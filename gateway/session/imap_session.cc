@@ -1,6 +1,5 @@
 #include "gateway/session/imap_session.h"
 
-#include "auth/sasl.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
@@ -355,12 +354,7 @@ void ImapSession::handleBackendLine(std::string_view line) {
     case BackendStep::kLogin:
       if (line.rfind("+", 0) == 0) {
         // No SASL-IR after all: send the response now.
-        std::string plain;
-        plain.push_back('\0');
-        plain += loginUser();
-        plain.push_back('\0');
-        plain += password();
-        writeBackend(auth::base64Encode(plain) + "\r\n");
+        writeBackend(backendPlainResponse() + "\r\n");
         return;
       }
       if (line.rfind("L ", 0) != 0) return;  // untagged and ID's reply
@@ -415,15 +409,14 @@ void ImapSession::sendBackendLogin() {
                     "\" \"x-connected-port\" \"" + std::to_string(local_port_) + "\" \"x-session-id\" \"" +
                     id_ + "\")\r\n";
   if (b_auth_plain_ || b_sasl_ir_) {
-    std::string plain;
-    plain.push_back('\0');
-    plain += loginUser();
-    plain.push_back('\0');
-    plain += password();
     if (b_sasl_ir_)
-      out += "L AUTHENTICATE PLAIN " + auth::base64Encode(plain) + "\r\n";
+      out += "L AUTHENTICATE PLAIN " + backendPlainResponse() + "\r\n";
     else
       out += "L AUTHENTICATE PLAIN\r\n";
+  } else if (masterLogin()) {
+    // LOGIN has no authorization identity: a master login needs SASL PLAIN.
+    backendAttemptFailed(BackendFailure::kProtocol, "the node offers no AUTH=PLAIN for a master login");
+    return;
   } else {
     std::string u, p;
     if (!quote(loginUser(), &u) || !quote(password(), &p)) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "auth/sasl.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
 
@@ -244,6 +245,28 @@ void LoginSession::saslRespond(std::string_view line) {
       replySaslRefused(step);
       return;
   }
+}
+
+bool LoginSession::masterLogin() const {
+  return current_ && current_->login == "master" && !backend_user_ && !backend_password_;
+}
+
+std::string LoginSession::backendPlainResponse() const {
+  std::string plain;
+  if (masterLogin()) {
+    auto it = rt_->master_passwords.find(current_->name);
+    plain = loginUser();
+    plain.push_back('\0');
+    plain += current_->master_user;
+    plain.push_back('\0');
+    if (it != rt_->master_passwords.end()) plain += it->second;
+  } else {
+    plain.push_back('\0');
+    plain += loginUser();
+    plain.push_back('\0');
+    plain += password();
+  }
+  return auth::base64Encode(plain);
 }
 
 }  // namespace mailgate::session

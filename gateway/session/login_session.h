@@ -36,6 +36,12 @@ class LoginSession : public Session {
   const std::string& password() const { return backend_password_ ? *backend_password_ : password_; }
   const std::string& loginUser() const { return backend_user_ ? *backend_user_ : user_; }
   const conf::BackendConfig* currentBackend() const { return current_; }
+  // The node's SASL PLAIN response (base64): the user's credentials (replayed, or the
+  // ones the directory gave), or with login: master the master user's, on the user's
+  // behalf (authorization identity = the user, RFC 4616).
+  std::string backendPlainResponse() const;
+  // login: master applies to this attempt (and the directory gave no credentials).
+  bool masterLogin() const;
   unsigned authFailures() const { return auth_failures_; }
   unsigned attempt() const { return attempt_; }  // changes with every backend attempt
 

@@ -1,6 +1,5 @@
 #include "gateway/session/pop3_session.h"
 
-#include "auth/sasl.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
@@ -269,18 +268,9 @@ void Pop3Session::afterCapa() {
   sendBackendAuth();
 }
 
-std::string Pop3Session::plainResponse() const {
-  std::string plain;
-  plain.push_back('\0');
-  plain += loginUser();
-  plain.push_back('\0');
-  plain += password();
-  return auth::base64Encode(plain);
-}
-
 void Pop3Session::sendBackendAuth() {
   bstep_ = BackendStep::kAuth;
-  writeBackend("AUTH PLAIN " + plainResponse() + "\r\n");
+  writeBackend("AUTH PLAIN " + backendPlainResponse() + "\r\n");
 }
 
 void Pop3Session::handleBackendLine(std::string_view line) {
@@ -327,7 +317,7 @@ void Pop3Session::handleBackendLine(std::string_view line) {
       if (line.rfind("+ ", 0) == 0 || line == "+") {
         // No initial-response support: answer the empty challenge.
         bstep_ = BackendStep::kAuthResponse;
-        writeBackend(plainResponse() + "\r\n");
+        writeBackend(backendPlainResponse() + "\r\n");
         return;
       }
       if (ascii::istartsWith(line, "+OK")) {

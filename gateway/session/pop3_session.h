@@ -37,7 +37,6 @@ class Pop3Session final : public LoginSession {
   void handleBackendLine(std::string_view line) override;
   void afterCapa();
   void sendBackendAuth();
-  std::string plainResponse() const;  // SASL PLAIN with the node's credentials, base64
 
   std::unique_ptr<codec::Pop3CommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;

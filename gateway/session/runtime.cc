@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <mutex>
 
 #include "auth/auth_cache.h"
@@ -14,6 +15,19 @@ namespace mailgate::session {
 
 namespace {
 std::mutex g_mu;
+
+// A password file: its first line (CR/LF stripped), at most 1 KiB, not empty.
+Result<std::string> readSecret(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error{"cannot read it"};
+  std::string line;
+  std::getline(in, line);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (line.empty()) return Error{"the first line is empty"};
+  if (line.size() > 1024) return Error{"the first line is over 1 KiB"};
+  return line;
+}
+
 std::shared_ptr<Runtime> g_runtime;
 }  // namespace
 
@@ -72,6 +86,12 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     auto ct = tls::ClientTls::build(b);
     if (!ct) return Error{"backend " + b.name + ": " + ct.error()};
     rt->backend_tls[b.name] = std::move(ct.value());
+  }
+  for (const auto& b : config->backends) {
+    if (b.login != "master") continue;
+    auto pw = readSecret(b.master_password_file);
+    if (!pw) return Error{"backend " + b.name + ": master_password_file " + b.master_password_file + ": " + pw.error()};
+    rt->master_passwords[b.name] = std::move(pw.value());
   }
   // Kept: postgres only (libpq resolves host names per connection; the http driver
   // resolves its URL's host once, so a reload must build it again).

@@ -22,6 +22,7 @@ struct Runtime {
   std::shared_ptr<const conf::Config> config;
   std::shared_ptr<tls::ServerTls> server_tls;                                    // null without certificates
   std::unordered_map<std::string, std::shared_ptr<tls::ClientTls>> backend_tls;  // by backend name
+  std::unordered_map<std::string, std::string> master_passwords;                // login: master, by backend name
   std::shared_ptr<auth::Directory> directory;
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<routing::HealthChecker> health;

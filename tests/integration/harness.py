@@ -828,7 +828,7 @@ def mailgate_config(*, certificates: Iterable[tuple[str, str]], listeners: Itera
     """Renders a mailgate YAML config from plain values.
 
     listeners: {name, protocol, port, tls, **extra} (extra: preauth_timeout, max_line, ...)
-    backends:  {name, imap, pop3, lmtp, health_interval, health_timeout, tls}
+    backends:  {name, imap, pop3, lmtp, health_interval, health_timeout, tls, **extra} (extra: login, ...)
     routes:    {domain, primary, secondary}"""
 
     def scalar(v) -> str:
@@ -863,6 +863,8 @@ def mailgate_config(*, certificates: Iterable[tuple[str, str]], listeners: Itera
                 f"    tls: {b.get('tls', 'none')}",
                 f"    health: {{ interval: {b.get('health_interval', '1s')}, "
                 f"timeout: {b.get('health_timeout', '1s')} }}"]
+        known = ("name", "host", "imap", "pop3", "lmtp", "tls", "health_interval", "health_timeout")
+        out += [f"    {k}: {scalar(v)}" for k, v in b.items() if k not in known]
     out += ["routing:", "  static:"]
     for r in routes:
         fields = [f"domain: {scalar(r['domain'])}", f"primary: {scalar(r['primary'])}"]

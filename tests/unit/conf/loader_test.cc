@@ -484,6 +484,29 @@ TEST_F(LoaderTest, MissingFiles) {
              "backends[0].tls_ca: cannot read " + dir_.parent_path().string() + "/ca.pem: No such file")));
 }
 
+TEST_F(LoaderTest, MasterLogin) {
+  write("master.secret", "s3cret\n");
+  auto cfg = ok("directory: { file: { users: users.passwd } }\n"
+                "listeners: [{ name: l1, protocol: imap, listen: \"*:143\" }]\n"
+                "backends:\n"
+                "  - { name: b1, host: h, ports: { imap: 1 }, login: master, master_user: proxy,\n"
+                "      master_password_file: master.secret }\n");
+  ASSERT_TRUE(cfg);
+  EXPECT_EQ(cfg->backends[0].login, "master");
+  EXPECT_EQ(cfg->backends[0].master_user, "proxy");
+  EXPECT_EQ(cfg->backends[0].master_password_file, (dir_ / "master.secret").string());
+  EXPECT_THAT(errors("directory: { file: { users: users.passwd } }\n"                              // 1
+                     "listeners: [{ name: l1, protocol: imap, listen: \"*:143\" }]\n"            // 2
+                     "backends:\n"                                                                // 3
+                     "  - { name: b1, host: h, ports: { imap: 1 }, login: master }\n"             // 4
+                     "  - { name: b2, host: h, ports: { imap: 1 }, master_user: proxy }\n"        // 5
+                     "  - { name: b3, host: h, ports: { imap: 1 }, login: master, master_user: p,\n"
+                     "      master_password_file: nothere }\n"),                                  // 7
+              ElementsAre(At(4, 53, "backends[0].login: master needs master_user and master_password_file"),
+                          At(5, 59, "backends[1].master_user: only with login: master"),
+                          At(7, 29, "backends[2].master_password_file: cannot read")));
+}
+
 TEST_F(LoaderTest, UnreadableFile) {
   if (geteuid() == 0) GTEST_SKIP() << "root reads every file";
   ASSERT_EQ(chmod((dir_ / "users.passwd").c_str(), 0), 0);
