@@ -259,6 +259,35 @@ def remove_workdir(path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class Daemons:
+    """Mixin for a unittest.TestCase whose class starts daemons in setUpClass: the
+    attributes named in DAEMONS (each None or an object with stop()) are stopped,
+    then the work directory `dir` is removed, by _stop() and tearDownClass()."""
+
+    DAEMONS: tuple[str, ...] = ("gateway",)
+
+    @classmethod
+    def _stop(cls):
+        for name in cls.DAEMONS:
+            daemon = getattr(cls, name, None)
+            if daemon is not None:
+                daemon.stop()
+        if getattr(cls, "dir", None) is not None:
+            remove_workdir(cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._stop()
+
+
+def close_imap(imap: imaplib.IMAP4) -> None:
+    """Closes an imaplib connection whatever state it is in (logout may have closed it)."""
+    try:
+        imap.shutdown()
+    except OSError:
+        pass
+
+
 class LogsOnFailure:
     """Mixin for a unittest.TestCase with a diagnostics() method (the daemons' logs):
     a test that failed or raised gets them on stderr, next to its traceback."""
@@ -291,10 +320,7 @@ def imap_node_marker(port: int, context: ssl.SSLContext, user: str, password: st
         subject = data[0][1].decode().strip()
         imap.logout()
     finally:
-        try:
-            imap.shutdown()
-        except OSError:
-            pass
+        close_imap(imap)
     return subject.rsplit(" ", 1)[-1]
 
 

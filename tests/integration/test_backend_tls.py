@@ -180,7 +180,9 @@ def add_backend_tls_keys(config: str, backend: str, keys: dict) -> str:
 
 # --------------------------------------------------------------------------- the environment
 
-class BackendTlsTest(harness.LogsOnFailure, unittest.TestCase):
+class BackendTlsTest(harness.Daemons, harness.LogsOnFailure, unittest.TestCase):
+    DAEMONS = ("gateway", "node")
+
     maxDiff = None
 
     @classmethod
@@ -237,18 +239,6 @@ class BackendTlsTest(harness.LogsOnFailure, unittest.TestCase):
             config = add_backend_tls_keys(config, scenario, keys)
         cls.gateway = harness.Mailgate(cls.dir, config)
         cls.gateway.start()
-
-    @classmethod
-    def _stop(cls):
-        if cls.gateway is not None:
-            cls.gateway.stop()
-        if cls.node is not None:
-            cls.node.stop()
-        harness.remove_workdir(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._stop()
 
     def diagnostics(self) -> str:
         return ("--- mailgate log (tail) ---\n" + self.gateway.log_text()[-4000:]
@@ -309,10 +299,7 @@ class BackendTlsTest(harness.LogsOnFailure, unittest.TestCase):
         except imaplib.IMAP4.error as e:
             self.fail(f"IMAP login through backend {scenario} failed: {e}\n" + self.diagnostics())
         finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
+            harness.close_imap(imap)
         self.assertLoggedInOverTls("imap", user)
 
     def pop3_login_ok(self, scenario: str) -> None:
@@ -418,10 +405,7 @@ class BackendTlsTest(harness.LogsOnFailure, unittest.TestCase):
             self.assertEqual(data[0][1], msg)
             imap.logout()
         finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
+            harness.close_imap(imap)
 
     def test_implicit_pop3(self):
         self.pop3_login_ok("implicit")

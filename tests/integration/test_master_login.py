@@ -17,7 +17,9 @@ MASTER, MASTER_PW = "proxy", "master-secret"
 AUTH_FAILED = "[AUTHENTICATIONFAILED]"
 
 
-class MasterLoginTest(harness.LogsOnFailure, unittest.TestCase):
+class MasterLoginTest(harness.Daemons, harness.LogsOnFailure, unittest.TestCase):
+    DAEMONS = ("gateway", "dovecot")
+
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(harness.make_workdir("mailgate-master-"))
@@ -52,18 +54,6 @@ class MasterLoginTest(harness.LogsOnFailure, unittest.TestCase):
             cls._stop()
             raise
 
-    @classmethod
-    def _stop(cls):
-        if cls.gateway is not None:
-            cls.gateway.stop()
-        if cls.dovecot is not None:
-            cls.dovecot.stop()
-        harness.remove_workdir(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._stop()
-
     def diagnostics(self) -> str:
         return (f"--- mailgate log (tail) ---\n{self.gateway.log_text()[-4000:]}\n"
                 f"--- dovecot log (tail) ---\n{self.dovecot.log_text()[-3000:]}")
@@ -97,7 +87,7 @@ class MasterLoginTest(harness.LogsOnFailure, unittest.TestCase):
                 imap.login(ALICE, "a-password-only-the-node-knows")
             self.assertIn(AUTH_FAILED, str(cm.exception))
         finally:
-            imap.shutdown()
+            harness.close_imap(imap)
 
     def test_4_a_wrong_master_password_is_an_authentication_failure_then_a_reload_mends_it(self):
         self.reload_with_secret("not-the-master-password")
@@ -108,7 +98,7 @@ class MasterLoginTest(harness.LogsOnFailure, unittest.TestCase):
                     imap.login(ALICE, ALICE_PW)
                 self.assertIn(AUTH_FAILED, str(cm.exception))
             finally:
-                imap.shutdown()
+                harness.close_imap(imap)
         finally:
             self.reload_with_secret(MASTER_PW)
         self.assertEqual(harness.imap_node_marker(self.ports["imaps"], self.context, ALICE, ALICE_PW), "node")

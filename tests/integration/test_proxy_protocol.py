@@ -82,7 +82,9 @@ class ProxiedSMTP(smtplib.SMTP):
         return proxied(port, self.header)
 
 
-class ProxyProtocolTest(harness.LogsOnFailure, unittest.TestCase):
+class ProxyProtocolTest(harness.Daemons, harness.LogsOnFailure, unittest.TestCase):
+    DAEMONS = ("gateway", "dovecot", "node")
+
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(harness.make_workdir("mailgate-proxy-"))
@@ -120,20 +122,6 @@ class ProxyProtocolTest(harness.LogsOnFailure, unittest.TestCase):
             cls._stop()
             raise
 
-    @classmethod
-    def _stop(cls):
-        if cls.gateway is not None:
-            cls.gateway.stop()
-        if cls.dovecot is not None:
-            cls.dovecot.stop()
-        if cls.node is not None:
-            cls.node.stop()
-        harness.remove_workdir(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._stop()
-
     def diagnostics(self) -> str:
         return (f"--- mailgate log (tail) ---\n{self.gateway.log_text()[-4000:]}\n"
                 f"--- dovecot log (tail) ---\n{self.dovecot.log_text()[-2000:]}")
@@ -162,10 +150,7 @@ class ProxyProtocolTest(harness.LogsOnFailure, unittest.TestCase):
             self.assertEqual(imap.login(ALICE, ALICE_PW)[0], "OK")
             imap.logout()
         finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
+            harness.close_imap(imap)
         self.dovecot_saw("203.0.113.7")
         self.assertEqual(self.wait_session_end("203.0.113.7:40001")["user"], ALICE)
 
@@ -176,10 +161,7 @@ class ProxyProtocolTest(harness.LogsOnFailure, unittest.TestCase):
             self.assertEqual(imap.login(ALICE, ALICE_PW)[0], "OK")
             imap.logout()
         finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
+            harness.close_imap(imap)
         self.dovecot_saw("2001:db8::7")
         end = self.wait_session_end("2001:db8::7:40002")
         self.assertTrue(end["tls_version"].startswith("TLSv1."), end)
