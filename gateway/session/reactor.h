@@ -67,6 +67,10 @@ class Reactor {
   void requestStop(std::chrono::milliseconds grace);
 
   io::Ring& ring() { return ring_; }
+  // One buffer per reactor for decrypted client/node bytes, used only for the length of
+  // one delivery (sessions take it and give it back), so that no session keeps a 16 KiB+
+  // buffer of its own between reads.
+  std::string& plainScratch() { return plain_scratch_; }
   io::WorkerPool& workers() { return workers_; }
   // Thread-safe: runs fn on this reactor's thread.
   void post(std::function<void()> fn) { mailbox_.post(std::move(fn)); }
@@ -78,9 +82,11 @@ class Reactor {
   uint64_t nowMs() const { return now_ms_; }
   std::string newSessionId();
   ReactorStats stats;
+
   size_t sessionCount() const { return live_; }
 
  private:
+  std::string plain_scratch_;
   void armAccept(size_t i);
   void armTick();
   void armWake();

@@ -232,14 +232,16 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
     }
     if (closing_ || (side == Side::kBackend && !isBackend(inc))) return;
   }
+  // The reactor's buffer, taken for this delivery (a nested one would find it empty
+  // and allocate its own) and given back after it: no session keeps one.
   std::string plain;
-  plain.swap(scratch_);
+  plain.swap(reactor_.plainScratch());
   plain.clear();
   tls::TlsEvent ev = t.read(&plain, 1 << 20);
   flush(side, e);
   if (!plain.empty()) handlePlain(side, plain);
   plain.clear();
-  if (plain.capacity() <= 65536) scratch_.swap(plain);
+  if (plain.capacity() <= (1 << 20) + 16384) reactor_.plainScratch().swap(plain);
   if (closing_ || (side == Side::kBackend && !isBackend(inc))) return;
   if (ev == tls::TlsEvent::kClosed) {
     endpointEof(side, e, "TLS close_notify");
@@ -526,7 +528,6 @@ void Session::trimBuffers() {
   };
   trim(client_);
   if (backend_) trim(*backend_);
-  std::string().swap(scratch_);
 }
 
 void Session::startRelay(std::string_view to_client, std::string_view to_backend) {

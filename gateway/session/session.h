@@ -185,7 +185,6 @@ class Session {
   std::string tls_version_, tls_cipher_;
   std::unique_ptr<codec::ProxyHeaderParser> proxy_;  // until the PROXY header is in
   uint64_t proxy_deadline_ = 0;
-  std::string scratch_;
 };
 
 }  // namespace mailgate::session
