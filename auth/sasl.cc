@@ -82,6 +82,13 @@ Result<std::string> base64Decode(std::string_view text) {
   return out;
 }
 
+std::string encodePlain(std::string_view authzid, std::string_view authcid, std::string_view password) {
+  std::string plain;
+  plain.reserve(authzid.size() + authcid.size() + password.size() + 2);
+  plain.append(authzid).append(1, '\0').append(authcid).append(1, '\0').append(password);
+  return base64Encode(plain);
+}
+
 Result<PlainCredentials> decodePlain(std::string_view message) {
   const std::size_t first = message.find('\0');
   if (first == std::string_view::npos) return Error{"malformed PLAIN message"};

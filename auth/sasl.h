@@ -29,6 +29,8 @@ struct PlainCredentials {
 // in a field, an authzid different from the authcid ("authorization identity not
 // supported").
 Result<PlainCredentials> decodePlain(std::string_view message);
+// The client side: base64 of "authzid NUL authcid NUL passwd" (authzid may be empty).
+std::string encodePlain(std::string_view authzid, std::string_view authcid, std::string_view password);
 
 // LOGIN mechanism (draft-murchison-sasl-login): server challenges, already base64.
 inline constexpr std::string_view kLoginUsernamePrompt = "VXNlcm5hbWU6";  // "Username:"

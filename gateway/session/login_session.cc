@@ -252,21 +252,10 @@ bool LoginSession::masterLogin() const {
 }
 
 std::string LoginSession::backendPlainResponse() const {
-  std::string plain;
-  if (masterLogin()) {
-    auto it = rt_->master_passwords.find(current_->name);
-    plain = loginUser();
-    plain.push_back('\0');
-    plain += current_->master_user;
-    plain.push_back('\0');
-    if (it != rt_->master_passwords.end()) plain += it->second;
-  } else {
-    plain.push_back('\0');
-    plain += loginUser();
-    plain.push_back('\0');
-    plain += password();
-  }
-  return auth::base64Encode(plain);
+  if (!masterLogin()) return auth::encodePlain("", loginUser(), password());
+  auto it = rt_->master_passwords.find(current_->name);
+  return auth::encodePlain(loginUser(), current_->master_user,
+                           it != rt_->master_passwords.end() ? it->second : std::string());
 }
 
 }  // namespace mailgate::session

@@ -117,7 +117,7 @@ bool Session::takeProxyHeader(std::string_view* bytes) {
     static log::RateLimit rl(20);  // anyone who reaches the listener can trigger this
     if (rl.allow())
       log::info("PROXY protocol header refused", {{"session", id_},
-                                                  {"peer", client_ip_ + ":" + std::to_string(client_port_)},
+                                                  {"peer", peerText()},
                                                   {"error", proxy_->errorText()}});
     close("proxy_protocol_error");
     return false;
@@ -125,7 +125,7 @@ bool Session::takeProxyHeader(std::string_view* bytes) {
   const codec::ProxyHeader& h = proxy_->header();
   if (h.has_addresses) {
     log::debug("PROXY protocol header", {{"session", id_},
-                                         {"peer", client_ip_ + ":" + std::to_string(client_port_)},
+                                         {"peer", peerText()},
                                          {"client", std::string(h.src_ip) + ":" + std::to_string(h.src_port)}});
     client_ip_ = h.src_ip;
     client_port_ = h.src_port;
@@ -587,7 +587,7 @@ void Session::onTick(uint64_t now_ms) {
       static log::RateLimit rl(20);
       if (rl.allow())
         log::info("no PROXY protocol header in time",
-                  {{"session", id_}, {"peer", client_ip_ + ":" + std::to_string(client_port_)}});
+                  {{"session", id_}, {"peer", peerText()}});
       close("proxy_protocol_timeout");
     }
     return;
@@ -629,7 +629,7 @@ void Session::finish() {
   uint64_t dur = now() - started_ms_;
   log::info("session end", {{"session", id_},
                             {"listener", listener_.name},
-                            {"client", client_ip_ + ":" + std::to_string(client_port_)},
+                            {"client", peerText()},
                             {"tls_version", tls_version_},
                             {"tls_cipher", tls_cipher_},
                             {"user", user_},

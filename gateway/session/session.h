@@ -133,6 +133,7 @@ class Session {
   void clearTimer() { timer_at_ = 0; }
   void pauseClient(bool pause);
   uint64_t now() const;
+  std::string peerText() const { return client_ip_ + ":" + std::to_string(client_port_); }  // for logs
 
   Reactor& reactor_;
   std::shared_ptr<Runtime> rt_;

@@ -9,6 +9,16 @@ namespace {
 
 using namespace std::string_literals;
 
+TEST(Plain, EncodeIsWhatDecodeReads) {
+  EXPECT_EQ(encodePlain("", "alice@example.org", "pw"), base64Encode(std::string("\0alice@example.org\0pw", 21)));
+  auto decoded = base64Decode(encodePlain("u", "u", "secret"));
+  ASSERT_TRUE(decoded);
+  auto creds = decodePlain(decoded.value());
+  ASSERT_TRUE(creds);
+  EXPECT_EQ(creds.value().authcid, "u");
+  EXPECT_EQ(creds.value().password, "secret");
+}
+
 TEST(Base64, Rfc4648Vectors) {
   const std::pair<std::string, std::string> vectors[] = {
       {"", ""},
