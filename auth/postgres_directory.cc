@@ -271,7 +271,7 @@ RecipientResult PostgresDirectory::recipient(std::string_view address) {
 RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
   AuthContext ctx = envelope.client;
   ctx.protocol = "smtp";
-  const pg::ParamValues values{address, address, &ctx};
+  const pg::ParamValues values{address, {}, &ctx};  // an empty address is the user's
   bool local_domain = false;
   bool exists = false;
   std::string mailbox;
@@ -293,8 +293,7 @@ RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, con
   }
   if (!local_domain) return RecipientAnswer{RecipientResult::kForeignDomain, {}};
   if (!exists) return RecipientAnswer{RecipientResult::kUnknownMailbox, {}};
-  for (char& ch : mailbox) ch = ascii::toLower(ch);
-  return RecipientAnswer{RecipientResult::kLocal, std::move(mailbox)};
+  return RecipientAnswer{RecipientResult::kLocal, ascii::lower(mailbox)};
 }
 
 SenderResult PostgresDirectory::senderAllowed(std::string_view user, std::string_view address) {

@@ -1001,9 +1001,8 @@ void Loader::loadRouting(const YAML::Node& n, Config* cfg) {
 // A submission listener hands every message to routing.submission_relay.
 void Loader::checkSubmissionRelay(const YAML::Node& root, const Config& cfg) {
   if (!cfg.routing.submission_relay.empty()) {
-    for (const auto& b : cfg.backends)
-      if (b.name == cfg.routing.submission_relay && b.ports.smtp == 0)
-        error(root, "routing.submission_relay: backend " + quote(b.name) + " has no ports.smtp");
+    if (const BackendConfig* b = cfg.findBackend(cfg.routing.submission_relay); b && b->ports.smtp == 0)
+      error(root, "routing.submission_relay: backend " + quote(b->name) + " has no ports.smtp");
     return;
   }
   for (const auto& l : cfg.listeners) {

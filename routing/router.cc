@@ -160,9 +160,9 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
       Backend* b = resolve(name);
       if (!b) continue;
       AdminState st = AdminState::kActive;
-      if (ascii::lower(state) == "drain")
+      if (ascii::iequals(state, "drain"))
         st = AdminState::kDrain;
-      else if (ascii::lower(state) == "down")
+      else if (ascii::iequals(state, "down"))
         st = AdminState::kDown;
       states.emplace_back(b, st);
     }

@@ -33,19 +33,19 @@ bool parsePort(std::string_view s, uint16_t* out) noexcept {
 // A binary address of `family` in canonical text into out[46]; an IPv4-mapped IPv6
 // address (::ffff:a.b.c.d, from a dual-stack balancer) as the IPv4 address it is, as
 // the gateway prints a mapped peer. *v6 tells which family came out.
-bool printAddress(int family, const void* bin, char* out, bool* v6) noexcept {
+bool printAddress(int family, const void* bin, char* out, bool* v6 = nullptr) noexcept {
   const auto* b = static_cast<const unsigned char*>(bin);
   static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   if (family == AF_INET6 && std::memcmp(b, kMapped, sizeof kMapped) == 0) {
     family = AF_INET;
     b += sizeof kMapped;
   }
-  *v6 = family == AF_INET6;
+  if (v6) *v6 = family == AF_INET6;
   return inet_ntop(family, b, out, INET6_ADDRSTRLEN) != nullptr;
 }
 
 // A textual address of `family`, rewritten by printAddress into out[46].
-bool parseAddress(int family, std::string_view s, char* out, bool* v6) noexcept {
+bool parseAddress(int family, std::string_view s, char* out, bool* v6 = nullptr) noexcept {
   char text[INET6_ADDRSTRLEN] = {};
   if (s.empty() || s.size() >= sizeof text) return false;
   std::memcpy(text, s.data(), s.size());
@@ -137,9 +137,8 @@ bool ProxyHeaderParser::parseV1Line() noexcept {
     error_ = "unknown v1 protocol (TCP4, TCP6 or UNKNOWN)";
     return false;
   }
-  bool dst_v6 = false;
   if (!parseAddress(family, field[1], header_.src_ip, &header_.ipv6) ||
-      !parseAddress(family, field[2], header_.dst_ip, &dst_v6)) {
+      !parseAddress(family, field[2], header_.dst_ip)) {
     error_ = "v1 address not of the stated family";
     return false;
   }
@@ -200,9 +199,8 @@ bool ProxyHeaderParser::finishV2() noexcept {
   const char* a = buf_ + kV2Fixed;
   const size_t alen = v6 ? 16 : 4;
   const int family = v6 ? AF_INET6 : AF_INET;
-  bool dst_v6 = false;
   if (!printAddress(family, a, header_.src_ip, &header_.ipv6) ||
-      !printAddress(family, a + alen, header_.dst_ip, &dst_v6)) {
+      !printAddress(family, a + alen, header_.dst_ip)) {
     error_ = "v2 address not printable";
     return false;
   }

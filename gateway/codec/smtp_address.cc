@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "gateway/core/ascii.h"
+#include "gateway/core/utf8.h"
 
 namespace mailgate::codec {
 namespace {
@@ -46,40 +47,10 @@ constexpr bool isQtext(char ch) noexcept {
   return (c >= 32 && c <= 126) && c != '"' && c != '\\';
 }
 
-// Length of one well-formed non-ASCII UTF-8 sequence at s[i] (RFC 3629), or 0.
-size_t utf8Len(std::string_view s, size_t i) noexcept {
-  const auto b0 = static_cast<unsigned char>(s[i]);
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xbf;
-  if (b0 >= 0xc2 && b0 <= 0xdf) {
-    n = 2;
-  } else if (b0 >= 0xe0 && b0 <= 0xef) {
-    n = 3;
-    if (b0 == 0xe0) lo = 0xa0;  // no overlong
-    if (b0 == 0xed) hi = 0x9f;  // no surrogates
-  } else if (b0 >= 0xf0 && b0 <= 0xf4) {
-    n = 4;
-    if (b0 == 0xf0) lo = 0x90;
-    if (b0 == 0xf4) hi = 0x8f;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    const auto b = static_cast<unsigned char>(s[i + k]);
-    if (k == 1) {
-      if (b < lo || b > hi) return 0;
-    } else if (b < 0x80 || b > 0xbf) {
-      return 0;
-    }
-  }
-  return n;
-}
-
 // Consumes one 8-bit character at s[*i]; reports kEightBit or kSyntax.
 SmtpAddressError eat8bit(std::string_view s, size_t* i, bool smtputf8) noexcept {
   if (!smtputf8) return SmtpAddressError::kEightBit;
-  const size_t n = utf8Len(s, *i);
+  const size_t n = utf8::sequenceLength(s, *i);
   if (n == 0) return SmtpAddressError::kSyntax;
   *i += n;
   return SmtpAddressError::kNone;

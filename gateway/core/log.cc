@@ -1,5 +1,7 @@
 #include "gateway/core/log.h"
 
+#include "gateway/core/utf8.h"
+
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -33,36 +35,6 @@ bool enabled(Level level) noexcept {
   return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
 }
 
-namespace {
-
-// Length of the well-formed UTF-8 sequence at the start of s (RFC 3629: no overlong
-// forms, no surrogates, nothing above U+10FFFF), or 0.
-size_t utf8Sequence(std::string_view s) {
-  const auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
-  const unsigned char c = b(0);
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xbf;  // bounds of the second byte
-  if (c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    if (c == 0xe0) lo = 0xa0;
-    if (c == 0xed) hi = 0x9f;
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    if (c == 0xf0) lo = 0x90;
-    if (c == 0xf4) hi = 0x8f;
-  } else {
-    return 0;
-  }
-  if (s.size() < n || b(1) < lo || b(1) > hi) return 0;
-  for (size_t i = 2; i < n; ++i)
-    if (b(i) < 0x80 || b(i) > 0xbf) return 0;
-  return n;
-}
-
-}  // namespace
-
 std::string jsonEscape(std::string_view s, size_t max) {
   std::string out;
   bool cut = s.size() > max;
@@ -89,7 +61,7 @@ std::string jsonEscape(std::string_view s, size_t max) {
       default:
         if (c >= 0x20 && c < 0x7f) {
           out += static_cast<char>(c);
-        } else if (const size_t n = c >= 0x80 ? utf8Sequence(s.substr(i)) : 0; n != 0) {
+        } else if (const size_t n = c >= 0x80 ? utf8::sequenceLength(s, i) : 0; n != 0) {
           out.append(s.substr(i, n));  // UTF-8 (SMTPUTF8 addresses) stays readable
           i += n - 1;
         } else {
