@@ -119,6 +119,13 @@ void SmtpSession::start() {
   pauseClient(false);
 }
 
+void SmtpSession::resumeClient() {
+  if (closing()) return;
+  pauseClient(false);
+  armClientTimer();
+  process();
+}
+
 void SmtpSession::sendGreeting() {
   if (listener_.greeting_delay.count() > 0 && greet_at_ == 0 && !greeted_) {
     greet_at_ = now() + static_cast<uint64_t>(listener_.greeting_delay.count());
@@ -176,9 +183,7 @@ void SmtpSession::onTimer() {
         return;
       }
       reply("535 5.7.8 Error: authentication failed");
-      pauseClient(false);
-      armClientTimer();
-      process();
+      resumeClient();
       if (closing()) return;
     }
   }
@@ -558,10 +563,7 @@ void SmtpSession::onSenderAnswer(auth::SenderResult result) {
       break;
   }
   pending_mail_.clear();
-  if (closing()) return;
-  pauseClient(false);
-  armClientTimer();
-  process();
+  resumeClient();
 }
 
 // ------------------------------------------------------------------ AUTH (submission)
@@ -692,10 +694,7 @@ void SmtpSession::onAuthAnswer(auth::AuthResult result) {
       reply("454 4.7.0 Temporary authentication failure, try again later");
       break;
   }
-  if (closing()) return;
-  pauseClient(false);
-  armClientTimer();
-  process();
+  resumeClient();
 }
 
 void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
@@ -825,10 +824,7 @@ void SmtpSession::onRecipientAnswer(auth::RecipientResult result, std::string ro
       reply("451 4.3.0 " + path + ": recipient lookup failed, try again later");
       break;
   }
-  if (closing()) return;
-  pauseClient(false);
-  armClientTimer();
-  process();
+  resumeClient();
 }
 
 void SmtpSession::handleData() {
@@ -1041,10 +1037,7 @@ void SmtpSession::onContentDecision(filters::Decision d) {
   resetTransaction();
   phase_ = Phase::kCommand;
   reply(d.reply);
-  if (closing()) return;
-  pauseClient(false);
-  armClientTimer();
-  process();
+  resumeClient();
 }
 
 // ------------------------------------------------------------------ delivery
@@ -1176,7 +1169,7 @@ void SmtpSession::onBackendTlsReady() {
   if (step_ == Step::kStarttls) {
     tls_done_ = true;
     node_.reset();
-    sendHello();
+    sendHello(hostname_);
   }
 }
 
@@ -1206,10 +1199,10 @@ void SmtpSession::onBackendData(std::string_view data) {
   }
 }
 
-void SmtpSession::sendHello() {
+void SmtpSession::sendHello(const std::string& name) {
   step_ = Step::kHello;
   armNodeTimer(kNodeReplyMs);
-  sendNode((target_->lmtp ? "LHLO " : "EHLO ") + hostname_);
+  sendNode((target_->lmtp ? "LHLO " : "EHLO ") + name);
 }
 
 void SmtpSession::sendMail() {
@@ -1343,7 +1336,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
         attemptFailed(BackendFailure::kTempRefusal, last_node_reply_);
         return;
       }
-      sendHello();
+      sendHello(hostname_);
       return;
     case Step::kHello: {
       codec::SmtpEhlo ehlo;
@@ -1398,9 +1391,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       if (r.positive()) {
         // XCLIENT restarts the session: greet again, in the client's name, or the
         // node records the gateway's name as the client's HELO.
-        step_ = Step::kHello;
-        armNodeTimer(kNodeReplyMs);
-        sendNode((target_->lmtp ? "LHLO " : "EHLO ") + (helo_.empty() ? hostname_ : helo_));
+        sendHello(helo_.empty() ? hostname_ : helo_);
       } else {
         log::warn("node refused XCLIENT",
                   {{"session", id_}, {"backend", target_->backend->name}, {"reply", last_node_reply_}});
@@ -1535,10 +1526,7 @@ void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcom
   resetTransaction();
   phase_ = Phase::kCommand;
   reply(client_reply);
-  if (closing()) return;
-  pauseClient(false);
-  armClientTimer();
-  process();
+  resumeClient();
 }
 
 }  // namespace mailgate::session

@@ -90,6 +90,8 @@ class SmtpSession final : public Session {
 
   // --- client side ---
   void sendGreeting();
+  // The busy phase is over: read the client again (and what it has pipelined).
+  void resumeClient();
   void process();
   size_t processCommands(std::string_view in);
   size_t processData(std::string_view in);
@@ -125,7 +127,7 @@ class SmtpSession final : public Session {
   void attemptFailed(BackendFailure why, const std::string& detail, bool permanent_reply = false);
   void handleNodeReply(const codec::SmtpReply& r);
   void sendNode(std::string_view line);
-  void sendHello();
+  void sendHello(const std::string& name);  // EHLO/LHLO
   void sendMail();
   // Whether the sender or a recipient holds an 8-bit (internationalized) address.
   bool envelopeNeedsUtf8() const;
