@@ -1270,20 +1270,14 @@ void SmtpSession::sendBody() {
   }
   std::string out;
   stuff(spool_->memory(), &body_line_start_, &out);
-  body_off_ = spool_->size();
-  std::string_view t = spool_->tail();
-  if (spool_->size() > 0 && t != "\r\n") out += "\r\n";
-  out += ".\r\n";
-  body_queued_ = true;
-  step_ = Step::kFinal;
-  armNodeTimer(kNodeFinalMs);
-  writeBackend(out);
+  finishBody(std::move(out));
 }
 
 void SmtpSession::pumpBody() {
-  // Called at the start and whenever the node has taken most of what was queued:
-  // at most kBackendLowWater + one chunk of the message is in memory at a time.
-  while (step_ == Step::kBody && body_off_ < spool_->size()) {
+  // Called at the start and whenever the node's queue falls below kBackendLowWater:
+  // one chunk of the message is read and queued at a time.
+  if (step_ != Step::kBody) return;
+  if (body_off_ < spool_->size()) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool_->size() - body_off_));
     if (!spool_->read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
       log::error("smtp spool read failed", {{"session", id_}, {"error", spool_->error()}});
@@ -1295,15 +1289,15 @@ void SmtpSession::pumpBody() {
     stuff(body_chunk_, &body_line_start_, &out);
     armNodeTimer(kNodeReplyMs);
     writeBackend(out);
-    if (closing() || step_ != Step::kBody) return;
-    if (body_off_ < spool_->size()) return;  // onBackendDrained continues
+    if (closing() || step_ != Step::kBody || body_off_ < spool_->size()) return;  // onBackendDrained continues
   }
-  if (step_ != Step::kBody) return;
-  std::string_view t = spool_->tail();
-  std::string out;
-  if (spool_->size() > 0 && t != "\r\n") out += "\r\n";
-  out += ".\r\n";
   std::string().swap(body_chunk_);
+  finishBody({});
+}
+
+void SmtpSession::finishBody(std::string out) {
+  if (spool_->size() > 0 && spool_->tail() != "\r\n") out += "\r\n";
+  out += ".\r\n";
   body_queued_ = true;
   step_ = Step::kFinal;
   armNodeTimer(kNodeFinalMs);

@@ -132,7 +132,8 @@ class SmtpSession final : public Session {
   // Whether the sender or a recipient holds an 8-bit (internationalized) address.
   bool envelopeNeedsUtf8() const;
   void sendBody();
-  void pumpBody();  // next chunks of a file-spooled body while the node keeps up
+  void pumpBody();  // the next chunk of a file-spooled body, when the node has taken the last
+  void finishBody(std::string out);  // out (the last stuffed octets, if any) + CRLF.CRLF
   void onBackendDrained() override;
   void deliveryDone(std::string_view client_reply, const char* outcome);
   void endBackend();  // QUIT and forget the node connection
