@@ -1051,7 +1051,7 @@ void SmtpSession::startDelivery() {
   permanent_reply_.clear();
   utf8_refused_ = node_failed_ = false;
   if (step_ == Step::kReady) {
-    if (!targets_.empty() && targets_[0].backend == ready_backend_ && targets_[0].lmtp == ready_lmtp_ &&
+    if (!targets_.empty() && targets_[0].backend == ready_backend_ &&
         targets_[0].error.empty()) {
       // The kept connection goes to the first choice: straight to MAIL.
       next_target_ = 1;
@@ -1085,7 +1085,6 @@ void SmtpSession::tryNextTarget() {
     attempt_++;
     node_.reset();
     reused_ = false;
-    pipelined_ = false;
     node_pipelining_ = false;
     step_ = Step::kConnect;
     xclient_done_ = false;
@@ -1123,7 +1122,7 @@ void SmtpSession::attemptFailed(BackendFailure why, const std::string& detail, b
     // The node refused for good: the client gets the refusal (no other node would take it).
     // With a pipelined envelope the node may still answer DATA with 354: a QUIT would
     // then be message text, so the connection is dropped instead.
-    if (pipelined_ && (step_ == Step::kMail || step_ == Step::kRcpt || step_ == Step::kData)) {
+    if (node_pipelining_ && (step_ == Step::kMail || step_ == Step::kRcpt || step_ == Step::kData)) {
       dropBackend();
       step_ = Step::kIdle;
     } else {
@@ -1224,8 +1223,7 @@ void SmtpSession::sendMail() {
   if (node_size_) line += " SIZE=" + std::to_string(spool_->size());
   if (body_8bit_ && node_8bit_) line += " BODY=8BITMIME";
   if (smtputf8_ && node_utf8_) line += " SMTPUTF8";
-  pipelined_ = node_pipelining_;
-  if (pipelined_) {
+  if (node_pipelining_) {
     // RFC 2920: MAIL, every RCPT and DATA in one write; the replies are read in order.
     line += "\r\n";
     for (const std::string& r : rcpts_) line += "RCPT TO:" + r + "\r\n";
@@ -1400,7 +1398,7 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       rcpt_index_ = 0;
       step_ = Step::kRcpt;
       armNodeTimer(kNodeReplyMs);
-      if (!pipelined_) sendNode("RCPT TO:" + rcpts_[0]);
+      if (!node_pipelining_) sendNode("RCPT TO:" + rcpts_[0]);
       return;
     case Step::kRcpt:
       if (!r.positive()) {
@@ -1409,12 +1407,12 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
       }
       if (++rcpt_index_ < rcpts_.size()) {
         armNodeTimer(kNodeReplyMs);
-        if (!pipelined_) sendNode("RCPT TO:" + rcpts_[rcpt_index_]);
+        if (!node_pipelining_) sendNode("RCPT TO:" + rcpts_[rcpt_index_]);
         return;
       }
       step_ = Step::kData;
       armNodeTimer(kNodeReplyMs);
-      if (!pipelined_) sendNode("DATA");
+      if (!node_pipelining_) sendNode("DATA");
       return;
     case Step::kData:
       if (r.code != 354) {
@@ -1449,7 +1447,6 @@ void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
         // Kept for the client's next message.
         step_ = Step::kReady;
         ready_backend_ = target_->backend;
-        ready_lmtp_ = target_->lmtp;
         armNodeTimer(kNodeIdleMs);
         log::info("smtp delivered", {{"session", id_},
                                      {"client", client_ip_},

@@ -203,11 +203,9 @@ class SmtpSession final : public Session {
   bool tls_done_ = false;
   bool node_8bit_ = false, node_utf8_ = false, node_size_ = false;
   unsigned attempt_ = 0;  // changes with every connection to a node
-  bool node_pipelining_ = false;
-  bool pipelined_ = false;  // MAIL, RCPTs and DATA went in one write
+  bool node_pipelining_ = false;  // the node offers PIPELINING: MAIL, RCPTs and DATA go in one write
   bool reused_ = false;     // this attempt runs on the kept connection
   const conf::BackendConfig* ready_backend_ = nullptr;  // node of the kept connection
-  bool ready_lmtp_ = false;
   std::string last_node_reply_;
   std::string permanent_reply_;
   // This delivery: a node lacked SMTPUTF8 for an internationalized envelope / a node
