@@ -8,10 +8,6 @@
 
 namespace mailgate::session {
 
-namespace {
-log::RateLimit g_auth_log(50);
-}
-
 void LoginSession::armPreauthTimer() {
   setTimer(now() + static_cast<uint64_t>(listener_.preauth_timeout.count()));
 }
@@ -180,7 +176,7 @@ void LoginSession::loginSucceeded(std::string_view to_client, std::string_view t
 
 void LoginSession::fail(bool auth_failure, const std::string& why) {
   dropBackend();
-  if (g_auth_log.allow())
+  if (authLogLimit().allow())
     log::info(auth_failure ? "authentication failed" : "login temporarily failed",
               {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"reason", why}});
   password_.clear();

@@ -35,6 +35,11 @@ std::vector<Candidate> routeCandidates(const routing::Route& route,
   return out;
 }
 
+log::RateLimit& authLogLimit() {
+  static log::RateLimit limit(50);
+  return limit;
+}
+
 auth::AuthContext Session::authContext(const char* protocol) const {
   auth::AuthContext ctx;
   ctx.client_ip = client_ip_;

@@ -14,6 +14,7 @@
 
 #include "conf/config.h"
 #include "gateway/codec/proxy_header.h"
+#include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/tag.h"
 #include "gateway/session/runtime.h"
@@ -28,6 +29,10 @@ enum class Side : uint8_t { kClient = 0, kBackend = 1 };
 // Why a backend attempt failed; the class alone decides retry and the client's reply.
 enum class BackendFailure { kConnect, kTimeout, kProtocol, kTls, kTempRefusal, kAuthRejected, kInternal };
 const char* failureName(BackendFailure f);
+
+// One limiter for every protocol's failed-login log lines: a password guesser can
+// produce them at will.
+log::RateLimit& authLogLimit();
 
 // A storage node a session may use, resolved on the worker pool.
 struct Candidate {

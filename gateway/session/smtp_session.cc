@@ -673,10 +673,11 @@ void SmtpSession::onAuthAnswer(auth::AuthResult result) {
     case auth::Verdict::kUnknownUser: {
       reactor_.stats.auth_failures++;
       auth_failures_++;
-      log::info("authentication failed", {{"session", id_},
-                                          {"user", user_},
-                                          {"client", client_ip_},
-                                          {"reason", result.reason.empty() ? "bad credentials" : result.reason}});
+      if (authLogLimit().allow())
+        log::info("authentication failed", {{"session", id_},
+                                            {"user", user_},
+                                            {"client", client_ip_},
+                                            {"reason", result.reason.empty() ? "bad credentials" : result.reason}});
       user_.clear();
       auto delay = result.wait.count() > 0 ? result.wait : rt_->config->directory.file.failure_delay;
       phase_ = Phase::kAuthDelay;
