@@ -19,7 +19,8 @@ enum class LogLevel { kDebug, kInfo, kWarn, kError };
 struct ServerConfig {
   unsigned threads = 0;  // 0 = auto (one per online CPU)
   Duration shutdown_grace{30000};
-  unsigned workers = 2;  // worker pool threads for blocking work (password hashing)
+  unsigned workers = 2;          // directory executor threads (libpq, password hashing, DNS)
+  unsigned content_workers = 2;  // executor threads for blocking content work (never the directory's)
   // SMTP messages: kept in memory up to spool_memory octets each, beyond that in an
   // anonymous temporary file in spool_dir.
   std::string spool_dir = "/var/tmp";

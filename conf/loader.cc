@@ -526,7 +526,7 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
 void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
   const std::string path = "server";
   Fields f;
-  if (!fields(n, path, {"threads", "shutdown_grace", "workers", "spool_dir", "spool_memory"}, &f)) return;
+  if (!fields(n, path, {"threads", "shutdown_grace", "workers", "content_workers", "spool_dir", "spool_memory"}, &f)) return;
   if (const Entry* e = f.find("threads")) {
     std::string v;
     uint64_t count = 0;
@@ -544,6 +544,9 @@ void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
   uint32_t workers = s->workers;
   getNumber(f, "workers", path, 1, 256, &workers);
   s->workers = workers;
+  uint32_t content_workers = s->content_workers;
+  getNumber(f, "content_workers", path, 1, 256, &content_workers);
+  s->content_workers = content_workers;
   getSize(f, "spool_memory", path, 0, uint64_t{1} << 30, &s->spool_memory);
   if (const Entry* e = f.find("spool_dir")) {
     std::string dir;

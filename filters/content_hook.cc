@@ -4,32 +4,58 @@
 
 namespace mailgate::filters {
 
-Decision ContentChain::run(const MessageInfo& info, const MessageBody& body) const {
-  for (const auto& h : hooks_) {
-    Decision d;
-    try {
-      d = h->inspect(info, body);
-    } catch (const std::exception& e) {
-      d.action = Action::kTempFail;
-      d.reply.clear();
-      d.reason = std::string("hook failed: ") + e.what();
-    } catch (...) {
-      d.action = Action::kTempFail;
-      d.reply.clear();
-      d.reason = "hook failed";
+namespace {
+
+class ContentHookFilter final : public Filter {
+ public:
+  ContentHookFilter(std::shared_ptr<ContentHook> hook, const ContentHookOptions& options, core::Executor* executor)
+      : hook_(std::move(hook)), options_(options), executor_(executor) {}
+  std::string_view name() const override { return hook_->name(); }
+  uint32_t stages() const override { return stageBit(Stage::kData); }
+  std::chrono::milliseconds deadline() const override { return options_.deadline; }
+  Verdict onError() const override { return options_.on_error; }
+
+  Verdict onStage(Stage, SessionFacts& facts, const Resumer& resume) override {
+    if (!facts.message) return Verdict::next();
+    // The job owns copies of what it reads: the session may end while it runs.
+    auto hook = hook_;
+    auto body = facts.message;
+    auto snapshot = std::make_shared<const SessionFacts>(facts);
+    const Verdict on_error = options_.on_error;
+    const bool queued = executor_ && executor_->submit(
+                                         [hook, body, snapshot, resume, on_error] {
+                                           Verdict v;
+                                           try {
+                                             v = hook->inspect(*snapshot, *body);
+                                           } catch (const std::exception& e) {
+                                             v = on_error;
+                                             v.reason = std::string("hook failed: ") + e.what();
+                                           } catch (...) {
+                                             v = on_error;
+                                             v.reason = "hook failed";
+                                           }
+                                           if (v.action == Action::kPending) v = on_error;
+                                           resume(std::move(v));
+                                         },
+                                         options_.deadline);
+    if (!queued) {
+      Verdict v = options_.on_error;
+      v.reason = "content executor queue full";
+      return v;
     }
-    if (d.action == Action::kAccept) continue;
-    d.hook.assign(h->name());
-    // Only a reply of the action's class is passed on: a hook cannot turn a refusal
-    // into an acceptance or a temporary failure into a permanent one by its text.
-    const char want = d.action == Action::kReject ? '5' : '4';
-    if (d.reply.size() < 4 || d.reply[0] != want) {
-      d.reply = d.action == Action::kReject ? "554 5.7.1 Message content rejected"
-                                            : "451 4.7.1 Message could not be checked, try again later";
-    }
-    return d;
+    return Verdict::pending();
   }
-  return Decision{};
+
+ private:
+  std::shared_ptr<ContentHook> hook_;
+  ContentHookOptions options_;
+  core::Executor* executor_;
+};
+
+}  // namespace
+
+std::unique_ptr<Filter> ContentHookFactory::create(const SessionFacts&, const FilterServices& services) const {
+  return std::make_unique<ContentHookFilter>(hook_, options_, services.content);
 }
 
 }  // namespace mailgate::filters

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "filters/session_facts.h"
+#include "gateway/core/executor.h"
 #include "filters/stage.h"
 #include "filters/verdict.h"
 
@@ -62,13 +63,19 @@ class Filter {
   virtual void cancel() {}
 };
 
+// What a session lends its filters: the executors of its reactor.
+struct FilterServices {
+  core::Executor* directory = nullptr;  // libpq, password hashing, DNS
+  core::Executor* content = nullptr;    // blocking content work; never the directory's threads
+};
+
 // Built once per configuration; makes the per-session instances.
 class FilterFactory {
  public:
   virtual ~FilterFactory() = default;
   virtual std::string_view name() const = 0;
   // nullptr when the filter does not apply to this session (listener, protocol).
-  virtual std::unique_ptr<Filter> create(const SessionFacts& facts) const = 0;
+  virtual std::unique_ptr<Filter> create(const SessionFacts& facts, const FilterServices& services) const = 0;
 };
 
 // The configured filters, in order; immutable, shared by the sessions of one snapshot.
@@ -76,10 +83,11 @@ class FilterSet {
  public:
   void add(std::shared_ptr<const FilterFactory> f) { factories_.push_back(std::move(f)); }
   bool empty() const { return factories_.empty(); }
-  std::vector<std::unique_ptr<Filter>> instantiate(const SessionFacts& facts) const {
+  std::vector<std::unique_ptr<Filter>> instantiate(const SessionFacts& facts,
+                                                   const FilterServices& services) const {
     std::vector<std::unique_ptr<Filter>> out;
     for (const auto& f : factories_)
-      if (auto inst = f->create(facts)) out.push_back(std::move(inst));
+      if (auto inst = f->create(facts, services)) out.push_back(std::move(inst));
     return out;
   }
 

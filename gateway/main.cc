@@ -17,6 +17,7 @@
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/worker_pool.h"
+#include "gateway/session/filter_chain.h"
 #include "gateway/session/reactor.h"
 #include "gateway/session/runtime.h"
 
@@ -83,6 +84,39 @@ void applyLog(const conf::Config& c) {
 
 // Prometheus text for /metrics: reactor counters summed, backend health, and the
 // directory's own counters ("k=v" pairs from statsText()).
+// The executors, for /metrics (set once in main before the admin listener starts).
+std::vector<const io::WorkerPool*> executors;
+
+void renderExecutorMetrics(std::string& out) {
+  struct Metric {
+    const char* name;
+    const char* help;
+    const char* type;
+    uint64_t (*get)(const io::WorkerPool&);
+  };
+  static const Metric kMetrics[] = {
+      {"mailgate_executor_queue_depth", "Jobs queued now.", "gauge",
+       [](const io::WorkerPool& p) { return p.stats().depth.load(std::memory_order_relaxed); }},
+      {"mailgate_executor_queue_limit", "Most jobs the queue holds.", "gauge",
+       [](const io::WorkerPool& p) { return static_cast<uint64_t>(p.maxQueue()); }},
+      {"mailgate_executor_jobs_total", "Jobs queued.", "counter",
+       [](const io::WorkerPool& p) { return p.stats().submitted.load(std::memory_order_relaxed); }},
+      {"mailgate_executor_rejected_total", "Jobs refused at once because the queue was full.", "counter",
+       [](const io::WorkerPool& p) { return p.stats().rejected.load(std::memory_order_relaxed); }},
+      {"mailgate_executor_timeouts_total", "Jobs dropped unrun: they waited past their deadline.", "counter",
+       [](const io::WorkerPool& p) { return p.stats().expired.load(std::memory_order_relaxed); }},
+      {"mailgate_executor_wait_microseconds_total", "Time jobs waited in the queue before they ran.", "counter",
+       [](const io::WorkerPool& p) { return p.stats().wait_us_total.load(std::memory_order_relaxed); }},
+      {"mailgate_executor_wait_microseconds_max", "Longest wait of a job in the queue.", "gauge",
+       [](const io::WorkerPool& p) { return p.stats().wait_us_max.load(std::memory_order_relaxed); }},
+  };
+  for (const Metric& m : kMetrics) {
+    out += std::string("# HELP ") + m.name + " " + m.help + "\n# TYPE " + m.name + " " + m.type + "\n";
+    for (const io::WorkerPool* p : executors)
+      out += std::string(m.name) + "{executor=\"" + p->name() + "\"} " + std::to_string(m.get(*p)) + "\n";
+  }
+}
+
 std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& reactors) {
   std::string out;
   auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
@@ -122,6 +156,19 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           sum(&session::ReactorStats::late_worker_answers));
   counter("mailgate_recv_nobufs_total", "Receives that found the buffer ring empty.",
           sum(&session::ReactorStats::recv_nobufs));
+  const session::ChainStats& cs = session::chainStats();
+  counter("mailgate_filter_pending_total", "Filter steps that waited for an answer.", cs.pending.load());
+  counter("mailgate_filter_timeouts_total", "Filter steps whose deadline passed (failure action applied).",
+          cs.timeouts.load());
+  counter("mailgate_filter_late_answers_total", "Filter answers that came after the deadline or the session's end.",
+          cs.late_answers.load());
+  counter("mailgate_filter_cancelled_total", "Pending filter steps cancelled by the session's end.",
+          cs.cancelled.load());
+  counter("mailgate_filter_refusals_total", "Sessions, commands or messages refused by a filter.",
+          cs.refusals.load());
+  counter("mailgate_filter_bad_text_total", "Filter reply texts or headers refused (CR, LF, NUL, controls).",
+          cs.bad_text.load());
+  renderExecutorMetrics(out);
   auto rt = session::currentRuntime();
   if (!rt) return out;
   out += "# HELP mailgate_backend_up Last health-check verdict per storage node.\n# TYPE mailgate_backend_up gauge\n";
@@ -180,10 +227,13 @@ int run(const std::string& path) {
     }
 
   unsigned threads = cfg.server.threads ? cfg.server.threads : std::max(1u, std::thread::hardware_concurrency());
-  io::WorkerPool workers(cfg.server.workers, 100000);
+  // Bounds a client can really reach: a full queue answers a temporary failure at once.
+  io::WorkerPool workers("directory", cfg.server.workers, size_t{cfg.server.workers} * 128);
+  io::WorkerPool content("content", cfg.server.content_workers, size_t{cfg.server.content_workers} * 16);
+  executors = {&workers, &content};
   std::vector<std::unique_ptr<session::Reactor>> reactors;
   for (unsigned i = 0; i < threads; i++) {
-    auto r = std::make_unique<session::Reactor>(i, workers);
+    auto r = std::make_unique<session::Reactor>(i, workers, content);
     auto ok = r->init(addrs);
     if (!ok) {
       std::fprintf(stderr, "mailgate: cannot start: %s\n", ok.error().c_str());

@@ -7,8 +7,9 @@
 
 namespace mailgate::io {
 
-WorkerPool::WorkerPool(unsigned threads, size_t max_queue) : max_queue_(max_queue) {
-  if (threads == 0) threads = 1;
+WorkerPool::WorkerPool(std::string name, unsigned threads, size_t max_queue)
+    : name_(std::move(name)), nthreads_(threads ? threads : 1), max_queue_(max_queue ? max_queue : 1) {
+  threads = nthreads_;
   for (unsigned i = 0; i < threads; i++) threads_.emplace_back([this] { run(); });
 }
 
@@ -26,27 +27,46 @@ void WorkerPool::stop() {
   threads_.clear();
 }
 
-bool WorkerPool::submit(std::function<void()> job) {
+bool WorkerPool::submit(std::function<void()> job, std::chrono::milliseconds max_wait) {
+  const Clock::time_point now = Clock::now();
   {
     std::lock_guard<std::mutex> g(mu_);
-    if (stopping_ || queue_.size() >= max_queue_) return false;
-    queue_.push_back(std::move(job));
+    if (stopping_ || queue_.size() >= max_queue_) {
+      stats_.rejected.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    queue_.push_back(Job{std::move(job), now, max_wait.count() > 0 ? now + max_wait : Clock::time_point{}});
+    stats_.depth.store(queue_.size(), std::memory_order_relaxed);
   }
+  stats_.submitted.fetch_add(1, std::memory_order_relaxed);
   cv_.notify_one();
   return true;
 }
 
 void WorkerPool::run() {
   for (;;) {
-    std::function<void()> job;
+    Job job;
     {
       std::unique_lock<std::mutex> l(mu_);
       cv_.wait(l, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping and drained
       job = std::move(queue_.front());
       queue_.pop_front();
+      stats_.depth.store(queue_.size(), std::memory_order_relaxed);
     }
-    job();
+    const Clock::time_point start = Clock::now();
+    if (job.deadline != Clock::time_point{} && start > job.deadline) {
+      stats_.expired.fetch_add(1, std::memory_order_relaxed);
+      continue;  // its session was answered at the deadline
+    }
+    const uint64_t waited =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(start - job.queued).count());
+    stats_.wait_us_total.fetch_add(waited, std::memory_order_relaxed);
+    uint64_t prev = stats_.wait_us_max.load(std::memory_order_relaxed);
+    while (waited > prev && !stats_.wait_us_max.compare_exchange_weak(prev, waited, std::memory_order_relaxed)) {
+    }
+    job.fn();
+    stats_.completed.fetch_add(1, std::memory_order_relaxed);
   }
 }
 

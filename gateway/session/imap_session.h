@@ -22,6 +22,9 @@ class ImapSession final : public LoginSession {
 
   void onClientData(std::string_view plain) override;
   void onClientTlsReady() override;
+  Rendered renderRefusal(const filters::Verdict& v, filters::Stage stage) const override {
+    return renderImap(v, stage, tag_.empty() ? std::string_view("*") : std::string_view(tag_));
+  }
   void onBackendTlsReady() override;
   uint16_t backendPort(const conf::BackendConfig& b) const override { return b.ports.imap; }
   void replyAuthFailed() override;

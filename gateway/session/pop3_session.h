@@ -21,6 +21,9 @@ class Pop3Session final : public LoginSession {
 
   void onClientData(std::string_view plain) override;
   void onClientTlsReady() override;
+  Rendered renderRefusal(const filters::Verdict& v, filters::Stage stage) const override {
+    return renderPop3(v, stage);
+  }
   void onBackendTlsReady() override;
   uint16_t backendPort(const conf::BackendConfig& b) const override { return b.ports.pop3; }
   void replyAuthFailed() override;

@@ -23,7 +23,8 @@ constexpr unsigned kTickMs = 100;
 constexpr size_t kMaxSessions = (1u << 24) - 1;
 }  // namespace
 
-Reactor::Reactor(unsigned index, io::WorkerPool& workers) : index_(index), workers_(workers) {
+Reactor::Reactor(unsigned index, io::WorkerPool& workers, io::WorkerPool& content)
+    : index_(index), workers_(workers), content_(content) {
   std::random_device rd;
   sid_base_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }

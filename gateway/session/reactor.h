@@ -57,7 +57,7 @@ struct ReactorStats {
 
 class Reactor {
  public:
-  Reactor(unsigned index, io::WorkerPool& workers);
+  Reactor(unsigned index, io::WorkerPool& workers, io::WorkerPool& content);
   ~Reactor();
 
   // Sets up the ring and opens one listening socket per listener address.
@@ -71,7 +71,10 @@ class Reactor {
   // one delivery (sessions take it and give it back), so that no session keeps a 16 KiB+
   // buffer of its own between reads.
   std::string& plainScratch() { return plain_scratch_; }
+  // The directory executor (libpq, password hashing, DNS).
   io::WorkerPool& workers() { return workers_; }
+  // The executor for blocking content work (never shared with the directory).
+  io::WorkerPool& contentWorkers() { return content_; }
   // Thread-safe: runs fn on this reactor's thread.
   void post(std::function<void()> fn) { mailbox_.post(std::move(fn)); }
   // For answers from workers: fn runs only if the session is still the same one.
@@ -98,6 +101,7 @@ class Reactor {
 
   unsigned index_;
   io::WorkerPool& workers_;
+  io::WorkerPool& content_;
   io::Ring ring_;
   io::Mailbox mailbox_;
   std::vector<ListenSocket> listen_;

@@ -11,7 +11,7 @@
 #include "auth/directory.h"
 #include "auth/postgres_routes.h"
 #include "conf/config.h"
-#include "filters/content_hook.h"
+#include "filters/filter.h"
 #include "gateway/core/result.h"
 #include "gateway/tls/tls_context.h"
 #include "routing/router.h"
@@ -27,8 +27,9 @@ struct Runtime {
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<routing::HealthChecker> health;
   std::unique_ptr<auth::PostgresRouteWatcher> route_watcher;  // driver postgres: the routing map
-  // SMTP content hooks, from the `hooks` section (no hook is defined yet: empty).
-  std::shared_ptr<const filters::ContentChain> content = std::make_shared<filters::ContentChain>();
+  // The session filters (policy and content hooks), in order, from the `limits`,
+  // `policies` and `hooks` sections; empty when none is configured.
+  std::shared_ptr<const filters::FilterSet> filters = std::make_shared<filters::FilterSet>();
 
   // Starts the background parts (health checks, route watcher) and waits, bounded
   // by one database connect and one query, for the directory's first routing map:

@@ -106,7 +106,7 @@ constexpr uint64_t kProxyHeaderMs = 5000;
 
 void Session::open() {
   if (!listener_.proxy_protocol) {
-    start();
+    beginConnect();
     return;
   }
   proxy_ = std::make_unique<codec::ProxyHeaderParser>();
@@ -139,11 +139,92 @@ bool Session::takeProxyHeader(std::string_view* bytes) {
   }
   proxy_.reset();
   proxy_deadline_ = 0;
-  start();
+  beginConnect();
   return !closing_;
 }
 
 uint64_t Session::now() const { return reactor_.nowMs(); }
+
+namespace {
+log::RateLimit g_refusal_log(50);
+
+const char* protocolName(conf::Protocol p) {
+  switch (p) {
+    case conf::Protocol::kImap:
+      return "imap";
+    case conf::Protocol::kPop3:
+      return "pop3";
+    case conf::Protocol::kSmtp:
+    case conf::Protocol::kSubmission:
+      return "smtp";
+  }
+  return "smtp";
+}
+}  // namespace
+
+void Session::beginConnect() {
+  facts_.session_id = id_;
+  facts_.listener = listener_.name;
+  facts_.protocol = protocolName(listener_.protocol);
+  facts_.submission = listener_.protocol == conf::Protocol::kSubmission;
+  facts_.client_ip = client_ip_;
+  facts_.client_port = client_port_;
+  facts_.local_ip = local_ip_;
+  facts_.local_port = local_port_;
+  if (rt_->filters && !rt_->filters->empty())
+    chain_.add(rt_->filters->instantiate(facts_, filters::FilterServices{&reactor_.workers(), &reactor_.contentWorkers()}));
+  if (!chain_.wants(filters::Stage::kConnect)) {
+    start();
+    return;
+  }
+  pauseClient(true);
+  runStage(filters::Stage::kConnect);
+}
+
+std::shared_ptr<const filters::Resumer::Post> Session::chainPoster() {
+  Reactor* reactor = &reactor_;
+  const uint32_t slot = slot_, gen = gen_;
+  return std::make_shared<const filters::Resumer::Post>(
+      [reactor, slot, gen](uint64_t token, filters::Resumer::Answer answer) {
+        reactor->postToSession(slot, gen, [token, answer = std::move(answer)](Session& s) mutable {
+          s.chain_.resume(token, std::move(answer));
+        });
+      });
+}
+
+void Session::logRefusal(filters::Stage stage, const filters::Verdict& v) const {
+  if (!g_refusal_log.allow()) return;
+  log::info("refused by policy", {{"session", id_},
+                                  {"client", peerText()},
+                                  {"listener", listener_.name},
+                                  {"stage", filters::stageName(stage)},
+                                  {"filter", v.filter},
+                                  {"action", filters::actionName(v.action)},
+                                  {"reason", v.reason},
+                                  {"ref", v.ref}});
+}
+
+void Session::chainDone(filters::Stage stage, filters::Verdict verdict) {
+  if (closing_) return;
+  if (stage != filters::Stage::kConnect) {
+    onStageDone(stage, std::move(verdict));
+    return;
+  }
+  if (!filters::isTerminal(verdict.action)) {
+    start();
+    return;
+  }
+  logRefusal(stage, verdict);
+  // Refused before the greeting or TLS: one plaintext line, then close (on an
+  // implicit-TLS listener the client expects a handshake: it gets a plain close).
+  if (listener_.tls == conf::TlsMode::kImplicit) {
+    close("refused_by_policy");
+    return;
+  }
+  const Rendered r = renderRefusal(verdict, stage);
+  writeClient(r.line + "\r\n");
+  closeAfterFlush("refused_by_policy");
+}
 
 uint8_t Session::auxOf(Side side, const Endpoint& e) const {
   return static_cast<uint8_t>(static_cast<uint8_t>(side) | (e.incarnation << 1));
@@ -552,6 +633,8 @@ void Session::close(const char* outcome) {
   closing_ = true;
   close_after_flush_ = false;
   if (!outcome_) outcome_ = outcome;
+  chain_.cancel();
+  chain_timer_at_ = 0;
   cancelEndpoint(Side::kClient, client_);
   dropBackend();
   reactor_.retire(this);
@@ -587,6 +670,10 @@ void Session::onTick(uint64_t now_ms) {
     return;
   }
   if (closing_) return;
+  if (chain_timer_at_ && now_ms >= chain_timer_at_) {
+    chain_.onTimer(now_ms);
+    if (closing_) return;
+  }
   if (proxy_) {
     if (now_ms >= proxy_deadline_) {
       static log::RateLimit rl(20);

@@ -17,7 +17,9 @@
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/tag.h"
+#include "gateway/session/filter_chain.h"
 #include "gateway/session/runtime.h"
+#include "gateway/session/verdict_render.h"
 #include "gateway/tls/tls_stream.h"
 
 namespace mailgate::session {
@@ -67,7 +69,7 @@ struct Endpoint {
   size_t queued() const { return out_pending.size() + out_inflight.size() - inflight_off; }
 };
 
-class Session {
+class Session : public ChainHost {
  public:
   static constexpr size_t kHighWater = 256 * 1024;  // pause the other side above this
   static constexpr size_t kLowWater = 64 * 1024;    // resume below this
@@ -75,7 +77,7 @@ class Session {
 
   Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
           std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
-  virtual ~Session();
+  ~Session() override;
 
   // From the reactor, once: on a proxy_protocol listener the PROXY header is read
   // first (the client's addresses are taken from it), then start(); else start().
@@ -95,6 +97,13 @@ class Session {
   void forceClose(const char* outcome) { close(outcome); }
   void finish();  // closes fds and logs the summary; called by the reactor before delete
 
+  // --- ChainHost: the session's filters ---
+  uint64_t chainNow() const override { return now(); }
+  void chainHold() override { pauseClient(true); }
+  void chainTimer(uint64_t at_ms) override { chain_timer_at_ = at_ms; }
+  std::shared_ptr<const filters::Resumer::Post> chainPoster() override;
+  void chainDone(filters::Stage stage, filters::Verdict verdict) final;
+
  protected:
   // --- hooks for the protocol ---
   virtual void start() = 0;  // greeting, or implicit TLS first
@@ -110,7 +119,18 @@ class Session {
   virtual void onBackendDrained() {}
   static constexpr size_t kBackendLowWater = 256 * 1024;
 
+  // A stage other than connect is over (continue, or a terminal verdict to render).
+  virtual void onStageDone(filters::Stage /*stage*/, filters::Verdict /*verdict*/) {}
+  // The connect stage refused the session: the protocol's line, then close.
+  virtual Rendered renderRefusal(const filters::Verdict& v, filters::Stage stage) const = 0;
+
   // --- services for the protocol ---
+  // Runs the session's filters at a stage; onStageDone() follows (perhaps at once).
+  void runStage(filters::Stage stage) { chain_.run(stage, facts_); }
+  bool stageRunning() const { return chain_.busy(); }
+  bool stageWanted(filters::Stage stage) const { return chain_.wants(stage); }
+  // Logs a terminal verdict (rate-limited) with its reference.
+  void logRefusal(filters::Stage stage, const filters::Verdict& v) const;
   // Who is asking, for the directory: addresses, protocol, TLS state.
   auth::AuthContext authContext(const char* protocol) const;
   void writeClient(std::string_view plain);
@@ -142,6 +162,7 @@ class Session {
 
   Reactor& reactor_;
   std::shared_ptr<Runtime> rt_;
+  filters::SessionFacts facts_;
   const conf::ListenerConfig& listener_;
   std::string id_;
   std::string client_ip_;
@@ -172,8 +193,13 @@ class Session {
   // started and *bytes holds what followed it).
   bool takeProxyHeader(std::string_view* bytes);
 
+  // Addresses (after PROXY) into the facts, the filters made; then the connect stage.
+  void beginConnect();
+
   uint32_t slot_;
   uint32_t gen_;
+  FilterChain chain_{*this};
+  uint64_t chain_timer_at_ = 0;
   Endpoint client_;
   std::unique_ptr<Endpoint> backend_;
   std::vector<std::unique_ptr<Endpoint>> dead_backends_;

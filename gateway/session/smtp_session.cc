@@ -366,7 +366,13 @@ void SmtpSession::resetTransaction() {
   targets_.clear();
   bdat_started_ = false;
   bdat_last_ = false;
-  spool_->clear();
+  facts_.message.reset();
+  if (spool_.use_count() > 1) {
+    // A hook whose deadline passed still reads the old message: leave it that one.
+    spool_ = std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir);
+  } else {
+    spool_->clear();
+  }
   body_off_ = 0;
   std::string().swap(body_chunk_);
 }
@@ -967,7 +973,7 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
     return;
   }
   if (spool_->inFile()) reactor_.stats.smtp_spooled_to_file++;
-  if (rt_->content && !rt_->content->empty()) {
+  if (stageWanted(filters::Stage::kData)) {
     runContentHooks();
     return;
   }
@@ -992,52 +998,37 @@ void SmtpSession::runContentHooks() {
   phase_ = Phase::kFiltering;
   pauseClient(true);
   updateTimer();
-  filters::MessageInfo info;
-  info.session_id = id_;
-  info.client_ip = client_ip_;
-  info.helo = helo_;
-  info.user = authenticated_ ? user_ : std::string();
-  info.mail_from = mail_from_;
-  info.rcpts = rcpts_;
-  info.tls = clientTlsActive();
-  auto chain = rt_->content;
-  auto body = std::make_shared<SpoolBody>(spool_);
-  uint32_t slot = this->slot(), gen = this->gen();
-  Reactor* reactor = &reactor_;
-  bool queued = reactor_.workers().submit([chain, body, info = std::move(info), slot, gen, reactor] {
-    filters::Decision d = chain->run(info, *body);
-    reactor->postToSession(slot, gen, [d = std::move(d)](Session& s) mutable {
-      static_cast<SmtpSession&>(s).onContentDecision(std::move(d));
-    });
-  });
-  if (!queued) {
-    filters::Decision d;
-    d.action = filters::Action::kTempFail;
-    d.reply = "451 4.3.2 System busy, try again later";
-    d.reason = "worker queue full";
-    onContentDecision(std::move(d));
-  }
+  facts_.helo = helo_;
+  facts_.user = authenticated_ ? user_ : std::string();
+  facts_.authenticated = authenticated_;
+  facts_.secured = clientTlsActive();
+  facts_.tls_version = clientTlsVersion();
+  facts_.mail_path = mail_from_;
+  facts_.rcpts = rcpts_;
+  facts_.message = std::make_shared<SpoolBody>(spool_);
+  runStage(filters::Stage::kData);
 }
 
-void SmtpSession::onContentDecision(filters::Decision d) {
-  if (phase_ != Phase::kFiltering || closing()) return;
-  if (d.action == filters::Action::kAccept) {
+void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
+  if (stage != filters::Stage::kData || phase_ != Phase::kFiltering || closing()) return;
+  facts_.message.reset();
+  if (!filters::isTerminal(v.action)) {
     startDelivery();
     return;
   }
-  log::info("smtp message refused by a content hook", {{"session", id_},
-                                                       {"client", client_ip_},
-                                                       {"from", mail_from_},
-                                                       {"hook", d.hook},
-                                                       {"reason", d.reason},
-                                                       {"reply", d.reply}});
-  if (d.action == filters::Action::kReject)
+  logRefusal(stage, v);
+  const Rendered r = renderSmtp(v, stage, hostname_);
+  if (r.line[0] == '5')
     reactor_.stats.smtp_rejected++;
   else
     reactor_.stats.smtp_deferred++;
   resetTransaction();
   phase_ = Phase::kCommand;
-  reply(d.reply);
+  reply(r.line);
+  if (r.close) {
+    closeAfterFlush("refused_by_policy");
+    return;
+  }
   resumeClient();
 }
 

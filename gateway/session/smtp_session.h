@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "auth/directory.h"
-#include "filters/content_hook.h"
 #include "gateway/codec/smtp_command.h"
 #include "gateway/codec/smtp_data.h"
 #include "gateway/codec/smtp_reply.h"
@@ -47,7 +46,6 @@ class SmtpSession final : public Session {
   // Answers from the worker pool for AUTH and for the sender check at MAIL.
   void onAuthAnswer(auth::AuthResult result);
   void onSenderAnswer(auth::SenderResult result);
-  void onContentDecision(filters::Decision d);
 
  private:
   enum class Phase {
@@ -60,7 +58,7 @@ class SmtpSession final : public Session {
     kAuthLookup,    // credentials on the worker pool
     kAuthDelay,     // failure delay before the 535
     kSenderLookup,  // MAIL FROM ownership on the worker pool
-    kFiltering,     // the content hooks look at the message (worker pool)
+    kFiltering,     // the session's filters look at the message (data stage)
   };
   // Steps of one delivery attempt to one node.
   enum class Step {
@@ -83,6 +81,10 @@ class SmtpSession final : public Session {
   void onClientData(std::string_view plain) override;
   void onBackendData(std::string_view plain) override;
   void onClientTlsReady() override;
+  Rendered renderRefusal(const filters::Verdict& v, filters::Stage stage) const override {
+    return renderSmtp(v, stage, hostname_);
+  }
+  void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
   void onBackendConnected() override;
   void onBackendTlsReady() override;
   void onBackendFailed(BackendFailure why, const std::string& detail) override;
