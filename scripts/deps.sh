@@ -8,7 +8,7 @@ PACKAGES=(
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
   libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-  nginx-light libnginx-mod-mail postfix swaks curl openssl python3 postgresql
+  nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
 )
 
 missing=()
