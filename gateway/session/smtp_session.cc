@@ -15,12 +15,6 @@ namespace {
 // Client bytes held while a lookup or a delivery runs (the client is paused, so
 // only what was already in flight arrives).
 constexpr size_t kMaxHeld = 1 << 20;
-constexpr uint64_t kNodeReplyMs = 60000;   // one reply from the node (RFC 5321 §4.5.3.2 says 5 min)
-constexpr uint64_t kNodeFinalMs = 600000;  // the reply after the end of data (§4.5.3.2.6: 10 min)
-constexpr uint64_t kNodeQuitMs = 5000;
-// A node connection kept after a delivery, for the client's next message (RFC 5321
-// allows many transactions per connection; each one costs a handshake otherwise).
-constexpr uint64_t kNodeIdleMs = 30000;
 log::RateLimit g_proto_log(20);
 log::RateLimit g_smuggle_log(20);
 
@@ -46,33 +40,6 @@ std::string rfc5322Date() {
   char buf[64];
   size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
   return std::string(buf, n);
-}
-
-// RFC 3461 xtext, as XCLIENT wants its values.
-std::string xtext(std::string_view v) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : v) {
-    if (c < 33 || c > 126 || c == '+' || c == '=') {
-      out += '+';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
-std::string replyText(const codec::SmtpReply& r) {
-  std::string s = std::to_string(r.code);
-  if (!r.enhanced_text.empty()) {
-    s += ' ';
-    s += r.enhanced_text;
-  }
-  s += ' ';
-  s += r.message();
-  return s;
 }
 
 const char* dataErrorName(codec::SmtpDataError e) {
@@ -102,7 +69,8 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
       hostname_(localHostname()),
       submission_(listener.protocol == conf::Protocol::kSubmission),
-      spool_(std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir)) {}
+      spool_(std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir)),
+      node_client_(node_link_, node_link_, id_, hostname_) {}
 
 void SmtpSession::start() {
   armClientTimer();
@@ -148,11 +116,6 @@ void SmtpSession::armClientTimer() {
   updateTimer();
 }
 
-void SmtpSession::armNodeTimer(uint64_t ms) {
-  node_deadline_ = now() + ms;
-  updateTimer();
-}
-
 void SmtpSession::updateTimer() {
   uint64_t at = 0;
   if (client_deadline_ && !busy()) at = client_deadline_;
@@ -189,15 +152,8 @@ void SmtpSession::onTimer() {
   }
   if (node_deadline_ && t >= node_deadline_) {
     node_deadline_ = 0;
-    if (step_ == Step::kQuit) {
-      dropBackend();
-      step_ = Step::kIdle;
-    } else if (step_ == Step::kReady) {
-      endBackend();
-    } else if (step_ != Step::kIdle) {
-      attemptFailed(BackendFailure::kTimeout, "no reply from the node in time");
-      if (closing()) return;
-    }
+    node_client_.onTimeout();
+    if (closing()) return;
   }
   if (client_deadline_ && t >= client_deadline_ && !busy()) {
     client_deadline_ = 0;
@@ -362,7 +318,6 @@ void SmtpSession::resetTransaction() {
   rcpts_.clear();
   pending_rcpt_.clear();
   txn_route_.clear();
-  target_ = nullptr;  // points into targets_
   targets_.clear();
   bdat_started_ = false;
   bdat_last_ = false;
@@ -373,8 +328,6 @@ void SmtpSession::resetTransaction() {
   } else {
     spool_->clear();
   }
-  body_off_ = 0;
-  std::string().swap(body_chunk_);
 }
 
 void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
@@ -382,7 +335,7 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
     case codec::SmtpVerb::kEhlo:
     case codec::SmtpVerb::kHelo: {
       resetTransaction();
-      if (step_ == Step::kReady) endBackend();  // the node knows the old HELO name
+      node_client_.releaseKept();  // the node knows the old HELO name
       helo_.assign(c.arg);
       esmtp_ = c.verb == codec::SmtpVerb::kEhlo;
       if (!esmtp_) {
@@ -421,7 +374,7 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
       reply("250 2.0.0 Ok");
       return;
     case codec::SmtpVerb::kQuit:
-      if (step_ == Step::kReady) endBackend();
+      node_client_.releaseKept();
       reply("221 2.0.0 Bye");
       closeAfterFlush("quit");
       return;
@@ -1038,457 +991,50 @@ void SmtpSession::startDelivery() {
   phase_ = Phase::kDelivering;
   pauseClient(true);
   updateTimer();
-  next_target_ = 0;
-  final_failed_.clear();
-  permanent_reply_.clear();
-  utf8_refused_ = node_failed_ = false;
-  if (step_ == Step::kReady) {
-    if (!targets_.empty() && targets_[0].backend == ready_backend_ &&
-        targets_[0].error.empty()) {
-      // The kept connection goes to the first choice: straight to MAIL.
-      next_target_ = 1;
-      target_ = &targets_[0];
-      backend_name_ = target_->backend->name;
-      reused_ = true;
-      body_queued_ = false;
-      rcpt_index_ = 0;
-      final_replies_ = 0;
-      final_ok_ = 0;
-      sendMail();
-      return;
-    }
-    dropBackend();
-    step_ = Step::kIdle;
-    node_deadline_ = 0;
-  }
-  tryNextTarget();
+  NodeTransaction t;
+  t.client_ip = client_ip_;
+  t.client_port = client_port_;
+  t.helo = helo_;
+  t.esmtp = esmtp_;
+  t.user = user_;
+  t.mail_from = mail_from_;
+  t.rcpts = rcpts_;
+  t.smtputf8 = smtputf8_;
+  t.body_8bit = body_8bit_;
+  t.queue_id = id_ + "-" + std::to_string(messages_);
+  t.spool = spool_.get();
+  t.targets = targets_;
+  node_client_.deliver(std::move(t));
 }
 
-void SmtpSession::tryNextTarget() {
-  while (next_target_ < targets_.size()) {
-    const DeliveryTarget& t = targets_[next_target_++];
-    target_ = &t;
-    backend_name_ = t.backend->name;
-    if (!t.error.empty()) {
-      node_failed_ = true;
-      log::warn("backend unresolvable", {{"session", id_}, {"backend", t.backend->name}, {"error", t.error}});
-      continue;
-    }
-    attempt_++;
-    node_.reset();
-    reused_ = false;
-    node_pipelining_ = false;
-    step_ = Step::kConnect;
-    xclient_done_ = false;
-    tls_done_ = false;
-    body_queued_ = false;
-    node_8bit_ = node_utf8_ = node_size_ = false;
-    rcpt_index_ = 0;
-    final_replies_ = 0;
-    final_ok_ = 0;
-    final_failed_.clear();
-    armNodeTimer(2 * static_cast<uint64_t>(t.backend->connect_timeout.count()));
-    connectBackend(t.addr, t.backend->connect_timeout);
-    return;
-  }
-  target_ = nullptr;
-  step_ = Step::kIdle;
-  if (utf8_refused_ && !node_failed_) {
-    deliveryDone("554 5.6.7 SMTPUTF8 is required, but no storage node offers it", "rejected");
-    return;
-  }
-  log::warn("smtp delivery failed on every storage node",
-            {{"session", id_}, {"from", mail_from_}, {"recipients", rcpts_.size()}});
-  deliveryDone("451 4.4.1 Error: storage unavailable, try again later", "failed");
-}
-
-void SmtpSession::attemptFailed(BackendFailure why, const std::string& detail, bool permanent_reply) {
-  log::warn("delivery attempt failed", {{"session", id_},
-                                        {"backend", target_ ? target_->backend->name : ""},
-                                        {"class", failureName(why)},
-                                        {"detail", detail}});
-  reactor_.stats.backend_failures++;
-  node_deadline_ = 0;
-  node_failed_ = true;
-  if (permanent_reply) {
-    // The node refused for good: the client gets the refusal (no other node would take it).
-    // With a pipelined envelope the node may still answer DATA with 354: a QUIT would
-    // then be message text, so the connection is dropped instead.
-    if (node_pipelining_ && (step_ == Step::kMail || step_ == Step::kRcpt || step_ == Step::kData)) {
-      dropBackend();
-      step_ = Step::kIdle;
-    } else {
-      endBackend();
-    }
-    deliveryDone(permanent_reply_, "rejected");
-    return;
-  }
-  dropBackend();
-  step_ = Step::kIdle;
-  if (reused_ && !body_queued_) {
-    // The kept connection had gone stale (the node closed it, or answers 421 at the
-    // end of its idle time or its per-connection limit): one fresh connection.
-    reused_ = false;
-    next_target_ = 0;
-    tryNextTarget();
-    return;
-  }
-  if (body_queued_ && why != BackendFailure::kTempRefusal) {
-    // The node may have taken the message before the connection was lost: another
-    // node would make a second copy. The client retries later.
-    deliveryDone("451 4.4.1 Error: delivery outcome unknown, try again later", "unknown");
-    return;
-  }
-  tryNextTarget();
-}
-
-void SmtpSession::sendNode(std::string_view line) {
-  std::string out(line);
-  out += "\r\n";
-  writeBackend(out);
-}
-
-void SmtpSession::onBackendConnected() {
-  step_ = Step::kGreeting;
-  armNodeTimer(kNodeReplyMs);
-  if (target_ && target_->backend->tls == conf::TlsMode::kImplicit) {
-    if (!startBackendTls(target_->backend->name)) attemptFailed(BackendFailure::kTls, "cannot start TLS");
-  }
-}
-
-void SmtpSession::onBackendTlsReady() {
-  if (step_ == Step::kStarttls) {
-    tls_done_ = true;
-    node_.reset();
-    sendHello(hostname_);
-  }
-}
-
+void SmtpSession::onBackendConnected() { node_client_.onConnected(); }
+void SmtpSession::onBackendTlsReady() { node_client_.onTlsReady(); }
+void SmtpSession::onBackendData(std::string_view data) { node_client_.onData(data); }
+void SmtpSession::onBackendDrained() { node_client_.onDrained(); }
 void SmtpSession::onBackendFailed(BackendFailure why, const std::string& detail) {
-  if (step_ == Step::kIdle || step_ == Step::kQuit || step_ == Step::kReady) {
-    dropBackend();
-    step_ = Step::kIdle;
-    node_deadline_ = 0;
-    updateTimer();
-    return;
-  }
-  attemptFailed(why, detail);
+  node_client_.onFailed(why, detail);
 }
 
-void SmtpSession::onBackendData(std::string_view data) {
-  const unsigned attempt = attempt_;
-  while (!data.empty()) {
-    codec::SmtpReplyFeed r = node_.feed(data);
-    data.remove_prefix(r.consumed);
-    if (r.status == codec::SmtpReplyStatus::kNeedMore) return;
-    if (r.status == codec::SmtpReplyStatus::kError) {
-      onBackendFailed(BackendFailure::kProtocol, "malformed reply: " + std::string(node_.errorText()));
-      return;
-    }
-    handleNodeReply(node_.reply());
-    if (attempt != attempt_ || closing() || step_ == Step::kIdle) return;
-  }
+void SmtpSession::NodeLink::connect(const DeliveryTarget& target) {
+  s_.connectBackend(target.addr, target.backend->connect_timeout);
 }
-
-void SmtpSession::sendHello(const std::string& name) {
-  step_ = Step::kHello;
-  armNodeTimer(kNodeReplyMs);
-  sendNode((target_->lmtp ? "LHLO " : "EHLO ") + name);
+void SmtpSession::NodeLink::send(std::string_view bytes) { s_.writeBackend(bytes); }
+bool SmtpSession::NodeLink::startTls(const std::string& name) { return s_.startBackendTls(name); }
+void SmtpSession::NodeLink::drop() { s_.dropBackend(); }
+void SmtpSession::NodeLink::armTimer(uint64_t ms) {
+  s_.node_deadline_ = ms ? s_.now() + ms : 0;
+  s_.updateTimer();
 }
-
-void SmtpSession::sendMail() {
-  if (smtputf8_ && !node_utf8_ && envelopeNeedsUtf8()) {
-    // RFC 6531 §3.2: an internationalized address never goes to a server that does
-    // not offer SMTPUTF8. Not the node's failure: the next node may offer it; when
-    // none does, the transaction is refused (tryNextTarget).
-    log::info("storage node does not offer SMTPUTF8", {{"session", id_}, {"backend", backend_name_}});
-    utf8_refused_ = true;
-    dropBackend();
-    step_ = Step::kIdle;
-    node_deadline_ = 0;
-    tryNextTarget();
-    return;
-  }
-  step_ = Step::kMail;
-  armNodeTimer(kNodeReplyMs);
-  std::string line = "MAIL FROM:" + mail_from_;
-  if (node_size_) line += " SIZE=" + std::to_string(spool_->size());
-  if (body_8bit_ && node_8bit_) line += " BODY=8BITMIME";
-  if (smtputf8_ && node_utf8_) line += " SMTPUTF8";
-  if (node_pipelining_) {
-    // RFC 2920: MAIL, every RCPT and DATA in one write; the replies are read in order.
-    line += "\r\n";
-    for (const std::string& r : rcpts_) line += "RCPT TO:" + r + "\r\n";
-    line += "DATA\r\n";
-    writeBackend(line);
-    return;
-  }
-  sendNode(line);
+bool SmtpSession::NodeLink::closed() const { return s_.closing(); }
+void SmtpSession::NodeLink::onDeliveryDone(std::string_view client_reply, const char* outcome) {
+  s_.deliveryDone(client_reply, outcome);
 }
-
-bool SmtpSession::envelopeNeedsUtf8() const {
-  auto eight_bit = [](std::string_view a) {
-    return std::any_of(a.begin(), a.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
-  };
-  return eight_bit(mail_from_) || std::any_of(rcpts_.begin(), rcpts_.end(), eight_bit);
-}
-
-namespace {
-// Dot-stuffing (RFC 5321 §4.5.2) of one piece of the body; the spool has CRLF line
-// ends only. *line_start carries across pieces.
-void stuff(std::string_view in, bool* line_start, std::string* out) {
-  out->reserve(out->size() + in.size() + in.size() / 32 + 8);
-  for (size_t i = 0; i < in.size();) {
-    if (*line_start && in[i] == '.') *out += '.';
-    size_t nl = in.find('\n', i);
-    size_t end = nl == std::string_view::npos ? in.size() : nl + 1;
-    out->append(in.substr(i, end - i));
-    *line_start = nl != std::string_view::npos;
-    i = end;
-  }
-}
-constexpr size_t kBodyChunk = 64 * 1024;
-}  // namespace
-
-void SmtpSession::sendBody() {
-  body_off_ = 0;
-  body_line_start_ = true;
-  if (spool_->inFile()) {
-    step_ = Step::kBody;
-    pumpBody();
-    return;
-  }
-  std::string out;
-  stuff(spool_->memory(), &body_line_start_, &out);
-  finishBody(std::move(out));
-}
-
-void SmtpSession::pumpBody() {
-  // Called at the start and whenever the node's queue falls below kBackendLowWater:
-  // one chunk of the message is read and queued at a time.
-  if (step_ != Step::kBody) return;
-  if (body_off_ < spool_->size()) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool_->size() - body_off_));
-    if (!spool_->read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
-      log::error("smtp spool read failed", {{"session", id_}, {"error", spool_->error()}});
-      attemptFailed(BackendFailure::kInternal, "spool read failed");
-      return;
-    }
-    body_off_ += n;
-    std::string out;
-    stuff(body_chunk_, &body_line_start_, &out);
-    armNodeTimer(kNodeReplyMs);
-    writeBackend(out);
-    if (closing() || step_ != Step::kBody || body_off_ < spool_->size()) return;  // onBackendDrained continues
-  }
-  std::string().swap(body_chunk_);
-  finishBody({});
-}
-
-void SmtpSession::finishBody(std::string out) {
-  if (spool_->size() > 0 && spool_->tail() != "\r\n") out += "\r\n";
-  out += ".\r\n";
-  body_queued_ = true;
-  step_ = Step::kFinal;
-  armNodeTimer(kNodeFinalMs);
-  writeBackend(out);
-}
-
-void SmtpSession::onBackendDrained() {
-  if (step_ == Step::kBody) pumpBody();
-}
-
-void SmtpSession::handleNodeReply(const codec::SmtpReply& r) {
-  last_node_reply_ = replyText(r);
-  auto refused = [&](const char* what) {
-    if (r.permanent()) {
-      permanent_reply_ = std::to_string(r.code) + " " +
-                         (r.enhanced_text.empty() ? std::string("5.0.0") : std::string(r.enhanced_text)) +
-                         " Storage refused " + what;
-      attemptFailed(BackendFailure::kTempRefusal, last_node_reply_, true);
-    } else {
-      attemptFailed(BackendFailure::kTempRefusal, last_node_reply_);
-    }
-  };
-  switch (step_) {
-    case Step::kIdle:
-    case Step::kConnect:
-      onBackendFailed(BackendFailure::kProtocol, "unexpected reply");
-      return;
-    case Step::kGreeting:
-      if (r.code != 220) {
-        attemptFailed(BackendFailure::kTempRefusal, last_node_reply_);
-        return;
-      }
-      sendHello(hostname_);
-      return;
-    case Step::kHello: {
-      codec::SmtpEhlo ehlo;
-      if (!parseEhloReply(r, &ehlo)) {
-        attemptFailed(BackendFailure::kProtocol, last_node_reply_);
-        return;
-      }
-      node_8bit_ = ehlo.eightbitmime;
-      node_utf8_ = ehlo.smtputf8;
-      node_size_ = ehlo.size;
-      node_pipelining_ = ehlo.pipelining;
-      if (target_->backend->tls == conf::TlsMode::kStarttls && !tls_done_) {
-        if (!ehlo.starttls) {
-          attemptFailed(BackendFailure::kTls, "node does not offer STARTTLS");
-          return;
-        }
-        step_ = Step::kStarttls;
-        armNodeTimer(kNodeReplyMs);
-        sendNode("STARTTLS");
-        return;
-      }
-      if (ehlo.xclient && !xclient_done_) {
-        std::string line = "XCLIENT";
-        if (ehlo.xclient_attrs & codec::kXclientAddr)
-          line +=
-              " ADDR=" + xtext(client_ip_.find(':') != std::string::npos ? "IPV6:" + client_ip_ : client_ip_);
-        if (ehlo.xclient_attrs & codec::kXclientPort) line += " PORT=" + std::to_string(client_port_);
-        if (ehlo.xclient_attrs & codec::kXclientHelo)
-          line += " HELO=" + (helo_.empty() ? "[UNAVAILABLE]" : xtext(helo_));
-        if (ehlo.xclient_attrs & codec::kXclientProto)
-          line += std::string(" PROTO=") + (esmtp_ ? "ESMTP" : "SMTP");
-        if ((ehlo.xclient_attrs & codec::kXclientLogin) && !user_.empty()) line += " LOGIN=" + xtext(user_);
-        if (line.size() > 7) {
-          step_ = Step::kXclient;
-          xclient_done_ = true;
-          armNodeTimer(kNodeReplyMs);
-          sendNode(line);
-          return;
-        }
-      }
-      sendMail();
-      return;
-    }
-    case Step::kStarttls:
-      if (r.code != 220) {
-        attemptFailed(BackendFailure::kTls, last_node_reply_);
-        return;
-      }
-      if (!startBackendTls(target_->backend->name)) attemptFailed(BackendFailure::kTls, "cannot start TLS");
-      return;  // onBackendTlsReady continues
-    case Step::kXclient:
-      if (r.positive()) {
-        // XCLIENT restarts the session: greet again, in the client's name, or the
-        // node records the gateway's name as the client's HELO.
-        sendHello(helo_.empty() ? hostname_ : helo_);
-      } else {
-        log::warn("node refused XCLIENT",
-                  {{"session", id_}, {"backend", target_->backend->name}, {"reply", last_node_reply_}});
-        sendMail();
-      }
-      return;
-    case Step::kMail:
-      if (!r.positive()) {
-        refused("the sender");
-        return;
-      }
-      rcpt_index_ = 0;
-      step_ = Step::kRcpt;
-      armNodeTimer(kNodeReplyMs);
-      if (!node_pipelining_) sendNode("RCPT TO:" + rcpts_[0]);
-      return;
-    case Step::kRcpt:
-      if (!r.positive()) {
-        refused(("the recipient " + rcpts_[rcpt_index_]).c_str());
-        return;
-      }
-      if (++rcpt_index_ < rcpts_.size()) {
-        armNodeTimer(kNodeReplyMs);
-        if (!node_pipelining_) sendNode("RCPT TO:" + rcpts_[rcpt_index_]);
-        return;
-      }
-      step_ = Step::kData;
-      armNodeTimer(kNodeReplyMs);
-      if (!node_pipelining_) sendNode("DATA");
-      return;
-    case Step::kData:
-      if (r.code != 354) {
-        refused("the message");
-        return;
-      }
-      sendBody();
-      return;
-    case Step::kBody:  // nothing is due while the message streams
-      attemptFailed(BackendFailure::kProtocol, "reply before the end of data: " + last_node_reply_);
-      return;
-    case Step::kFinal: {
-      const size_t expected = target_->lmtp ? rcpts_.size() : 1;
-      const size_t i = final_replies_++;
-      if (r.positive()) {
-        final_ok_++;
-      } else {
-        if (!final_failed_.empty()) final_failed_ += ", ";
-        final_failed_ += (target_->lmtp ? rcpts_[i] + " " : std::string()) + last_node_reply_;
-        if (permanent_reply_.empty() && r.permanent())
-          permanent_reply_ = std::to_string(r.code) + " " +
-                             (r.enhanced_text.empty() ? std::string("5.0.0") : std::string(r.enhanced_text)) +
-                             " Storage refused the message";
-        if (!r.permanent()) permanent_reply_ = "-";  // some refusal was temporary
-      }
-      if (final_replies_ < expected) {
-        armNodeTimer(kNodeFinalMs);
-        return;
-      }
-      node_deadline_ = 0;
-      if (final_ok_ == expected) {
-        // Kept for the client's next message.
-        step_ = Step::kReady;
-        ready_backend_ = target_->backend;
-        armNodeTimer(kNodeIdleMs);
-        log::info("smtp delivered", {{"session", id_},
-                                     {"client", client_ip_},
-                                     {"from", mail_from_},
-                                     {"recipients", rcpts_.size()},
-                                     {"size", spool_->size()},
-                                     {"backend", target_->backend->name},
-                                     {"reply", last_node_reply_}});
-        deliveryDone("250 2.0.0 Ok: delivered as " + id_ + "-" + std::to_string(messages_), "delivered");
-        return;
-      }
-      if (final_ok_ > 0) {
-        // Part delivered: nothing is acknowledged that was not delivered; the client
-        // retries the whole transaction.
-        log::warn("smtp delivery partly refused by the node",
-                  {{"session", id_}, {"backend", target_->backend->name}, {"failed", final_failed_}});
-        endBackend();
-        deliveryDone("451 4.4.1 Error: delivery incomplete, try again later", "partial");
-        return;
-      }
-      if (!permanent_reply_.empty() && permanent_reply_ != "-") {
-        log::warn("smtp message refused by the node",
-                  {{"session", id_}, {"backend", target_->backend->name}, {"failed", final_failed_}});
-        endBackend();
-        deliveryDone(permanent_reply_, "rejected");
-        return;
-      }
-      permanent_reply_.clear();
-      attemptFailed(BackendFailure::kTempRefusal, final_failed_);
-      return;
-    }
-    case Step::kReady:  // e.g. the node's own idle timeout (421): forget the connection
-    case Step::kQuit:
-      dropBackend();
-      step_ = Step::kIdle;
-      node_deadline_ = 0;
-      updateTimer();
-      return;
-  }
-}
-
-void SmtpSession::endBackend() {
-  if (step_ == Step::kIdle || step_ == Step::kConnect) {
-    dropBackend();
-    step_ = Step::kIdle;
-    return;
-  }
-  step_ = Step::kQuit;
-  sendNode("QUIT");
-  armNodeTimer(kNodeQuitMs);
+// The client gets one reply for the whole transaction; the node client logs which
+// recipients the node refused.
+void SmtpSession::NodeLink::onRecipientResult(size_t, const codec::SmtpReply&) {}
+void SmtpSession::NodeLink::onTargetChosen(const DeliveryTarget& target) { s_.backend_name_ = target.backend->name; }
+void SmtpSession::NodeLink::onAttemptFailed(BackendFailure, const std::string&) {
+  s_.reactor_.stats.backend_failures++;
 }
 
 void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcome) {
@@ -1499,7 +1045,6 @@ void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcom
                                             {"recipients", rcpts_.size()},
                                             {"outcome", outcome},
                                             {"reply", client_reply}});
-  if (step_ != Step::kQuit && step_ != Step::kReady) node_deadline_ = 0;
   if (!client_reply.empty() && client_reply[0] == '2')
     reactor_.stats.smtp_delivered++;
   else if (!client_reply.empty() && client_reply[0] == '4')

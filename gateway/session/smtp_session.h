@@ -27,13 +27,9 @@
 #include "gateway/session/message_spool.h"
 #include "gateway/session/sasl_exchange.h"
 #include "gateway/session/session.h"
+#include "gateway/session/smtp_node_client.h"
 
 namespace mailgate::session {
-
-// One storage node a transaction may be delivered to, and how.
-struct DeliveryTarget : Candidate {
-  bool lmtp = true;
-};
 
 class SmtpSession final : public Session {
  public:
@@ -60,23 +56,6 @@ class SmtpSession final : public Session {
     kSenderLookup,  // MAIL FROM ownership on the worker pool
     kFiltering,     // the session's filters look at the message (data stage)
   };
-  // Steps of one delivery attempt to one node.
-  enum class Step {
-    kIdle,
-    kConnect,
-    kGreeting,
-    kHello,
-    kStarttls,
-    kXclient,
-    kMail,
-    kRcpt,
-    kData,
-    kBody,  // the message streams to the node (from the spool file)
-    kFinal,
-    kReady,  // a transaction was delivered; the connection waits for the next one
-    kQuit
-  };
-
   // --- Session hooks ---
   void onClientData(std::string_view plain) override;
   void onBackendData(std::string_view plain) override;
@@ -123,28 +102,33 @@ class SmtpSession final : public Session {
            phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup || phase_ == Phase::kFiltering;
   }
 
-  // --- delivery ---
+  // --- delivery (SmtpNodeClient speaks to the node) ---
   void startDelivery();
-  void tryNextTarget();
-  void attemptFailed(BackendFailure why, const std::string& detail, bool permanent_reply = false);
-  void handleNodeReply(const codec::SmtpReply& r);
-  void sendNode(std::string_view line);
-  void sendHello(const std::string& name);  // EHLO/LHLO
-  void sendMail();
-  // Whether the sender or a recipient holds an 8-bit (internationalized) address.
-  bool envelopeNeedsUtf8() const;
-  void sendBody();
-  void pumpBody();  // the next chunk of a file-spooled body, when the node has taken the last
-  void finishBody(std::string out);  // out (the last stuffed octets, if any) + CRLF.CRLF
   void onBackendDrained() override;
   void deliveryDone(std::string_view client_reply, const char* outcome);
-  void endBackend();  // QUIT and forget the node connection
-  void armNodeTimer(uint64_t ms);
+  // The node client's view of this session: the backend connection and the timer
+  // (Session services), and where its results go.
+  class NodeLink final : public NodeTransport, public NodeClientListener {
+   public:
+    explicit NodeLink(SmtpSession& s) : s_(s) {}
+    void connect(const DeliveryTarget& target) override;
+    void send(std::string_view bytes) override;
+    bool startTls(const std::string& name) override;
+    void drop() override;
+    void armTimer(uint64_t ms) override;
+    bool closed() const override;
+    void onDeliveryDone(std::string_view client_reply, const char* outcome) override;
+    void onRecipientResult(size_t index, const codec::SmtpReply& reply) override;
+    void onTargetChosen(const DeliveryTarget& target) override;
+    void onAttemptFailed(BackendFailure why, const std::string& detail) override;
+
+   private:
+    SmtpSession& s_;
+  };
 
   std::unique_ptr<codec::SmtpCommandParser> parser_;
   codec::SmtpDataDecoder data_;
   codec::BdatDecoder bdat_;
-  codec::SmtpReplyParser node_;
   Phase phase_ = Phase::kCommand;
   std::string in_;  // client bytes not yet parsed (held while busy)
   bool in_process_ = false;
@@ -188,32 +172,10 @@ class SmtpSession final : public Session {
   // then in a temporary file; bounded by the listener's max_message_size. Released
   // as soon as the transaction ends.
   std::shared_ptr<MessageSpool> spool_;
-  uint64_t body_off_ = 0;     // next spool octet to stream to the node
-  bool body_line_start_ = true;
-  std::string body_chunk_;
 
-  // delivery attempt
-  Step step_ = Step::kIdle;
-  size_t next_target_ = 0;
-  const DeliveryTarget* target_ = nullptr;
-  size_t rcpt_index_ = 0;
-  size_t final_replies_ = 0;
-  size_t final_ok_ = 0;
-  std::string final_failed_;  // recipients the node refused after DATA (LMTP)
-  bool body_queued_ = false;  // after this, a lost connection may have delivered: no failover
-  bool xclient_done_ = false;
-  bool tls_done_ = false;
-  bool node_8bit_ = false, node_utf8_ = false, node_size_ = false;
-  unsigned attempt_ = 0;  // changes with every connection to a node
-  bool node_pipelining_ = false;  // the node offers PIPELINING: MAIL, RCPTs and DATA go in one write
-  bool reused_ = false;     // this attempt runs on the kept connection
-  const conf::BackendConfig* ready_backend_ = nullptr;  // node of the kept connection
-  std::string last_node_reply_;
-  std::string permanent_reply_;
-  // This delivery: a node lacked SMTPUTF8 for an internationalized envelope / a node
-  // failed otherwise. Only the first, on every node, makes the refusal 554 5.6.7.
-  bool utf8_refused_ = false;
-  bool node_failed_ = false;
+  // delivery: the node client, and the connection it may keep between transactions
+  NodeLink node_link_{*this};
+  SmtpNodeClient node_client_;
 };
 
 }  // namespace mailgate::session
