@@ -4,12 +4,20 @@
 
 #include "auth/sasl.h"
 #include "gateway/core/log.h"
+#include "gateway/session/executor_step.h"
 #include "gateway/session/reactor.h"
 
 namespace mailgate::session {
 
 void LoginSession::armPreauthTimer() {
   setTimer(now() + static_cast<uint64_t>(listener_.preauth_timeout.count()));
+}
+
+void LoginSession::addBuiltinFilters(FilterChain& chain) {
+  auto step = std::make_unique<ExecutorStep>("directory", filters::stageBit(filters::Stage::kAuth), &reactor_.workers(),
+                                             directoryDeadline(), "directory did not answer in time");
+  directory_step_ = step.get();
+  chain.add(std::move(step));
 }
 
 void LoginSession::beginLogin(std::string user, std::string password) {
@@ -20,15 +28,20 @@ void LoginSession::beginLogin(std::string user, std::string password) {
   phase_ = LoginPhase::kDirectory;
   clearTimer();
   pauseClient(true);
-  auth::AuthContext ctx = authContext(listener_.protocol == conf::Protocol::kImap ? "imap" : "pop3");
-  ctx.attempt = auth_failures_ + 1;
-  auto rt = rt_;
-  std::string u = user_, p = password_;
-  uint32_t slot = this->slot(), gen = this->gen();
-  Reactor* reactor = &reactor_;
-  conf::Protocol proto = listener_.protocol;
-  bool queued = reactor_.workers().submit([rt, u, p, ctx, slot, gen, reactor, proto] {
+  lookup_.context = authContext(listener_.protocol == conf::Protocol::kImap ? "imap" : "pop3");
+  lookup_.context.attempt = auth_failures_ + 1;
+  lookup_.user = user_;
+  lookup_.password = password_;
+  facts_.user = user_;
+  facts_.attempt = lookup_.context.attempt;
+  facts_.secured = clientTlsActive();
+  facts_.tls_version = clientTlsVersion();
+  lookup_.answered = false;
+  directory_step_->set([this, rt = rt_, proto = listener_.protocol, u = lookup_.user, p = lookup_.password,
+                        ctx = lookup_.context]() mutable -> filters::Resumer::Answer {
+    // On the directory executor.
     auth::AuthResult r = rt->directory->authenticate(u, p, ctx);
+    p.assign(p.size(), '\0');
     std::vector<Candidate> cands;
     if (r.verdict == auth::Verdict::kOk) {
       routing::Route route = r.route ? rt->router->resolve(r.route->primary, r.route->secondary)
@@ -37,11 +50,51 @@ void LoginSession::beginLogin(std::string user, std::string password) {
         return proto == conf::Protocol::kImap ? bc.ports.imap : bc.ports.pop3;
       });
     }
-    reactor->postToSession(slot, gen, [r = std::move(r), cands = std::move(cands)](Session& s) mutable {
-      static_cast<LoginSession&>(s).onDirectoryAnswer(std::move(r), std::move(cands));
-    });
+    // On the session's reactor, while this login is its current step.
+    return [this, r = std::move(r), cands = std::move(cands)](filters::SessionFacts& f) mutable {
+      if (r.verdict == auth::Verdict::kOk) {
+        f.authenticated = true;
+        if (!r.user.empty()) f.user = r.user;
+      }
+      lookup_.result = std::move(r);
+      lookup_.candidates = std::move(cands);
+      lookup_.answered = true;
+      return filters::Verdict::next();
+    };
   });
-  if (!queued) fail(false, "worker queue full");
+  runStage(filters::Stage::kAuth);
+}
+
+void LoginSession::onStageDone(filters::Stage stage, filters::Verdict v) {
+  if (stage != filters::Stage::kAuth || phase_ != LoginPhase::kDirectory) return;
+  lookup_.password.assign(lookup_.password.size(), '\0');
+  lookup_.password.clear();
+  if (!filters::isTerminal(v.action)) {
+    if (!lookup_.answered) {
+      fail(false, "directory gave no answer");
+      return;
+    }
+    onDirectoryAnswer(std::move(lookup_.result), std::move(lookup_.candidates));
+    return;
+  }
+  if (v.filter == "directory") {  // its deadline passed, or its queue was full
+    fail(false, v.reason);
+    return;
+  }
+  // Refused by policy before the directory was asked.
+  logRefusal(stage, v);
+  const Rendered r = renderRefusal(v, stage);
+  writeClient(r.line + "\r\n");
+  password_.clear();
+  if (r.close) {
+    closeAfterFlush("refused_by_policy");
+    return;
+  }
+  phase_ = LoginPhase::kIdle;
+  reactor_.stats.temp_failures++;
+  armPreauthTimer();
+  pauseClient(false);
+  resumeClientInput();
 }
 
 void LoginSession::onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates) {
@@ -215,8 +268,7 @@ void LoginSession::onTimer() {
       backendAttemptFailed(BackendFailure::kTimeout, "backend handshake timeout");
       return;
     case LoginPhase::kDirectory:
-      setTimer(now() + 1000);  // the worker answers eventually; the client waits
-      return;
+      return;  // the auth stage's deadline bounds the lookup
     case LoginPhase::kIdle:
       onPreauthTimeout();
       return;

@@ -14,11 +14,21 @@
 
 namespace mailgate::session {
 
+class ExecutorStep;
+
 class LoginSession : public Session {
  public:
   using Session::Session;
-  // Answer from the worker pool.
-  void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);
+
+  // A login's directory lookup: the request, and the answer the auth stage's
+  // directory step fills in.
+  struct DirectoryLookup {
+    std::string user, password;
+    auth::AuthContext context;
+    auth::AuthResult result;
+    std::vector<Candidate> candidates;
+    bool answered = false;
+  };
 
  protected:
   enum class LoginPhase { kIdle, kDirectory, kDelay, kBackend, kRelay };
@@ -71,14 +81,19 @@ class LoginSession : public Session {
   void onBackendFailed(BackendFailure why, const std::string& detail) final;
   void onTimer() final;
   void armPreauthTimer();
+  void addBuiltinFilters(FilterChain& chain) override;
+  void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
 
   SaslExchange sasl_;
 
  private:
+  void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);
   void tryNextCandidate();
   void fail(bool auth_failure, const std::string& why);
 
   LoginPhase phase_ = LoginPhase::kIdle;
+  DirectoryLookup lookup_;
+  ExecutorStep* directory_step_ = nullptr;  // the auth stage's directory lookup (owned by the chain)
   std::string password_;
   std::string bline_;  // a partial line from the node
   std::optional<std::string> backend_user_;

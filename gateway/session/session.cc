@@ -173,12 +173,20 @@ void Session::beginConnect() {
   facts_.local_port = local_port_;
   if (rt_->filters && !rt_->filters->empty())
     chain_.add(rt_->filters->instantiate(facts_, filters::FilterServices{&reactor_.workers(), &reactor_.contentWorkers()}));
+  addBuiltinFilters(chain_);
   if (!chain_.wants(filters::Stage::kConnect)) {
     start();
     return;
   }
   pauseClient(true);
   runStage(filters::Stage::kConnect);
+}
+
+std::chrono::milliseconds Session::directoryDeadline() const {
+  const conf::DirectoryConfig& d = rt_->config->directory;
+  const auto t = d.driver == "postgres" ? d.postgres.timeout : d.driver == "http" ? d.http.timeout
+                                                                                   : std::chrono::milliseconds(2000);
+  return std::max<std::chrono::milliseconds>(std::chrono::milliseconds(5000), 3 * t + std::chrono::milliseconds(2000));
 }
 
 std::shared_ptr<const filters::Resumer::Post> Session::chainPoster() {

@@ -119,6 +119,8 @@ class Session : public ChainHost {
   virtual void onBackendDrained() {}
   static constexpr size_t kBackendLowWater = 256 * 1024;
 
+  // The session's own filters (directory lookups and the like), after the configured ones.
+  virtual void addBuiltinFilters(FilterChain& /*chain*/) {}
   // A stage other than connect is over (continue, or a terminal verdict to render).
   virtual void onStageDone(filters::Stage /*stage*/, filters::Verdict /*verdict*/) {}
   // The connect stage refused the session: the protocol's line, then close.
@@ -129,6 +131,9 @@ class Session : public ChainHost {
   void runStage(filters::Stage stage) { chain_.run(stage, facts_); }
   bool stageRunning() const { return chain_.busy(); }
   bool stageWanted(filters::Stage stage) const { return chain_.wants(stage); }
+  // How long a directory lookup may take (its queue wait included): 3 × the driver's
+  // timeout + 2 s, at least 5 s. At the deadline the client gets a temporary failure.
+  std::chrono::milliseconds directoryDeadline() const;
   // Logs a terminal verdict (rate-limited) with its reference.
   void logRefusal(filters::Stage stage, const filters::Verdict& v) const;
   // Who is asking, for the directory: addresses, protocol, TLS state.

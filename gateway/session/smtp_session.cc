@@ -7,6 +7,7 @@
 
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
+#include "gateway/session/executor_step.h"
 #include "gateway/session/reactor.h"
 
 namespace mailgate::session {
@@ -222,12 +223,9 @@ void SmtpSession::process() {
         used = processBdat(in);  // also with no input: a zero-octet chunk completes at once
         break;
       case Phase::kTlsHandshake:
-      case Phase::kRcptLookup:
       case Phase::kDelivering:
-      case Phase::kAuthLookup:
       case Phase::kAuthDelay:
-      case Phase::kSenderLookup:
-      case Phase::kFiltering:
+      case Phase::kWaiting:
         more = false;
         break;
     }
@@ -466,10 +464,17 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
   const codec::SmtpAddress& a = c.address;
   if (!submission_ || listener_.sender_any || a.domain.empty()) {
     // MX: any sender; submission: the null sender (bounces, receipts) and <postmaster>
-    // need no ownership.
-    acceptMail();
+    // need no ownership. The configured filters of the mail stage still run.
+    facts_.mail_path = pending_mail_;
+    if (rt_->filters->empty()) {
+      acceptMail();
+      return;
+    }
+    sender_asked_ = false;
+    waitFor(filters::Stage::kMail);
     return;
   }
+  facts_.mail_path = pending_mail_;
   char local[256];
   size_t n = codec::unquoteLocalPart(a.local_part, local, sizeof local);
   if (n == SIZE_MAX) {
@@ -479,18 +484,16 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
   std::string address(local, n);
   address += '@';
   address += a.domainLower();
-  phase_ = Phase::kSenderLookup;
-  pauseClient(true);
-  updateTimer();
-  auto rt = rt_;
-  uint32_t slot = this->slot(), gen = this->gen();
-  Reactor* reactor = &reactor_;
-  bool queued = reactor_.workers().submit([rt, user = user_, address, slot, gen, reactor] {
-    auth::SenderResult r = rt->directory->senderAllowed(user, address);
-    reactor->postToSession(slot, gen,
-                           [r](Session& s) { static_cast<SmtpSession&>(s).onSenderAnswer(r); });
+  sender_step_->set([this, rt = rt_, user = user_, address]() -> filters::Resumer::Answer {
+    auth::SenderResult r = rt->directory->senderAllowed(user, address);  // directory executor
+    return [this, r](filters::SessionFacts&) {
+      sender_result_ = r;
+      return filters::Verdict::next();
+    };
   });
-  if (!queued) onSenderAnswer(auth::SenderResult::kTempFail);
+  sender_result_ = auth::SenderResult::kTempFail;
+  sender_asked_ = true;
+  waitFor(filters::Stage::kMail);
 }
 
 void SmtpSession::acceptMail() {
@@ -505,8 +508,6 @@ void SmtpSession::acceptMail() {
 }
 
 void SmtpSession::onSenderAnswer(auth::SenderResult result) {
-  if (phase_ != Phase::kSenderLookup || closing()) return;
-  phase_ = Phase::kCommand;
   switch (result) {
     case auth::SenderResult::kAllowed:
       acceptMail();
@@ -593,37 +594,32 @@ void SmtpSession::beginAuth() {
   std::string password = std::move(sasl_.password());
   sasl_.reset();
   user_ = user;
-  phase_ = Phase::kAuthLookup;
-  pauseClient(true);
-  updateTimer();
   auth::AuthContext ctx = authContext("smtp");
   ctx.attempt = auth_failures_ + 1;
-  auto rt = rt_;
-  uint32_t slot = this->slot(), gen = this->gen();
-  Reactor* reactor = &reactor_;
-  bool queued = reactor_.workers().submit(
-      [rt, user = std::move(user), password = std::move(password), ctx, slot, gen, reactor]() mutable {
-        auth::AuthResult r = rt->directory->authenticate(user, password, ctx);
-        password.assign(password.size(), '\0');
-        reactor->postToSession(slot, gen, [r = std::move(r)](Session& s) mutable {
-          static_cast<SmtpSession&>(s).onAuthAnswer(std::move(r));
-        });
-      });
-  if (!queued) {
-    auth::AuthResult r;
-    r.verdict = auth::Verdict::kTempFail;
-    r.reason = "worker queue full";
-    onAuthAnswer(std::move(r));
-  }
+  facts_.user = user_;
+  facts_.attempt = ctx.attempt;
+  auth_step_->set([this, rt = rt_, user = std::move(user), password = std::move(password),
+                   ctx]() mutable -> filters::Resumer::Answer {
+    auth::AuthResult r = rt->directory->authenticate(user, password, ctx);  // directory executor
+    password.assign(password.size(), '\0');
+    return [this, r = std::move(r)](filters::SessionFacts&) mutable {
+      auth_result_ = std::move(r);
+      return filters::Verdict::next();
+    };
+  });
+  auth_result_ = auth::AuthResult{};
+  auth_result_.verdict = auth::Verdict::kTempFail;
+  auth_result_.reason = "directory gave no answer";
+  waitFor(filters::Stage::kAuth);
 }
 
 void SmtpSession::onAuthAnswer(auth::AuthResult result) {
-  if (phase_ != Phase::kAuthLookup || closing()) return;
-  phase_ = Phase::kCommand;
   switch (result.verdict) {
     case auth::Verdict::kOk:
       if (!result.user.empty()) user_ = result.user;
       authenticated_ = true;
+      facts_.authenticated = true;
+      facts_.user = user_;
       reactor_.stats.logins++;
       log::info("login", {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"protocol", "submission"}});
       reply("235 2.7.0 Authentication successful");
@@ -703,12 +699,6 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     address += a.domainLower();
     pending_rcpt_.assign(c.path);
   }
-  phase_ = Phase::kRcptLookup;
-  pauseClient(true);
-  updateTimer();
-  auto rt = rt_;
-  uint32_t slot = this->slot(), gen = this->gen();
-  Reactor* reactor = &reactor_;
   const bool submission = submission_;
   auth::SmtpEnvelope env;
   if (!submission) {
@@ -718,7 +708,9 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
       env.from = mail_from_.substr(lt + 1, gt - lt - 1);
     env.client = authContext("smtp");
   }
-  bool queued = reactor_.workers().submit([rt, address, slot, gen, reactor, submission, env = std::move(env)] {
+  facts_.rcpt = address;
+  rcpt_step_->set([this, rt = rt_, address, submission, env = std::move(env)]() -> filters::Resumer::Answer {
+    // On the directory executor.
     // Submission: every recipient goes to the relay, which applies its own policy.
     auth::RecipientAnswer answer = submission ? auth::RecipientAnswer{auth::RecipientResult::kLocal, {}}
                                               : rt->directory->lookupRecipient(address, env);
@@ -742,18 +734,21 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
         targets.push_back(std::move(t));
       }
     }
-    reactor->postToSession(
-        slot, gen, [r, key = std::move(key), targets = std::move(targets)](Session& s) mutable {
-          static_cast<SmtpSession&>(s).onRecipientAnswer(r, std::move(key), std::move(targets));
-        });
+    return [this, r, key = std::move(key), targets = std::move(targets)](filters::SessionFacts&) mutable {
+      rcpt_result_ = r;
+      rcpt_route_key_ = std::move(key);
+      rcpt_targets_ = std::move(targets);
+      return filters::Verdict::next();
+    };
   });
-  if (!queued) onRecipientAnswer(auth::RecipientResult::kTempFail, {}, {});
+  rcpt_result_ = auth::RecipientResult::kTempFail;
+  rcpt_route_key_.clear();
+  rcpt_targets_.clear();
+  waitFor(filters::Stage::kRcpt);
 }
 
 void SmtpSession::onRecipientAnswer(auth::RecipientResult result, std::string route_key,
                                     std::vector<DeliveryTarget> targets) {
-  if (phase_ != Phase::kRcptLookup || closing()) return;
-  phase_ = Phase::kCommand;
   std::string path;
   path.swap(pending_rcpt_);
   switch (result) {
@@ -947,10 +942,37 @@ class SpoolBody final : public filters::MessageBody {
 };
 }  // namespace
 
-void SmtpSession::runContentHooks() {
-  phase_ = Phase::kFiltering;
+void SmtpSession::addBuiltinFilters(FilterChain& chain) {
+  const auto deadline = directoryDeadline();
+  auto add = [&](const char* name, filters::Stage stage, const char* why) {
+    auto step = std::make_unique<ExecutorStep>(name, filters::stageBit(stage), &reactor_.workers(), deadline, why);
+    ExecutorStep* p = step.get();
+    chain.add(std::move(step));
+    return p;
+  };
+  auth_step_ = add("directory-auth", filters::Stage::kAuth, "directory did not answer in time");
+  sender_step_ = add("directory-sender", filters::Stage::kMail, "sender check did not answer in time");
+  rcpt_step_ = add("directory-rcpt", filters::Stage::kRcpt, "recipient lookup did not answer in time");
+}
+
+void SmtpSession::waitFor(filters::Stage stage) {
+  phase_ = Phase::kWaiting;
   pauseClient(true);
   updateTimer();
+  facts_.helo = helo_;
+  facts_.secured = clientTlsActive();
+  facts_.tls_version = clientTlsVersion();
+  runStage(stage);
+}
+
+void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
+  logRefusal(stage, v);
+  const Rendered r = renderSmtp(v, stage, hostname_);
+  reply(r.line);
+  if (r.close) closeAfterFlush("refused_by_policy");
+}
+
+void SmtpSession::runContentHooks() {
   facts_.helo = helo_;
   facts_.user = authenticated_ ? user_ : std::string();
   facts_.authenticated = authenticated_;
@@ -959,11 +981,64 @@ void SmtpSession::runContentHooks() {
   facts_.mail_path = mail_from_;
   facts_.rcpts = rcpts_;
   facts_.message = std::make_shared<SpoolBody>(spool_);
-  runStage(filters::Stage::kData);
+  waitFor(filters::Stage::kData);
 }
 
 void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
-  if (stage != filters::Stage::kData || phase_ != Phase::kFiltering || closing()) return;
+  if (phase_ != Phase::kWaiting || closing()) return;
+  phase_ = Phase::kCommand;
+  // A step of the session's own that did not answer in time (or found its queue
+  // full) is the lookup's temporary failure, with the lookup's own reply.
+  const bool own_step = v.filter.rfind("directory-", 0) == 0;
+  switch (stage) {
+    case filters::Stage::kAuth:
+      if (own_step) {
+        auth_result_.verdict = auth::Verdict::kTempFail;
+        auth_result_.reason = v.reason;
+      } else if (filters::isTerminal(v.action)) {
+        user_.clear();
+        refuseStage(stage, v);
+        if (!closing()) resumeClient();
+        return;
+      }
+      onAuthAnswer(std::move(auth_result_));
+      return;
+    case filters::Stage::kMail:
+      if (own_step) {
+        sender_result_ = auth::SenderResult::kTempFail;
+      } else if (filters::isTerminal(v.action)) {
+        pending_mail_.clear();
+        refuseStage(stage, v);
+        if (!closing()) resumeClient();
+        return;
+      }
+      if (!sender_asked_) {
+        acceptMail();
+        resumeClient();
+        return;
+      }
+      sender_asked_ = false;
+      onSenderAnswer(sender_result_);
+      return;
+    case filters::Stage::kRcpt:
+      if (own_step) {
+        rcpt_result_ = auth::RecipientResult::kTempFail;
+      } else if (filters::isTerminal(v.action)) {
+        pending_rcpt_.clear();
+        refuseStage(stage, v);
+        if (!closing()) resumeClient();
+        return;
+      }
+      onRecipientAnswer(rcpt_result_, std::move(rcpt_route_key_), std::move(rcpt_targets_));
+      return;
+    case filters::Stage::kData:
+      break;
+    case filters::Stage::kConnect:
+    case filters::Stage::kHelo:
+    case filters::Stage::kClose:
+      resumeClient();
+      return;
+  }
   facts_.message.reset();
   if (!filters::isTerminal(v.action)) {
     startDelivery();

@@ -31,30 +31,23 @@
 
 namespace mailgate::session {
 
+class ExecutorStep;
+
 class SmtpSession final : public Session {
  public:
   SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
               std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
   void start() override;
-  // Answer from the worker pool for the RCPT in progress.
-  void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
-                         std::vector<DeliveryTarget> targets);
-  // Answers from the worker pool for AUTH and for the sender check at MAIL.
-  void onAuthAnswer(auth::AuthResult result);
-  void onSenderAnswer(auth::SenderResult result);
 
  private:
   enum class Phase {
     kTlsHandshake,
     kCommand,
-    kRcptLookup,
     kData,
     kBdat,
     kDelivering,
-    kAuthLookup,    // credentials on the worker pool
     kAuthDelay,     // failure delay before the 535
-    kSenderLookup,  // MAIL FROM ownership on the worker pool
-    kFiltering,     // the session's filters look at the message (data stage)
+    kWaiting,       // a stage of the session's filters runs (auth, mail, rcpt, data)
   };
   // --- Session hooks ---
   void onClientData(std::string_view plain) override;
@@ -64,6 +57,15 @@ class SmtpSession final : public Session {
     return renderSmtp(v, stage, hostname_);
   }
   void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
+  void addBuiltinFilters(FilterChain& chain) override;
+  // Runs a stage of the session's filters; onStageDone() continues.
+  void waitFor(filters::Stage stage);
+  void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
+                         std::vector<DeliveryTarget> targets);
+  void onAuthAnswer(auth::AuthResult result);
+  void onSenderAnswer(auth::SenderResult result);
+  // The verdict of a stage refused the command: the reply (and a close if it says so).
+  void refuseStage(filters::Stage stage, const filters::Verdict& v);
   void onBackendConnected() override;
   void onBackendTlsReady() override;
   void onBackendFailed(BackendFailure why, const std::string& detail) override;
@@ -98,8 +100,7 @@ class SmtpSession final : public Session {
   void armClientTimer();
   void updateTimer();
   bool busy() const {
-    return phase_ == Phase::kRcptLookup || phase_ == Phase::kDelivering || phase_ == Phase::kAuthLookup ||
-           phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup || phase_ == Phase::kFiltering;
+    return phase_ == Phase::kWaiting || phase_ == Phase::kDelivering || phase_ == Phase::kAuthDelay;
   }
 
   // --- delivery (SmtpNodeClient speaks to the node) ---
@@ -151,6 +152,17 @@ class SmtpSession final : public Session {
   unsigned auth_failures_ = 0;
   uint64_t auth_delay_until_ = 0;
   std::string pending_mail_;  // MAIL path waiting for the sender check
+  // The session's own steps in its filter chain (owned by the chain), and what their
+  // answers left for onStageDone().
+  ExecutorStep* auth_step_ = nullptr;
+  ExecutorStep* sender_step_ = nullptr;
+  ExecutorStep* rcpt_step_ = nullptr;
+  auth::AuthResult auth_result_;
+  auth::SenderResult sender_result_ = auth::SenderResult::kTempFail;
+  bool sender_asked_ = false;  // the mail stage carries a sender check
+  auth::RecipientResult rcpt_result_ = auth::RecipientResult::kTempFail;
+  std::string rcpt_route_key_;
+  std::vector<DeliveryTarget> rcpt_targets_;
   bool pending_utf8_ = false, pending_8bit_ = false;
 
   // transaction
