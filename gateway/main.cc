@@ -122,6 +122,15 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           sum(&session::ReactorStats::late_worker_answers));
   counter("mailgate_recv_nobufs_total", "Receives that found the buffer ring empty.",
           sum(&session::ReactorStats::recv_nobufs));
+  auto ring_sum = [&](std::atomic<uint64_t> io::Ring::*member) {
+    uint64_t t = 0;
+    for (const auto& r : reactors) t += (r->ring().*member).load(std::memory_order_relaxed);
+    return t;
+  };
+  counter("mailgate_sq_full_submits_total", "Submits forced by a full io_uring submission queue.",
+          ring_sum(&io::Ring::sq_full_submits));
+  counter("mailgate_sq_backlogged_total", "Submission entries parked until the kernel took more.",
+          ring_sum(&io::Ring::sq_backlogged));
   auto rt = session::currentRuntime();
   if (!rt) return out;
   out += "# HELP mailgate_backend_up Last health-check verdict per storage node.\n# TYPE mailgate_backend_up gauge\n";
