@@ -122,6 +122,8 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           sum(&session::ReactorStats::late_worker_answers));
   counter("mailgate_recv_nobufs_total", "Receives that found the buffer ring empty.",
           sum(&session::ReactorStats::recv_nobufs));
+  counter("mailgate_log_lines_dropped_total", "Log lines dropped because the log queue was full.",
+          log::droppedLines());
   auto ring_sum = [&](std::atomic<uint64_t> io::Ring::*member) {
     uint64_t t = 0;
     for (const auto& r : reactors) t += (r->ring().*member).load(std::memory_order_relaxed);
@@ -213,6 +215,13 @@ int run(const std::string& path) {
       return 1;
     }
   }
+
+  // From here on a log call never blocks its thread on stderr; every way out of run()
+  // writes out what is queued (and so does exit()).
+  log::startAsync();
+  struct FlushLog {
+    ~FlushLog() { log::stopAsync(); }
+  } flush_log;
 
   std::vector<std::thread> ts;
   for (auto& r : reactors) ts.emplace_back([&r] { r->run(); });
