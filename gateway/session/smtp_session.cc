@@ -102,7 +102,17 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
       hostname_(localHostname()),
       submission_(listener.protocol == conf::Protocol::kSubmission),
-      spool_(std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir)) {}
+      spool_(std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir)) {
+  // Spool files are opened, written and read on the reactor's spool thread.
+  Reactor* r = &reactor_;
+  spool_->setAsync({[r](std::function<void()> job) { return r->spoolIo().submit(std::move(job)); },
+                    [r, slot, gen](std::function<void()> fn) {
+                      r->postToSession(slot, gen, [fn = std::move(fn)](Session&) { fn(); });
+                    }});
+  spool_->onDrained([this] {
+    if (!closing() && !busy()) pauseClient(false);
+  });
+}
 
 void SmtpSession::start() {
   armClientTimer();
@@ -272,10 +282,12 @@ void SmtpSession::process() {
       case Phase::kAuthDelay:
       case Phase::kSenderLookup:
       case Phase::kFiltering:
+      case Phase::kSpooling:
         more = false;
         break;
     }
     in_off_ += used;
+    if (spool_->congested()) pauseClient(true);  // the spool thread is behind: stop reading
     if (discard_input_) {
       discard_input_ = false;
       const size_t rest = in_.size() - in_off_;
@@ -959,11 +971,27 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
     badCommand(std::to_string(r.code) + " " + std::string(r.enhanced) + " " + std::string(r.text));
     return;
   }
-  if (!spool_->flush()) {
+  if (!spool_->flushAsync([this] { spoolFlushed(); })) {  // the spool thread still writes
+    phase_ = Phase::kSpooling;
+    pauseClient(true);
+    updateTimer();
+    return;
+  }
+  spoolFlushed();
+}
+
+void SmtpSession::spoolFlushed() {
+  if (spool_->failed()) {
     log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_->error()}});
     reactor_.stats.smtp_deferred++;
+    const bool no_space = spool_->noSpace();
     resetTransaction();
-    reply("452 4.3.1 Insufficient system storage, try again later");
+    reply(no_space ? "452 4.3.1 Insufficient system storage, try again later"
+                   : "451 4.3.0 Error: message not stored, try again later");
+    if (phase_ == Phase::kSpooling) {
+      phase_ = Phase::kCommand;
+      resumeClient();
+    }
     return;
   }
   if (spool_->inFile()) reactor_.stats.smtp_spooled_to_file++;
@@ -1278,7 +1306,9 @@ void SmtpSession::pumpBody() {
   if (step_ != Step::kBody) return;
   if (body_off_ < spool_->size()) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool_->size() - body_off_));
-    if (!spool_->read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
+    const auto got = spool_->fetch(body_off_, n, &body_chunk_, [this] { pumpBody(); });
+    if (got == MessageSpool::Fetch::kPending) return;  // read on the spool thread; pumpBody runs again
+    if (got == MessageSpool::Fetch::kError || body_chunk_.size() != n) {
       log::error("smtp spool read failed", {{"session", id_}, {"error", spool_->error()}});
       attemptFailed(BackendFailure::kInternal, "spool read failed");
       return;

@@ -61,6 +61,7 @@ class SmtpSession final : public Session {
     kAuthDelay,     // failure delay before the 535
     kSenderLookup,  // MAIL FROM ownership on the worker pool
     kFiltering,     // the content hooks look at the message (worker pool)
+    kSpooling,      // the spool thread writes the end of the message
   };
   // Steps of one delivery attempt to one node.
   enum class Step {
@@ -114,11 +115,13 @@ class SmtpSession final : public Session {
   void resetTransaction();
   void beginSpool();
   void messageComplete(codec::SmtpDataError err, uint64_t size);
+  void spoolFlushed();  // the message is all in the spool (or the spool failed)
   void armClientTimer();
   void updateTimer();
   bool busy() const {
     return phase_ == Phase::kRcptLookup || phase_ == Phase::kDelivering || phase_ == Phase::kAuthLookup ||
-           phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup || phase_ == Phase::kFiltering;
+           phase_ == Phase::kAuthDelay || phase_ == Phase::kSenderLookup || phase_ == Phase::kFiltering ||
+           phase_ == Phase::kSpooling;
   }
 
   // --- delivery ---
