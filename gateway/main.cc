@@ -169,6 +169,17 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
   counter("mailgate_filter_bad_text_total", "Filter reply texts or headers refused (CR, LF, NUL, controls).",
           cs.bad_text.load());
   renderExecutorMetrics(out);
+  counter("mailgate_log_lines_dropped_total", "Log lines dropped because the log queue was full.",
+          log::droppedLines());
+  auto ring_sum = [&](std::atomic<uint64_t> io::Ring::*member) {
+    uint64_t t = 0;
+    for (const auto& r : reactors) t += (r->ring().*member).load(std::memory_order_relaxed);
+    return t;
+  };
+  counter("mailgate_sq_full_submits_total", "Submits forced by a full io_uring submission queue.",
+          ring_sum(&io::Ring::sq_full_submits));
+  counter("mailgate_sq_backlogged_total", "Submission entries parked until the kernel took more.",
+          ring_sum(&io::Ring::sq_backlogged));
   auto rt = session::currentRuntime();
   if (!rt) return out;
   out += "# HELP mailgate_backend_up Last health-check verdict per storage node.\n# TYPE mailgate_backend_up gauge\n";
@@ -254,6 +265,13 @@ int run(const std::string& path) {
       return 1;
     }
   }
+
+  // From here on a log call never blocks its thread on stderr; every way out of run()
+  // writes out what is queued (and so does exit()).
+  log::startAsync();
+  struct FlushLog {
+    ~FlushLog() { log::stopAsync(); }
+  } flush_log;
 
   std::vector<std::thread> ts;
   for (auto& r : reactors) ts.emplace_back([&r] { r->run(); });

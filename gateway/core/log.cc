@@ -2,12 +2,19 @@
 
 #include "gateway/core/utf8.h"
 
+#include <poll.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <mutex>
+#include <thread>
 
 namespace mailgate::log {
 namespace {
@@ -27,7 +34,107 @@ const char* levelName(Level l) {
   }
   return "?";
 }
+
+std::atomic<uint64_t> g_dropped{0};
+
+// The asynchronous sink. Callers only append under the mutex; the writer takes the
+// whole queue at once and writes it with the mutex released.
+struct Sink {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string pending;  // complete lines, in order
+  size_t max_bytes = 0;
+  uint64_t dropped_here = 0;  // lines dropped since the writer last took the queue
+  size_t drop_at = 0;         // offset in `pending` where the first of those was dropped
+  bool running = false;       // lines go to the queue (else: written by the caller)
+  bool stop = false;
+  int fd = 2;
+  std::thread thread;
+};
+
+Sink& sink() {
+  static Sink* s = new Sink;  // never destroyed: usable from atexit and late threads
+  return *s;
+}
+
+// Writes all of data; false when the fd fails for good.
+bool writeAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {  // a non-blocking fd: wait for room (this is the log thread)
+        pollfd p{fd, POLLOUT, 0};
+        ::poll(&p, 1, 1000);
+        continue;
+      }
+      return false;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+std::string format(Level level, std::string_view msg, std::initializer_list<Field> fields);
+
+void writerLoop(Sink& s) {
+  std::string batch;
+  std::unique_lock lk(s.mu);
+  for (;;) {
+    s.cv.wait(lk, [&] { return !s.pending.empty() || s.dropped_here > 0 || s.stop; });
+    if (s.pending.empty() && s.dropped_here == 0) {  // stopping, and nothing is left
+      s.running = false;
+      return;
+    }
+    batch.swap(s.pending);
+    const uint64_t dropped = s.dropped_here;
+    const size_t at = std::min(s.drop_at, batch.size());
+    s.dropped_here = 0;
+    const int fd = s.fd;
+    const size_t max_bytes = s.max_bytes;
+    lk.unlock();
+    if (dropped > 0) batch.insert(at, format(Level::kWarn, "log lines dropped", {{"lines", dropped}}));
+    if (!writeAll(fd, batch))
+      g_dropped.fetch_add(static_cast<uint64_t>(std::count(batch.begin(), batch.end(), '\n')),
+                          std::memory_order_relaxed);
+    batch.clear();
+    if (batch.capacity() > max_bytes + 4096) std::string().swap(batch);
+    lk.lock();
+  }
+}
 }  // namespace
+
+void startAsync(int fd, size_t max_bytes) {
+  static std::once_flag at_exit;
+  std::call_once(at_exit, [] { std::atexit([] { stopAsync(); }); });
+  Sink& s = sink();
+  std::lock_guard lk(s.mu);
+  if (s.running || s.thread.joinable()) return;
+  s.fd = fd;
+  s.max_bytes = max_bytes;
+  s.stop = false;
+  s.running = true;
+  s.thread = std::thread([&s] { writerLoop(s); });
+}
+
+void stopAsync() noexcept {
+  Sink& s = sink();
+  std::thread t;
+  {
+    std::lock_guard lk(s.mu);
+    if (!s.thread.joinable()) return;
+    s.stop = true;
+    t = std::move(s.thread);
+  }
+  s.cv.notify_one();
+  t.join();  // the writer has written everything queued and set running = false
+  std::lock_guard lk(s.mu);
+  s.stop = false;
+  s.fd = 2;
+  std::string().swap(s.pending);
+}
+
+uint64_t droppedLines() noexcept { return g_dropped.load(std::memory_order_relaxed); }
 
 void setLevel(Level level) noexcept { g_level.store(static_cast<int>(level)); }
 void setFormat(Format format) noexcept { g_format.store(static_cast<int>(format)); }
@@ -75,7 +182,8 @@ std::string jsonEscape(std::string_view s, size_t max) {
   return out;
 }
 
-void emit(Level level, std::string_view msg, std::initializer_list<Field> fields) {
+namespace {
+std::string format(Level level, std::string_view msg, std::initializer_list<Field> fields) {
   auto now = std::chrono::system_clock::now();
   auto secs = std::chrono::system_clock::to_time_t(now);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
@@ -121,7 +229,28 @@ void emit(Level level, std::string_view msg, std::initializer_list<Field> fields
     }
     line += '\n';
   }
-  // One write per line so lines from several threads never interleave.
+  return line;
+}
+}  // namespace
+
+void emit(Level level, std::string_view msg, std::initializer_list<Field> fields) {
+  std::string line = format(level, msg, fields);
+  Sink& s = sink();
+  {
+    std::lock_guard lk(s.mu);
+    if (s.running) {
+      if (s.pending.size() + line.size() > s.max_bytes) {
+        if (s.dropped_here++ == 0) s.drop_at = s.pending.size();
+        g_dropped.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      const bool was_empty = s.pending.empty();
+      s.pending += line;
+      if (was_empty) s.cv.notify_one();
+      return;
+    }
+  }
+  // Synchronous: one write per line so lines from several threads never interleave.
   ssize_t r = ::write(2, line.data(), line.size());
   (void)r;
 }

@@ -1,7 +1,15 @@
 #pragma once
 // Logging to stderr, one line per event, JSON or text (log.format).
 // Client-supplied text must go through jsonEscape()/truncated before logging.
+//
+// Until startAsync() (and after stopAsync()) a line is one write(2) by the caller: for
+// start-up errors and the command-line tools. While the sink runs, a call formats the
+// line and queues it (bounded in bytes) for one log thread, so a slow disk or a stalled
+// reader of stderr never blocks a reactor; when the queue is full the line is dropped
+// and counted, and the writer says how many when it catches up.
 #include <atomic>
+#include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 #include <string_view>
@@ -28,6 +36,14 @@ struct Field {
   requires std::is_arithmetic_v<N> Field(std::string_view k, N n)
       : key(k), value(std::to_string(n)), quoted(false) {}
 };
+
+// Starts the log thread writing to fd (stderr in production); max_bytes bounds the queue.
+void startAsync(int fd = 2, size_t max_bytes = size_t{4} << 20);
+// Writes out every queued line, stops the thread; later lines are written synchronously
+// to stderr again. Also run at exit(). Safe to call when the sink is not running.
+void stopAsync() noexcept;
+// Lines dropped because the queue was full or the sink's fd failed (for /metrics).
+uint64_t droppedLines() noexcept;
 
 // Emits one line: {"ts":...,"level":...,"msg":...,fields...}
 void emit(Level level, std::string_view msg, std::initializer_list<Field> fields = {});

@@ -14,6 +14,7 @@ Ring::~Ring() { close(); }
 void Ring::close() {
   if (!inited_) return;
   inited_ = false;
+  backlog_.clear();
   if (br_) {
     io_uring_unregister_buf_ring(&ring_, kBufGroup);
     munmap(br_, br_bytes_);
@@ -31,19 +32,19 @@ static std::string disabledHint() {
   return " (a seccomp profile or container runtime may block io_uring_setup)";
 }
 
-Result<bool> Ring::init() {
+Result<bool> Ring::init(unsigned entries) {
   io_uring_params p{};
   // The ring is set up on the thread that uses it: completions are then run only
   // when that thread waits for them (DEFER_TASKRUN), in batches.
   p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
             IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
-  p.cq_entries = kEntries * 4;
-  int r = io_uring_queue_init_params(kEntries, &ring_, &p);
+  p.cq_entries = entries * 4;
+  int r = io_uring_queue_init_params(entries, &ring_, &p);
   if (r == -EINVAL) {  // older kernel without some flags
     p = io_uring_params{};
     p.flags = IORING_SETUP_CQSIZE;
-    p.cq_entries = kEntries * 4;
-    r = io_uring_queue_init_params(kEntries, &ring_, &p);
+    p.cq_entries = entries * 4;
+    r = io_uring_queue_init_params(entries, &ring_, &p);
   }
   if (r < 0) return Error{std::string("io_uring_setup failed: ") + std::strerror(-r) + disabledHint()};
   inited_ = true;
@@ -97,13 +98,57 @@ Result<bool> Ring::init() {
 }
 
 io_uring_sqe* Ring::sqe() {
-  io_uring_sqe* s = io_uring_get_sqe(&ring_);
-  while (!s) {
-    sq_full_submits++;
-    io_uring_submit(&ring_);
-    s = io_uring_get_sqe(&ring_);
-  }
+  io_uring_sqe* s = nullptr;
+  sqes(1, &s);
   return s;
+}
+
+void Ring::sqes(unsigned n, io_uring_sqe** out) {
+  if (!backlog_.empty()) moveBacklog();
+  if (backlog_.empty() && io_uring_sq_space_left(&ring_) < n) {
+    // One submit, never a loop: if the kernel cannot take the entries now (its
+    // completion queue overflowed, or no memory), looping here would spin forever,
+    // since only the reactor's wait reaps completions.
+    bump(sq_full_submits);
+    if (io_uring_submit(&ring_) < 0) bump(sq_submit_errors);
+  }
+  if (backlog_.empty() && io_uring_sq_space_left(&ring_) >= n) {
+    for (unsigned i = 0; i < n; i++) out[i] = io_uring_get_sqe(&ring_);  // room checked: not null
+    return;
+  }
+  // The queue stays full, or older entries wait before these: park them behind those.
+  for (unsigned i = 0; i < n; i++) {
+    io_uring_sqe& s = backlog_.emplace_back();
+    std::memset(&s, 0, sizeof s);
+    out[i] = &s;
+    bump(sq_backlogged);
+  }
+}
+
+void Ring::moveBacklog() {
+  while (!backlog_.empty()) {
+    size_t chain = 1;  // a chain is the entries up to the first one without a link flag
+    while (chain < backlog_.size() && (backlog_[chain - 1].flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)))
+      chain++;
+    if (io_uring_sq_space_left(&ring_) < chain) return;
+    for (size_t i = 0; i < chain; i++) {
+      *io_uring_get_sqe(&ring_) = backlog_.front();
+      backlog_.pop_front();
+    }
+  }
+}
+
+int Ring::submitAndWait(unsigned wait_nr) {
+  while (!backlog_.empty()) {
+    moveBacklog();
+    int r = io_uring_submit(&ring_);
+    if (r < 0) {
+      bump(sq_submit_errors);
+      return r;  // the caller reaps what has completed, which makes room, and comes back
+    }
+    if (r == 0) break;
+  }
+  return io_uring_submit_and_wait(&ring_, wait_nr);
 }
 
 void Ring::recycle(uint16_t bid) {

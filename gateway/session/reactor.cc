@@ -272,7 +272,7 @@ void Reactor::run() {
   armTick();
   armWake();
   for (;;) {
-    int r = io_uring_submit_and_wait(ring_.raw(), 1);
+    int r = ring_.submitAndWait(1);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN && r != -ETIME) {
       static log::RateLimit rl(1);
       if (rl.allow()) log::error("io_uring_submit_and_wait failed", {{"error", std::strerror(-r)}});

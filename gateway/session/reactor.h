@@ -75,6 +75,9 @@ class Reactor {
   io::WorkerPool& workers() { return workers_; }
   // The executor for blocking content work (never shared with the directory).
   io::WorkerPool& contentWorkers() { return content_; }
+  // This reactor's spool thread: file work of SMTP message spools (open, write, read),
+  // in order, off the reactor. Answers come back through postToSession().
+  io::WorkerPool& spoolIo() { return spool_io_; }
   // Thread-safe: runs fn on this reactor's thread.
   void post(std::function<void()> fn) { mailbox_.post(std::move(fn)); }
   // For answers from workers: fn runs only if the session is still the same one.
@@ -118,6 +121,9 @@ class Reactor {
   uint64_t stop_deadline_ = 0;
   bool accept_rearm_needed_ = false;
   unsigned submit_errors_ = 0;
+  // Last: stopped (its queue run out) before the mailbox its answers go to is gone.
+  static constexpr size_t kSpoolQueue = 4096;
+  io::WorkerPool spool_io_{"spool", 1, kSpoolQueue};
 };
 
 }  // namespace mailgate::session

@@ -552,11 +552,13 @@ void Session::connectBackend(const io::SockAddr& addr, std::chrono::milliseconds
   setNoDelay(e.fd);
   connect_ts_.tv_sec = timeout.count() / 1000;
   connect_ts_.tv_nsec = (timeout.count() % 1000) * 1000000;
-  io_uring_sqe* sqe = reactor_.ring().sqe();
+  io_uring_sqe* chain[2];
+  reactor_.ring().sqes(2, chain);  // taken together: a submit between them would drop the timeout
+  io_uring_sqe* sqe = chain[0];
   io_uring_prep_connect(sqe, e.fd, reinterpret_cast<const sockaddr*>(&e.addr.ss), e.addr.len);
   sqe->flags |= IOSQE_IO_LINK;
   io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kConnect, auxOf(Side::kBackend, e), slot_, gen_}.pack());
-  io_uring_sqe* to = reactor_.ring().sqe();
+  io_uring_sqe* to = chain[1];
   io_uring_prep_link_timeout(to, &connect_ts_, 0);
   io_uring_sqe_set_data64(to, io::Tag{io::Op::kLinkTimeout, auxOf(Side::kBackend, e), slot_, gen_}.pack());
   e.ops += 2;

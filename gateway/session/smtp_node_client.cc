@@ -316,7 +316,9 @@ void SmtpNodeClient::pumpBody() {
   MessageSpool& spool = *txn_.spool;
   if (body_off_ < spool.size()) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool.size() - body_off_));
-    if (!spool.read(body_off_, n, &body_chunk_) || body_chunk_.size() != n) {
+    const auto got = spool.fetch(body_off_, n, &body_chunk_, [this] { pumpBody(); });
+    if (got == MessageSpool::Fetch::kPending) return;  // read on the spool thread; pumpBody runs again
+    if (got == MessageSpool::Fetch::kError || body_chunk_.size() != n) {
       log::error("smtp spool read failed", {{"session", session_id_}, {"error", spool.error()}});
       attemptFailed(BackendFailure::kInternal, "spool read failed");
       return;

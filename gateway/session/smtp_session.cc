@@ -70,8 +70,23 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
       hostname_(localHostname()),
       submission_(listener.protocol == conf::Protocol::kSubmission),
-      spool_(std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir)),
+      spool_(newSpool()),
       node_client_(node_link_, node_link_, id_, hostname_) {}
+
+std::shared_ptr<MessageSpool> SmtpSession::newSpool() {
+  auto spool = std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir);
+  // Spool files are opened, written and read on the reactor's spool thread.
+  Reactor* r = &reactor_;
+  const uint32_t slot = this->slot(), gen = this->gen();
+  spool->setAsync({[r](std::function<void()> job) { return r->spoolIo().submit(std::move(job)); },
+                   [r, slot, gen](std::function<void()> fn) {
+                     r->postToSession(slot, gen, [fn = std::move(fn)](Session&) { fn(); });
+                   }});
+  spool->onDrained([this] {
+    if (!closing() && !busy()) pauseClient(false);
+  });
+  return spool;
+}
 
 void SmtpSession::start() {
   armClientTimer();
@@ -226,10 +241,12 @@ void SmtpSession::process() {
       case Phase::kDelivering:
       case Phase::kAuthDelay:
       case Phase::kWaiting:
+      case Phase::kSpooling:
         more = false;
         break;
     }
     in_off_ += used;
+    if (spool_->congested()) pauseClient(true);  // the spool thread is behind: stop reading
     if (discard_input_) {
       discard_input_ = false;
       const size_t rest = in_.size() - in_off_;
@@ -322,7 +339,7 @@ void SmtpSession::resetTransaction() {
   facts_.message.reset();
   if (spool_.use_count() > 1) {
     // A hook whose deadline passed still reads the old message: leave it that one.
-    spool_ = std::make_shared<MessageSpool>(rt_->config->server.spool_memory, rt_->config->server.spool_dir);
+    spool_ = newSpool();
   } else {
     spool_->clear();
   }
@@ -913,11 +930,27 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
     badCommand(std::to_string(r.code) + " " + std::string(r.enhanced) + " " + std::string(r.text));
     return;
   }
-  if (!spool_->flush()) {
+  if (!spool_->flushAsync([this] { spoolFlushed(); })) {  // the spool thread still writes
+    phase_ = Phase::kSpooling;
+    pauseClient(true);
+    updateTimer();
+    return;
+  }
+  spoolFlushed();
+}
+
+void SmtpSession::spoolFlushed() {
+  if (spool_->failed()) {
     log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_->error()}});
     reactor_.stats.smtp_deferred++;
+    const bool no_space = spool_->noSpace();
     resetTransaction();
-    reply("452 4.3.1 Insufficient system storage, try again later");
+    reply(no_space ? "452 4.3.1 Insufficient system storage, try again later"
+                   : "451 4.3.0 Error: message not stored, try again later");
+    if (phase_ == Phase::kSpooling) {
+      phase_ = Phase::kCommand;
+      resumeClient();
+    }
     return;
   }
   if (spool_->inFile()) reactor_.stats.smtp_spooled_to_file++;

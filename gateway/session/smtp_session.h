@@ -48,6 +48,7 @@ class SmtpSession final : public Session {
     kDelivering,
     kAuthDelay,     // failure delay before the 535
     kWaiting,       // a stage of the session's filters runs (auth, mail, rcpt, data)
+    kSpooling,      // the spool thread writes the end of the message
   };
   // --- Session hooks ---
   void onClientData(std::string_view plain) override;
@@ -97,10 +98,13 @@ class SmtpSession final : public Session {
   void resetTransaction();
   void beginSpool();
   void messageComplete(codec::SmtpDataError err, uint64_t size);
+  std::shared_ptr<MessageSpool> newSpool();  // set up for the reactor's spool thread
+  void spoolFlushed();  // the message is all in the spool (or the spool failed)
   void armClientTimer();
   void updateTimer();
   bool busy() const {
-    return phase_ == Phase::kWaiting || phase_ == Phase::kDelivering || phase_ == Phase::kAuthDelay;
+    return phase_ == Phase::kWaiting || phase_ == Phase::kDelivering || phase_ == Phase::kAuthDelay ||
+           phase_ == Phase::kSpooling;
   }
 
   // --- delivery (SmtpNodeClient speaks to the node) ---

@@ -124,6 +124,36 @@ class SmtpSpoolTest(unittest.TestCase):
         self.assertEqual(self.metric("mailgate_smtp_spooled_to_file_total"), spooled + 1)
         self.assertEqual(self.metric("mailgate_smtp_messages_delivered_total"), delivered + 2)
 
+    def test_spool_file_error_is_451_and_nothing_is_accepted(self):
+        # The spool directory goes away under a running gateway: the spool thread cannot
+        # make the file, the message is refused with 451 4.3.0, and the session goes on.
+        lost = f"nospool-{time.time_ns()}"
+        kept = f"spool-back-{time.time_ns()}"
+        away = self.dir / "spool-away"
+        self.spool.rename(away)
+        try:
+            with smtplib.SMTP(harness.HOST, self.port, timeout=60) as s:
+                s.ehlo("client.example.com")
+                with self.assertRaises(smtplib.SMTPDataError) as cm:
+                    s.sendmail("sender@example.com", [ALICE], big_message(lost, 2000))
+                self.assertEqual(cm.exception.smtp_code, 451)
+                self.assertTrue(cm.exception.smtp_error.startswith(b"4.3.0"), cm.exception.smtp_error)
+                away.rename(self.spool)
+                away = None
+                msg = big_message(kept, 2000)
+                s.sendmail("sender@example.com", [ALICE], msg)
+        finally:
+            if away is not None:
+                away.rename(self.spool)
+        # On either node: an earlier test may have left the primary marked down.
+        harness.wait_for(lambda: self.find(0, kept.encode()) + self.find(1, kept.encode()), 20, what=kept)
+        self.check_arrived(0 if self.find(0, kept.encode()) else 1, kept, msg)
+        self.assertEqual(self.find(0, lost.encode()) + self.find(1, lost.encode()), [])
+        self.assertIn("smtp message not spooled", self.gateway.log_text())
+
+    def test_no_log_lines_dropped(self):
+        self.assertEqual(self.metric("mailgate_log_lines_dropped_total"), 0)
+
     def test_bdat_large_message(self):
         subject = f"bdat-{time.time_ns()}"
         msg = big_message(subject, 8000)
