@@ -148,6 +148,8 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           sum(&session::ReactorStats::smtp_rejected));
   counter("mailgate_smtp_framing_errors_total", "SMTP messages or commands with a bare CR/LF or NUL.",
           sum(&session::ReactorStats::smtp_framing_errors));
+  counter("mailgate_smtp_pipelining_errors_total", "SMTP clients that sent content before the 354 (refused).",
+          sum(&session::ReactorStats::smtp_pipelining_errors));
   counter("mailgate_smtp_spooled_to_file_total", "SMTP messages larger than server.spool_memory.",
           sum(&session::ReactorStats::smtp_spooled_to_file));
   counter("mailgate_stale_completions_total", "Completions for sessions already gone.",

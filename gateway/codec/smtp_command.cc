@@ -8,7 +8,6 @@
 namespace mailgate::codec {
 namespace {
 
-constexpr size_t kFatalLineFactor = 4;
 constexpr size_t kMaxSizeDigits = 20;  // RFC 1870 size-value = 1*20DIGIT
 constexpr size_t kMaxMechanism = 20;   // RFC 4422 sasl-mech = 1*20mech-char
 
@@ -229,14 +228,11 @@ SmtpFeed SmtpCommandParser::feed(std::string_view input) noexcept {
     const char c = input[i++];
     ++line_octets_;
     const size_t lim = limit();
-    if (line_octets_ > kFatalLineFactor * lim) {
-      err_ = SmtpErrorKind::kLineTooLong;
-      state_ = State::kFatal;
-      return {SmtpStatus::kFatal, i};
-    }
     if (line_octets_ > lim && state_ != State::kDiscard) {
       // Reported at once, not at an LF that may never come; the rest of the line is
-      // then discarded silently.
+      // then discarded silently, however long: discarding needs no memory, and the
+      // client that sent it gets exactly one reply per line, so that its next
+      // command is answered in step.
       err_ = SmtpErrorKind::kLineTooLong;
       state_ = State::kDiscard;
       if (c != '\n') {

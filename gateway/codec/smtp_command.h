@@ -14,9 +14,9 @@
 // - max_line counts the whole line with its CRLF (RFC 5321 §4.5.3.1.4: 512). AUTH
 //   lines and SASL response lines use max_sasl_line (RFC 4954 §4: 12288). An
 //   over-long line is reported at once (kError kLineTooLong: 500 5.5.2, or 500 5.5.6
-//   for AUTH/SASL lines as in RFC 4954 §6) and the rest
-//   of it is discarded silently up to its LF; more than 4 * limit octets without LF:
-//   kFatal. The answered line is not pending.
+//   for AUTH/SASL lines as in RFC 4954 §6) and the rest of it, however long, is
+//   discarded silently up to its LF: one reply per line, so that the client's next
+//   command is answered in step. The answered line is not pending.
 // - Verbs are case-insensitive. An unknown or malformed verb (also an empty one: a
 //   line starting with SP) is kCommand with SmtpVerb::kUnknown (the session answers
 //   500 5.5.1 and counts it); an empty line is kError kSyntax (500 5.5.2).

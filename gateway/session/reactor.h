@@ -46,11 +46,13 @@ struct ReactorStats {
   Counter temp_failures;
   Counter backend_failures;
   // SMTP: messages answered 250 (after the node), 4xx, 5xx at their end; framing
-  // errors (bare CR/LF, NUL: possible smuggling); messages spooled to a file.
+  // errors (bare CR/LF, NUL: possible smuggling); content sent before the 354
+  // (improper pipelining after DATA); messages spooled to a file.
   Counter smtp_delivered;
   Counter smtp_deferred;
   Counter smtp_rejected;
   Counter smtp_framing_errors;
+  Counter smtp_pipelining_errors;
   Counter smtp_spooled_to_file;
   std::atomic<uint64_t> live{0};
 };

@@ -275,6 +275,7 @@ size_t SmtpSession::processCommands(std::string_view in) {
     case codec::SmtpStatus::kNeedMore:
       break;
     case codec::SmtpStatus::kCommand:
+      input_after_line_ = in.size() - r.consumed;  // also bytes held while busy
       handleCommand(parser_->command());
       break;
     case codec::SmtpStatus::kSaslLine:
@@ -810,6 +811,21 @@ void SmtpSession::handleData() {
   }
   if (bdat_started_) {
     badCommand("503 5.5.1 Error: BDAT in progress");
+    return;
+  }
+  if (input_after_line_ > 0) {
+    // RFC 2920 §3.1: DATA ends a pipelined group; a client sends no content before
+    // the 354. Bytes already here were written blind: SMTP smuggling, or an engine
+    // that does not read replies. What follows cannot be told apart from commands,
+    // so, like Postfix's smtpd_forbid_unauth_pipelining, refuse and disconnect
+    // (BDAT chunks are pipelined by design and are not affected).
+    reactor_.stats.smtp_pipelining_errors++;
+    if (g_smuggle_log.allow())
+      log::warn("smtp improper command pipelining after DATA",
+                {{"session", id_}, {"client", client_ip_}, {"bytes", input_after_line_}});
+    resetTransaction();
+    reply("554 5.5.0 Error: improper command pipelining after DATA");
+    closeAfterFlush("protocol_error");
     return;
   }
   reply("354 End data with <CR><LF>.<CR><LF>");

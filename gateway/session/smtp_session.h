@@ -184,6 +184,7 @@ class SmtpSession final : public Session {
   bool bdat_last_ = false;
   uint64_t discard_left_ = 0;   // octets of a refused BDAT chunk still to skip
   bool discard_input_ = false;  // STARTTLS answered: drop every byte already received
+  size_t input_after_line_ = 0;  // client bytes already here after the command being handled
   // Received: header + message (unstuffed): in memory up to server.spool_memory,
   // then in a temporary file; bounded by the listener's max_message_size. Released
   // as soon as the transaction ends.

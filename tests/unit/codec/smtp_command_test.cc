@@ -308,12 +308,23 @@ std::vector<Vec> vectors() {
       {"line too long", kLong600 + "\r\nQUIT\r\n", {"E 500 5.5.2 Line too long", "C QUIT"}},
       {"line exactly 512", "NOOP " + std::string(505, 'x') + "\r\n", {"C NOOP arg=[" + std::string(505, 'x') + "]"}},
       {"line 513", "NOOP " + std::string(506, 'x') + "\r\nQUIT\r\n", {"E 500 5.5.2 Line too long", "C QUIT"}},
-      {"line fatal", std::string(2049, 'a'), {"E 500 5.5.2 Line too long", "F 500 5.5.2 Line too long"}},
+      // One reply however far beyond the limit the line goes; the next command is in step.
+      {"line 4 times the limit", std::string(2049, 'a') + "\r\nNOOP\r\n", {"E 500 5.5.2 Line too long", "C NOOP"}},
+      {"line far beyond the limit", "NOOP " + std::string(5000, 'x') + "\r\nRSET\r\n",
+       {"E 500 5.5.2 Line too long", "C RSET"}},
+      {"small line 10 times the limit", std::string(330, 'a') + "\r\nNOOP\r\n",
+       {"E 500 5.5.2 Line too long", "C NOOP"}, true},
+      {"small line too long ends in bare LF", std::string(330, 'a') + "\nNOOP\r\n",
+       {"E 500 5.5.2 Line too long", "C NOOP"}, true},
+      {"small line too long then overlong again", std::string(200, 'a') + "\r\n" + std::string(200, 'b') +
+       "\r\nQUIT\r\n", {"E 500 5.5.2 Line too long", "E 500 5.5.2 Line too long", "C QUIT"}, true},
       {"auth line long ok", "AUTH PLAIN " + std::string(1000, 'A') + "\r\n",
        {"C AUTH arg=[PLAIN] ir=" + std::string(1000, 'A')}},
       {"small auth too long", "AUTH PLAIN " + std::string(40, 'A') + "\r\nNOOP\r\n",
        {"E 500 5.5.6 Line too long", "C NOOP"}, true},
       {"small sasl too long", "AUTH PLAIN\r\n" + std::string(50, 'A') + "\r\nNOOP\r\n",
+       {"C AUTH arg=[PLAIN]", "E 500 5.5.6 Line too long", "C NOOP"}, true},
+      {"small sasl far too long", "AUTH PLAIN\r\n" + std::string(500, 'A') + "\r\nNOOP\r\n",
        {"C AUTH arg=[PLAIN]", "E 500 5.5.6 Line too long", "C NOOP"}, true},
       {"starttls", "STARTTLS\r\n", {"C STARTTLS"}},
       {"starttls injection", "STARTTLS\r\nRSET\r\n", {"C STARTTLS", "injected"}},
@@ -505,6 +516,40 @@ TEST(SmtpCommandParser, OverlongReportedAtOnceNotPending) {
   const SmtpFeed g = p.feed("b\r\nQUIT\r\n");
   EXPECT_EQ(g.status, SmtpStatus::kCommand);
   EXPECT_EQ(p.command().verb, SmtpVerb::kQuit);
+}
+
+// Lines of 10 KB and 70 KB (far beyond 4 * the limit) at the default limit and at a
+// 4 KiB one: one error when the limit is crossed, the rest discarded up to the end of
+// the line, then the next command. Whole, byte by byte and at random splits (every
+// single split point of a 70 KB input is too slow for a unit test).
+TEST(SmtpCommandParser, VeryLongLinesAnsweredOnce) {
+  for (const uint32_t max_line : {512u, 4096u}) {
+    for (const size_t n : {size_t{10} * 1024, size_t{70} * 1024}) {
+      SCOPED_TRACE("max_line " + std::to_string(max_line) + " line " + std::to_string(n));
+      SmtpLimits lim;
+      lim.max_line = max_line;
+      const std::string in = "NOOP " + std::string(n, 'x') + "\r\nNOOP\r\n";
+      const std::vector<std::string> want = {"E 500 5.5.2 Line too long", "C NOOP"};
+      const auto whole = run(in, {}, lim);
+      EXPECT_EQ(texts(whole), want);
+      ASSERT_EQ(whole.size(), 2u);
+      EXPECT_EQ(whole[0].end, size_t{max_line} + 1);  // reported when the limit is crossed
+      std::vector<size_t> every;
+      for (size_t i = 1; i < in.size(); ++i) every.push_back(i);
+      EXPECT_EQ(run(in, every, lim), whole) << "byte by byte";
+      std::mt19937 rng(2920);
+      for (int r = 0; r < 20; ++r) {
+        std::vector<size_t> cuts;
+        size_t at = 0;
+        while (true) {
+          at += 1 + rng() % 3000;
+          if (at >= in.size()) break;
+          cuts.push_back(at);
+        }
+        EXPECT_EQ(run(in, cuts, lim), whole) << "random split " << r;
+      }
+    }
+  }
 }
 
 }  // namespace
