@@ -641,8 +641,28 @@ class Mailgate:
             pass
         return self.proc.returncode
 
+    def _log_settle(self, quiet: float = 0.06, limit: float = 2.0) -> None:
+        """The gateway writes its log on a log thread of its own: a line logged before
+        a reply reaches the file a moment after the client has the reply. Wait until
+        the file has stopped growing for `quiet` seconds (at most `limit`)."""
+        deadline = time.monotonic() + limit
+        last, still = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                size = os.path.getsize(self.log_path)
+            except OSError:
+                return
+            now = time.monotonic()
+            if size != last:
+                last, still = size, now
+            elif now - still >= quiet:
+                return
+            time.sleep(0.02)
+
     def log_text(self, max_bytes: int = 8 << 20) -> str:
         """The log (its last max_bytes only: a misbehaving binary can log without end)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._log_settle()
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
