@@ -22,11 +22,12 @@ CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::Cache
     : CachingDirectory(std::move(inner), cfg, [] { return std::chrono::steady_clock::now(); }) {}
 
 CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg, Clock clock,
-                                   std::size_t max_entries)
+                                   std::size_t max_entries, std::size_t max_negative_entries)
     : inner_(std::move(inner)),
       cfg_(cfg),
       clock_(std::move(clock)),
       entries_(max_entries),
+      negative_entries_(max_negative_entries),
       rcpt_entries_(max_entries) {
   if (RAND_bytes(hmac_key_, sizeof hmac_key_) != 1) {
     // No usable CSPRNG: fall back to random_device (still never stores the password).
@@ -70,7 +71,9 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
   const std::string k = key(user, password);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (const Entry* e = entries_.find(k); e && clock_() < e->expires) {
+    const Entry* e = entries_.find(k);
+    if (e == nullptr) e = negative_entries_.find(k);
+    if (e && clock_() < e->expires) {
       ++hits_;
       return e->result;
     }
@@ -98,12 +101,14 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
 
 void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point now) {
   const bool positive = r.verdict == Verdict::kOk;
-  if (!positive && cfg_.negative_ttl.count() <= 0) {
-    // Negative entries disabled: a positive entry for this password is no longer true.
+  // The answer replaces any entry of the other kind: a positive entry for a password
+  // now refused must not be honoured during a later outage.
+  if (positive)
+    negative_entries_.erase(k);
+  else
     entries_.erase(k);
-    return;
-  }
-  Entry& e = entries_.put(k);
+  if (!positive && cfg_.negative_ttl.count() <= 0) return;  // negative entries disabled
+  Entry& e = positive ? entries_.put(k) : negative_entries_.put(k);
   e.result = r;
   e.result.wait = std::chrono::milliseconds(0);
   if (positive) {
@@ -164,7 +169,8 @@ std::string CachingDirectory::statsText() const {
     std::lock_guard<std::mutex> lock(mu_);
     out = "auth_cache_hits=" + std::to_string(hits_) + " auth_cache_misses=" + std::to_string(misses_) +
           " auth_cache_stale_hits=" + std::to_string(stale_hits_) +
-          " auth_cache_entries=" + std::to_string(entries_.size()) +
+          " auth_cache_entries=" + std::to_string(entries_.size() + negative_entries_.size()) +
+          " auth_cache_negative_entries=" + std::to_string(negative_entries_.size()) +
           " rcpt_cache_hits=" + std::to_string(rcpt_hits_) +
           " rcpt_cache_misses=" + std::to_string(rcpt_misses_) +
           " rcpt_cache_entries=" + std::to_string(rcpt_entries_.size());
@@ -188,7 +194,11 @@ uint64_t CachingDirectory::staleHits() const {
 }
 std::size_t CachingDirectory::size() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return entries_.size();
+  return entries_.size() + negative_entries_.size();
+}
+std::size_t CachingDirectory::negativeSize() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return negative_entries_.size();
 }
 uint64_t CachingDirectory::recipientHits() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -205,6 +215,7 @@ std::size_t CachingDirectory::recipientSize() const {
 void CachingDirectory::clear() {
   std::lock_guard<std::mutex> lock(mu_);
   entries_.clear();
+  negative_entries_.clear();
   rcpt_entries_.clear();
 }
 

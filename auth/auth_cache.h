@@ -17,8 +17,12 @@
 // never cached. ttl 0 disables the cache (every call goes to the directory);
 // negative_ttl 0 disables negative entries.
 //
-// The table is bounded (max_entries, default 100k); when full, the entry confirmed
-// longest ago is evicted. Thread-safe; the inner call runs outside the lock.
+// Positive and negative entries live in two tables, each bounded (max_entries,
+// default 100k, and max_negative_entries, default 10k); when one is full, its entry
+// stored longest ago is evicted. A password-spraying client fills only the negative
+// table: it never evicts the positive entries the outage rule depends on. A key is in
+// at most one of them (a new answer replaces the other kind's entry). Thread-safe;
+// the inner call runs outside the lock.
 //
 // Recipient answers (the MX's RCPT check) have a table of their own, keyed by the
 // lower-case address and bounded the same way: kLocal is kept for cache.ttl,
@@ -96,12 +100,15 @@ class CachingDirectory : public Directory {
  public:
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
   static constexpr std::size_t kDefaultMaxEntries = 100000;
+  static constexpr std::size_t kDefaultMaxNegativeEntries = 10000;
   static constexpr std::chrono::hours kStaleLimit{24};
 
   CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg);
-  // Tests: an injectable clock and bound.
+  // Tests: an injectable clock and bounds (max_entries bounds the positive login
+  // entries and the recipient table, max_negative_entries the negative login entries).
   CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg, Clock clock,
-                   std::size_t max_entries = kDefaultMaxEntries);
+                   std::size_t max_entries = kDefaultMaxEntries,
+                   std::size_t max_negative_entries = kDefaultMaxNegativeEntries);
 
   AuthResult authenticate(std::string_view user, std::string_view password) override;
   AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
@@ -117,14 +124,15 @@ class CachingDirectory : public Directory {
     return inner_->senderAllowed(user, address);
   }
   // "auth_cache_hits=.. auth_cache_misses=.. auth_cache_stale_hits=.. auth_cache_entries=..
-  // rcpt_cache_hits=.. rcpt_cache_misses=.. rcpt_cache_entries=.." followed by the inner
-  // directory's counters.
+  // auth_cache_negative_entries=.. rcpt_cache_hits=.. rcpt_cache_misses=.. rcpt_cache_entries=.."
+  // followed by the inner directory's counters (auth_cache_entries counts both kinds).
   std::string statsText() const override;
 
   uint64_t hits() const;
   uint64_t misses() const;
   uint64_t staleHits() const;
-  std::size_t size() const;
+  std::size_t size() const;           // login entries, positive and negative
+  std::size_t negativeSize() const;   // negative login entries
   uint64_t recipientHits() const;
   uint64_t recipientMisses() const;
   std::size_t recipientSize() const;
@@ -152,7 +160,8 @@ class CachingDirectory : public Directory {
   unsigned char hmac_key_[32];
 
   mutable std::mutex mu_;
-  LruMap<Entry> entries_;  // the least recently confirmed goes first
+  LruMap<Entry> entries_;           // positive: the least recently confirmed goes first
+  LruMap<Entry> negative_entries_;  // negative, bounded on their own
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
   uint64_t stale_hits_ = 0;

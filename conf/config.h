@@ -57,7 +57,7 @@ struct ListenerConfig {
   // Pre-authentication bounds (defaults chosen per protocol by the loader when absent).
   Duration preauth_timeout{60000};     // idle time allowed before authentication
   Duration idle_timeout{3600000};      // idle time allowed after authentication (relay)
-  uint32_t max_line = 0;               // 0 = protocol default: imap 8192, pop3 512
+  uint32_t max_line = 0;               // 0 = protocol default: imap 65536, pop3 512
   uint32_t max_literal = 8192;         // imap: largest literal accepted before authentication
   uint32_t max_bad_commands = 10;      // protocol errors before the session is closed
   uint32_t max_auth_attempts = 3;      // failed logins before the session is closed

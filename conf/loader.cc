@@ -752,7 +752,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   if (l->max_line == 0) {
     switch (l->protocol) {
       case Protocol::kImap:
-        l->max_line = 8192;
+        l->max_line = 65536;  // as Dovecot's imap_max_line_length: holds any RFC 2971 ID
         break;
       case Protocol::kPop3:
       case Protocol::kSmtp:

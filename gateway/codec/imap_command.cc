@@ -13,8 +13,14 @@ namespace {
 // reported as kError; one longer than kFatalLineFactor * max_line is kFatal at once.
 constexpr size_t kFatalLineFactor = 4;
 constexpr uint32_t kMaxDepth = 8;    // parenthesis nesting (ID needs 1)
-constexpr uint32_t kIdMaxArgs = 62;  // "(" + 30 pairs + ")" (RFC 2971: at most 30 pairs)
+// RFC 2971 §3.3: at most 30 field-value pairs, fields of at most 30 octets, values
+// of at most 1024 octets. A command within these bounds is accepted whatever
+// max_literal says (max_line must hold the line: 64K does, quoted and escaped).
 constexpr uint32_t kIdMaxPairs = 30;
+constexpr uint32_t kIdMaxArgs = 2 * kIdMaxPairs + 2;  // "(" + 30 pairs + ")"
+constexpr size_t kIdMaxField = 30;
+constexpr size_t kIdMaxValue = 1024;
+constexpr size_t kIdMaxStringOctets = kIdMaxPairs * (kIdMaxField + kIdMaxValue);
 constexpr uint64_t kLiteralSaturate = uint64_t{1} << 40;
 
 constexpr const char* kErrEmpty = "Empty command line.";
@@ -27,6 +33,8 @@ constexpr const char* kErrQuoted = "Invalid quoted string.";
 constexpr const char* kErrLiteral = "Invalid literal.";
 constexpr const char* kErrLineTooLong = "[TOOBIG] Command line too long.";
 constexpr const char* kErrLiteralTooBig = "[TOOBIG] Literal too big.";
+constexpr const char* kErrIdLimits =
+    "[LIMIT] ID takes at most 30 pairs, fields of at most 30 octets, values of at most 1024 (RFC 2971).";
 constexpr const char* kErrBareLf = "Line ends with bare LF.";
 constexpr const char* kErrBareCr = "Bare CR in command line.";
 constexpr const char* kErrNul = "NUL in command line.";
@@ -104,8 +112,8 @@ bool isInitialResponse(std::string_view s) noexcept {
 ImapCommandParser::ImapCommandParser(ImapLimits limits) noexcept : limits_(limits) {
   limits_.max_args = std::min<uint32_t>(limits_.max_args, 64);
   // Decoded tokens never exceed the raw octets: the tag (kept in SASL mode) and one
-  // line fit in 2 * max_line, literals of one command in 2 * max_literal.
-  cap_ = 2 * size_t{limits_.max_line} + 2 * size_t{limits_.max_literal};
+  // line fit in 2 * max_line, literals of one command in literalBudget().
+  cap_ = 2 * size_t{limits_.max_line} + literalBudget();
   // Not value-initialised: untouched pages of a large buffer cost no resident memory.
   buf_.reset(new (std::nothrow) char[cap_ == 0 ? 1 : cap_]);
   if (!buf_) cap_ = 0;
@@ -448,8 +456,13 @@ void ImapCommandParser::finishVerb() noexcept {
   tok_start_ = len_;
 }
 
+size_t ImapCommandParser::literalBudget() const noexcept {
+  // LOGIN: two literals of max_literal; ID: its 60 strings at their RFC 2971 bounds.
+  return std::max(2 * size_t{limits_.max_literal}, kIdMaxStringOctets);
+}
+
 bool ImapCommandParser::beginArg() noexcept {
-  if (cmd_.argc >= verb_max_args_) setError(kErrArgs);
+  if (cmd_.argc >= verb_max_args_) setError(cmd_.verb == ImapVerb::kId ? kErrIdLimits : kErrArgs);
   tok_start_ = len_;
   return err_ == nullptr;
 }
@@ -542,21 +555,25 @@ ImapStatus ImapCommandParser::afterArg(char c) noexcept {
 }
 
 ImapStatus ImapCommandParser::literalHeaderDone() noexcept {
-  const bool too_big = lit_len_ > limits_.max_literal;
+  // LOGIN's strings are bounded by max_literal; ID's by RFC 2971 (the literal being
+  // announced is argument cmd_.argc: odd ones are field names, even ones values).
+  const bool id = cmd_.verb == ImapVerb::kId;
+  const size_t bound = !id ? limits_.max_literal : (cmd_.argc % 2 == 1 ? kIdMaxField : kIdMaxValue);
+  const char* too_big_text = id ? kErrIdLimits : kErrLiteralTooBig;
+  const bool too_big = lit_len_ > bound;
+  const bool over_budget = lit_total_ + lit_len_ > literalBudget();
   if (!lit_plus_) {
     // Synchronising: without our "+" the client sends nothing more for this command.
-    if (err_ == nullptr && (too_big || lit_total_ + lit_len_ > 2 * size_t{limits_.max_literal})) {
-      setError(kErrLiteralTooBig);
-    }
+    if (err_ == nullptr && (too_big || over_budget)) setError(too_big ? too_big_text : kErrLiteralTooBig);
     if (err_ != nullptr) return endLine(ImapStatus::kError);
-  } else if (too_big) {
+  } else if (lit_len_ > std::max<size_t>(limits_.max_literal, id ? kIdMaxValue : 0)) {
     // LITERAL+: the data is already on its way and we will not read it (RFC 7888 allows
     // closing); the session replies "<tag> BAD [TOOBIG]" / "* BYE" and closes.
     err_ = kErrLiteralTooBig;
     state_ = State::kFatal;
     return ImapStatus::kFatal;
-  } else if (err_ == nullptr && lit_total_ + lit_len_ > 2 * size_t{limits_.max_literal}) {
-    setError(kErrLiteralTooBig);  // skip the (bounded) data, then fail the command
+  } else if (err_ == nullptr && (too_big || over_budget)) {
+    setError(too_big ? too_big_text : kErrLiteralTooBig);  // skip the (bounded) data, then fail the command
   }
   lit_left_ = static_cast<size_t>(lit_len_);
   if (err_ == nullptr && len_ + lit_left_ > cap_) setError(kErrLiteralTooBig);  // defensive
@@ -598,10 +615,13 @@ const char* ImapCommandParser::validate() const noexcept {
       if (argc == 1 && a[0].is_nil) return nullptr;
       if (argc < 2 || !a[0].is_list_open || !a[argc - 1].is_list_close) return kErrArgs;
       const uint32_t items = argc - 2;
-      if (items % 2 != 0 || items / 2 > kIdMaxPairs) return kErrArgs;
+      if (items % 2 != 0) return kErrArgs;
+      if (items / 2 > kIdMaxPairs) return kErrIdLimits;
       for (uint32_t i = 1; i + 1 < argc; ++i) {
         if (kinds_[i] == ArgKind::kListMarker) return kErrArgs;
-        if ((i % 2) == 1 && a[i].is_nil) return kErrArgs;  // field names are strings
+        const bool field = (i % 2) == 1;
+        if (field && a[i].is_nil) return kErrArgs;  // field names are strings
+        if (a[i].value.size() > (field ? kIdMaxField : kIdMaxValue)) return kErrIdLimits;
       }
       return nullptr;
     }

@@ -13,12 +13,15 @@
 // - Line limit: octets outside literal data, CRLFs included. Over max_line: reported
 //   at once (kError "[TOOBIG] ..."), the rest discarded silently up to LF. Over
 //   4 * max_line without LF: kFatal at once.
-// - Literals are accepted only where an astring may stand (LOGIN, ID). Each literal
-//   <= max_literal, all literals of one command <= 2 * max_literal.
+// - Literals are accepted only where an astring may stand (LOGIN, ID). A LOGIN
+//   literal <= max_literal; an ID field <= 30 octets and an ID value <= 1024 octets
+//   (RFC 2971, whatever max_literal is; quoted ones are checked at the end of the
+//   line, as is the limit of 30 pairs). All literals of one command <=
+//   max(2 * max_literal, 30 * (30 + 1024)).
 //   {n} too big or not allowed: kError right after its "{n}" CRLF (no "+" is sent,
-//   so no data follows). {n+} not allowed or over the per-command budget: the n
-//   octets are skipped (n <= max_literal), then kError at the end of the line.
-//   {n+} with n > max_literal: kFatal (RFC 7888 permits closing).
+//   so no data follows). {n+} not allowed or too big: the n octets are skipped
+//   (n <= max(max_literal, 1024 for ID)), then kError at the end of the line.
+//   {n+} with a larger n: kFatal (RFC 7888 permits closing).
 // - Bare LF ends the line with kError; CR not followed by LF and NUL (outside
 //   literal data) are kError at the next LF. NUL inside literal data: kError.
 // - SASL mode is one-shot: the next line (bounded by max_line) is returned verbatim
@@ -45,7 +48,7 @@ enum class ImapVerb {
 };
 
 struct ImapLimits {
-  uint32_t max_line = 8192;      // octets of one command line, excluding literal data
+  uint32_t max_line = 65536;     // octets of one command line, excluding literal data (Dovecot: 64K)
   uint32_t max_literal = 65536;  // octets of one literal
   uint32_t max_args = 64;        // arguments per command (ID's list counts its items)
 };
@@ -128,6 +131,7 @@ class ImapCommandParser {
   void syntaxError(const char* text) noexcept;
   void setError(const char* text) noexcept;
   bool beginArg() noexcept;
+  size_t literalBudget() const noexcept;
   void pushArg(ArgKind kind, bool open, bool close) noexcept;
   bool append(char c) noexcept;
   void finishVerb() noexcept;
@@ -136,7 +140,7 @@ class ImapCommandParser {
   ImapLimits limits_;
   ImapCommand cmd_;
   std::unique_ptr<char[]> buf_;  // one buffer, allocated once at construction
-  size_t cap_ = 0;               // 2 * max_line + 2 * max_literal
+  size_t cap_ = 0;               // 2 * max_line + literalBudget()
   size_t len_ = 0;
   size_t tok_start_ = 0;
   size_t tag_len_ = 0;      // the tag stays at buf_[0, tag_len_) (kept in SASL mode)

@@ -8,11 +8,13 @@ namespace mailgate::session {
 
 namespace {
 constexpr size_t kMaxHeld = 64 * 1024;
+constexpr std::string_view kHeldRefusal = "* BYE Too much data before login completed.\r\n";
 log::RateLimit g_proto_log(20);
+log::RateLimit g_starttls_log(20);  // a client can trigger this at will
 
 codec::ImapLimits limitsFor(const conf::ListenerConfig& l) {
   codec::ImapLimits lim;
-  lim.max_line = l.max_line ? l.max_line : 8192;
+  lim.max_line = l.max_line ? l.max_line : 65536;
   lim.max_literal = l.max_literal;
   return lim;
 }
@@ -96,12 +98,7 @@ void ImapSession::badCommand(std::string_view tag, std::string_view text) {
 void ImapSession::onClientData(std::string_view data) {
   if (tls_pending_) return;  // cannot happen: TLS bytes go to the TLS layer
   if (loginPhase() != LoginPhase::kIdle) {
-    if (held_.size() + data.size() > kMaxHeld) {
-      writeClient("* BYE Too much data before login completed.\r\n");
-      closeAfterFlush("protocol_error");
-      return;
-    }
-    held_.append(data);
+    holdInput(data, kMaxHeld, kHeldRefusal);
     return;
   }
   armPreauthTimer();
@@ -134,15 +131,17 @@ void ImapSession::onClientData(std::string_view data) {
     }
     if (tls_pending_) {
       // Everything after STARTTLS in the same read is an injection attempt: drop it.
-      if (!data.empty() || parser_->hasPending()) {
-        log::warn("pipelined data after STARTTLS discarded",
-                  {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
+      if ((!data.empty() || parser_->hasPending()) && g_starttls_log.allow()) {
+        log::warn("pipelined data after STARTTLS discarded", {{"session", id_},
+                                                              {"client", client_ip_},
+                                                              {"bytes", data.size()},
+                                                              {"suppressed", g_starttls_log.suppressed()}});
       }
       parser_->reset();
       return;
     }
     if (loginPhase() != LoginPhase::kIdle) {
-      held_.append(data);
+      holdInput(data, kMaxHeld, kHeldRefusal);
       return;
     }
   }
@@ -254,6 +253,10 @@ void ImapSession::replyAuthFailed() {
 
 void ImapSession::replyTempFail(const std::string& /*why*/) {
   tagged("NO [UNAVAILABLE] Backend unavailable, try again later.");
+  if (authFailures() >= listener_.max_auth_attempts) {
+    writeClient("* BYE Too many authentication failures.\r\n");
+    closeAfterFlush("auth_failed");
+  }
 }
 
 void ImapSession::onPreauthTimeout() {

@@ -49,7 +49,6 @@ class ImapSession final : public LoginSession {
 
   std::unique_ptr<codec::ImapCommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;                          // STARTTLS answered, handshake running
-  std::string held_;                                  // client bytes received while the login is in progress
   std::string tag_;                                   // tag of the LOGIN/AUTHENTICATE in progress
   unsigned bad_commands_ = 0;
   // backend handshake

@@ -191,10 +191,13 @@ void LoginSession::onBackendFailed(BackendFailure why, const std::string& detail
 
 void LoginSession::backendAttemptFailed(BackendFailure why, const std::string& detail) {
   if (phase_ != LoginPhase::kBackend) return;
-  log::warn("backend attempt failed", {{"session", id_},
-                                       {"backend", current_ ? current_->name : ""},
-                                       {"class", failureName(why)},
-                                       {"detail", detail}});
+  static log::RateLimit rl(20);  // a client can trigger this (the node refusing its password)
+  if (rl.allow())
+    log::warn("backend attempt failed", {{"session", id_},
+                                         {"backend", current_ ? current_->name : ""},
+                                         {"class", failureName(why)},
+                                         {"detail", detail},
+                                         {"suppressed", rl.suppressed()}});
   dropBackend();
   reactor_.stats.backend_failures++;
   switch (why) {
@@ -246,11 +249,30 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
   phase_ = LoginPhase::kIdle;
   backend_name_.clear();
   reactor_.stats.temp_failures++;
+  auth_failures_++;  // counted too (as Dovecot does): no endless loop on temporary failures
   replyTempFail(why);
   if (closing()) return;
   armPreauthTimer();
   pauseClient(false);
   resumeClientInput();
+}
+
+bool LoginSession::holdInput(std::string_view data, size_t max, std::string_view refusal) {
+  if (held_.size() + data.size() <= max) {
+    held_.append(data);
+    return true;
+  }
+  static log::RateLimit rl(20);  // a client can trigger this at will
+  if (rl.allow())
+    log::info("too much input during login", {{"session", id_},
+                                              {"client", client_ip_},
+                                              {"held", held_.size()},
+                                              {"bytes", data.size()},
+                                              {"suppressed", rl.suppressed()}});
+  held_.clear();
+  writeClient(refusal);
+  closeAfterFlush("protocol_error");
+  return false;
 }
 
 void LoginSession::onTimer() {

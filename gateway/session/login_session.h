@@ -52,6 +52,8 @@ class LoginSession : public Session {
   std::string backendPlainResponse() const;
   // login: master applies to this attempt (and the directory gave no credentials).
   bool masterLogin() const;
+  // Failed logins of either kind: refused credentials and temporary failures (directory
+  // or every node unavailable). At listener.max_auth_attempts the session is closed.
   unsigned authFailures() const { return auth_failures_; }
   unsigned attempt() const { return attempt_; }  // changes with every backend attempt
 
@@ -84,7 +86,13 @@ class LoginSession : public Session {
   void addBuiltinFilters(FilterChain& chain) override;
   void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
 
+  // Keeps client input that arrives while a login is in progress (every append goes
+  // through here). When the held bytes would exceed `max`, nothing more is kept: the
+  // client gets `refusal`, the session closes, and the answer is false.
+  bool holdInput(std::string_view data, size_t max, std::string_view refusal);
+
   SaslExchange sasl_;
+  std::string held_;  // client bytes received while the login is in progress, at most the bound
 
  private:
   void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);

@@ -8,7 +8,9 @@ namespace mailgate::session {
 
 namespace {
 constexpr size_t kMaxHeld = 16 * 1024;
+constexpr std::string_view kHeldRefusal = "-ERR Too much data before login completed.\r\n";
 log::RateLimit g_proto_log(20);
+log::RateLimit g_stls_log(20);  // a client can trigger this at will
 
 codec::Pop3Limits limitsFor(const conf::ListenerConfig& l) {
   codec::Pop3Limits lim;
@@ -61,12 +63,7 @@ void Pop3Session::badCommand(std::string_view text) {
 void Pop3Session::onClientData(std::string_view data) {
   if (tls_pending_) return;
   if (loginPhase() != LoginPhase::kIdle) {
-    if (held_.size() + data.size() > kMaxHeld) {
-      writeClient("-ERR Too much data before login completed.\r\n");
-      closeAfterFlush("protocol_error");
-      return;
-    }
-    held_.append(data);
+    holdInput(data, kMaxHeld, kHeldRefusal);
     return;
   }
   armPreauthTimer();
@@ -93,14 +90,16 @@ void Pop3Session::onClientData(std::string_view data) {
         return;
     }
     if (tls_pending_) {
-      if (!data.empty() || parser_->hasPending())
-        log::warn("pipelined data after STLS discarded",
-                  {{"session", id_}, {"client", client_ip_}, {"bytes", data.size()}});
+      if ((!data.empty() || parser_->hasPending()) && g_stls_log.allow())
+        log::warn("pipelined data after STLS discarded", {{"session", id_},
+                                                          {"client", client_ip_},
+                                                          {"bytes", data.size()},
+                                                          {"suppressed", g_stls_log.suppressed()}});
       parser_->reset();
       return;
     }
     if (loginPhase() != LoginPhase::kIdle) {
-      held_.append(data);
+      holdInput(data, kMaxHeld, kHeldRefusal);
       return;
     }
   }
@@ -222,6 +221,11 @@ void Pop3Session::replyAuthFailed() {
 }
 
 void Pop3Session::replyTempFail(const std::string& /*why*/) {
+  if (authFailures() >= listener_.max_auth_attempts) {
+    writeClient("-ERR [SYS/TEMP] Backend unavailable; too many authentication failures.\r\n");
+    closeAfterFlush("auth_failed");
+    return;
+  }
   writeClient("-ERR [SYS/TEMP] Backend unavailable, try again later.\r\n");
 }
 

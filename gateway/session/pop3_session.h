@@ -43,7 +43,6 @@ class Pop3Session final : public LoginSession {
 
   std::unique_ptr<codec::Pop3CommandParser> parser_;  // freed once the relay starts
   bool tls_pending_ = false;
-  std::string held_;
   std::string user_arg_;  // from USER
   unsigned bad_commands_ = 0;
   BackendStep bstep_ = BackendStep::kGreeting;

@@ -137,10 +137,13 @@ void SmtpNodeClient::tryNextTarget() {
 }
 
 void SmtpNodeClient::attemptFailed(BackendFailure why, const std::string& detail, bool permanent_reply) {
-  log::warn("delivery attempt failed", {{"session", session_id_},
-                                        {"backend", target_ ? target_->backend->name : ""},
-                                        {"class", failureName(why)},
-                                        {"detail", detail}});
+  static log::RateLimit attempt_log(20);  // a client can trigger this (a message the node refuses)
+  if (attempt_log.allow())
+    log::warn("delivery attempt failed", {{"session", session_id_},
+                                          {"backend", target_ ? target_->backend->name : ""},
+                                          {"class", failureName(why)},
+                                          {"detail", detail},
+                                          {"suppressed", attempt_log.suppressed()}});
   listener_.onAttemptFailed(why, detail);
   armTimer(0);
   node_failed_ = true;

@@ -18,6 +18,9 @@ namespace {
 constexpr size_t kMaxHeld = 1 << 20;
 log::RateLimit g_proto_log(20);
 log::RateLimit g_smuggle_log(20);
+// Lines a client can produce at will, each with its own limiter.
+log::RateLimit g_starttls_log(20);
+log::RateLimit g_rcpt_limit_log(20);
 
 codec::SmtpLimits limitsFor(const conf::ListenerConfig& l) {
   codec::SmtpLimits lim;
@@ -250,9 +253,11 @@ void SmtpSession::process() {
     if (discard_input_) {
       discard_input_ = false;
       const size_t rest = in_.size() - in_off_;
-      if (rest > 0 || parser_->hasPending())
-        log::warn("pipelined data after STARTTLS discarded",
-                  {{"session", id_}, {"client", client_ip_}, {"bytes", rest}});
+      if ((rest > 0 || parser_->hasPending()) && g_starttls_log.allow())
+        log::warn("pipelined data after STARTTLS discarded", {{"session", id_},
+                                                              {"client", client_ip_},
+                                                              {"bytes", rest},
+                                                              {"suppressed", g_starttls_log.suppressed()}});
       parser_->reset();
       in_.clear();
       in_off_ = 0;
@@ -660,11 +665,21 @@ void SmtpSession::onAuthAnswer(auth::AuthResult result) {
     }
     case auth::Verdict::kTempFail:
       reactor_.stats.temp_failures++;
-      log::warn("login temporarily failed", {{"session", id_},
-                                             {"user", user_},
-                                             {"client", client_ip_},
-                                             {"reason", result.reason.empty() ? "directory unavailable" : result.reason}});
+      auth_failures_++;  // counted too: no endless loop on temporary failures
+      if (authLogLimit().allow())
+        log::warn("login temporarily failed",
+                  {{"session", id_},
+                   {"user", user_},
+                   {"client", client_ip_},
+                   {"reason", result.reason.empty() ? "directory unavailable" : result.reason}});
       user_.clear();
+      if (auth_failures_ >= listener_.max_auth_attempts) {
+        log::info("smtp too many authentication failures",
+                  {{"session", id_}, {"client", client_ip_}, {"failures", auth_failures_}});
+        reply("421 4.7.0 " + hostname_ + " Error: too many authentication failures");
+        closeAfterFlush("too_many_auth_failures");
+        return;
+      }
       reply("454 4.7.0 Temporary authentication failure, try again later");
       break;
   }
@@ -677,8 +692,11 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     return;
   }
   if (rcpts_.size() >= listener_.max_recipients) {
-    log::info("smtp recipient limit",
-              {{"session", id_}, {"client", client_ip_}, {"recipients", rcpts_.size()}});
+    if (g_rcpt_limit_log.allow())
+      log::info("smtp recipient limit", {{"session", id_},
+                                         {"client", client_ip_},
+                                         {"recipients", rcpts_.size()},
+                                         {"suppressed", g_rcpt_limit_log.suppressed()}});
     reply("452 4.5.3 Error: too many recipients");
     return;
   }

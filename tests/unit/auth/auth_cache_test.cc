@@ -89,7 +89,7 @@ TEST_F(AuthCache, PositiveHitCostsNoInnerCall) {
   EXPECT_EQ(cache.misses(), 1u);
   EXPECT_EQ(cache.statsText(),
             "auth_cache_hits=1 auth_cache_misses=1 auth_cache_stale_hits=0 auth_cache_entries=1 "
-            "rcpt_cache_hits=0 rcpt_cache_misses=0 rcpt_cache_entries=0 fake=1");
+            "auth_cache_negative_entries=0 rcpt_cache_hits=0 rcpt_cache_misses=0 rcpt_cache_entries=0 fake=1");
 }
 
 TEST_F(AuthCache, ContextIsPassedOnMiss) {
@@ -207,6 +207,63 @@ TEST_F(AuthCache, BoundedSizeEvictsOldest) {
   EXPECT_EQ(cache.size(), 3u);
 }
 
+// Password spraying: many distinct wrong credentials fill the negative table only; the
+// positive entries the outage rule depends on stay (default bounds).
+TEST_F(AuthCache, SprayingNeverEvictsPositiveEntries) {
+  fake->users["bob@example.org"] = "bob-pw";
+  CachingDirectory cache(fake, cfg, clock.fn());
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.authenticate("bob@example.org", "bob-pw").verdict, Verdict::kOk);
+  const int spray = static_cast<int>(CachingDirectory::kDefaultMaxEntries) + 10;
+  for (int i = 0; i < spray; ++i) {
+    const std::string n = std::to_string(i);
+    const Verdict v = cache.authenticate(i % 2 ? "alice@example.org" : "nobody" + n + "@example.org", "guess" + n).verdict;
+    ASSERT_NE(v, Verdict::kOk);
+  }
+  EXPECT_EQ(fake->calls, spray + 2);
+  EXPECT_LE(cache.negativeSize(), CachingDirectory::kDefaultMaxNegativeEntries);
+  EXPECT_EQ(cache.size(), cache.negativeSize() + 2);
+  // Still cached (no inner call) ...
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(fake->calls, spray + 2);
+  // ... and honoured during an outage after they expired.
+  fake->down = true;
+  clock.now += seconds(61);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.authenticate("bob@example.org", "bob-pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.staleHits(), 2u);
+}
+
+TEST_F(AuthCache, PositiveAndNegativeEntriesAreBoundedSeparately) {
+  for (int i = 0; i < 3; ++i) fake->users["u" + std::to_string(i)] = "pw";
+  CachingDirectory cache(fake, cfg, clock.fn(), /*max_entries=*/3, /*max_negative_entries=*/2);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(cache.authenticate("u" + std::to_string(i), "pw").verdict, Verdict::kOk);
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(cache.authenticate("u0", "bad" + std::to_string(i)).verdict, Verdict::kBadPassword);
+    EXPECT_LE(cache.negativeSize(), 2u);
+  }
+  EXPECT_EQ(cache.size(), 5u);
+  EXPECT_EQ(fake->calls, 53);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(cache.authenticate("u" + std::to_string(i), "pw").verdict, Verdict::kOk);
+  EXPECT_EQ(fake->calls, 53);  // every positive entry kept
+  EXPECT_EQ(cache.authenticate("u0", "bad49").verdict, Verdict::kBadPassword);  // newest negative kept
+  EXPECT_EQ(cache.authenticate("u0", "bad0").verdict, Verdict::kBadPassword);   // oldest evicted
+  EXPECT_EQ(fake->calls, 54);
+  // A refusal replaces the positive entry for the same credentials, and the reverse.
+  fake->users["u1"] = "other";
+  clock.now += seconds(61);
+  EXPECT_EQ(cache.authenticate("u1", "pw").verdict, Verdict::kBadPassword);
+  fake->down = true;
+  EXPECT_EQ(cache.authenticate("u1", "pw").verdict, Verdict::kBadPassword);  // the negative entry, not stale
+  clock.now += seconds(11);
+  EXPECT_EQ(cache.authenticate("u1", "pw").verdict, Verdict::kTempFail);  // no stale positive left
+  fake->down = false;
+  fake->users["u1"] = "pw";
+  const std::size_t negatives = cache.negativeSize();
+  EXPECT_EQ(cache.authenticate("u1", "pw").verdict, Verdict::kOk);
+  EXPECT_EQ(cache.negativeSize(), negatives - 1);  // the expired refusal is gone
+}
+
 TEST_F(AuthCache, BackendCredentialsAreNotCached) {
   class Creds : public Directory {
    public:
@@ -321,7 +378,7 @@ TEST_F(RecipientCache, BoundedAndCounted) {
   EXPECT_EQ(fake->rcpt_calls, 5);
   EXPECT_EQ(cache.statsText(),
             "auth_cache_hits=0 auth_cache_misses=0 auth_cache_stale_hits=0 auth_cache_entries=0 "
-            "rcpt_cache_hits=1 rcpt_cache_misses=5 rcpt_cache_entries=2 fake=1");
+            "auth_cache_negative_entries=0 rcpt_cache_hits=1 rcpt_cache_misses=5 rcpt_cache_entries=2 fake=1");
 }
 
 TEST_F(RecipientCache, SenderCheckGoesToTheInnerDirectory) {

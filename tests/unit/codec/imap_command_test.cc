@@ -205,6 +205,12 @@ void checkVector(const Vec& v) {
 
 const std::string k16A(16, 'A');
 const std::string k16B(16, 'B');
+const std::string kIdLimits =
+    "[LIMIT] ID takes at most 30 pairs, fields of at most 30 octets, values of at most 1024 (RFC 2971).";
+const std::string k30F(30, 'f');
+const std::string k31F(31, 'f');
+const std::string k1024V(1024, 'v');
+const std::string k1025V(1025, 'v');
 
 std::vector<Vec> vectors() {
   return {
@@ -278,6 +284,29 @@ std::vector<Vec> vectors() {
       {"id space after paren", "a ID ( \"a\" \"b\")\r\n", {"E a Syntax error in arguments."}},
       {"id trailing arg", "a ID (\"a\" \"b\") x\r\n", {"E a Invalid arguments."}},
       {"id no args", "a ID\r\n", {"E a Invalid arguments."}},
+      // RFC 2971 §3.3: fields <= 30 octets, values <= 1024 octets, <= 30 pairs
+      {"id quoted at the bounds",
+       "a ID (\"" + k30F + "\" \"" + k1024V + "\")\r\n",
+       {"C a ID ID ( [" + k30F + "] [" + k1024V + "] )"}},
+      {"id quoted field too long",
+       "a ID (\"" + k31F + "\" \"v\")\r\nb NOOP\r\n",
+       {"E a " + kIdLimits, "C b NOOP NOOP"}},
+      {"id quoted value too long",
+       "a ID (\"f\" \"" + k1025V + "\")\r\nb NOOP\r\n",
+       {"E a " + kIdLimits, "C b NOOP NOOP"}},
+      {"id atom value too long", "a ID (\"f\" " + k1025V + ")\r\n", {"E a " + kIdLimits}},
+      {"id literals at the bounds",
+       "a ID ({30}\r\n" + k30F + " {1024+}\r\n" + k1024V + ")\r\n",
+       {"+", "C a ID ID ( [" + k30F + "] [" + k1024V + "] )"}},
+      {"id literal field too long",
+       "a ID ({31}\r\nb NOOP\r\n",
+       {"E a " + kIdLimits, "C b NOOP NOOP"}},
+      {"id literal value too long",
+       "a ID (\"f\" {1025}\r\nb NOOP\r\n",
+       {"E a " + kIdLimits, "C b NOOP NOOP"}},
+      {"id literal+ value too long is skipped",
+       "a ID (\"f\" {1025+}\r\n" + k1025V + ")\r\nb NOOP\r\n",
+       {"E a " + kIdLimits, "C b NOOP NOOP"}},
       {"close without open", "a ID )\r\n", {"E a Syntax error in arguments."}},
       // --- AUTHENTICATE, SASL-IR, SASL lines
       {"authenticate",
@@ -376,14 +405,14 @@ std::vector<Vec> vectors() {
        {"F a [TOOBIG] Literal too big."},
        {},
        true},
-      {"literal budget per command",
-       "a ID ({16+}\r\n" + k16A + " {16+}\r\n" + k16B + " {1+}\r\nC NIL)\r\nb NOOP\r\n",
-       {"E a [TOOBIG] Literal too big.", "C b NOOP NOOP"},
+      {"id literals have RFC 2971 bounds, not max_literal",
+       "a ID ({30+}\r\n" + k30F + " {17+}\r\n" + k16B + "B {16}\r\n" + k16A + " NIL)\r\n",
+       {"+", "C a ID ID ( [" + k30F + "] [" + k16B + "B] [" + k16A + "] nil:NIL )"},
        {},
        true},
-      {"literal budget sync",
-       "a ID ({16+}\r\n" + k16A + " {16+}\r\n" + k16B + " {1}\r\nb NOOP\r\n",
-       {"E a [TOOBIG] Literal too big.", "C b NOOP NOOP"},
+      {"id literal+ over what may be skipped is fatal",
+       "a ID (\"f\" {1025+}\r\n",
+       {"F a [TOOBIG] Literal too big."},
        {},
        true},
       {"max args",
@@ -553,22 +582,221 @@ TEST(ImapCommand, SaslLineWithoutPriorCommandHasStarTag) {
 }
 
 TEST(ImapCommand, DefaultLimitsLongLine) {
+  const size_t max = ImapLimits{}.max_line;
+  EXPECT_EQ(max, 65536u);  // as Dovecot's imap_max_line_length
   ImapCommandParser p({});
-  std::string line = "a LOGIN x " + std::string(8200, 'y') + "\r\n";
+  std::string line = "a LOGIN x " + std::string(max + 8, 'y') + "\r\n";
   ImapFeed f = p.feed(line);
   EXPECT_EQ(f.status, ImapStatus::kError);
-  EXPECT_EQ(f.consumed, 8193u);  // reported as soon as the limit is crossed
+  EXPECT_EQ(f.consumed, max + 1);  // reported as soon as the limit is crossed
   EXPECT_EQ(p.errorText(), "[TOOBIG] Command line too long.");
-  f = p.feed(std::string_view(line).substr(8193));
+  f = p.feed(std::string_view(line).substr(max + 1));
   EXPECT_EQ(f.status, ImapStatus::kNeedMore);  // the rest of the line goes silently
-  EXPECT_EQ(f.consumed, line.size() - 8193);
-  std::string huge(4 * 8192 + 10, 'z');
+  EXPECT_EQ(f.consumed, line.size() - max - 1);
+  std::string huge(4 * max + 10, 'z');
   f = p.feed(huge);
   EXPECT_EQ(f.status, ImapStatus::kError);  // over the limit: reported at once
-  EXPECT_EQ(f.consumed, 8193u);
-  f = p.feed(std::string_view(huge).substr(8193));
+  EXPECT_EQ(f.consumed, max + 1);
+  f = p.feed(std::string_view(huge).substr(max + 1));
   EXPECT_EQ(f.status, ImapStatus::kFatal);  // no LF within 4 * max_line
-  EXPECT_EQ(f.consumed, 3u * 8192);
+  EXPECT_EQ(f.consumed, 3 * max);
+}
+
+// The limits a session gets from the default configuration (max_literal 8K).
+ImapLimits sessionLimits() {
+  ImapLimits l;
+  l.max_literal = 8192;
+  return l;
+}
+
+// How an ID string is sent: quoted (escaping " and \), as a synchronising literal, or LITERAL+.
+enum class IdForm { kQuoted, kLiteral, kLiteralPlus };
+
+std::string idString(const std::string& v, IdForm form) {
+  switch (form) {
+    case IdForm::kQuoted: {
+      std::string q = "\"";
+      for (char c : v) {
+        if (c == '"' || c == '\\') q += '\\';
+        q += c;
+      }
+      return q + "\"";
+    }
+    case IdForm::kLiteral:
+      return "{" + std::to_string(v.size()) + "}\r\n" + v;
+    case IdForm::kLiteralPlus:
+      return "{" + std::to_string(v.size()) + "+}\r\n" + v;
+  }
+  return {};
+}
+
+// "t1 ID (f1 v1 ... fn vn)" with n pairs: quoted fields of field_len octets from
+// field_fill, values of value_len octets from value_fill sent in `form` (fills cycled).
+std::string idCommand(size_t pairs, size_t field_len, size_t value_len, IdForm form, const std::string& value_fill,
+                      std::vector<std::string>* values = nullptr, const std::string& field_fill = "field-") {
+  std::string out = "t1 ID (";
+  size_t k = 0;
+  auto make = [&](size_t n, const std::string& fill) {
+    std::string s;
+    for (size_t j = 0; j < n; ++j) s += fill[k++ % fill.size()];
+    return s;
+  };
+  for (size_t i = 0; i < pairs; ++i) {
+    if (i > 0) out += ' ';
+    std::string field = make(field_len, field_fill);
+    std::string value = make(value_len, value_fill);
+    if (values) {
+      values->push_back(field);
+      values->push_back(value);
+    }
+    out += idString(field, IdForm::kQuoted) + " " + idString(value, form);
+  }
+  return out + ")\r\n";
+}
+
+// Feeds `in` in chunks of `chunk` octets, as the session does (continuations are
+// answered by going on). The statuses other than kNeedMore/kContinuation, in order.
+std::vector<ImapStatus> feedAll(ImapCommandParser& p, std::string_view in, size_t chunk, int* continuations) {
+  std::vector<ImapStatus> out;
+  while (!in.empty()) {
+    std::string_view piece = in.substr(0, chunk);
+    in.remove_prefix(piece.size());
+    while (!piece.empty()) {
+      const ImapFeed f = p.feed(piece);
+      piece.remove_prefix(f.consumed);
+      if (f.status == ImapStatus::kContinuation) {
+        ++*continuations;
+      } else if (f.status != ImapStatus::kNeedMore) {
+        out.push_back(f.status);
+        if (f.status == ImapStatus::kFatal) return out;
+      } else if (f.consumed == 0) {
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+TEST(ImapCommand, LargestIdTheRfcAllowsIsAccepted) {
+  struct Case {
+    const char* name;
+    IdForm form;
+    std::string fill;
+    std::string field_fill = "field-";
+  };
+  const Case cases[] = {
+      {"quoted", IdForm::kQuoted, "abcdefghijklmnopqrstuvwxyz0123456789 -._()"},
+      {"quoted, every octet escaped", IdForm::kQuoted, "\"\\", "\\\""},
+      {"synchronising literals", IdForm::kLiteral, "x\x01\xff\"\\()\r\n{}"},
+      {"LITERAL+", IdForm::kLiteralPlus, "literal plus "},
+  };
+  for (const Case& c : cases) {
+    for (size_t chunk : {size_t{1}, size_t{7}, size_t{1460}, size_t{1} << 20}) {
+      SCOPED_TRACE(std::string(c.name) + ", chunks of " + std::to_string(chunk));
+      std::vector<std::string> want;
+      const std::string in = idCommand(30, 30, 1024, c.form, c.fill, &want, c.field_fill) + "t2 NOOP\r\n";
+      if (c.form == IdForm::kQuoted) {
+        EXPECT_GT(in.size(), 30000u);
+      }
+      if (c.fill.size() == 2) {
+        EXPECT_GT(in.size(), 63000u);  // escaped: twice the octets
+      }
+      ImapCommandParser p(sessionLimits());
+      int continuations = 0;
+      ImapStatus first = ImapStatus::kNeedMore;
+      std::string_view rest = in;
+      // Stop at the ID command to look at it, then go on with the NOOP.
+      while (!rest.empty()) {
+        const ImapFeed f = p.feed(rest.substr(0, chunk));
+        rest.remove_prefix(f.consumed);
+        if (f.status == ImapStatus::kContinuation) {
+          ++continuations;
+          continue;
+        }
+        if (f.status != ImapStatus::kNeedMore) {
+          first = f.status;
+          break;
+        }
+      }
+      ASSERT_EQ(first, ImapStatus::kCommand) << p.errorText();
+      const ImapCommand& cmd = p.command();
+      EXPECT_EQ(cmd.verb, ImapVerb::kId);
+      ASSERT_EQ(cmd.argc, 62u);
+      EXPECT_TRUE(cmd.args[0].is_list_open);
+      EXPECT_TRUE(cmd.args[61].is_list_close);
+      for (uint32_t i = 1; i <= 60; ++i) EXPECT_EQ(cmd.args[i].value, want[i - 1]) << "argument " << i;
+      EXPECT_EQ(continuations, c.form == IdForm::kLiteral ? 30 : 0);
+      std::vector<ImapStatus> after = feedAll(p, rest, chunk, &continuations);
+      EXPECT_EQ(after, std::vector<ImapStatus>{ImapStatus::kCommand});
+      EXPECT_EQ(p.command().verb, ImapVerb::kNoop);
+    }
+  }
+}
+
+TEST(ImapCommand, IdOverTheRfcBoundsIsRefused) {
+  struct Case {
+    const char* name;
+    std::string in;
+  };
+  const Case cases[] = {
+      {"31 pairs", idCommand(31, 30, 1024, IdForm::kQuoted, "ab")},
+      {"31 pairs of literals", idCommand(31, 3, 4, IdForm::kLiteralPlus, "ab")},
+      {"a 31-octet field", idCommand(30, 30, 1024, IdForm::kQuoted, "ab").replace(8, 0, "x")},
+      {"a 1025-octet value", idCommand(1, 30, 1025, IdForm::kQuoted, "ab")},
+      {"a 1025-octet value among 30 pairs", idCommand(29, 30, 1024, IdForm::kQuoted, "ab").insert(7, "\"f\" \"" + k1025V + "\" ")},
+      {"a 1025-octet literal value", "t1 ID (\"f\" {1025}\r\n"},  // no "+": no data follows
+      {"a 1025-octet literal+ value", idCommand(1, 30, 1025, IdForm::kLiteralPlus, "ab")},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ImapCommandParser p(sessionLimits());
+    int continuations = 0;
+    const std::vector<ImapStatus> got = feedAll(p, c.in + "t2 NOOP\r\n", 1460, &continuations);
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_EQ(got[0], ImapStatus::kError);
+    EXPECT_EQ(got[1], ImapStatus::kCommand);  // resynchronised: the next command is read
+    ImapCommandParser q(sessionLimits());
+    const std::vector<ImapStatus> first = feedAll(q, c.in, 1460, &continuations);
+    ASSERT_EQ(first, std::vector<ImapStatus>{ImapStatus::kError});
+    EXPECT_EQ(q.errorTag(), "t1");
+    EXPECT_EQ(q.errorText(), kIdLimits);
+  }
+}
+
+TEST(ImapCommand, LineOverTheDefaultBoundIsRefused) {
+  // An ID that no RFC allows and that does not fit the line: [TOOBIG] at once.
+  ImapCommandParser p(sessionLimits());
+  const std::string in = "t1 ID (\"f\" \"" + std::string(70000, 'v') + "\")\r\nt2 NOOP\r\n";
+  int continuations = 0;
+  const std::vector<ImapStatus> got = feedAll(p, in, 65536, &continuations);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], ImapStatus::kError);
+  EXPECT_EQ(got[1], ImapStatus::kCommand);
+  EXPECT_EQ(p.command().verb, ImapVerb::kNoop);
+}
+
+TEST(ImapCommand, OtherPreauthCommandsFitTheDefaultBound) {
+  // LOGIN with quoted strings and AUTHENTICATE with a SASL-IR response of several KB.
+  const std::string user(200, 'u');
+  const std::string password(6000, 'p');
+  ImapCommandParser p(sessionLimits());
+  ImapFeed f = p.feed("a LOGIN \"" + user + "\" \"" + password + "\"\r\n");
+  ASSERT_EQ(f.status, ImapStatus::kCommand) << p.errorText();
+  EXPECT_EQ(p.command().args[1].value, password);
+  const std::string ir(12000, 'A');
+  f = p.feed("b AUTHENTICATE PLAIN " + ir + "\r\n");
+  ASSERT_EQ(f.status, ImapStatus::kCommand) << p.errorText();
+  EXPECT_EQ(p.command().args[1].value, ir);
+  f = p.feed("c AUTHENTICATE PLAIN\r\n");
+  ASSERT_EQ(f.status, ImapStatus::kCommand);
+  p.expectSaslLine();
+  f = p.feed(ir + "\r\n");
+  ASSERT_EQ(f.status, ImapStatus::kSaslLine) << p.errorText();
+  EXPECT_EQ(p.saslLine(), ir);
+  // LOGIN literals stay bounded by max_literal.
+  f = p.feed("d LOGIN {8193}\r\n");
+  EXPECT_EQ(f.status, ImapStatus::kError);
+  EXPECT_EQ(p.errorText(), "[TOOBIG] Literal too big.");
 }
 
 }  // namespace

@@ -118,7 +118,7 @@ TEST_F(LoaderTest, DesignExample) {
   EXPECT_EQ(c.listeners[2].tls, TlsMode::kImplicit);
   EXPECT_EQ(c.listeners[3].name, "imap");
   EXPECT_EQ(c.listeners[3].protocol, Protocol::kImap);
-  EXPECT_EQ(c.listeners[3].max_line, 8192u);
+  EXPECT_EQ(c.listeners[3].max_line, 65536u);
   const auto& pop3s = c.listeners[5];
   EXPECT_EQ(pop3s.protocol, Protocol::kPop3);
   EXPECT_EQ(pop3s.max_line, 512u);
@@ -187,7 +187,7 @@ TEST_F(LoaderTest, MinimalDefaults) {
   ASSERT_EQ(c->listeners.size(), 1u);
   EXPECT_THAT(c->listeners[0].listen, ElementsAre("127.0.0.1:1143"));  // a single string is accepted
   EXPECT_EQ(c->listeners[0].tls, TlsMode::kNone);
-  EXPECT_EQ(c->listeners[0].max_line, 8192u);
+  EXPECT_EQ(c->listeners[0].max_line, 65536u);
   EXPECT_EQ(c->listeners[0].max_bad_commands, 10u);
   EXPECT_EQ(c->listeners[0].max_auth_attempts, 3u);
   EXPECT_EQ(c->listeners[0].idle_timeout, Duration(3600000));
