@@ -27,7 +27,8 @@ void LoginSession::beginLogin(std::string user, std::string password) {
   uint32_t slot = this->slot(), gen = this->gen();
   Reactor* reactor = &reactor_;
   conf::Protocol proto = listener_.protocol;
-  bool queued = reactor_.workers().submit([rt, u, p, ctx, slot, gen, reactor, proto] {
+  bool queued = reactor_.workers().submit([rt, u, p, ctx, slot, gen, reactor, proto]() mutable {
+    ctx.route_map = rt->router->mapChangedAt();  // a cached route hint older than the map is not used
     auth::AuthResult r = rt->directory->authenticate(u, p, ctx);
     std::vector<Candidate> cands;
     if (r.verdict == auth::Verdict::kOk) {
