@@ -16,6 +16,11 @@ namespace {
 
 bool cacheable(const AuthResult& r) { return !r.backend_password && !r.backend_user; }
 
+// The entry's route hint was read before the caller's map last changed.
+bool hintOlderThanMap(const AuthResult& r, std::chrono::steady_clock::time_point asked, const AuthContext* ctx) {
+  return r.route && ctx && ctx->route_map > asked;
+}
+
 }  // namespace
 
 CachingDirectory::CachingDirectory(std::shared_ptr<Directory> inner, conf::CacheConfig cfg)
@@ -73,12 +78,13 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
     std::lock_guard<std::mutex> lock(mu_);
     const Entry* e = entries_.find(k);
     if (e == nullptr) e = negative_entries_.find(k);
-    if (e && clock_() < e->expires) {
+    if (e && clock_() < e->expires && !hintOlderThanMap(e->result, e->asked, ctx)) {
       ++hits_;
       return e->result;
     }
     ++misses_;
   }
+  const auto asked = clock_();
   AuthResult r = ctx ? inner_->authenticate(user, password, *ctx) : inner_->authenticate(user, password);
   const auto now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
@@ -86,20 +92,23 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
     case Verdict::kTempFail: {
       if (const Entry* e = entries_.find(k); e && e->result.verdict == Verdict::kOk && now < e->stale_until) {
         ++stale_hits_;
-        return e->result;
+        AuthResult stale = e->result;
+        if (hintOlderThanMap(stale, e->asked, ctx)) stale.route.reset();  // the newer map routes it
+        return stale;
       }
       return r;
     }
     case Verdict::kOk:
     case Verdict::kBadPassword:
     case Verdict::kUnknownUser:
-      if (cacheable(r)) store(k, r, now);
+      if (cacheable(r)) store(k, r, asked, now);
       return r;
   }
   return r;
 }
 
-void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point now) {
+void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point asked,
+                             std::chrono::steady_clock::time_point now) {
   const bool positive = r.verdict == Verdict::kOk;
   // The answer replaces any entry of the other kind: a positive entry for a password
   // now refused must not be honoured during a later outage.
@@ -111,6 +120,7 @@ void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chr
   Entry& e = positive ? entries_.put(k) : negative_entries_.put(k);
   e.result = r;
   e.result.wait = std::chrono::milliseconds(0);
+  e.asked = asked;
   if (positive) {
     e.expires = now + cfg_.ttl;
     e.stale_until = now + kStaleLimit;

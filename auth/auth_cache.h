@@ -17,6 +17,13 @@
 // never cached. ttl 0 disables the cache (every call goes to the directory);
 // negative_ttl 0 disables negative entries.
 //
+// Route hints (AuthResult::route) are never preferred over a newer routing map: an
+// entry remembers when its directory call started, and a hit whose hint is older than
+// the caller's map (AuthContext::route_map, the time that map last changed) is a miss
+// (the directory is asked again, so a changed route reaches new sessions as soon as
+// the map has been reloaded). If the directory then answers kTempFail, the entry is
+// used as above but without its hint: the newer map routes the session.
+//
 // Positive and negative entries live in two tables, each bounded (max_entries,
 // default 100k, and max_negative_entries, default 10k); when one is full, its entry
 // stored longest ago is evicted. A password-spraying client fills only the negative
@@ -143,6 +150,7 @@ class CachingDirectory : public Directory {
     AuthResult result;
     std::chrono::steady_clock::time_point expires;
     std::chrono::steady_clock::time_point stale_until;  // positive entries only
+    std::chrono::steady_clock::time_point asked;        // when the directory call started
   };
 
   struct RecipientEntry {
@@ -152,7 +160,8 @@ class CachingDirectory : public Directory {
 
   AuthResult lookup(std::string_view user, std::string_view password, const AuthContext* ctx);
   std::string key(std::string_view user, std::string_view password) const;
-  void store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point now);
+  void store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point asked,
+             std::chrono::steady_clock::time_point now);
 
   std::shared_ptr<Directory> inner_;
   conf::CacheConfig cfg_;

@@ -30,6 +30,10 @@ struct AuthContext {
   std::string method = "plain";  // "plain" (LOGIN, USER/PASS, SASL PLAIN/LOGIN)
   bool secured = false;          // TLS on the client connection
   unsigned attempt = 1;          // 1-based login attempt within the session
+  // When the routing map the caller will route this login with last changed
+  // (routing::Router::mapChangedAt; the epoch = no map): a cached route hint read
+  // before it is not used (auth::CachingDirectory asks the directory again).
+  std::chrono::steady_clock::time_point route_map{};
 };
 
 // Where the directory says the user lives. Each is a backend name from the config

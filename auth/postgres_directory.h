@@ -18,7 +18,8 @@
 // route     → optional (default none: the routing map comes from the `routes`
 //             listing, see PostgresRouteWatcher); run after a successful password
 //             check; row columns primary, secondary (backend names or host[:port],
-//             NULL = none) become AuthResult.route.
+//             NULL = none) become AuthResult.route (cached with the login; a
+//             hint older than the routing map is read again, see CachingDirectory).
 // domain    → a row when %{domain} is a local domain (SMTP recipient check; the
 //             default: the domains table, active ones).
 // recipient → a row when the address exists (mailbox or alias), asked only for a

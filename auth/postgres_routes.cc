@@ -27,8 +27,8 @@ std::string nodesSql(const conf::PostgresDirectoryConfig& p) {
 
 std::string text(const pqxx::field& f) { return f.is_null() ? std::string() : std::string(f.c_str()); }
 
-// Runs the queries on c; throws pqxx errors.
-std::shared_ptr<const routing::RouteTable> load(pqxx::connection& c, const std::string& routes_sql,
+// Runs the queries on c; throws pqxx errors. changed_at is left for the caller.
+std::shared_ptr<routing::RouteTable> load(pqxx::connection& c, const std::string& routes_sql,
                                                 const std::string& nodes_sql) {
   auto table = std::make_shared<routing::RouteTable>();
   pqxx::nontransaction tx(c);
@@ -86,7 +86,7 @@ Result<std::shared_ptr<const routing::RouteTable>> PostgresRouteWatcher::loadOnc
   if (!ok) return Error{ok.error()};
   try {
     auto conn = pg::connect(pg::withConnectTimeout(cfg.postgres.conninfo, cfg.postgres.timeout), cfg.postgres.timeout);
-    return load(*conn, routesSql(cfg.postgres), nodesSql(cfg.postgres));
+    return std::shared_ptr<const routing::RouteTable>(load(*conn, routesSql(cfg.postgres), nodesSql(cfg.postgres)));
   } catch (const std::exception& e) {
     return Error{"routes: " + pg::describe(e)};
   }
@@ -120,6 +120,7 @@ void PostgresRouteWatcher::run() {
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<Receiver> receiver;
   std::atomic<bool> pending{true};
+  std::shared_ptr<const routing::RouteTable> last;  // the last table published
   pg::Backoff backoff;
   Clock::time_point next_refresh{};
   bool down_logged = false;
@@ -169,10 +170,17 @@ void PostgresRouteWatcher::run() {
       }
     }
     const auto now = Clock::now();
-    if (pending.exchange(false) || now >= next_refresh) {
+    // A notification (or a new connection, after which notifications may have been
+    // missed) may stand for a change the map does not show (the `route` query's
+    // data): it always counts as a change. A refresh counts only when the map differs.
+    const bool notified = pending.exchange(false);
+    if (notified || now >= next_refresh) {
       try {
         auto table = load(*conn, routes_sql_, nodes_sql_);
-        next_refresh = Clock::now() + refresh;
+        const auto loaded = Clock::now();  // every change this table shows committed before
+        next_refresh = loaded + refresh;
+        table->changed_at = notified || !last || !table->sameContent(*last) ? loaded : last->changed_at;
+        last = table;
         log::debug("postgres routes: loaded", {{"routes", table->entries.size()}, {"nodes", table->node_states.size()}});
         if (publish_) publish_(std::move(table));
         {

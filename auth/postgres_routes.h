@@ -10,7 +10,10 @@
 //   nodes  → rows (name, state) with state active | drain | down. Empty = the
 //            default (nodes table) when `routes` is the default too, else none.
 //
-// A notification reaches publish() within milliseconds of the COMMIT. When the
+// A notification reaches publish() within milliseconds of the COMMIT. Each table
+// published carries changed_at (routing::RouteTable): the end of the load after a
+// notification or a (re)connect, or of a refresh whose table differs from the last
+// one; else the last table's. Route hints read before it lose to the map. When the
 // database is unreachable the watcher reconnects with backoff (100 ms doubling to
 // 5 s) and the last good table stays published; on reconnect it reloads at once.
 // Routes and nodes queries take no %{...} parameters.

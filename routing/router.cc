@@ -124,6 +124,18 @@ std::string printable(std::string_view s, std::size_t max) {
 
 }  // namespace
 
+// ---- RouteTable ---------------------------------------------------------------
+
+bool RouteTable::sameContent(const RouteTable& other) const {
+  if (entries.size() != other.entries.size() || node_states != other.node_states) return false;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const RouteEntry& a = entries[i];
+    const RouteEntry& b = other.entries[i];
+    if (a.key != b.key || a.primary != b.primary || a.secondary != b.secondary) return false;
+  }
+  return true;
+}
+
 // ---- Router -------------------------------------------------------------------
 
 Router::Router(std::shared_ptr<const conf::Config> config) : config_(std::move(config)) {
@@ -197,6 +209,11 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
 std::shared_ptr<const RouteTable> Router::table() const {
   std::lock_guard<std::mutex> g(dyn_mu_);
   return table_;
+}
+
+std::chrono::steady_clock::time_point Router::mapChangedAt() const {
+  std::lock_guard<std::mutex> g(dyn_mu_);
+  return table_ ? table_->changed_at : std::chrono::steady_clock::time_point{};
 }
 
 Backend* Router::resolve(std::string_view name_or_hostport) {

@@ -3,6 +3,7 @@
 // snapshot; health state is shared by all reactors (atomics) and updated by the
 // HealthChecker thread.
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -39,6 +40,13 @@ struct RouteTable {
   std::vector<RouteEntry> entries;
   // node (backend name or host) → "active" | "drain" | "down"; nodes not listed are active.
   std::vector<std::pair<std::string, std::string>> node_states;
+  // When the directory's routing data last changed, or may have (a notification, a
+  // new connection after which changes may have been missed): set by whoever loads
+  // the table. A route hint the directory gave before this time is older than this
+  // map and loses to it (see auth::CachingDirectory and AuthContext::route_map).
+  std::chrono::steady_clock::time_point changed_at{};
+  // Same routes and node states (changed_at not compared).
+  bool sameContent(const RouteTable& other) const;
 };
 
 struct Route {
@@ -63,6 +71,8 @@ class Router {
   // Thread-safe: installs the directory's map and node states (null = none).
   void setTable(std::shared_ptr<const RouteTable> table);
   std::shared_ptr<const RouteTable> table() const;
+  // The installed map's changed_at; the epoch when there is none.
+  std::chrono::steady_clock::time_point mapChangedAt() const;
   const std::vector<std::unique_ptr<Backend>>& backends() const { return backends_; }
 
  private:

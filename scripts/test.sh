@@ -3,6 +3,7 @@
 # real daemons, and a bounded libFuzzer run of every fuzz target.
 # Usage: bash scripts/test.sh        (from anywhere; as root on Debian 12)
 # Environment: FUZZ_SECONDS (default 45) per fuzz target; JOBS (default nproc);
+#              INTEGRATION_JOBS (default 3) integration test files at a time;
 #              BUILD_DIR (default build), FUZZ_BUILD_DIR (default build-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,13 @@ cmake --build "$BUILD_DIR" -j"$JOBS"
 step "unit tests"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 300 -j"$JOBS"
 
-step "integration tests"
-MAILGATE_BIN="$(readlink -f "$BUILD_DIR")/mailgate" python3 -m unittest discover -s tests/integration -v
+step "integration tests (${INTEGRATION_JOBS:-3} files at a time)"
+# One process per test file, each on ports and directories of its own; the output of
+# each file is printed whole when it ends. (One after another, as before:
+# python3 -m unittest discover -s tests/integration -v)
+MAILGATE_BIN="$(readlink -f "$BUILD_DIR")/mailgate" \
+  INTEGRATION_DURATIONS="$(readlink -f "$BUILD_DIR")/integration-durations.json" \
+  python3 tests/integration/run_parallel.py -j "${INTEGRATION_JOBS:-3}"
 
 step "fuzz build"
 CC=clang CXX=clang++ cmake -B "$FUZZ_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -40,6 +40,7 @@ void LoginSession::beginLogin(std::string user, std::string password) {
   directory_step_->set([this, rt = rt_, proto = listener_.protocol, u = lookup_.user, p = lookup_.password,
                         ctx = lookup_.context]() mutable -> filters::Resumer::Answer {
     // On the directory executor.
+    ctx.route_map = rt->router->mapChangedAt();  // a cached route hint older than the map is not used
     auth::AuthResult r = rt->directory->authenticate(u, p, ctx);
     p.assign(p.size(), '\0');
     std::vector<Candidate> cands;

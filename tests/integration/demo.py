@@ -32,7 +32,11 @@ USERS = {
 PREFERRED = {"imaps": 10993, "imap": 10143, "pop3s": 10995, "pop3": 10110, "smtp": 10025}
 
 
-def pick_ports() -> dict[str, int]:
+def pick_ports(preferred: bool = True) -> dict[str, int]:
+    """The memorable PREFERRED ports where free; any free ports for the self-test, which
+    runs next to other test files (a fixed port would be shared state between them)."""
+    if not preferred:
+        return dict(zip(PREFERRED, harness.free_ports(len(PREFERRED))))
     ports = {}
     for name, port in PREFERRED.items():
         ports[name] = port if not harness.port_open(port) and _bindable(port) else harness.free_port()
@@ -77,7 +81,7 @@ def main() -> int:
               f"lmtp {dovecot.lmtp_port}")
 
         users_file = harness.write_passwd(work / "users.passwd", USERS)
-        ports = pick_ports()
+        ports = pick_ports(preferred=not args.self_test)
         config = harness.mailgate_config(
             certificates=[cert], users_file=users_file, threads="auto",
             listeners=[

@@ -37,10 +37,45 @@ HOST = "127.0.0.1"
 
 # --------------------------------------------------------------------------- ports
 
+# Test files run in parallel (tests/integration/run_parallel.py) each get a range of
+# ports of their own, MAILGATE_PORT_RANGE="first-last", below the kernel's ephemeral
+# range: a port chosen here and released until its daemon binds it can then be taken
+# neither by another file nor by some client's outgoing connection. Without it (one
+# file at a time), the kernel picks (bind to port 0).
+_PORT_RANGE = os.environ.get("MAILGATE_PORT_RANGE", "")
+_ports_given: set[int] = set()
+
+
+def _bind_free(host: str) -> socket.socket:
+    """A socket bound to a free port of this process's range (or any free port)."""
+    m = re.fullmatch(r"(\d+)-(\d+)", _PORT_RANGE)
+    if not m:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        return s
+    first, last = int(m.group(1)), int(m.group(2))
+    size = last - first + 1
+    for attempt in range(2):
+        start = int.from_bytes(os.urandom(2), "big") % size
+        for i in range(size):
+            port = first + (start + i) % size
+            if port in _ports_given:
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))  # no SO_REUSEADDR: a port in TIME_WAIT is not free either
+            except OSError:
+                s.close()
+                continue
+            _ports_given.add(port)
+            return s
+        _ports_given.clear()  # every port handed out once: reuse those free again
+    raise OSError(errno.EADDRINUSE, f"no free port in {_PORT_RANGE}")
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port that is free on host right now (bound once, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+    with _bind_free(host) as s:
         return s.getsockname()[1]
 
 
@@ -49,8 +84,7 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
     socks, ports = [], []
     try:
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
+            s = _bind_free(host)
             socks.append(s)
             ports.append(s.getsockname()[1])
     finally:

@@ -1,11 +1,14 @@
 """The harness itself (no mailgate): Dovecot on loopback, LMTP delivery, direct
-IMAP/POP3 logins, certificates with SAN names, the config renderer."""
+IMAP/POP3 logins, certificates with SAN names, the config renderer, and the
+parallel runner's counting and port ranges."""
 
 import imaplib
+import os
 import poplib
 import shutil
 import ssl
 import subprocess
+import sys
 import unittest
 from pathlib import Path
 
@@ -96,6 +99,37 @@ class HarnessTest(unittest.TestCase):
         self.assertEqual(harness.listen_ports(text), [1234])
         self.assertIn('domain: "*"', text)
         self.assertIn("max_line: 100", text)
+
+
+class ParallelRunnerTest(unittest.TestCase):
+    """tests/integration/run_parallel.py: unittest's summary counted, port ranges apart."""
+
+    def test_counts_from_unittest_output(self):
+        import run_parallel
+        ok = "test_a ... ok\n\n" + "-" * 70 + "\nRan 4 tests in 1.0s\n\nOK (skipped=1)\n"
+        self.assertEqual((run_parallel.count(ok, 0)["passed"], run_parallel.count(ok, 0)["failed"]), (3, 0))
+        bad = ("ERROR: setUpClass (test_x.A)\n" + "-" * 70 + "\nRan 5 tests in 2.0s\n\n"
+               "FAILED (failures=1, errors=2, skipped=1)\n")
+        c = run_parallel.count(bad, 1)
+        self.assertEqual((c["passed"], c["failed"], c["skipped"]), (2, 3, 1))
+        crashed = run_parallel.count("Traceback (most recent call last):\n", -9)
+        self.assertEqual((crashed["passed"], crashed["failed"]), (0, 1))
+
+    def test_port_ranges_of_job_slots_are_disjoint_and_below_the_ephemeral_range(self):
+        import run_parallel
+        for jobs in (1, 3, 8):
+            spans = [tuple(map(int, run_parallel.port_range(s, jobs).split("-"))) for s in range(jobs)]
+            for (a, b), (c, _) in zip(spans, spans[1:]):
+                self.assertLess(b, c)
+            self.assertLess(spans[-1][1], 32768)
+
+    def test_free_ports_come_from_the_given_range(self):
+        code = ("import harness; ps = harness.free_ports(20) + [harness.free_port() for _ in range(20)]; "
+                "assert len(set(ps)) == 40, ps; assert all(32100 <= p <= 32199 for p in ps), ps; print('ok')")
+        env = dict(os.environ, MAILGATE_PORT_RANGE="32100-32199")
+        p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.stdout.strip(), "ok", p.stderr)
 
 
 if __name__ == "__main__":

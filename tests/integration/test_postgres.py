@@ -105,6 +105,7 @@ class PgGatewayCase(unittest.TestCase):
     NODES = 2
     BACKEND_NAMES = ["storage-01", "storage-02"]
     CLUSTERS = 1
+    LOG_LEVEL = "info"
     USERS: dict[str, str] = {}
     env_dir: Path
 
@@ -157,7 +158,8 @@ class PgGatewayCase(unittest.TestCase):
                     for i, d in enumerate(cls.dovecots)]
         routes = [{"domain": "*", "primary": cls.BACKEND_NAMES[0]}]
         text = harness.mailgate_config(certificates=[cls.cert_org, cls.cert_net], listeners=listeners,
-                                       users_file="unused", backends=backends, routes=routes)
+                                       users_file="unused", backends=backends, routes=routes,
+                                       log_level=cls.LOG_LEVEL)
         cls.config_text = with_directory(text, cls.directory_block())
         cls.gateway = harness.Mailgate(cls.dir, cls.config_text)
         cls.gateway.start()

@@ -34,7 +34,7 @@ class FakeDirectory : public Directory {
     } else {
       r.verdict = Verdict::kOk;
       r.user = it->first;
-      r.route = RouteHint{"storage-01", "storage-02"};
+      if (!route_primary.empty()) r.route = RouteHint{route_primary, "storage-02"};
     }
     return r;
   }
@@ -51,6 +51,7 @@ class FakeDirectory : public Directory {
   }
 
   std::map<std::string, std::string> users;
+  std::string route_primary = "storage-01";  // the route hint of every login; empty = none
   std::atomic<bool> down{false};
   std::atomic<int> calls{0};
   std::string last_protocol;
@@ -295,6 +296,78 @@ TEST_F(AuthCache, ConcurrentCallersAgree) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(ok, 800);
   EXPECT_EQ(cache.hits() + cache.misses(), 800u);
+}
+
+// A map that changed after the hint was read (AuthContext::route_map) wins over it.
+TEST_F(AuthCache, RouteHintOlderThanTheMapIsAskedAgain) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  AuthContext ctx;
+  ctx.route_map = clock.now - seconds(5);  // the map the first login routes with
+  ASSERT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).route->primary, "storage-01");
+  clock.now += seconds(1);
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).route->primary, "storage-01");
+  EXPECT_EQ(fake->calls, 1);  // the map is older than the hint: a hit
+  // the route changes in the directory; the map is reloaded after the hint was read
+  fake->route_primary = "storage-03";
+  clock.now += seconds(1);
+  ctx.route_map = clock.now;
+  clock.now += milliseconds(1);
+  auto r = cache.authenticate("alice@example.org", "alice-pw", ctx);
+  ASSERT_TRUE(r.route);
+  EXPECT_EQ(r.route->primary, "storage-03");
+  EXPECT_EQ(fake->calls, 2);
+  // the new hint was read after that map: cached again
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).route->primary, "storage-03");
+  EXPECT_EQ(fake->calls, 2);
+  // no context (no map to compare with): the hint stands
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw").route->primary, "storage-03");
+  EXPECT_EQ(fake->calls, 2);
+}
+
+TEST_F(AuthCache, OutageDropsAHintOlderThanTheMap) {
+  CachingDirectory cache(fake, cfg, clock.fn());
+  AuthContext ctx;
+  ASSERT_TRUE(cache.authenticate("alice@example.org", "alice-pw", ctx).route);
+  fake->down = true;
+  clock.now += seconds(1);
+  // a map older than the hint: the hint stands (and is a plain hit within ttl)
+  auto r = cache.authenticate("alice@example.org", "alice-pw", ctx);
+  ASSERT_TRUE(r.route);
+  EXPECT_EQ(fake->calls, 1);
+  // a newer map: the directory is asked, is down, and the login goes on without the hint
+  ctx.route_map = clock.now;
+  clock.now += milliseconds(1);
+  r = cache.authenticate("alice@example.org", "alice-pw", ctx);
+  EXPECT_EQ(r.verdict, Verdict::kOk);
+  EXPECT_EQ(r.user, "alice@example.org");
+  EXPECT_FALSE(r.route);
+  EXPECT_EQ(fake->calls, 2);
+  EXPECT_EQ(cache.staleHits(), 1u);
+  // also after the entry expired
+  clock.now += seconds(120);
+  r = cache.authenticate("alice@example.org", "alice-pw", ctx);
+  EXPECT_EQ(r.verdict, Verdict::kOk);
+  EXPECT_FALSE(r.route);
+  // the database returns: the hint is read again and used
+  fake->down = false;
+  fake->route_primary = "storage-02";
+  r = cache.authenticate("alice@example.org", "alice-pw", ctx);
+  ASSERT_TRUE(r.route);
+  EXPECT_EQ(r.route->primary, "storage-02");
+}
+
+TEST_F(AuthCache, EntryWithoutHintIsNotAskedAgainForANewerMap) {
+  fake->route_primary.clear();
+  CachingDirectory cache(fake, cfg, clock.fn());
+  AuthContext ctx;
+  EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).verdict, Verdict::kOk);
+  clock.now += seconds(1);
+  ctx.route_map = clock.now;  // the map routes this user anyway
+  clock.now += seconds(1);
+  auto r = cache.authenticate("alice@example.org", "alice-pw", ctx);
+  EXPECT_EQ(r.verdict, Verdict::kOk);
+  EXPECT_FALSE(r.route);
+  EXPECT_EQ(fake->calls, 1);
 }
 
 // ------------------------------------------------------------------ recipients

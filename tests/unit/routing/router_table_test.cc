@@ -44,6 +44,31 @@ TEST(RouterTable, MailboxBeatsDomainBeatsDefault) {
   EXPECT_EQ(r.route("boss@example.org").primary->config->name, "s1");
 }
 
+TEST(RouterTable, MapChangedAtAndSameContent) {
+  Router r(config());
+  EXPECT_EQ(r.mapChangedAt(), std::chrono::steady_clock::time_point{});
+  auto t = std::make_shared<RouteTable>();
+  t->entries.push_back({"example.org", "s2", "s1"});
+  t->node_states.emplace_back("s1", "drain");
+  t->changed_at = std::chrono::steady_clock::time_point{} + std::chrono::seconds(7);
+  r.setTable(t);
+  EXPECT_EQ(r.mapChangedAt(), t->changed_at);
+  RouteTable same = *t;
+  same.changed_at = {};
+  EXPECT_TRUE(t->sameContent(same));
+  RouteTable other = same;
+  other.entries[0].secondary.clear();
+  EXPECT_FALSE(t->sameContent(other));
+  other = same;
+  other.node_states[0].second = "active";
+  EXPECT_FALSE(t->sameContent(other));
+  other = same;
+  other.entries.push_back({"*", "s3", ""});
+  EXPECT_FALSE(t->sameContent(other));
+  r.setTable(nullptr);
+  EXPECT_EQ(r.mapChangedAt(), std::chrono::steady_clock::time_point{});
+}
+
 TEST(RouterTable, HostPortNodesAreAdHocBackends) {
   Router r(config());
   auto t = std::make_shared<RouteTable>();
