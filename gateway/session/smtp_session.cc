@@ -16,6 +16,8 @@ namespace {
 // Client bytes held while a lookup or a delivery runs (the client is paused, so
 // only what was already in flight arrives).
 constexpr size_t kMaxHeld = 1 << 20;
+// The session's own directory steps in its filter chain are named with this prefix.
+constexpr std::string_view kOwnStepPrefix = "directory-";
 log::RateLimit g_proto_log(20);
 log::RateLimit g_smuggle_log(20);
 // Lines a client can produce at will, each with its own limiter.
@@ -157,13 +159,7 @@ void SmtpSession::onTimer() {
     auth_delay_until_ = 0;
     if (phase_ == Phase::kAuthDelay) {
       phase_ = Phase::kCommand;
-      if (auth_failures_ >= listener_.max_auth_attempts) {
-        log::info("smtp too many authentication failures",
-                  {{"session", id_}, {"client", client_ip_}, {"failures", auth_failures_}});
-        reply("421 4.7.0 " + hostname_ + " Error: too many authentication failures");
-        closeAfterFlush("too_many_auth_failures");
-        return;
-      }
+      if (closeOnTooManyAuthFailures()) return;
       reply("535 5.7.8 Error: authentication failed");
       resumeClient();
       if (closing()) return;
@@ -358,6 +354,7 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
       resetTransaction();
       node_client_.releaseKept();  // the node knows the old HELO name
       helo_.assign(c.arg);
+      facts_.helo = helo_;
       esmtp_ = c.verb == codec::SmtpVerb::kEhlo;
       if (!esmtp_) {
         reply("250 " + hostname_);
@@ -441,6 +438,9 @@ void SmtpSession::handleStarttls() {
   phase_ = Phase::kTlsHandshake;
   discard_input_ = true;
   helo_.clear();
+  facts_.helo.clear();
+  facts_.user.clear();
+  facts_.authenticated = false;
   esmtp_ = false;
   authenticated_ = false;
   user_.clear();
@@ -450,6 +450,8 @@ void SmtpSession::handleStarttls() {
 
 void SmtpSession::onClientTlsReady() {
   phase_ = Phase::kCommand;
+  facts_.secured = true;
+  facts_.tls_version = clientTlsVersion();
   armClientTimer();
   if (listener_.tls == conf::TlsMode::kImplicit) sendGreeting();
 }
@@ -484,11 +486,11 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
   pending_mail_.assign(c.path);
   pending_utf8_ = c.smtputf8;
   pending_8bit_ = c.body == codec::SmtpBody::k8BitMime || c.smtputf8;
+  facts_.mail_path = pending_mail_;
   const codec::SmtpAddress& a = c.address;
   if (!submission_ || listener_.sender_any || a.domain.empty()) {
     // MX: any sender; submission: the null sender (bounces, receipts) and <postmaster>
     // need no ownership. The configured filters of the mail stage still run.
-    facts_.mail_path = pending_mail_;
     if (rt_->filters->empty()) {
       acceptMail();
       return;
@@ -497,7 +499,6 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
     waitFor(filters::Stage::kMail);
     return;
   }
-  facts_.mail_path = pending_mail_;
   char local[256];
   size_t n = codec::unquoteLocalPart(a.local_part, local, sizeof local);
   if (n == SIZE_MAX) {
@@ -636,6 +637,15 @@ void SmtpSession::beginAuth() {
   waitFor(filters::Stage::kAuth);
 }
 
+bool SmtpSession::closeOnTooManyAuthFailures() {
+  if (auth_failures_ < listener_.max_auth_attempts) return false;
+  log::info("smtp too many authentication failures",
+            {{"session", id_}, {"client", client_ip_}, {"failures", auth_failures_}});
+  reply("421 4.7.0 " + hostname_ + " Error: too many authentication failures");
+  closeAfterFlush("too_many_auth_failures");
+  return true;
+}
+
 void SmtpSession::onAuthAnswer(auth::AuthResult result) {
   switch (result.verdict) {
     case auth::Verdict::kOk:
@@ -673,13 +683,7 @@ void SmtpSession::onAuthAnswer(auth::AuthResult result) {
                    {"client", client_ip_},
                    {"reason", result.reason.empty() ? "directory unavailable" : result.reason}});
       user_.clear();
-      if (auth_failures_ >= listener_.max_auth_attempts) {
-        log::info("smtp too many authentication failures",
-                  {{"session", id_}, {"client", client_ip_}, {"failures", auth_failures_}});
-        reply("421 4.7.0 " + hostname_ + " Error: too many authentication failures");
-        closeAfterFlush("too_many_auth_failures");
-        return;
-      }
+      if (closeOnTooManyAuthFailures()) return;
       reply("454 4.7.0 Temporary authentication failure, try again later");
       break;
   }
@@ -1011,24 +1015,22 @@ class SpoolBody final : public filters::MessageBody {
 
 void SmtpSession::addBuiltinFilters(FilterChain& chain) {
   const auto deadline = directoryDeadline();
-  auto add = [&](const char* name, filters::Stage stage, const char* why) {
-    auto step = std::make_unique<ExecutorStep>(name, filters::stageBit(stage), &reactor_.workers(), deadline, why);
+  auto add = [&](std::string_view what, filters::Stage stage, const char* why) {
+    auto step = std::make_unique<ExecutorStep>(std::string(kOwnStepPrefix) + std::string(what),
+                                               filters::stageBit(stage), &reactor_.workers(), deadline, why);
     ExecutorStep* p = step.get();
     chain.add(std::move(step));
     return p;
   };
-  auth_step_ = add("directory-auth", filters::Stage::kAuth, "directory did not answer in time");
-  sender_step_ = add("directory-sender", filters::Stage::kMail, "sender check did not answer in time");
-  rcpt_step_ = add("directory-rcpt", filters::Stage::kRcpt, "recipient lookup did not answer in time");
+  auth_step_ = add("auth", filters::Stage::kAuth, "directory did not answer in time");
+  sender_step_ = add("sender", filters::Stage::kMail, "sender check did not answer in time");
+  rcpt_step_ = add("rcpt", filters::Stage::kRcpt, "recipient lookup did not answer in time");
 }
 
 void SmtpSession::waitFor(filters::Stage stage) {
   phase_ = Phase::kWaiting;
   pauseClient(true);
   updateTimer();
-  facts_.helo = helo_;
-  facts_.secured = clientTlsActive();
-  facts_.tls_version = clientTlsVersion();
   runStage(stage);
 }
 
@@ -1040,12 +1042,6 @@ void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
 }
 
 void SmtpSession::runContentHooks() {
-  facts_.helo = helo_;
-  facts_.user = authenticated_ ? user_ : std::string();
-  facts_.authenticated = authenticated_;
-  facts_.secured = clientTlsActive();
-  facts_.tls_version = clientTlsVersion();
-  facts_.mail_path = mail_from_;
   facts_.rcpts = rcpts_;
   facts_.message = std::make_shared<SpoolBody>(spool_);
   waitFor(filters::Stage::kData);
@@ -1054,49 +1050,38 @@ void SmtpSession::runContentHooks() {
 void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
   if (phase_ != Phase::kWaiting || closing()) return;
   phase_ = Phase::kCommand;
-  // A step of the session's own that did not answer in time (or found its queue
-  // full) is the lookup's temporary failure, with the lookup's own reply.
-  const bool own_step = v.filter.rfind("directory-", 0) == 0;
+  // A session's own step that did not answer in time (or found its queue full) is
+  // that lookup's temporary failure, answered with the lookup's own reply below.
+  const bool own_step = v.filter.rfind(kOwnStepPrefix, 0) == 0;
+  if (filters::isTerminal(v.action) && !own_step && stage != filters::Stage::kData) {
+    // Refused by a policy filter before the command's own work.
+    if (stage == filters::Stage::kAuth) user_.clear();
+    pending_mail_.clear();
+    pending_rcpt_.clear();
+    refuseStage(stage, v);
+    if (!closing()) resumeClient();
+    return;
+  }
   switch (stage) {
     case filters::Stage::kAuth:
       if (own_step) {
         auth_result_.verdict = auth::Verdict::kTempFail;
         auth_result_.reason = v.reason;
-      } else if (filters::isTerminal(v.action)) {
-        user_.clear();
-        refuseStage(stage, v);
-        if (!closing()) resumeClient();
-        return;
       }
       onAuthAnswer(std::move(auth_result_));
       return;
     case filters::Stage::kMail:
-      if (own_step) {
-        sender_result_ = auth::SenderResult::kTempFail;
-      } else if (filters::isTerminal(v.action)) {
-        pending_mail_.clear();
-        refuseStage(stage, v);
-        if (!closing()) resumeClient();
-        return;
-      }
       if (!sender_asked_) {
         acceptMail();
         resumeClient();
         return;
       }
       sender_asked_ = false;
-      onSenderAnswer(sender_result_);
+      onSenderAnswer(own_step ? auth::SenderResult::kTempFail : sender_result_);
       return;
     case filters::Stage::kRcpt:
-      if (own_step) {
-        rcpt_result_ = auth::RecipientResult::kTempFail;
-      } else if (filters::isTerminal(v.action)) {
-        pending_rcpt_.clear();
-        refuseStage(stage, v);
-        if (!closing()) resumeClient();
-        return;
-      }
-      onRecipientAnswer(rcpt_result_, std::move(rcpt_route_key_), std::move(rcpt_targets_));
+      onRecipientAnswer(own_step ? auth::RecipientResult::kTempFail : rcpt_result_, std::move(rcpt_route_key_),
+                        std::move(rcpt_targets_));
       return;
     case filters::Stage::kData:
       break;

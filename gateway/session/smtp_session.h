@@ -64,6 +64,8 @@ class SmtpSession final : public Session {
   void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
                          std::vector<DeliveryTarget> targets);
   void onAuthAnswer(auth::AuthResult result);
+  // 421 and a close when the session has had max_auth_attempts failures; false if not.
+  bool closeOnTooManyAuthFailures();
   void onSenderAnswer(auth::SenderResult result);
   // The verdict of a stage refused the command: the reply (and a close if it says so).
   void refuseStage(filters::Stage stage, const filters::Verdict& v);
