@@ -129,7 +129,6 @@ class Session : public ChainHost {
   // --- services for the protocol ---
   // Runs the session's filters at a stage; onStageDone() follows (perhaps at once).
   void runStage(filters::Stage stage) { chain_.run(stage, facts_); }
-  bool stageRunning() const { return chain_.busy(); }
   bool stageWanted(filters::Stage stage) const { return chain_.wants(stage); }
   // How long a directory lookup may take (its queue wait included): 3 × the driver's
   // timeout + 2 s, at least 5 s. At the deadline the client gets a temporary failure.
