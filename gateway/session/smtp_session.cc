@@ -22,7 +22,6 @@ log::RateLimit g_proto_log(20);
 log::RateLimit g_smuggle_log(20);
 // Lines a client can produce at will, each with its own limiter.
 log::RateLimit g_starttls_log(20);
-log::RateLimit g_rcpt_limit_log(20);
 
 codec::SmtpLimits limitsFor(const conf::ListenerConfig& l) {
   codec::SmtpLimits lim;
@@ -116,12 +115,6 @@ void SmtpSession::resumeClient() {
 }
 
 void SmtpSession::sendGreeting() {
-  if (listener_.greeting_delay.count() > 0 && greet_at_ == 0 && !greeted_) {
-    greet_at_ = now() + static_cast<uint64_t>(listener_.greeting_delay.count());
-    updateTimer();
-    return;
-  }
-  greet_at_ = 0;
   greeted_ = true;
   reply("220 " + hostname_ + " ESMTP mailgate");
 }
@@ -140,7 +133,6 @@ void SmtpSession::armClientTimer() {
 void SmtpSession::updateTimer() {
   uint64_t at = 0;
   if (client_deadline_ && !busy()) at = client_deadline_;
-  if (greet_at_ && (at == 0 || greet_at_ < at)) at = greet_at_;
   if (auth_delay_until_ && (at == 0 || auth_delay_until_ < at)) at = auth_delay_until_;
   if (node_deadline_ && (at == 0 || node_deadline_ < at)) at = node_deadline_;
   if (at)
@@ -151,10 +143,6 @@ void SmtpSession::updateTimer() {
 
 void SmtpSession::onTimer() {
   const uint64_t t = now();
-  if (greet_at_ && t >= greet_at_) {
-    sendGreeting();
-    armClientTimer();
-  }
   if (auth_delay_until_ && t >= auth_delay_until_) {
     auth_delay_until_ = 0;
     if (phase_ == Phase::kAuthDelay) {
@@ -332,7 +320,7 @@ void SmtpSession::resetTransaction() {
   smtputf8_ = false;
   body_8bit_ = false;
   parser_->setSmtpUtf8(false);
-  rcpts_.clear();
+  facts_.rcpts.clear();
   pending_rcpt_.clear();
   txn_route_.clear();
   targets_.clear();
@@ -695,24 +683,9 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     badCommand("503 5.5.1 Error: need MAIL command");
     return;
   }
-  if (rcpts_.size() >= listener_.max_recipients) {
-    if (g_rcpt_limit_log.allow())
-      log::info("smtp recipient limit", {{"session", id_},
-                                         {"client", client_ip_},
-                                         {"recipients", rcpts_.size()},
-                                         {"suppressed", g_rcpt_limit_log.suppressed()}});
-    reply("452 4.5.3 Error: too many recipients");
-    return;
-  }
   const codec::SmtpAddress& a = c.address;
   if (submission_ && a.domain.empty()) {
     reply("550 5.1.3 " + std::string(c.path) + ": Recipient address needs a domain");
-    return;
-  }
-  if (!submission_ && (a.percent_hack || a.bang_path || a.address_literal)) {
-    if (g_proto_log.allow())
-      log::info("smtp relay attempt refused", {{"session", id_}, {"client", client_ip_}, {"rcpt", c.path}});
-    reply("550 5.7.1 Relay access denied");
     return;
   }
   std::string address;
@@ -796,14 +769,14 @@ void SmtpSession::onRecipientAnswer(auth::RecipientResult result, std::string ro
       if (targets.empty()) {
         log::warn("smtp no storage node for recipient", {{"session", id_}, {"rcpt", path}});
         reply("451 4.3.0 " + path + ": no storage node available, try again later");
-      } else if (!rcpts_.empty() && route_key != txn_route_) {
+      } else if (!facts_.rcpts.empty() && route_key != txn_route_) {
         reply("452 4.5.3 " + path + ": recipient on another storage node, send it in a new transaction");
       } else {
-        if (rcpts_.empty()) {
+        if (facts_.rcpts.empty()) {
           txn_route_ = std::move(route_key);
           targets_ = std::move(targets);
         }
-        rcpts_.push_back(path);
+        facts_.rcpts.push_back(path);
         reply("250 2.1.5 Ok");
       }
       break;
@@ -827,7 +800,7 @@ void SmtpSession::handleData() {
     badCommand("503 5.5.1 Error: need MAIL command");
     return;
   }
-  if (rcpts_.empty()) {
+  if (facts_.rcpts.empty()) {
     badCommand("554 5.5.1 Error: no valid recipients");
     return;
   }
@@ -861,7 +834,7 @@ void SmtpSession::handleBdat(const codec::SmtpCommand& c) {
   std::string refuse;
   if (!in_txn_)
     refuse = "503 5.5.1 Error: need MAIL command";
-  else if (rcpts_.empty())
+  else if (facts_.rcpts.empty())
     refuse = "554 5.5.1 Error: no valid recipients";
   phase_ = Phase::kBdat;
   if (!refuse.empty()) {
@@ -946,7 +919,7 @@ void SmtpSession::beginSpool() {
       "Received: from " + helo_ + " (" + literal + ")\r\n\tby " + hostname_ + " (mailgate) with " + proto;
   if (tls) header += "\r\n\t(version=" + clientTlsVersion() + " cipher=" + clientTlsCipher() + ")";
   header += "\r\n\tid " + id_;
-  if (rcpts_.size() == 1) header += "\r\n\tfor " + rcpts_[0];
+  if (facts_.rcpts.size() == 1) header += "\r\n\tfor " + facts_.rcpts[0];
   header += "; " + rfc5322Date() + "\r\n";
   spool_->write(header);
 }
@@ -1013,7 +986,80 @@ class SpoolBody final : public filters::MessageBody {
 };
 }  // namespace
 
+namespace {
+// The listener's own SMTP policy, as filters of the session's chain.
+
+// connect: the greeting waits (postscreen's pregreet test). The client's input is
+// read meanwhile (SmtpSession::chainHold), and a client that talks before the 220 is
+// refused (onClientData).
+class GreetingDelay final : public filters::Filter {
+ public:
+  explicit GreetingDelay(std::chrono::milliseconds delay) : delay_(delay) {}
+  std::string_view name() const override { return "greeting-delay"; }
+  uint32_t stages() const override { return filters::stageBit(filters::Stage::kConnect); }
+  filters::Verdict onStage(filters::Stage, filters::SessionFacts&, const filters::Resumer&) override {
+    filters::Verdict v = filters::Verdict::of(filters::Action::kDelay);
+    v.delay = delay_;
+    return v;
+  }
+
+ private:
+  std::chrono::milliseconds delay_;
+};
+
+// rcpt: at most max_recipients a transaction (RFC 5321 §4.5.3.1.10: 452 4.5.3).
+class RecipientLimit final : public filters::Filter {
+ public:
+  explicit RecipientLimit(size_t max) : max_(max) {}
+  std::string_view name() const override { return "recipient-limit"; }
+  uint32_t stages() const override { return filters::stageBit(filters::Stage::kRcpt); }
+  filters::Verdict onStage(filters::Stage, filters::SessionFacts& f, const filters::Resumer&) override {
+    if (f.rcpts.size() < max_) return filters::Verdict::next();
+    filters::Verdict v = filters::Verdict::of(filters::Action::kReply, "too many recipients");
+    v.code = 452;
+    v.enhanced = "4.5.3";
+    v.text = "Error: too many recipients";
+    return v;
+  }
+
+ private:
+  size_t max_;
+};
+
+// rcpt on the MX: a source route in the local part (% hack, ! path) or an address
+// literal asks the gateway to relay.
+class RelayCheck final : public filters::Filter {
+ public:
+  std::string_view name() const override { return "relay-check"; }
+  uint32_t stages() const override { return filters::stageBit(filters::Stage::kRcpt); }
+  filters::Verdict onStage(filters::Stage, filters::SessionFacts& f, const filters::Resumer&) override {
+    const size_t at = f.rcpt.rfind('@');
+    const std::string_view local = std::string_view(f.rcpt).substr(0, at == std::string::npos ? 0 : at);
+    const bool literal = at != std::string::npos && at + 1 < f.rcpt.size() && f.rcpt[at + 1] == '[';
+    if (!literal && local.find_first_of("%!") == std::string_view::npos) return filters::Verdict::next();
+    filters::Verdict v = filters::Verdict::of(filters::Action::kReply, "relay attempt");
+    v.code = 550;
+    v.enhanced = "5.7.1";
+    v.text = "Relay access denied";
+    return v;
+  }
+};
+}  // namespace
+
+void SmtpSession::chainHold() {
+  // Before the greeting on a plaintext listener the client is read, not held: a
+  // byte before the 220 marks an early talker. Elsewhere input waits for the stage.
+  if (!greeted_ && listener_.tls != conf::TlsMode::kImplicit) {
+    pauseClient(false);
+    return;
+  }
+  pauseClient(true);
+}
+
 void SmtpSession::addBuiltinFilters(FilterChain& chain) {
+  if (listener_.greeting_delay.count() > 0) chain.add(std::make_unique<GreetingDelay>(listener_.greeting_delay));
+  chain.add(std::make_unique<RecipientLimit>(listener_.max_recipients));
+  if (!submission_) chain.add(std::make_unique<RelayCheck>());
   const auto deadline = directoryDeadline();
   auto add = [&](std::string_view what, filters::Stage stage, const char* why) {
     auto step = std::make_unique<ExecutorStep>(std::string(kOwnStepPrefix) + std::string(what),
@@ -1042,7 +1088,7 @@ void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
 }
 
 void SmtpSession::runContentHooks() {
-  facts_.rcpts = rcpts_;
+  facts_.rcpts = facts_.rcpts;
   facts_.message = std::make_shared<SpoolBody>(spool_);
   waitFor(filters::Stage::kData);
 }
@@ -1125,7 +1171,7 @@ void SmtpSession::startDelivery() {
   t.esmtp = esmtp_;
   t.user = user_;
   t.mail_from = mail_from_;
-  t.rcpts = rcpts_;
+  t.rcpts = facts_.rcpts;
   t.smtputf8 = smtputf8_;
   t.body_8bit = body_8bit_;
   t.queue_id = id_ + "-" + std::to_string(messages_);
@@ -1169,7 +1215,7 @@ void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcom
     log::info("smtp message not accepted", {{"session", id_},
                                             {"client", client_ip_},
                                             {"from", mail_from_},
-                                            {"recipients", rcpts_.size()},
+                                            {"recipients", facts_.rcpts.size()},
                                             {"outcome", outcome},
                                             {"reply", client_reply}});
   if (!client_reply.empty() && client_reply[0] == '2')

@@ -59,6 +59,7 @@ class SmtpSession final : public Session {
   }
   void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
   void addBuiltinFilters(FilterChain& chain) override;
+  void chainHold() override;
   // Runs a stage of the session's filters; onStageDone() continues.
   void waitFor(filters::Stage stage);
   void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
@@ -146,7 +147,6 @@ class SmtpSession final : public Session {
   unsigned bad_commands_ = 0;
   unsigned messages_ = 0;
   uint64_t client_deadline_ = 0;
-  uint64_t greet_at_ = 0;  // greeting_delay: when the 220 is due
   bool greeted_ = false;
   uint64_t node_deadline_ = 0;
 
@@ -176,7 +176,6 @@ class SmtpSession final : public Session {
   std::string mail_from_;  // path as sent, "<...>"
   bool smtputf8_ = false;
   bool body_8bit_ = false;
-  std::vector<std::string> rcpts_;  // paths as sent, accepted
   std::string pending_rcpt_;        // path of the RCPT being looked up
   std::string txn_route_;           // primary node of the first accepted recipient
   std::vector<DeliveryTarget> targets_;
