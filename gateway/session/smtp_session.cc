@@ -734,6 +734,7 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     pending_rcpt_.assign(c.path);
   }
   const bool submission = submission_;
+  facts_.rcpt = address;
   filters::SessionFacts facts;  // the directory's copy
   if (!submission) {
     facts = directoryFacts();
@@ -743,7 +744,6 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     if (lt != std::string::npos && gt != std::string::npos && gt > lt)
       facts.from = mail_from_.substr(lt + 1, gt - lt - 1);
   }
-  facts_.rcpt = address;
   rcpt_step_->set([this, rt = rt_, address, submission,
                    facts = std::move(facts)]() -> filters::Resumer::Answer {
     // On the directory executor.
