@@ -17,8 +17,9 @@ namespace {
 bool cacheable(const AuthResult& r) { return !r.backend_password && !r.backend_user; }
 
 // The entry's route hint was read before the caller's map last changed.
-bool hintOlderThanMap(const AuthResult& r, std::chrono::steady_clock::time_point asked, const AuthContext* ctx) {
-  return r.route && ctx && ctx->route_map > asked;
+bool hintOlderThanMap(const AuthResult& r, std::chrono::steady_clock::time_point asked,
+                      const filters::SessionFacts* facts) {
+  return r.route && facts && facts->route_map > asked;
 }
 
 }  // namespace
@@ -61,31 +62,32 @@ AuthResult CachingDirectory::authenticate(std::string_view user, std::string_vie
 }
 
 AuthResult CachingDirectory::authenticate(std::string_view user, std::string_view password,
-                                          const AuthContext& ctx) {
-  return lookup(user, password, &ctx);
+                                          const filters::SessionFacts& facts) {
+  return lookup(user, password, &facts);
 }
 
-AuthResult CachingDirectory::lookup(std::string_view user, std::string_view password, const AuthContext* ctx) {
+AuthResult CachingDirectory::lookup(std::string_view user, std::string_view password,
+                                    const filters::SessionFacts* facts) {
   if (cfg_.ttl.count() <= 0) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++misses_;
     }
-    return ctx ? inner_->authenticate(user, password, *ctx) : inner_->authenticate(user, password);
+    return facts ? inner_->authenticate(user, password, *facts) : inner_->authenticate(user, password);
   }
   const std::string k = key(user, password);
   {
     std::lock_guard<std::mutex> lock(mu_);
     const Entry* e = entries_.find(k);
     if (e == nullptr) e = negative_entries_.find(k);
-    if (e && clock_() < e->expires && !hintOlderThanMap(e->result, e->asked, ctx)) {
+    if (e && clock_() < e->expires && !hintOlderThanMap(e->result, e->asked, facts)) {
       ++hits_;
       return e->result;
     }
     ++misses_;
   }
   const auto asked = clock_();
-  AuthResult r = ctx ? inner_->authenticate(user, password, *ctx) : inner_->authenticate(user, password);
+  AuthResult r = facts ? inner_->authenticate(user, password, *facts) : inner_->authenticate(user, password);
   const auto now = clock_();
   std::lock_guard<std::mutex> lock(mu_);
   switch (r.verdict) {
@@ -93,7 +95,7 @@ AuthResult CachingDirectory::lookup(std::string_view user, std::string_view pass
       if (const Entry* e = entries_.find(k); e && e->result.verdict == Verdict::kOk && now < e->stale_until) {
         ++stale_hits_;
         AuthResult stale = e->result;
-        if (hintOlderThanMap(stale, e->asked, ctx)) stale.route.reset();  // the newer map routes it
+        if (hintOlderThanMap(stale, e->asked, facts)) stale.route.reset();  // the newer map routes it
         return stale;
       }
       return r;
@@ -130,13 +132,14 @@ void CachingDirectory::store(const std::string& k, const AuthResult& r, std::chr
   }
 }
 
-RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
+RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address,
+                                                  const filters::SessionFacts& facts) {
   if (cfg_.ttl.count() <= 0) {  // ttl 0 disables the cache, as for logins
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++rcpt_misses_;
     }
-    return inner_->lookupRecipient(address, envelope);
+    return inner_->lookupRecipient(address, facts);
   }
   const std::string k = ascii::lower(address);
   {
@@ -147,7 +150,7 @@ RecipientAnswer CachingDirectory::lookupRecipient(std::string_view address, cons
     }
     ++rcpt_misses_;
   }
-  const RecipientAnswer answer = inner_->lookupRecipient(address, envelope);
+  const RecipientAnswer answer = inner_->lookupRecipient(address, facts);
   const RecipientResult r = answer.result;
   conf::Duration ttl{0};
   switch (r) {

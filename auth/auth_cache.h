@@ -19,7 +19,7 @@
 //
 // Route hints (AuthResult::route) are never preferred over a newer routing map: an
 // entry remembers when its directory call started, and a hit whose hint is older than
-// the caller's map (AuthContext::route_map, the time that map last changed) is a miss
+// the caller's map (SessionFacts::route_map, the time that map last changed) is a miss
 // (the directory is asked again, so a changed route reaches new sessions as soon as
 // the map has been reloaded). If the directory then answers kTempFail, the entry is
 // used as above but without its hint: the newer map routes the session.
@@ -118,14 +118,17 @@ class CachingDirectory : public Directory {
                    std::size_t max_negative_entries = kDefaultMaxNegativeEntries);
 
   AuthResult authenticate(std::string_view user, std::string_view password) override;
-  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
-  RecipientResult recipient(std::string_view address) override { return recipient(address, SmtpEnvelope{}); }
+  AuthResult authenticate(std::string_view user, std::string_view password,
+                          const filters::SessionFacts& facts) override;
+  RecipientResult recipient(std::string_view address) override {
+    return recipient(address, filters::SessionFacts{});
+  }
   // Cached by address alone: a driver whose answer depends on the client should run
   // with cache.ttl 0.
-  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override {
-    return lookupRecipient(address, envelope).result;
+  RecipientResult recipient(std::string_view address, const filters::SessionFacts& facts) override {
+    return lookupRecipient(address, facts).result;
   }
-  RecipientAnswer lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) override;
+  RecipientAnswer lookupRecipient(std::string_view address, const filters::SessionFacts& facts) override;
   // Not cached: the inner directory answers.
   SenderResult senderAllowed(std::string_view user, std::string_view address) override {
     return inner_->senderAllowed(user, address);
@@ -158,7 +161,7 @@ class CachingDirectory : public Directory {
     std::chrono::steady_clock::time_point expires;
   };
 
-  AuthResult lookup(std::string_view user, std::string_view password, const AuthContext* ctx);
+  AuthResult lookup(std::string_view user, std::string_view password, const filters::SessionFacts* facts);
   std::string key(std::string_view user, std::string_view password) const;
   void store(const std::string& k, const AuthResult& r, std::chrono::steady_clock::time_point asked,
              std::chrono::steady_clock::time_point now);

@@ -2,6 +2,11 @@
 // The directory answers "may this user log in with this password?" (and, for the
 // drivers that know, "where does this user live?"). Calls are blocking and run on
 // the worker pool, never on a reactor thread.
+//
+// Who is asking is the session's filters::SessionFacts (a copy taken on the session's
+// reactor): the values behind %{client_ip}, %{protocol} in queries and the Client-IP,
+// Auth-Protocol, Auth-Login-Attempt, Auth-SSL, Auth-SMTP-Helo/-From headers of the
+// http driver; route_map for the auth cache.
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -10,6 +15,8 @@
 #include <string_view>
 #include <vector>
 
+#include "filters/session_facts.h"
+
 namespace mailgate::auth {
 
 enum class Verdict {
@@ -17,23 +24,6 @@ enum class Verdict {
   kBadPassword,
   kUnknownUser,
   kTempFail,  // directory unavailable: the client gets a temporary failure
-};
-
-// Who is asking: the values behind %{client_ip}, %{protocol}, ... in queries and the
-// Client-IP, Auth-Protocol, ... headers of the http driver.
-struct AuthContext {
-  std::string client_ip;
-  uint16_t client_port = 0;
-  std::string local_ip;
-  uint16_t local_port = 0;
-  std::string protocol;  // "imap" | "pop3" | "smtp"
-  std::string method = "plain";  // "plain" (LOGIN, USER/PASS, SASL PLAIN/LOGIN)
-  bool secured = false;          // TLS on the client connection
-  unsigned attempt = 1;          // 1-based login attempt within the session
-  // When the routing map the caller will route this login with last changed
-  // (routing::Router::mapChangedAt; the epoch = no map): a cached route hint read
-  // before it is not used (auth::CachingDirectory asks the directory again).
-  std::chrono::steady_clock::time_point route_map{};
 };
 
 // Where the directory says the user lives. Each is a backend name from the config
@@ -70,14 +60,6 @@ struct RecipientAnswer {
   std::string mailbox;
 };
 
-// What a recipient check knows about the SMTP session besides the recipient (the
-// http driver sends it as Auth-SMTP-Helo/-From and Client-IP; %{client_ip} in SQL).
-struct SmtpEnvelope {
-  std::string helo;                 // HELO/EHLO argument
-  std::optional<std::string> from;  // envelope sender local@domain ("" = null sender)
-  AuthContext client;               // client_ip, secured, protocol
-};
-
 // May an authenticated user send with this envelope sender? (Submission asks at MAIL.)
 enum class SenderResult {
   kAllowed,   // the user's own address or one of its aliases
@@ -94,19 +76,22 @@ class Directory {
   virtual ~Directory() = default;
   // Thread-safe; blocking (may hash for tens of milliseconds).
   virtual AuthResult authenticate(std::string_view user, std::string_view password) = 0;
-  virtual AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& /*ctx*/) {
+  // The same with the session's facts; drivers that use none of them ignore them.
+  virtual AuthResult authenticate(std::string_view user, std::string_view password,
+                                  const filters::SessionFacts& /*facts*/) {
     return authenticate(user, password);
   }
   // Thread-safe; blocking (may query a database). `address` is local@domain with
   // the local part unquoted. Drivers that cannot answer say kTempFail.
   virtual RecipientResult recipient(std::string_view /*address*/) { return RecipientResult::kTempFail; }
-  // The same with the session's envelope; drivers that use none of it ignore it.
-  virtual RecipientResult recipient(std::string_view address, const SmtpEnvelope& /*envelope*/) {
+  // The same with the session's facts (client address, TLS, HELO, envelope sender);
+  // drivers that use none of them ignore them.
+  virtual RecipientResult recipient(std::string_view address, const filters::SessionFacts& /*facts*/) {
     return recipient(address);
   }
   // The same with the mailbox to route by (drivers that know aliases say it).
-  virtual RecipientAnswer lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
-    return RecipientAnswer{recipient(address, envelope), {}};
+  virtual RecipientAnswer lookupRecipient(std::string_view address, const filters::SessionFacts& facts) {
+    return RecipientAnswer{recipient(address, facts), {}};
   }
   // Thread-safe; blocking. `user` is the canonical name authenticate() returned,
   // `address` the envelope sender as local@domain (local part unquoted, never empty:

@@ -229,12 +229,12 @@ std::string requestHead(const AuthHttpUrl& url, std::string_view method, std::st
 }  // namespace
 
 std::string buildAuthHttpRequest(const AuthHttpUrl& url, std::string_view user, std::string_view password,
-                                 const AuthContext& ctx) {
-  std::string protocol = ascii::lower(ctx.protocol);
+                                 const filters::SessionFacts& facts) {
+  std::string protocol = ascii::lower(facts.protocol);
   if (protocol == "submission" || protocol == "lmtp") protocol = "smtp";
-  std::string r = requestHead(url, ctx.method.empty() ? std::string_view("plain") : ctx.method, user, password,
-                              protocol, ctx.attempt == 0 ? 1U : ctx.attempt, ctx.client_ip);
-  if (ctx.secured) r += "Auth-SSL: on\r\n";
+  std::string r = requestHead(url, facts.method.empty() ? std::string_view("plain") : facts.method, user,
+                              password, protocol, facts.attempt == 0 ? 1U : facts.attempt, facts.client_ip);
+  if (facts.secured) r += "Auth-SSL: on\r\n";
   r += "\r\n";
   return r;
 }
@@ -446,16 +446,16 @@ std::string smtpPath(std::string_view address) {
 }
 
 std::string buildAuthHttpRecipientRequest(const AuthHttpUrl& url, std::string_view address,
-                                          const SmtpEnvelope& envelope) {
-  std::string r = requestHead(url, "none", "", "", "smtp", 1, envelope.client.client_ip);
+                                          const filters::SessionFacts& facts) {
+  std::string r = requestHead(url, "none", "", "", "smtp", 1, facts.client_ip);
   // nginx passes the client's command lines as they were (they hold no CRLF).
-  r += "Auth-SMTP-Helo: " + noControls(envelope.helo) + "\r\n";
+  r += "Auth-SMTP-Helo: " + noControls(facts.helo) + "\r\n";
   r += "Auth-SMTP-From: ";
-  if (envelope.from)
-    r += "MAIL FROM:" + (envelope.from->empty() ? std::string("<>") : noControls(smtpPath(*envelope.from)));
+  if (facts.from)
+    r += "MAIL FROM:" + (facts.from->empty() ? std::string("<>") : noControls(smtpPath(*facts.from)));
   r += "\r\n";
   r += "Auth-SMTP-To: RCPT TO:" + noControls(smtpPath(address)) + "\r\n";
-  if (envelope.client.secured) r += "Auth-SSL: on\r\n";
+  if (facts.secured) r += "Auth-SSL: on\r\n";
   r += "\r\n";
   return r;
 }
@@ -525,13 +525,13 @@ HttpDirectory::HttpDirectory(AuthHttpUrl url, std::vector<Address> addresses,
     : url_(std::move(url)), addresses_(std::move(addresses)), timeout_(timeout) {}
 
 AuthResult HttpDirectory::authenticate(std::string_view user, std::string_view password) {
-  return authenticate(user, password, AuthContext{});
+  return authenticate(user, password, filters::SessionFacts{});
 }
 
 AuthResult HttpDirectory::authenticate(std::string_view user, std::string_view password,
-                                       const AuthContext& ctx) {
+                                       const filters::SessionFacts& facts) {
   requests_.fetch_add(1, std::memory_order_relaxed);
-  const std::string request = buildAuthHttpRequest(url_, user, password, ctx);
+  const std::string request = buildAuthHttpRequest(url_, user, password, facts);
   std::string header;
   std::string why = exchange(request, &header);
   AuthResult r = why.empty() ? parseAuthHttpResponse(header, user) : tempFail(std::move(why));
@@ -551,12 +551,12 @@ AuthResult HttpDirectory::authenticate(std::string_view user, std::string_view p
 }
 
 RecipientResult HttpDirectory::recipient(std::string_view address) {
-  return recipient(address, SmtpEnvelope{});
+  return recipient(address, filters::SessionFacts{});
 }
 
-RecipientResult HttpDirectory::recipient(std::string_view address, const SmtpEnvelope& envelope) {
+RecipientResult HttpDirectory::recipient(std::string_view address, const filters::SessionFacts& facts) {
   rcpt_requests_.fetch_add(1, std::memory_order_relaxed);
-  const std::string request = buildAuthHttpRecipientRequest(url_, address, envelope);
+  const std::string request = buildAuthHttpRecipientRequest(url_, address, facts);
   std::string header;
   std::string why = exchange(request, &header);
   RecipientResult r = RecipientResult::kTempFail;

@@ -85,7 +85,7 @@ std::string escapeMailAuth(std::string_view text);
 
 // The request bytes, headers in nginx's order and spelling.
 std::string buildAuthHttpRequest(const AuthHttpUrl& url, std::string_view user, std::string_view password,
-                                 const AuthContext& ctx);
+                                 const filters::SessionFacts& facts);
 
 // The offset just past the blank line that ends the headers ("\r\n\r\n" or "\n\n",
 // mixed too), or 0 when bytes does not hold one yet.
@@ -100,7 +100,7 @@ std::string smtpPath(std::string_view address);
 
 // The recipient-check request (see above), headers in nginx's order.
 std::string buildAuthHttpRecipientRequest(const AuthHttpUrl& url, std::string_view address,
-                                          const SmtpEnvelope& envelope);
+                                          const filters::SessionFacts& facts);
 
 // Interprets the answer to a recipient check; *reason says why for a non-kLocal answer.
 RecipientResult parseAuthHttpRecipientResponse(std::string_view header_block, std::string* reason);
@@ -111,10 +111,11 @@ class HttpDirectory : public Directory {
 
   // Thread-safe and blocking (at most `timeout` in the exchange).
   AuthResult authenticate(std::string_view user, std::string_view password) override;
-  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
+  AuthResult authenticate(std::string_view user, std::string_view password,
+                          const filters::SessionFacts& facts) override;
   // Thread-safe and blocking: the recipient check (see above).
   RecipientResult recipient(std::string_view address) override;
-  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override;
+  RecipientResult recipient(std::string_view address, const filters::SessionFacts& facts) override;
   // senderAllowed: the default (the sender is the login).
 
   // "http_requests=N http_ok=N http_rejected=N http_tempfail=N http_rcpt_requests=N

@@ -92,9 +92,9 @@ struct PostgresDirectory::Impl {
   }
 
   // Runs q with the bound parameters; copies what it needs inside fn.
-  Result<bool> exec(const pg::CompiledQuery& q, std::string_view user, const AuthContext* ctx,
+  Result<bool> exec(const pg::CompiledQuery& q, std::string_view user, const filters::SessionFacts* facts,
                     const std::function<void(const pqxx::result&)>& fn) {
-    return exec(q, pg::ParamValues{user, {}, ctx}, fn);
+    return exec(q, pg::ParamValues{user, {}, facts}, fn);
   }
   Result<bool> exec(const pg::CompiledQuery& q, const pg::ParamValues& values,
                     const std::function<void(const pqxx::result&)>& fn) {
@@ -119,15 +119,15 @@ struct PostgresDirectory::Impl {
 
 namespace {
 
-// The context of the SMTP-time queries: %{protocol} is "smtp", %{client_ip} empty
-// (the directory interface does not carry the client of a recipient check).
-const AuthContext& smtpContext() {
-  static const AuthContext ctx = [] {
-    AuthContext c;
-    c.protocol = "smtp";
-    return c;
+// The facts of the SMTP-time queries without a session's (the sender check, a
+// recipient check without facts): %{protocol} is "smtp", %{client_ip} empty.
+const filters::SessionFacts& smtpFacts() {
+  static const filters::SessionFacts facts = [] {
+    filters::SessionFacts f;
+    f.protocol = "smtp";
+    return f;
   }();
-  return ctx;
+  return facts;
 }
 
 }  // namespace
@@ -197,15 +197,16 @@ AuthResult PostgresDirectory::authenticate(std::string_view user, std::string_vi
 }
 
 AuthResult PostgresDirectory::authenticate(std::string_view user, std::string_view password,
-                                           const AuthContext& ctx) {
-  return run(user, password, &ctx);
+                                           const filters::SessionFacts& facts) {
+  return run(user, password, &facts);
 }
 
-AuthResult PostgresDirectory::run(std::string_view user, std::string_view password, const AuthContext* ctx) {
+AuthResult PostgresDirectory::run(std::string_view user, std::string_view password,
+                                  const filters::SessionFacts* facts) {
   AuthResult out;
   out.verdict = Verdict::kTempFail;
   PasswordRow row;
-  auto done = impl_->exec(impl_->password, user, ctx, [&](const pqxx::result& r) {
+  auto done = impl_->exec(impl_->password, user, facts, [&](const pqxx::result& r) {
     if (r.empty()) return;
     row.found = true;
     const pqxx::row first = r[0];
@@ -247,7 +248,7 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
   out.route = std::move(row.route);
   if (!impl_->route.empty()) {
     std::optional<RouteHint> hint;
-    auto routed = impl_->exec(impl_->route, user, ctx, [&](const pqxx::result& r) {
+    auto routed = impl_->exec(impl_->route, user, facts, [&](const pqxx::result& r) {
       if (r.empty() || r.columns() == 0) return;
       hint = routeFromRow(r[0], 0, r.columns() >= 2 ? 1 : -1);
     });
@@ -265,13 +266,17 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
 }
 
 RecipientResult PostgresDirectory::recipient(std::string_view address) {
-  return recipient(address, SmtpEnvelope{{}, {}, smtpContext()});
+  return recipient(address, smtpFacts());
 }
 
-RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) {
-  AuthContext ctx = envelope.client;
-  ctx.protocol = "smtp";
-  const pg::ParamValues values{address, {}, &ctx};  // an empty address is the user's
+RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address,
+                                                   const filters::SessionFacts& facts) {
+  // The SMTP-time queries: %{protocol} is "smtp", %{client_ip} the session's (empty
+  // without one).
+  filters::SessionFacts bound;
+  bound.client_ip = facts.client_ip;
+  bound.protocol = "smtp";
+  const pg::ParamValues values{address, {}, &bound};  // an empty address is the user's
   bool local_domain = false;
   bool exists = false;
   std::string mailbox;
@@ -298,7 +303,7 @@ RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address, con
 
 SenderResult PostgresDirectory::senderAllowed(std::string_view user, std::string_view address) {
   bool allowed = false;
-  auto done = impl_->exec(impl_->sender, pg::ParamValues{user, address, &smtpContext()},
+  auto done = impl_->exec(impl_->sender, pg::ParamValues{user, address, &smtpFacts()},
                           [&](const pqxx::result& r) { allowed = !r.empty(); });
   if (!done) {
     impl_->logFailure("sender", done.error());

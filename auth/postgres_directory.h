@@ -65,16 +65,17 @@ class PostgresDirectory : public Directory {
   ~PostgresDirectory() override;
 
   AuthResult authenticate(std::string_view user, std::string_view password) override;
-  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override;
+  AuthResult authenticate(std::string_view user, std::string_view password,
+                          const filters::SessionFacts& facts) override;
 
   // The domain query, then the recipient query (see above).
   RecipientResult recipient(std::string_view address) override;
-  RecipientResult recipient(std::string_view address, const SmtpEnvelope& envelope) override {
-    return lookupRecipient(address, envelope).result;
+  RecipientResult recipient(std::string_view address, const filters::SessionFacts& facts) override {
+    return lookupRecipient(address, facts).result;
   }
   // The recipient query's first column, when it holds an address, is the mailbox to
   // route by (the default query returns the mailbox itself or the alias's target).
-  RecipientAnswer lookupRecipient(std::string_view address, const SmtpEnvelope& envelope) override;
+  RecipientAnswer lookupRecipient(std::string_view address, const filters::SessionFacts& facts) override;
   // The sender query.
   SenderResult senderAllowed(std::string_view user, std::string_view address) override;
 
@@ -85,7 +86,7 @@ class PostgresDirectory : public Directory {
 
  private:
   explicit PostgresDirectory(std::unique_ptr<Impl> impl);
-  AuthResult run(std::string_view user, std::string_view password, const AuthContext* ctx);
+  AuthResult run(std::string_view user, std::string_view password, const filters::SessionFacts* facts);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -69,10 +69,10 @@ std::vector<std::string> bindParams(const CompiledQuery& q, const ParamValues& v
         values.push_back(at == std::string::npos ? std::string() : a.substr(at + 1));
         break;
       case Param::kClientIp:
-        values.push_back(v.ctx ? v.ctx->client_ip : std::string());
+        values.push_back(v.facts ? v.facts->client_ip : std::string());
         break;
       case Param::kProtocol:
-        values.push_back(v.ctx ? v.ctx->protocol : std::string());
+        values.push_back(v.facts ? v.facts->protocol : std::string());
         break;
     }
   }

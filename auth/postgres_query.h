@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "auth/directory.h"
+#include "filters/session_facts.h"
 #include "gateway/core/result.h"
 
 namespace mailgate::auth::pg {
@@ -32,19 +32,19 @@ Result<CompiledQuery> compileQuery(std::string_view text, std::string name, cons
 //   %{local_part}, %{domain}
 //                  %{address} split at its last '@' (domain empty when there is none)
 //   %{client_ip}, %{protocol}
-//                  from ctx (empty without one)
+//                  from facts (empty without them)
 struct ParamValues {
   std::string_view user;
   std::string_view address;
-  const AuthContext* ctx = nullptr;
+  const filters::SessionFacts* facts = nullptr;
 };
 
 std::vector<std::string> bindParams(const CompiledQuery& q, const ParamValues& values);
 
 // Login queries (password, route): %{address} = %{user}.
 inline std::vector<std::string> bindParams(const CompiledQuery& q, std::string_view user,
-                                           const AuthContext* ctx) {
-  return bindParams(q, ParamValues{user, {}, ctx});
+                                           const filters::SessionFacts* facts) {
+  return bindParams(q, ParamValues{user, {}, facts});
 }
 
 }  // namespace mailgate::auth::pg

@@ -1,7 +1,9 @@
 #pragma once
 // One record of what is known about a session, filled in as the session passes its
 // stages; every filter, the directory and the content hooks read it. Addresses are
-// the client's and the listener's after the PROXY header, if any.
+// the client's and the listener's after the PROXY header, if any. The session owns
+// it on its reactor; work on another thread (a directory lookup) gets a copy.
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -34,6 +36,11 @@ struct SessionFacts {
   bool authenticated = false;
   std::string method = "plain";   // "plain" (LOGIN, USER/PASS, SASL PLAIN/LOGIN)
   unsigned attempt = 1;           // 1-based login attempt within the session
+  // When the routing map the login will be routed with last changed
+  // (routing::Router::mapChangedAt; the epoch = no map), set on the directory's copy
+  // just before the lookup: a cached route hint read before it is not used
+  // (auth::CachingDirectory asks the directory again).
+  std::chrono::steady_clock::time_point route_map{};
 
   // SMTP envelope.
   std::optional<std::string> from;  // sender local@domain ("" = null sender); unset before MAIL

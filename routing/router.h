@@ -43,7 +43,7 @@ struct RouteTable {
   // When the directory's routing data last changed, or may have (a notification, a
   // new connection after which changes may have been missed): set by whoever loads
   // the table. A route hint the directory gave before this time is older than this
-  // map and loses to it (see auth::CachingDirectory and AuthContext::route_map).
+  // map and loses to it (see auth::CachingDirectory and filters::SessionFacts::route_map).
   std::chrono::steady_clock::time_point changed_at{};
   // Same routes and node states (changed_at not compared).
   bool sameContent(const RouteTable& other) const;

@@ -28,20 +28,18 @@ void LoginSession::beginLogin(std::string user, std::string password) {
   phase_ = LoginPhase::kDirectory;
   clearTimer();
   pauseClient(true);
-  lookup_.context = authContext(listener_.protocol == conf::Protocol::kImap ? "imap" : "pop3");
-  lookup_.context.attempt = auth_failures_ + 1;
   lookup_.user = user_;
   lookup_.password = password_;
   facts_.user = user_;
-  facts_.attempt = lookup_.context.attempt;
+  facts_.attempt = auth_failures_ + 1;
   facts_.secured = clientTlsActive();
   facts_.tls_version = clientTlsVersion();
   lookup_.answered = false;
   directory_step_->set([this, rt = rt_, proto = listener_.protocol, u = lookup_.user, p = lookup_.password,
-                        ctx = lookup_.context]() mutable -> filters::Resumer::Answer {
+                        facts = directoryFacts()]() mutable -> filters::Resumer::Answer {
     // On the directory executor.
-    ctx.route_map = rt->router->mapChangedAt();  // a cached route hint older than the map is not used
-    auth::AuthResult r = rt->directory->authenticate(u, p, ctx);
+    facts.route_map = rt->router->mapChangedAt();  // a cached route hint older than the map is not used
+    auth::AuthResult r = rt->directory->authenticate(u, p, facts);
     p.assign(p.size(), '\0');
     std::vector<Candidate> cands;
     if (r.verdict == auth::Verdict::kOk) {

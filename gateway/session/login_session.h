@@ -24,7 +24,6 @@ class LoginSession : public Session {
   // directory step fills in.
   struct DirectoryLookup {
     std::string user, password;
-    auth::AuthContext context;
     auth::AuthResult result;
     std::vector<Candidate> candidates;
     bool answered = false;

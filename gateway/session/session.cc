@@ -40,15 +40,12 @@ log::RateLimit& authLogLimit() {
   return limit;
 }
 
-auth::AuthContext Session::authContext(const char* protocol) const {
-  auth::AuthContext ctx;
-  ctx.client_ip = client_ip_;
-  ctx.client_port = client_port_;
-  ctx.local_ip = local_ip_;
-  ctx.local_port = local_port_;
-  ctx.protocol = protocol;
-  ctx.secured = clientTlsActive();
-  return ctx;
+filters::SessionFacts Session::directoryFacts() const {
+  filters::SessionFacts f = facts_;
+  f.secured = clientTlsActive();
+  f.tls_version = clientTlsVersion();
+  f.message.reset();  // the directory reads no message
+  return f;
 }
 
 const char* failureName(BackendFailure f) {

@@ -135,8 +135,9 @@ class Session : public ChainHost {
   std::chrono::milliseconds directoryDeadline() const;
   // Logs a terminal verdict (rate-limited) with its reference.
   void logRefusal(filters::Stage stage, const filters::Verdict& v) const;
-  // Who is asking, for the directory: addresses, protocol, TLS state.
-  auth::AuthContext authContext(const char* protocol) const;
+  // The facts for a directory lookup: a copy (the lookup runs on an executor) with the
+  // TLS state as of now.
+  filters::SessionFacts directoryFacts() const;
   void writeClient(std::string_view plain);
   void writeBackend(std::string_view plain);
   // Server-side TLS on the client connection (implicit TLS at start, or after the

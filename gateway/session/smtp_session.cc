@@ -606,13 +606,11 @@ void SmtpSession::beginAuth() {
   std::string password = std::move(sasl_.password());
   sasl_.reset();
   user_ = user;
-  auth::AuthContext ctx = authContext("smtp");
-  ctx.attempt = auth_failures_ + 1;
   facts_.user = user_;
-  facts_.attempt = ctx.attempt;
+  facts_.attempt = auth_failures_ + 1;
   auth_step_->set([this, rt = rt_, user = std::move(user), password = std::move(password),
-                   ctx]() mutable -> filters::Resumer::Answer {
-    auth::AuthResult r = rt->directory->authenticate(user, password, ctx);  // directory executor
+                   facts = directoryFacts()]() mutable -> filters::Resumer::Answer {
+    auth::AuthResult r = rt->directory->authenticate(user, password, facts);  // directory executor
     password.assign(password.size(), '\0');
     return [this, r = std::move(r)](filters::SessionFacts&) mutable {
       auth_result_ = std::move(r);
@@ -713,20 +711,22 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     pending_rcpt_.assign(c.path);
   }
   const bool submission = submission_;
-  auth::SmtpEnvelope env;
+  facts_.rcpt = address;
+  filters::SessionFacts facts;  // the directory's copy
   if (!submission) {
-    env.helo = helo_;
+    facts = directoryFacts();
+    facts.helo = helo_;
+    facts.from.reset();
     const size_t lt = mail_from_.find('<'), gt = mail_from_.rfind('>');
     if (lt != std::string::npos && gt != std::string::npos && gt > lt)
-      env.from = mail_from_.substr(lt + 1, gt - lt - 1);
-    env.client = authContext("smtp");
+      facts.from = mail_from_.substr(lt + 1, gt - lt - 1);
   }
-  facts_.rcpt = address;
-  rcpt_step_->set([this, rt = rt_, address, submission, env = std::move(env)]() -> filters::Resumer::Answer {
+  rcpt_step_->set([this, rt = rt_, address, submission,
+                   facts = std::move(facts)]() -> filters::Resumer::Answer {
     // On the directory executor.
     // Submission: every recipient goes to the relay, which applies its own policy.
     auth::RecipientAnswer answer = submission ? auth::RecipientAnswer{auth::RecipientResult::kLocal, {}}
-                                              : rt->directory->lookupRecipient(address, env);
+                                              : rt->directory->lookupRecipient(address, facts);
     const auth::RecipientResult r = answer.result;
     std::vector<DeliveryTarget> targets;
     std::string key;

@@ -38,7 +38,8 @@ class FakeDirectory : public Directory {
     }
     return r;
   }
-  AuthResult authenticate(std::string_view user, std::string_view password, const AuthContext& ctx) override {
+  AuthResult authenticate(std::string_view user, std::string_view password,
+                          const filters::SessionFacts& ctx) override {
     last_protocol = ctx.protocol;
     return authenticate(user, password);
   }
@@ -95,7 +96,7 @@ TEST_F(AuthCache, PositiveHitCostsNoInnerCall) {
 
 TEST_F(AuthCache, ContextIsPassedOnMiss) {
   CachingDirectory cache(fake, cfg, clock.fn());
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ctx.protocol = "pop3";
   EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).verdict, Verdict::kOk);
   EXPECT_EQ(fake->last_protocol, "pop3");
@@ -298,10 +299,10 @@ TEST_F(AuthCache, ConcurrentCallersAgree) {
   EXPECT_EQ(cache.hits() + cache.misses(), 800u);
 }
 
-// A map that changed after the hint was read (AuthContext::route_map) wins over it.
+// A map that changed after the hint was read (SessionFacts::route_map) wins over it.
 TEST_F(AuthCache, RouteHintOlderThanTheMapIsAskedAgain) {
   CachingDirectory cache(fake, cfg, clock.fn());
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ctx.route_map = clock.now - seconds(5);  // the map the first login routes with
   ASSERT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).route->primary, "storage-01");
   clock.now += seconds(1);
@@ -326,7 +327,7 @@ TEST_F(AuthCache, RouteHintOlderThanTheMapIsAskedAgain) {
 
 TEST_F(AuthCache, OutageDropsAHintOlderThanTheMap) {
   CachingDirectory cache(fake, cfg, clock.fn());
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ASSERT_TRUE(cache.authenticate("alice@example.org", "alice-pw", ctx).route);
   fake->down = true;
   clock.now += seconds(1);
@@ -359,7 +360,7 @@ TEST_F(AuthCache, OutageDropsAHintOlderThanTheMap) {
 TEST_F(AuthCache, EntryWithoutHintIsNotAskedAgainForANewerMap) {
   fake->route_primary.clear();
   CachingDirectory cache(fake, cfg, clock.fn());
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   EXPECT_EQ(cache.authenticate("alice@example.org", "alice-pw", ctx).verdict, Verdict::kOk);
   clock.now += seconds(1);
   ctx.route_map = clock.now;  // the map routes this user anyway

@@ -81,7 +81,7 @@ TEST(AuthHttpEscape, LikeNginxMailAuth) {
 TEST(AuthHttpRequest, HeadersInNginxOrder) {
   auto u = parseAuthHttpUrl("http://127.0.0.1:8185/auth");
   ASSERT_TRUE(u.ok());
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ctx.client_ip = "192.0.2.7";
   ctx.protocol = "imap";
   ctx.attempt = 2;
@@ -103,7 +103,7 @@ TEST(AuthHttpRequest, HeadersInNginxOrder) {
 TEST(AuthHttpRequest, PlainConnectionAndSubmission) {
   auto u = parseAuthHttpUrl("http://[::1]/");
   ASSERT_TRUE(u.ok());
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ctx.client_ip = "2001:db8::1";
   ctx.protocol = "submission";
   std::string r = buildAuthHttpRequest(*u, "u\r\nX-Evil: 1", "p", ctx);
@@ -334,7 +334,7 @@ TEST(HttpDirectoryLive, LoginOk) {
       "10143\r\n\r\n<html>ignored</html>");
   auto dir = HttpDirectory::create(configFor(server.url()));
   ASSERT_TRUE(dir.ok()) << dir.error();
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ctx.client_ip = "203.0.113.9";
   ctx.protocol = "pop3";
   ctx.attempt = 1;
@@ -434,10 +434,10 @@ TEST(HttpDirectoryCreate, Rejects) {
 TEST(AuthHttpRecipient, RequestAsNginxSmtpAuthNone) {
   auto u = parseAuthHttpUrl("http://auth.example.org:8185/auth");
   ASSERT_TRUE(u.ok());
-  SmtpEnvelope env;
+  filters::SessionFacts env;
   env.helo = "client.example.com";
   env.from = "";
-  env.client.client_ip = "192.0.2.42";
+  env.client_ip = "192.0.2.42";
   EXPECT_EQ(buildAuthHttpRecipientRequest(*u, "postmaster@mail.example.com", env),
             "GET /auth HTTP/1.0\r\n"
             "Host: auth.example.org\r\n"
@@ -457,15 +457,15 @@ TEST(AuthHttpRecipient, RequestAsNginxSmtpAuthNone) {
 TEST(AuthHttpRecipient, UnknownEnvelopeIsEmptyAndSenderIsAPath) {
   auto u = parseAuthHttpUrl("http://127.0.0.1/auth");
   ASSERT_TRUE(u.ok());
-  std::string req = buildAuthHttpRecipientRequest(*u, "bob@example.org", SmtpEnvelope{});
+  std::string req = buildAuthHttpRecipientRequest(*u, "bob@example.org", filters::SessionFacts{});
   EXPECT_NE(
       req.find("\r\nAuth-SMTP-Helo: \r\nAuth-SMTP-From: \r\nAuth-SMTP-To: RCPT TO:<bob@example.org>\r\n"),
       std::string::npos)
       << req;
   EXPECT_EQ(req.find("Client-IP"), std::string::npos) << req;
-  SmtpEnvelope env;
+  filters::SessionFacts env;
   env.from = "alice@example.org";
-  env.client.secured = true;
+  env.secured = true;
   req = buildAuthHttpRecipientRequest(*u, "bob@example.org", env);
   EXPECT_NE(req.find("\r\nAuth-SMTP-From: MAIL FROM:<alice@example.org>\r\n"), std::string::npos) << req;
   EXPECT_NE(req.find("\r\nAuth-SSL: on\r\n\r\n"), std::string::npos) << req;
@@ -479,7 +479,7 @@ TEST(AuthHttpRecipient, LocalPartRequotedAndNoControlBytes) {
   auto u = parseAuthHttpUrl("http://127.0.0.1/auth");
   ASSERT_TRUE(u.ok());
   std::string req =
-      buildAuthHttpRecipientRequest(*u, std::string("x\r\ny\0z@example.org", 18), SmtpEnvelope{});
+      buildAuthHttpRecipientRequest(*u, std::string("x\r\ny\0z@example.org", 18), filters::SessionFacts{});
   EXPECT_NE(req.find("RCPT TO:<\"x%0D%0Ay%00z\"@example.org>\r\n"), std::string::npos) << req;
   EXPECT_EQ(req.find("\r\n\r\n"), req.size() - 4);
 }

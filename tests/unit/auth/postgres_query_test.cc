@@ -41,7 +41,7 @@ TEST(PostgresQuery, UnknownOrUnterminatedParameterIsAnError) {
 
 TEST(PostgresQuery, LoginBindingSplitsTheUser) {
   CompiledQuery q = compiled("%{protocol} %{client_ip} %{domain} %{local_part} %{address} %{user}");
-  AuthContext ctx;
+  filters::SessionFacts ctx;
   ctx.client_ip = "192.0.2.1";
   ctx.protocol = "imap";
   EXPECT_EQ(bindParams(q, "Alice@Example.ORG", &ctx),
