@@ -40,11 +40,17 @@ log::RateLimit& authLogLimit() {
   return limit;
 }
 
-filters::SessionFacts Session::directoryFacts() const {
+filters::SessionFacts Session::directoryFacts() {
+  // The directory reads neither the recipients accepted so far nor the message:
+  // they stay out of the copy (an RCPT must not copy every earlier RCPT).
+  std::vector<std::string> rcpts;
+  rcpts.swap(facts_.rcpts);
+  std::shared_ptr<const filters::MessageBody> message = std::move(facts_.message);
   filters::SessionFacts f = facts_;
+  facts_.rcpts.swap(rcpts);
+  facts_.message = std::move(message);
   f.secured = clientTlsActive();
   f.tls_version = clientTlsVersion();
-  f.message.reset();  // the directory reads no message
   return f;
 }
 

@@ -137,7 +137,7 @@ class Session : public ChainHost {
   void logRefusal(filters::Stage stage, const filters::Verdict& v) const;
   // The facts for a directory lookup: a copy (the lookup runs on an executor) with the
   // TLS state as of now.
-  filters::SessionFacts directoryFacts() const;
+  filters::SessionFacts directoryFacts();
   void writeClient(std::string_view plain);
   void writeBackend(std::string_view plain);
   // Server-side TLS on the client connection (implicit TLS at start, or after the

@@ -317,6 +317,8 @@ void SmtpSession::badCommand(std::string_view line) {
 void SmtpSession::resetTransaction() {
   in_txn_ = false;
   mail_from_.clear();
+  facts_.from.reset();
+  facts_.mail_path.clear();
   smtputf8_ = false;
   body_8bit_ = false;
   parser_->setSmtpUtf8(false);
@@ -513,6 +515,11 @@ void SmtpSession::acceptMail() {
   messages_++;
   mail_from_.swap(pending_mail_);
   pending_mail_.clear();
+  const size_t lt = mail_from_.find('<'), gt = mail_from_.rfind('>');
+  if (lt != std::string::npos && gt != std::string::npos && gt > lt)
+    facts_.from = mail_from_.substr(lt + 1, gt - lt - 1);
+  else
+    facts_.from.reset();
   smtputf8_ = pending_utf8_;
   body_8bit_ = pending_8bit_;
   parser_->setSmtpUtf8(smtputf8_);
@@ -713,14 +720,7 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
   const bool submission = submission_;
   facts_.rcpt = address;
   filters::SessionFacts facts;  // the directory's copy
-  if (!submission) {
-    facts = directoryFacts();
-    facts.helo = helo_;
-    facts.from.reset();
-    const size_t lt = mail_from_.find('<'), gt = mail_from_.rfind('>');
-    if (lt != std::string::npos && gt != std::string::npos && gt > lt)
-      facts.from = mail_from_.substr(lt + 1, gt - lt - 1);
-  }
+  if (!submission) facts = directoryFacts();
   rcpt_step_->set([this, rt = rt_, address, submission,
                    facts = std::move(facts)]() -> filters::Resumer::Answer {
     // On the directory executor.
