@@ -7,10 +7,10 @@
 namespace mailgate::session {
 
 namespace {
-constexpr size_t kMaxHeld = 64 * 1024;
-constexpr std::string_view kHeldRefusal = "* BYE Too much data before login completed.\r\n";
 log::RateLimit g_proto_log(20);
 log::RateLimit g_starttls_log(20);  // a client can trigger this at will
+const PreLoginRules kPreLogin{64 * 1024, "* BYE Too much data before login completed.\r\n",
+                              "pipelined data after STARTTLS discarded", &g_starttls_log};
 
 codec::ImapLimits limitsFor(const conf::ListenerConfig& l) {
   codec::ImapLimits lim;
@@ -37,22 +37,7 @@ ImapSession::ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
     : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener),
       parser_(std::make_unique<codec::ImapCommandParser>(limitsFor(listener))) {}
 
-void ImapSession::start() {
-  armPreauthTimer();
-  if (listener_.tls == conf::TlsMode::kImplicit) {
-    if (!startClientTls()) {
-      close("tls_unavailable");
-      return;
-    }
-    tls_pending_ = true;  // the greeting follows the handshake
-    pauseClient(false);
-    return;
-  }
-  sendGreeting();
-  pauseClient(false);
-}
-
-bool ImapSession::plaintextAllowed() const { return clientTlsActive() || listener_.allow_plaintext_auth; }
+const PreLoginRules& ImapSession::preLoginRules() const { return kPreLogin; }
 
 std::string ImapSession::capabilities() const {
   std::string caps = "IMAP4rev1 ID LITERAL+ SASL-IR";
@@ -66,12 +51,6 @@ std::string ImapSession::capabilities() const {
 
 void ImapSession::sendGreeting() {
   writeClient("* OK [CAPABILITY " + capabilities() + "] mailgate ready.\r\n");
-}
-
-void ImapSession::onClientTlsReady() {
-  tls_pending_ = false;
-  armPreauthTimer();
-  if (listener_.tls == conf::TlsMode::kImplicit) sendGreeting();
 }
 
 void ImapSession::tagged(std::string_view text) {
@@ -95,63 +74,36 @@ void ImapSession::badCommand(std::string_view tag, std::string_view text) {
   writeClient(std::string(tag) + " BAD " + std::string(text) + "\r\n");
 }
 
-void ImapSession::onClientData(std::string_view data) {
-  if (tls_pending_) return;  // cannot happen: TLS bytes go to the TLS layer
-  if (loginPhase() != LoginPhase::kIdle) {
-    holdInput(data, kMaxHeld, kHeldRefusal);
-    return;
+LoginSession::Parsed ImapSession::feedParser(std::string_view data) {
+  const codec::ImapFeed r = parser_->feed(data);
+  switch (r.status) {
+    case codec::ImapStatus::kNeedMore:
+      return {ClientInput::kNeedMore, r.consumed, {}};
+    case codec::ImapStatus::kContinuation:
+      writeClient("+ OK\r\n");
+      return {ClientInput::kAnswered, r.consumed, {}};
+    case codec::ImapStatus::kSaslLine:
+      return {ClientInput::kSaslLine, r.consumed, parser_->saslLine()};
+    case codec::ImapStatus::kCommand:
+      return {ClientInput::kCommand, r.consumed, {}};
+    case codec::ImapStatus::kError:
+      return {ClientInput::kError, r.consumed, {}};
+    case codec::ImapStatus::kFatal:
+      return {ClientInput::kFatal, r.consumed, {}};
   }
-  armPreauthTimer();
-  while (!data.empty() && !closing()) {
-    codec::ImapFeed r = parser_->feed(data);
-    data.remove_prefix(r.consumed);
-    switch (r.status) {
-      case codec::ImapStatus::kNeedMore:
-        if (r.consumed == 0) data = {};
-        break;
-      case codec::ImapStatus::kContinuation:
-        writeClient("+ OK\r\n");
-        break;
-      case codec::ImapStatus::kSaslLine:
-        saslRespond(parser_->saslLine());
-        break;
-      case codec::ImapStatus::kCommand:
-        handleCommand();
-        break;
-      case codec::ImapStatus::kError:
-        sasl_.reset();
-        badCommand(parser_->errorTag(), parser_->errorText());
-        break;
-      case codec::ImapStatus::kFatal:
-        if (g_proto_log.allow())
-          log::info("imap fatal protocol error", {{"session", id_}, {"error", parser_->errorText()}});
-        writeClient(std::string("* BYE ") + std::string(parser_->errorText()) + "\r\n");
-        closeAfterFlush("protocol_error");
-        return;
-    }
-    if (tls_pending_) {
-      // Everything after STARTTLS in the same read is an injection attempt: drop it.
-      if ((!data.empty() || parser_->hasPending()) && g_starttls_log.allow()) {
-        log::warn("pipelined data after STARTTLS discarded", {{"session", id_},
-                                                              {"client", client_ip_},
-                                                              {"bytes", data.size()},
-                                                              {"suppressed", g_starttls_log.suppressed()}});
-      }
-      parser_->reset();
-      return;
-    }
-    if (loginPhase() != LoginPhase::kIdle) {
-      holdInput(data, kMaxHeld, kHeldRefusal);
-      return;
-    }
-  }
+  return {ClientInput::kFatal, r.consumed, {}};
 }
 
-void ImapSession::resumeClientInput() {
-  if (held_.empty()) return;
-  std::string h;
-  h.swap(held_);
-  onClientData(h);
+void ImapSession::replyFatalInput() {
+  if (g_proto_log.allow())
+    log::info("imap fatal protocol error", {{"session", id_}, {"error", parser_->errorText()}});
+  writeClient(std::string("* BYE ") + std::string(parser_->errorText()) + "\r\n");
+}
+
+bool ImapSession::resetParser() {
+  const bool pending = parser_->hasPending();
+  parser_->reset();
+  return pending;
 }
 
 void ImapSession::handleCommand() {
@@ -176,11 +128,7 @@ void ImapSession::handleCommand() {
         return;
       }
       tagged("OK Begin TLS negotiation now.");
-      if (!startClientTls()) {
-        closeAfterFlush("tls_unavailable");
-        return;
-      }
-      tls_pending_ = true;
+      startClientTlsAfterReply();
       return;
     case codec::ImapVerb::kId:
       writeClient("* ID (\"name\" \"mailgate\")\r\n");
@@ -227,11 +175,6 @@ void ImapSession::authenticateWith(std::string_view mech, const codec::ImapArg* 
     return;
   }
   sendSaslChallenge(sasl_.initialChallenge());
-}
-
-void ImapSession::sendSaslChallenge(std::string_view challenge) {
-  parser_->expectSaslLine();
-  writeClient("+ " + std::string(challenge) + "\r\n");
 }
 
 void ImapSession::replySaslRefused(SaslExchange::Step why) {
@@ -372,10 +315,8 @@ void ImapSession::handleBackendLine(std::string_view line) {
       }
       if (ascii::istartsWith(line, "L OK")) {
         std::string reply = tag_ + std::string(line.substr(1)) + "\r\n";
-        std::string held;
-        held.swap(held_);
         parser_.reset();
-        loginSucceeded(reply, held);
+        loginSucceeded(reply);
         return;
       }
       if (ascii::istartsWith(line, "L NO [UNAVAILABLE]") || ascii::istartsWith(line, "L NO [SERVERBUG]")) {
@@ -399,10 +340,8 @@ void ImapSession::finishPostLoginCapability(std::string_view line) {
   if (!post_caps_.empty()) reply += "[CAPABILITY " + post_caps_ + "] ";
   reply += text.empty() ? "Logged in" : text;
   reply += "\r\n";
-  std::string held;
-  held.swap(held_);
   parser_.reset();
-  loginSucceeded(reply, held);
+  loginSucceeded(reply);
 }
 
 void ImapSession::sendBackendLogin() {

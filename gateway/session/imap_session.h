@@ -15,13 +15,10 @@ class ImapSession final : public LoginSession {
  public:
   ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
               std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
-  void start() override;
 
  private:
   enum class BackendStep { kGreeting, kStarttls, kCapability, kLogin, kPostLoginCapability };
 
-  void onClientData(std::string_view plain) override;
-  void onClientTlsReady() override;
   Rendered renderRefusal(const filters::Verdict& v, filters::Stage stage) const override {
     return renderImap(v, stage, tag_.empty() ? std::string_view("*") : std::string_view(tag_));
   }
@@ -31,13 +28,17 @@ class ImapSession final : public LoginSession {
   void replyTempFail(const std::string& why) override;
   void beginBackendHandshake() override;
   void onPreauthTimeout() override;
-  void resumeClientInput() override;
 
-  void sendGreeting();
+  const PreLoginRules& preLoginRules() const override;
+  void sendGreeting() override;
+  Parsed feedParser(std::string_view data) override;
+  void handleCommand() override;
+  void replyBadInput() override { badCommand(parser_->errorTag(), parser_->errorText()); }
+  void replyFatalInput() override;
+  void expectSaslLine() override { parser_->expectSaslLine(); }
+  bool resetParser() override;
+
   std::string capabilities() const;
-  bool plaintextAllowed() const;
-  void handleCommand();
-  void sendSaslChallenge(std::string_view challenge) override;
   void replySaslRefused(SaslExchange::Step why) override;
   void authenticateWith(std::string_view mech, const codec::ImapArg* initial);
   void tagged(std::string_view text);
@@ -48,7 +49,6 @@ class ImapSession final : public LoginSession {
   void finishPostLoginCapability(std::string_view line);
 
   std::unique_ptr<codec::ImapCommandParser> parser_;  // freed once the relay starts
-  bool tls_pending_ = false;                          // STARTTLS answered, handshake running
   std::string tag_;                                   // tag of the LOGIN/AUTHENTICATE in progress
   unsigned bad_commands_ = 0;
   // backend handshake

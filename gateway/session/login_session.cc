@@ -218,7 +218,9 @@ void LoginSession::backendLoginRejected(const std::string& detail) {
   backendAttemptFailed(BackendFailure::kAuthRejected, detail);
 }
 
-void LoginSession::loginSucceeded(std::string_view to_client, std::string_view to_backend) {
+void LoginSession::loginSucceeded(std::string_view to_client) {
+  std::string to_backend;  // what the client sent meanwhile, unparsed
+  to_backend.swap(held_);
   phase_ = LoginPhase::kRelay;
   password_.assign(password_.size(), '\0');
   password_.clear();
@@ -256,10 +258,97 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
   resumeClientInput();
 }
 
-bool LoginSession::holdInput(std::string_view data, size_t max, std::string_view refusal) {
-  if (held_.size() + data.size() <= max) {
+void LoginSession::start() {
+  armPreauthTimer();
+  if (listener_.tls == conf::TlsMode::kImplicit) {
+    if (!startClientTls()) {
+      close("tls_unavailable");
+      return;
+    }
+    tls_pending_ = true;  // the greeting follows the handshake
+    pauseClient(false);
+    return;
+  }
+  sendGreeting();
+  pauseClient(false);
+}
+
+void LoginSession::onClientTlsReady() {
+  tls_pending_ = false;
+  armPreauthTimer();
+  if (listener_.tls == conf::TlsMode::kImplicit) sendGreeting();
+}
+
+void LoginSession::startClientTlsAfterReply() {
+  if (!startClientTls()) {
+    closeAfterFlush("tls_unavailable");
+    return;
+  }
+  tls_pending_ = true;
+}
+
+void LoginSession::onClientData(std::string_view data) {
+  if (tls_pending_) return;  // cannot happen: TLS bytes go to the TLS layer
+  if (phase_ != LoginPhase::kIdle) {
+    holdInput(data);
+    return;
+  }
+  armPreauthTimer();
+  while (!data.empty() && !closing()) {
+    const Parsed r = feedParser(data);
+    data.remove_prefix(r.consumed);
+    switch (r.what) {
+      case ClientInput::kNeedMore:
+        if (r.consumed == 0) data = {};
+        break;
+      case ClientInput::kAnswered:
+        break;
+      case ClientInput::kSaslLine:
+        saslRespond(r.sasl_line);
+        break;
+      case ClientInput::kCommand:
+        handleCommand();
+        break;
+      case ClientInput::kError:
+        sasl_.reset();
+        replyBadInput();
+        break;
+      case ClientInput::kFatal:
+        replyFatalInput();
+        closeAfterFlush("protocol_error");
+        return;
+    }
+    if (tls_pending_) {
+      // Everything after STARTTLS/STLS in the same read is an injection attempt: drop it.
+      const bool pending = resetParser();
+      const PreLoginRules& rules = preLoginRules();
+      if ((!data.empty() || pending) && rules.tls_discard_limit->allow()) {
+        log::warn(rules.tls_discard_log, {{"session", id_},
+                                          {"client", client_ip_},
+                                          {"bytes", data.size()},
+                                          {"suppressed", rules.tls_discard_limit->suppressed()}});
+      }
+      return;
+    }
+    if (phase_ != LoginPhase::kIdle) {
+      holdInput(data);
+      return;
+    }
+  }
+}
+
+void LoginSession::resumeClientInput() {
+  if (held_.empty()) return;
+  std::string h;
+  h.swap(held_);
+  onClientData(h);
+}
+
+void LoginSession::holdInput(std::string_view data) {
+  const PreLoginRules& rules = preLoginRules();
+  if (held_.size() + data.size() <= rules.max_held) {
     held_.append(data);
-    return true;
+    return;
   }
   static log::RateLimit rl(20);  // a client can trigger this at will
   if (rl.allow())
@@ -269,9 +358,8 @@ bool LoginSession::holdInput(std::string_view data, size_t max, std::string_view
                                               {"bytes", data.size()},
                                               {"suppressed", rl.suppressed()}});
   held_.clear();
-  writeClient(refusal);
+  writeClient(rules.held_refusal);
   closeAfterFlush("protocol_error");
-  return false;
 }
 
 void LoginSession::onTimer() {
@@ -296,6 +384,11 @@ void LoginSession::onTimer() {
     case LoginPhase::kRelay:
       return;
   }
+}
+
+void LoginSession::sendSaslChallenge(std::string_view challenge) {
+  expectSaslLine();
+  writeClient("+ " + std::string(challenge) + "\r\n");
 }
 
 void LoginSession::saslRespond(std::string_view line) {

@@ -1,20 +1,32 @@
 #pragma once
-// What IMAP and POP3 share after the client has given credentials: the directory
-// lookup on the worker pool, the failure delay, the choice of storage node
-// (primary, then secondary; healthy ones first) and failover between attempts.
-// The protocol subclass speaks to the client and runs the backend handshake.
+// What IMAP and POP3 share: the start (greeting, or implicit TLS first), the
+// pre-login input loop (the protocol's parser fed, its commands and SASL lines
+// dispatched, input held while a login runs, bytes pipelined after STARTTLS/STLS
+// discarded), and after the client has given credentials the directory lookup on
+// the worker pool, the failure delay, the choice of storage node (primary, then
+// secondary; healthy ones first) and failover between attempts. The protocol
+// subclass has the wording, handles the commands and runs the backend handshake.
 #include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "auth/directory.h"
+#include "gateway/core/log.h"
 #include "gateway/session/sasl_exchange.h"
 #include "gateway/session/session.h"
 
 namespace mailgate::session {
 
 class ExecutorStep;
+
+// What the pre-login loop needs to know of a protocol besides its hooks.
+struct PreLoginRules {
+  size_t max_held;                    // client bytes kept while a login runs
+  std::string_view held_refusal;      // the reply (then close) when more arrive
+  const char* tls_discard_log;        // the log line for bytes pipelined after STARTTLS/STLS
+  log::RateLimit* tls_discard_limit;  // and its rate limit (a client can trigger it at will)
+};
 
 class LoginSession : public Session {
  public:
@@ -30,17 +42,15 @@ class LoginSession : public Session {
   };
 
  protected:
-  enum class LoginPhase { kIdle, kDirectory, kDelay, kBackend, kRelay };
-
   // Starts the login: directory, then backend. The client's further input is held.
   void beginLogin(std::string user, std::string password);
   // The backend handshake failed for this class of reason: try the next node or give up.
   void backendAttemptFailed(BackendFailure why, const std::string& detail);
   // The backend refused the credentials: report an authentication failure.
   void backendLoginRejected(const std::string& detail);
-  // The backend accepted: bytes now flow.
-  void loginSucceeded(std::string_view to_client, std::string_view to_backend);
-  LoginPhase loginPhase() const { return phase_; }
+  // The backend accepted: `to_client` (the login's reply) and the input held meanwhile
+  // go their ways, and bytes now flow.
+  void loginSucceeded(std::string_view to_client);
   // Credentials for the storage node: the client's, unless the directory gave others.
   const std::string& password() const { return backend_password_ ? *backend_password_ : password_; }
   const std::string& loginUser() const { return backend_user_ ? *backend_user_ : user_; }
@@ -59,10 +69,38 @@ class LoginSession : public Session {
   // One SASL response from the client (an initial response or a continuation line):
   // the next challenge, the login, or the protocol's refusal.
   void saslRespond(std::string_view line);
-
-  // --- protocol hooks ---
   // "+ <base64>" to the client; its next line is a SASL response.
-  virtual void sendSaslChallenge(std::string_view challenge) = 0;
+  void sendSaslChallenge(std::string_view challenge);
+  bool plaintextAllowed() const { return clientTlsActive() || listener_.allow_plaintext_auth; }
+  // The positive STARTTLS/STLS reply is queued: TLS starts (or the session closes), and
+  // the bytes that came with the command are discarded.
+  void startClientTlsAfterReply();
+
+  // --- protocol hooks: the pre-login loop ---
+  enum class ClientInput {
+    kNeedMore,  // the input is consumed, no complete command yet
+    kAnswered,  // the protocol answered a step itself (IMAP's literal continuation); feed on
+    kCommand,   // handleCommand() acts on it
+    kSaslLine,  // one SASL response line
+    kError,     // recoverable: replyBadInput(), the parser is in sync again
+    kFatal,     // replyFatalInput(), then close
+  };
+  struct Parsed {
+    ClientInput what;
+    size_t consumed;
+    std::string_view sasl_line;  // kSaslLine
+  };
+  virtual const PreLoginRules& preLoginRules() const = 0;
+  virtual void sendGreeting() = 0;
+  virtual Parsed feedParser(std::string_view data) = 0;
+  virtual void handleCommand() = 0;
+  virtual void replyBadInput() = 0;    // count it; may close at the limit
+  virtual void replyFatalInput() = 0;  // the session then closes
+  virtual void expectSaslLine() = 0;   // the parser's next line is a SASL response
+  // After STARTTLS/STLS: drops every buffered byte; true when there were some.
+  virtual bool resetParser() = 0;
+
+  // --- protocol hooks: the login ---
   // The exchange ended without credentials (kCancelled, kMalformed or kRejected).
   virtual void replySaslRefused(SaslExchange::Step why) = 0;
   virtual uint16_t backendPort(const conf::BackendConfig& b) const = 0;
@@ -70,13 +108,15 @@ class LoginSession : public Session {
   virtual void replyTempFail(const std::string& why) = 0;  // directory or every node unavailable
   virtual void beginBackendHandshake() = 0;                // TCP (and implicit TLS) is up
   virtual void onPreauthTimeout() = 0;
-  virtual void resumeClientInput() = 0;  // back to pre-auth: parse what was held
 
   // The node's replies during the handshake, one line at a time (CRLF stripped).
   virtual void handleBackendLine(std::string_view line) = 0;
   void onBackendData(std::string_view data) final;
   void resetBackendLines() { bline_.clear(); }
 
+  void start() final;
+  void onClientData(std::string_view data) final;
+  void onClientTlsReady() final;
   void onBackendConnected() final;
   void onBackendTlsReady() override;
   void onBackendFailed(BackendFailure why, const std::string& detail) final;
@@ -85,20 +125,23 @@ class LoginSession : public Session {
   void addBuiltinFilters(FilterChain& chain) override;
   void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
 
-  // Keeps client input that arrives while a login is in progress (every append goes
-  // through here). When the held bytes would exceed `max`, nothing more is kept: the
-  // client gets `refusal`, the session closes, and the answer is false.
-  bool holdInput(std::string_view data, size_t max, std::string_view refusal);
-
   SaslExchange sasl_;
-  std::string held_;  // client bytes received while the login is in progress, at most the bound
 
  private:
+  enum class LoginPhase { kIdle, kDirectory, kDelay, kBackend, kRelay };
+
+  // Keeps client input that arrives while a login is in progress (every append goes
+  // through here). When the held bytes would exceed the protocol's bound, nothing
+  // more is kept: the client gets the refusal and the session closes.
+  void holdInput(std::string_view data);
+  void resumeClientInput();  // back to pre-auth: parse what was held
   void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);
   void tryNextCandidate();
   void fail(bool auth_failure, const std::string& why);
 
   LoginPhase phase_ = LoginPhase::kIdle;
+  bool tls_pending_ = false;  // client TLS started (implicit, or STARTTLS answered), handshake running
+  std::string held_;          // client bytes received while the login is in progress, at most the bound
   DirectoryLookup lookup_;
   ExecutorStep* directory_step_ = nullptr;  // the auth stage's directory lookup (owned by the chain)
   std::string password_;

@@ -7,10 +7,10 @@
 namespace mailgate::session {
 
 namespace {
-constexpr size_t kMaxHeld = 16 * 1024;
-constexpr std::string_view kHeldRefusal = "-ERR Too much data before login completed.\r\n";
 log::RateLimit g_proto_log(20);
 log::RateLimit g_stls_log(20);  // a client can trigger this at will
+const PreLoginRules kPreLogin{16 * 1024, "-ERR Too much data before login completed.\r\n",
+                              "pipelined data after STLS discarded", &g_stls_log};
 
 codec::Pop3Limits limitsFor(const conf::ListenerConfig& l) {
   codec::Pop3Limits lim;
@@ -25,28 +25,7 @@ Pop3Session::Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
     : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener),
       parser_(std::make_unique<codec::Pop3CommandParser>(limitsFor(listener))) {}
 
-void Pop3Session::start() {
-  armPreauthTimer();
-  if (listener_.tls == conf::TlsMode::kImplicit) {
-    if (!startClientTls()) {
-      close("tls_unavailable");
-      return;
-    }
-    tls_pending_ = true;
-    pauseClient(false);
-    return;
-  }
-  writeClient("+OK mailgate ready.\r\n");
-  pauseClient(false);
-}
-
-bool Pop3Session::plaintextAllowed() const { return clientTlsActive() || listener_.allow_plaintext_auth; }
-
-void Pop3Session::onClientTlsReady() {
-  tls_pending_ = false;
-  armPreauthTimer();
-  if (listener_.tls == conf::TlsMode::kImplicit) writeClient("+OK mailgate ready.\r\n");
-}
+const PreLoginRules& Pop3Session::preLoginRules() const { return kPreLogin; }
 
 void Pop3Session::badCommand(std::string_view text) {
   bad_commands_++;
@@ -60,56 +39,27 @@ void Pop3Session::badCommand(std::string_view text) {
   writeClient("-ERR " + std::string(text) + "\r\n");
 }
 
-void Pop3Session::onClientData(std::string_view data) {
-  if (tls_pending_) return;
-  if (loginPhase() != LoginPhase::kIdle) {
-    holdInput(data, kMaxHeld, kHeldRefusal);
-    return;
+LoginSession::Parsed Pop3Session::feedParser(std::string_view data) {
+  const codec::Pop3Feed r = parser_->feed(data);
+  switch (r.status) {
+    case codec::Pop3Status::kNeedMore:
+      return {ClientInput::kNeedMore, r.consumed, {}};
+    case codec::Pop3Status::kSaslLine:
+      return {ClientInput::kSaslLine, r.consumed, parser_->saslLine()};
+    case codec::Pop3Status::kCommand:
+      return {ClientInput::kCommand, r.consumed, {}};
+    case codec::Pop3Status::kError:
+      return {ClientInput::kError, r.consumed, {}};
+    case codec::Pop3Status::kFatal:
+      return {ClientInput::kFatal, r.consumed, {}};
   }
-  armPreauthTimer();
-  while (!data.empty() && !closing()) {
-    codec::Pop3Feed r = parser_->feed(data);
-    data.remove_prefix(r.consumed);
-    switch (r.status) {
-      case codec::Pop3Status::kNeedMore:
-        if (r.consumed == 0) data = {};
-        break;
-      case codec::Pop3Status::kSaslLine:
-        saslRespond(parser_->saslLine());
-        break;
-      case codec::Pop3Status::kCommand:
-        handleCommand();
-        break;
-      case codec::Pop3Status::kError:
-        sasl_.reset();
-        badCommand(parser_->errorText());
-        break;
-      case codec::Pop3Status::kFatal:
-        writeClient("-ERR " + std::string(parser_->errorText()) + "\r\n");
-        closeAfterFlush("protocol_error");
-        return;
-    }
-    if (tls_pending_) {
-      if ((!data.empty() || parser_->hasPending()) && g_stls_log.allow())
-        log::warn("pipelined data after STLS discarded", {{"session", id_},
-                                                          {"client", client_ip_},
-                                                          {"bytes", data.size()},
-                                                          {"suppressed", g_stls_log.suppressed()}});
-      parser_->reset();
-      return;
-    }
-    if (loginPhase() != LoginPhase::kIdle) {
-      holdInput(data, kMaxHeld, kHeldRefusal);
-      return;
-    }
-  }
+  return {ClientInput::kFatal, r.consumed, {}};
 }
 
-void Pop3Session::resumeClientInput() {
-  if (held_.empty()) return;
-  std::string h;
-  h.swap(held_);
-  onClientData(h);
+bool Pop3Session::resetParser() {
+  const bool pending = parser_->hasPending();
+  parser_->reset();
+  return pending;
 }
 
 void Pop3Session::handleCommand() {
@@ -130,11 +80,7 @@ void Pop3Session::handleCommand() {
         return;
       }
       writeClient("+OK Begin TLS negotiation now.\r\n");
-      if (!startClientTls()) {
-        closeAfterFlush("tls_unavailable");
-        return;
-      }
-      tls_pending_ = true;
+      startClientTlsAfterReply();
       return;
     case codec::Pop3Verb::kUser:
       if (!plaintextAllowed()) {
@@ -195,11 +141,6 @@ void Pop3Session::handleCommand() {
       badCommand("Unknown command.");
       return;
   }
-}
-
-void Pop3Session::sendSaslChallenge(std::string_view challenge) {
-  parser_->expectSaslLine();
-  writeClient("+ " + std::string(challenge) + "\r\n");
 }
 
 void Pop3Session::replySaslRefused(SaslExchange::Step why) {
@@ -327,10 +268,8 @@ void Pop3Session::handleBackendLine(std::string_view line) {
       if (ascii::istartsWith(line, "+OK")) {
         std::string reply(line);
         reply += "\r\n";
-        std::string held;
-        held.swap(held_);
         parser_.reset();
-        loginSucceeded(reply, held);
+        loginSucceeded(reply);
         return;
       }
       if (ascii::istartsWith(line, "-ERR [SYS/TEMP]") || ascii::istartsWith(line, "-ERR [IN-USE]")) {

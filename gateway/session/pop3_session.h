@@ -14,13 +14,10 @@ class Pop3Session final : public LoginSession {
  public:
   Pop3Session(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
               std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener);
-  void start() override;
 
  private:
   enum class BackendStep { kGreeting, kCapa, kStls, kXclient, kAuth, kAuthResponse };
 
-  void onClientData(std::string_view plain) override;
-  void onClientTlsReady() override;
   Rendered renderRefusal(const filters::Verdict& v, filters::Stage stage) const override {
     return renderPop3(v, stage);
   }
@@ -30,11 +27,16 @@ class Pop3Session final : public LoginSession {
   void replyTempFail(const std::string& why) override;
   void beginBackendHandshake() override;
   void onPreauthTimeout() override;
-  void resumeClientInput() override;
 
-  bool plaintextAllowed() const;
-  void handleCommand();
-  void sendSaslChallenge(std::string_view challenge) override;
+  const PreLoginRules& preLoginRules() const override;
+  void sendGreeting() override { writeClient("+OK mailgate ready.\r\n"); }
+  Parsed feedParser(std::string_view data) override;
+  void handleCommand() override;
+  void replyBadInput() override { badCommand(parser_->errorText()); }
+  void replyFatalInput() override { writeClient("-ERR " + std::string(parser_->errorText()) + "\r\n"); }
+  void expectSaslLine() override { parser_->expectSaslLine(); }
+  bool resetParser() override;
+
   void replySaslRefused(SaslExchange::Step why) override;
   void badCommand(std::string_view text);
   void handleBackendLine(std::string_view line) override;
@@ -42,8 +44,7 @@ class Pop3Session final : public LoginSession {
   void sendBackendAuth();
 
   std::unique_ptr<codec::Pop3CommandParser> parser_;  // freed once the relay starts
-  bool tls_pending_ = false;
-  std::string user_arg_;  // from USER
+  std::string user_arg_;                              // from USER
   unsigned bad_commands_ = 0;
   BackendStep bstep_ = BackendStep::kGreeting;
   bool b_xclient_ = false, b_greeting_xclient_ = false, b_stls_done_ = false;
