@@ -543,13 +543,14 @@ class FakeNodeHandler(socketserver.StreamRequestHandler):
                 if node.mode == "drop":
                     t["data"] = data
                     return
+                # Recorded before the replies: the test may look as soon as it has its 250.
+                if node.mode not in ("temp",) and not (node.mode == "partial" and len(t["rcpts"]) > 1):
+                    t["data"] = data
                 for i, _ in enumerate(t["rcpts"]):
                     if node.mode == "temp" or (node.mode == "partial" and i > 0):
                         w.write(b"452 4.2.2 Mailbox full\r\n")
                     else:
                         w.write(b"250 2.0.0 Saved\r\n")
-                if node.mode not in ("temp",) and not (node.mode == "partial" and len(t["rcpts"]) > 1):
-                    t["data"] = data
             elif verb == "QUIT":
                 w.write(b"221 2.0.0 Bye\r\n")
                 w.flush()
