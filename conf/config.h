@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mailgate::conf {
@@ -220,5 +221,15 @@ struct ListenAddress {
 };
 // Parses a listen address; on failure returns false and says why in *error (when not null).
 bool parseListenAddress(const std::string& text, ListenAddress* out, std::string* error);
+
+// The address of an outside service: "unix:/path", "tcp:IPv4:port", "tcp:[IPv6]:port"
+// (numeric hosts only).
+struct ServiceEndpoint {
+  bool unix_socket = false;
+  std::string path;  // unix_socket
+  std::string host;  // IPv4 or IPv6 literal (without brackets)
+  uint16_t port = 0;
+};
+bool parseServiceEndpoint(std::string_view text, ServiceEndpoint* out, std::string* error);
 
 }  // namespace mailgate::conf

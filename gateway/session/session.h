@@ -17,6 +17,7 @@
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/tag.h"
+#include "gateway/session/aux_connections.h"
 #include "gateway/session/filter_chain.h"
 #include "gateway/session/runtime.h"
 #include "gateway/session/verdict_render.h"
@@ -206,6 +207,7 @@ class Session : public ChainHost {
   FilterChain chain_{*this};
   uint64_t chain_timer_at_ = 0;
   Endpoint client_;
+  std::unique_ptr<AuxConnections> aux_;  // the filters' connections (made with the filters)
   std::unique_ptr<Endpoint> backend_;
   std::vector<std::unique_ptr<Endpoint>> dead_backends_;
   uint8_t next_incarnation_ = 0;
