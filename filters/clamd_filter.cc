@@ -14,8 +14,8 @@ ClamdStats& clamdStats() {
 
 namespace {
 
-constexpr size_t kChunk = 64 * 1024;          // octets read from the spool and sent per chunk
-constexpr size_t kMaxQueued = 4 * kChunk;     // read more only while less than this waits to be sent
+constexpr size_t kChunk = 64 * 1024;       // octets read from the spool and sent per chunk
+constexpr size_t kMaxQueued = 4 * kChunk;  // read more only while less than this waits to be sent
 constexpr size_t kMaxVirusName = 100;
 
 log::RateLimit g_clamd_log(20);
@@ -110,7 +110,8 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
                                             {"failure", connectionEndName(end)},
                                             {"error", detail}});
       endpoint_++;
-      if (!connectNext()) fail("clamd " + o_->name + ": no endpoint could be connected to (" + last_error_ + ")");
+      if (!connectNext())
+        fail("clamd " + o_->name + ": no endpoint could be connected to (" + last_error_ + ")");
       return;
     }
     const ClamdStatus st = parser_.finish();
@@ -124,7 +125,8 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
   bool selected(const SessionFacts& facts) const {
     if (o_->when.empty()) return true;
     return std::any_of(o_->when.begin(), o_->when.end(), [&](const ScanWhen& w) {
-      if (!w.listeners.empty() && std::find(w.listeners.begin(), w.listeners.end(), facts.listener) == w.listeners.end())
+      if (!w.listeners.empty() &&
+          std::find(w.listeners.begin(), w.listeners.end(), facts.listener) == w.listeners.end())
         return false;
       return !w.authenticated || *w.authenticated == facts.authenticated;
     });
@@ -207,8 +209,9 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
         if (!cleanReplyText(parser_.virusName(), &clean, kMaxVirusName) ||
             clean.find_first_of("()") != std::string::npos)
           clean.clear();
-        Verdict v = Verdict::of(Action::kReject, "clamd " + o_->name + ": virus found: " +
-                                                     (clean.empty() ? std::string("(name not shown)") : clean));
+        Verdict v =
+            Verdict::of(Action::kReject, "clamd " + o_->name + ": virus found: " +
+                                             (clean.empty() ? std::string("(name not shown)") : clean));
         v.code = 554;
         v.enhanced = "5.7.1";
         v.text = clean.empty() ? std::string("Message rejected: virus found")
@@ -299,7 +302,8 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
 
 }  // namespace
 
-std::unique_ptr<Filter> ClamdFactory::create(const SessionFacts& facts, const FilterServices& services) const {
+std::unique_ptr<Filter> ClamdFactory::create(const SessionFacts& facts,
+                                             const FilterServices& services) const {
   if (facts.protocol != "smtp") return nullptr;
   if (!options_->when.empty()) {
     const bool any = std::any_of(options_->when.begin(), options_->when.end(), [&](const ScanWhen& w) {

@@ -43,16 +43,17 @@ struct ClamdOptions {
 struct ClamdStats {
   std::atomic<uint64_t> clean{0};
   std::atomic<uint64_t> infected{0};
-  std::atomic<uint64_t> errors{0};      // connect failures on every endpoint, protocol and scanner errors
-  std::atomic<uint64_t> timeouts{0};    // scan deadline passed
-  std::atomic<uint64_t> oversize{0};    // over max_size, or refused by clamd as too long
+  std::atomic<uint64_t> errors{0};    // connect failures on every endpoint, protocol and scanner errors
+  std::atomic<uint64_t> timeouts{0};  // scan deadline passed
+  std::atomic<uint64_t> oversize{0};  // over max_size, or refused by clamd as too long
   std::atomic<uint64_t> endpoint_failures{0};  // an endpoint that could not be connected to
 };
 ClamdStats& clamdStats();
 
 class ClamdFactory final : public FilterFactory {
  public:
-  explicit ClamdFactory(ClamdOptions options) : options_(std::make_shared<const ClamdOptions>(std::move(options))) {}
+  explicit ClamdFactory(ClamdOptions options)
+      : options_(std::make_shared<const ClamdOptions>(std::move(options))) {}
   std::string_view name() const override { return options_->name; }
   std::unique_ptr<Filter> create(const SessionFacts& facts, const FilterServices& services) const override;
 

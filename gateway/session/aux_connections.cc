@@ -124,7 +124,8 @@ AuxConnections::Conn* AuxConnections::byAux(uint8_t aux, size_t* index) {
 bool AuxConnections::write(filters::ConnectionId id, std::string_view bytes) {
   Conn* c = byId(id);
   if (!c || c->send_failed) return false;
-  if (c->out_pending.size() + c->out_inflight.size() - c->inflight_off + bytes.size() > kMaxQueued) return false;
+  if (c->out_pending.size() + c->out_inflight.size() - c->inflight_off + bytes.size() > kMaxQueued)
+    return false;
   c->out_pending.append(bytes);
   if (c->state == State::kOpen && !c->send_inflight) submitSend(*c, id & 3);
   return true;
@@ -166,8 +167,8 @@ void AuxConnections::submitSend(Conn& c, size_t index) {
   }
   if (c.out_inflight.empty()) return;
   io_uring_sqe* sqe = reactor_.ring().sqe();
-  io_uring_prep_send(sqe, c.fd, c.out_inflight.data() + c.inflight_off, c.out_inflight.size() - c.inflight_off,
-                     MSG_NOSIGNAL);
+  io_uring_prep_send(sqe, c.fd, c.out_inflight.data() + c.inflight_off,
+                     c.out_inflight.size() - c.inflight_off, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, io::Tag{io::Op::kSend, auxOf(c, index), slot_, gen_}.pack());
   c.ops++;
   c.send_inflight = true;
@@ -211,7 +212,8 @@ void AuxConnections::onConnect(uint8_t aux, int res) {
     return;
   }
   if (res < 0) {
-    end(*c, index, res == -ECANCELED ? filters::ConnectionEnd::kConnectTimeout : filters::ConnectionEnd::kConnectFailed,
+    end(*c, index,
+        res == -ECANCELED ? filters::ConnectionEnd::kConnectTimeout : filters::ConnectionEnd::kConnectFailed,
         res == -ECANCELED ? std::string("connect timeout") : std::string(std::strerror(-res)));
     return;
   }

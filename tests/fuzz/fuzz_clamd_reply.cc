@@ -41,8 +41,8 @@ std::string run(std::string_view in, size_t max, uint32_t seed, bool finish) {
   FUZZ_CHECK(p.errorText().size() <= max + 64);
   if (st == ClamdStatus::kFound) FUZZ_CHECK(!p.virusName().empty());
   if (st == ClamdStatus::kError) FUZZ_CHECK(!p.errorText().empty());
-  return std::to_string(static_cast<int>(st)) + "@" + std::to_string(pos) + "|" + std::string(p.virusName()) + "|" +
-         std::string(p.errorText());
+  return std::to_string(static_cast<int>(st)) + "@" + std::to_string(pos) + "|" + std::string(p.virusName()) +
+         "|" + std::string(p.errorText());
 }
 
 }  // namespace

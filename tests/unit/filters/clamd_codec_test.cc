@@ -34,7 +34,8 @@ Parsed parseInPieces(std::string_view in, const std::vector<size_t>& cuts, size_
   return {st, consumed, std::string(p.virusName()), std::string(p.errorText())};
 }
 
-void expectAllSplits(std::string_view in, ClamdStatus want, size_t want_consumed, const std::string& name = {}) {
+void expectAllSplits(std::string_view in, ClamdStatus want, size_t want_consumed,
+                     const std::string& name = {}) {
   const Parsed whole = parseInPieces(in, {});
   EXPECT_EQ(whole.status, want) << in;
   EXPECT_EQ(whole.consumed, want_consumed) << in;
