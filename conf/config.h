@@ -4,7 +4,9 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mailgate::conf {
@@ -171,6 +173,39 @@ struct RoutingConfig {
   std::string submission_relay;
 };
 
+// hooks: content scanners and the flows that run them (SMTP data stage).
+enum class HookAction { kAccept, kTempfail, kReject };
+enum class OversizeAction { kAcceptUnscanned, kTempfail, kReject };
+
+struct ScannerConfig {
+  std::string name;
+  std::string type = "clamd";          // clamd (icap, milter, dlp: not supported yet)
+  std::vector<std::string> endpoints;  // "unix:/path" | "tcp:HOST:PORT", tried in order
+  std::optional<HookAction> on_error;  // unset = hooks.defaults.on_error
+};
+
+struct FlowConfig {
+  std::vector<std::string> listeners;  // when.listener; empty = every listener
+  std::optional<bool> authenticated;   // when.authenticated; unset = either
+  std::vector<std::string> run;        // scanner names, in order
+};
+
+struct HooksConfig {
+  HookAction on_error = HookAction::kTempfail;  // a scanner down, failing or too slow
+  Duration connect_timeout{5000};               // defaults.timeouts.connect (each endpoint)
+  Duration scan_timeout{60000};                 // defaults.timeouts.scan (the whole scan, connects included)
+  uint64_t max_size = 50ull << 20;              // larger messages are not scanned
+  OversizeAction on_oversize = OversizeAction::kAcceptUnscanned;
+  std::vector<ScannerConfig> scanners;
+  std::vector<FlowConfig> flows;
+
+  const ScannerConfig* findScanner(const std::string& name) const {
+    for (const auto& sc : scanners)
+      if (sc.name == name) return &sc;
+    return nullptr;
+  }
+};
+
 struct Config {
   std::string path;  // the file this was loaded from
   ServerConfig server;
@@ -181,6 +216,7 @@ struct Config {
   DirectoryConfig directory;
   std::vector<BackendConfig> backends;
   RoutingConfig routing;
+  HooksConfig hooks;
 
   const BackendConfig* findBackend(const std::string& name) const {
     for (const auto& b : backends)
@@ -220,5 +256,15 @@ struct ListenAddress {
 };
 // Parses a listen address; on failure returns false and says why in *error (when not null).
 bool parseListenAddress(const std::string& text, ListenAddress* out, std::string* error);
+
+// The address of an outside service: "unix:/path", "tcp:IPv4:port", "tcp:[IPv6]:port"
+// (numeric hosts only).
+struct ServiceEndpoint {
+  bool unix_socket = false;
+  std::string path;  // unix_socket
+  std::string host;  // IPv4 or IPv6 literal (without brackets)
+  uint16_t port = 0;
+};
+bool parseServiceEndpoint(std::string_view text, ServiceEndpoint* out, std::string* error);
 
 }  // namespace mailgate::conf

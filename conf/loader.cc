@@ -263,6 +263,9 @@ class Loader {
   void loadRouting(const YAML::Node& n, Config* cfg);
   void checkSubmissionRelay(const YAML::Node& root, const Config& cfg);
   void checkBackendRef(const Fields& f, std::string_view key, const std::string& path, const Config& cfg);
+  void loadHooks(const YAML::Node& n, Config* cfg);
+  void loadScanners(const Entry& section, HooksConfig* h);
+  void loadFlows(const Entry& section, Config* cfg);
 
   std::string resolve(const std::string& p) const {
     std::filesystem::path fp(p);
@@ -274,6 +277,7 @@ class Loader {
   std::filesystem::path base_dir_;
   std::vector<ConfigError> errors_;
   bool too_many_ = false;
+  std::vector<std::string> bad_scanners_;  // declared with an error already reported
 };
 
 bool Loader::fields(const YAML::Node& node, const std::string& path,
@@ -520,7 +524,209 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   checkSubmissionRelay(root, *cfg);
   if (const Entry* e = f.find("limits")) unsupportedSection(e->value, "limits");
   if (const Entry* e = f.find("policies")) unsupportedSection(e->value, "policies");
-  if (const Entry* e = f.find("hooks")) unsupportedSection(e->value, "hooks");
+  if (const Entry* e = f.find("hooks")) loadHooks(e->value, cfg);
+}
+
+// --- hooks -----------------------------------------------------------------------
+
+void Loader::loadHooks(const YAML::Node& n, Config* cfg) {
+  const std::string path = "hooks";
+  Fields f;
+  if (!fields(n, path, {"defaults", "scanners", "flows", "quarantine"}, &f)) return;
+  HooksConfig& h = cfg->hooks;
+  if (const Entry* e = f.find("defaults")) {
+    const std::string dpath = join(path, "defaults");
+    Fields df;
+    if (fields(e->value, dpath, {"on_error", "timeouts", "max_size", "on_oversize"}, &df)) {
+      getEnum<HookAction>(df, "on_error", dpath,
+                          {{"accept", HookAction::kAccept}, {"tempfail", HookAction::kTempfail},
+                           {"reject", HookAction::kReject}},
+                          &h.on_error);
+      if (const Entry* t = df.find("timeouts")) {
+        const std::string tpath = join(dpath, "timeouts");
+        Fields tf;
+        if (fields(t->value, tpath, {"connect", "scan"}, &tf)) {
+          getDuration(tf, "connect", tpath, &h.connect_timeout, false);
+          getDuration(tf, "scan", tpath, &h.scan_timeout, false);
+        }
+      }
+      uint32_t max_size = static_cast<uint32_t>(h.max_size);
+      getSize(df, "max_size", dpath, 1024, 0xffffffffu, &max_size);
+      h.max_size = max_size;
+      getEnum<OversizeAction>(df, "on_oversize", dpath,
+                              {{"accept_unscanned", OversizeAction::kAcceptUnscanned},
+                               {"tempfail", OversizeAction::kTempfail},
+                               {"reject", OversizeAction::kReject}},
+                              &h.on_oversize);
+    }
+  }
+  if (const Entry* e = f.find("scanners")) loadScanners(*e, &h);
+  if (const Entry* e = f.find("flows")) loadFlows(*e, cfg);
+  if (const Entry* e = f.find("quarantine"))
+    if (!e->value.IsNull()) error(e->key_node, "hooks.quarantine: is not supported yet");
+}
+
+void Loader::loadScanners(const Entry& section, HooksConfig* h) {
+  const YAML::Node& n = section.value;
+  if (n.IsNull()) return;
+  if (!n.IsMap()) {
+    error(section.mark(), "hooks.scanners: expected a map of scanner names, got " + describe(n));
+    return;
+  }
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    const YAML::Node key = it->first;
+    if (!key.IsScalar() || !isValidName(key.Scalar())) {
+      error(key, "hooks.scanners: " + (key.IsScalar() ? quote(key.Scalar()) : describe(key)) +
+                     " is not a valid scanner name (1 to " + std::to_string(kMaxNameLength) +
+                     " characters among A-Z a-z 0-9 - _ .)");
+      continue;
+    }
+    ScannerConfig sc;
+    sc.name = key.Scalar();
+    const std::string path = join("hooks.scanners", sc.name);
+    if (h->findScanner(sc.name)) {
+      error(key, path + ": duplicate scanner name " + quote(sc.name));
+      continue;
+    }
+    bad_scanners_.push_back(sc.name);  // until it is found good
+    const YAML::Node item = it->second;
+    if (!item.IsMap()) {
+      error(item.IsNull() ? key.Mark() : item.Mark(), path + ": expected a map, got " + describe(item));
+      continue;
+    }
+    // The type decides the keys; a type that is not built yet is said so plainly.
+    YAML::Node type_node;
+    if (!findValue(item, "type", &type_node)) {
+      error(key, path + ": missing required key \"type\"");
+      continue;
+    }
+    if (!type_node.IsScalar()) {
+      error(type_node, path + ".type: expected a string, got " + describe(type_node));
+      continue;
+    }
+    sc.type = type_node.Scalar();
+    if (sc.type == "icap" || sc.type == "milter" || sc.type == "dlp") {
+      error(type_node, path + ".type: scanner type " + sc.type + " is not supported yet");
+      continue;
+    }
+    if (sc.type != "clamd") {
+      error(type_node, path + ".type: expected clamd, got " + quote(sc.type));
+      continue;
+    }
+    Fields f;
+    if (!fields(item, path, {"type", "endpoints", "on_error"}, &f)) continue;
+    requireKey(f, "endpoints", key.Mark(), path);
+    if (const Entry* e = f.find("endpoints")) {
+      const std::string epath = join(path, "endpoints");
+      if (!e->value.IsSequence() || e->value.size() == 0) {
+        error(e->mark(), epath + ": expected a list of one or more addresses (unix:/path, tcp:HOST:PORT), got " +
+                             (e->value.IsSequence() ? std::string("an empty list") : describe(e->value)));
+      } else {
+        for (size_t i = 0; i < e->value.size(); ++i) {
+          const YAML::Node ep = e->value[i];
+          std::string text;
+          if (!scalar(ep, indexed(epath, i), "an address", &text)) continue;
+          ServiceEndpoint parsed;
+          std::string why;
+          if (!parseServiceEndpoint(text, &parsed, &why)) {
+            error(ep, indexed(epath, i) + ": " + quote(text) + ": " + why);
+            continue;
+          }
+          sc.endpoints.push_back(std::move(text));
+        }
+      }
+    }
+    if (f.find("on_error")) {
+      HookAction a = h->on_error;
+      getEnum<HookAction>(f, "on_error", path,
+                          {{"accept", HookAction::kAccept}, {"tempfail", HookAction::kTempfail},
+                           {"reject", HookAction::kReject}},
+                          &a);
+      sc.on_error = a;
+    }
+    if (sc.endpoints.empty()) continue;  // reported
+    bad_scanners_.pop_back();
+    h->scanners.push_back(std::move(sc));
+  }
+}
+
+void Loader::loadFlows(const Entry& section, Config* cfg) {
+  const YAML::Node& n = section.value;
+  if (n.IsNull()) return;
+  if (!n.IsSequence()) {
+    error(section.mark(), "hooks.flows: expected a list, got " + describe(n));
+    return;
+  }
+  for (size_t i = 0; i < n.size(); ++i) {
+    const YAML::Node item = n[i];
+    const std::string path = indexed("hooks.flows", i);
+    if (!item.IsMap()) {
+      error(item, path + ": expected a map, got " + describe(item));
+      continue;
+    }
+    Fields f;
+    if (!fields(item, path, {"when", "run"}, &f)) continue;
+    requireKey(f, "run", item.Mark(), path);
+    FlowConfig flow;
+    if (const Entry* e = f.find("when")) {
+      const std::string wpath = join(path, "when");
+      Fields wf;
+      if (fields(e->value, wpath, {"listener", "authenticated"}, &wf)) {
+        if (const Entry* l = wf.find("listener")) {
+          const std::string lpath = join(wpath, "listener");
+          std::vector<YAML::Node> names;
+          if (l->value.IsSequence() && l->value.size() > 0) {
+            for (size_t j = 0; j < l->value.size(); ++j) names.push_back(l->value[j]);
+          } else if (l->value.IsScalar()) {
+            names.push_back(l->value);
+          } else {
+            error(l->mark(), lpath + ": expected a listener name or a list of them, got " + describe(l->value));
+          }
+          for (const YAML::Node& name : names) {
+            std::string s;
+            if (!scalar(name, lpath, "a listener name", &s)) continue;
+            const bool known = std::any_of(cfg->listeners.begin(), cfg->listeners.end(),
+                                           [&](const ListenerConfig& lc) { return lc.name == s; });
+            if (!known) {
+              error(name, lpath + ": unknown listener " + quote(s));
+              continue;
+            }
+            flow.listeners.push_back(std::move(s));
+          }
+        }
+        if (wf.find("authenticated")) {
+          bool b = false;
+          getBool(wf, "authenticated", wpath, &b);
+          flow.authenticated = b;
+        }
+      }
+    }
+    if (const Entry* e = f.find("run")) {
+      const std::string rpath = join(path, "run");
+      if (!e->value.IsSequence() || e->value.size() == 0) {
+        error(e->mark(), rpath + ": expected a list of one or more scanner names, got " +
+                             (e->value.IsSequence() ? std::string("an empty list") : describe(e->value)));
+      } else {
+        for (size_t j = 0; j < e->value.size(); ++j) {
+          const YAML::Node name = e->value[j];
+          std::string s;
+          if (!scalar(name, indexed(rpath, j), "a scanner name", &s)) continue;
+          if (!cfg->hooks.findScanner(s)) {
+            // A scanner declared with a problem was reported where it is declared.
+            if (std::find(bad_scanners_.begin(), bad_scanners_.end(), s) == bad_scanners_.end())
+              error(name, indexed(rpath, j) + ": unknown scanner " + quote(s));
+            continue;
+          }
+          if (std::find(flow.run.begin(), flow.run.end(), s) != flow.run.end()) {
+            error(name, indexed(rpath, j) + ": scanner " + quote(s) + " is listed twice");
+            continue;
+          }
+          flow.run.push_back(std::move(s));
+        }
+      }
+    }
+    cfg->hooks.flows.push_back(std::move(flow));
+  }
 }
 
 void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {

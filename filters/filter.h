@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "filters/connection.h"
 #include "filters/session_facts.h"
 #include "gateway/core/executor.h"
 #include "filters/stage.h"
@@ -63,10 +64,12 @@ class Filter {
   virtual void cancel() {}
 };
 
-// What a session lends its filters: the executors of its reactor.
+// What a session lends its filters: the executors of its reactor, and connections of
+// the session's own (on its reactor) to outside services.
 struct FilterServices {
   core::Executor* directory = nullptr;  // libpq, password hashing, DNS
   core::Executor* content = nullptr;    // blocking content work; never the directory's threads
+  ConnectionHost* connections = nullptr;
 };
 
 // Built once per configuration; makes the per-session instances.

@@ -12,6 +12,7 @@
 
 #include "auth/postgres_schema.h"
 #include "conf/config.h"
+#include "filters/clamd_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
@@ -170,6 +171,17 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           cs.refusals.load());
   counter("mailgate_filter_bad_text_total", "Filter reply texts or headers refused (CR, LF, NUL, controls).",
           cs.bad_text.load());
+  const filters::ClamdStats& clamd = filters::clamdStats();
+  counter("mailgate_clamd_clean_total", "Messages clamd found clean.", clamd.clean.load());
+  counter("mailgate_clamd_infected_total", "Messages clamd found a virus in (rejected).", clamd.infected.load());
+  counter("mailgate_clamd_errors_total", "clamd scans that failed (every endpoint down, protocol or scanner error).",
+          clamd.errors.load());
+  counter("mailgate_clamd_timeouts_total", "clamd scans that did not end within hooks.defaults.timeouts.scan.",
+          clamd.timeouts.load());
+  counter("mailgate_clamd_oversize_total", "Messages too large to scan (max_size or clamd's StreamMaxLength).",
+          clamd.oversize.load());
+  counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to.",
+          clamd.endpoint_failures.load());
   renderExecutorMetrics(out);
   counter("mailgate_log_lines_dropped_total", "Log lines dropped because the log queue was full.",
           log::droppedLines());

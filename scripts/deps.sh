@@ -8,6 +8,7 @@ PACKAGES=(
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
   libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
+  clamav-daemon
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
 )
 
@@ -53,7 +54,7 @@ $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 
 # In containers without an init system some scripts start daemons anyway; stop them.
-for svc in dovecot postfix nginx postgresql; do
+for svc in dovecot postfix nginx postgresql clamav-daemon clamav-freshclam; do
   if command -v service >/dev/null 2>&1; then
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   fi

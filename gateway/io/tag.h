@@ -18,7 +18,10 @@ enum class Op : uint8_t {
 
 struct Tag {
   Op op;
-  uint8_t aux;    // side (0 client, 1 backend) or listener socket index
+  // Sessions: 0 the client, odd the node (bits 1-7 its incarnation), even from 8 up
+  // a filter's connection (gateway/session/aux_connections.h). Accept: the listener
+  // socket index.
+  uint8_t aux;
   uint32_t slot;  // 24 bits
   uint32_t gen;   // 24 bits
 

@@ -47,6 +47,7 @@ bool FilterChain::run(filters::Stage stage, filters::SessionFacts& facts) {
   stage_ = stage;
   facts_ = &facts;
   index_ = 0;
+  if (stage == filters::Stage::kData) headers_.clear();
   state_ = State::kRunning;
   step();
   return state_ == State::kIdle;

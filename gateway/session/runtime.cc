@@ -9,6 +9,7 @@
 #include "auth/http_directory.h"
 #include "auth/passwd_file.h"
 #include "auth/postgres_directory.h"
+#include "filters/clamd_filter.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::session {
@@ -29,6 +30,60 @@ Result<std::string> readSecret(const std::string& path) {
 }
 
 std::shared_ptr<Runtime> g_runtime;
+
+filters::FailureAction failureAction(conf::HookAction a) {
+  switch (a) {
+    case conf::HookAction::kAccept:
+      return filters::FailureAction::kAccept;
+    case conf::HookAction::kTempfail:
+      return filters::FailureAction::kTempfail;
+    case conf::HookAction::kReject:
+      return filters::FailureAction::kReject;
+  }
+  return filters::FailureAction::kTempfail;
+}
+
+filters::OversizeAction oversizeAction(conf::OversizeAction a) {
+  switch (a) {
+    case conf::OversizeAction::kAcceptUnscanned:
+      return filters::OversizeAction::kAcceptUnscanned;
+    case conf::OversizeAction::kTempfail:
+      return filters::OversizeAction::kTempfail;
+    case conf::OversizeAction::kReject:
+      return filters::OversizeAction::kReject;
+  }
+  return filters::OversizeAction::kTempfail;
+}
+
+// One filter per scanner named by a flow, in the order of first mention; it applies
+// to the sessions any of its flows select.
+std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h) {
+  std::vector<filters::ClamdOptions> scanners;
+  for (const auto& flow : h.flows) {
+    for (const auto& name : flow.run) {
+      const conf::ScannerConfig* sc = h.findScanner(name);
+      if (!sc) continue;  // the loader refuses this
+      auto it = std::find_if(scanners.begin(), scanners.end(),
+                             [&](const filters::ClamdOptions& o) { return o.name == name; });
+      if (it == scanners.end()) {
+        filters::ClamdOptions o;
+        o.name = sc->name;
+        o.endpoints = sc->endpoints;
+        o.connect_timeout = h.connect_timeout;
+        o.scan_timeout = h.scan_timeout;
+        o.max_size = h.max_size;
+        o.on_error = failureAction(sc->on_error.value_or(h.on_error));
+        o.on_oversize = oversizeAction(h.on_oversize);
+        scanners.push_back(std::move(o));
+        it = scanners.end() - 1;
+      }
+      it->when.push_back(filters::ScanWhen{flow.listeners, flow.authenticated});
+    }
+  }
+  auto set = std::make_shared<filters::FilterSet>();
+  for (auto& o : scanners) set->add(std::make_shared<filters::ClamdFactory>(std::move(o)));
+  return set;
+}
 }  // namespace
 
 std::shared_ptr<Runtime> currentRuntime() {
@@ -130,6 +185,7 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     if (running && running->router) router->setTable(running->router->table());  // until the fresh one arrives
   }
   rt->health = std::make_unique<routing::HealthChecker>(*rt->router);
+  rt->filters = buildHookFilters(config->hooks);
   return rt;
 }
 

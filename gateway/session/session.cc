@@ -174,8 +174,11 @@ void Session::beginConnect() {
   facts_.client_port = client_port_;
   facts_.local_ip = local_ip_;
   facts_.local_port = local_port_;
-  if (rt_->filters && !rt_->filters->empty())
-    chain_.add(rt_->filters->instantiate(facts_, filters::FilterServices{&reactor_.workers(), &reactor_.contentWorkers()}));
+  if (rt_->filters && !rt_->filters->empty()) {
+    aux_ = std::make_unique<AuxConnections>(reactor_, slot_, gen_);
+    chain_.add(rt_->filters->instantiate(
+        facts_, filters::FilterServices{&reactor_.workers(), &reactor_.contentWorkers(), aux_.get()}));
+  }
   addBuiltinFilters(chain_);
   if (!chain_.wants(filters::Stage::kConnect)) {
     start();
@@ -262,6 +265,10 @@ void Session::armRecv(Side side, Endpoint& e) {
 }
 
 void Session::onRecv(uint8_t aux, int res, uint32_t flags, const char* data) {
+  if (AuxConnections::owns(aux)) {
+    if (aux_) aux_->onRecv(aux, res, flags, data);
+    return;
+  }
   Endpoint* e = endpointFor(aux);
   if (!e) return;
   Side side = (aux & 1) ? Side::kBackend : Side::kClient;
@@ -430,6 +437,10 @@ void Session::submitSend(Side side, Endpoint& e) {
 }
 
 void Session::onSend(uint8_t aux, int res) {
+  if (AuxConnections::owns(aux)) {
+    if (aux_) aux_->onSend(aux, res);
+    return;
+  }
   Endpoint* e = endpointFor(aux);
   if (!e) return;
   Side side = (aux & 1) ? Side::kBackend : Side::kClient;
@@ -513,6 +524,10 @@ void Session::pauseClient(bool pause) {
 }
 
 void Session::onOtherCompletion(uint8_t aux) {
+  if (AuxConnections::owns(aux)) {
+    if (aux_) aux_->onOther(aux);
+    return;
+  }
   Endpoint* e = endpointFor(aux);
   if (e) e->ops--;
   maybeRetireEndpoints();
@@ -568,6 +583,10 @@ void Session::connectBackend(const io::SockAddr& addr, std::chrono::milliseconds
 }
 
 void Session::onConnect(uint8_t aux, int res) {
+  if (AuxConnections::owns(aux)) {
+    if (aux_) aux_->onConnect(aux, res);
+    return;
+  }
   Endpoint* e = endpointFor(aux);
   if (!e) return;
   e->ops--;
@@ -648,6 +667,7 @@ void Session::close(const char* outcome) {
   if (!outcome_) outcome_ = outcome;
   chain_.cancel();
   chain_timer_at_ = 0;
+  if (aux_) aux_->closeAll();
   cancelEndpoint(Side::kClient, client_);
   dropBackend();
   reactor_.retire(this);
@@ -716,6 +736,7 @@ void Session::onTick(uint64_t now_ms) {
 bool Session::reapable() const {
   if (!retired_) return false;
   if (client_.ops) return false;
+  if (aux_ && !aux_->idle()) return false;
   if (backend_ && backend_->ops) return false;
   for (const auto& d : dead_backends_)
     if (d->ops) return false;
@@ -727,6 +748,7 @@ void Session::finish() {
   finished_ = true;
   if (client_.fd >= 0) ::close(client_.fd);
   client_.fd = -1;
+  if (aux_) aux_->closeFds();
   for (auto& d : dead_backends_)
     if (d->fd >= 0) ::close(d->fd);
   dead_backends_.clear();

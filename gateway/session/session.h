@@ -17,6 +17,7 @@
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/tag.h"
+#include "gateway/session/aux_connections.h"
 #include "gateway/session/filter_chain.h"
 #include "gateway/session/runtime.h"
 #include "gateway/session/verdict_render.h"
@@ -129,6 +130,8 @@ class Session : public ChainHost {
   // --- services for the protocol ---
   // Runs the session's filters at a stage; onStageDone() follows (perhaps at once).
   void runStage(filters::Stage stage) { chain_.run(stage, facts_); }
+  // Header fields the data stage's filters added ("Name: value"), taken once.
+  std::vector<std::string> takeAddedHeaders() { return chain_.takeHeaders(); }
   bool stageWanted(filters::Stage stage) const { return chain_.wants(stage); }
   // How long a directory lookup may take (its queue wait included): 3 × the driver's
   // timeout + 2 s, at least 5 s. At the deadline the client gets a temporary failure.
@@ -206,6 +209,7 @@ class Session : public ChainHost {
   FilterChain chain_{*this};
   uint64_t chain_timer_at_ = 0;
   Endpoint client_;
+  std::unique_ptr<AuxConnections> aux_;  // the filters' connections (made with the filters)
   std::unique_ptr<Endpoint> backend_;
   std::vector<std::unique_ptr<Endpoint>> dead_backends_;
   uint8_t next_incarnation_ = 0;

@@ -278,7 +278,7 @@ void SmtpNodeClient::sendMail() {
   step_ = Step::kMail;
   armTimer(kNodeReplyMs);
   std::string line = "MAIL FROM:" + txn_.mail_from;
-  if (node_size_) line += " SIZE=" + std::to_string(txn_.spool->size());
+  if (node_size_) line += " SIZE=" + std::to_string(txn_.headers.size() + txn_.spool->size());
   if (txn_.body_8bit && node_8bit_) line += " BODY=8BITMIME";
   if (txn_.smtputf8 && node_utf8_) line += " SMTPUTF8";
   if (node_pipelining_) {
@@ -302,12 +302,14 @@ bool SmtpNodeClient::envelopeNeedsUtf8() const {
 void SmtpNodeClient::sendBody() {
   body_off_ = 0;
   body_line_start_ = true;
+  std::string out;
+  stuff(txn_.headers, &body_line_start_, &out);
   if (txn_.spool->inFile()) {
     step_ = Step::kBody;
+    if (!out.empty()) transport_.send(out);
     pumpBody();
     return;
   }
-  std::string out;
   stuff(txn_.spool->memory(), &body_line_start_, &out);
   finishBody(std::move(out));
 }

@@ -81,6 +81,8 @@ struct NodeTransaction {
   bool smtputf8 = false;
   bool body_8bit = false;
   std::string queue_id;  // the 250 says "delivered as <queue_id>"
+  // Header fields the filters added (each ending CRLF), sent before the message.
+  std::string headers;
   // The message, flushed; it outlives the delivery.
   MessageSpool* spool = nullptr;
   std::vector<DeliveryTarget> targets;

@@ -1139,6 +1139,10 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
   }
   facts_.message.reset();
   if (!filters::isTerminal(v.action)) {
+    for (const std::string& h : takeAddedHeaders()) {
+      added_headers_ += h;
+      added_headers_ += "\r\n";
+    }
     startDelivery();
     return;
   }
@@ -1175,6 +1179,8 @@ void SmtpSession::startDelivery() {
   t.smtputf8 = smtputf8_;
   t.body_8bit = body_8bit_;
   t.queue_id = id_ + "-" + std::to_string(messages_);
+  t.headers.swap(added_headers_);
+  added_headers_.clear();
   t.spool = spool_.get();
   t.targets = targets_;
   node_client_.deliver(std::move(t));

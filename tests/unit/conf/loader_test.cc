@@ -547,7 +547,7 @@ TEST_F(LoaderTest, ErrorsAreAllCollectedInFileOrder) {
                              At(2, 41, "listeners[0].listen: invalid address \"1\""),
                              At(3, 22, "directory: driver postgres needs directory.postgres.conninfo"),
                              At(4, 15, "log.level: expected one of"),
-                             At(5, 10, "hooks: \"clamd\" is not supported yet (hooks must be empty)")));
+                             At(5, 10, "unknown key \"clamd\" in hooks")));
 }
 
 TEST_F(LoaderTest, UnsupportedSections) {
@@ -740,6 +740,104 @@ TEST(LoadConfigText, NeverThrowsOnOddInput) {
     EXPECT_EQ(r.config, nullptr) << text;
     EXPECT_FALSE(r.errors.empty()) << text;
   }
+}
+
+}  // namespace
+}  // namespace mailgate::conf
+
+namespace mailgate::conf {
+namespace {
+
+// kBase with an SMTP listener "mx" and a submission-less setup (7 lines).
+const std::string kHookBase = kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\" }\n"
+                                      "routing: { static: [ { domain: example.org, primary: b1 } ] }\n";
+
+TEST_F(LoaderTest, HooksDefaults) {
+  auto c = ok(kHookBase);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->hooks.on_error, HookAction::kTempfail);
+  EXPECT_EQ(c->hooks.connect_timeout, Duration(5000));
+  EXPECT_EQ(c->hooks.scan_timeout, Duration(60000));
+  EXPECT_EQ(c->hooks.max_size, 50ull << 20);
+  EXPECT_EQ(c->hooks.on_oversize, OversizeAction::kAcceptUnscanned);
+  EXPECT_TRUE(c->hooks.scanners.empty());
+  EXPECT_TRUE(c->hooks.flows.empty());
+}
+
+TEST_F(LoaderTest, HooksClamdScannersAndFlows) {
+  auto c = ok(kHookBase +
+              "hooks:\n"
+              "  defaults:\n"
+              "    on_error: accept\n"
+              "    timeouts: { connect: 250ms, scan: 2s }\n"
+              "    max_size: 10M\n"
+              "    on_oversize: reject\n"
+              "  scanners:\n"
+              "    clamav: { type: clamd, endpoints: [\"unix:/run/clamav/clamd.ctl\", \"tcp:127.0.0.1:3310\"] }\n"
+              "    backup: { type: clamd, endpoints: [\"tcp:[::1]:3310\"], on_error: reject }\n"
+              "  flows:\n"
+              "    - { when: { listener: mx }, run: [clamav] }\n"
+              "    - { when: { listener: [mx, l1], authenticated: true }, run: [clamav, backup] }\n"
+              "    - { run: [backup] }\n");
+  ASSERT_NE(c, nullptr);
+  const HooksConfig& h = c->hooks;
+  EXPECT_EQ(h.on_error, HookAction::kAccept);
+  EXPECT_EQ(h.connect_timeout, Duration(250));
+  EXPECT_EQ(h.scan_timeout, Duration(2000));
+  EXPECT_EQ(h.max_size, 10ull << 20);
+  EXPECT_EQ(h.on_oversize, OversizeAction::kReject);
+  ASSERT_EQ(h.scanners.size(), 2u);
+  EXPECT_EQ(h.scanners[0].name, "clamav");
+  EXPECT_EQ(h.scanners[0].type, "clamd");
+  EXPECT_THAT(h.scanners[0].endpoints, ElementsAre("unix:/run/clamav/clamd.ctl", "tcp:127.0.0.1:3310"));
+  EXPECT_FALSE(h.scanners[0].on_error.has_value());
+  EXPECT_EQ(h.scanners[1].on_error, HookAction::kReject);
+  ASSERT_EQ(h.flows.size(), 3u);
+  EXPECT_THAT(h.flows[0].listeners, ElementsAre("mx"));
+  EXPECT_FALSE(h.flows[0].authenticated.has_value());
+  EXPECT_THAT(h.flows[0].run, ElementsAre("clamav"));
+  EXPECT_THAT(h.flows[1].listeners, ElementsAre("mx", "l1"));
+  EXPECT_EQ(h.flows[1].authenticated, true);
+  EXPECT_THAT(h.flows[1].run, ElementsAre("clamav", "backup"));
+  EXPECT_TRUE(h.flows[2].listeners.empty());
+}
+
+TEST_F(LoaderTest, HooksErrors) {
+  EXPECT_THAT(
+      errors(kHookBase +                                                             // 1-7
+             "hooks:\n"                                                              // 8
+             "  defaults:\n"                                                         // 9
+             "    on_error: maybe\n"                                                 // 10
+             "    timeouts: { connect: 5 parsecs, scan: 0, read: 1s }\n"             // 11
+             "    max_size: 50Q\n"                                                   // 12
+             "    on_oversize: accept\n"                                             // 13
+             "  scanners:\n"                                                         // 14
+             "    av: { type: clamd, endpoints: [\"udp:1.2.3.4:5\", \"tcp:localhost:3310\"] }\n"  // 15
+             "    av2: { type: clamd, endpoint: \"tcp:127.0.0.1:3310\" }\n"          // 16
+             "    ic: { type: icap, url: \"icap://127.0.0.1:1344/avscan\" }\n"       // 17
+             "    ml: { type: milter }\n"                                            // 18
+             "    zz: { type: sophos }\n"                                            // 19
+             "  flows:\n"                                                            // 20
+             "    - { when: { listener: nosuch, country: KP }, run: [av, ic, nope] }\n"  // 21
+             "    - { when: { authenticated: yes }, run: [] }\n"),                   // 22
+      ElementsAre(At(10, 15, "hooks.defaults.on_error: expected one of accept, tempfail, reject, got \"maybe\""),
+                  At(11, 26, "hooks.defaults.timeouts.connect: invalid duration \"5 parsecs\""),
+                  At(11, 43, "hooks.defaults.timeouts.scan: must be greater than 0"),
+                  At(11, 46, "unknown key \"read\" in hooks.defaults.timeouts"),
+                  At(12, 15, "hooks.defaults.max_size: invalid size \"50Q\""),
+                  At(13, 18, "hooks.defaults.on_oversize: expected one of accept_unscanned, tempfail, reject"),
+                  At(15, 36, "hooks.scanners.av.endpoints[0]: \"udp:1.2.3.4:5\": expected unix:/path or tcp:HOST:PORT"),
+                  At(15, 53, "hooks.scanners.av.endpoints[1]: \"tcp:localhost:3310\": \"localhost\" is not an IPv4 address"),
+                  At(16, 5, "hooks.scanners.av2: missing required key \"endpoints\""),
+                  At(16, 25, "unknown key \"endpoint\" in hooks.scanners.av2 (did you mean \"endpoints\"?)"),
+                  At(17, 17, "hooks.scanners.ic.type: scanner type icap is not supported yet"),
+                  At(18, 17, "hooks.scanners.ml.type: scanner type milter is not supported yet"),
+                  At(19, 17, "hooks.scanners.zz.type: expected clamd, got \"sophos\""),
+                  At(21, 27, "hooks.flows[0].when.listener: unknown listener \"nosuch\""),
+                  At(21, 35, "unknown key \"country\" in hooks.flows[0].when"),
+                  At(21, 64, "hooks.flows[0].run[2]: unknown scanner \"nope\""),
+                  At(22, 32, "hooks.flows[1].when.authenticated: expected true or false, got \"yes\""),
+                  At(22, 44, "hooks.flows[1].run: expected a list of one or more scanner names, got an empty list")));
 }
 
 }  // namespace
