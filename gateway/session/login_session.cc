@@ -28,14 +28,10 @@ void LoginSession::beginLogin(std::string user, std::string password) {
   phase_ = LoginPhase::kDirectory;
   clearTimer();
   pauseClient(true);
-  lookup_.user = user_;
-  lookup_.password = password_;
   facts_.user = user_;
   facts_.attempt = auth_failures_ + 1;
-  facts_.secured = clientTlsActive();
-  facts_.tls_version = clientTlsVersion();
   lookup_.answered = false;
-  directory_step_->set([this, rt = rt_, proto = listener_.protocol, u = lookup_.user, p = lookup_.password,
+  directory_step_->set([this, rt = rt_, proto = listener_.protocol, u = user_, p = password_,
                         facts = directoryFacts()]() mutable -> filters::Resumer::Answer {
     // On the directory executor.
     facts.route_map = rt->router->mapChangedAt();  // a cached route hint older than the map is not used
@@ -66,8 +62,6 @@ void LoginSession::beginLogin(std::string user, std::string password) {
 
 void LoginSession::onStageDone(filters::Stage stage, filters::Verdict v) {
   if (stage != filters::Stage::kAuth || phase_ != LoginPhase::kDirectory) return;
-  lookup_.password.assign(lookup_.password.size(), '\0');
-  lookup_.password.clear();
   if (!filters::isTerminal(v.action)) {
     if (!lookup_.answered) {
       fail(false, "directory gave no answer");
@@ -91,6 +85,10 @@ void LoginSession::onStageDone(filters::Stage stage, filters::Verdict v) {
   }
   phase_ = LoginPhase::kIdle;
   reactor_.stats.temp_failures++;
+  backToPreLogin();
+}
+
+void LoginSession::backToPreLogin() {
   armPreauthTimer();
   pauseClient(false);
   resumeClientInput();
@@ -253,9 +251,7 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
   auth_failures_++;  // counted too (as Dovecot does): no endless loop on temporary failures
   replyTempFail(why);
   if (closing()) return;
-  armPreauthTimer();
-  pauseClient(false);
-  resumeClientInput();
+  backToPreLogin();
 }
 
 void LoginSession::start() {
@@ -275,6 +271,8 @@ void LoginSession::start() {
 
 void LoginSession::onClientTlsReady() {
   tls_pending_ = false;
+  facts_.secured = true;
+  facts_.tls_version = clientTlsVersion();
   armPreauthTimer();
   if (listener_.tls == conf::TlsMode::kImplicit) sendGreeting();
 }
@@ -369,9 +367,7 @@ void LoginSession::onTimer() {
       backend_name_.clear();
       replyAuthFailed();
       if (closing()) return;
-      armPreauthTimer();
-      pauseClient(false);
-      resumeClientInput();
+      backToPreLogin();
       return;
     case LoginPhase::kBackend:
       backendAttemptFailed(BackendFailure::kTimeout, "backend handshake timeout");

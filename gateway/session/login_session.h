@@ -32,15 +32,6 @@ class LoginSession : public Session {
  public:
   using Session::Session;
 
-  // A login's directory lookup: the request, and the answer the auth stage's
-  // directory step fills in.
-  struct DirectoryLookup {
-    std::string user, password;
-    auth::AuthResult result;
-    std::vector<Candidate> candidates;
-    bool answered = false;
-  };
-
  protected:
   // Starts the login: directory, then backend. The client's further input is held.
   void beginLogin(std::string user, std::string password);
@@ -137,11 +128,19 @@ class LoginSession : public Session {
   void resumeClientInput();  // back to pre-auth: parse what was held
   void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);
   void tryNextCandidate();
+  // Back to the pre-login phase: the timer, and the client's held input.
+  void backToPreLogin();
   void fail(bool auth_failure, const std::string& why);
 
   LoginPhase phase_ = LoginPhase::kIdle;
   bool tls_pending_ = false;  // client TLS started (implicit, or STARTTLS answered), handshake running
   std::string held_;          // client bytes received while the login is in progress, at most the bound
+  // What the auth stage's directory step answered for the login in progress.
+  struct DirectoryLookup {
+    auth::AuthResult result;
+    std::vector<Candidate> candidates;
+    bool answered = false;
+  };
   DirectoryLookup lookup_;
   ExecutorStep* directory_step_ = nullptr;  // the auth stage's directory lookup (owned by the chain)
   std::string password_;
