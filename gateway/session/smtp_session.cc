@@ -16,6 +16,8 @@ namespace {
 // Client bytes held while a lookup or a delivery runs (the client is paused, so
 // only what was already in flight arrives).
 constexpr size_t kMaxHeld = 1 << 20;
+// How long the end of a message may take to reach the spool file.
+constexpr uint64_t kSpoolWaitMs = 60000;
 // The session's own directory steps in its filter chain are named with this prefix.
 constexpr std::string_view kOwnStepPrefix = "directory-";
 log::RateLimit g_proto_log(20);
@@ -134,6 +136,7 @@ void SmtpSession::updateTimer() {
   uint64_t at = 0;
   if (client_deadline_ && !busy()) at = client_deadline_;
   if (auth_delay_until_ && (at == 0 || auth_delay_until_ < at)) at = auth_delay_until_;
+  if (spool_deadline_ && (at == 0 || spool_deadline_ < at)) at = spool_deadline_;
   if (node_deadline_ && (at == 0 || node_deadline_ < at)) at = node_deadline_;
   if (at)
     setTimer(at);
@@ -149,6 +152,20 @@ void SmtpSession::onTimer() {
       phase_ = Phase::kCommand;
       if (closeOnTooManyAuthFailures()) return;
       reply("535 5.7.8 Error: authentication failed");
+      resumeClient();
+      if (closing()) return;
+    }
+  }
+  if (spool_deadline_ && t >= spool_deadline_) {
+    spool_deadline_ = 0;
+    if (phase_ == Phase::kSpooling) {
+      // The disk did not take the message in time: refuse it (the spool thread's late
+      // answer is for content cleared by then, and is dropped).
+      log::error("smtp message not spooled in time", {{"session", id_}, {"client", client_ip_}});
+      reactor_.stats.smtp_deferred++;
+      resetTransaction();
+      phase_ = Phase::kCommand;
+      reply("451 4.3.0 Error: message not stored in time, try again later");
       resumeClient();
       if (closing()) return;
     }
@@ -941,8 +958,11 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
     badCommand(std::to_string(r.code) + " " + std::string(r.enhanced) + " " + std::string(r.text));
     return;
   }
-  if (!spool_->flushAsync([this] { spoolFlushed(); })) {  // the spool thread still writes
+  if (!spool_->flushAsync([this] {
+        if (phase_ == Phase::kSpooling) spoolFlushed();
+      })) {  // the spool thread still writes
     phase_ = Phase::kSpooling;
+    spool_deadline_ = now() + kSpoolWaitMs;
     pauseClient(true);
     updateTimer();
     return;
@@ -951,6 +971,7 @@ void SmtpSession::messageComplete(codec::SmtpDataError err, uint64_t size) {
 }
 
 void SmtpSession::spoolFlushed() {
+  spool_deadline_ = 0;
   if (spool_->failed()) {
     log::error("smtp message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", spool_->error()}});
     reactor_.stats.smtp_deferred++;

@@ -169,7 +169,8 @@ class SmtpSession final : public Session {
   auth::RecipientResult rcpt_result_ = auth::RecipientResult::kTempFail;
   std::string rcpt_route_key_;
   std::vector<DeliveryTarget> rcpt_targets_;
-  std::string added_headers_;  // the data stage's added header fields, for the node
+  std::string added_headers_;
+  uint64_t spool_deadline_ = 0;  // kSpooling: when the spool thread must have written the message  // the data stage's added header fields, for the node
   bool pending_utf8_ = false, pending_8bit_ = false;
 
   // transaction
