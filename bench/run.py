@@ -360,6 +360,25 @@ routing:
 """
 
 
+def imap_mailgate_config(ports: dict[str, int], passwd: Path, cert: tuple[str, str], backend_port: int,
+                         threads: int) -> str:
+    """mailgate in front of the bench's Dovecot: three IMAP listeners (plain with
+    plaintext LOGIN allowed, implicit TLS, STARTTLS), the users in a passwd-file,
+    everything routed to the one backend."""
+    return harness.mailgate_config(
+        certificates=[cert],
+        listeners=[
+            {"name": "imap", "protocol": "imap", "port": ports["none"], "tls": "none",
+             "allow_plaintext_auth": True},
+            {"name": "imaps", "protocol": "imap", "port": ports["implicit"], "tls": "implicit"},
+            {"name": "imap-starttls", "protocol": "imap", "port": ports["starttls"], "tls": "starttls"},
+        ],
+        users_file=str(passwd),
+        backends=[{"name": "dovecot", "imap": backend_port, "health_interval": "5s", "health_timeout": "2s"}],
+        routes=[{"domain": "*", "primary": "dovecot"}],
+        threads=threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
+
+
 # --------------------------------------------------------------------------- mailbox
 
 def write_bulk_mailbox(maildir: Path, count: int, size: int, uid: int, gid: int) -> None:
@@ -382,6 +401,58 @@ def write_bulk_mailbox(maildir: Path, count: int, size: int, uid: int, gid: int)
         os.chown(root, uid, gid)
         for f in files:
             os.chown(os.path.join(root, f), uid, gid)
+
+
+def start_dovecot(work: Path, users: dict[str, str], cert: tuple[str, str]) -> tuple["harness.Dovecot", int]:
+    """The bench's Dovecot (plain + STARTTLS on one port, implicit TLS on another),
+    tuned so that it is not the first wall; returns it and its implicit-TLS port."""
+    imaps_port = harness.free_port()
+    dovecot_extra = f"""
+    ssl_min_protocol = TLSv1.2
+    mail_fsync = never
+    default_vsz_limit = 1G
+    default_client_limit = 20000
+    mailbox_idle_check_interval = 30 secs
+    auth_verbose = no
+    service imap-login {{
+      inet_listener imaps {{
+        address = 127.0.0.1
+        port = {imaps_port}
+        ssl = yes
+      }}
+      service_count = 0
+      process_min_avail = 2
+      process_limit = 4
+      client_limit = 15000
+      vsz_limit = 2G
+    }}
+    service imap {{
+      service_count = 0
+      client_limit = 100
+      process_limit = 200
+      process_min_avail = 2
+      vsz_limit = 2G
+    }}
+    service auth {{
+      client_limit = 20000
+    }}
+    service anvil {{
+      client_limit = 20000
+    }}
+    protocol imap {{
+      mail_max_userip_connections = 20000
+    }}
+    """
+    log("starting Dovecot ...")
+    dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
+                              scheme="PLAIN", name="bench")
+    dovecot.start()
+    try:
+        harness.wait_port(imaps_port, 10)
+    except Exception:
+        dovecot.stop()
+        raise
+    return dovecot, imaps_port
 
 
 # --------------------------------------------------------------------------- runner
@@ -1051,49 +1122,8 @@ def main() -> int:
             # Dovecot: plain + STARTTLS on one port, implicit TLS on another.
             users = {f"user{i}": bench.password for i in range(args.users)}
             users["bulk"] = bench.password
-            imaps_port = harness.free_port()
-            dovecot_extra = f"""
-    ssl_min_protocol = TLSv1.2
-    mail_fsync = never
-    default_vsz_limit = 1G
-    default_client_limit = 20000
-    mailbox_idle_check_interval = 30 secs
-    auth_verbose = no
-    service imap-login {{
-      inet_listener imaps {{
-        address = 127.0.0.1
-        port = {imaps_port}
-        ssl = yes
-      }}
-      service_count = 0
-      process_min_avail = 2
-      process_limit = 4
-      client_limit = 15000
-      vsz_limit = 2G
-    }}
-    service imap {{
-      service_count = 0
-      client_limit = 100
-      process_limit = 200
-      process_min_avail = 2
-      vsz_limit = 2G
-    }}
-    service auth {{
-      client_limit = 20000
-    }}
-    service anvil {{
-      client_limit = 20000
-    }}
-    protocol imap {{
-      mail_max_userip_connections = 20000
-    }}
-    """
-            log("starting Dovecot ...")
-            dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
-                                      scheme="PLAIN", name="bench")
-            dovecot.start()
+            dovecot, imaps_port = start_dovecot(work, users, cert)
             started.append(dovecot)
-            harness.wait_port(imaps_port, 10)
             if "fetch" in scenarios:
                 bulk_home = dovecot.mail_dir / "_" / "bulk"
                 write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
@@ -1115,20 +1145,7 @@ def main() -> int:
                 mg_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
                 passwd = mg_dir / "users.passwd"
                 passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
-                cfg = harness.mailgate_config(
-                    certificates=[cert],
-                    listeners=[
-                        {"name": "imap", "protocol": "imap", "port": mg_ports["none"], "tls": "none",
-                         "allow_plaintext_auth": True},
-                        {"name": "imaps", "protocol": "imap", "port": mg_ports["implicit"], "tls": "implicit"},
-                        {"name": "imap-starttls", "protocol": "imap", "port": mg_ports["starttls"],
-                         "tls": "starttls"},
-                    ],
-                    users_file=str(passwd),
-                    backends=[{"name": "dovecot", "imap": dovecot.imap_port, "health_interval": "5s",
-                               "health_timeout": "2s"}],
-                    routes=[{"domain": "*", "primary": "dovecot"}],
-                    threads=args.threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
+                cfg = imap_mailgate_config(mg_ports, passwd, cert, dovecot.imap_port, args.threads)
                 if not os.access(binary, os.X_OK):
                     log(f"{name} binary {binary} not found: {name} column skipped")
                     continue
