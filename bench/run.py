@@ -28,6 +28,14 @@ listener, `deliver: smtp` to the sink) and through an nginx of its own (mail pro
 `protocol smtp`, `smtp_auth none`, the auth_http responder pointing at the sink);
 then `mailgate-load smtplat`, one connection, messages back to back, for the time
 from the final "." to the 250.
+
+With `--baseline-bin PATH` a second mailgate (another build, e.g. an older commit)
+runs next to the first with the same configuration on ports of its own, as the
+`baseline` target of the IMAP scenarios; the table gains its column and the ratio
+mailgate/baseline. With `--repeats N` the sessions, latency and fetch scenarios are
+run N times, the targets interleaved (each round in a rotated order), and every
+figure is the median of the N rounds (each round's figures are kept in --json and
+the CPU figures of every round printed below the table).
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ import pg  # noqa: E402  (tests/integration/pg.py: a private PostgreSQL cluster)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
-TARGETS = ("direct", "mailgate", "nginx")
+TARGETS = ("direct", "mailgate", "baseline", "nginx")  # baseline: only with --baseline-bin
 TLS_MODES = ("none", "implicit", "starttls")
 SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins", "smtp")
 IMAP_SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins")  # these need Dovecot
@@ -73,6 +81,44 @@ SMTP_RCPT = "bench@" + BENCH_DOMAIN  # the one recipient smtp-source and the pro
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def loadavg() -> float:
+    """The 1-minute load average (the machine's cores are shared: it says how busy)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def median(values: list):
+    vals = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not vals:
+        return None
+    n = len(vals)
+    return vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+
+
+def median_record(runs: list[dict]) -> dict:
+    """One record whose numeric fields (nested dicts too) are the medians over runs;
+    the runs themselves are kept under "runs"."""
+    def merge(recs: list[dict]) -> dict:
+        out: dict = {}
+        keys = [k for r in recs for k in r if k != "runs"]
+        for k in dict.fromkeys(keys):
+            vals = [r.get(k) for r in recs]
+            if any(isinstance(v, dict) for v in vals):
+                out[k] = merge([v for v in vals if isinstance(v, dict)])
+            elif any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                out[k] = median(vals)
+            else:
+                out[k] = vals[-1]
+        return out
+    if len(runs) == 1:
+        return runs[0]
+    rec = merge(runs)
+    rec["runs"] = runs
+    return rec
 
 
 # --------------------------------------------------------------------------- /proc
@@ -314,6 +360,25 @@ routing:
 """
 
 
+def imap_mailgate_config(ports: dict[str, int], passwd: Path, cert: tuple[str, str], backend_port: int,
+                         threads: int) -> str:
+    """mailgate in front of the bench's Dovecot: three IMAP listeners (plain with
+    plaintext LOGIN allowed, implicit TLS, STARTTLS), the users in a passwd-file,
+    everything routed to the one backend."""
+    return harness.mailgate_config(
+        certificates=[cert],
+        listeners=[
+            {"name": "imap", "protocol": "imap", "port": ports["none"], "tls": "none",
+             "allow_plaintext_auth": True},
+            {"name": "imaps", "protocol": "imap", "port": ports["implicit"], "tls": "implicit"},
+            {"name": "imap-starttls", "protocol": "imap", "port": ports["starttls"], "tls": "starttls"},
+        ],
+        users_file=str(passwd),
+        backends=[{"name": "dovecot", "imap": backend_port, "health_interval": "5s", "health_timeout": "2s"}],
+        routes=[{"domain": "*", "primary": "dovecot"}],
+        threads=threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
+
+
 # --------------------------------------------------------------------------- mailbox
 
 def write_bulk_mailbox(maildir: Path, count: int, size: int, uid: int, gid: int) -> None:
@@ -338,6 +403,58 @@ def write_bulk_mailbox(maildir: Path, count: int, size: int, uid: int, gid: int)
             os.chown(os.path.join(root, f), uid, gid)
 
 
+def start_dovecot(work: Path, users: dict[str, str], cert: tuple[str, str]) -> tuple["harness.Dovecot", int]:
+    """The bench's Dovecot (plain + STARTTLS on one port, implicit TLS on another),
+    tuned so that it is not the first wall; returns it and its implicit-TLS port."""
+    imaps_port = harness.free_port()
+    dovecot_extra = f"""
+    ssl_min_protocol = TLSv1.2
+    mail_fsync = never
+    default_vsz_limit = 1G
+    default_client_limit = 20000
+    mailbox_idle_check_interval = 30 secs
+    auth_verbose = no
+    service imap-login {{
+      inet_listener imaps {{
+        address = 127.0.0.1
+        port = {imaps_port}
+        ssl = yes
+      }}
+      service_count = 0
+      process_min_avail = 2
+      process_limit = 4
+      client_limit = 15000
+      vsz_limit = 2G
+    }}
+    service imap {{
+      service_count = 0
+      client_limit = 100
+      process_limit = 200
+      process_min_avail = 2
+      vsz_limit = 2G
+    }}
+    service auth {{
+      client_limit = 20000
+    }}
+    service anvil {{
+      client_limit = 20000
+    }}
+    protocol imap {{
+      mail_max_userip_connections = 20000
+    }}
+    """
+    log("starting Dovecot ...")
+    dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
+                              scheme="PLAIN", name="bench")
+    dovecot.start()
+    try:
+        harness.wait_port(imaps_port, 10)
+    except Exception:
+        dovecot.stop()
+        raise
+    return dovecot, imaps_port
+
+
 # --------------------------------------------------------------------------- runner
 
 class Bench:
@@ -349,6 +466,27 @@ class Bench:
         self.targets: dict[str, dict] = {}  # name -> {ports: {tls: port}, pids: fn}
         self.work: Path | None = None          # set by main()
         self.mailgate_env: dict | None = None  # logins: {cert, backend_port}, set by main()
+        self.loads: dict[str, list[float]] = {}  # scenario -> 1-min load averages sampled during it
+        self.runs: dict[tuple[str, str], list[dict]] = {}  # (target, figure key) -> one record per round
+
+    def note_load(self, scenario: str) -> None:
+        self.loads.setdefault(scenario, []).append(loadavg())
+
+    def rounds(self, scenario: str):
+        """(round, targets in this round's order): the targets interleaved, each round
+        starting one further along, so that no target is always first after a pause."""
+        names = list(self.targets)
+        for i in range(self.args.repeats):
+            self.note_load(scenario)
+            k = i % len(names) if names else 0
+            yield i, names[k:] + names[:k]
+        self.note_load(scenario)
+
+    def keep(self, target: str, key: str, rec: dict) -> None:
+        """Stores one round's record; results[target][key] is the median of the rounds so far."""
+        runs = self.runs.setdefault((target, key), [])
+        runs.append(rec)
+        self.results[target][key] = median_record(runs)
 
     # -- running the load generator
     def load(self, mode: str, port: int, tls: str, extra: list[str], label: str,
@@ -392,38 +530,41 @@ class Bench:
 
     # -- scenarios
     def scenario_sessions(self) -> None:
-        for tls in TLS_MODES:
-            for t in self.targets:
-                port = self.targets[t]["ports"][tls]
-                label = f"sessions/{tls}/{t}"
-                # Short warm-up (caches, process pools), not measured.
-                self.load("sessions", port, tls, ["--concurrency", "32", "--duration", "0.5", "--timeout", "10"],
-                          label + "/warmup")
-                r, cpu = self.measured(t, lambda: self.load(
-                    "sessions", port, tls,
-                    ["--concurrency", "32", "--duration", str(self.args.duration), "--timeout", "10"],
-                    label))
-                n = r.get("sessions", 0)
-                rec = {"sessions_per_s": r.get("sessions_per_s"), "sessions": n,
-                       "errors": r.get("errors"), "latency_ms": r.get("latency_ms")}
-                if cpu is not None and n:
-                    rec["cpu_us_per_session"] = cpu / n * 1e6
-                    rec["cpu_s"] = cpu
-                self.results[t][f"sessions_{tls}"] = rec
-                log(f"  {label}: {fmt(rec.get('sessions_per_s'))} sessions/s, "
-                    f"cpu/session {fmt(rec.get('cpu_us_per_session'))} us, errors {r.get('errors')}")
+        for rnd, order in self.rounds("sessions"):
+            for tls in TLS_MODES:
+                for t in order:
+                    port = self.targets[t]["ports"][tls]
+                    label = f"sessions/{tls}/{t}" + (f"/round{rnd + 1}" if self.args.repeats > 1 else "")
+                    # Short warm-up (caches, process pools), not measured.
+                    self.load("sessions", port, tls,
+                              ["--concurrency", "32", "--duration", "0.5", "--timeout", "10"], label + "/warmup")
+                    r, cpu = self.measured(t, lambda: self.load(
+                        "sessions", port, tls,
+                        ["--concurrency", "32", "--duration", str(self.args.duration), "--timeout", "10"],
+                        label))
+                    n = r.get("sessions", 0)
+                    rec = {"sessions_per_s": r.get("sessions_per_s"), "sessions": n,
+                           "errors": r.get("errors"), "latency_ms": r.get("latency_ms")}
+                    if cpu is not None and n:
+                        rec["cpu_us_per_session"] = cpu / n * 1e6
+                        rec["cpu_s"] = cpu
+                    rec["load1"] = loadavg()
+                    self.keep(t, f"sessions_{tls}", rec)
+                    log(f"  {label}: {fmt(rec.get('sessions_per_s'))} sessions/s, "
+                        f"cpu/session {fmt(rec.get('cpu_us_per_session'))} us, errors {r.get('errors')}")
 
     def scenario_latency(self) -> None:
-        for t in self.targets:
-            port = self.targets[t]["ports"]["none"]
-            label = f"latency/none/{t}"
-            r = self.load("latency", port, "none",
-                          ["--sessions", str(self.args.latency_sessions), "--warmup", "20",
-                           "--timeout", "10"], label)
-            lat = r.get("latency_ms", {})
-            self.results[t]["latency"] = {"median_ms": lat.get("median"), "p99_ms": lat.get("p99"),
-                                          "sessions": r.get("sessions"), "errors": r.get("errors")}
-            log(f"  {label}: median {fmt(lat.get('median'))} ms, p99 {fmt(lat.get('p99'))} ms")
+        for rnd, order in self.rounds("latency"):
+            for t in order:
+                port = self.targets[t]["ports"]["none"]
+                label = f"latency/none/{t}" + (f"/round{rnd + 1}" if self.args.repeats > 1 else "")
+                r = self.load("latency", port, "none",
+                              ["--sessions", str(self.args.latency_sessions), "--warmup", "20",
+                               "--timeout", "10"], label)
+                lat = r.get("latency_ms", {})
+                self.keep(t, "latency", {"median_ms": lat.get("median"), "p99_ms": lat.get("p99"),
+                                         "sessions": r.get("sessions"), "errors": r.get("errors")})
+                log(f"  {label}: median {fmt(lat.get('median'))} ms, p99 {fmt(lat.get('p99'))} ms")
 
     def scenario_fetch(self) -> None:
         # One unmeasured warm-up session per target first (one FETCH of the whole
@@ -431,23 +572,25 @@ class Bench:
         # then the measured session: --fetch-repeat FETCHes of the 100 MiB mailbox,
         # by default 10, i.e. about 1.05 GB relayed, so that CPU per GB is the steady
         # state of the relay and not its start-up cost.
-        for tls in ("none", "implicit"):
-            for t in self.targets:
-                port = self.targets[t]["ports"][tls]
-                label = f"fetch/{tls}/{t}"
-                self.load("fetch", port, tls, ["--user", "bulk", "--concurrency", "1", "--repeat", "1",
-                                               "--timeout", "120"], label + "/warmup")
-                args = ["--user", "bulk", "--concurrency", "1", "--repeat", str(self.args.fetch_repeat),
-                        "--timeout", "300"]
-                r, cpu = self.measured(t, lambda: self.load("fetch", port, tls, args, label, timeout=600))
-                nbytes = r.get("bytes", 0)
-                rec = {"mb_per_s": r.get("mb_per_s"), "bytes": nbytes, "errors": r.get("errors")}
-                if cpu is not None and nbytes:
-                    rec["cpu_s_per_gb"] = cpu / (nbytes / 1e9)
-                    rec["cpu_s"] = cpu
-                self.results[t][f"fetch_{tls}"] = rec
-                log(f"  {label}: {fmt(rec.get('mb_per_s'))} MB/s over {nbytes / 1e9:.2f} GB, "
-                    f"cpu/GB {fmt(rec.get('cpu_s_per_gb'))} s, errors {r.get('errors')}")
+        for rnd, order in self.rounds("fetch"):
+            for tls in ("none", "implicit"):
+                for t in order:
+                    port = self.targets[t]["ports"][tls]
+                    label = f"fetch/{tls}/{t}" + (f"/round{rnd + 1}" if self.args.repeats > 1 else "")
+                    self.load("fetch", port, tls, ["--user", "bulk", "--concurrency", "1", "--repeat", "1",
+                                                   "--timeout", "120"], label + "/warmup")
+                    args = ["--user", "bulk", "--concurrency", "1", "--repeat", str(self.args.fetch_repeat),
+                            "--timeout", "300"]
+                    r, cpu = self.measured(t, lambda: self.load("fetch", port, tls, args, label, timeout=600))
+                    nbytes = r.get("bytes", 0)
+                    rec = {"mb_per_s": r.get("mb_per_s"), "bytes": nbytes, "errors": r.get("errors")}
+                    if cpu is not None and nbytes:
+                        rec["cpu_s_per_gb"] = cpu / (nbytes / 1e9)
+                        rec["cpu_s"] = cpu
+                    rec["load1"] = loadavg()
+                    self.keep(t, f"fetch_{tls}", rec)
+                    log(f"  {label}: {fmt(rec.get('mb_per_s'))} MB/s over {nbytes / 1e9:.2f} GB, "
+                        f"cpu/GB {fmt(rec.get('cpu_s_per_gb'))} s, errors {r.get('errors')}")
 
     def scenario_idle(self) -> None:
         n = self.args.idle_sessions
@@ -801,12 +944,51 @@ def report(results: dict) -> str:
             v = v.get(k) if isinstance(v, dict) else None
         return v
 
-    head = f"| {'figure':<42} | {'direct':>9} | {'mailgate':>9} | {'nginx':>9} | {'mg/nginx':>8} | {'mg/direct':>9} |"
+    # The baseline's column and the ratio mailgate/baseline only when it was measured.
+    base = bool(results.get("baseline"))
+    cols = ["direct", "mailgate"] + (["baseline"] if base else []) + ["nginx"]
+    head = "| " + f"{'figure':<42} | " + " | ".join(f"{c:>9}" for c in cols) + \
+        f" | {'mg/nginx':>8} | {'mg/direct':>9} |" + (f" {'mg/base':>8} |" if base else "")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for name, path, _ in rows:
-        d, m, n = (get(t, path) for t in TARGETS)
-        lines.append(f"| {name:<42} | {fmt(d):>9} | {fmt(m):>9} | {fmt(n):>9} | "
-                     f"{ratio(m, n):>8} | {ratio(m, d):>9} |")
+        v = {t: get(t, path) for t in cols}
+        if all(x is None for x in v.values()):
+            continue
+        m = v["mailgate"]
+        lines.append(f"| {name:<42} | " + " | ".join(f"{fmt(v[c]):>9}" for c in cols) +
+                     f" | {ratio(m, v['nginx']):>8} | {ratio(m, v['direct']):>9} |" +
+                     (f" {ratio(m, v['baseline']):>8} |" if base else ""))
+    return "\n".join(lines)
+
+
+def report_rounds(bench: "Bench") -> str | None:
+    """With --repeats: every round's CPU figures, and with a baseline the ratio
+    mailgate/baseline of each round (the two measured next to each other)."""
+    if bench.args.repeats < 2:
+        return None
+    figures = [(f"CPU us/session, {tls}", f"sessions_{tls}", "cpu_us_per_session") for tls in TLS_MODES]
+    figures += [(f"CPU s/GB, {tls}", f"fetch_{tls}", "cpu_s_per_gb") for tls in ("none", "implicit")]
+    n = bench.args.repeats
+    head = f"| {'figure':<26} | {'target':<11} | " + " | ".join(f"{'round ' + str(i + 1):>8}" for i in range(n)) + \
+        f" | {'median':>8} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for name, key, field in figures:
+        series = {}
+        for t in ("mailgate", "baseline", "nginx"):
+            runs = bench.runs.get((t, key))
+            if runs:
+                series[t] = [r.get(field) for r in runs]
+        if not series:
+            continue
+        if "mailgate" in series and "baseline" in series:
+            series["mg/base"] = [a / b if a is not None and b else None
+                                 for a, b in zip(series["mailgate"], series["baseline"])]
+        for t, vals in series.items():
+            digits = 3 if t == "mg/base" else 1
+            cells = [fmt(v, digits) if v is not None else "n/a" for v in vals] + ["" for _ in range(n - len(vals))]
+            med = median(vals)
+            lines.append(f"| {name:<26} | {t:<11} | " + " | ".join(f"{c:>8}" for c in cells) +
+                         f" | {fmt(med, digits) if med is not None else 'n/a':>8} |")
     return "\n".join(lines)
 
 
@@ -864,7 +1046,7 @@ def report_smtp(results: dict, args) -> str | None:
     head = f"| {'figure':<46} | {'direct':>9} | {'mailgate':>9} | {'nginx':>9} | {'mg/nginx':>8} | {'mg/direct':>9} |"
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for name, path in rows:
-        d, m, n = (get(t, path) for t in TARGETS)
+        d, m, n = (get(t, path) for t in ("direct", "mailgate", "nginx"))
         lost = "lost" in name or "auth_http" in name or "connections" in name
         lines.append(f"| {name:<46} | {fmt(d):>9} | {fmt(m):>9} | {fmt(n):>9} | "
                      f"{'' if lost else ratio(m, n):>8} | {'' if lost else ratio(m, d):>9} |")
@@ -881,6 +1063,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--load-bin", default=str(REPO / "build" / "mailgate-load"))
     ap.add_argument("--mailgate-bin", default=os.environ.get("MAILGATE_BIN", str(REPO / "build" / "mailgate")))
+    ap.add_argument("--baseline-bin", default=None,
+                    help="a second mailgate build (e.g. an older commit) measured next to --mailgate-bin "
+                         "as the `baseline` target of the IMAP scenarios, same configuration")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds of the sessions, latency and fetch scenarios, targets interleaved; "
+                         "figures are the medians")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--users", type=int, default=100)
@@ -909,6 +1097,10 @@ def main() -> int:
             ap.error(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     args.load_bin = os.path.abspath(args.load_bin)
     args.mailgate_bin = os.path.abspath(args.mailgate_bin)
+    if args.baseline_bin:
+        args.baseline_bin = os.path.abspath(args.baseline_bin)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
 
     work = Path(args.workdir or harness.make_workdir("mailgate-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -930,49 +1122,8 @@ def main() -> int:
             # Dovecot: plain + STARTTLS on one port, implicit TLS on another.
             users = {f"user{i}": bench.password for i in range(args.users)}
             users["bulk"] = bench.password
-            imaps_port = harness.free_port()
-            dovecot_extra = f"""
-    ssl_min_protocol = TLSv1.2
-    mail_fsync = never
-    default_vsz_limit = 1G
-    default_client_limit = 20000
-    mailbox_idle_check_interval = 30 secs
-    auth_verbose = no
-    service imap-login {{
-      inet_listener imaps {{
-        address = 127.0.0.1
-        port = {imaps_port}
-        ssl = yes
-      }}
-      service_count = 0
-      process_min_avail = 2
-      process_limit = 4
-      client_limit = 15000
-      vsz_limit = 2G
-    }}
-    service imap {{
-      service_count = 0
-      client_limit = 100
-      process_limit = 200
-      process_min_avail = 2
-      vsz_limit = 2G
-    }}
-    service auth {{
-      client_limit = 20000
-    }}
-    service anvil {{
-      client_limit = 20000
-    }}
-    protocol imap {{
-      mail_max_userip_connections = 20000
-    }}
-    """
-            log("starting Dovecot ...")
-            dovecot = harness.Dovecot(work / "dovecot", users, ssl_cert=cert, extra_config=dovecot_extra,
-                                      scheme="PLAIN", name="bench")
-            dovecot.start()
+            dovecot, imaps_port = start_dovecot(work, users, cert)
             started.append(dovecot)
-            harness.wait_port(imaps_port, 10)
             if "fetch" in scenarios:
                 bulk_home = dovecot.mail_dir / "_" / "bulk"
                 write_bulk_mailbox(bulk_home / "Maildir", 100, 1 << 20, dovecot.mail_uid, dovecot.mail_gid)
@@ -981,41 +1132,35 @@ def main() -> int:
                     "ports": {"none": dovecot.imap_port, "implicit": imaps_port, "starttls": dovecot.imap_port},
                     "pids": lambda: []}
 
-            # mailgate.
-            if "mailgate" in wanted:
-                mg_dir = work / "mailgate"
+            # mailgate, and with --baseline-bin a second build of it next to it: the same
+            # configuration, ports of its own, its own directory (log) in the temp dir.
+            builds = [("mailgate", args.mailgate_bin)] if "mailgate" in wanted else []
+            if args.baseline_bin and "baseline" in wanted:
+                builds.append(("baseline", args.baseline_bin))
+            if builds:
+                os.environ["MAILGATE_BIN"] = args.mailgate_bin
+            for name, binary in builds:
+                mg_dir = work / name
                 mg_dir.mkdir()
                 mg_ports = dict(zip(TLS_MODES, harness.free_ports(3)))
                 passwd = mg_dir / "users.passwd"
                 passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
-                cfg = harness.mailgate_config(
-                    certificates=[cert],
-                    listeners=[
-                        {"name": "imap", "protocol": "imap", "port": mg_ports["none"], "tls": "none",
-                         "allow_plaintext_auth": True},
-                        {"name": "imaps", "protocol": "imap", "port": mg_ports["implicit"], "tls": "implicit"},
-                        {"name": "imap-starttls", "protocol": "imap", "port": mg_ports["starttls"],
-                         "tls": "starttls"},
-                    ],
-                    users_file=str(passwd),
-                    backends=[{"name": "dovecot", "imap": dovecot.imap_port, "health_interval": "5s",
-                               "health_timeout": "2s"}],
-                    routes=[{"domain": "*", "primary": "dovecot"}],
-                    threads=args.threads, log_level=os.environ.get("BENCH_MAILGATE_LOG", "warn"))
-                os.environ["MAILGATE_BIN"] = args.mailgate_bin
-                if not os.access(args.mailgate_bin, os.X_OK):
-                    log(f"mailgate binary {args.mailgate_bin} not found: mailgate column skipped")
-                else:
-                    try:
-                        mg = harness.Mailgate(mg_dir, cfg)
-                        mg.binary = args.mailgate_bin
-                        mg.start()
-                        started.append(mg)
-                        bench.targets["mailgate"] = {"ports": mg_ports, "pids": lambda: (
-                            [mg.pid] if mg.is_running() else []), "restart": lambda: (mg.stop(), mg.start())}
+                cfg = imap_mailgate_config(mg_ports, passwd, cert, dovecot.imap_port, args.threads)
+                if not os.access(binary, os.X_OK):
+                    log(f"{name} binary {binary} not found: {name} column skipped")
+                    continue
+                try:
+                    mg = harness.Mailgate(mg_dir, cfg)
+                    mg.binary = binary
+                    mg.start()
+                    started.append(mg)
+                    bench.targets[name] = {"ports": mg_ports,
+                                           "pids": lambda mg=mg: [mg.pid] if mg.is_running() else [],
+                                           "restart": lambda mg=mg: (mg.stop(), mg.start())}
+                    if name == "mailgate":
                         bench.mailgate_env = {"cert": cert, "backend_port": dovecot.imap_port}
-                    except Exception as e:  # noqa: BLE001 - report and go on with the others
-                        log(f"mailgate did not start: {e}\nmailgate column skipped")
+                except Exception as e:  # noqa: BLE001 - report and go on with the others
+                    log(f"{name} did not start: {e}\n{name} column skipped")
 
             # nginx mail proxy + auth_http responder.
             if "nginx" in wanted:
@@ -1049,6 +1194,9 @@ def main() -> int:
     tables = []
     if imap_table:
         tables.append(report(bench.results))
+        rounds = report_rounds(bench)
+        if rounds:
+            tables.append(rounds)
     logins = report_logins(bench.results)
     if logins:
         tables.append(logins)
@@ -1057,6 +1205,13 @@ def main() -> int:
         tables.append(smtp)
     print("\n\n".join(tables))
     notes = [f"total {time.monotonic() - t_start:.0f} s"]
+    if bench.loads:
+        notes.append("1-min load average during " + ", ".join(
+            f"{sc} {min(v):.1f}-{max(v):.1f}" for sc, v in bench.loads.items()))
+    if args.repeats > 1:
+        notes.append(f"medians of {args.repeats} rounds, targets interleaved")
+    if "baseline" in bench.targets:
+        notes.append(f"mailgate = {args.mailgate_bin}, baseline = {args.baseline_bin}")
     if imap_table:
         notes.append("CPU = proxy processes' utime+stime; "
                      f"RSS = proxy processes' VmRSS while {args.idle_sessions} sessions IDLE, minus before"
