@@ -19,13 +19,14 @@ class ExecutorStep final : public filters::Filter {
   // Runs on the executor; returns the answer for the reactor.
   using Job = std::function<filters::Resumer::Answer()>;
 
+  // `timeout_reason` is a literal (it outlives the step).
   ExecutorStep(std::string name, uint32_t stages, core::Executor* executor, std::chrono::milliseconds deadline,
-               std::string timeout_reason)
+               const char* timeout_reason)
       : name_(std::move(name)),
         stages_(stages),
         executor_(executor),
         deadline_(deadline),
-        timeout_reason_(std::move(timeout_reason)) {}
+        timeout_reason_(timeout_reason) {}
 
   // The work of the next run of one of this step's stages (none: the step continues).
   void set(Job job) { job_ = std::move(job); }
@@ -49,7 +50,7 @@ class ExecutorStep final : public filters::Filter {
   uint32_t stages_;
   core::Executor* executor_;
   std::chrono::milliseconds deadline_;
-  std::string timeout_reason_;
+  const char* timeout_reason_;
   Job job_;
 };
 
