@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "conf/policy_config.h"
+
 namespace mailgate::conf {
 
 using Duration = std::chrono::milliseconds;
@@ -73,6 +75,9 @@ struct ListenerConfig {
   bool sender_any = false;                // key sender_check: owned (default) | any
   // smtp: where RCPT TO:<Postmaster> (no domain, RFC 5321 §4.5.1) goes; empty = refused.
   std::string postmaster;
+  // imap: APPENDLIMIT (RFC 7889) advertised, and a larger APPEND literal refused with
+  // NO [TOOBIG] before the node sees it; 0 = none.
+  uint64_t append_limit = 0;
   // line/column of the listener in the config file, for later diagnostics
   int line = 0;
   int column = 0;
@@ -217,6 +222,7 @@ struct Config {
   std::vector<BackendConfig> backends;
   RoutingConfig routing;
   HooksConfig hooks;
+  PolicyConfig policy;  // lists, geoip, limits, policies
 
   const BackendConfig* findBackend(const std::string& name) const {
     for (const auto& b : backends)

@@ -46,6 +46,21 @@ class Resumer {
   uint64_t token_ = 0;
 };
 
+// Things that happen in a session besides its stages, which filters may count and
+// answer (the policy's auth-failure and error limits, the per-user session limit).
+enum class EventKind : uint8_t {
+  kAuthFailure,  // the directory refused the credentials (not a temporary failure)
+  kAuthSuccess,  // the directory accepted them; a terminal answer refuses the login
+  kError,        // a bad command or a protocol violation
+};
+
+struct Event {
+  EventKind kind = EventKind::kError;
+  // kAuthFailure: a hash of the user and password tried (never the password itself),
+  // so that the same wrong pair again is not counted again.
+  uint64_t credential = 0;
+};
+
 class Filter {
  public:
   virtual ~Filter() = default;
@@ -60,6 +75,10 @@ class Filter {
     Verdict v = Verdict::of(Action::kTempfail, "timeout");
     return v;
   }
+  // An event (synchronous, memory only). The answer: continue; delay (kAuthFailure:
+  // the failure reply waits at least this long); or terminal (the session renders it
+  // and closes, or for kAuthSuccess refuses the login).
+  virtual Verdict onEvent(const Event& /*event*/, SessionFacts& /*facts*/) { return Verdict::next(); }
   // The pending work is abandoned (deadline, session closing): stop it if it can be.
   virtual void cancel() {}
 };
