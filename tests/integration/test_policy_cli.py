@@ -80,7 +80,7 @@ class PolicyCliTest(harness.LogsOnFailure, unittest.TestCase):
             cls.config = ps.with_policy(text, POLICY.replace("@V4@", v4).replace("@V6@", v6))
             cls.config_path = cls.dir / "policy.yaml"
             cls.config_path.write_text(cls.config)
-            cls.exe = cls.dir / "exe.eml"
+            cls.exe = cls.dir / "attached-invoice.eml"
             cls.exe.write_text(EXE_MESSAGE)
             # A running gateway on the same file, for the counters check.
             cls.gateway = harness.Mailgate(cls.dir, cls.config, name="gateway").start()
@@ -127,14 +127,17 @@ class PolicyCliTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertIn(SENDER_REFUSAL, out, out)
         self.assertNotIn(REFUSAL + " (ref", out, out)
         # Stage by stage: connect comes before mail.
-        self.assertLess(out.index("connect"), out.index("mail"), out)
+        connect = re.search(r"\bconnect\b", out)
+        mail = re.search(r"\bmail\b", out)
+        self.assertTrue(connect and mail, f"stages connect and mail should be named:\n{out}")
+        self.assertLess(connect.start(), mail.start(), f"connect should come before mail:\n{out}")
 
     def test_explain_message_at_data(self):
         rc, out = self.explain("--listener", "mx", "--client", "192.0.2.1", "--from", "a@example.com",
                                "--rcpt", "alice@example.org", "--message", str(self.exe))
         self.assertEqual(rc, 0, out)
-        self.assertIn("exe", out, out)
-        self.assertRegex(out, r"(?m)\b554\b", out)
+        self.assertRegex(out, r"\bexe\b", f"the rule exe should be named:\n{out}")
+        self.assertRegex(out, r"(?m)\b554\b", f"its reply (554) should be printed:\n{out}")
 
     def test_explain_does_not_change_counters(self):
         args = ["--listener", "mx", "--client", RATE_CLIENT]
