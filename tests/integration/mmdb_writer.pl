@@ -57,13 +57,14 @@ my $tree = MaxMind::DB::Writer::Tree->new(
     map_key_type_callback   => sub { $types{ $_[0] } // 'utf8_string' },
 );
 
-# Wider networks first, so that a narrower one inserted later overrides its part.
-for my $net (sort { (split m{/}, $a)[1] <=> (split m{/}, $b)[1] } keys %$map) {
-    my $n = $net;
-    if ($net =~ m{^(\d+\.\d+\.\d+\.\d+)/(\d+)$}) {
-        $n = "::$1/" . ($2 + 96);
-    }
-    $tree->insert_network($n, $map->{$net});
+# IPv4 networks as ::a.b.c.d/(96 + prefix); wider networks first, so that a narrower
+# one inserted later overrides its part.
+my %tree_net;
+for my $net (keys %$map) {
+    $tree_net{$net} = $net =~ m{^(\d+\.\d+\.\d+\.\d+)/(\d+)$} ? "::$1/" . ($2 + 96) : $net;
+}
+for my $net (sort { (split m{/}, $tree_net{$a})[1] <=> (split m{/}, $tree_net{$b})[1] } keys %$map) {
+    $tree->insert_network($tree_net{$net}, $map->{$net});
 }
 
 open my $fh, '>:raw', "$out.tmp" or die "$out.tmp: $!\n";

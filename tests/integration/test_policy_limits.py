@@ -168,7 +168,10 @@ class ConnectionLimitTest(PolicyLimitsBase):
             c = ps.SourceClient(port, source, timeout=10)
             self.addCleanup(c.close)
             clients.append(c)
-        return [(c, ps.first_line(c, 10)) for c in clients]
+        # One deadline for all the first lines: a gateway that answers none of them
+        # fails the test in 15 s, not 60 x 10 s.
+        deadline = time.monotonic() + 15
+        return [(c, ps.first_line(c, max(0.2, deadline - time.monotonic()))) for c in clients]
 
     def check_concurrency(self, protocol: str, source: str):
         ok_prefix, refusal = ps.GREETING_OK[protocol], CONN_REFUSAL[protocol]
@@ -263,7 +266,8 @@ class AuthFailureLimitTest(PolicyLimitsBase):
         out = []
         for i in range(BAN_RATE + 4):
             protocol = protocols[i % len(protocols)]
-            a = ps.login_attempt(protocol, cls.env.ports[protocol], source, ALICE, f"wrong-{i}")
+            a = ps.login_attempt(protocol, cls.env.ports[protocol], source, ALICE, f"wrong-{i}",
+                                 timeout=8)  # the delay is at most 4 s
             out.append(a)
             if a.kind in ("refused", "ok"):
                 break
