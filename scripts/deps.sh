@@ -9,7 +9,7 @@ PACKAGES=(
   libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   clamav-daemon
-  nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
+  nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libmaxmind-db-writer-perl curl openssl python3 postgresql
 )
 
 missing=()
