@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
-  libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev
+  libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev libgmime-3.0-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   clamav-daemon
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
