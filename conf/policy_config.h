@@ -113,6 +113,9 @@ struct LimitsConfig {
   BanConfig bans;
   EarlyTalkerConfig early_talker;
   std::chrono::milliseconds line_timeout{20000};  // a started command line must end within this (0 = off)
+  // user_sessions: concurrent IMAP/POP3 sessions per user and client address (Dovecot's
+  // mail_max_userip_connections); 0 = off. Exempt lists apply.
+  uint32_t max_user_sessions = 10;
 };
 
 enum class PolicyAction : uint8_t { kAccept, kReject, kTempfail, kDelay, kTag, kQuarantine };

@@ -108,9 +108,13 @@ std::string outcomeAction(const filters::Verdict& v) {
       return "close";
     case Action::kQuarantine:
       return "quarantine";
-    default:
+    case Action::kContinue:
+    case Action::kPending:
+    case Action::kDelay:
+    case Action::kAddHeader:
       return "accept";
   }
+  return "accept";
 }
 
 // Runs the stages of one session through a dry-run policy filter. false + *error
