@@ -4,9 +4,9 @@
 // it is about; nothing stops at the first error. yaml-cpp is used only here, and no
 // exception leaves this file: the parser's exceptions become ConfigErrors.
 #include <fcntl.h>
+#include <re2/re2.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <re2/re2.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
@@ -284,8 +284,8 @@ class Loader {
   void loadGeoipDb(const Entry& e, const std::string& path, const char* default_field, GeoipDbConfig* db);
   void listRefs(const Entry& e, const std::string& path, const PolicyConfig& p, bool countries,
                 std::vector<std::string>* out);
-  void loadMatch(const Entry& e, const std::string& path, const Config& cfg, const MatchContext& ctx, int depth,
-                 Match* m);
+  void loadMatch(const Entry& e, const std::string& path, const Config& cfg, const MatchContext& ctx,
+                 int depth, Match* m);
   void loadPatterns(const Entry& e, const std::string& path, std::vector<std::string>* out);
   void loadLimits(const Entry* section, Config* cfg);
   void loadLimitRule(const YAML::Node& n, const std::string& path, const Config& cfg, LimitRuleConfig* r);
@@ -885,12 +885,12 @@ void Loader::loadListeners(const Entry& section, Config* cfg) {
 void Loader::loadListener(const YAML::Node& n, const std::string& path, const Config& cfg, ListenerConfig* l,
                           std::map<std::string, std::string>* addresses) {
   Fields f;
-  if (!fields(
-          n, path,
-          {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth", "preauth_timeout",
-           "idle_timeout", "max_line", "max_literal", "max_bad_commands", "max_auth_attempts", "max_message_size",
-           "max_recipients", "max_messages", "greeting_delay", "sender_check", "postmaster", "append_limit"},
-          &f))
+  if (!fields(n, path,
+              {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth",
+               "preauth_timeout", "idle_timeout", "max_line", "max_literal", "max_bad_commands",
+               "max_auth_attempts", "max_message_size", "max_recipients", "max_messages", "greeting_delay",
+               "sender_check", "postmaster", "append_limit"},
+              &f))
     return;
   requireKey(f, "name", n.Mark(), path);
   requireKey(f, "protocol", n.Mark(), path);
@@ -1258,7 +1258,9 @@ void Loader::checkSubmissionRelay(const YAML::Node& root, const Config& cfg) {
 
 // --- policy: lists, geoip, limits, policies ----------------------------------------
 
-Position positionOf(const YAML::Mark& m) { return {m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0}; }
+Position positionOf(const YAML::Mark& m) {
+  return {m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0};
+}
 
 bool isSmtpFamily(Protocol p) { return p == Protocol::kSmtp || p == Protocol::kSubmission; }
 
@@ -1295,15 +1297,19 @@ bool isHeaderField(std::string_view s) {
 
 // A path inside a MaxMind DB record: dot-separated names or array indexes.
 bool isRecordPath(std::string_view s) {
-  if (s.empty() || s.size() > 128 || s.front() == '.' || s.back() == '.' || s.find("..") != std::string_view::npos)
+  if (s.empty() || s.size() > 128 || s.front() == '.' || s.back() == '.' ||
+      s.find("..") != std::string_view::npos)
     return false;
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return ascii::isAlpha(c) || ascii::isDigit(c) || c == '_' || c == '-' || c == '.'; });
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return ascii::isAlpha(c) || ascii::isDigit(c) || c == '_' || c == '-' || c == '.';
+  });
 }
 
 // Whether fields() left a key of the map out (it reported it as unknown or repeated):
 // a "missing key" then would only repeat that error.
-bool droppedKeys(const YAML::Node& map, const Fields& f) { return map.IsMap() && f.entries.size() != map.size(); }
+bool droppedKeys(const YAML::Node& map, const Fields& f) {
+  return map.IsMap() && f.entries.size() != map.size();
+}
 
 constexpr int kMaxNotDepth = 8;
 constexpr Duration kMaxPolicyDelay{300000};  // a longer wait outlasts the clients' own timeouts
@@ -1370,7 +1376,8 @@ void Loader::loadList(const YAML::Node& key, const YAML::Node& value, ListConfig
   }
   if (countries && (cidrs || file)) {
     const Entry* other = cidrs ? cidrs : file;
-    error(other->key_node, path + ": a list holds networks (cidrs, file) or countries, not both; make two lists");
+    error(other->key_node,
+          path + ": a list holds networks (cidrs, file) or countries, not both; make two lists");
     return;
   }
   if (cidrs) {
@@ -1400,7 +1407,8 @@ void Loader::loadList(const YAML::Node& key, const YAML::Node& value, ListConfig
         std::string s;
         if (!scalar(nodes[i], indexed(cpath, i), "a country code", &s)) continue;
         if (s.size() != 2 || !ascii::isAlpha(s[0]) || !ascii::isAlpha(s[1])) {
-          error(nodes[i], indexed(cpath, i) + ": " + quote(s) + " is not a two-letter country code (ISO 3166-1)");
+          error(nodes[i],
+                indexed(cpath, i) + ": " + quote(s) + " is not a two-letter country code (ISO 3166-1)");
           continue;
         }
         l->countries.push_back(ascii::upper(s));
@@ -1412,11 +1420,13 @@ void Loader::loadList(const YAML::Node& key, const YAML::Node& value, ListConfig
 void Loader::loadGeoip(const Entry& section, PolicyConfig* p) {
   Fields f;
   if (!fields(section.value, "geoip", {"country", "asn"}, &f)) return;
-  if (const Entry* e = f.find("country")) loadGeoipDb(*e, "geoip.country", "country.iso_code", &p->geoip.country);
+  if (const Entry* e = f.find("country"))
+    loadGeoipDb(*e, "geoip.country", "country.iso_code", &p->geoip.country);
   if (const Entry* e = f.find("asn")) loadGeoipDb(*e, "geoip.asn", "autonomous_system_number", &p->geoip.asn);
 }
 
-void Loader::loadGeoipDb(const Entry& e, const std::string& path, const char* default_field, GeoipDbConfig* db) {
+void Loader::loadGeoipDb(const Entry& e, const std::string& path, const char* default_field,
+                         GeoipDbConfig* db) {
   db->pos = positionOf(e.key_node.Mark());
   db->field = default_field;
   if (e.value.IsNull()) {
@@ -1450,8 +1460,9 @@ void Loader::loadGeoipDb(const Entry& e, const std::string& path, const char* de
     std::string s;
     if (scalar(*fe, join(path, "field"), "a record path", &s)) {
       if (!isRecordPath(s))
-        error(fe->mark(), join(path, "field") + ": " + quote(s) +
-                              " is not a record path (names and indexes joined by dots, such as country.iso_code)");
+        error(fe->mark(),
+              join(path, "field") + ": " + quote(s) +
+                  " is not a record path (names and indexes joined by dots, such as country.iso_code)");
       else
         db->field = std::move(s);
     }
@@ -1473,8 +1484,9 @@ void Loader::listRefs(const Entry& e, const std::string& path, const PolicyConfi
     }
     const bool is_countries = !l->countries.empty();
     if (is_countries != countries) {
-      error(node, path + ": list " + quote(s) + (is_countries ? " is a country list, not a network list"
-                                                               : " is a network list, not a country list"));
+      error(node, path + ": list " + quote(s) +
+                      (is_countries ? " is a country list, not a network list"
+                                    : " is a network list, not a country list"));
       continue;
     }
     if (std::find(out->begin(), out->end(), s) == out->end()) out->push_back(std::move(s));
@@ -1543,7 +1555,8 @@ void Loader::loadMatch(const Entry& e, const std::string& path, const Config& cf
       unknown_when = "at stage data only";
     }
     if (unknown_when) {
-      error(c.key_node, cpath + ": " + c.key + " is not known at " + ctx.label + " (it is, " + unknown_when + ")");
+      error(c.key_node,
+            cpath + ": " + c.key + " is not known at " + ctx.label + " (it is, " + unknown_when + ")");
       continue;
     }
     if (c.key == "helo") smtp_only = true;
@@ -1562,8 +1575,8 @@ void Loader::loadMatch(const Entry& e, const std::string& path, const Config& cf
           continue;
         }
         if (depth == 0 && smtp_only && !isSmtpFamily(l->protocol)) {
-          error(node, cpath + ": listener " + quote(s) + " is an " + protocolName(l->protocol) + " listener; " +
-                          ctx.label + " exists on smtp and submission listeners only");
+          error(node, cpath + ": listener " + quote(s) + " is an " + protocolName(l->protocol) +
+                          " listener; " + ctx.label + " exists on smtp and submission listeners only");
           continue;
         }
         m->listeners.push_back(std::move(s));
@@ -1730,8 +1743,8 @@ void Loader::loadLimits(const Entry* section, Config* cfg) {
             if (!r.name.empty() && findValue(item, "name", &name_node)) {
               const auto [it, inserted] = names.emplace(r.name, name_node.Mark().line + 1);
               if (!inserted)
-                error(name_node, rpath + ".name: duplicate rule name " + quote(r.name) + " (first defined at line " +
-                                     std::to_string(it->second) + ")");
+                error(name_node, rpath + ".name: duplicate rule name " + quote(r.name) +
+                                     " (first defined at line " + std::to_string(it->second) + ")");
             }
             l.rules.push_back(std::move(r));
           }
@@ -1750,12 +1763,13 @@ void Loader::loadLimits(const Entry* section, Config* cfg) {
   if (!rules_given) l.rules = builtinLimitRules();
 }
 
-void Loader::loadLimitRule(const YAML::Node& n, const std::string& path, const Config& cfg, LimitRuleConfig* r) {
+void Loader::loadLimitRule(const YAML::Node& n, const std::string& path, const Config& cfg,
+                           LimitRuleConfig* r) {
   r->pos = positionOf(n.Mark());
   Fields f;
   if (!fields(n, path,
-              {"name", "when", "count", "key", "concurrency", "rate", "burst", "distinct_credentials", "on_exceed",
-               "scope"},
+              {"name", "when", "count", "key", "concurrency", "rate", "burst", "distinct_credentials",
+               "on_exceed", "scope"},
               &f))
     return;
   requireKey(f, "name", n.Mark(), path);
@@ -1800,12 +1814,15 @@ void Loader::loadLimitRule(const YAML::Node& n, const std::string& path, const C
         std::string s;
         if (!scalar(node, kpath, "a key part", &s)) continue;
         static constexpr std::pair<std::string_view, KeyPart> kParts[] = {
-            {"client.net", KeyPart::kClientNet}, {"client.ip", KeyPart::kClientIp},
-            {"listener", KeyPart::kListener},    {"user", KeyPart::kUser},
+            {"client.net", KeyPart::kClientNet},       {"client.ip", KeyPart::kClientIp},
+            {"listener", KeyPart::kListener},          {"user", KeyPart::kUser},
             {"sender.domain", KeyPart::kSenderDomain}, {"rcpt.domain", KeyPart::kRcptDomain}};
-        const auto* part = std::find_if(std::begin(kParts), std::end(kParts), [&](const auto& p) { return p.first == s; });
+        const auto* part =
+            std::find_if(std::begin(kParts), std::end(kParts), [&](const auto& p) { return p.first == s; });
         if (part == std::end(kParts)) {
-          error(node, kpath + ": expected one of client.net, client.ip, listener, user, sender.domain, rcpt.domain, got " +
+          error(node, kpath +
+                          ": expected one of client.net, client.ip, listener, user, sender.domain, "
+                          "rcpt.domain, got " +
                           quote(s));
           continue;
         }
@@ -1851,8 +1868,9 @@ void Loader::loadLimitRule(const YAML::Node& n, const std::string& path, const C
   if (const Entry* e = f.find("scope")) {
     getEnum<bool>(f, "scope", path, {{"node", false}, {"cluster", true}}, &r->cluster);
     if (r->cluster && cfg.directory.driver != "postgres")
-      error(e->mark(), join(path, "scope") + ": cluster counters are shared through PostgreSQL; it needs "
-                                             "directory.driver postgres");
+      error(e->mark(), join(path, "scope") +
+                           ": cluster counters are shared through PostgreSQL; it needs "
+                           "directory.driver postgres");
   }
   if (!f.find("rate") && !f.find("concurrency"))
     error(n.Mark(), path + ": needs a rate or a concurrency (or both)");
@@ -1860,10 +1878,11 @@ void Loader::loadLimitRule(const YAML::Node& n, const std::string& path, const C
 
 void Loader::loadOnExceed(const Entry& e, const std::string& path, LimitRuleConfig* r) {
   const auto action = [](const std::string& s, LimitAction* out) {
-    static constexpr std::pair<std::string_view, LimitAction> kActions[] = {{"tempfail", LimitAction::kTempfail},
-                                                                            {"reject", LimitAction::kReject},
-                                                                            {"delay", LimitAction::kDelay},
-                                                                            {"ban", LimitAction::kBan}};
+    static constexpr std::pair<std::string_view, LimitAction> kActions[] = {
+        {"tempfail", LimitAction::kTempfail},
+        {"reject", LimitAction::kReject},
+        {"delay", LimitAction::kDelay},
+        {"ban", LimitAction::kBan}};
     for (const auto& [name, value] : kActions) {
       if (s == name) {
         *out = value;
@@ -1874,13 +1893,17 @@ void Loader::loadOnExceed(const Entry& e, const std::string& path, LimitRuleConf
   };
   if (e.value.IsScalar()) {
     if (!action(e.value.Scalar(), &r->on_exceed))
-      error(e.mark(), path + ": expected one of tempfail, reject, delay, ban, got " + quote(e.value.Scalar()));
+      error(e.mark(),
+            path + ": expected one of tempfail, reject, delay, ban, got " + quote(e.value.Scalar()));
     return;
   }
   Fields f;
   if (e.value.IsNull() || !e.value.IsMap()) {
-    error(e.mark(), path + ": expected tempfail, reject, delay, ban or a map { action: ..., delay: ..., reply: ... }, "
-                           "got " + describe(e.value));
+    error(e.mark(),
+          path +
+              ": expected tempfail, reject, delay, ban or a map { action: ..., delay: ..., reply: ... }, "
+              "got " +
+              describe(e.value));
     return;
   }
   if (!fields(e.value, path, {"action", "delay", "reply"}, &f)) return;
@@ -1892,7 +1915,8 @@ void Loader::loadOnExceed(const Entry& e, const std::string& path, LimitRuleConf
   std::string name;
   if (!scalar(*a, join(path, "action"), "an action", &name)) return;
   if (!action(name, &r->on_exceed)) {
-    error(a->mark(), join(path, "action") + ": expected one of tempfail, reject, delay, ban, got " + quote(name));
+    error(a->mark(),
+          join(path, "action") + ": expected one of tempfail, reject, delay, ban, got " + quote(name));
     return;
   }
   if (const Entry* d = f.find("delay")) {
@@ -1944,12 +1968,13 @@ void Loader::loadBans(const Entry& e, const Config& cfg, BanConfig* b) {
   getDuration(f, "forget", path, &b->forget, true);
   if (b->max < b->ttl) {
     const Entry* where = f.find("increment");
-    error(where ? where->mark() : e.mark(), path + ": increment.max (" + std::to_string(b->max.count() / 1000) +
-                                                "s) is shorter than ttl (" + std::to_string(b->ttl.count() / 1000) +
-                                                "s)");
+    error(where ? where->mark() : e.mark(),
+          path + ": increment.max (" + std::to_string(b->max.count() / 1000) + "s) is shorter than ttl (" +
+              std::to_string(b->ttl.count() / 1000) + "s)");
   }
   if (const Entry* x = f.find("never"))
-    if (!(x->value.IsSequence() && x->value.size() == 0)) listRefs(*x, join(path, "never"), cfg.policy, false, &b->never);
+    if (!(x->value.IsSequence() && x->value.size() == 0))
+      listRefs(*x, join(path, "never"), cfg.policy, false, &b->never);
 }
 
 void Loader::loadEarlyTalker(const Entry& e, const Config& cfg, EarlyTalkerConfig* t) {
@@ -1981,9 +2006,10 @@ void Loader::loadEarlyTalker(const Entry& e, const Config& cfg, EarlyTalkerConfi
   getDuration(f, "greet_wait", path, &t->greet_wait, false);
   if (t->greet_wait > kMaxPolicyDelay)
     error(f.find("greet_wait")->mark(), join(path, "greet_wait") + ": at most 5m");
-  getEnum<LimitAction>(f, "action", path,
-                       {{"reject", LimitAction::kReject}, {"tempfail", LimitAction::kTempfail}, {"ban", LimitAction::kBan}},
-                       &t->action);
+  getEnum<LimitAction>(
+      f, "action", path,
+      {{"reject", LimitAction::kReject}, {"tempfail", LimitAction::kTempfail}, {"ban", LimitAction::kBan}},
+      &t->action);
 }
 
 void Loader::loadPolicies(const Entry& section, Config* cfg) {
@@ -2014,7 +2040,8 @@ void Loader::loadPolicies(const Entry& section, Config* cfg) {
   }
 }
 
-void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Config& cfg, PolicyRuleConfig* r) {
+void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Config& cfg,
+                        PolicyRuleConfig* r) {
   r->pos = positionOf(n.Mark());
   Fields f;
   if (!fields(n, path, {"name", "stage", "when", "then", "reply", "delay", "header", "mode"}, &f)) return;
@@ -2030,9 +2057,11 @@ void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Conf
   if (const Entry* e = f.find("stage")) {
     std::string s;
     if (scalar(*e, join(path, "stage"), "a stage", &s)) {
-      const auto* it = std::find_if(std::begin(kStages), std::end(kStages), [&](const auto& p) { return p.first == s; });
+      const auto* it =
+          std::find_if(std::begin(kStages), std::end(kStages), [&](const auto& p) { return p.first == s; });
       if (it == std::end(kStages)) {
-        error(e->mark(), join(path, "stage") + ": expected one of connect, helo, auth, mail, rcpt, data, got " + quote(s));
+        error(e->mark(), join(path, "stage") +
+                             ": expected one of connect, helo, auth, mail, rcpt, data, got " + quote(s));
       } else {
         stage = it->second;
         r->stage = s;
@@ -2085,13 +2114,15 @@ void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Conf
       error(e->key_node, join(path, "header") + ": only with then: tag");
     } else if (scalar(*e, join(path, "header"), "a header field \"Name: value\"", &s)) {
       if (!isHeaderField(s))
-        error(e->mark(), join(path, "header") + ": expected a header field \"Name: value\" (printable ASCII, at most " +
+        error(e->mark(), join(path, "header") +
+                             ": expected a header field \"Name: value\" (printable ASCII, at most " +
                              std::to_string(kMaxPolicyReply) + " octets), got " + quote(s));
       else
         r->header = std::move(s);
     }
   }
-  if (then_ok && r->then == PolicyAction::kTag && r->header.empty()) r->header = "X-Mailgate-Policy: " + r->name;
+  if (then_ok && r->then == PolicyAction::kTag && r->header.empty())
+    r->header = "X-Mailgate-Policy: " + r->name;
   getEnum<bool>(f, "mode", path, {{"enforce", false}, {"shadow", true}}, &r->shadow);
 }
 

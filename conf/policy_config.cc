@@ -39,8 +39,9 @@ constexpr std::chrono::milliseconds kMaxRatePeriod{30LL * 86400000};
 
 bool Match::empty() const {
   return listeners.empty() && protocols.empty() && client_net_in.empty() && country_in.empty() &&
-         country_lists.empty() && asn.empty() && !tls && !authenticated && users.empty() && helo_re2.empty() &&
-         sender_re2.empty() && rcpt_re2.empty() && header_re2.empty() && attachment_re2.empty() && !negated;
+         country_lists.empty() && asn.empty() && !tls && !authenticated && users.empty() &&
+         helo_re2.empty() && sender_re2.empty() && rcpt_re2.empty() && header_re2.empty() &&
+         attachment_re2.empty() && !negated;
 }
 
 std::vector<LimitRuleConfig> builtinLimitRules() {
@@ -120,11 +121,13 @@ bool parseRate(std::string_view text, uint32_t* count, std::chrono::milliseconds
   std::string period(text.substr(slash + 1));
   // A bare unit is one of it ("100/s"); a bare number has no unit and is refused
   // ("60/1" would read as one second and is more likely a mistake).
-  if (period == "ms" || period == "s" || period == "m" || period == "h" || period == "d") period = "1" + period;
+  if (period == "ms" || period == "s" || period == "m" || period == "h" || period == "d")
+    period = "1" + period;
   if (period.empty() || ascii::isDigit(period.back()))
     return fail(why, "the period after '/' needs a unit (ms, s, m, h or d)");
   std::chrono::milliseconds d{};
-  if (!parseDuration(period, &d)) return fail(why, "the period after '/' is not a duration (1s, 10m, 1h, 1d)");
+  if (!parseDuration(period, &d))
+    return fail(why, "the period after '/' is not a duration (1s, 10m, 1h, 1d)");
   if (d.count() == 0 || d > kMaxRatePeriod) return fail(why, "the period must be from 1ms to 30d");
   *count = static_cast<uint32_t>(n);
   *per = d;
@@ -154,8 +157,8 @@ bool checkPolicyReply(std::string_view reply, char klass, std::string* why) {
     if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e)
       return fail(why, "may hold printable ASCII characters only (no control characters)");
   // CODE: [45][0-5][0-9]
-  if (reply.size() < 4 || reply[0] != klass || reply[1] < '0' || reply[1] > '5' || !ascii::isDigit(reply[2]) ||
-      reply[3] != ' ')
+  if (reply.size() < 4 || reply[0] != klass || reply[1] < '0' || reply[1] > '5' ||
+      !ascii::isDigit(reply[2]) || reply[3] != ' ')
     return fail(why, "expected \"" + expected + "\"");
   // Enhanced status code (RFC 3463): class "." subject "." detail, 1-3 digits each.
   const std::string_view rest = reply.substr(4);
@@ -165,7 +168,8 @@ bool checkPolicyReply(std::string_view reply, char klass, std::string* why) {
   const size_t d2 = d1 == std::string_view::npos ? d1 : code.find('.', d1 + 1);
   uint64_t subject = 0, detail = 0;
   if (d2 == std::string_view::npos || code.substr(0, d1) != std::string_view(&reply[0], 1) ||
-      !readNumber(code.substr(d1 + 1, d2 - d1 - 1), 3, &subject) || !readNumber(code.substr(d2 + 1), 3, &detail))
+      !readNumber(code.substr(d1 + 1, d2 - d1 - 1), 3, &subject) ||
+      !readNumber(code.substr(d2 + 1), 3, &detail))
     return fail(why, "expected \"" + expected + "\" (an enhanced status code " + std::string(1, klass) +
                          ".X.Y after the reply code)");
   if (end == std::string_view::npos || rest.find_first_not_of(' ', end) == std::string_view::npos)

@@ -16,11 +16,11 @@ namespace mailgate::conf {
 namespace {
 
 namespace fs = std::filesystem;
+using std::chrono::milliseconds;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-using std::chrono::milliseconds;
 
 // An error at exactly LINE:COL whose message contains text.
 ::testing::Matcher<std::string> At(int line, int col, const std::string& text) {
@@ -70,27 +70,27 @@ class PolicyConfigTest : public ::testing::Test {
 // Listeners mx (smtp), imap and imaps (imap); both GeoIP databases; lists trusted
 // (networks) and kp (countries), last. 13 lines: tests append from line 14.
 const std::string kBase =
-    "directory: { file: { users: users.passwd } }\n"                   // 1
-    "backends:\n"                                                      // 2
+    "directory: { file: { users: users.passwd } }\n"                       // 1
+    "backends:\n"                                                          // 2
     "  - { name: b1, host: 127.0.0.1, ports: { imap: 143, smtp: 25 } }\n"  // 3
-    "listeners:\n"                                                     // 4
-    "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\" }\n"   // 5
-    "  - { name: imap, protocol: imap, listen: \"127.0.0.1:1143\" }\n"  // 6
-    "  - { name: imaps, protocol: imap, listen: \"127.0.0.1:1993\" }\n"  // 7
-    "geoip:\n"                                                         // 8
-    "  country: { mmdb: geo/country-v4.mmdb }\n"                       // 9
-    "  asn: { mmdb: geo/asn.mmdb }\n"                                  // 10
-    "lists:\n"                                                         // 11
-    "  trusted: { cidrs: [10.0.0.0/8] }\n"                             // 12
-    "  kp: { countries: [KP] }\n";                                     // 13
+    "listeners:\n"                                                         // 4
+    "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\" }\n"       // 5
+    "  - { name: imap, protocol: imap, listen: \"127.0.0.1:1143\" }\n"     // 6
+    "  - { name: imaps, protocol: imap, listen: \"127.0.0.1:1993\" }\n"    // 7
+    "geoip:\n"                                                             // 8
+    "  country: { mmdb: geo/country-v4.mmdb }\n"                           // 9
+    "  asn: { mmdb: geo/asn.mmdb }\n"                                      // 10
+    "lists:\n"                                                             // 11
+    "  trusted: { cidrs: [10.0.0.0/8] }\n"                                 // 12
+    "  kp: { countries: [KP] }\n";                                         // 13
 
-// One policy at stage STAGE with the given `when` (line 15), then: THEN (line 16).
+// One policy at stage STAGE (line 15) with the given `when` (line 16) and then (line 17).
 std::string policy(const std::string& stage, const std::string& when, const std::string& then = "reject") {
-  return kBase +
-         "policies:\n"                                                        // 14
-         "  - { name: p, stage: " + stage + ",\n"                             // 15
-         "      when: " + when + ",\n"                                        // 16
-         "      then: " + then + " }\n";                                      // 17
+  std::string yaml = kBase + "policies:\n";          // 14
+  yaml += "  - { name: p, stage: " + stage + ",\n";  // 15
+  yaml += "      when: " + when + ",\n";             // 16
+  yaml += "      then: " + then + " }\n";            // 17
+  return yaml;
 }
 
 // The DESIGN document's example, with files in the temporary directory.
@@ -336,8 +336,8 @@ TEST(PolicySyntax, Rates) {
   EXPECT_EQ(per, milliseconds(250));
   ASSERT_TRUE(parseRate("1/d", &n, &per, &why));
   EXPECT_EQ(per, milliseconds(86400000));
-  for (const char* bad : {"", "60", "/1m", "0/1m", "-1/1m", "60/", "60/1", "60/0s", "60/1w", "60/31d", "1e3/1m",
-                          " 60/1m", "60/1m ", "60//1m", "2000000000/1s"}) {
+  for (const char* bad : {"", "60", "/1m", "0/1m", "-1/1m", "60/", "60/1", "60/0s", "60/1w", "60/31d",
+                          "1e3/1m", " 60/1m", "60/1m ", "60//1m", "2000000000/1s"}) {
     why.clear();
     EXPECT_FALSE(parseRate(bad, &n, &per, &why)) << bad;
     EXPECT_FALSE(why.empty()) << bad;
@@ -388,8 +388,8 @@ TEST(PolicySyntax, Replies) {
 
 TEST(PolicySyntax, Networks) {
   std::string why;
-  for (const char* good : {"10.0.0.0/8", "192.0.2.1", "192.0.2.1/32", "0.0.0.0/0", "2001:db8::/32", "::1", "::/0",
-                           "::ffff:192.0.2.0/120", "10.1.2.3/8"})
+  for (const char* good : {"10.0.0.0/8", "192.0.2.1", "192.0.2.1/32", "0.0.0.0/0", "2001:db8::/32", "::1",
+                           "::/0", "::ffff:192.0.2.0/120", "10.1.2.3/8"})
     EXPECT_TRUE(checkCidr(good, &why)) << good << ": " << why;
   for (const char* bad : {"", "10.0.0.0/33", "2001:db8::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/-1",
                           "example.org", "10.0.0.0/8/8", "::ffff:192.0.2.0/64", " 10.0.0.0/8"})
@@ -410,26 +410,28 @@ TEST(PolicySyntax, MatchEmpty) {
 }
 
 TEST_F(PolicyConfigTest, ListErrors) {
-  EXPECT_THAT(errors(kBase +
-                     "  a: { cidrs: [10.0.0.0/33, \"2001:db8::/32\", 10.0.0] }\n"  // 14
-                     "  b: { cidrs: [10.0.0.0/8], countries: [KP] }\n"              // 15
-                     "  c: { file: lists/missing.cidr }\n"                          // 16
-                     "  d: { countries: [KP, KOR, \"1A\"] }\n"                      // 17
-                     "  e: {}\n"                                                    // 18
-                     "  f: { cidr: [10.0.0.0/8] }\n"                                // 19
-                     "  trusted: { cidrs: [192.0.2.0/24] }\n"                       // 20
-                     "  \"bad name\": { cidrs: [] }\n"),                            // 21
-              ElementsAre(At(14, 16, "lists.a.cidrs[0]: \"10.0.0.0/33\": the prefix length must be a number from 0 to 32"),
-                          At(14, 46, "lists.a.cidrs[2]: \"10.0.0\": not an IPv4 or IPv6 address"),
-                          At(15, 8, "lists.b: a list holds networks (cidrs, file) or countries, not both"),
-                          At(16, 14, "lists.c.file: cannot read " + (dir_ / "lists/missing.cidr").string() +
-                                         ": No such file or directory"),
-                          At(17, 24, "lists.d.countries[1]: \"KOR\" is not a two-letter country code"),
-                          At(17, 29, "lists.d.countries[2]: \"1A\" is not a two-letter country code"),
-                          At(18, 3, "lists.e: needs cidrs and/or file (a network list), or countries"),
-                          At(19, 8, "unknown key \"cidr\" in lists.f (did you mean \"cidrs\"?)"),
-                          At(20, 3, "lists.trusted: duplicate list name (first defined at line 12)"),
-                          At(21, 3, "lists: \"bad name\" is not a valid list name")));
+  EXPECT_THAT(
+      errors(kBase + "  a: { cidrs: [10.0.0.0/33, \"2001:db8::/32\", 10.0.0] }\n"  // 14
+                     "  b: { cidrs: [10.0.0.0/8], countries: [KP] }\n"             // 15
+                     "  c: { file: lists/missing.cidr }\n"                         // 16
+                     "  d: { countries: [KP, KOR, \"1A\"] }\n"                     // 17
+                     "  e: {}\n"                                                   // 18
+                     "  f: { cidr: [10.0.0.0/8] }\n"                               // 19
+                     "  trusted: { cidrs: [192.0.2.0/24] }\n"                      // 20
+                     "  \"bad name\": { cidrs: [] }\n"),                           // 21
+      ElementsAre(
+          At(14, 16, "lists.a.cidrs[0]: \"10.0.0.0/33\": the prefix length must be a number from 0 to 32"),
+          At(14, 46, "lists.a.cidrs[2]: \"10.0.0\": not an IPv4 or IPv6 address"),
+          At(15, 8, "lists.b: a list holds networks (cidrs, file) or countries, not both"),
+          At(16, 14,
+             "lists.c.file: cannot read " + (dir_ / "lists/missing.cidr").string() +
+                 ": No such file or directory"),
+          At(17, 24, "lists.d.countries[1]: \"KOR\" is not a two-letter country code"),
+          At(17, 29, "lists.d.countries[2]: \"1A\" is not a two-letter country code"),
+          At(18, 3, "lists.e: needs cidrs and/or file (a network list), or countries"),
+          At(19, 8, "unknown key \"cidr\" in lists.f (did you mean \"cidrs\"?)"),
+          At(20, 3, "lists.trusted: duplicate list name (first defined at line 12)"),
+          At(21, 3, "lists: \"bad name\" is not a valid list name")));
 }
 
 TEST_F(PolicyConfigTest, GeoipDefaultsAndErrors) {
@@ -441,44 +443,46 @@ TEST_F(PolicyConfigTest, GeoipDefaultsAndErrors) {
   EXPECT_EQ(c->policy.geoip.country.pos.line, 9);
 
   const std::string head = kBase.substr(0, kBase.find("geoip:\n"));  // lines 1-7
-  EXPECT_THAT(errors(head +
-                     "geoip:\n"                                                         // 8
-                     "  country: { mmdb: [geo/country-v4.mmdb, geo/nope.mmdb], field: \"a..b\" }\n"  // 9
-                     "  asn: { field: asn }\n"                                          // 10
-                     "  city: { mmdb: geo/asn.mmdb }\n"),                               // 11
-              ElementsAre(At(9, 42, "geoip.country.mmdb[1]: cannot read " + (dir_ / "geo/nope.mmdb").string()),
-                          At(9, 65, "geoip.country.field: \"a..b\" is not a record path"),
-                          At(10, 8, "geoip.asn: missing required key \"mmdb\""),
-                          At(11, 3, "unknown key \"city\" in geoip")));
+  EXPECT_THAT(
+      errors(head + "geoip:\n"                                                                      // 8
+                    "  country: { mmdb: [geo/country-v4.mmdb, geo/nope.mmdb], field: \"a..b\" }\n"  // 9
+                    "  asn: { field: asn }\n"                                                       // 10
+                    "  city: { mmdb: geo/asn.mmdb }\n"),                                            // 11
+      ElementsAre(At(9, 42, "geoip.country.mmdb[1]: cannot read " + (dir_ / "geo/nope.mmdb").string()),
+                  At(9, 65, "geoip.country.field: \"a..b\" is not a record path"),
+                  At(10, 8, "geoip.asn: missing required key \"mmdb\""),
+                  At(11, 3, "unknown key \"city\" in geoip")));
   // A country or ASN condition needs its database.
-  EXPECT_THAT(errors(head +
-                     "policies:\n"                                                       // 8
-                     "  - { name: p, stage: connect, when: { country: [KP], asn: 64500 }, then: reject }\n"),
-              ElementsAre(At(9, 40, "policies[0].when.country: needs a country database (geoip.country)"),
-                          At(9, 55, "policies[0].when.asn: needs an AS number database (geoip.asn)")));
+  EXPECT_THAT(
+      errors(head + "policies:\n"  // 8
+                    "  - { name: p, stage: connect, when: { country: [KP], asn: 64500 }, then: reject }\n"),
+      ElementsAre(At(9, 40, "policies[0].when.country: needs a country database (geoip.country)"),
+                  At(9, 55, "policies[0].when.asn: needs an AS number database (geoip.asn)")));
 }
 
 TEST_F(PolicyConfigTest, LimitErrors) {
   EXPECT_THAT(
-      errors(kBase +
-             "limits:\n"                                                                              // 14
-             "  defaults: { ipv4_prefix: 33, ipv6_prefix: 64, exempt: [trusted, nope, kp] }\n"        // 15
-             "  rules:\n"                                                                             // 16
-             "    - { name: a, count: connections, key: [client.net, user], rate: 10/1m }\n"          // 17
-             "    - { name: a, count: messages, concurrency: 5, rate: 10/1h }\n"                      // 18
-             "    - { name: c, count: visits, rate: 10/1m }\n"                                        // 19
-             "    - { name: d, count: auth_failures, rate: 10 }\n"                                    // 20
-             "    - { name: e, count: errors, key: [sender.domain], rate: 1/s }\n"                    // 21
-             "    - { name: f, count: connections }\n"                                                // 22
-             "    - { name: g, count: recipients, key: rcpt.domain, rate: 5/m, distinct_credentials: true }\n"  // 23
-             "    - { name: h, count: connections, rate: 1/s, scope: cluster }\n"                     // 24
-             "    - { name: i, count: messages, rate: 1/s, on_exceed: { action: delay, delay: 15s..2s } }\n"  // 25
-             "    - { name: j, count: messages, rate: 1/s, on_exceed: { action: tempfail, reply: \"550 5.7.1 No\" } }\n"  // 26
-             "    - { name: k, count: messages, rate: 1/s, on_exceed: punish }\n"                     // 27
-             "    - { count: bytes, rate: 1/s }\n"                                                    // 28
-             "  bans: { ttl: 1d, increment: { factor: 0.5, max: 1h }, never: [kp] }\n"                // 29
-             "  early_talker: { listeners: [mx, imap, nope], greet_wait: 0s, action: delay }\n"       // 30
-             "  line_timeout: forever\n"),                                                           // 31
+      errors(kBase + "limits:\n"                                                                        // 14
+                     "  defaults: { ipv4_prefix: 33, ipv6_prefix: 64, exempt: [trusted, nope, kp] }\n"  // 15
+                     "  rules:\n"                                                                       // 16
+                     "    - { name: a, count: connections, key: [client.net, user], rate: 10/1m }\n"    // 17
+                     "    - { name: a, count: messages, concurrency: 5, rate: 10/1h }\n"                // 18
+                     "    - { name: c, count: visits, rate: 10/1m }\n"                                  // 19
+                     "    - { name: d, count: auth_failures, rate: 10 }\n"                              // 20
+                     "    - { name: e, count: errors, key: [sender.domain], rate: 1/s }\n"              // 21
+                     "    - { name: f, count: connections }\n"                                          // 22
+                     "    - { name: g, count: recipients, key: rcpt.domain, rate: 5/m, distinct_credentials: "
+                     "true }\n"                                                            // 23
+                     "    - { name: h, count: connections, rate: 1/s, scope: cluster }\n"  // 24
+                     "    - { name: i, count: messages, rate: 1/s, on_exceed: { action: delay, delay: "
+                     "15s..2s } }\n"  // 25
+                     "    - { name: j, count: messages, rate: 1/s, on_exceed: { action: tempfail, reply: "
+                     "\"550 5.7.1 No\" } }\n"                                                            // 26
+                     "    - { name: k, count: messages, rate: 1/s, on_exceed: punish }\n"                // 27
+                     "    - { count: bytes, rate: 1/s }\n"                                               // 28
+                     "  bans: { ttl: 1d, increment: { factor: 0.5, max: 1h }, never: [kp] }\n"           // 29
+                     "  early_talker: { listeners: [mx, imap, nope], greet_wait: 0s, action: delay }\n"  // 30
+                     "  line_timeout: forever\n"),                                                       // 31
       ElementsAre(
           At(15, 28, "limits.defaults.ipv4_prefix: expected a number from 0 to 32, got \"33\""),
           At(15, 67, "limits.defaults.exempt: unknown list \"nope\""),
@@ -486,17 +490,21 @@ TEST_F(PolicyConfigTest, LimitErrors) {
           At(17, 56, "limits.rules[0].key: user is not known at count connections (stage connect)"),
           At(18, 15, "limits.rules[1].name: duplicate rule name \"a\" (first defined at line 17)"),
           At(18, 35, "limits.rules[1].concurrency: only with count: connections"),
-          At(19, 25, "limits.rules[2].count: expected one of connections, auth_failures, errors, messages, recipients, "
-                     "bytes, got \"visits\""),
+          At(19, 25,
+             "limits.rules[2].count: expected one of connections, auth_failures, errors, messages, "
+             "recipients, "
+             "bytes, got \"visits\""),
           At(20, 46, "limits.rules[3].rate: \"10\": expected N/PERIOD"),
           At(21, 39, "limits.rules[4].key: sender.domain is not known at count errors (any stage)"),
           At(22, 7, "limits.rules[5]: needs a rate or a concurrency"),
           At(23, 66, "limits.rules[6].distinct_credentials: only with count: auth_failures"),
-          At(24, 56, "limits.rules[7].scope: cluster counters are shared through PostgreSQL; it needs "
-                     "directory.driver postgres"),
+          At(24, 56,
+             "limits.rules[7].scope: cluster counters are shared through PostgreSQL; it needs "
+             "directory.driver postgres"),
           At(25, 81, "limits.rules[8].on_exceed.delay: \"15s..2s\": the range's minimum is greater"),
           At(26, 84, "limits.rules[9].on_exceed.reply: \"550 5.7.1 No\" expected \"4xx 4.X.Y text\""),
-          At(27, 57, "limits.rules[10].on_exceed: expected one of tempfail, reject, delay, ban, got \"punish\""),
+          At(27, 57,
+             "limits.rules[10].on_exceed: expected one of tempfail, reject, delay, ban, got \"punish\""),
           At(28, 7, "limits.rules[11]: missing required key \"name\""),
           At(29, 31, "limits.bans: increment.max (3600s) is shorter than ttl (86400s)"),
           At(29, 41, "limits.bans.increment.factor: expected a number from 1 to 100, got \"0.5\""),
@@ -512,62 +520,74 @@ TEST_F(PolicyConfigTest, UnknownList) {
   EXPECT_THAT(errors(policy("connect", "{ client.net: { in: [trusted, friends] } }")),
               ElementsAre(At(16, 43, "policies[0].when.client.net.in: unknown list \"friends\"")));
   EXPECT_THAT(errors(policy("connect", "{ client.net: { in: kp } }")),
-              ElementsAre(At(16, 33, "policies[0].when.client.net.in: list \"kp\" is a country list, not a network "
-                                     "list")));
+              ElementsAre(At(16, 33,
+                             "policies[0].when.client.net.in: list \"kp\" is a country list, not a network "
+                             "list")));
   EXPECT_THAT(errors(policy("connect", "{ country: { in: trusted } }")),
-              ElementsAre(At(16, 30, "policies[0].when.country.in: list \"trusted\" is a network list, not a country "
-                                     "list")));
+              ElementsAre(At(16, 30,
+                             "policies[0].when.country.in: list \"trusted\" is a network list, not a country "
+                             "list")));
   EXPECT_THAT(errors(policy("connect", "{ not: { client.net: { in: nope } } }")),
               ElementsAre(At(16, 40, "policies[0].when.not.client.net.in: unknown list \"nope\"")));
 }
 
 TEST_F(PolicyConfigTest, ConditionAtTheWrongStage) {
-  EXPECT_THAT(errors(policy("connect", "{ tls: true, authenticated: true, user: bob }")),
-              ElementsAre(At(16, 15, "policies[0].when.tls: tls is not known at stage connect (it is, from stage "
-                                     "helo on"),
-                          At(16, 26, "policies[0].when.authenticated: authenticated is not known at stage connect"),
-                          At(16, 47, "policies[0].when.user: user is not known at stage connect (it is, from stage "
-                                     "auth on)")));
+  EXPECT_THAT(
+      errors(policy("connect", "{ tls: true, authenticated: true, user: bob }")),
+      ElementsAre(At(16, 15,
+                     "policies[0].when.tls: tls is not known at stage connect (it is, from stage "
+                     "helo on"),
+                  At(16, 26, "policies[0].when.authenticated: authenticated is not known at stage connect"),
+                  At(16, 47,
+                     "policies[0].when.user: user is not known at stage connect (it is, from stage "
+                     "auth on)")));
   EXPECT_THAT(errors(policy("helo", "{ sender: { re2: x }, rcpt: { re2: y } }")),
-              ElementsAre(At(16, 15, "policies[0].when.sender: sender is not known at stage helo (it is, at stages "
-                                     "mail, rcpt and data)"),
+              ElementsAre(At(16, 15,
+                             "policies[0].when.sender: sender is not known at stage helo (it is, at stages "
+                             "mail, rcpt and data)"),
                           At(16, 35, "policies[0].when.rcpt: rcpt is not known at stage helo")));
-  EXPECT_THAT(errors(policy("rcpt", "{ header: { re2: x }, not: { attachment.filename: { re2: y } } }")),
-              ElementsAre(At(16, 15, "policies[0].when.header: header is not known at stage rcpt (it is, at stage "
-                                     "data only)"),
-                          At(16, 42, "policies[0].when.not.attachment.filename: attachment.filename is not known")));
+  EXPECT_THAT(
+      errors(policy("rcpt", "{ header: { re2: x }, not: { attachment.filename: { re2: y } } }")),
+      ElementsAre(At(16, 15,
+                     "policies[0].when.header: header is not known at stage rcpt (it is, at stage "
+                     "data only)"),
+                  At(16, 42, "policies[0].when.not.attachment.filename: attachment.filename is not known")));
   EXPECT_THAT(errors(policy("connect", "{ helo: { re2: x } }")),
               ElementsAre(At(16, 15, "policies[0].when.helo: helo is not known at stage connect")));
   // Stages after helo exist on SMTP listeners only.
   EXPECT_THAT(errors(policy("mail", "{ listener: [mx, imap], protocol: [smtp, pop3] }")),
-              ElementsAre(At(16, 30, "policies[0].when.listener: listener \"imap\" is an imap listener; stage mail "
-                                     "exists on smtp and submission listeners only"),
-                          At(16, 54, "policies[0].when.protocol: stage mail exists on smtp and submission listeners "
-                                     "only, not pop3")));
+              ElementsAre(At(16, 30,
+                             "policies[0].when.listener: listener \"imap\" is an imap listener; stage mail "
+                             "exists on smtp and submission listeners only"),
+                          At(16, 54,
+                             "policies[0].when.protocol: stage mail exists on smtp and submission listeners "
+                             "only, not pop3")));
   EXPECT_THAT(errors(policy("auth", "{ listener: imap, helo: { re2: x } }")),
               ElementsAre(At(16, 25, "listener \"imap\" is an imap listener")));
   // At auth, IMAP is fine; `not` may name any listener.
   EXPECT_NE(ok(policy("auth", "{ listener: imap, user: [Bob@Example.org], authenticated: false }")), nullptr);
   EXPECT_NE(ok(policy("mail", "{ not: { listener: imap }, sender: { re2: '@example\\.org$' } }")), nullptr);
   // A limit's `when` is checked at the stage of its count.
-  EXPECT_THAT(errors(kBase +
-                     "limits:\n"                                                              // 14
-                     "  rules:\n"                                                             // 15
-                     "    - { name: a, count: connections, rate: 1/s, when: { tls: true } }\n"  // 16
-                     "    - { name: b, count: errors, rate: 1/s, when: { rcpt: { re2: x }, user: u } }\n"  // 17
-                     "    - { name: c, count: messages, rate: 1/s, when: { listener: imap } }\n"),  // 18
-              ElementsAre(At(16, 57, "limits.rules[0].when.tls: tls is not known at count connections (stage "
-                                     "connect)"),
-                          At(17, 52, "limits.rules[1].when.rcpt: rcpt is not known at count errors (any stage)"),
-                          At(18, 64, "limits.rules[2].when.listener: listener \"imap\" is an imap listener")));
+  EXPECT_THAT(
+      errors(kBase +
+             "limits:\n"                                                                           // 14
+             "  rules:\n"                                                                          // 15
+             "    - { name: a, count: connections, rate: 1/s, when: { tls: true } }\n"             // 16
+             "    - { name: b, count: errors, rate: 1/s, when: { rcpt: { re2: x }, user: u } }\n"  // 17
+             "    - { name: c, count: messages, rate: 1/s, when: { listener: imap } }\n"),         // 18
+      ElementsAre(At(16, 57,
+                     "limits.rules[0].when.tls: tls is not known at count connections (stage "
+                     "connect)"),
+                  At(17, 52, "limits.rules[1].when.rcpt: rcpt is not known at count errors (any stage)"),
+                  At(18, 64, "limits.rules[2].when.listener: listener \"imap\" is an imap listener")));
 }
 
 TEST_F(PolicyConfigTest, ReplyMustFitItsAction) {
   const auto with = [&](const std::string& then, const std::string& extra) {
-    return kBase +
-           "policies:\n"                                                              // 14
-           "  - { name: p, stage: data, then: " + then + ",\n"                        // 15
-           "      " + extra + " }\n";                                                 // 16
+    std::string yaml = kBase + "policies:\n";                     // 14
+    yaml += "  - { name: p, stage: data, then: " + then + ",\n";  // 15
+    yaml += "      " + extra + " }\n";                            // 16
+    return yaml;
   };
   EXPECT_NE(ok(with("tempfail", "reply: \"451 4.7.1 Try later\"")), nullptr);
   EXPECT_THAT(errors(with("tempfail", "reply: \"554 5.7.1 No\"")),
@@ -588,19 +608,19 @@ TEST_F(PolicyConfigTest, ReplyMustFitItsAction) {
 
 TEST_F(PolicyConfigTest, PolicyErrors) {
   EXPECT_THAT(
-      errors(kBase +
-             "policies:\n"                                                                     // 14
-             "  - { name: a, stage: greet, then: reject }\n"                                   // 15
-             "  - { name: a, stage: connect, then: quarantine }\n"                             // 16
-             "  - { name: c, stage: rcpt, then: tag }\n"                                       // 17
-             "  - { name: d, stage: data, then: delay }\n"                                     // 18
-             "  - { name: e, stage: data, then: reject, delay: 5s, header: \"X: y\" }\n"       // 19
-             "  - { name: f, stage: data, then: tag, header: \"X-Bad\", mode: loud }\n"        // 20
-             "  - { stage: data, when: { colour: red }, then: accept }\n"                      // 21
-             "  - { name: h, stage: data, when: { not: { not: { tls: maybe } } } }\n"          // 22
-             "  - just a string\n"),                                                           // 23
+      errors(kBase + "policies:\n"                                                                // 14
+                     "  - { name: a, stage: greet, then: reject }\n"                              // 15
+                     "  - { name: a, stage: connect, then: quarantine }\n"                        // 16
+                     "  - { name: c, stage: rcpt, then: tag }\n"                                  // 17
+                     "  - { name: d, stage: data, then: delay }\n"                                // 18
+                     "  - { name: e, stage: data, then: reject, delay: 5s, header: \"X: y\" }\n"  // 19
+                     "  - { name: f, stage: data, then: tag, header: \"X-Bad\", mode: loud }\n"   // 20
+                     "  - { stage: data, when: { colour: red }, then: accept }\n"                 // 21
+                     "  - { name: h, stage: data, when: { not: { not: { tls: maybe } } } }\n"     // 22
+                     "  - just a string\n"),                                                      // 23
       ElementsAre(
-          At(15, 23, "policies[0].stage: expected one of connect, helo, auth, mail, rcpt, data, got \"greet\""),
+          At(15, 23,
+             "policies[0].stage: expected one of connect, helo, auth, mail, rcpt, data, got \"greet\""),
           At(16, 13, "policies[1].name: duplicate policy name \"a\" (first defined at line 15)"),
           At(16, 38, "policies[1].then: quarantine store not configured yet"),
           At(17, 35, "policies[2].then: tag adds a header field, so only at stage data"),
@@ -614,7 +634,8 @@ TEST_F(PolicyConfigTest, PolicyErrors) {
           At(22, 5, "policies[7]: missing required key \"then\""),
           At(22, 56, "policies[7].when.not.not.tls: expected true or false, got \"maybe\""),
           At(23, 5, "policies[8]: expected a map, got \"just a string\"")));
-  EXPECT_THAT(errors(kBase + "policies: { a: 1 }\n"), ElementsAre(At(14, 11, "policies: expected a list, got a map")));
+  EXPECT_THAT(errors(kBase + "policies: { a: 1 }\n"),
+              ElementsAre(At(14, 11, "policies: expected a list, got a map")));
   auto c = ok(kBase + "policies:\n  - { name: t, stage: data, then: tag, header: \"X-Flag: 1\" }\n");
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->policy.policies[0].header, "X-Flag: 1");
@@ -622,11 +643,13 @@ TEST_F(PolicyConfigTest, PolicyErrors) {
 
 TEST_F(PolicyConfigTest, BadRe2) {
   EXPECT_THAT(errors(policy("mail", "{ sender: { re2: ['ok$', '(unclosed'] } }")),
-              ElementsAre(At(16, 38, "policies[0].when.sender.re2: invalid pattern \"(unclosed\": missing ): "
-                                     "(unclosed")));
+              ElementsAre(At(16, 38,
+                             "policies[0].when.sender.re2: invalid pattern \"(unclosed\": missing ): "
+                             "(unclosed")));
   EXPECT_THAT(errors(policy("data", "{ header: { re2: 'a{2,1}' }, rcpt: { regex: x } }")),
-              ElementsAre(At(16, 30, "policies[0].when.header.re2: invalid pattern \"a{2,1}\": invalid repetition "
-                                     "size: {2,1}"),
+              ElementsAre(At(16, 30,
+                             "policies[0].when.header.re2: invalid pattern \"a{2,1}\": invalid repetition "
+                             "size: {2,1}"),
                           At(16, 50, "unknown key \"regex\" in policies[0].when.rcpt")));
   // Perl's lookaround is not RE2.
   EXPECT_THAT(errors(policy("data", "{ attachment.filename: { re2: '(?<!x)\\.exe$' } }")),
@@ -639,11 +662,12 @@ TEST_F(PolicyConfigTest, AppendLimit) {
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->listeners[3].append_limit, 25ull << 20);
   EXPECT_EQ(c->listeners[0].append_limit, 0u);
-  EXPECT_THAT(errors(kBase.substr(0, kBase.find("geoip:\n")) +
-                     "  - { name: mx2, protocol: smtp, listen: \"127.0.0.1:2526\", append_limit: 25M }\n"  // 8
-                     "  - { name: i3, protocol: imap, listen: \"127.0.0.1:1145\", append_limit: lots }\n"),  // 9
-              ElementsAre(At(8, 74, "listeners[3].append_limit: only an imap listener receives APPEND"),
-                          At(9, 73, "listeners[4].append_limit: invalid size \"lots\"")));
+  EXPECT_THAT(
+      errors(kBase.substr(0, kBase.find("geoip:\n")) +
+             "  - { name: mx2, protocol: smtp, listen: \"127.0.0.1:2526\", append_limit: 25M }\n"    // 8
+             "  - { name: i3, protocol: imap, listen: \"127.0.0.1:1145\", append_limit: lots }\n"),  // 9
+      ElementsAre(At(8, 74, "listeners[3].append_limit: only an imap listener receives APPEND"),
+                  At(9, 73, "listeners[4].append_limit: invalid size \"lots\"")));
 }
 
 }  // namespace
