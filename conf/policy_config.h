@@ -58,7 +58,7 @@ struct Match {
   std::vector<uint32_t> asn;                    // asn: 64500 | [64500, 64501]
   std::optional<bool> tls;                      // tls: true | false
   std::optional<bool> authenticated;            // authenticated: true | false
-  std::vector<std::string> users;               // user: NAME | [NAMES] (exact, case-insensitive)
+  std::vector<std::string> users;               // user: NAME | [NAMES] (exact, case-insensitive; stored lower case)
   // RE2 patterns (any one matching is a match); each is checked to compile by the loader.
   std::vector<std::string> helo_re2;            // helo: { re2: '...' }
   std::vector<std::string> sender_re2;          // sender: { re2: '...' }  (local@domain; "" = null sender)
@@ -98,7 +98,7 @@ struct BanConfig {
 };
 
 struct EarlyTalkerConfig {
-  std::vector<std::string> listeners;  // smtp listeners that wait before the greeting
+  std::vector<std::string> listeners;  // smtp/submission listeners that wait before the greeting
   std::chrono::milliseconds greet_wait{6000};
   LimitAction action = LimitAction::kReject;  // reject (554 5.5.1 and close) | tempfail (421) | ban
   Position pos;
@@ -148,7 +148,7 @@ std::vector<LimitRuleConfig> builtinLimitRules();
 // Host bits may be set (they are cleared when the list is compiled).
 bool checkCidr(std::string_view text, std::string* why);
 // A limit's rate "N/PERIOD": "60/1m", "10/10m", "500/1h", "100/s" (a bare unit is one
-// of it: s, m, h, d). N is 1 or more, PERIOD from 1ms to 30d.
+// of it: ms, s, m, h, d). N is 1 or more, PERIOD from 1ms to 30d.
 bool parseRate(std::string_view text, uint32_t* count, std::chrono::milliseconds* per, std::string* why);
 // A delay "2s..15s" (uniformly drawn between the two) or one duration "5s" (min = max).
 bool parseDelayRange(std::string_view text, std::chrono::milliseconds* min, std::chrono::milliseconds* max,
