@@ -885,7 +885,9 @@ class PolicyFilter final : public Filter {
     if (max == 0 || user_held_ || (facts.protocol != "imap" && facts.protocol != "pop3")) return Verdict::next();
     KeyBuilder kb(0x75736572u);  // "user"
     kb.add(lower(facts.user));
-    kb.add(&client_, sizeof client_);
+    const auto& defs = pol_->config().policy.limits;
+    const NetAddr net = clientNet(client_, defs.ipv4_prefix, defs.ipv6_prefix);
+    kb.add(&net, sizeof net);
     const CounterKey key = kb.key();
     const uint32_t held = policyState().counters.update(key, [max](CounterState& s) {
       if (s.concurrent >= max) return s.concurrent;
