@@ -320,6 +320,21 @@ TEST(MimeMeta, InvalidUtf8IsRepaired) {
   EXPECT_EQ(n.substr(n.size() - 4), ".exe");
 }
 
+TEST(MimeMeta, DeepNestingDoesNotExhaustTheStack) {
+  // GMime stops descending at 1024 levels; the walk over the tree is iterative.
+  std::string msg;
+  for (int i = 0; i < 20000; i++) {
+    msg += "Content-Type: multipart/mixed; boundary=b" + std::to_string(i) + "\r\n\r\n--b" +
+           std::to_string(i) + "\r\n";
+  }
+  msg += "Content-Type: application/octet-stream; name=deep.exe\r\n\r\nx\r\n";
+  MemoryBody body(msg);
+  MessageMeta m;
+  std::string err;
+  EXPECT_TRUE(extractMessageMeta(body, &m, &err)) << err;
+  EXPECT_LE(m.attachment_names.size(), 1u);
+}
+
 TEST(MimeMeta, MaxBytesStopsReading) {
   const std::string msg = crlf(kMixed);
   const size_t attachment_at = msg.find("Content-Disposition");
