@@ -3,10 +3,10 @@
 #include <gmime/gmime.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <utility>
 
 namespace mailgate::filters {
@@ -22,7 +22,7 @@ struct Source {
   uint64_t limit = 0;  // octets readable: min(size, max_bytes)
   std::string window;  // body octets [window_off, window_off + window.size())
   uint64_t window_off = 0;
-  bool failed = false;
+  bool failed = false;  // sticky: the parse is abandoned, error says why
   std::string error;
 };
 
@@ -50,45 +50,53 @@ GMimeStream* newBodyStream(Source* src, gint64 start, gint64 end) {
   return &s->parent;
 }
 
-void fail(Source* src, std::string msg) {
-  if (src->failed) return;
+// Makes the window hold the octet at pos; false (and the error noted) on a failed or
+// empty read. Nothing may throw through GMime's C frames.
+bool fillWindow(Source* src, uint64_t pos) noexcept {
+  if (pos >= src->window_off && pos - src->window_off < src->window.size()) return true;
+  const uint64_t want = std::min<uint64_t>(Source::kWindow, src->limit - pos);
+  const char* what = nullptr;
+  try {
+    if (!src->body->read(pos, static_cast<size_t>(want), &src->window)) {
+      what = "cannot read the message at offset ";
+    } else if (src->window.empty()) {
+      what = "the message ends early at offset ";
+    }
+  } catch (...) {
+    what = "cannot read the message at offset ";
+  }
+  if (what == nullptr) {
+    src->window_off = pos;
+    return true;
+  }
+  src->window.clear();
   src->failed = true;
-  src->error = std::move(msg);
+  try {
+    src->error = what + std::to_string(pos);
+  } catch (...) {
+  }
+  return false;
 }
 
+// Fills buf as far as the bounds allow, however short the body's reads are, so that
+// GMime sees the same reads whatever the body's chunking.
 ssize_t streamRead(GMimeStream* s, char* buf, size_t len) {
   Source* src = asBody(s)->src;
   if (src->failed) return -1;
-  if (s->position < s->bound_start || s->position >= s->bound_end || len == 0) return 0;
-  const auto pos = static_cast<uint64_t>(s->position);
-  const bool in_window = pos >= src->window_off && pos - src->window_off < src->window.size();
-  if (!in_window) {
-    const uint64_t want = std::min<uint64_t>(Source::kWindow, src->limit - pos);
-    bool ok = false;
-    try {
-      ok = src->body->read(pos, static_cast<size_t>(want), &src->window);
-    } catch (const std::bad_alloc&) {
-      fail(src, "out of memory reading the message");
-      return -1;
-    } catch (...) {
-      ok = false;
-    }
-    if (!ok) {
-      fail(src, "cannot read the message at offset " + std::to_string(pos));
-      return -1;
-    }
-    if (src->window.empty()) {
-      fail(src, "the message ends early at offset " + std::to_string(pos));
-      return -1;
-    }
-    src->window_off = pos;
+  if (s->position < s->bound_start || s->position >= s->bound_end) return 0;
+  const size_t total =
+      static_cast<size_t>(std::min<uint64_t>(len, static_cast<uint64_t>(s->bound_end - s->position)));
+  size_t done = 0;
+  while (done < total) {
+    const auto pos = static_cast<uint64_t>(s->position);
+    if (!fillWindow(src, pos)) return -1;
+    const uint64_t avail = src->window.size() - (pos - src->window_off);
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(total - done, avail));
+    std::memcpy(buf + done, src->window.data() + (pos - src->window_off), n);
+    done += n;
+    s->position += static_cast<gint64>(n);
   }
-  const uint64_t avail = src->window.size() - (pos - src->window_off);
-  const uint64_t left = static_cast<uint64_t>(s->bound_end) - pos;
-  const size_t n = static_cast<size_t>(std::min<uint64_t>({len, avail, left}));
-  std::memcpy(buf, src->window.data() + (pos - src->window_off), n);
-  s->position += static_cast<gint64>(n);
-  return static_cast<ssize_t>(n);
+  return static_cast<ssize_t>(done);
 }
 
 ssize_t streamWrite(GMimeStream*, const char*, size_t) {
