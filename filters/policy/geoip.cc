@@ -1,12 +1,15 @@
 #include "filters/policy/geoip.h"
 
+#include <fcntl.h>
 #include <maxminddb.h>
+#include <sys/mman.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 
 namespace mailgate::filters::policy {
@@ -39,6 +42,40 @@ bool toSockaddr(const NetAddr& a, sockaddr_storage* ss) {
   }
   return false;
 }
+// A private in-memory copy of the file (memfd); -1 when it cannot be made (the file
+// is then opened directly and MMDB_open says why it failed).
+int privateCopy(const std::string& path) {
+  const int in = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) return -1;
+  const int out = memfd_create("mailgate-geoip", MFD_CLOEXEC);
+  if (out < 0) {
+    ::close(in);
+    return -1;
+  }
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(in, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ::close(in);
+      ::close(out);
+      return -1;
+    }
+    for (ssize_t off = 0; off < n;) {
+      const ssize_t w = ::write(out, buf + off, static_cast<size_t>(n - off));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        ::close(in);
+        ::close(out);
+        return -1;
+      }
+      off += w;
+    }
+  }
+  ::close(in);
+  return out;
+}
 }  // namespace
 
 std::unique_ptr<GeoDb> GeoDb::open(const std::vector<std::string>& paths, const std::string& field,
@@ -63,7 +100,19 @@ std::unique_ptr<GeoDb> GeoDb::open(const std::vector<std::string>& paths, const 
 
   for (const std::string& path : paths) {
     auto* db = new MMDB_s{};
-    const int status = MMDB_open(path.c_str(), MMDB_MODE_MMAP, db);
+    // libmaxminddb maps the file it opens. A file replaced in place (cp over it, not
+    // a rename) would change, or with a shorter file fault, the running lookups: so
+    // the database is opened from a private copy in memory (a memfd), and a reload
+    // with a bad file keeps the old copy intact.
+    std::string copy_path = path;
+    int memfd = privateCopy(path);
+    if (memfd >= 0) copy_path = "/proc/self/fd/" + std::to_string(memfd);
+    const int status = MMDB_open(copy_path.c_str(), MMDB_MODE_MMAP, db);
+    if (memfd >= 0) ::close(memfd);  // the mapping keeps the memory
+    if (status == MMDB_SUCCESS) {
+      std::free(const_cast<char*>(db->filename));  // name the real file, not the copy
+      db->filename = strdup(path.c_str());
+    }
     if (status != MMDB_SUCCESS) {
       delete db;
       if (error) {

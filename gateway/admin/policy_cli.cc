@@ -162,7 +162,7 @@ bool runOffline(const std::shared_ptr<const filters::policy::Policy>& policy, co
   const std::string host = hostName();
   auto render = [&](const filters::Verdict& v, Stage st) {
     filters::Verdict r = v;
-    if (!r.text.empty() && !filters::cleanReplyText(r.text, &r.text)) r.text.clear();
+    if (!v.text.empty() && !filters::cleanReplyText(v.text, &r.text)) r.text.clear();
     r.ref = newRef();
     if (f.protocol == "imap") return session::renderImap(r, st, "a1").line;
     if (f.protocol == "pop3") return session::renderPop3(r, st).line;

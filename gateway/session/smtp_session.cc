@@ -372,20 +372,11 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
       helo_.assign(c.arg);
       facts_.helo = helo_;
       esmtp_ = c.verb == codec::SmtpVerb::kEhlo;
-      if (!esmtp_) {
-        reply("250 " + hostname_);
+      if (stageWanted(filters::Stage::kHelo)) {
+        waitFor(filters::Stage::kHelo);  // the reply follows in onStageDone
         return;
       }
-      std::string r = "250-" + hostname_ + "\r\n";
-      r += "250-PIPELINING\r\n";
-      r += "250-SIZE " + std::to_string(listener_.max_message_size) + "\r\n";
-      if (listener_.tls == conf::TlsMode::kStarttls && !clientTlsStarted()) r += "250-STARTTLS\r\n";
-      r += "250-8BITMIME\r\n";
-      r += "250-SMTPUTF8\r\n";
-      r += "250-ENHANCEDSTATUSCODES\r\n";
-      if (submission_ && authOffered()) r += "250-AUTH PLAIN LOGIN\r\n";
-      r += "250 CHUNKING\r\n";
-      writeClient(r);
+      sendHeloReply();
       return;
     }
     case codec::SmtpVerb::kMail:
@@ -472,6 +463,24 @@ void SmtpSession::onClientTlsReady() {
   if (listener_.tls == conf::TlsMode::kImplicit) sendGreeting();
 }
 
+void SmtpSession::sendHeloReply() {
+  if (!esmtp_) {
+    reply("250 " + hostname_);
+    return;
+  }
+  std::string r = "250-" + hostname_ + "\r\n";
+  r += "250-PIPELINING\r\n";
+  r += "250-SIZE " + std::to_string(listener_.max_message_size) + "\r\n";
+  if (listener_.tls == conf::TlsMode::kStarttls && !clientTlsStarted()) r += "250-STARTTLS\r\n";
+  r += "250-8BITMIME\r\n";
+  r += "250-SMTPUTF8\r\n";
+  r += "250-ENHANCEDSTATUSCODES\r\n";
+  if (submission_ && authOffered()) r += "250-AUTH PLAIN LOGIN\r\n";
+  r += "250 CHUNKING\r\n";
+  writeClient(r);
+  return;
+}
+
 void SmtpSession::handleMail(const codec::SmtpCommand& c) {
   if (helo_.empty()) {
     badCommand("503 5.5.1 Error: send HELO/EHLO first");
@@ -503,6 +512,14 @@ void SmtpSession::handleMail(const codec::SmtpCommand& c) {
   pending_utf8_ = c.smtputf8;
   pending_8bit_ = c.body == codec::SmtpBody::k8BitMime || c.smtputf8;
   facts_.mail_path = pending_mail_;
+  {
+    // The sender as the mail stage's filters see it (local@domain, "" = null sender).
+    const size_t lt = pending_mail_.find('<'), gt = pending_mail_.rfind('>');
+    if (lt != std::string::npos && gt != std::string::npos && gt > lt)
+      facts_.from = pending_mail_.substr(lt + 1, gt - lt - 1);
+    else
+      facts_.from.reset();
+  }
   const codec::SmtpAddress& a = c.address;
   if (!submission_ || listener_.sender_any || a.domain.empty()) {
     // MX: any sender; submission: the null sender (bounces, receipts) and <postmaster>
@@ -1153,6 +1170,11 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
   if (filters::isTerminal(v.action) && !own_step && stage != filters::Stage::kData) {
     // Refused by a policy filter before the command's own work.
     if (stage == filters::Stage::kAuth) user_.clear();
+    if (stage == filters::Stage::kHelo) {
+      helo_.clear();  // MAIL now needs a HELO that was accepted
+      facts_.helo.clear();
+    }
+    if (stage == filters::Stage::kMail) facts_.from.reset();
     pending_mail_.clear();
     pending_rcpt_.clear();
     refuseStage(stage, v);
@@ -1182,8 +1204,11 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
       return;
     case filters::Stage::kData:
       break;
-    case filters::Stage::kConnect:
     case filters::Stage::kHelo:
+      sendHeloReply();
+      resumeClient();
+      return;
+    case filters::Stage::kConnect:
     case filters::Stage::kClose:
       resumeClient();
       return;

@@ -84,6 +84,7 @@ class SmtpSession final : public Session {
   size_t processData(std::string_view in);
   size_t processBdat(std::string_view in);
   void handleCommand(const codec::SmtpCommand& c);
+  void sendHeloReply();  // 250 to HELO, or the EHLO capabilities
   void handleMail(const codec::SmtpCommand& c);
   void handleRcpt(const codec::SmtpCommand& c);
   void handleData();
