@@ -188,10 +188,12 @@ class ConnectionLimitTest(PolicyLimitsBase):
             self.assertTrue(ps.has_ref(line), f"refusal without (ref ...): {line!r}")
         # The refused ones are closed after the reply.
         self.assertTrue(refused[0][0].at_eof(5), f"refused {protocol} connection left open: {refused[0][1]!r}")
-        # The reference of a refusal is in the log.
-        ref = ps.ref_of(refused[0][1])
-        harness.wait_for(lambda: ref in self.env.gateway.log_text(), 5,
-                         what=f"ref {ref} of {refused[0][1]!r} in the log")
+        # The reference of a refusal is in the log. Refusal lines are rate-limited (a
+        # flood must not flood the log), and the other protocols' floods may have used
+        # this second's share: some of these refusals' references must be there.
+        refs = [ps.ref_of(line) for _, line in refused]
+        harness.wait_for(lambda: any(r in self.env.gateway.log_text() for r in refs), 5,
+                         what=f"one of the refs {refs[:3]}... of the {protocol} refusals in the log")
 
         # Meanwhile another address is served.
         if protocol == "smtp":
