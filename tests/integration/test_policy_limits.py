@@ -163,6 +163,8 @@ class ConnectionLimitTest(PolicyLimitsBase):
 
     def open_many(self, protocol: str, source: str, n: int) -> list[tuple[ps.SourceClient, str | None]]:
         port = self.env.ports[protocol]
+        # A second of its own for this flood's refusal log lines (rate-limited per second).
+        time.sleep(1.05)
         clients = []
         for _ in range(n):
             c = ps.SourceClient(port, source, timeout=10)
