@@ -19,6 +19,9 @@
 #include "filters/clamd_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
+#include "gateway/admin/policy_cli.h"
+#include "filters/policy/policy.h"
+#include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
@@ -39,6 +42,9 @@ void usage() {
                "       mailgate --config FILE --bans                 list the running gateway's bans\n"
                "       mailgate --config FILE --ban NET [--ttl 1h] [--reason TEXT]\n"
                "       mailgate --config FILE --unban NET\n"
+               "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
+               "                [--user U] [--message FILE.eml]   what the policy does to a session\n"
+               "       mailgate --test-policy FILE CASES.yaml   run policy test cases offline\n"
                "       mailgate --version\n");
 }
 
@@ -304,6 +310,22 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           clamd.endpoint_failures.load());
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
+  {
+    // Per limit and rule: how often each acted (shadow rules: "shadow").
+    std::string lines;
+    filters::policy::forEachRuleMetric([&lines](const filters::policy::RuleMetric& m) {
+      lines += "mailgate_policy_actions_total{kind=\"" + m.kind + "\",name=\"" + m.name + "\",outcome=\"" +
+               m.outcome + "\"} " + std::to_string(m.count.load(std::memory_order_relaxed)) + "\n";
+    });
+    out += "# HELP mailgate_policy_actions_total Limits exceeded and rules matched, by name and outcome.\n"
+           "# TYPE mailgate_policy_actions_total counter\n" + lines;
+    const auto counters = filters::policy::policyState().counters.stats();
+    counter("mailgate_policy_counter_keys", "Policy counter entries in use.", counters.entries, "gauge");
+    counter("mailgate_policy_counter_capacity", "Policy counter entries at most (limits.defaults.max_keys).",
+            counters.capacity, "gauge");
+    counter("mailgate_policy_counter_evictions_total", "Policy counter entries evicted (least recently used).",
+            counters.evictions);
+  }
   counter("mailgate_log_lines_dropped_total", "Log lines dropped because the log queue was full.",
           log::droppedLines());
   auto ring_sum = [&](std::atomic<uint64_t> io::Ring::*member) {
@@ -346,6 +368,7 @@ int run(const std::string& path) {
   }
   const conf::Config& cfg = *loaded.config;
   applyLog(cfg);
+  filters::policy::policyState(cfg.policy.limits.max_keys);  // sized once, kept across reloads
   auto rt = session::Runtime::build(loaded.config);
   if (!rt) {
     std::fprintf(stderr, "%s: %s\n", path.c_str(), rt.error().c_str());
@@ -466,6 +489,8 @@ int main(int argc, char** argv) {
       (std::strcmp(argv[3], "--bans") == 0 || std::strcmp(argv[3], "--ban") == 0 || std::strcmp(argv[3], "--unban") == 0))
     return bansCli(argv[2], argc, argv);
   if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
+  if (argc >= 2 && std::strcmp(argv[1], "--explain") == 0) return admin::explainMain(argc, argv);
+  if (argc >= 2 && std::strcmp(argv[1], "--test-policy") == 0) return admin::testPolicyMain(argc, argv);
   usage();
   return 2;
 }
