@@ -274,8 +274,14 @@ void PostgresPolicySync::run() {
       found = !r.empty() && banOfRow(r[0], &b);
     }
     if (!found) {
+      // A lift: keep what this gateway knows of the ban (its level, for escalation),
+      // ended now.
+      const int64_t now = wallMs();
       b = Ban{};
       b.net = net;
+      for (const Ban& in_force : state_.bans.list(now))
+        if (in_force.net == net) b = in_force;
+      b.expires_ms = now;
     }
     state_.bans.apply(b, !found);
     stats.notifications.fetch_add(1, std::memory_order_relaxed);
