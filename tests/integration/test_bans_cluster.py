@@ -26,6 +26,17 @@ BANNED_1 = "127.0.0.55"
 BANNED_2 = "127.0.0.56"
 BANNED_3 = "127.0.0.57"
 PROPAGATION_LIMIT = 1.0  # seconds
+COUNTED = "127.0.0.70"   # the only client the cluster-scope limit applies to
+CLUSTER_RATE = 4         # connections per hour, summed over the gateways
+
+CLUSTER_POLICY = f"""
+lists:
+  counted: {{ cidrs: [{COUNTED}/32] }}
+limits:
+  rules:
+    - {{ name: cluster-conn, when: {{ client.net: {{ in: counted }} }}, count: connections, key: [client.net],
+        rate: {CLUSTER_RATE}/1h, scope: cluster, on_exceed: tempfail }}
+"""
 
 
 class BansClusterTest(unittest.TestCase):
@@ -64,6 +75,7 @@ class BansClusterTest(unittest.TestCase):
                 routes=[{"domain": "*", "primary": "storage-01"}], threads=1)
             text = with_directory(text, postgres_directory(cls.db.conninfo(), timeout="1s"))
             text += f'admin: {{ listen: "127.0.0.1:{cls.admin[name]}" }}\n'
+            text += CLUSTER_POLICY
             gw = harness.Mailgate(cls.dir, text, name=f"gateway-{name}")
             cls.gateways[name] = gw
             gw.start()
@@ -261,6 +273,29 @@ class BansClusterTest(unittest.TestCase):
         r = harness.run_mailgate("--config", str(down), "--ban", "192.0.2.1")
         self.assertEqual(r.returncode, 1)
         self.assertIn("unreachable", r.stderr)
+
+    def test_6_cluster_counters_add_up_across_gateways(self):
+        # The limit counts in hour-long windows: do not straddle the turn of the hour.
+        left = 3600 - time.time() % 3600
+        if left < 30:
+            time.sleep(left + 1)
+        for i in range(CLUSTER_RATE - 1):
+            self.assertTrue(self.greeting_from(COUNTED, "a").startswith("* OK"), f"connection {i + 1} on a")
+        flushes = self.metric("b", "mailgate_policy_cluster_flushes_total")
+        harness.wait_for(lambda: self.metric("a", "mailgate_policy_cluster_flushes_total") >= 1, 5, 0.1,
+                         "gateway a writing its counts")
+        time.sleep(1.2)  # a flushes about once a second
+        # B does not know the key yet: its first connection passes and makes it ask for it.
+        self.assertTrue(self.greeting_from(COUNTED, "b").startswith("* OK"), "first connection on b")
+        harness.wait_for(lambda: self.metric("b", "mailgate_policy_cluster_flushes_total") >= flushes + 2, 5, 0.1,
+                         "gateway b reading the other gateways' counts")
+        # 3 on a + 1 on b = the limit: the next connection anywhere is over it (b alone has seen 1).
+        greeting = self.greeting_from(COUNTED, "b")
+        self.assertTrue(greeting.startswith("* BYE"), f"over the cluster limit on b: {greeting!r}\n"
+                        + self.diagnostics())
+        rows = self.db.psql("SELECT gateway, count FROM mailgate_policy_counters ORDER BY gateway").split()
+        self.assertEqual(len(rows), 2, rows)  # one row per gateway for the key and window
+        self.assertTrue(self.greeting_from("127.0.0.71", "b").startswith("* OK"), "another client is served")
 
 
 if __name__ == "__main__":
