@@ -37,7 +37,8 @@ const char* kBanColumns =
     "level, reason, origin";
 
 int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -56,7 +57,10 @@ std::string msText(int64_t ms) { return "to_timestamp(" + std::to_string(ms) + "
 class Receiver : public pqxx::notification_receiver {
  public:
   Receiver(pqxx::connection& c, std::vector<std::string>* pending, bool* overflow)
-      : notification_receiver(c, kChannel), self_pid_(c.backendpid()), pending_(pending), overflow_(overflow) {}
+      : notification_receiver(c, kChannel),
+        self_pid_(c.backendpid()),
+        pending_(pending),
+        overflow_(overflow) {}
   void operator()(const std::string& payload, int backend_pid) override {
     if (backend_pid == self_pid_) return;  // our own write: already in the local table
     if (pending_->size() >= kMaxPendingNotifies) {
@@ -204,10 +208,10 @@ void PostgresPolicySync::run() {
         if (op.lifted) {
           tx.exec("DELETE FROM mailgate_bans WHERE net = " + net);
         } else {
-          tx.exec("INSERT INTO mailgate_bans (net, created, expires, level, reason, origin) VALUES (" + net + ", " +
-                  msText(op.ban.created_ms) + ", " + msText(op.ban.expires_ms) + ", " +
-                  std::to_string(std::max<uint32_t>(1, op.ban.level)) + ", " + tx.quote(op.ban.reason) + ", " +
-                  tx.quote(op.ban.origin) +
+          tx.exec("INSERT INTO mailgate_bans (net, created, expires, level, reason, origin) VALUES (" + net +
+                  ", " + msText(op.ban.created_ms) + ", " + msText(op.ban.expires_ms) + ", " +
+                  std::to_string(std::max<uint32_t>(1, op.ban.level)) + ", " + tx.quote(op.ban.reason) +
+                  ", " + tx.quote(op.ban.origin) +
                   ") ON CONFLICT (net) DO UPDATE SET created = EXCLUDED.created, expires = EXCLUDED.expires, "
                   "level = EXCLUDED.level, reason = EXCLUDED.reason, origin = EXCLUDED.origin");
         }
@@ -244,7 +248,8 @@ void PostgresPolicySync::run() {
       pqxx::nontransaction tx(*conn);
       const pqxx::result r =
           tx.exec(std::string("SELECT ") + kBanColumns + " FROM mailgate_bans WHERE expires > now()");
-      if (r.size() > kMaxBanRows) throw std::runtime_error("mailgate_bans holds more than 1000000 active bans");
+      if (r.size() > kMaxBanRows)
+        throw std::runtime_error("mailgate_bans holds more than 1000000 active bans");
       bans.reserve(r.size());
       for (const auto& row : r) {
         Ban b;
@@ -269,8 +274,9 @@ void PostgresPolicySync::run() {
     bool found = false;
     {
       pqxx::nontransaction tx(*conn);
-      const pqxx::result r = tx.exec(std::string("SELECT ") + kBanColumns + " FROM mailgate_bans WHERE net = " +
-                                     tx.quote(policy_wire::cidrText(net)) + "::cidr");
+      const pqxx::result r =
+          tx.exec(std::string("SELECT ") + kBanColumns +
+                  " FROM mailgate_bans WHERE net = " + tx.quote(policy_wire::cidrText(net)) + "::cidr");
       found = !r.empty() && banOfRow(r[0], &b);
     }
     if (!found) {
@@ -304,11 +310,14 @@ void PostgresPolicySync::run() {
               "INSERT INTO mailgate_policy_counters (key, window_start, gateway, count, updated) VALUES ";
           for (size_t i = 0; i < kRowsPerStatement && it != deltas.end(); ++i, ++it) {
             if (i) sql += ", ";
-            sql += "('" + policy_wire::counterKeyText(it->first.key) + "', " + std::to_string(it->first.window_ms) +
-                   ", " + gw + ", " + std::to_string(it->second) + ", now())";
+            sql += "('" + policy_wire::counterKeyText(it->first.key) + "', " +
+                   std::to_string(it->first.window_ms) + ", " + gw + ", " + std::to_string(it->second) +
+                   ", now())";
           }
-          sql += " ON CONFLICT (key, window_start, gateway) DO UPDATE SET count = mailgate_policy_counters.count + "
-                 "EXCLUDED.count, updated = now()";
+          sql +=
+              " ON CONFLICT (key, window_start, gateway) DO UPDATE SET count = "
+              "mailgate_policy_counters.count + "
+              "EXCLUDED.count, updated = now()";
           tx.exec(sql);
         }
         tx.commit();
@@ -332,14 +341,17 @@ void PostgresPolicySync::run() {
       auto it = known.begin();
       while (it != known.end()) {
         std::string sql =
-            "SELECT c.key, c.window_start, sum(c.count)::bigint FROM mailgate_policy_counters c JOIN (VALUES ";
+            "SELECT c.key, c.window_start, sum(c.count)::bigint FROM mailgate_policy_counters c JOIN "
+            "(VALUES ";
         for (size_t i = 0; i < kRowsPerStatement && it != known.end(); ++i, ++it) {
           if (i) sql += ", ";
-          sql += "('" + policy_wire::counterKeyText(it->first.key) + "', " + std::to_string(it->first.window_ms) +
-                 "::bigint)";
+          sql += "('" + policy_wire::counterKeyText(it->first.key) + "', " +
+                 std::to_string(it->first.window_ms) + "::bigint)";
         }
-        sql += ") AS k (key, window_start) ON c.key = k.key AND c.window_start = k.window_start WHERE c.gateway <> " +
-               gw + " GROUP BY c.key, c.window_start";
+        sql +=
+            ") AS k (key, window_start) ON c.key = k.key AND c.window_start = k.window_start WHERE c.gateway "
+            "<> " +
+            gw + " GROUP BY c.key, c.window_start";
         for (const auto& row : tx.exec(sql)) {
           Slot s;
           if (!policy_wire::parseCounterKeyText(row[0].c_str(), &s.key)) continue;

@@ -486,7 +486,8 @@ int main(int argc, char** argv) {
   if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) return checkConfig(argv[2]);
   if (argc == 3 && std::strcmp(argv[1], "--config") == 0) return run(argv[2]);
   if (argc >= 4 && std::strcmp(argv[1], "--config") == 0 &&
-      (std::strcmp(argv[3], "--bans") == 0 || std::strcmp(argv[3], "--ban") == 0 || std::strcmp(argv[3], "--unban") == 0))
+      (std::strcmp(argv[3], "--bans") == 0 || std::strcmp(argv[3], "--ban") == 0 ||
+       std::strcmp(argv[3], "--unban") == 0))
     return bansCli(argv[2], argc, argv);
   if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
   if (argc >= 2 && std::strcmp(argv[1], "--explain") == 0) return admin::explainMain(argc, argv);

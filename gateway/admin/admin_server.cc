@@ -168,7 +168,8 @@ void renderPolicyMetrics(std::string& out) {
          ps.early_talkers.load(std::memory_order_relaxed));
   metric("mailgate_policy_line_timeouts_total", "Sessions closed because a command line did not end in time.",
          ps.line_timeouts.load(std::memory_order_relaxed));
-  metric("mailgate_policy_toobig_total", "IMAP APPENDs refused by APPENDLIMIT.", ps.toobig.load(std::memory_order_relaxed));
+  metric("mailgate_policy_toobig_total", "IMAP APPENDs refused by APPENDLIMIT.",
+         ps.toobig.load(std::memory_order_relaxed));
 }
 
 }  // namespace mailgate::admin

@@ -119,11 +119,21 @@ std::string jsonEscape(std::string_view s) {
   std::string out;
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           out += "\\u00";
@@ -138,10 +148,10 @@ std::string jsonEscape(std::string_view s) {
 }
 
 std::string banJson(const filters::policy::Ban& b) {
-  return "{\"net\":\"" + jsonEscape(b.net.text()) + "\",\"created\":\"" + isoTime(b.created_ms) + "\",\"expires\":\"" +
-         isoTime(b.expires_ms) + "\",\"expires_ms\":" + std::to_string(b.expires_ms) +
-         ",\"level\":" + std::to_string(b.level) + ",\"reason\":\"" + jsonEscape(b.reason) + "\",\"origin\":\"" +
-         jsonEscape(b.origin) + "\"}";
+  return "{\"net\":\"" + jsonEscape(b.net.text()) + "\",\"created\":\"" + isoTime(b.created_ms) +
+         "\",\"expires\":\"" + isoTime(b.expires_ms) + "\",\"expires_ms\":" + std::to_string(b.expires_ms) +
+         ",\"level\":" + std::to_string(b.level) + ",\"reason\":\"" + jsonEscape(b.reason) +
+         "\",\"origin\":\"" + jsonEscape(b.origin) + "\"}";
 }
 
 std::string bansJson(const std::vector<filters::policy::Ban>& bans) {
@@ -163,13 +173,14 @@ std::string bansTable(const std::vector<filters::policy::Ban>& bans) {
     wn = std::max(wn, b.net.text().size());
     wo = std::max(wo, b.origin.size());
   }
-  std::string out = pad("NET", wn) + "  " + pad("EXPIRES", 20) + "  LEVEL  " + pad("ORIGIN", wo) + "  REASON\n";
+  std::string out =
+      pad("NET", wn) + "  " + pad("EXPIRES", 20) + "  LEVEL  " + pad("ORIGIN", wo) + "  REASON\n";
   for (const auto& b : bans) {
     std::string reason = b.reason;
     for (char& c : reason)
       if (static_cast<unsigned char>(c) < 0x20) c = '?';
-    out += pad(b.net.text(), wn) + "  " + pad(isoTime(b.expires_ms), 20) + "  " + pad(std::to_string(b.level), 5) +
-           "  " + pad(b.origin, wo) + "  " + reason + "\n";
+    out += pad(b.net.text(), wn) + "  " + pad(isoTime(b.expires_ms), 20) + "  " +
+           pad(std::to_string(b.level), 5) + "  " + pad(b.origin, wo) + "  " + reason + "\n";
   }
   return out;
 }

@@ -17,7 +17,7 @@ namespace mailgate::admin {
 
 struct HttpRequest {
   std::string method;
-  std::string path;  // without the query
+  std::string path;                                        // without the query
   std::vector<std::pair<std::string, std::string>> query;  // decoded, in order
   // The first value of `name`, or nullptr.
   const std::string* param(std::string_view name) const;

@@ -166,6 +166,28 @@ class BansClusterTest(unittest.TestCase):
             time.sleep(0.01)
 
     # ------------------------------------------------------------------ tests
+    def test_0_init_db_migrates_a_version_2_database(self):
+        self.db.psql('CREATE DATABASE "old"', dbname="postgres")
+        cfg = self.dir / "initdb-old.yaml"
+        cfg.write_text((self.dir / "initdb.yaml").read_text().replace(self.db.conninfo(),
+                                                                      self.db.conninfo("old")))
+        r = harness.run_mailgate("--init-db", str(cfg))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # Back to what a version 2 database holds, with a mailbox in it.
+        self.db.psql("DROP TABLE mailgate_bans, mailgate_policy_counters; DROP FUNCTION mailgate_notify_bans();"
+                     "UPDATE mailgate_schema SET version = 2;"
+                     "INSERT INTO domains (name) VALUES ('example.org');", dbname="old")
+        r = harness.run_mailgate("--init-db", str(cfg))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("schema version 3 (applied 3)", r.stdout)
+        r = harness.run_mailgate("--init-db", str(cfg))
+        self.assertIn("schema version 3 (up to date)", r.stdout)
+        self.assertEqual(self.db.psql("SELECT name FROM domains", dbname="old").strip(), "example.org")
+        self.assertEqual(self.db.psql("SELECT relpersistence FROM pg_class WHERE relname = "
+                                      "'mailgate_policy_counters'", dbname="old").strip(), "u", "UNLOGGED")
+        self.db.psql("INSERT INTO mailgate_bans (net, expires) VALUES ('192.0.2.0/24', now() + interval '1 hour')",
+                     dbname="old")
+
     def test_1_ban_on_a_refuses_on_b_within_a_second(self):
         self.assertTrue(self.greeting_from(BANNED_1, "b").startswith("* OK"), "not banned yet")
         status, body = self.http("a", "POST", f"/bans?net={BANNED_1}/32&ttl=1h&reason=it+test")

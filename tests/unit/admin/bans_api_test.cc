@@ -9,7 +9,8 @@ using filters::policy::Ban;
 
 TEST(RequestLine, MethodPathAndDecodedQuery) {
   HttpRequest r;
-  ASSERT_TRUE(parseRequestLine("POST /bans?net=2001%3Adb8%3A%3A%2F32&ttl=1h&reason=brute+force%21 HTTP/1.0", &r));
+  ASSERT_TRUE(
+      parseRequestLine("POST /bans?net=2001%3Adb8%3A%3A%2F32&ttl=1h&reason=brute+force%21 HTTP/1.0", &r));
   EXPECT_EQ(r.method, "POST");
   EXPECT_EQ(r.path, "/bans");
   ASSERT_NE(r.param("net"), nullptr);
@@ -63,16 +64,18 @@ TEST(BanRequest, DefaultsAndBounds) {
   EXPECT_EQ(br.ttl, std::chrono::seconds(90));
   EXPECT_EQ(br.reason, "x");
 
-  for (const char* bad : {"POST /bans HTTP/1.0", "POST /bans?net= HTTP/1.0", "POST /bans?net=example.org HTTP/1.0",
-                          "POST /bans?net=1.2.3.4&ttl=0s HTTP/1.0", "POST /bans?net=1.2.3.4&ttl=400d HTTP/1.0",
-                          "POST /bans?net=1.2.3.4&ttl=soon HTTP/1.0", "POST /bans?net=1.2.3.4&reason=a%0Ab HTTP/1.0"}) {
+  for (const char* bad :
+       {"POST /bans HTTP/1.0", "POST /bans?net= HTTP/1.0", "POST /bans?net=example.org HTTP/1.0",
+        "POST /bans?net=1.2.3.4&ttl=0s HTTP/1.0", "POST /bans?net=1.2.3.4&ttl=400d HTTP/1.0",
+        "POST /bans?net=1.2.3.4&ttl=soon HTTP/1.0", "POST /bans?net=1.2.3.4&reason=a%0Ab HTTP/1.0"}) {
     ASSERT_TRUE(parseRequestLine(bad, &r)) << bad;
     br = BanRequest{};
     err.clear();
     EXPECT_FALSE(parseBanRequest(r, &br, &err)) << bad;
     EXPECT_FALSE(err.empty()) << bad;
   }
-  ASSERT_TRUE(parseRequestLine("POST /bans?net=1.2.3.4&reason=" + std::string(kMaxReason + 1, 'r') + " HTTP/1.0", &r));
+  ASSERT_TRUE(parseRequestLine(
+      "POST /bans?net=1.2.3.4&reason=" + std::string(kMaxReason + 1, 'r') + " HTTP/1.0", &r));
   EXPECT_FALSE(parseBanRequest(r, &br, &err));
 }
 
@@ -85,13 +88,15 @@ TEST(BanList, JsonAndTable) {
   b.reason = "say \"hi\"\x01";
   b.origin = "mx1";
   const std::string json = bansJson({b});
-  EXPECT_EQ(json,
-            "[{\"net\":\"192.0.2.0/24\",\"created\":\"2023-11-14T22:13:20Z\",\"expires\":\"2023-11-14T23:13:20Z\","
-            "\"expires_ms\":1700003600000,\"level\":2,\"reason\":\"say \\\"hi\\\"\\u0001\",\"origin\":\"mx1\"}]\n");
+  EXPECT_EQ(
+      json,
+      "[{\"net\":\"192.0.2.0/24\",\"created\":\"2023-11-14T22:13:20Z\",\"expires\":\"2023-11-14T23:13:20Z\","
+      "\"expires_ms\":1700003600000,\"level\":2,\"reason\":\"say \\\"hi\\\"\\u0001\",\"origin\":\"mx1\"}]\n");
   EXPECT_EQ(bansJson({}), "[]\n");
   const std::string table = bansTable({b});
   EXPECT_NE(table.find("NET"), std::string::npos);
-  EXPECT_NE(table.find("192.0.2.0/24  2023-11-14T23:13:20Z  2      mx1     say \"hi\"?"), std::string::npos) << table;
+  EXPECT_NE(table.find("192.0.2.0/24  2023-11-14T23:13:20Z  2      mx1     say \"hi\"?"), std::string::npos)
+      << table;
 }
 
 }  // namespace
