@@ -319,6 +319,17 @@ class BansClusterTest(unittest.TestCase):
         self.assertEqual(len(rows), 2, rows)  # one row per gateway for the key and window
         self.assertTrue(self.greeting_from("127.0.0.71", "b").startswith("* OK"), "another client is served")
 
+    def test_7_reload_keeps_the_running_sync(self):
+        reloads = self.metric("b", "mailgate_bans_sync_reloads_total")
+        self.gateways["b"].reload()
+        harness.wait_for(lambda: "configuration reloaded" in self.gateways["b"].log_text(), 10, 0.05,
+                         "gateway b reloaded")
+        status, body = self.http("a", "POST", "/bans?net=198.51.100.0/24&ttl=5m&reason=after-reload")
+        self.assertEqual(status, 200, body)
+        self.assertLess(self.wait_listed("b", "198.51.100.0/24", True, 5.0), PROPAGATION_LIMIT)
+        self.assertEqual(self.metric("b", "mailgate_bans_sync_reloads_total"), reloads,
+                         "the sync was kept: no new connection, no full reload")
+
 
 if __name__ == "__main__":
     unittest.main()
