@@ -522,7 +522,30 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   }
   if (const Entry* e = f.find("routing")) loadRouting(e->value, cfg);
   checkSubmissionRelay(root, *cfg);
-  if (const Entry* e = f.find("limits")) unsupportedSection(e->value, "limits");
+  if (const Entry* e = f.find("limits")) {
+    // Interim: only line_timeout and early_talker until the full limits parser lands.
+    Fields lf;
+    if (fields(e->value, "limits", {"line_timeout", "early_talker"}, &lf)) {
+      LimitsConfig& lim = cfg->policy.limits;
+      lim.present = true;
+      getDuration(lf, "line_timeout", "limits", &lim.line_timeout, true);
+      if (const Entry* et = lf.find("early_talker")) {
+        Fields ef;
+        if (fields(et->value, "limits.early_talker", {"listeners", "greet_wait", "action"}, &ef)) {
+          if (const Entry* ls = ef.find("listeners"); ls && ls->value.IsSequence())
+            for (size_t i = 0; i < ls->value.size(); ++i) {
+              std::string name;
+              if (scalar(ls->value[i], "limits.early_talker.listeners", "a listener name", &name))
+                lim.early_talker.listeners.push_back(name);
+            }
+          getDuration(ef, "greet_wait", "limits.early_talker", &lim.early_talker.greet_wait, true);
+          getEnum<LimitAction>(ef, "action", "limits.early_talker",
+                               {{"reject", LimitAction::kReject}, {"tempfail", LimitAction::kTempfail}},
+                               &lim.early_talker.action);
+        }
+      }
+    }
+  }
   if (const Entry* e = f.find("policies")) unsupportedSection(e->value, "policies");
   if (const Entry* e = f.find("hooks")) loadHooks(e->value, cfg);
 }
@@ -870,7 +893,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
           n, path,
           {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth", "preauth_timeout",
            "idle_timeout", "max_line", "max_literal", "max_bad_commands", "max_auth_attempts", "max_message_size",
-           "max_recipients", "max_messages", "greeting_delay", "sender_check", "postmaster"},
+           "max_recipients", "max_messages", "greeting_delay", "sender_check", "postmaster", "append_limit"},
           &f))
     return;
   requireKey(f, "name", n.Mark(), path);
@@ -935,6 +958,13 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   getNumber(f, "max_recipients", path, 1, 100000, &l->max_recipients);
   getNumber(f, "max_messages", path, 1, 1000000, &l->max_messages);
   getDuration(f, "greeting_delay", path, &l->greeting_delay, true);
+  if (const Entry* e = f.find("append_limit")) {
+    uint32_t limit = 0;
+    getSize(f, "append_limit", path, 0, std::numeric_limits<uint32_t>::max(), &limit);
+    if (l->protocol != Protocol::kImap)
+      error(e->mark(), join(path, "append_limit") + ": only an imap listener has APPEND");
+    l->append_limit = limit;
+  }
   getEnum<bool>(f, "sender_check", path, {{"owned", false}, {"any", true}}, &l->sender_any);
   if (const Entry* e = f.find("sender_check"); e && l->protocol != Protocol::kSubmission)
     error(e->mark(), join(path, "sender_check") + ": only a submission listener checks senders");
