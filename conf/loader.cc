@@ -525,7 +525,16 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   if (const Entry* e = f.find("limits")) {
     // Interim: only line_timeout and early_talker until the full limits parser lands.
     Fields lf;
-    if (fields(e->value, "limits", {"line_timeout", "early_talker"}, &lf)) {
+    bool supported = true;
+    if (e->value.IsMap())
+      for (auto it = e->value.begin(); it != e->value.end(); ++it) {
+        const YAML::Node k = it->first;
+        if (k.IsScalar() && (k.Scalar() == "line_timeout" || k.Scalar() == "early_talker")) continue;
+        supported = false;
+        error(k, std::string("limits: ") + (k.IsScalar() ? quote(k.Scalar()) : describe(k)) +
+                     " is not supported yet (only line_timeout and early_talker)");
+      }
+    if (supported && fields(e->value, "limits", {"line_timeout", "early_talker"}, &lf)) {
       LimitsConfig& lim = cfg->policy.limits;
       lim.present = true;
       getDuration(lf, "line_timeout", "limits", &lim.line_timeout, true);

@@ -29,7 +29,8 @@ void LiteralTail::push(char c) noexcept {
       if (state_ == State::kPlus) plus_ = true;
       return;
     case '}':
-      state_ = (state_ == State::kDigits && digits_) || state_ == State::kPlus ? State::kClosed : State::kNone;
+      state_ =
+          (state_ == State::kDigits && digits_) || state_ == State::kPlus ? State::kClosed : State::kNone;
       return;
     case '\r':
       state_ = state_ == State::kClosed ? State::kClosedCr : State::kNone;
@@ -205,7 +206,8 @@ ImapAppendGuard::Step ImapAppendGuard::feed(std::string_view in) noexcept {
           return endOfLine(i + 1);
         }
         tail_.push(c);
-        if (hold && held_.size() + i + 1 > lim_.max_line) return refuse(Reason::kLineTooLong, i + 1, forwarded_);
+        if (hold && held_.size() + i + 1 > lim_.max_line)
+          return refuse(Reason::kLineTooLong, i + 1, forwarded_);
       }
       if (hold) {
         held_.append(in);

@@ -53,9 +53,9 @@ class ImapAppendGuard {
   static constexpr uint64_t kHuge = ~uint64_t{0} >> 1;  // a literal size too large to represent
 
   struct Limits {
-    uint64_t append_limit = 0;          // largest literal of an APPEND; 0 = no limit (nothing held)
-    size_t max_line = 8192;             // a held segment (tag and command, an APPEND line) at most
-    uint64_t max_swallow = 64 * 1024;   // a refused non-synchronizing literal read and discarded at most
+    uint64_t append_limit = 0;         // largest literal of an APPEND; 0 = no limit (nothing held)
+    size_t max_line = 8192;            // a held segment (tag and command, an APPEND line) at most
+    uint64_t max_swallow = 64 * 1024;  // a refused non-synchronizing literal read and discarded at most
   };
   enum class Action : uint8_t {
     kForward,   // `out` goes to the node as it is (a view into the input or into the guard)
@@ -76,7 +76,7 @@ class ImapAppendGuard {
 
   // The last refusal.
   Reason reason() const noexcept { return reason_; }
-  std::string_view tag() const noexcept { return tag_; }      // "*" when unknown
+  std::string_view tag() const noexcept { return tag_; }  // "*" when unknown
   uint64_t literalSize() const noexcept { return refused_size_; }
   bool closeNeeded() const noexcept { return close_; }
   // Counters for tests and the fuzz target.
@@ -100,15 +100,15 @@ class ImapAppendGuard {
 
   Limits lim_;
   State state_ = State::kLineStart;
-  std::string held_;   // the held segment
+  std::string held_;      // the held segment
   bool release_ = false;  // held_ was given out: clear it on the next feed
   std::string tag_;
-  size_t tag_len_ = 0;     // in held_: the tag's length
-  size_t cmd_start_ = 0;   // in held_: where the command word starts
-  bool append_ = false;    // the current command is APPEND
-  bool compress_ = false;  // the current command is COMPRESS: passthrough after it
-  bool forwarded_ = false; // part of the current APPEND already went to the node
-  bool dropping_ = false;  // the current command was refused: drop the rest
+  size_t tag_len_ = 0;      // in held_: the tag's length
+  size_t cmd_start_ = 0;    // in held_: where the command word starts
+  bool append_ = false;     // the current command is APPEND
+  bool compress_ = false;   // the current command is COMPRESS: passthrough after it
+  bool forwarded_ = false;  // part of the current APPEND already went to the node
+  bool dropping_ = false;   // the current command was refused: drop the rest
   LiteralTail tail_;
   uint64_t literal_left_ = 0;
   Reason reason_ = Reason::kTooBig;

@@ -1,8 +1,8 @@
 #include "gateway/session/imap_session.h"
 
+#include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
-#include "filters/policy/policy_state.h"
 #include "gateway/session/reactor.h"
 
 namespace mailgate::session {
@@ -323,8 +323,8 @@ void ImapSession::handleBackendLine(std::string_view line) {
           const size_t p = line.find("[CAPABILITY ");
           const size_t e = line.find(']', p);
           if (e != std::string_view::npos)
-            reply = tag_ + std::string(line.substr(1, p + 11)) + withAppendLimit(line.substr(p + 12, e - p - 12)) +
-                    std::string(line.substr(e)) + "\r\n";
+            reply = tag_ + std::string(line.substr(1, p + 11)) +
+                    withAppendLimit(line.substr(p + 12, e - p - 12)) + std::string(line.substr(e)) + "\r\n";
         }
         parser_.reset();
         loginSucceeded(reply);
@@ -399,8 +399,10 @@ std::string ImapSession::withAppendLimit(std::string_view caps) const {
       uint64_t node = 0;
       bool digits = tok.size() > 12 && tok[11] == '=';
       for (size_t i = 12; digits && i < tok.size(); ++i) {
-        if (tok[i] < '0' || tok[i] > '9' || node > (UINT64_MAX - 9) / 10) digits = false;
-        else node = node * 10 + static_cast<uint64_t>(tok[i] - '0');
+        if (tok[i] < '0' || tok[i] > '9' || node > (UINT64_MAX - 9) / 10)
+          digits = false;
+        else
+          node = node * 10 + static_cast<uint64_t>(tok[i] - '0');
       }
       if (digits && node > 0 && node < limit) limit = node;
       continue;
@@ -437,7 +439,8 @@ void ImapSession::onRelayData(Side side, std::string_view plain) {
         break;
       case codec::ImapAppendGuard::Action::kAbort:
         if (g_proto_log.allow())
-          log::info("imap refused command continued with a large literal", {{"session", id_}, {"client", client_ip_}});
+          log::info("imap refused command continued with a large literal",
+                    {{"session", id_}, {"client", client_ip_}});
         inject("* BYE Too much data after a refused command.\r\n", true);
         break;
     }

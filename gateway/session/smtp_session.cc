@@ -6,9 +6,9 @@
 #include <ctime>
 #include <random>
 
+#include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
-#include "filters/policy/policy_state.h"
 #include "gateway/session/executor_step.h"
 #include "gateway/session/reactor.h"
 
@@ -168,8 +168,9 @@ void SmtpSession::refuseEarlyTalker(std::string_view what, std::string_view reje
                                             {"action", temporary ? "tempfail" : "reject"},
                                             {"ref", ref},
                                             {"suppressed", rl.suppressed()}});
-  std::string line = temporary ? "421 4.7.0 " + hostname_ + " Error: " + std::string(what) + ", try again later"
-                               : std::string(reject_line) + ": " + std::string(what);
+  std::string line = temporary
+                         ? "421 4.7.0 " + hostname_ + " Error: " + std::string(what) + ", try again later"
+                         : std::string(reject_line) + ": " + std::string(what);
   line += " (ref " + ref + ")";
   reply(line);
   closeAfterFlush("early_talker");

@@ -36,8 +36,10 @@ Result run(std::string_view in, const ImapAppendGuard::Limits& lim, Chunker* chu
     while (!piece.empty()) {
       const auto s = g.feed(piece);
       FUZZ_CHECK(s.consumed <= piece.size());
-      if (s.consumed == 0) FUZZ_CHECK(++stalls < 4);  // progress within a few steps
-      else stalls = 0;
+      if (s.consumed == 0)
+        FUZZ_CHECK(++stalls < 4);  // progress within a few steps
+      else
+        stalls = 0;
       piece.remove_prefix(s.consumed);
       at += s.consumed;
       if (s.action == ImapAppendGuard::Action::kForward) r.forwarded.append(s.out);

@@ -26,12 +26,13 @@ class SessionLimitsConfig : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   LoadResult load(const std::string& listeners, const std::string& rest = "") {
-    return loadConfigText("directory: { file: { users: users.passwd } }\n"
-                          "backends:\n"
-                          "  - { name: b1, host: 127.0.0.1, ports: { imap: 143, pop3: 110 } }\n"
-                          "listeners:\n" +
-                              listeners + rest,
-                          (dir_ / "mailgate.yaml").string());
+    return loadConfigText(
+        "directory: { file: { users: users.passwd } }\n"
+        "backends:\n"
+        "  - { name: b1, host: 127.0.0.1, ports: { imap: 143, pop3: 110 } }\n"
+        "listeners:\n" +
+            listeners + rest,
+        (dir_ / "mailgate.yaml").string());
   }
   fs::path dir_;
 };
