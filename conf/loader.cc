@@ -4,6 +4,7 @@
 // it is about; nothing stops at the first error. yaml-cpp is used only here, and no
 // exception leaves this file: the parser's exceptions become ConfigErrors.
 #include <fcntl.h>
+#include <re2/re2.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml-cpp/eventhandler.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +21,7 @@
 #include <limits>
 #include <map>
 #include <new>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -246,7 +249,6 @@ class Loader {
   void getName(const Fields& f, std::string_view key, const std::string& path, std::string* out);
   template <typename E>
   void getEnum(const Fields& f, std::string_view key, const std::string& path, EnumValues<E> values, E* out);
-  void unsupportedSection(const YAML::Node& node, const std::string& path);
 
   // --- sections ------------------------------------------------------------------
   void loadServer(const YAML::Node& n, ServerConfig* s);
@@ -266,6 +268,33 @@ class Loader {
   void loadHooks(const YAML::Node& n, Config* cfg);
   void loadScanners(const Entry& section, HooksConfig* h);
   void loadFlows(const Entry& section, Config* cfg);
+
+  // --- policy: lists, geoip, limits, policies ----------------------------------------
+  // Where a `when` is evaluated: a policy's stage, or the stage at which a limit's
+  // count happens (errors: at any stage).
+  enum class Stage : uint8_t { kConnect, kHelo, kAuth, kMail, kRcpt, kData, kAny };
+  struct MatchContext {
+    Stage stage;
+    std::string label;  // "stage mail", "count messages (stage mail)"
+  };
+  bool items(const Entry& e, const std::string& path, const char* what, std::vector<YAML::Node>* out);
+  void loadLists(const Entry& section, PolicyConfig* p);
+  void loadList(const YAML::Node& key, const YAML::Node& value, ListConfig* l);
+  void loadGeoip(const Entry& section, PolicyConfig* p);
+  void loadGeoipDb(const Entry& e, const std::string& path, const char* default_field, GeoipDbConfig* db);
+  void listRefs(const Entry& e, const std::string& path, const PolicyConfig& p, bool countries,
+                std::vector<std::string>* out);
+  void loadMatch(const Entry& e, const std::string& path, const Config& cfg, const MatchContext& ctx,
+                 int depth, Match* m);
+  void loadPatterns(const Entry& e, const std::string& path, std::vector<std::string>* out);
+  void loadLimits(const Entry* section, Config* cfg);
+  void loadLimitRule(const YAML::Node& n, const std::string& path, const Config& cfg, LimitRuleConfig* r);
+  void loadOnExceed(const Entry& e, const std::string& path, LimitRuleConfig* r);
+  void loadBans(const Entry& e, const Config& cfg, BanConfig* b);
+  void loadEarlyTalker(const Entry& e, const Config& cfg, EarlyTalkerConfig* t);
+  void loadPolicies(const Entry& section, Config* cfg);
+  void loadPolicy(const YAML::Node& n, const std::string& path, const Config& cfg, PolicyRuleConfig* r);
+  void checkReply(const Entry& e, const std::string& where, char klass);
 
   std::string resolve(const std::string& p) const {
     std::filesystem::path fp(p);
@@ -481,26 +510,13 @@ void Loader::getEnum(const Fields& f, std::string_view key, const std::string& p
   error(e->mark(), where + ": expected one of " + choices + ", got " + quote(s));
 }
 
-void Loader::unsupportedSection(const YAML::Node& node, const std::string& path) {
-  if (node.IsNull()) return;
-  if (!node.IsMap()) {
-    error(node, path + ": expected a map, got " + describe(node));
-    return;
-  }
-  for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node k = it->first;
-    error(k, path + ": " + (k.IsScalar() ? quote(k.Scalar()) : describe(k)) + " is not supported yet (" +
-                 path + " must be empty)");
-  }
-}
-
 // --- sections --------------------------------------------------------------------
 
 void Loader::load(const YAML::Node& root, Config* cfg) {
   Fields f;
   if (!fields(root, "",
-              {"server", "log", "admin", "tls", "listeners", "directory", "backends", "routing", "limits",
-               "policies", "hooks"},
+              {"server", "log", "admin", "tls", "listeners", "directory", "backends", "routing", "lists",
+               "geoip", "limits", "policies", "hooks"},
               &f))
     return;
   // Order matters for cross-references, not the order in the file: certificates
@@ -522,40 +538,11 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   }
   if (const Entry* e = f.find("routing")) loadRouting(e->value, cfg);
   checkSubmissionRelay(root, *cfg);
-  if (const Entry* e = f.find("limits")) {
-    // Interim: only line_timeout and early_talker until the full limits parser lands.
-    Fields lf;
-    bool supported = true;
-    if (e->value.IsMap())
-      for (auto it = e->value.begin(); it != e->value.end(); ++it) {
-        const YAML::Node k = it->first;
-        if (k.IsScalar() && (k.Scalar() == "line_timeout" || k.Scalar() == "early_talker")) continue;
-        supported = false;
-        error(k, std::string("limits: ") + (k.IsScalar() ? quote(k.Scalar()) : describe(k)) +
-                     " is not supported yet (only line_timeout and early_talker)");
-      }
-    if (supported && fields(e->value, "limits", {"line_timeout", "early_talker"}, &lf)) {
-      LimitsConfig& lim = cfg->policy.limits;
-      lim.present = true;
-      getDuration(lf, "line_timeout", "limits", &lim.line_timeout, true);
-      if (const Entry* et = lf.find("early_talker")) {
-        Fields ef;
-        if (fields(et->value, "limits.early_talker", {"listeners", "greet_wait", "action"}, &ef)) {
-          if (const Entry* ls = ef.find("listeners"); ls && ls->value.IsSequence())
-            for (size_t i = 0; i < ls->value.size(); ++i) {
-              std::string name;
-              if (scalar(ls->value[i], "limits.early_talker.listeners", "a listener name", &name))
-                lim.early_talker.listeners.push_back(name);
-            }
-          getDuration(ef, "greet_wait", "limits.early_talker", &lim.early_talker.greet_wait, true);
-          getEnum<LimitAction>(ef, "action", "limits.early_talker",
-                               {{"reject", LimitAction::kReject}, {"tempfail", LimitAction::kTempfail}},
-                               &lim.early_talker.action);
-        }
-      }
-    }
-  }
-  if (const Entry* e = f.find("policies")) unsupportedSection(e->value, "policies");
+  // Lists before what names them; listeners and the directory before limits.
+  if (const Entry* e = f.find("lists")) loadLists(*e, &cfg->policy);
+  if (const Entry* e = f.find("geoip")) loadGeoip(*e, &cfg->policy);
+  loadLimits(f.find("limits"), cfg);
+  if (const Entry* e = f.find("policies")) loadPolicies(*e, cfg);
   if (const Entry* e = f.find("hooks")) loadHooks(e->value, cfg);
 }
 
@@ -898,12 +885,12 @@ void Loader::loadListeners(const Entry& section, Config* cfg) {
 void Loader::loadListener(const YAML::Node& n, const std::string& path, const Config& cfg, ListenerConfig* l,
                           std::map<std::string, std::string>* addresses) {
   Fields f;
-  if (!fields(
-          n, path,
-          {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth", "preauth_timeout",
-           "idle_timeout", "max_line", "max_literal", "max_bad_commands", "max_auth_attempts", "max_message_size",
-           "max_recipients", "max_messages", "greeting_delay", "sender_check", "postmaster", "append_limit"},
-          &f))
+  if (!fields(n, path,
+              {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth",
+               "preauth_timeout", "idle_timeout", "max_line", "max_literal", "max_bad_commands",
+               "max_auth_attempts", "max_message_size", "max_recipients", "max_messages", "greeting_delay",
+               "sender_check", "postmaster", "append_limit"},
+              &f))
     return;
   requireKey(f, "name", n.Mark(), path);
   requireKey(f, "protocol", n.Mark(), path);
@@ -967,13 +954,6 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   getNumber(f, "max_recipients", path, 1, 100000, &l->max_recipients);
   getNumber(f, "max_messages", path, 1, 1000000, &l->max_messages);
   getDuration(f, "greeting_delay", path, &l->greeting_delay, true);
-  if (const Entry* e = f.find("append_limit")) {
-    uint32_t limit = 0;
-    getSize(f, "append_limit", path, 0, std::numeric_limits<uint32_t>::max(), &limit);
-    if (l->protocol != Protocol::kImap)
-      error(e->mark(), join(path, "append_limit") + ": only an imap listener has APPEND");
-    l->append_limit = limit;
-  }
   getEnum<bool>(f, "sender_check", path, {{"owned", false}, {"any", true}}, &l->sender_any);
   if (const Entry* e = f.find("sender_check"); e && l->protocol != Protocol::kSubmission)
     error(e->mark(), join(path, "sender_check") + ": only a submission listener checks senders");
@@ -990,6 +970,20 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
       error(e->mark(), join(path, "postmaster") + ": only an smtp listener receives mail for <Postmaster>");
     else
       l->postmaster = pm;
+  }
+  if (const Entry* e = f.find("append_limit")) {
+    const std::string where = join(path, "append_limit");
+    std::string s;
+    uint64_t v = 0;
+    if (!scalar(*e, where, "a size", &s)) {
+      // reported
+    } else if (!parseSize(s, &v) || v > (uint64_t{1} << 40)) {
+      error(e->mark(), where + ": invalid size " + quote(s) + " (use 0 for none, or 512, 64K, 50M, 1G)");
+    } else if (l->protocol != Protocol::kImap) {
+      error(e->mark(), where + ": only an imap listener receives APPEND");
+    } else {
+      l->append_limit = v;
+    }
   }
   // RFC 5321 §4.5.3.2: an SMTP server waits at least 5 minutes for the next command.
   if (!f.find("preauth_timeout") && (l->protocol == Protocol::kSmtp || l->protocol == Protocol::kSubmission))
@@ -1260,6 +1254,876 @@ void Loader::checkSubmissionRelay(const YAML::Node& root, const Config& cfg) {
     m.column = l.column - 1;
     error(m, "listener " + quote(l.name) + ": protocol submission needs routing.submission_relay");
   }
+}
+
+// --- policy: lists, geoip, limits, policies ----------------------------------------
+
+Position positionOf(const YAML::Mark& m) {
+  return {m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0};
+}
+
+bool isSmtpFamily(Protocol p) { return p == Protocol::kSmtp || p == Protocol::kSubmission; }
+
+const char* protocolName(Protocol p) {
+  switch (p) {
+    case Protocol::kImap:
+      return "imap";
+    case Protocol::kPop3:
+      return "pop3";
+    case Protocol::kSmtp:
+      return "smtp";
+    case Protocol::kSubmission:
+      return "submission";
+  }
+  return "?";
+}
+
+const ListenerConfig* findListener(const Config& cfg, const std::string& name) {
+  for (const auto& l : cfg.listeners)
+    if (l.name == name) return &l;
+  return nullptr;
+}
+
+// A header field for then: tag: "Name: value", printable ASCII (and tabs in the value).
+bool isHeaderField(std::string_view s) {
+  const size_t colon = s.find(':');
+  if (colon == 0 || colon == std::string_view::npos || colon > 76 || s.size() > kMaxPolicyReply) return false;
+  for (size_t i = 0; i < colon; ++i)
+    if (s[i] < 33 || s[i] > 126) return false;
+  for (size_t i = colon + 1; i < s.size(); ++i)
+    if ((s[i] < 32 && s[i] != '\t') || static_cast<unsigned char>(s[i]) > 126) return false;
+  return s.find_first_not_of(" \t", colon + 1) != std::string_view::npos;
+}
+
+// A path inside a MaxMind DB record: dot-separated names or array indexes.
+bool isRecordPath(std::string_view s) {
+  if (s.empty() || s.size() > 128 || s.front() == '.' || s.back() == '.' ||
+      s.find("..") != std::string_view::npos)
+    return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return ascii::isAlpha(c) || ascii::isDigit(c) || c == '_' || c == '-' || c == '.';
+  });
+}
+
+// Whether fields() left a key of the map out (it reported it as unknown or repeated):
+// a "missing key" then would only repeat that error.
+bool droppedKeys(const YAML::Node& map, const Fields& f) {
+  return map.IsMap() && f.entries.size() != map.size();
+}
+
+constexpr int kMaxNotDepth = 8;
+constexpr Duration kMaxPolicyDelay{300000};  // a longer wait outlasts the clients' own timeouts
+
+bool Loader::items(const Entry& e, const std::string& path, const char* what, std::vector<YAML::Node>* out) {
+  if (e.value.IsScalar()) {
+    out->push_back(e.value);
+    return true;
+  }
+  if (e.value.IsSequence() && e.value.size() > 0) {
+    for (size_t i = 0; i < e.value.size(); ++i) out->push_back(e.value[i]);
+    return true;
+  }
+  error(e.mark(), path + ": expected " + what + " or a list of them, got " +
+                      (e.value.IsSequence() ? std::string("an empty list") : describe(e.value)));
+  return false;
+}
+
+void Loader::loadLists(const Entry& section, PolicyConfig* p) {
+  const YAML::Node& n = section.value;
+  if (n.IsNull()) return;
+  if (!n.IsMap()) {
+    error(section.mark(), "lists: expected a map of list names, got " + describe(n));
+    return;
+  }
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    const YAML::Node key = it->first;
+    if (!key.IsScalar() || !isValidName(key.Scalar())) {
+      error(key, "lists: " + (key.IsScalar() ? quote(key.Scalar()) : describe(key)) +
+                     " is not a valid list name (1 to " + std::to_string(kMaxNameLength) +
+                     " characters among A-Z a-z 0-9 - _ .)");
+      continue;
+    }
+    if (const ListConfig* first = p->findList(key.Scalar())) {
+      error(key, "lists." + key.Scalar() + ": duplicate list name (first defined at line " +
+                     std::to_string(first->pos.line) + ")");
+      continue;
+    }
+    ListConfig l;
+    loadList(key, it->second, &l);
+    // Kept even when it has a problem, so that rules naming it are not reported too.
+    p->lists.push_back(std::move(l));
+  }
+}
+
+void Loader::loadList(const YAML::Node& key, const YAML::Node& value, ListConfig* l) {
+  l->name = key.Scalar();
+  l->pos = positionOf(key.Mark());
+  const std::string path = join("lists", l->name);
+  if (!value.IsMap()) {
+    error(value.IsNull() ? key.Mark() : value.Mark(),
+          path + ": expected a map with cidrs, file or countries, got " + describe(value));
+    return;
+  }
+  Fields f;
+  if (!fields(value, path, {"cidrs", "file", "countries"}, &f)) return;
+  const Entry* cidrs = f.find("cidrs");
+  const Entry* file = f.find("file");
+  const Entry* countries = f.find("countries");
+  if (!cidrs && !file && !countries) {
+    if (droppedKeys(value, f)) return;
+    error(key, path + ": needs cidrs and/or file (a network list), or countries (a country list)");
+    return;
+  }
+  if (countries && (cidrs || file)) {
+    const Entry* other = cidrs ? cidrs : file;
+    error(other->key_node,
+          path + ": a list holds networks (cidrs, file) or countries, not both; make two lists");
+    return;
+  }
+  if (cidrs) {
+    const std::string cpath = join(path, "cidrs");
+    std::vector<YAML::Node> nodes;
+    if (cidrs->value.IsSequence() && cidrs->value.size() == 0) {
+      // an empty list of networks is allowed (it matches nothing)
+    } else if (items(*cidrs, cpath, "a network", &nodes)) {
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        std::string s, why;
+        if (!scalar(nodes[i], indexed(cpath, i), "a network", &s)) continue;
+        if (!checkCidr(s, &why)) {
+          error(nodes[i], indexed(cpath, i) + ": " + quote(s) + ": " + why);
+          continue;
+        }
+        l->cidrs.push_back(std::move(s));
+      }
+    }
+  }
+  // The file is read when the policy is built (and again on SIGHUP); here it must exist.
+  getFile(f, "file", path, &l->file);
+  if (countries) {
+    const std::string cpath = join(path, "countries");
+    std::vector<YAML::Node> nodes;
+    if (items(*countries, cpath, "a country code", &nodes)) {
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        std::string s;
+        if (!scalar(nodes[i], indexed(cpath, i), "a country code", &s)) continue;
+        if (s.size() != 2 || !ascii::isAlpha(s[0]) || !ascii::isAlpha(s[1])) {
+          error(nodes[i],
+                indexed(cpath, i) + ": " + quote(s) + " is not a two-letter country code (ISO 3166-1)");
+          continue;
+        }
+        l->countries.push_back(ascii::upper(s));
+      }
+    }
+  }
+}
+
+void Loader::loadGeoip(const Entry& section, PolicyConfig* p) {
+  Fields f;
+  if (!fields(section.value, "geoip", {"country", "asn"}, &f)) return;
+  if (const Entry* e = f.find("country"))
+    loadGeoipDb(*e, "geoip.country", "country.iso_code", &p->geoip.country);
+  if (const Entry* e = f.find("asn")) loadGeoipDb(*e, "geoip.asn", "autonomous_system_number", &p->geoip.asn);
+}
+
+void Loader::loadGeoipDb(const Entry& e, const std::string& path, const char* default_field,
+                         GeoipDbConfig* db) {
+  db->pos = positionOf(e.key_node.Mark());
+  db->field = default_field;
+  if (e.value.IsNull()) {
+    error(e.key_node, path + ": missing required key \"mmdb\"");
+    return;
+  }
+  Fields f;
+  if (!fields(e.value, path, {"mmdb", "field"}, &f)) return;
+  requireKey(f, "mmdb", e.mark(), path);
+  if (const Entry* m = f.find("mmdb")) {
+    const std::string mpath = join(path, "mmdb");
+    std::vector<YAML::Node> nodes;
+    if (items(*m, mpath, "a database file", &nodes)) {
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        std::string s, why;
+        if (!scalar(nodes[i], indexed(mpath, i), "a file name", &s)) continue;
+        if (s.empty() || s.find('\0') != std::string::npos) {
+          error(nodes[i], indexed(mpath, i) + ": expected a file name, got " + quote(s));
+          continue;
+        }
+        const std::string resolved = resolve(s);
+        if (!checkReadableFile(resolved, &why)) {
+          error(nodes[i], indexed(mpath, i) + ": cannot read " + resolved + ": " + why);
+          continue;
+        }
+        db->mmdb.push_back(resolved);
+      }
+    }
+  }
+  if (const Entry* fe = f.find("field")) {
+    std::string s;
+    if (scalar(*fe, join(path, "field"), "a record path", &s)) {
+      if (!isRecordPath(s))
+        error(fe->mark(),
+              join(path, "field") + ": " + quote(s) +
+                  " is not a record path (names and indexes joined by dots, such as country.iso_code)");
+      else
+        db->field = std::move(s);
+    }
+  }
+}
+
+// Names of lists of one kind, each of which must exist.
+void Loader::listRefs(const Entry& e, const std::string& path, const PolicyConfig& p, bool countries,
+                      std::vector<std::string>* out) {
+  std::vector<YAML::Node> nodes;
+  if (!items(e, path, "a list name", &nodes)) return;
+  for (const YAML::Node& node : nodes) {
+    std::string s;
+    if (!scalar(node, path, "a list name", &s)) continue;
+    const ListConfig* l = p.findList(s);
+    if (!l) {
+      error(node, path + ": unknown list " + quote(s));
+      continue;
+    }
+    const bool is_countries = !l->countries.empty();
+    if (is_countries != countries) {
+      error(node, path + ": list " + quote(s) +
+                      (is_countries ? " is a country list, not a network list"
+                                    : " is a network list, not a country list"));
+      continue;
+    }
+    if (std::find(out->begin(), out->end(), s) == out->end()) out->push_back(std::move(s));
+  }
+}
+
+void Loader::loadPatterns(const Entry& e, const std::string& path, std::vector<std::string>* out) {
+  Fields f;
+  if (e.value.IsNull() || !e.value.IsMap()) {
+    error(e.mark(), path + ": expected { re2: PATTERN } or { re2: [PATTERNS] }, got " + describe(e.value));
+    return;
+  }
+  if (!fields(e.value, path, {"re2"}, &f)) return;
+  const Entry* r = f.find("re2");
+  if (!r) {
+    if (!droppedKeys(e.value, f)) error(e.mark(), path + ": missing required key \"re2\"");
+    return;
+  }
+  const std::string rpath = join(path, "re2");
+  std::vector<YAML::Node> nodes;
+  if (!items(*r, rpath, "a pattern", &nodes)) return;
+  for (const YAML::Node& node : nodes) {
+    std::string s;
+    if (!scalar(node, rpath, "a pattern", &s)) continue;
+    RE2::Options options;
+    options.set_log_errors(false);
+    const RE2 re(s, options);
+    if (!re.ok()) {
+      error(node, rpath + ": invalid pattern " + quote(s) + ": " + re.error());
+      continue;
+    }
+    out->push_back(std::move(s));
+  }
+}
+
+void Loader::loadMatch(const Entry& e, const std::string& path, const Config& cfg, const MatchContext& ctx,
+                       int depth, Match* m) {
+  m->pos = positionOf(e.mark());
+  Fields f;
+  if (!fields(e.value, path,
+              {"listener", "protocol", "client.net", "country", "asn", "tls", "authenticated", "user", "helo",
+               "sender", "rcpt", "header", "attachment.filename", "not"},
+              &f))
+    return;
+  const Stage st = ctx.stage;
+  const bool any = st == Stage::kAny;
+  // The SMTP-only conditions and stages.
+  bool smtp_only = st == Stage::kHelo || st == Stage::kMail || st == Stage::kRcpt || st == Stage::kData;
+  for (const Entry& c : f.entries) {
+    const std::string cpath = join(path, c.key);
+    // When the condition has a value at this stage: why not, or nullptr.
+    const char* unknown_when = nullptr;
+    if (c.key == "tls" && st == Stage::kConnect) {
+      unknown_when = "from stage helo on (TLS is not negotiated before)";
+    } else if (c.key == "authenticated" && st == Stage::kConnect) {
+      unknown_when = "from stage helo on";
+    } else if (c.key == "user" && (st == Stage::kConnect || st == Stage::kHelo)) {
+      unknown_when = "from stage auth on";
+    } else if (c.key == "helo" && (any || st == Stage::kConnect)) {
+      unknown_when = "from stage helo on, on smtp listeners";
+    } else if (c.key == "sender" && (any || st < Stage::kMail)) {
+      unknown_when = "at stages mail, rcpt and data";
+    } else if (c.key == "rcpt" && (any || st < Stage::kRcpt)) {
+      unknown_when = "at stages rcpt and data";
+    } else if ((c.key == "header" || c.key == "attachment.filename") && st != Stage::kData) {
+      unknown_when = "at stage data only";
+    }
+    if (unknown_when) {
+      error(c.key_node,
+            cpath + ": " + c.key + " is not known at " + ctx.label + " (it is, " + unknown_when + ")");
+      continue;
+    }
+    if (c.key == "helo") smtp_only = true;
+  }
+  for (const Entry& c : f.entries) {
+    const std::string cpath = join(path, c.key);
+    if (c.key == "listener") {
+      std::vector<YAML::Node> nodes;
+      if (!items(c, cpath, "a listener name", &nodes)) continue;
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        if (!scalar(node, cpath, "a listener name", &s)) continue;
+        const ListenerConfig* l = findListener(cfg, s);
+        if (!l) {
+          error(node, cpath + ": unknown listener " + quote(s));
+          continue;
+        }
+        if (depth == 0 && smtp_only && !isSmtpFamily(l->protocol)) {
+          error(node, cpath + ": listener " + quote(s) + " is an " + protocolName(l->protocol) +
+                          " listener; " + ctx.label + " exists on smtp and submission listeners only");
+          continue;
+        }
+        m->listeners.push_back(std::move(s));
+      }
+    } else if (c.key == "protocol") {
+      std::vector<YAML::Node> nodes;
+      if (!items(c, cpath, "a protocol", &nodes)) continue;
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        if (!scalar(node, cpath, "a protocol", &s)) continue;
+        if (s != "imap" && s != "pop3" && s != "smtp" && s != "submission") {
+          error(node, cpath + ": expected one of imap, pop3, smtp, submission, got " + quote(s));
+          continue;
+        }
+        if (depth == 0 && smtp_only && (s == "imap" || s == "pop3")) {
+          error(node, cpath + ": " + ctx.label + " exists on smtp and submission listeners only, not " + s);
+          continue;
+        }
+        m->protocols.push_back(std::move(s));
+      }
+    } else if (c.key == "client.net") {
+      Fields nf;
+      if (c.value.IsNull() || !c.value.IsMap()) {
+        error(c.mark(), cpath + ": expected { in: LIST } or { in: [LISTS] }, got " + describe(c.value));
+        continue;
+      }
+      if (!fields(c.value, cpath, {"in"}, &nf)) continue;
+      if (const Entry* in = nf.find("in"))
+        listRefs(*in, join(cpath, "in"), cfg.policy, false, &m->client_net_in);
+      else
+        error(c.mark(), cpath + ": missing required key \"in\"");
+    } else if (c.key == "country") {
+      if (!cfg.policy.geoip.country.configured()) {
+        error(c.key_node, cpath + ": needs a country database (geoip.country)");
+        continue;
+      }
+      if (c.value.IsMap()) {
+        Fields nf;
+        if (!fields(c.value, cpath, {"in"}, &nf)) continue;
+        if (const Entry* in = nf.find("in"))
+          listRefs(*in, join(cpath, "in"), cfg.policy, true, &m->country_lists);
+        else
+          error(c.mark(), cpath + ": missing required key \"in\"");
+        continue;
+      }
+      std::vector<YAML::Node> nodes;
+      if (!items(c, cpath, "a country code", &nodes)) continue;
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        if (!scalar(node, cpath, "a country code", &s)) continue;
+        if (s.size() != 2 || !ascii::isAlpha(s[0]) || !ascii::isAlpha(s[1])) {
+          error(node, cpath + ": " + quote(s) + " is not a two-letter country code (or use { in: LIST })");
+          continue;
+        }
+        m->country_in.push_back(ascii::upper(s));
+      }
+    } else if (c.key == "asn") {
+      if (!cfg.policy.geoip.asn.configured()) {
+        error(c.key_node, cpath + ": needs an AS number database (geoip.asn)");
+        continue;
+      }
+      std::vector<YAML::Node> nodes;
+      if (!items(c, cpath, "an AS number", &nodes)) continue;
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        uint64_t v = 0;
+        if (!scalar(node, cpath, "an AS number", &s)) continue;
+        if (!parseUnsigned(s, &v) || v == 0 || v > 0xffffffffu) {
+          error(node, cpath + ": expected an AS number from 1 to 4294967295, got " + quote(s));
+          continue;
+        }
+        m->asn.push_back(static_cast<uint32_t>(v));
+      }
+    } else if (c.key == "tls" || c.key == "authenticated") {
+      bool b = false;
+      const size_t before = errors_.size();
+      getBool(f, c.key, path, &b);
+      if (errors_.size() == before) (c.key == "tls" ? m->tls : m->authenticated) = b;
+    } else if (c.key == "user") {
+      std::vector<YAML::Node> nodes;
+      if (!items(c, cpath, "a user name", &nodes)) continue;
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        if (!scalar(node, cpath, "a user name", &s)) continue;
+        if (s.empty() || s.size() > 320 ||
+            std::any_of(s.begin(), s.end(), [](char ch) { return static_cast<unsigned char>(ch) <= 0x20; })) {
+          error(node, cpath + ": " + quote(s) + " is not a user name");
+          continue;
+        }
+        m->users.push_back(ascii::lower(s));
+      }
+    } else if (c.key == "helo") {
+      loadPatterns(c, cpath, &m->helo_re2);
+    } else if (c.key == "sender") {
+      loadPatterns(c, cpath, &m->sender_re2);
+    } else if (c.key == "rcpt") {
+      loadPatterns(c, cpath, &m->rcpt_re2);
+    } else if (c.key == "header") {
+      loadPatterns(c, cpath, &m->header_re2);
+    } else if (c.key == "attachment.filename") {
+      loadPatterns(c, cpath, &m->attachment_re2);
+    } else if (c.key == "not") {
+      if (depth + 1 >= kMaxNotDepth) {
+        error(c.key_node, cpath + ": \"not\" nested more than " + std::to_string(kMaxNotDepth) + " deep");
+        continue;
+      }
+      if (!c.value.IsMap()) {
+        error(c.mark(), cpath + ": expected a map of conditions, got " + describe(c.value));
+        continue;
+      }
+      auto inner = std::make_shared<Match>();
+      loadMatch(c, cpath, cfg, ctx, depth + 1, inner.get());
+      m->negated = std::move(inner);
+    }
+  }
+}
+
+void Loader::checkReply(const Entry& e, const std::string& where, char klass) {
+  std::string s, why;
+  if (!scalar(e, where, "a reply", &s)) return;
+  if (!checkPolicyReply(s, klass, &why)) error(e.mark(), where + ": " + quote(s) + " " + why);
+}
+
+void Loader::loadLimits(const Entry* section, Config* cfg) {
+  LimitsConfig& l = cfg->policy.limits;
+  bool rules_given = false;
+  if (section) {
+    l.present = true;
+    l.pos = positionOf(section->key_node.Mark());
+    const std::string path = "limits";
+    Fields f;
+    if (fields(section->value, path,
+               {"defaults", "rules", "bans", "early_talker", "line_timeout", "user_sessions"}, &f)) {
+      if (const Entry* e = f.find("defaults")) {
+        const std::string dpath = join(path, "defaults");
+        Fields df;
+        if (fields(e->value, dpath, {"ipv4_prefix", "ipv6_prefix", "exempt", "max_keys"}, &df)) {
+          uint32_t v4 = l.ipv4_prefix, v6 = l.ipv6_prefix;
+          getNumber(df, "ipv4_prefix", dpath, 0, 32, &v4);
+          getNumber(df, "ipv6_prefix", dpath, 0, 128, &v6);
+          l.ipv4_prefix = static_cast<uint8_t>(v4);
+          l.ipv6_prefix = static_cast<uint8_t>(v6);
+          if (const Entry* x = df.find("exempt")) {
+            if (!(x->value.IsSequence() && x->value.size() == 0))
+              listRefs(*x, join(dpath, "exempt"), cfg->policy, false, &l.exempt);
+          }
+          getNumber(df, "max_keys", dpath, 1000, 100000000, &l.max_keys);
+        }
+      }
+      if (const Entry* e = f.find("rules")) {
+        rules_given = true;
+        if (e->value.IsSequence()) {
+          std::map<std::string, int> names;
+          for (size_t i = 0; i < e->value.size(); ++i) {
+            const YAML::Node item = e->value[i];
+            const std::string rpath = indexed("limits.rules", i);
+            if (!item.IsMap()) {
+              error(item, rpath + ": expected a map, got " + describe(item));
+              continue;
+            }
+            LimitRuleConfig r;
+            loadLimitRule(item, rpath, *cfg, &r);
+            YAML::Node name_node;
+            if (!r.name.empty() && findValue(item, "name", &name_node)) {
+              const auto [it, inserted] = names.emplace(r.name, name_node.Mark().line + 1);
+              if (!inserted)
+                error(name_node, rpath + ".name: duplicate rule name " + quote(r.name) +
+                                     " (first defined at line " + std::to_string(it->second) + ")");
+            }
+            l.rules.push_back(std::move(r));
+          }
+        } else if (!e->value.IsNull()) {
+          error(e->mark(), "limits.rules: expected a list, got " + describe(e->value));
+        }
+      }
+      if (const Entry* e = f.find("bans")) loadBans(*e, *cfg, &l.bans);
+      if (const Entry* e = f.find("early_talker")) loadEarlyTalker(*e, *cfg, &l.early_talker);
+      getDuration(f, "line_timeout", path, &l.line_timeout, true);
+      getNumber(f, "user_sessions", path, 0, 100000, &l.max_user_sessions);
+    }
+  }
+  // No rules given (or no limits section): the built-in defaults. `rules: []` turns
+  // them off.
+  if (!rules_given) l.rules = builtinLimitRules();
+}
+
+void Loader::loadLimitRule(const YAML::Node& n, const std::string& path, const Config& cfg,
+                           LimitRuleConfig* r) {
+  r->pos = positionOf(n.Mark());
+  Fields f;
+  if (!fields(n, path,
+              {"name", "when", "count", "key", "concurrency", "rate", "burst", "distinct_credentials",
+               "on_exceed", "scope"},
+              &f))
+    return;
+  requireKey(f, "name", n.Mark(), path);
+  getName(f, "name", path, &r->name);
+  const size_t before_count = errors_.size();
+  getEnum<CountKind>(f, "count", path,
+                     {{"connections", CountKind::kConnections},
+                      {"auth_failures", CountKind::kAuthFailures},
+                      {"errors", CountKind::kErrors},
+                      {"messages", CountKind::kMessages},
+                      {"recipients", CountKind::kRecipients},
+                      {"bytes", CountKind::kBytes}},
+                     &r->count);
+  const bool count_ok = errors_.size() == before_count;
+  MatchContext ctx{Stage::kConnect, ""};
+  switch (r->count) {
+    case CountKind::kConnections:
+      ctx = {Stage::kConnect, "count connections (stage connect)"};
+      break;
+    case CountKind::kAuthFailures:
+      ctx = {Stage::kAuth, "count auth_failures (stage auth)"};
+      break;
+    case CountKind::kErrors:
+      ctx = {Stage::kAny, "count errors (any stage)"};
+      break;
+    case CountKind::kMessages:
+      ctx = {Stage::kMail, "count messages (stage mail)"};
+      break;
+    case CountKind::kRecipients:
+      ctx = {Stage::kRcpt, "count recipients (stage rcpt)"};
+      break;
+    case CountKind::kBytes:
+      ctx = {Stage::kData, "count bytes (stage data)"};
+      break;
+  }
+  if (const Entry* e = f.find("key")) {
+    const std::string kpath = join(path, "key");
+    std::vector<YAML::Node> nodes;
+    if (items(*e, kpath, "a key part", &nodes)) {
+      r->key.clear();
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        if (!scalar(node, kpath, "a key part", &s)) continue;
+        static constexpr std::pair<std::string_view, KeyPart> kParts[] = {
+            {"client.net", KeyPart::kClientNet},       {"client.ip", KeyPart::kClientIp},
+            {"listener", KeyPart::kListener},          {"user", KeyPart::kUser},
+            {"sender.domain", KeyPart::kSenderDomain}, {"rcpt.domain", KeyPart::kRcptDomain}};
+        const auto* part =
+            std::find_if(std::begin(kParts), std::end(kParts), [&](const auto& p) { return p.first == s; });
+        if (part == std::end(kParts)) {
+          error(node, kpath +
+                          ": expected one of client.net, client.ip, listener, user, sender.domain, "
+                          "rcpt.domain, got " +
+                          quote(s));
+          continue;
+        }
+        // The stage from which the part has a value.
+        const Stage st = ctx.stage;
+        const char* known_when = nullptr;
+        if (part->second == KeyPart::kUser && (st == Stage::kConnect))
+          known_when = "from stage auth on";
+        else if (part->second == KeyPart::kSenderDomain && (st == Stage::kAny || st < Stage::kMail))
+          known_when = "at stages mail, rcpt and data";
+        else if (part->second == KeyPart::kRcptDomain && (st == Stage::kAny || st < Stage::kRcpt))
+          known_when = "at stages rcpt and data";
+        if (known_when && count_ok) {
+          error(node, kpath + ": " + s + " is not known at " + ctx.label + " (it is, " + known_when + ")");
+          continue;
+        }
+        if (std::find(r->key.begin(), r->key.end(), part->second) != r->key.end()) {
+          error(node, kpath + ": " + s + " is listed twice");
+          continue;
+        }
+        r->key.push_back(part->second);
+      }
+    }
+  }
+  if (const Entry* e = f.find("when")) {
+    if (count_ok) loadMatch(*e, join(path, "when"), cfg, ctx, 0, &r->when);
+  }
+  getNumber(f, "concurrency", path, 1, 1000000, &r->concurrency);
+  if (const Entry* e = f.find("concurrency"); e && count_ok && r->count != CountKind::kConnections)
+    error(e->key_node, join(path, "concurrency") + ": only with count: connections");
+  if (const Entry* e = f.find("rate")) {
+    std::string s, why;
+    if (scalar(*e, join(path, "rate"), "a rate N/PERIOD", &s) && !parseRate(s, &r->rate, &r->per, &why))
+      error(e->mark(), join(path, "rate") + ": " + quote(s) + ": " + why);
+  }
+  getNumber(f, "burst", path, 1, 1000000000, &r->burst);
+  if (const Entry* e = f.find("burst"); e && !f.find("rate"))
+    error(e->key_node, join(path, "burst") + ": only with a rate");
+  getBool(f, "distinct_credentials", path, &r->distinct_credentials);
+  if (const Entry* e = f.find("distinct_credentials"); e && count_ok && r->count != CountKind::kAuthFailures)
+    error(e->key_node, join(path, "distinct_credentials") + ": only with count: auth_failures");
+  if (const Entry* e = f.find("on_exceed")) loadOnExceed(*e, join(path, "on_exceed"), r);
+  if (const Entry* e = f.find("scope")) {
+    getEnum<bool>(f, "scope", path, {{"node", false}, {"cluster", true}}, &r->cluster);
+    if (r->cluster && cfg.directory.driver != "postgres")
+      error(e->mark(), join(path, "scope") +
+                           ": cluster counters are shared through PostgreSQL; it needs "
+                           "directory.driver postgres");
+  }
+  if (!f.find("rate") && !f.find("concurrency"))
+    error(n.Mark(), path + ": needs a rate or a concurrency (or both)");
+}
+
+void Loader::loadOnExceed(const Entry& e, const std::string& path, LimitRuleConfig* r) {
+  const auto action = [](const std::string& s, LimitAction* out) {
+    static constexpr std::pair<std::string_view, LimitAction> kActions[] = {
+        {"tempfail", LimitAction::kTempfail},
+        {"reject", LimitAction::kReject},
+        {"delay", LimitAction::kDelay},
+        {"ban", LimitAction::kBan}};
+    for (const auto& [name, value] : kActions) {
+      if (s == name) {
+        *out = value;
+        return true;
+      }
+    }
+    return false;
+  };
+  if (e.value.IsScalar()) {
+    if (!action(e.value.Scalar(), &r->on_exceed))
+      error(e.mark(),
+            path + ": expected one of tempfail, reject, delay, ban, got " + quote(e.value.Scalar()));
+    return;
+  }
+  Fields f;
+  if (e.value.IsNull() || !e.value.IsMap()) {
+    error(e.mark(),
+          path +
+              ": expected tempfail, reject, delay, ban or a map { action: ..., delay: ..., reply: ... }, "
+              "got " +
+              describe(e.value));
+    return;
+  }
+  if (!fields(e.value, path, {"action", "delay", "reply"}, &f)) return;
+  const Entry* a = f.find("action");
+  if (!a) {
+    error(e.mark(), path + ": missing required key \"action\"");
+    return;
+  }
+  std::string name;
+  if (!scalar(*a, join(path, "action"), "an action", &name)) return;
+  if (!action(name, &r->on_exceed)) {
+    error(a->mark(),
+          join(path, "action") + ": expected one of tempfail, reject, delay, ban, got " + quote(name));
+    return;
+  }
+  if (const Entry* d = f.find("delay")) {
+    std::string s, why;
+    if (r->on_exceed != LimitAction::kDelay) {
+      error(d->key_node, join(path, "delay") + ": only with action: delay");
+    } else if (scalar(*d, join(path, "delay"), "a delay such as 2s..15s", &s)) {
+      if (!parseDelayRange(s, &r->delay_min, &r->delay_max, &why))
+        error(d->mark(), join(path, "delay") + ": " + quote(s) + ": " + why);
+      else if (r->delay_max > kMaxPolicyDelay)
+        error(d->mark(), join(path, "delay") + ": " + quote(s) + ": at most 5m");
+    }
+  }
+  if (const Entry* rep = f.find("reply")) {
+    const std::string rpath = join(path, "reply");
+    if (r->on_exceed == LimitAction::kTempfail || r->on_exceed == LimitAction::kReject) {
+      checkReply(*rep, rpath, r->on_exceed == LimitAction::kTempfail ? '4' : '5');
+      if (rep->value.IsScalar()) r->reply = rep->value.Scalar();
+    } else {
+      error(rep->key_node, rpath + ": only with action tempfail or reject");
+    }
+  }
+}
+
+void Loader::loadBans(const Entry& e, const Config& cfg, BanConfig* b) {
+  const std::string path = "limits.bans";
+  Fields f;
+  if (!fields(e.value, path, {"ttl", "increment", "forget", "never"}, &f)) return;
+  getDuration(f, "ttl", path, &b->ttl, false);
+  if (const Entry* inc = f.find("increment")) {
+    const std::string ipath = join(path, "increment");
+    Fields inf;
+    if (fields(inc->value, ipath, {"factor", "max"}, &inf)) {
+      if (const Entry* fe = inf.find("factor")) {
+        std::string s;
+        if (scalar(*fe, join(ipath, "factor"), "a number", &s)) {
+          char* end = nullptr;
+          errno = 0;
+          const double v = s.empty() ? 0 : std::strtod(s.c_str(), &end);
+          if (s.empty() || errno != 0 || *end != '\0' || !(v >= 1 && v <= 100))
+            error(fe->mark(), join(ipath, "factor") + ": expected a number from 1 to 100, got " + quote(s));
+          else
+            b->factor = v;
+        }
+      }
+      getDuration(inf, "max", ipath, &b->max, false);
+    }
+  }
+  getDuration(f, "forget", path, &b->forget, true);
+  if (b->max < b->ttl) {
+    const Entry* where = f.find("increment");
+    error(where ? where->mark() : e.mark(),
+          path + ": increment.max (" + std::to_string(b->max.count() / 1000) + "s) is shorter than ttl (" +
+              std::to_string(b->ttl.count() / 1000) + "s)");
+  }
+  if (const Entry* x = f.find("never"))
+    if (!(x->value.IsSequence() && x->value.size() == 0))
+      listRefs(*x, join(path, "never"), cfg.policy, false, &b->never);
+}
+
+void Loader::loadEarlyTalker(const Entry& e, const Config& cfg, EarlyTalkerConfig* t) {
+  const std::string path = "limits.early_talker";
+  t->pos = positionOf(e.key_node.Mark());
+  Fields f;
+  if (!fields(e.value, path, {"listeners", "greet_wait", "action"}, &f)) return;
+  if (e.value.IsNull()) return;
+  requireKey(f, "listeners", e.mark(), path);
+  if (const Entry* l = f.find("listeners")) {
+    const std::string lpath = join(path, "listeners");
+    std::vector<YAML::Node> nodes;
+    if (items(*l, lpath, "a listener name", &nodes)) {
+      for (const YAML::Node& node : nodes) {
+        std::string s;
+        if (!scalar(node, lpath, "a listener name", &s)) continue;
+        const ListenerConfig* lc = findListener(cfg, s);
+        if (!lc) {
+          error(node, lpath + ": unknown listener " + quote(s));
+        } else if (!isSmtpFamily(lc->protocol)) {
+          error(node, lpath + ": listener " + quote(s) + " is an " + protocolName(lc->protocol) +
+                          " listener; only smtp and submission clients wait for a greeting to talk");
+        } else {
+          t->listeners.push_back(std::move(s));
+        }
+      }
+    }
+  }
+  getDuration(f, "greet_wait", path, &t->greet_wait, false);
+  if (t->greet_wait > kMaxPolicyDelay)
+    error(f.find("greet_wait")->mark(), join(path, "greet_wait") + ": at most 5m");
+  getEnum<LimitAction>(
+      f, "action", path,
+      {{"reject", LimitAction::kReject}, {"tempfail", LimitAction::kTempfail}, {"ban", LimitAction::kBan}},
+      &t->action);
+}
+
+void Loader::loadPolicies(const Entry& section, Config* cfg) {
+  const YAML::Node& n = section.value;
+  if (n.IsNull()) return;
+  if (!n.IsSequence()) {
+    error(section.mark(), "policies: expected a list, got " + describe(n));
+    return;
+  }
+  std::map<std::string, int> names;
+  for (size_t i = 0; i < n.size(); ++i) {
+    const YAML::Node item = n[i];
+    const std::string path = indexed("policies", i);
+    if (!item.IsMap()) {
+      error(item, path + ": expected a map, got " + describe(item));
+      continue;
+    }
+    PolicyRuleConfig r;
+    loadPolicy(item, path, *cfg, &r);
+    YAML::Node name_node;
+    if (!r.name.empty() && findValue(item, "name", &name_node)) {
+      const auto [it, inserted] = names.emplace(r.name, name_node.Mark().line + 1);
+      if (!inserted)
+        error(name_node, path + ".name: duplicate policy name " + quote(r.name) + " (first defined at line " +
+                             std::to_string(it->second) + ")");
+    }
+    cfg->policy.policies.push_back(std::move(r));
+  }
+}
+
+void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Config& cfg,
+                        PolicyRuleConfig* r) {
+  r->pos = positionOf(n.Mark());
+  Fields f;
+  if (!fields(n, path, {"name", "stage", "when", "then", "reply", "delay", "header", "mode"}, &f)) return;
+  requireKey(f, "name", n.Mark(), path);
+  requireKey(f, "stage", n.Mark(), path);
+  requireKey(f, "then", n.Mark(), path);
+  getName(f, "name", path, &r->name);
+
+  static constexpr std::pair<std::string_view, Stage> kStages[] = {
+      {"connect", Stage::kConnect}, {"helo", Stage::kHelo}, {"auth", Stage::kAuth},
+      {"mail", Stage::kMail},       {"rcpt", Stage::kRcpt}, {"data", Stage::kData}};
+  std::optional<Stage> stage;
+  if (const Entry* e = f.find("stage")) {
+    std::string s;
+    if (scalar(*e, join(path, "stage"), "a stage", &s)) {
+      const auto* it =
+          std::find_if(std::begin(kStages), std::end(kStages), [&](const auto& p) { return p.first == s; });
+      if (it == std::end(kStages)) {
+        error(e->mark(), join(path, "stage") +
+                             ": expected one of connect, helo, auth, mail, rcpt, data, got " + quote(s));
+      } else {
+        stage = it->second;
+        r->stage = s;
+      }
+    }
+  }
+
+  const size_t before_then = errors_.size();
+  getEnum<PolicyAction>(f, "then", path,
+                        {{"accept", PolicyAction::kAccept},
+                         {"reject", PolicyAction::kReject},
+                         {"tempfail", PolicyAction::kTempfail},
+                         {"delay", PolicyAction::kDelay},
+                         {"tag", PolicyAction::kTag},
+                         {"quarantine", PolicyAction::kQuarantine}},
+                        &r->then);
+  const Entry* then = f.find("then");
+  const bool then_ok = then && errors_.size() == before_then;
+  if (then_ok && r->then == PolicyAction::kQuarantine)
+    error(then->mark(), join(path, "then") + ": quarantine store not configured yet");
+  else if (then_ok && r->then == PolicyAction::kTag && stage && *stage != Stage::kData)
+    error(then->mark(), join(path, "then") + ": tag adds a header field, so only at stage data");
+
+  if (const Entry* e = f.find("when"); e && stage)
+    loadMatch(*e, join(path, "when"), cfg, {*stage, "stage " + r->stage}, 0, &r->when);
+
+  if (const Entry* e = f.find("reply"); e && then_ok) {
+    const std::string rpath = join(path, "reply");
+    if (r->then == PolicyAction::kTempfail || r->then == PolicyAction::kReject) {
+      checkReply(*e, rpath, r->then == PolicyAction::kTempfail ? '4' : '5');
+      if (e->value.IsScalar()) r->reply = e->value.Scalar();
+    } else if (r->then != PolicyAction::kQuarantine) {
+      error(e->key_node, rpath + ": then: " + then->value.Scalar() +
+                             " sends no reply of its own (a reply goes with tempfail or reject)");
+    }
+  }
+  if (const Entry* e = f.find("delay"); e && then_ok) {
+    if (r->then != PolicyAction::kDelay) {
+      error(e->key_node, join(path, "delay") + ": only with then: delay");
+    } else {
+      getDuration(f, "delay", path, &r->delay, false);
+      if (r->delay > kMaxPolicyDelay) error(e->mark(), join(path, "delay") + ": at most 5m");
+    }
+  } else if (then_ok && r->then == PolicyAction::kDelay) {
+    error(then->mark(), join(path, "then") + ": delay needs a delay (such as delay: 5s)");
+  }
+  if (const Entry* e = f.find("header"); e && then_ok) {
+    std::string s;
+    if (r->then != PolicyAction::kTag) {
+      error(e->key_node, join(path, "header") + ": only with then: tag");
+    } else if (scalar(*e, join(path, "header"), "a header field \"Name: value\"", &s)) {
+      if (!isHeaderField(s))
+        error(e->mark(), join(path, "header") +
+                             ": expected a header field \"Name: value\" (printable ASCII, at most " +
+                             std::to_string(kMaxPolicyReply) + " octets), got " + quote(s));
+      else
+        r->header = std::move(s);
+    }
+  }
+  if (then_ok && r->then == PolicyAction::kTag && r->header.empty())
+    r->header = "X-Mailgate-Policy: " + r->name;
+  getEnum<bool>(f, "mode", path, {{"enforce", false}, {"shadow", true}}, &r->shadow);
 }
 
 // Finds where a second YAML document starts, without building it. yaml-cpp 0.7's

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mailgate::conf {
@@ -57,7 +58,7 @@ struct Match {
   std::vector<uint32_t> asn;                    // asn: 64500 | [64500, 64501]
   std::optional<bool> tls;                      // tls: true | false
   std::optional<bool> authenticated;            // authenticated: true | false
-  std::vector<std::string> users;               // user: NAME | [NAMES] (exact, case-insensitive)
+  std::vector<std::string> users;               // user: NAME | [NAMES] (exact, case-insensitive; stored lower case)
   // RE2 patterns (any one matching is a match); each is checked to compile by the loader.
   std::vector<std::string> helo_re2;            // helo: { re2: '...' }
   std::vector<std::string> sender_re2;          // sender: { re2: '...' }  (local@domain; "" = null sender)
@@ -97,7 +98,7 @@ struct BanConfig {
 };
 
 struct EarlyTalkerConfig {
-  std::vector<std::string> listeners;  // smtp listeners that wait before the greeting
+  std::vector<std::string> listeners;  // smtp/submission listeners that wait before the greeting
   std::chrono::milliseconds greet_wait{6000};
   LimitAction action = LimitAction::kReject;  // reject (554 5.5.1 and close) | tempfail (421) | ban
   Position pos;
@@ -113,6 +114,12 @@ struct LimitsConfig {
   BanConfig bans;
   EarlyTalkerConfig early_talker;
   std::chrono::milliseconds line_timeout{20000};  // a started command line must end within this (0 = off)
+  // limits.user_sessions: simultaneous IMAP and POP3 sessions of one user from one
+  // client address (as Dovecot's mail_max_userip_connections); 0 = off. The client
+  // address is client.net at the defaults' prefixes; clients in defaults.exempt lists
+  // are not counted.
+  uint32_t max_user_sessions = 10;
+  Position pos;  // the `limits` key (0 when absent)
 };
 
 enum class PolicyAction : uint8_t { kAccept, kReject, kTempfail, kDelay, kTag, kQuarantine };
@@ -128,6 +135,29 @@ struct PolicyRuleConfig {
   bool shadow = false;                   // mode: shadow
   Position pos;
 };
+
+// The limits that apply when limits.rules is absent (docs/configuration.md lists
+// them): connections per client network and listener, failed logins per client network
+// (a ban, and a growing delay before), protocol errors per client network.
+std::vector<LimitRuleConfig> builtinLimitRules();
+
+// Syntax checks shared by the loader and its tests (pure: no I/O). Each returns false
+// and says why in *why when the text is not valid.
+
+// A network: "10.0.0.0/8", "2001:db8::/32", or a bare address (IPv4 or IPv6).
+// Host bits may be set (they are cleared when the list is compiled).
+bool checkCidr(std::string_view text, std::string* why);
+// A limit's rate "N/PERIOD": "60/1m", "10/10m", "500/1h", "100/s" (a bare unit is one
+// of it: ms, s, m, h, d). N is 1 or more, PERIOD from 1ms to 30d.
+bool parseRate(std::string_view text, uint32_t* count, std::chrono::milliseconds* per, std::string* why);
+// A delay "2s..15s" (uniformly drawn between the two) or one duration "5s" (min = max).
+bool parseDelayRange(std::string_view text, std::chrono::milliseconds* min, std::chrono::milliseconds* max,
+                     std::string* why);
+// A reply for a refusal: "CODE X.Y.Z text" where CODE is 3 digits starting with
+// `klass` ('4' tempfail, '5' reject), X equals that digit, the text is not empty, and
+// the whole is printable ASCII of at most kMaxPolicyReply octets.
+inline constexpr size_t kMaxPolicyReply = 256;
+bool checkPolicyReply(std::string_view reply, char klass, std::string* why);
 
 struct PolicyConfig {
   std::vector<ListConfig> lists;

@@ -14,6 +14,9 @@
 #include "conf/config.h"
 #include "filters/clamd_filter.h"
 #include "gateway/admin/admin_server.h"
+#include "gateway/admin/policy_cli.h"
+#include "filters/policy/policy.h"
+#include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
@@ -31,6 +34,9 @@ void usage() {
                "usage: mailgate --config FILE        run in the foreground\n"
                "       mailgate --check-config FILE  validate the configuration\n"
                "       mailgate --init-db FILE       create or migrate the database schema\n"
+               "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
+               "                [--user U] [--message FILE.eml]   what the policy does to a session\n"
+               "       mailgate --test-policy FILE CASES.yaml   run policy test cases offline\n"
                "       mailgate --version\n");
 }
 
@@ -183,6 +189,22 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
   counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to.",
           clamd.endpoint_failures.load());
   renderExecutorMetrics(out);
+  {
+    // Per limit and rule: how often each acted (shadow rules: "shadow").
+    std::string lines;
+    filters::policy::forEachRuleMetric([&lines](const filters::policy::RuleMetric& m) {
+      lines += "mailgate_policy_actions_total{kind=\"" + m.kind + "\",name=\"" + m.name + "\",outcome=\"" +
+               m.outcome + "\"} " + std::to_string(m.count.load(std::memory_order_relaxed)) + "\n";
+    });
+    out += "# HELP mailgate_policy_actions_total Limits exceeded and rules matched, by name and outcome.\n"
+           "# TYPE mailgate_policy_actions_total counter\n" + lines;
+    const auto counters = filters::policy::policyState().counters.stats();
+    counter("mailgate_policy_counter_keys", "Policy counter entries in use.", counters.entries, "gauge");
+    counter("mailgate_policy_counter_capacity", "Policy counter entries at most (limits.defaults.max_keys).",
+            counters.capacity, "gauge");
+    counter("mailgate_policy_counter_evictions_total", "Policy counter entries evicted (least recently used).",
+            counters.evictions);
+  }
   counter("mailgate_log_lines_dropped_total", "Log lines dropped because the log queue was full.",
           log::droppedLines());
   auto ring_sum = [&](std::atomic<uint64_t> io::Ring::*member) {
@@ -225,6 +247,7 @@ int run(const std::string& path) {
   }
   const conf::Config& cfg = *loaded.config;
   applyLog(cfg);
+  filters::policy::policyState(cfg.policy.limits.max_keys);  // sized once, kept across reloads
   auto rt = session::Runtime::build(loaded.config);
   if (!rt) {
     std::fprintf(stderr, "%s: %s\n", path.c_str(), rt.error().c_str());
@@ -342,6 +365,8 @@ int main(int argc, char** argv) {
   if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) return checkConfig(argv[2]);
   if (argc == 3 && std::strcmp(argv[1], "--config") == 0) return run(argv[2]);
   if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
+  if (argc >= 2 && std::strcmp(argv[1], "--explain") == 0) return admin::explainMain(argc, argv);
+  if (argc >= 2 && std::strcmp(argv[1], "--test-policy") == 0) return admin::testPolicyMain(argc, argv);
   usage();
   return 2;
 }

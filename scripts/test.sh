@@ -20,6 +20,10 @@ step() { printf '\n==== %s (%ds)\n' "$*" "$(( $(date +%s) - started ))"; }
 step "dependencies"
 bash scripts/deps.sh
 
+step "GeoIP test data"
+# Not fatal: without it the GeoIP tests on real data skip (and say why).
+bash scripts/geoip-data.sh || echo "GeoIP test data unavailable; those tests will skip" >&2
+
 step "build"
 cmake -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build "$BUILD_DIR" -j"$JOBS"

@@ -48,7 +48,9 @@ class BanTable {
   bool lift(const NetAddr& net, int64_t now_ms);
   // The ban covering `addr` at `now_ms`, if any (the longest one).
   bool find(const NetAddr& addr, int64_t now_ms, Ban* out = nullptr) const;
+  // The bans in force at `now_ms`.
   std::vector<Ban> list(int64_t now_ms) const;
+  // Entries not yet ended by lift() or expire() (run-out ones count until expire()).
   size_t size() const;
   // From the cluster: replace (full reload) or apply one change, without calling the listener.
   void replaceAll(const std::vector<Ban>& bans);
@@ -61,9 +63,10 @@ class BanTable {
  private:
   mutable std::mutex mu_;
   Listener listener_;
+  // A ban in force, or (active = false: lifted or run out) its history, kept until
+  // `forget` after its end so that the next ban of the network escalates.
   struct Entry { Ban ban; bool active = true; };
   std::vector<Entry> entries_;  // small: a linear scan per connect is cheaper than hashing every prefix
-  std::vector<uint8_t> prefixes_[2];  // prefix lengths in use, per family (4, 6), for the lookup
 };
 
 }  // namespace mailgate::filters::policy

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <vector>
 
 namespace mailgate::filters::policy {
@@ -35,7 +36,11 @@ class KeyBuilder {
 // `period` with `burst` (>= 1) events allowed at once: emission interval
 // T = period / rate, tolerance tau = T × (burst - 1). State: the theoretical arrival
 // time `tat`.
+// rate 0 = no limit (every take conforms); burst 0 = rate. T is rounded up to whole
+// microseconds. n events conform at once when max(tat, now) + n × T - now <= tau + T.
 struct Gcra {
+  // take()'s answer when `n` exceeds the burst: those events never conform at once.
+  static constexpr int64_t kNever = INT64_MAX;
   int64_t interval_us = 0;   // T, in microseconds
   int64_t tolerance_us = 0;  // tau
   static Gcra of(uint32_t rate, std::chrono::milliseconds period, uint32_t burst);
@@ -68,7 +73,7 @@ class CounterTable {
   template <typename Fn>
   auto update(const CounterKey& key, Fn&& fn) {
     Shard& s = shardOf(key);
-    std::lock_guard<std::mutex> lock(s.mu);
+    std::lock_guard<std::mutex> lock(mutexOf(s));
     return fn(*entry(s, key, /*create=*/true));
   }
   // Reads the key's entry without creating it or touching the LRU order (explain,
@@ -82,6 +87,7 @@ class CounterTable {
  private:
   struct Shard;
   Shard& shardOf(const CounterKey& key) const;
+  static std::mutex& mutexOf(Shard& s);  // Shard is complete only in counters.cc
   CounterState* entry(Shard& s, const CounterKey& key, bool create);
   size_t capacity_;
   std::vector<std::unique_ptr<Shard>> shards_;

@@ -18,10 +18,13 @@ namespace mailgate::filters::policy {
 
 class GeoDb {
  public:
-  // Opens every file; nullptr and *error ("FILE: why") when one fails to open or is corrupt.
+  // Opens every file; nullptr and *error ("FILE: why") when one fails to open or is corrupt
+  // (or "bad field path" when `field` has an empty part).
   static std::unique_ptr<GeoDb> open(const std::vector<std::string>& paths, const std::string& field,
                                      std::string* error);
   ~GeoDb();
+  GeoDb(const GeoDb&) = delete;
+  GeoDb& operator=(const GeoDb&) = delete;
   // The value at the field path as text (strings as they are, integers in decimal);
   // empty when no file has the address or the record lacks the field.
   std::string lookup(const NetAddr& addr) const;
@@ -33,6 +36,7 @@ class GeoDb {
   GeoDb() = default;
   std::vector<std::string> paths_;
   std::vector<std::string> field_path_;  // split at '.'
+  std::vector<const char*> field_ptrs_;  // into field_path_, null-terminated, for MMDB_aget_value
   std::vector<MMDB_s*> dbs_;
 };
 

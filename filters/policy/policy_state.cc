@@ -3,8 +3,8 @@
 namespace mailgate::filters::policy {
 
 PolicyState& policyState(size_t max_keys) {
-  static PolicyState s(max_keys);
-  return s;
+  static PolicyState state(max_keys);
+  return state;
 }
 
 }  // namespace mailgate::filters::policy

@@ -34,6 +34,29 @@ bool FilterChain::wants(filters::Stage stage) const {
   return false;
 }
 
+filters::Verdict FilterChain::notify(const filters::Event& event, filters::SessionFacts& facts) {
+  filters::Verdict result = filters::Verdict::next();
+  for (auto& f : filters_) {
+    filters::Verdict v = f->onEvent(event, facts);
+    if (filters::isTerminal(v.action)) {
+      v.filter = std::string(f->name());
+      filters::Verdict clean = v;
+      if (!v.text.empty() && !filters::cleanReplyText(v.text, &clean.text)) {
+        chainStats().bad_text++;
+        clean.text.clear();
+      }
+      clean.ref = newRef();
+      chainStats().refusals++;
+      return clean;
+    }
+    if (v.action == filters::Action::kDelay && v.delay > result.delay) {
+      result = std::move(v);
+      result.filter = std::string(f->name());
+    }
+  }
+  return result;
+}
+
 bool FilterChain::run(filters::Stage stage, filters::SessionFacts& facts) {
   if (state_ != State::kIdle) {
     // A session runs one stage at a time; this is a bug in the caller.

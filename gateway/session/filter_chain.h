@@ -67,6 +67,9 @@ class FilterChain {
   // The host's timer fired (deadline or end of a delay).
   void onTimer(uint64_t now_ms);
   uint64_t timerAt() const { return state_ == State::kIdle ? 0 : wake_at_; }
+  // An event (filters::EventKind) for every filter, in order; the first terminal answer
+  // wins, else the longest delay, else continue. Synchronous.
+  filters::Verdict notify(const filters::Event& event, filters::SessionFacts& facts);
   // The session ends: the pending step is cancelled, nothing more is reported.
   void cancel();
   // Headers added at the data stage (add_header verdicts), taken once.

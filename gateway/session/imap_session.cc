@@ -69,6 +69,14 @@ void ImapSession::badCommand(std::string_view tag, std::string_view text) {
   bad_commands_++;
   if (g_proto_log.allow())
     log::info("imap protocol error", {{"session", id_}, {"client", client_ip_}, {"error", text}});
+  if (const filters::Verdict pv = notifyEvent(filters::EventKind::kError); filters::isTerminal(pv.action)) {
+    writeClient(std::string(tag) + " BAD " + std::string(text) + "\r\n");
+    filters::Verdict bye = pv;
+    bye.action = filters::Action::kClose;
+    writeClient(renderImap(bye, filters::Stage::kClose, tag).line + "\r\n");
+    closeAfterFlush("refused_by_policy");
+    return;
+  }
   if (bad_commands_ >= listener_.max_bad_commands) {
     writeClient(std::string(tag) + " BAD " + std::string(text) + "\r\n");
     writeClient("* BYE Too many invalid commands.\r\n");

@@ -1,5 +1,7 @@
 #include "gateway/session/login_session.h"
 
+#include "filters/policy/policy.h"
+
 #include <algorithm>
 
 #include "auth/sasl.h"
@@ -97,7 +99,11 @@ void LoginSession::onStageDone(filters::Stage stage, filters::Verdict v) {
   }
   // Refused by policy before the directory was asked.
   logRefusal(stage, v);
-  const Rendered r = renderRefusal(v, stage);
+  refuseLogin(v);
+}
+
+void LoginSession::refuseLogin(const filters::Verdict& v) {
+  const Rendered r = renderRefusal(v, filters::Stage::kAuth);
   writeClient(r.line + "\r\n");
   password_.clear();
   if (r.close) {
@@ -121,6 +127,13 @@ void LoginSession::onDirectoryAnswer(auth::AuthResult result, std::vector<Candid
   switch (result.verdict) {
     case auth::Verdict::kOk:
       if (!result.user.empty()) user_ = result.user;
+      facts_.user = user_;
+      if (const filters::Verdict pv = notifyEvent(filters::EventKind::kAuthSuccess);
+          filters::isTerminal(pv.action)) {  // the per-user session limit
+        facts_.authenticated = false;
+        refuseLogin(pv);
+        return;
+      }
       backend_user_ = std::move(result.backend_user);
       backend_password_ = std::move(result.backend_password);
       candidates_ = std::move(candidates);
@@ -256,13 +269,24 @@ void LoginSession::fail(bool auth_failure, const std::string& why) {
   if (authLogLimit().allow())
     log::info(auth_failure ? "authentication failed" : "login temporarily failed",
               {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"reason", why}});
+  const uint64_t credential = auth_failure ? filters::policy::credentialHash(user_, password_) : 0;
   password_.clear();
   if (auth_failure) {
     reactor_.stats.auth_failures++;
     auth_failures_++;
+    const filters::Verdict pv = notifyEvent(filters::EventKind::kAuthFailure, credential);
+    if (filters::isTerminal(pv.action)) {  // banned, or over an auth-failure limit that refuses
+      filters::Verdict bye = pv;
+      bye.action = filters::Action::kClose;
+      writeClient(renderRefusal(bye, filters::Stage::kAuth).line + "\r\n");
+      closeAfterFlush("refused_by_policy");
+      return;
+    }
     phase_ = LoginPhase::kDelay;
-    // The directory's own wait (auth_http Auth-Wait) replaces the configured delay.
+    // The directory's own wait (auth_http Auth-Wait) replaces the configured delay;
+    // the policy's tarpit lengthens either.
     auto delay = extra_wait_.count() > 0 ? extra_wait_ : rt_->config->directory.file.failure_delay;
+    if (pv.action == filters::Action::kDelay) delay = std::max(delay, pv.delay);
     extra_wait_ = std::chrono::milliseconds(0);
     setTimer(now() + static_cast<uint64_t>(delay.count()));
     return;

@@ -131,6 +131,9 @@ class LoginSession : public Session {
   void resumeClientInput();  // back to pre-auth: parse what was held
   void onDirectoryAnswer(auth::AuthResult result, std::vector<Candidate> candidates);
   void tryNextCandidate();
+  // A login refused by the policy (before the directory, or the per-user session
+  // limit after it): the protocol's reply, then back to pre-login or closed.
+  void refuseLogin(const filters::Verdict& v);
   // Back to the pre-login phase: the timer, and the client's held input.
   void backToPreLogin();
   void fail(bool auth_failure, const std::string& why);

@@ -32,6 +32,11 @@ void Pop3Session::badCommand(std::string_view text) {
   bad_commands_++;
   if (g_proto_log.allow())
     log::info("pop3 protocol error", {{"session", id_}, {"client", client_ip_}, {"error", text}});
+  if (const filters::Verdict pv = notifyEvent(filters::EventKind::kError); filters::isTerminal(pv.action)) {
+    writeClient(renderPop3(pv, filters::Stage::kClose).line + "\r\n");
+    closeAfterFlush("refused_by_policy");
+    return;
+  }
   if (bad_commands_ >= listener_.max_bad_commands) {
     writeClient("-ERR Too many invalid commands.\r\n");
     closeAfterFlush("too_many_errors");

@@ -57,7 +57,8 @@ filters::OversizeAction oversizeAction(conf::OversizeAction a) {
 
 // One filter per scanner named by a flow, in the order of first mention; it applies
 // to the sessions any of its flows select.
-std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h) {
+std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h,
+                                                           std::shared_ptr<const filters::policy::Policy> policy) {
   std::vector<filters::ClamdOptions> scanners;
   for (const auto& flow : h.flows) {
     for (const auto& name : flow.run) {
@@ -81,6 +82,8 @@ std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConf
     }
   }
   auto set = std::make_shared<filters::FilterSet>();
+  // The policy first: a banned or limited client costs no scanner work.
+  if (policy) set->add(std::make_shared<filters::policy::PolicyFilterFactory>(std::move(policy)));
   for (auto& o : scanners) set->add(std::make_shared<filters::ClamdFactory>(std::move(o)));
   return set;
 }
@@ -185,7 +188,19 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     if (running && running->router) router->setTable(running->router->table());  // until the fresh one arrives
   }
   rt->health = std::make_unique<routing::HealthChecker>(*rt->router);
-  rt->filters = buildHookFilters(config->hooks);
+  {
+    std::vector<conf::ConfigError> errors;
+    std::vector<std::string> warnings;
+    rt->policy = filters::policy::Policy::compile(*config, running ? running->policy.get() : nullptr, &errors,
+                                                  &warnings);
+    for (const auto& w : warnings) log::warn("policy reload kept the old data", {{"problem", w}});
+    if (!rt->policy) {
+      std::string all;
+      for (const auto& e : errors) all += (all.empty() ? "" : "; ") + e.format();
+      return Error{all};
+    }
+  }
+  rt->filters = buildHookFilters(config->hooks, rt->policy);
   return rt;
 }
 

@@ -12,6 +12,7 @@
 #include "auth/postgres_routes.h"
 #include "conf/config.h"
 #include "filters/filter.h"
+#include "filters/policy/policy.h"
 #include "gateway/core/result.h"
 #include "gateway/tls/tls_context.h"
 #include "routing/router.h"
@@ -29,6 +30,9 @@ struct Runtime {
   std::unique_ptr<auth::PostgresRouteWatcher> route_watcher;  // driver postgres: the routing map
   // The session filters (policy and content hooks), in order, from the `limits`,
   // `policies` and `hooks` sections; empty when none is configured.
+  // The compiled lists, GeoIP databases, limits and rules (always present: the
+  // built-in limits apply without a `limits` section).
+  std::shared_ptr<const filters::policy::Policy> policy;
   std::shared_ptr<const filters::FilterSet> filters = std::make_shared<filters::FilterSet>();
 
   // Starts the background parts (health checks, route watcher) and waits, bounded

@@ -218,6 +218,17 @@ void Session::logRefusal(filters::Stage stage, const filters::Verdict& v) const 
                                   {"ref", v.ref}});
 }
 
+filters::Verdict Session::notifyEvent(filters::EventKind kind, uint64_t credential) {
+  filters::Event ev;
+  ev.kind = kind;
+  ev.credential = credential;
+  filters::Verdict v = chain_.notify(ev, facts_);
+  if (filters::isTerminal(v.action)) logRefusal(kind == filters::EventKind::kAuthSuccess ? filters::Stage::kAuth
+                                                                                         : filters::Stage::kClose,
+                                                v);
+  return v;
+}
+
 void Session::chainDone(filters::Stage stage, filters::Verdict verdict) {
   if (closing_) return;
   if (stage != filters::Stage::kConnect) {

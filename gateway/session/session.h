@@ -140,6 +140,9 @@ class Session : public ChainHost {
   // Header fields the data stage's filters added ("Name: value"), taken once.
   std::vector<std::string> takeAddedHeaders() { return chain_.takeHeaders(); }
   bool stageWanted(filters::Stage stage) const { return chain_.wants(stage); }
+  // Reports an event to the filters (policy counters); a terminal answer is logged
+  // here and is the protocol's to render (then close, or refuse the login).
+  filters::Verdict notifyEvent(filters::EventKind kind, uint64_t credential = 0);
   // How long a directory lookup may take (its queue wait included): 3 × the driver's
   // timeout + 2 s, at least 5 s. At the deadline the client gets a temporary failure.
   std::chrono::milliseconds directoryDeadline() const;

@@ -1,5 +1,7 @@
 #include "gateway/session/smtp_session.h"
 
+#include "filters/policy/policy.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -399,6 +401,13 @@ void SmtpSession::parserError() {
 void SmtpSession::badCommand(std::string_view line) {
   bad_commands_++;
   reply(line);
+  if (const filters::Verdict pv = notifyEvent(filters::EventKind::kError); filters::isTerminal(pv.action)) {
+    filters::Verdict bye = pv;
+    bye.action = filters::Action::kClose;
+    reply(renderSmtp(bye, filters::Stage::kClose, hostname_).line);
+    closeAfterFlush("refused_by_policy");
+    return;
+  }
   if (bad_commands_ >= listener_.max_bad_commands) {
     log::info("smtp too many errors", {{"session", id_}, {"client", client_ip_}, {"errors", bad_commands_}});
     reply("421 4.7.0 " + hostname_ + " Error: too many errors");
@@ -714,6 +723,7 @@ void SmtpSession::beginAuth() {
   user_ = user;
   facts_.user = user_;
   facts_.attempt = auth_failures_ + 1;
+  auth_credential_ = filters::policy::credentialHash(user, password);
   auth_step_->set([this, rt = rt_, user = std::move(user), password = std::move(password),
                    facts = directoryFacts()]() mutable -> filters::Resumer::Answer {
     auth::AuthResult r = rt->directory->authenticate(user, password, facts);  // directory executor
@@ -740,15 +750,24 @@ bool SmtpSession::closeOnTooManyAuthFailures() {
 
 void SmtpSession::onAuthAnswer(auth::AuthResult result) {
   switch (result.verdict) {
-    case auth::Verdict::kOk:
+    case auth::Verdict::kOk: {
       if (!result.user.empty()) user_ = result.user;
-      authenticated_ = true;
-      facts_.authenticated = true;
+      auth_credential_ = 0;
       facts_.user = user_;
+      facts_.authenticated = true;
+      if (const filters::Verdict pv = notifyEvent(filters::EventKind::kAuthSuccess); filters::isTerminal(pv.action)) {
+        facts_.authenticated = false;
+        facts_.user.clear();
+        user_.clear();
+        reply(renderSmtp(pv, filters::Stage::kAuth, hostname_).line);
+        break;
+      }
+      authenticated_ = true;
       reactor_.stats.logins++;
       log::info("login", {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"protocol", "submission"}});
       reply("235 2.7.0 Authentication successful");
       break;
+    }
     case auth::Verdict::kBadPassword:
     case auth::Verdict::kUnknownUser: {
       reactor_.stats.auth_failures++;
@@ -758,8 +777,19 @@ void SmtpSession::onAuthAnswer(auth::AuthResult result) {
                                             {"user", user_},
                                             {"client", client_ip_},
                                             {"reason", result.reason.empty() ? "bad credentials" : result.reason}});
-      user_.clear();
       auto delay = result.wait.count() > 0 ? result.wait : rt_->config->directory.file.failure_delay;
+      const filters::Verdict pv = notifyEvent(filters::EventKind::kAuthFailure, auth_credential_);
+      auth_credential_ = 0;
+      user_.clear();
+      if (filters::isTerminal(pv.action)) {  // banned, or over an auth-failure limit that refuses
+        reply("535 5.7.8 Error: authentication failed");
+        filters::Verdict bye = pv;
+        bye.action = filters::Action::kClose;
+        reply(renderSmtp(bye, filters::Stage::kAuth, hostname_).line);
+        closeAfterFlush("refused_by_policy");
+        return;
+      }
+      if (pv.action == filters::Action::kDelay) delay = std::max(delay, pv.delay);
       phase_ = Phase::kAuthDelay;
       auth_delay_until_ = now() + static_cast<uint64_t>(std::max<int64_t>(delay.count(), 1));
       updateTimer();

@@ -162,6 +162,7 @@ class SmtpSession final : public Session {
   SaslExchange sasl_;
   bool sasl_wait_ = false;  // a 334 was sent: the next line is a SASL response
   unsigned auth_failures_ = 0;
+  uint64_t auth_credential_ = 0;  // hash of the user and password being checked (policy: distinct credentials)
   uint64_t auth_delay_until_ = 0;
   std::string pending_mail_;  // MAIL path waiting for the sender check
   // The session's own steps in its filter chain (owned by the chain), and what their

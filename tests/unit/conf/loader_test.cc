@@ -550,11 +550,11 @@ TEST_F(LoaderTest, ErrorsAreAllCollectedInFileOrder) {
                              At(5, 10, "unknown key \"clamd\" in hooks")));
 }
 
-TEST_F(LoaderTest, UnsupportedSections) {
-  EXPECT_NE(ok(kBase + "limits: {}\npolicies:\nhooks: {}\n"), nullptr);
+TEST_F(LoaderTest, PolicySectionsMayBeEmpty) {
+  EXPECT_NE(ok(kBase + "lists: {}\ngeoip: {}\nlimits: {}\npolicies:\nhooks: {}\n"), nullptr);
   EXPECT_THAT(errors(kBase + "limits: { per_ip: 10 }\npolicies: [a]\n"),
-              ElementsAre(At(6, 11, "limits: \"per_ip\" is not supported yet"),
-                          At(7, 11, "policies: expected a map, got a list")));
+              ElementsAre(At(6, 11, "unknown key \"per_ip\" in limits"),
+                          At(7, 12, "policies[0]: expected a map, got \"a\"")));
 }
 
 TEST_F(LoaderTest, DirectoryDriversNeedTheirSection) {
