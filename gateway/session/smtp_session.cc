@@ -1,13 +1,13 @@
 #include "gateway/session/smtp_session.h"
 
-#include "filters/policy/policy.h"
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <ctime>
 #include <random>
 
+#include "filters/policy/net_prefix.h"
+#include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
@@ -160,6 +160,25 @@ void SmtpSession::refuseEarlyTalker(std::string_view what, std::string_view reje
   const conf::LimitAction action = rt_->config->policy.limits.early_talker.action;
   const bool temporary = action == conf::LimitAction::kTempfail || action == conf::LimitAction::kDelay;
   const std::string ref = newRef();
+  const char* done = temporary ? "tempfail" : "reject";
+  if (action == conf::LimitAction::kBan) {
+    // As reject, and the client's network is banned (unless limits.bans.never covers it).
+    namespace pol = filters::policy;
+    pol::NetAddr addr;
+    if (rt_->policy && pol::parseAddr(client_ip_, &addr) && !rt_->policy->neverBan(addr)) {
+      const pol::Ban b =
+          pol::policyState().bans.ban(rt_->policy->banNet(addr), rt_->policy->banParams(), "early_talker",
+                                      localHostname(), pol::BanTable::wallMs());
+      pol::policyState().stats.bans_made++;
+      done = "ban";
+      log::warn("policy ban", {{"session", id_},
+                               {"client", client_ip_},
+                               {"net", rt_->policy->banNet(addr).text()},
+                               {"limit", "early_talker"},
+                               {"level", b.level},
+                               {"seconds", static_cast<uint64_t>((b.expires_ms - b.created_ms) / 1000)}});
+    }
+  }
   static log::RateLimit rl(20);  // a client can trigger this at will
   if (rl.allow())
     log::info("smtp early talker refused", {{"session", id_},
@@ -167,7 +186,7 @@ void SmtpSession::refuseEarlyTalker(std::string_view what, std::string_view reje
                                             {"listener", listener_.name},
                                             {"test", what},
                                             {"bytes", bytes},
-                                            {"action", temporary ? "tempfail" : "reject"},
+                                            {"action", done},
                                             {"ref", ref},
                                             {"suppressed", rl.suppressed()}});
   std::string line = temporary
@@ -255,7 +274,7 @@ void SmtpSession::onClientData(std::string_view plain) {
     // RFC 5321 §4.3.1: the client waits for the greeting. Talking first is the mark
     // of a spam engine that does not read replies.
     if (earlyTalkerListener()) {
-      refuseEarlyTalker("talked before the greeting", "554 5.5.0 " + hostname_ + " Error", plain.size());
+      refuseEarlyTalker("talked before the greeting", "554 5.5.1 " + hostname_ + " Error", plain.size());
       return;
     }
     if (g_proto_log.allow())

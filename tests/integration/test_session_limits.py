@@ -294,7 +294,7 @@ class SessionLimitsTest(harness.LogsOnFailure, unittest.TestCase):
         c = self.client("mx_et")
         c.send(b"EHLO early.example\r\n")
         line = c.read_line(timeout=5)
-        self.assertRegex(line, r"^554 5\.5\.0 .* Error: talked before the greeting \(ref [0-9a-f]{6}\)$")
+        self.assertRegex(line, r"^554 5\.5\.1 .* Error: talked before the greeting \(ref [0-9a-f]{6}\)$")
         self.assertTrue(c.at_eof(timeout=5))
         ref = line[-7:-1]
         harness.wait_for(lambda: any(l.get("ref") == ref for l in self.logs("smtp early talker refused")),
@@ -338,6 +338,61 @@ class SessionLimitsTest(harness.LogsOnFailure, unittest.TestCase):
             code, _ = s.rcpt(ALICE)
             self.assertEqual(code, 250)
             s.rset()
+
+
+class EarlyTalkerBanTest(harness.LogsOnFailure, unittest.TestCase):
+    """early_talker.action ban: refused as with reject, and the client's network banned,
+    so that its next connection is refused at connect."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = Path(harness.make_workdir("mailgate-early-talker-ban-"))
+        cls.dovecot = None
+        cls.gateway = None
+        try:
+            certs = cls.dir / "certs"
+            ca = harness.make_ca(certs)
+            cert = harness.make_cert(ca, certs, ["mx.example.org"])
+            cls.dovecot = harness.Dovecot(cls.dir / "storage-01", USERS, name="s1")
+            cls.dovecot.start()
+            users_file = str(cls.dir / "users.passwd")
+            harness.write_passwd(users_file, USERS)
+            cls.mx_port = harness.free_port()
+            listeners = [{"name": "mx", "protocol": "smtp", "port": cls.mx_port}]
+            backends = [{"name": "storage-01", "imap": cls.dovecot.imap_port, "lmtp": cls.dovecot.lmtp_port}]
+            routes = [{"domain": "example.org", "primary": "storage-01"}]
+            text = harness.mailgate_config(certificates=[cert], listeners=listeners, users_file=users_file,
+                                           backends=backends, routes=routes)
+            text += f"limits:\n  early_talker: {{ listeners: [mx], greet_wait: {GREET_WAIT_S}s, action: ban }}\n"
+            cls.gateway = harness.Mailgate(cls.dir, text).start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.gateway is not None:
+            cls.gateway.stop()
+        if cls.dovecot is not None:
+            cls.dovecot.stop()
+        harness.remove_workdir(cls.dir)
+
+    def diagnostics(self) -> str:
+        return "--- mailgate log (tail) ---\n" + self.gateway.log_text()[-4000:]
+
+    def test_pipelining_early_talker_is_banned(self):
+        with harness.LineClient(self.mx_port, timeout=10) as c:
+            self.assertEqual(smtp_reply(c)[-1][:3], "220")
+            c.send(b"EHLO pipe.example\r\nMAIL FROM:<a@b.example>\r\n")
+            self.assertRegex(c.read_line(timeout=5), r"^550 5\.5\.1 .* Protocol error: pipelining before the EHLO reply")
+            self.assertTrue(c.at_eof(timeout=5))
+        harness.wait_for(lambda: any(l.get("msg") == "policy ban" and l.get("limit") == "early_talker"
+                                     for l in self.gateway.log_lines()), what="ban log line")
+        with harness.LineClient(self.mx_port, timeout=10) as c:
+            line = c.read_line(timeout=5)
+            self.assertIsNotNone(line)
+            self.assertFalse(line.startswith("220"), line)
+            self.assertTrue(c.at_eof(timeout=5))
 
 
 if __name__ == "__main__":
