@@ -1,5 +1,6 @@
 #include "gateway/session/imap_session.h"
 
+#include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/reactor.h"
@@ -10,7 +11,8 @@ namespace {
 log::RateLimit g_proto_log(20);
 log::RateLimit g_starttls_log(20);  // a client can trigger this at will
 const PreLoginRules kPreLogin{64 * 1024, "* BYE Too much data before login completed.\r\n",
-                              "pipelined data after STARTTLS discarded", &g_starttls_log};
+                              "pipelined data after STARTTLS discarded", &g_starttls_log,
+                              "* BYE [LIMIT] Command line timeout.\r\n"};
 
 codec::ImapLimits limitsFor(const conf::ListenerConfig& l) {
   codec::ImapLimits lim;
@@ -35,12 +37,14 @@ bool quote(std::string_view v, std::string* out) {
 ImapSession::ImapSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, const sockaddr_storage& peer,
                          std::shared_ptr<Runtime> rt, const conf::ListenerConfig& listener)
     : LoginSession(reactor, slot, gen, fd, peer, std::move(rt), listener),
-      parser_(std::make_unique<codec::ImapCommandParser>(limitsFor(listener))) {}
+      parser_(std::make_unique<codec::ImapCommandParser>(limitsFor(listener))),
+      append_guard_(codec::ImapAppendGuard::Limits{listener.append_limit}) {}
 
 const PreLoginRules& ImapSession::preLoginRules() const { return kPreLogin; }
 
 std::string ImapSession::capabilities() const {
   std::string caps = "IMAP4rev1 ID LITERAL+ SASL-IR";
+  if (listener_.append_limit) caps += " APPENDLIMIT=" + std::to_string(listener_.append_limit);
   if (listener_.tls == conf::TlsMode::kStarttls && !clientTlsActive()) caps += " STARTTLS";
   if (plaintextAllowed())
     caps += " AUTH=PLAIN AUTH=LOGIN";
@@ -323,6 +327,13 @@ void ImapSession::handleBackendLine(std::string_view line) {
       }
       if (ascii::istartsWith(line, "L OK")) {
         std::string reply = tag_ + std::string(line.substr(1)) + "\r\n";
+        if (listener_.append_limit) {
+          const size_t p = line.find("[CAPABILITY ");
+          const size_t e = line.find(']', p);
+          if (e != std::string_view::npos)
+            reply = tag_ + std::string(line.substr(1, p + 11)) +
+                    withAppendLimit(line.substr(p + 12, e - p - 12)) + std::string(line.substr(e)) + "\r\n";
+        }
         parser_.reset();
         loginSucceeded(reply);
         return;
@@ -345,7 +356,7 @@ void ImapSession::finishPostLoginCapability(std::string_view line) {
   std::string text = ok_text_;
   while (!text.empty() && text.front() == ' ') text.erase(text.begin());
   std::string reply = tag_ + " OK ";
-  if (!post_caps_.empty()) reply += "[CAPABILITY " + post_caps_ + "] ";
+  if (!post_caps_.empty()) reply += "[CAPABILITY " + withAppendLimit(post_caps_) + "] ";
   reply += text.empty() ? "Logged in" : text;
   reply += "\r\n";
   parser_.reset();
@@ -376,6 +387,112 @@ void ImapSession::sendBackendLogin() {
     out += "L LOGIN " + u + " " + p + "\r\n";
   }
   writeBackend(out);
+}
+
+// ---- relay: APPENDLIMIT ----
+
+std::string ImapSession::withAppendLimit(std::string_view caps) const {
+  if (!listener_.append_limit) return std::string(caps);
+  uint64_t limit = listener_.append_limit;
+  std::string out;
+  size_t pos = 0;
+  while (pos <= caps.size()) {
+    size_t end = caps.find(' ', pos);
+    if (end == std::string_view::npos) end = caps.size();
+    const std::string_view tok = caps.substr(pos, end - pos);
+    pos = end + 1;
+    if (tok.empty()) continue;
+    if (ascii::istartsWith(tok, "APPENDLIMIT")) {
+      // The node's own limit, when it is smaller, is the one that holds.
+      uint64_t node = 0;
+      bool digits = tok.size() > 12 && tok[11] == '=';
+      for (size_t i = 12; digits && i < tok.size(); ++i) {
+        if (tok[i] < '0' || tok[i] > '9' || node > (UINT64_MAX - 9) / 10)
+          digits = false;
+        else
+          node = node * 10 + static_cast<uint64_t>(tok[i] - '0');
+      }
+      if (digits && node > 0 && node < limit) limit = node;
+      continue;
+    }
+    if (!out.empty()) out += ' ';
+    out.append(tok);
+  }
+  out += " APPENDLIMIT=" + std::to_string(limit);
+  return out;
+}
+
+void ImapSession::onRelayData(Side side, std::string_view plain) {
+  if (!listener_.append_limit) {
+    LoginSession::onRelayData(side, plain);
+    return;
+  }
+  if (side == Side::kBackend) {
+    writeClient(plain);
+    node_framer_.feed(plain);
+    flushInjected();
+    return;
+  }
+  while (!plain.empty() && !closing()) {
+    const codec::ImapAppendGuard::Step s = append_guard_.feed(plain);
+    plain.remove_prefix(s.consumed);
+    switch (s.action) {
+      case codec::ImapAppendGuard::Action::kForward:
+        if (!s.out.empty()) writeBackend(s.out);
+        break;
+      case codec::ImapAppendGuard::Action::kNeedMore:
+        break;
+      case codec::ImapAppendGuard::Action::kRefused:
+        appendRefused();
+        break;
+      case codec::ImapAppendGuard::Action::kAbort:
+        if (g_proto_log.allow())
+          log::info("imap refused command continued with a large literal",
+                    {{"session", id_}, {"client", client_ip_}});
+        inject("* BYE Too much data after a refused command.\r\n", true);
+        break;
+    }
+  }
+}
+
+void ImapSession::appendRefused() {
+  const codec::ImapAppendGuard& g = append_guard_;
+  const bool toobig = g.reason() == codec::ImapAppendGuard::Reason::kTooBig;
+  std::string r(g.tag());
+  if (toobig) {
+    filters::policy::policyState().stats.toobig++;
+    static log::RateLimit rl(20);  // a client can trigger this at will
+    if (rl.allow())
+      log::info("imap append too big", {{"session", id_},
+                                        {"client", client_ip_},
+                                        {"user", user_},
+                                        {"size", g.literalSize()},
+                                        {"limit", listener_.append_limit},
+                                        {"close", g.closeNeeded()},
+                                        {"suppressed", rl.suppressed()}});
+    r += " NO [TOOBIG] Message too large (limit " + std::to_string(listener_.append_limit) + ")\r\n";
+    if (g.closeNeeded()) r += "* BYE [TOOBIG] Message too large.\r\n";
+  } else {
+    if (g_proto_log.allow())
+      log::info("imap command line too long in relay", {{"session", id_}, {"client", client_ip_}});
+    r += " BAD Command line too long.\r\n";
+    if (g.closeNeeded()) r += "* BYE Command line too long.\r\n";
+  }
+  inject(r, g.closeNeeded());
+}
+
+void ImapSession::inject(std::string_view reply, bool close) {
+  inject_.append(reply);
+  inject_close_ = inject_close_ || close;
+  flushInjected();
+}
+
+void ImapSession::flushInjected() {
+  if (inject_.empty() || !node_framer_.atBoundary()) return;
+  std::string out;
+  out.swap(inject_);
+  writeClient(out);
+  if (inject_close_) closeAfterFlush("append_too_big");
 }
 
 }  // namespace mailgate::session

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gateway/codec/imap_command.h"
+#include "gateway/codec/imap_literal_tracker.h"
 #include "gateway/session/login_session.h"
 
 namespace mailgate::session {
@@ -37,8 +38,18 @@ class ImapSession final : public LoginSession {
   void replyFatalInput() override;
   void expectSaslLine() override { parser_->expectSaslLine(); }
   bool resetParser() override;
+  bool lineStarted() const override { return parser_ && parser_->hasPending(); }
 
   std::string capabilities() const;
+  // APPENDLIMIT (listener append_limit): the relay follows the client's literals.
+  void onRelayData(Side side, std::string_view plain) override;
+  void appendRefused();
+  // A reply of the gateway's own during the relay: sent once the node's stream is
+  // between two responses; then a close when `close`.
+  void inject(std::string_view reply, bool close);
+  void flushInjected();
+  // A node's capability list with the listener's APPENDLIMIT in it (the smaller wins).
+  std::string withAppendLimit(std::string_view caps) const;
   void replySaslRefused(SaslExchange::Step why) override;
   void authenticateWith(std::string_view mech, const codec::ImapArg* initial);
   void tagged(std::string_view text);
@@ -55,6 +66,10 @@ class ImapSession final : public LoginSession {
   BackendStep bstep_ = BackendStep::kGreeting;
   std::string ok_text_;    // the node's tagged OK text when it carried no capabilities
   std::string post_caps_;  // from the CAPABILITY we then sent
+  codec::ImapAppendGuard append_guard_;
+  codec::ImapResponseFramer node_framer_;
+  std::string inject_;  // gateway replies waiting for the node's stream to reach a boundary
+  bool inject_close_ = false;
   bool b_sasl_ir_ = false, b_auth_plain_ = false, b_literal_plus_ = false, b_have_caps_ = false;
 };
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "auth/sasl.h"
+#include "filters/policy/policy_state.h"
 #include "gateway/core/log.h"
 #include "gateway/session/executor_step.h"
 #include "gateway/session/reactor.h"
@@ -12,7 +13,27 @@
 namespace mailgate::session {
 
 void LoginSession::armPreauthTimer() {
-  setTimer(now() + static_cast<uint64_t>(listener_.preauth_timeout.count()));
+  preauth_at_ = now() + static_cast<uint64_t>(listener_.preauth_timeout.count());
+  armIdleTimer();
+}
+
+void LoginSession::armIdleTimer() {
+  uint64_t at = preauth_at_;
+  const auto lt = static_cast<uint64_t>(rt_->config->policy.limits.line_timeout.count());
+  if (line_started_ && lt > 0 && line_started_ + lt < at) at = line_started_ + lt;
+  setTimer(at);
+}
+
+void LoginSession::lineTimedOut() {
+  filters::policy::policyState().stats.line_timeouts++;
+  static log::RateLimit rl(20);  // a client can trigger this at will
+  if (rl.allow())
+    log::info("command line timeout", {{"session", id_},
+                                       {"client", client_ip_},
+                                       {"listener", listener_.name},
+                                       {"suppressed", rl.suppressed()}});
+  writeClient(preLoginRules().line_timeout_reply);
+  closeAfterFlush("line_timeout");
 }
 
 void LoginSession::addBuiltinFilters(FilterChain& chain) {
@@ -95,6 +116,7 @@ void LoginSession::refuseLogin(const filters::Verdict& v) {
 }
 
 void LoginSession::backToPreLogin() {
+  line_started_ = 0;  // the held input is parsed again: its partial line starts now
   armPreauthTimer();
   pauseClient(false);
   resumeClientInput();
@@ -177,7 +199,7 @@ void LoginSession::onBackendData(std::string_view data) {
     handleBackendLine(line);
     if (relaying()) {
       // Anything the node sent after its reply to the login belongs to the client.
-      if (!data.empty()) writeClient(data);
+      if (!data.empty()) onRelayData(Side::kBackend, data);
       return;
     }
   }
@@ -326,12 +348,15 @@ void LoginSession::onClientData(std::string_view data) {
       case ClientInput::kAnswered:
         break;
       case ClientInput::kSaslLine:
+        line_started_ = 0;
         saslRespond(r.sasl_line);
         break;
       case ClientInput::kCommand:
+        line_started_ = 0;
         handleCommand();
         break;
       case ClientInput::kError:
+        line_started_ = 0;
         sasl_.reset();
         replyBadInput();
         break;
@@ -357,6 +382,14 @@ void LoginSession::onClientData(std::string_view data) {
       return;
     }
   }
+  if (closing()) return;
+  // A started line must end within limits.line_timeout of its first byte, however
+  // slowly its bytes trickle in (each read pushes the preauth deadline back).
+  if (!lineStarted())
+    line_started_ = 0;
+  else if (line_started_ == 0)
+    line_started_ = now();
+  armIdleTimer();
 }
 
 void LoginSession::resumeClientInput() {
@@ -398,9 +431,19 @@ void LoginSession::onTimer() {
       return;
     case LoginPhase::kDirectory:
       return;  // the auth stage's deadline bounds the lookup
-    case LoginPhase::kIdle:
-      onPreauthTimeout();
+    case LoginPhase::kIdle: {
+      const auto lt = static_cast<uint64_t>(rt_->config->policy.limits.line_timeout.count());
+      if (line_started_ && lt > 0 && now() >= line_started_ + lt) {
+        lineTimedOut();
+        return;
+      }
+      if (now() >= preauth_at_) {
+        onPreauthTimeout();
+        return;
+      }
+      armIdleTimer();
       return;
+    }
     case LoginPhase::kRelay:
       return;
   }

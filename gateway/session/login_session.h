@@ -26,6 +26,7 @@ struct PreLoginRules {
   std::string_view held_refusal;      // the reply (then close) when more arrive
   const char* tls_discard_log;        // the log line for bytes pipelined after STARTTLS/STLS
   log::RateLimit* tls_discard_limit;  // and its rate limit (a client can trigger it at will)
+  std::string_view line_timeout_reply;  // a started line not ended within limits.line_timeout (then close)
 };
 
 class LoginSession : public Session {
@@ -90,6 +91,8 @@ class LoginSession : public Session {
   virtual void expectSaslLine() = 0;   // the parser's next line is a SASL response
   // After STARTTLS/STLS: drops every buffered byte; true when there were some.
   virtual bool resetParser() = 0;
+  // The parser holds part of a command line (bytes without their line end yet).
+  virtual bool lineStarted() const = 0;
 
   // --- protocol hooks: the login ---
   // The exchange ended without credentials (kCancelled, kMalformed or kRejected).
@@ -134,6 +137,9 @@ class LoginSession : public Session {
   // Back to the pre-login phase: the timer, and the client's held input.
   void backToPreLogin();
   void fail(bool auth_failure, const std::string& why);
+  // Pre-login: the timer is the earlier of the preauth deadline and the started line's.
+  void armIdleTimer();
+  void lineTimedOut();
 
   LoginPhase phase_ = LoginPhase::kIdle;
   bool tls_pending_ = false;  // client TLS started (implicit, or STARTTLS answered), handshake running
@@ -156,6 +162,8 @@ class LoginSession : public Session {
   const conf::BackendConfig* current_ = nullptr;
   unsigned auth_failures_ = 0;
   unsigned attempt_ = 0;
+  uint64_t preauth_at_ = 0;    // pre-login inactivity deadline
+  uint64_t line_started_ = 0;  // when the first byte of the unfinished command line came; 0 = none
 };
 
 }  // namespace mailgate::session

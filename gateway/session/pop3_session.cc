@@ -10,7 +10,8 @@ namespace {
 log::RateLimit g_proto_log(20);
 log::RateLimit g_stls_log(20);  // a client can trigger this at will
 const PreLoginRules kPreLogin{16 * 1024, "-ERR Too much data before login completed.\r\n",
-                              "pipelined data after STLS discarded", &g_stls_log};
+                              "pipelined data after STLS discarded", &g_stls_log,
+                              "-ERR [SYS/TEMP] command line timeout\r\n"};
 
 codec::Pop3Limits limitsFor(const conf::ListenerConfig& l) {
   codec::Pop3Limits lim;

@@ -36,6 +36,7 @@ class Pop3Session final : public LoginSession {
   void replyFatalInput() override { writeClient("-ERR " + std::string(parser_->errorText()) + "\r\n"); }
   void expectSaslLine() override { parser_->expectSaslLine(); }
   bool resetParser() override;
+  bool lineStarted() const override { return parser_ && parser_->hasPending(); }
 
   void replySaslRefused(SaslExchange::Step why) override;
   void badCommand(std::string_view text);

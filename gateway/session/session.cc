@@ -367,10 +367,7 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
 
 void Session::handlePlain(Side side, std::string_view plain) {
   if (relaying_) {
-    if (side == Side::kClient)
-      writeBackend(plain);
-    else
-      writeClient(plain);
+    onRelayData(side, plain);
     return;
   }
   if (side == Side::kClient)
@@ -665,7 +662,7 @@ void Session::startRelay(std::string_view to_client, std::string_view to_backend
   clearTimer();
   last_activity_ = now();
   if (!to_client.empty()) writeClient(to_client);
-  if (!to_backend.empty()) writeBackend(to_backend);
+  if (!to_backend.empty()) onRelayData(Side::kClient, to_backend);
   updateBackpressure();
   armRecv(Side::kClient, client_);
 }

@@ -116,6 +116,13 @@ class Session : public ChainHost {
   virtual void onBackendFailed(BackendFailure why, const std::string& detail) = 0;
   virtual void onTimer() = 0;  // timer_at_ reached
   virtual void onClientClosed() { close("client_closed"); }
+  // The relay phase: bytes from one side for the other (a protocol may watch them).
+  virtual void onRelayData(Side side, std::string_view plain) {
+    if (side == Side::kClient)
+      writeBackend(plain);
+    else
+      writeClient(plain);
+  }
   // Before the relay phase: the backend's send queue fell below kBackendLowWater.
   virtual void onBackendDrained() {}
   static constexpr size_t kBackendLowWater = 256 * 1024;

@@ -1,12 +1,14 @@
 #include "gateway/session/smtp_session.h"
 
-#include "filters/policy/policy.h"
-
 #include <unistd.h>
 
 #include <algorithm>
 #include <ctime>
+#include <random>
 
+#include "filters/policy/net_prefix.h"
+#include "filters/policy/policy.h"
+#include "filters/policy/policy_state.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/executor_step.h"
@@ -31,6 +33,19 @@ codec::SmtpLimits limitsFor(const conf::ListenerConfig& l) {
   codec::SmtpLimits lim;
   lim.max_line = l.max_line ? l.max_line : 512;
   return lim;
+}
+
+// A short reference that a refusal's reply and its log line repeat.
+std::string newRef() {
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  static const char kHex[] = "0123456789abcdef";
+  uint32_t v = rng();
+  std::string r(6, '0');
+  for (int i = 5; i >= 0; i--) {
+    r[static_cast<size_t>(i)] = kHex[v & 15];
+    v >>= 4;
+  }
+  return r;
 }
 
 const std::string& localHostname() {
@@ -134,12 +149,63 @@ void SmtpSession::armClientTimer() {
   updateTimer();
 }
 
+bool SmtpSession::earlyTalkerListener() const {
+  for (const auto& name : rt_->config->policy.limits.early_talker.listeners)
+    if (name == listener_.name) return true;
+  return false;
+}
+
+void SmtpSession::refuseEarlyTalker(std::string_view what, std::string_view reject_line, size_t bytes) {
+  filters::policy::policyState().stats.early_talkers++;
+  const conf::LimitAction action = rt_->config->policy.limits.early_talker.action;
+  const bool temporary = action == conf::LimitAction::kTempfail || action == conf::LimitAction::kDelay;
+  const std::string ref = newRef();
+  const char* done = temporary ? "tempfail" : "reject";
+  if (action == conf::LimitAction::kBan) {
+    // As reject, and the client's network is banned (unless limits.bans.never covers it).
+    namespace pol = filters::policy;
+    pol::NetAddr addr;
+    if (rt_->policy && pol::parseAddr(client_ip_, &addr) && !rt_->policy->neverBan(addr)) {
+      const pol::Ban b =
+          pol::policyState().bans.ban(rt_->policy->banNet(addr), rt_->policy->banParams(), "early_talker",
+                                      localHostname(), pol::BanTable::wallMs());
+      pol::policyState().stats.bans_made++;
+      done = "ban";
+      log::warn("policy ban", {{"session", id_},
+                               {"client", client_ip_},
+                               {"net", rt_->policy->banNet(addr).text()},
+                               {"limit", "early_talker"},
+                               {"level", b.level},
+                               {"seconds", static_cast<uint64_t>((b.expires_ms - b.created_ms) / 1000)}});
+    }
+  }
+  static log::RateLimit rl(20);  // a client can trigger this at will
+  if (rl.allow())
+    log::info("smtp early talker refused", {{"session", id_},
+                                            {"client", client_ip_},
+                                            {"listener", listener_.name},
+                                            {"test", what},
+                                            {"bytes", bytes},
+                                            {"action", done},
+                                            {"ref", ref},
+                                            {"suppressed", rl.suppressed()}});
+  std::string line = temporary
+                         ? "421 4.7.0 " + hostname_ + " Error: " + std::string(what) + ", try again later"
+                         : std::string(reject_line) + ": " + std::string(what);
+  line += " (ref " + ref + ")";
+  reply(line);
+  closeAfterFlush("early_talker");
+}
+
 void SmtpSession::updateTimer() {
   uint64_t at = 0;
   if (client_deadline_ && !busy()) at = client_deadline_;
   if (auth_delay_until_ && (at == 0 || auth_delay_until_ < at)) at = auth_delay_until_;
   if (spool_deadline_ && (at == 0 || spool_deadline_ < at)) at = spool_deadline_;
   if (node_deadline_ && (at == 0 || node_deadline_ < at)) at = node_deadline_;
+  const auto lt = static_cast<uint64_t>(rt_->config->policy.limits.line_timeout.count());
+  if (line_started_ && lt > 0 && phase_ == Phase::kCommand && !busy() && (at == 0 || line_started_ + lt < at))
+    at = line_started_ + lt;
   if (at)
     setTimer(at);
   else
@@ -177,6 +243,20 @@ void SmtpSession::onTimer() {
     node_client_.onTimeout();
     if (closing()) return;
   }
+  const auto lt = static_cast<uint64_t>(rt_->config->policy.limits.line_timeout.count());
+  if (line_started_ && lt > 0 && phase_ == Phase::kCommand && !busy() && t >= line_started_ + lt) {
+    // A command line started and not ended in time, however slowly its bytes came.
+    filters::policy::policyState().stats.line_timeouts++;
+    static log::RateLimit rl(20);  // a client can trigger this at will
+    if (rl.allow())
+      log::info("command line timeout", {{"session", id_},
+                                         {"client", client_ip_},
+                                         {"listener", listener_.name},
+                                         {"suppressed", rl.suppressed()}});
+    reply("421 4.4.2 " + hostname_ + " Error: timeout exceeded");
+    closeAfterFlush("line_timeout");
+    return;
+  }
   if (client_deadline_ && t >= client_deadline_ && !busy()) {
     client_deadline_ = 0;
     reply("421 4.4.2 " + hostname_ + " Error: timeout exceeded");
@@ -193,6 +273,10 @@ void SmtpSession::onClientData(std::string_view plain) {
   if (!greeted_) {
     // RFC 5321 §4.3.1: the client waits for the greeting. Talking first is the mark
     // of a spam engine that does not read replies.
+    if (earlyTalkerListener()) {
+      refuseEarlyTalker("talked before the greeting", "554 5.5.1 " + hostname_ + " Error", plain.size());
+      return;
+    }
     if (g_proto_log.allow())
       log::info("smtp client talked before the greeting", {{"session", id_}, {"client", client_ip_}});
     reply("554 5.5.0 " + hostname_ + " Error: talked before the greeting");
@@ -268,6 +352,13 @@ void SmtpSession::process() {
     }
     if (used == 0 && phase_ == before) more = false;
   }
+  // limits.line_timeout: a started command line must end in time (not DATA/BDAT content).
+  if (phase_ != Phase::kCommand || !parser_->hasPending()) {
+    line_started_ = 0;
+  } else if (line_started_ == 0) {
+    line_started_ = now();
+    updateTimer();
+  }
   if (in_off_ == in_.size()) {
     in_.clear();
     in_off_ = 0;
@@ -283,10 +374,12 @@ size_t SmtpSession::processCommands(std::string_view in) {
     case codec::SmtpStatus::kNeedMore:
       break;
     case codec::SmtpStatus::kCommand:
+      line_started_ = 0;
       input_after_line_ = in.size() - r.consumed;  // also bytes held while busy
       handleCommand(parser_->command());
       break;
     case codec::SmtpStatus::kSaslLine:
+      line_started_ = 0;
       if (sasl_wait_) {
         sasl_wait_ = false;
         saslStep(sasl_.respond(parser_->saslLine()));
@@ -295,6 +388,7 @@ size_t SmtpSession::processCommands(std::string_view in) {
       }
       break;
     case codec::SmtpStatus::kError:
+      line_started_ = 0;
       parserError();
       break;
     case codec::SmtpStatus::kFatal:
@@ -367,6 +461,13 @@ void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
   switch (c.verb) {
     case codec::SmtpVerb::kEhlo:
     case codec::SmtpVerb::kHelo: {
+      if (input_after_line_ > 0 && earlyTalkerListener()) {
+        // postscreen's pipelining test: EHLO's reply says whether PIPELINING is
+        // allowed at all, so a client that sent more before reading it does not wait.
+        refuseEarlyTalker("pipelining before the EHLO reply", "550 5.5.1 " + hostname_ + " Protocol error",
+                          input_after_line_);
+        return;
+      }
       resetTransaction();
       node_client_.releaseKept();  // the node knows the old HELO name
       helo_.assign(c.arg);
@@ -1125,7 +1226,10 @@ void SmtpSession::chainHold() {
 }
 
 void SmtpSession::addBuiltinFilters(FilterChain& chain) {
-  if (listener_.greeting_delay.count() > 0) chain.add(std::make_unique<GreetingDelay>(listener_.greeting_delay));
+  auto greeting_delay = listener_.greeting_delay;
+  if (earlyTalkerListener())
+    greeting_delay = std::max(greeting_delay, rt_->config->policy.limits.early_talker.greet_wait);
+  if (greeting_delay.count() > 0) chain.add(std::make_unique<GreetingDelay>(greeting_delay));
   chain.add(std::make_unique<RecipientLimit>(listener_.max_recipients));
   if (!submission_) chain.add(std::make_unique<RelayCheck>());
   const auto deadline = directoryDeadline();

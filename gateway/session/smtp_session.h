@@ -105,6 +105,11 @@ class SmtpSession final : public Session {
   std::shared_ptr<MessageSpool> newSpool();  // set up for the reactor's spool thread
   void spoolFlushed();  // the message is all in the spool (or the spool failed)
   void armClientTimer();
+  // limits.early_talker names this listener (greet_wait, the pipelining test).
+  bool earlyTalkerListener() const;
+  // The client talked when it could not have read our reply yet: refused per
+  // limits.early_talker.action (for reject: reject_line + ": " + what), counted, logged, closed.
+  void refuseEarlyTalker(std::string_view what, std::string_view reject_line, size_t bytes);
   void updateTimer();
   bool busy() const {
     return phase_ == Phase::kWaiting || phase_ == Phase::kDelivering || phase_ == Phase::kAuthDelay ||
@@ -150,6 +155,7 @@ class SmtpSession final : public Session {
   uint64_t client_deadline_ = 0;
   bool greeted_ = false;
   uint64_t node_deadline_ = 0;
+  uint64_t line_started_ = 0;  // kCommand: first byte of the unfinished command line came then; 0 = none
 
   // submission
   const bool submission_;
