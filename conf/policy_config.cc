@@ -51,10 +51,9 @@ std::vector<LimitRuleConfig> builtinLimitRules() {
   conn.name = "default-conn-per-ip";
   conn.count = CountKind::kConnections;
   conn.key = {KeyPart::kClientNet, KeyPart::kListener};
-  conn.concurrency = 20;
-  conn.rate = 100;
-  conn.per = milliseconds(60000);
-  conn.burst = 50;
+  // Postfix's anvil default (smtpd_client_connection_count_limit 50); no rate: a
+  // NAT gateway's users reconnect often, and the concurrency already bounds a flood.
+  conn.concurrency = 50;
   conn.on_exceed = LimitAction::kTempfail;
 
   auto& ban = rules[1];

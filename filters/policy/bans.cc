@@ -94,6 +94,8 @@ bool BanTable::lift(const NetAddr& net, int64_t now_ms) {
     // Kept as history: it ended now.
     it->active = false;
     it->ban.expires_ms = now_ms;
+    it->lifted_ms = now_ms;
+    lifts_.fetch_add(1, std::memory_order_relaxed);
     b = it->ban;
   }
   if (listener_) listener_(b, true);
@@ -136,18 +138,43 @@ void BanTable::replaceAll(const std::vector<Ban>& bans) {
       *it = Entry{b, true};  // the newer of two rows for one network
   }
   std::lock_guard<std::mutex> lock(mu_);
+  // What the table had and the cluster no longer has: its history is kept (for the
+  // escalation), and a ban still in force here was lifted elsewhere meanwhile.
+  const int64_t now = wallMs();
+  for (Entry& old : entries_) {
+    if (std::any_of(fresh.begin(), fresh.end(), [&](const Entry& e) { return e.ban.net == old.ban.net; })) continue;
+    if (old.active && old.ban.expires_ms > now) {
+      old.active = false;
+      old.ban.expires_ms = now;
+      old.lifted_ms = now;
+      lifts_.fetch_add(1, std::memory_order_relaxed);
+    }
+    fresh.push_back(old);
+  }
   entries_.swap(fresh);
 }
 
 void BanTable::apply(const Ban& ban, bool lifted) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.ban.net == ban.net; });
+  const int64_t lifted_ms = lifted ? wallMs() : 0;
+  if (lifted) lifts_.fetch_add(1, std::memory_order_relaxed);
   if (it == entries_.end()) {
-    entries_.push_back(Entry{ban, !lifted});  // a lift of an unknown ban is still history
+    entries_.push_back(Entry{ban, !lifted, lifted_ms});  // a lift of an unknown ban is still history
     return;
   }
   it->ban = ban;
   it->active = !lifted;
+  if (lifted) it->lifted_ms = lifted_ms;
+}
+
+int64_t BanTable::liftedAt(const NetAddr& addr) const {
+  if (lifts_.load(std::memory_order_relaxed) == 0) return 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t at = 0;
+  for (const Entry& e : entries_)
+    if (e.lifted_ms > at && e.ban.net.contains(addr)) at = e.lifted_ms;
+  return at;
 }
 
 void BanTable::expire(int64_t now_ms, std::chrono::milliseconds forget) {

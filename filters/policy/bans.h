@@ -4,6 +4,7 @@
 // a network not banned again within `forget` after its last ban ended starts over.
 // Thread-safe: sessions on every reactor read it, the admin endpoint and the cluster
 // sync (PostgreSQL) change it. Lookups by address check every banned prefix length.
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -58,14 +59,23 @@ class BanTable {
   // Drops ended bans whose history is past `forget` (called about once a minute).
   void expire(int64_t now_ms, std::chrono::milliseconds forget);
 
+  // When a ban covering `addr` was last lifted (wall ms; 0 = never): the counters that
+  // led to it are forgiven then, so that a lifted address is not banned again at once.
+  int64_t liftedAt(const NetAddr& addr) const;
+
   static int64_t wallMs();
 
  private:
   mutable std::mutex mu_;
+  std::atomic<uint32_t> lifts_{0};  // lifts recorded: liftedAt() skips the lock while 0
   Listener listener_;
   // A ban in force, or (active = false: lifted or run out) its history, kept until
   // `forget` after its end so that the next ban of the network escalates.
-  struct Entry { Ban ban; bool active = true; };
+  struct Entry {
+    Ban ban;
+    bool active = true;
+    int64_t lifted_ms = 0;  // when lifted (admin, CLI or the cluster); 0 = not lifted
+  };
   std::vector<Entry> entries_;  // small: a linear scan per connect is cheaper than hashing every prefix
 };
 

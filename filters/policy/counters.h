@@ -55,6 +55,7 @@ struct CounterState {
   uint32_t offences = 0;     // times the limit was exceeded (grows the tarpit; decays)
   int64_t last_offence_us = 0;
   uint64_t extra = 0;        // for the caller (the last credential hash, for distinct_credentials)
+  int64_t pardoned_ms = 0;  // the last ban lift (wall ms) this entry was reset for
 };
 
 struct CounterStats {

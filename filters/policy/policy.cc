@@ -795,6 +795,7 @@ class PolicyFilter final : public Filter {
         trace(stage, "limit", l.cfg->name, false, "no key");
         continue;
       }
+      forgiveIfLifted(l, key);
       uint64_t n = 1;
       if (l.cfg->count == conf::CountKind::kBytes) n = facts.message ? facts.message->size() : 0;
       if (l.cfg->concurrency > 0 && l.cfg->count == conf::CountKind::kConnections) {
@@ -834,6 +835,22 @@ class PolicyFilter final : public Filter {
     }
   }
 
+  // A ban on this address lifted since the key last counted: the count that led to
+  // it starts over (else the next failure or login would ban the address again).
+  void forgiveIfLifted(const CompiledLimit& l, const CounterKey& key) {
+    if (dry_ || l.cfg->on_exceed != conf::LimitAction::kBan) return;
+    const int64_t lifted = policyState().bans.liftedAt(client_);
+    if (lifted == 0) return;
+    policyState().counters.update(key, [lifted](CounterState& s) {
+      if (s.pardoned_ms >= lifted) return 0;
+      s.pardoned_ms = lifted;
+      s.tat_us = 0;
+      s.extra = 0;
+      s.offences = 0;
+      return 1;
+    });
+  }
+
   // Before a login: an address already over an auth-failure limit that refuses or
   // bans is refused without asking the directory.
   Verdict authPrecheck(SessionFacts& facts) {
@@ -845,6 +862,7 @@ class PolicyFilter final : public Filter {
       if (!l.when.matches(facts, client_, nullptr, nullptr)) continue;
       CounterKey key;
       if (!keyOf(l, facts, &key)) continue;
+      forgiveIfLifted(l, key);
       CounterState s = policyState().counters.peek(key);
       const int64_t wait = l.gcra.take(&s.tat_us, steadyUs(), 1, true);
       trace(Stage::kAuth, "limit", l.cfg->name, wait > 0, wait > 0 ? "auth failures over the limit" : "within");
@@ -861,6 +879,7 @@ class PolicyFilter final : public Filter {
       if (!l.when.matches(facts, client_, nullptr, nullptr)) continue;
       CounterKey key;
       if (!keyOf(l, facts, &key)) continue;
+      forgiveIfLifted(l, key);
       if (l.cfg->distinct_credentials && credential != 0 && !dry_) {
         const bool repeat = policyState().counters.update(key, [credential](CounterState& s) {
           if (s.extra == credential) return true;

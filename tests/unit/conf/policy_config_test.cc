@@ -262,10 +262,8 @@ TEST_F(PolicyConfigTest, BuiltInLimitsWhenAbsent) {
     EXPECT_EQ(conn.name, "default-conn-per-ip");
     EXPECT_EQ(conn.count, CountKind::kConnections);
     EXPECT_THAT(conn.key, ElementsAre(KeyPart::kClientNet, KeyPart::kListener));
-    EXPECT_EQ(conn.concurrency, 20u);
-    EXPECT_EQ(conn.rate, 100u);
-    EXPECT_EQ(conn.per, milliseconds(60000));
-    EXPECT_EQ(conn.burst, 50u);
+    EXPECT_EQ(conn.concurrency, 50u);
+    EXPECT_EQ(conn.rate, 0u);
     EXPECT_EQ(conn.on_exceed, LimitAction::kTempfail);
     const auto& ban = l.rules[1];
     EXPECT_EQ(ban.name, "default-auth-fail-ip");
