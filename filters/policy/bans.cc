@@ -143,11 +143,13 @@ void BanTable::replaceAll(const std::vector<Ban>& bans) {
   const int64_t now = wallMs();
   for (Entry& old : entries_) {
     if (std::any_of(fresh.begin(), fresh.end(), [&](const Entry& e) { return e.ban.net == old.ban.net; })) continue;
-    if (old.active && old.ban.expires_ms > now) {
+    if (old.active) {
       old.active = false;
-      old.ban.expires_ms = now;
-      old.lifted_ms = now;
-      lifts_.fetch_add(1, std::memory_order_relaxed);
+      if (old.ban.expires_ms > now) {
+        old.ban.expires_ms = now;
+        old.lifted_ms = now;
+        lifts_.fetch_add(1, std::memory_order_relaxed);
+      }
     }
     fresh.push_back(old);
   }
