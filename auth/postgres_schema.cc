@@ -83,6 +83,51 @@ CREATE TRIGGER mailboxes_notify_truncate AFTER TRUNCATE ON mailboxes
     R"sql(
 ALTER TABLE aliases ADD COLUMN active boolean NOT NULL DEFAULT true;
 )sql",
+    // 3: bans shared by the gateways (NOTIFY mailgate_bans with the row's network, or
+    // "*" on TRUNCATE) and the cluster-scope policy counters (UNLOGGED: a window's
+    // counts are worthless after a crash anyway).
+    R"sql(
+CREATE TABLE mailgate_bans (
+  net     cidr PRIMARY KEY,
+  created timestamptz NOT NULL DEFAULT now(),
+  expires timestamptz NOT NULL,
+  level   integer NOT NULL DEFAULT 1 CHECK (level >= 1),
+  reason  text NOT NULL DEFAULT '',
+  origin  text NOT NULL DEFAULT ''
+);
+CREATE INDEX mailgate_bans_expires ON mailgate_bans (expires);
+
+CREATE FUNCTION mailgate_notify_bans() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    PERFORM pg_notify('mailgate_bans', '*');
+  ELSIF TG_OP = 'DELETE' THEN
+    PERFORM pg_notify('mailgate_bans', OLD.net::text);
+  ELSE
+    PERFORM pg_notify('mailgate_bans', NEW.net::text);
+    IF TG_OP = 'UPDATE' AND OLD.net IS DISTINCT FROM NEW.net THEN
+      PERFORM pg_notify('mailgate_bans', OLD.net::text);
+    END IF;
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER mailgate_bans_notify AFTER INSERT OR UPDATE OR DELETE ON mailgate_bans
+  FOR EACH ROW EXECUTE FUNCTION mailgate_notify_bans();
+CREATE TRIGGER mailgate_bans_notify_truncate AFTER TRUNCATE ON mailgate_bans
+  FOR EACH STATEMENT EXECUTE FUNCTION mailgate_notify_bans();
+
+CREATE UNLOGGED TABLE mailgate_policy_counters (
+  key          text NOT NULL,
+  window_start bigint NOT NULL,
+  gateway      text NOT NULL,
+  count        bigint NOT NULL DEFAULT 0,
+  updated      timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (key, window_start, gateway)
+);
+CREATE INDEX mailgate_policy_counters_window ON mailgate_policy_counters (window_start);
+)sql",
 };
 
 constexpr int kLatest = static_cast<int>(sizeof kMigrations / sizeof kMigrations[0]);

@@ -7,7 +7,8 @@
 // once), so re-running is a no-op and an older database is brought forward.
 // Tables (see docs/postgres.md): domains, nodes, mailboxes, aliases, routes, and
 // a trigger that NOTIFYs channel mailgate_routes on every change to nodes, routes
-// and the route columns of mailboxes.
+// and the route columns of mailboxes; mailgate_bans (NOTIFY mailgate_bans) and the
+// UNLOGGED mailgate_policy_counters for the policy's state shared by the gateways.
 #include <string>
 
 #include "conf/config.h"

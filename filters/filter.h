@@ -98,6 +98,9 @@ class FilterFactory {
   virtual std::string_view name() const = 0;
   // nullptr when the filter does not apply to this session (listener, protocol).
   virtual std::unique_ptr<Filter> create(const SessionFacts& facts, const FilterServices& services) const = 0;
+  // Whether its filters open connections of their own (FilterServices::connections):
+  // the session sets those up only when a factory needs them.
+  virtual bool usesConnections() const { return true; }
 };
 
 // The configured filters, in order; immutable, shared by the sessions of one snapshot.
@@ -105,6 +108,11 @@ class FilterSet {
  public:
   void add(std::shared_ptr<const FilterFactory> f) { factories_.push_back(std::move(f)); }
   bool empty() const { return factories_.empty(); }
+  bool usesConnections() const {
+    for (const auto& f : factories_)
+      if (f->usesConnections()) return true;
+    return false;
+  }
   std::vector<std::unique_ptr<Filter>> instantiate(const SessionFacts& facts,
                                                    const FilterServices& services) const {
     std::vector<std::unique_ptr<Filter>> out;

@@ -1,9 +1,13 @@
 // mailgate: the process. Parses the command line, loads the configuration, starts
 // one reactor per thread and the worker pool, and turns signals into reload/stop.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -14,6 +18,7 @@
 #include "conf/config.h"
 #include "filters/clamd_filter.h"
 #include "gateway/admin/admin_server.h"
+#include "gateway/admin/bans_api.h"
 #include "gateway/admin/policy_cli.h"
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
@@ -34,6 +39,9 @@ void usage() {
                "usage: mailgate --config FILE        run in the foreground\n"
                "       mailgate --check-config FILE  validate the configuration\n"
                "       mailgate --init-db FILE       create or migrate the database schema\n"
+               "       mailgate --config FILE --bans                 list the running gateway's bans\n"
+               "       mailgate --config FILE --ban NET [--ttl 1h] [--reason TEXT]\n"
+               "       mailgate --config FILE --unban NET\n"
                "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
                "                [--user U] [--message FILE.eml]   what the policy does to a session\n"
                "       mailgate --test-policy FILE CASES.yaml   run policy test cases offline\n"
@@ -77,6 +85,118 @@ int initDb(const std::string& path) {
   }
   std::printf("%s\n", done.value().c_str());
   return 0;
+}
+
+// The ban commands talk to the running gateway's admin endpoint (admin.listen).
+struct AdminReply {
+  int status = 0;
+  std::string body;
+};
+
+Result<AdminReply> adminCall(const std::string& path, const std::string& method, const std::string& target) {
+  auto r = conf::loadConfigFile(path);
+  if (!r.errors.empty()) {
+    reportErrors(r.errors);
+    return Error{"the configuration has errors"};
+  }
+  const std::string& listen = r.config->admin.listen;
+  if (listen.empty()) return Error{path + ": admin.listen is not configured: the bans are managed through it"};
+  conf::ListenAddress la;
+  std::string why;
+  if (!conf::parseListenAddress(listen, &la, &why)) return Error{path + ": admin.listen: " + why};
+  std::string host = la.host;
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  auto sa = io::resolveAddress(host, la.port);
+  if (!sa) return Error{"admin endpoint " + listen + ": " + sa.error()};
+  const std::string where = "admin endpoint " + listen;
+  int fd = ::socket(sa.value().ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Error{where + ": " + std::strerror(errno)};
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa.value().ss), sa.value().len) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return Error{where + " unreachable (is mailgate running?): " + std::strerror(e)};
+  }
+  const std::string req = method + " " + target + " HTTP/1.0\r\nHost: mailgate\r\n\r\n";
+  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    ::close(fd);
+    return Error{where + ": cannot send the request"};
+  }
+  std::string resp;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    resp.append(buf, static_cast<size_t>(n));
+    if (resp.size() > (size_t{64} << 20)) break;
+  }
+  ::close(fd);
+  AdminReply out;
+  const size_t sp = resp.find(' ');
+  const size_t hdr_end = resp.find("\r\n\r\n");
+  if (resp.rfind("HTTP/", 0) != 0 || sp == std::string::npos || hdr_end == std::string::npos)
+    return Error{where + ": no HTTP answer"};
+  out.status = std::atoi(resp.c_str() + sp + 1);
+  out.body = resp.substr(hdr_end + 4);
+  return out;
+}
+
+// The "error" member of a JSON error body, or the body itself.
+std::string adminError(const AdminReply& r) {
+  const std::string key = "{\"error\":\"";
+  std::string msg = r.body;
+  if (msg.rfind(key, 0) == 0) {
+    msg = msg.substr(key.size());
+    const size_t end = msg.rfind("\"}");
+    if (end != std::string::npos) msg.resize(end);
+  }
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
+  return "HTTP " + std::to_string(r.status) + ": " + msg;
+}
+
+int banCommand(const std::string& path, const std::string& method, const std::string& target, bool print_body) {
+  auto r = adminCall(path, method, target);
+  if (!r) {
+    std::fprintf(stderr, "mailgate: %s\n", r.error().c_str());
+    return 1;
+  }
+  if (r.value().status != 200) {
+    std::fprintf(stderr, "mailgate: %s\n", adminError(r.value()).c_str());
+    return 1;
+  }
+  if (print_body) std::fputs(r.value().body.c_str(), stdout);
+  return 0;
+}
+
+// mailgate --config FILE (--bans | --ban NET [--ttl D] [--reason TEXT] | --unban NET)
+int bansCli(const std::string& path, int argc, char** argv) {
+  const std::string cmd = argv[3];
+  if (cmd == "--bans" && argc == 4) return banCommand(path, "GET", "/bans?format=table", true);
+  if (cmd == "--unban" && argc == 5) {
+    if (banCommand(path, "DELETE", "/bans?net=" + admin::percentEncode(argv[4]), false) != 0) return 1;
+    std::printf("lifted %s\n", argv[4]);
+    return 0;
+  }
+  if (cmd == "--ban" && argc >= 5 && (argc - 5) % 2 == 0) {
+    std::string target = "/bans?net=" + admin::percentEncode(argv[4]);
+    for (int i = 5; i + 1 < argc; i += 2) {
+      const std::string opt = argv[i];
+      if (opt == "--ttl") {
+        target += "&ttl=" + admin::percentEncode(argv[i + 1]);
+      } else if (opt == "--reason") {
+        target += "&reason=" + admin::percentEncode(argv[i + 1]);
+      } else {
+        usage();
+        return 2;
+      }
+    }
+    return banCommand(path, "POST", target, true);
+  }
+  usage();
+  return 2;
 }
 
 void applyLog(const conf::Config& c) {
@@ -189,6 +309,7 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
   counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to.",
           clamd.endpoint_failures.load());
   renderExecutorMetrics(out);
+  admin::renderPolicyMetrics(out);
   {
     // Per limit and rule: how often each acted (shadow rules: "shadow").
     std::string lines;
@@ -364,6 +485,10 @@ int main(int argc, char** argv) {
   }
   if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) return checkConfig(argv[2]);
   if (argc == 3 && std::strcmp(argv[1], "--config") == 0) return run(argv[2]);
+  if (argc >= 4 && std::strcmp(argv[1], "--config") == 0 &&
+      (std::strcmp(argv[3], "--bans") == 0 || std::strcmp(argv[3], "--ban") == 0 ||
+       std::strcmp(argv[3], "--unban") == 0))
+    return bansCli(argv[2], argc, argv);
   if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
   if (argc >= 2 && std::strcmp(argv[1], "--explain") == 0) return admin::explainMain(argc, argv);
   if (argc >= 2 && std::strcmp(argv[1], "--test-policy") == 0) return admin::testPolicyMain(argc, argv);

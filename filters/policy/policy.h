@@ -90,6 +90,7 @@ class PolicyFilterFactory final : public FilterFactory {
   explicit PolicyFilterFactory(std::shared_ptr<const Policy> policy) : policy_(std::move(policy)) {}
   std::string_view name() const override { return "policy"; }
   std::unique_ptr<Filter> create(const SessionFacts& facts, const FilterServices& services) const override;
+  bool usesConnections() const override { return false; }
   const std::shared_ptr<const Policy>& policy() const { return policy_; }
 
  private:

@@ -8,6 +8,9 @@
 #include <chrono>
 #include <cstring>
 
+#include "auth/postgres_policy.h"
+#include "filters/policy/policy_state.h"
+#include "gateway/admin/bans_api.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 
@@ -31,6 +34,10 @@ void sendAll(int fd, const std::string& data) {
 std::string response(int code, const char* reason, const std::string& body, const char* type) {
   return "HTTP/1.0 " + std::to_string(code) + " " + reason + "\r\nContent-Type: " + type +
          "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+}
+
+std::string jsonError(int code, const char* reason, const std::string& message) {
+  return response(code, reason, "{\"error\":\"" + jsonEscape(message) + "\"}\n", "application/json");
 }
 }  // namespace
 
@@ -80,6 +87,11 @@ void AdminServer::serve(int fd) {
     if (n <= 0) return;
     req.append(buf, static_cast<size_t>(n));
   }
+  const std::string line = req.substr(0, req.find_first_of("\r\n"));
+  if (line.find(" /bans") != std::string::npos) {
+    sendAll(fd, bans(line));
+    return;
+  }
   if (req.rfind("GET /metrics", 0) == 0 && (req[12] == ' ' || req[12] == '?')) {
     sendAll(fd, response(200, "OK", metrics_(), "text/plain; version=0.0.4"));
   } else if (req.rfind("GET /healthz ", 0) == 0) {
@@ -89,6 +101,75 @@ void AdminServer::serve(int fd) {
   } else {
     sendAll(fd, response(405, "Method Not Allowed", "GET only\n", "text/plain"));
   }
+}
+
+std::string AdminServer::bans(const std::string& request_line) {
+  namespace policy = filters::policy;
+  HttpRequest req;
+  if (!parseRequestLine(request_line, &req)) return jsonError(400, "Bad Request", "malformed request line");
+  if (req.path != "/bans" && req.path != "/bans/lift") return response(404, "Not Found", "not found\n", "text/plain");
+  policy::BanTable& table = policy::policyState().bans;
+  const int64_t now = policy::BanTable::wallMs();
+  std::string error;
+  if (req.path == "/bans" && req.method == "GET") {
+    const std::vector<policy::Ban> list = table.list(now);
+    const std::string* format = req.param("format");
+    if (format && *format == "table") return response(200, "OK", bansTable(list), "text/plain");
+    return response(200, "OK", bansJson(list), "application/json");
+  }
+  if (req.path == "/bans" && req.method == "POST") {
+    BanRequest br;
+    if (!parseBanRequest(req, &br, &error)) return jsonError(400, "Bad Request", error);
+    const policy::Ban ban = table.banFor(br.net, br.ttl, br.reason, auth::hostName(), now);
+    policy::policyState().stats.bans_made.fetch_add(1, std::memory_order_relaxed);
+    log::info("ban made through the admin endpoint",
+              {{"net", ban.net.text()}, {"ttl_s", br.ttl.count() / 1000}, {"reason", ban.reason}});
+    return response(200, "OK", banJson(ban) + "\n", "application/json");
+  }
+  if ((req.path == "/bans" && req.method == "DELETE") || (req.path == "/bans/lift" && req.method == "POST")) {
+    policy::NetAddr net;
+    if (!parseLiftRequest(req, &net, &error)) return jsonError(400, "Bad Request", error);
+    if (!table.lift(net, now)) return jsonError(404, "Not Found", "no ban on " + net.text());
+    log::info("ban lifted through the admin endpoint", {{"net", net.text()}});
+    return response(200, "OK", "{\"lifted\":\"" + jsonEscape(net.text()) + "\"}\n", "application/json");
+  }
+  return jsonError(405, "Method Not Allowed", "GET, POST or DELETE /bans, POST /bans/lift");
+}
+
+void renderPolicyMetrics(std::string& out) {
+  namespace policy = filters::policy;
+  auto metric = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  policy::PolicyState& st = policy::policyState();
+  metric("mailgate_bans_active", "Bans in force now.", st.bans.list(policy::BanTable::wallMs()).size(), "gauge");
+  const auth::PolicySyncStats& sync = auth::policySyncStats();
+  metric("mailgate_bans_sync_queue", "Ban changes made here waiting to be written to the database.",
+         sync.queue.load(std::memory_order_relaxed), "gauge");
+  metric("mailgate_bans_sync_dropped_total", "Ban changes dropped unwritten because the queue was full.",
+         sync.queue_dropped.load(std::memory_order_relaxed));
+  metric("mailgate_bans_sync_errors_total", "Database errors of the cluster sync (bans and counters).",
+         sync.errors.load(std::memory_order_relaxed));
+  metric("mailgate_bans_sync_reloads_total", "Full loads of the bans from the database.",
+         sync.reloads.load(std::memory_order_relaxed));
+  metric("mailgate_bans_sync_applied_total", "Ban changes of other gateways applied here.",
+         sync.notifications.load(std::memory_order_relaxed));
+  metric("mailgate_policy_cluster_flushes_total", "Cluster counter exchanges with the database.",
+         sync.flushes.load(std::memory_order_relaxed));
+  metric("mailgate_policy_cluster_dropped_total", "Cluster counter events dropped: too many keys pending.",
+         sync.counter_dropped.load(std::memory_order_relaxed));
+  const policy::PolicyStats& ps = st.stats;
+  metric("mailgate_policy_limited_total", "Limits exceeded (any action).", ps.limited.load(std::memory_order_relaxed));
+  metric("mailgate_policy_banned_refusals_total", "Connections refused because of a ban.",
+         ps.banned_refusals.load(std::memory_order_relaxed));
+  metric("mailgate_policy_bans_made_total", "Bans made on this gateway.", ps.bans_made.load(std::memory_order_relaxed));
+  metric("mailgate_policy_early_talkers_total", "SMTP clients that spoke before the greeting.",
+         ps.early_talkers.load(std::memory_order_relaxed));
+  metric("mailgate_policy_line_timeouts_total", "Sessions closed because a command line did not end in time.",
+         ps.line_timeouts.load(std::memory_order_relaxed));
+  metric("mailgate_policy_toobig_total", "IMAP APPENDs refused by APPENDLIMIT.",
+         ps.toobig.load(std::memory_order_relaxed));
 }
 
 }  // namespace mailgate::admin

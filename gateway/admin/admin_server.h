@@ -1,7 +1,9 @@
 #pragma once
-// The admin listener (admin.listen): GET /metrics (Prometheus text format) and
-// GET /healthz. A plain blocking server on its own thread: it never touches a
-// reactor's ring, only reads counters.
+// The admin listener (admin.listen): GET /metrics (Prometheus text format),
+// GET /healthz, and the bans (gateway/admin/bans_api.h: list, ban, lift). A plain
+// blocking server on its own thread: it never touches a reactor's ring, only reads
+// counters and the policy's ban table. No authentication: bind it to loopback (or a
+// management network).
 #include <atomic>
 #include <functional>
 #include <string>
@@ -10,6 +12,9 @@
 #include "gateway/core/result.h"
 
 namespace mailgate::admin {
+
+// The policy's lines for /metrics (bans in force, the cluster sync, PolicyStats).
+void renderPolicyMetrics(std::string& out);
 
 class AdminServer {
  public:
@@ -22,6 +27,7 @@ class AdminServer {
  private:
   void run();
   void serve(int fd);
+  std::string bans(const std::string& request_line);
   std::string listen_;
   std::function<std::string()> metrics_;
   int fd_ = -1;

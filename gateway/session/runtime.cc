@@ -9,6 +9,7 @@
 #include "auth/http_directory.h"
 #include "auth/passwd_file.h"
 #include "auth/postgres_directory.h"
+#include "auth/postgres_policy.h"
 #include "filters/clamd_filter.h"
 #include "gateway/core/log.h"
 
@@ -109,6 +110,7 @@ Runtime::~Runtime() { stopBackground(); }
 
 void Runtime::startBackground() {
   if (health) health->start();
+  if (policy_sync) policy_sync->start();
   if (!route_watcher) return;
   route_watcher->start();
   // One connect (libpq's connect_timeout is at least 2 s, see pg::withConnectTimeout)
@@ -122,6 +124,7 @@ void Runtime::startBackground() {
 void Runtime::stopBackground() {
   if (health) health->stop();
   if (route_watcher) route_watcher->stop();
+  if (policy_sync && policy_sync.use_count() == 1) policy_sync->stop();  // else a newer snapshot runs it
 }
 
 const conf::ListenerConfig* Runtime::listener(const std::string& name) const {
@@ -186,6 +189,11 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
         config->directory,
         [router](std::shared_ptr<const routing::RouteTable> t) { router->setTable(std::move(t)); });
     if (running && running->router) router->setTable(running->router->table());  // until the fresh one arrives
+    if (keep_directory && running->policy_sync)
+      rt->policy_sync = running->policy_sync;
+    else
+      rt->policy_sync = std::make_shared<auth::PostgresPolicySync>(
+          config->directory, filters::policy::policyState(config->policy.limits.max_keys));
   }
   rt->health = std::make_unique<routing::HealthChecker>(*rt->router);
   {

@@ -17,6 +17,10 @@
 #include "gateway/tls/tls_context.h"
 #include "routing/router.h"
 
+namespace mailgate::auth {
+class PostgresPolicySync;
+}
+
 namespace mailgate::session {
 
 struct Runtime {
@@ -28,6 +32,9 @@ struct Runtime {
   std::unique_ptr<routing::Router> router;
   std::unique_ptr<routing::HealthChecker> health;
   std::unique_ptr<auth::PostgresRouteWatcher> route_watcher;  // driver postgres: the routing map
+  // driver postgres: bans and cluster counters shared through the database; kept
+  // across reloads with the directory (stopped by the last snapshot holding it).
+  std::shared_ptr<auth::PostgresPolicySync> policy_sync;
   // The session filters (policy and content hooks), in order, from the `limits`,
   // `policies` and `hooks` sections; empty when none is configured.
   // The compiled lists, GeoIP databases, limits and rules (always present: the

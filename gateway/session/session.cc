@@ -175,7 +175,7 @@ void Session::beginConnect() {
   facts_.local_ip = local_ip_;
   facts_.local_port = local_port_;
   if (rt_->filters && !rt_->filters->empty()) {
-    aux_ = std::make_unique<AuxConnections>(reactor_, slot_, gen_);
+    if (rt_->filters->usesConnections()) aux_ = std::make_unique<AuxConnections>(reactor_, slot_, gen_);
     chain_.add(rt_->filters->instantiate(
         facts_, filters::FilterServices{&reactor_.workers(), &reactor_.contentWorkers(), aux_.get()}));
   }
