@@ -4,8 +4,8 @@ realistic one reads.
 
 Numbers are generous on purpose: every limit is evaluated on every session (counted,
 its token bucket taken) but none is exceeded by the bench's load, all of which comes
-from 127.0.0.1 (the flood's source, FLOOD_SOURCE, is in the `blocked` list and is
-refused at `connect`)."""
+from 127.0.0.1 (the flood's sources: FLOOD_SOURCE, banned through the admin endpoint,
+and RULE_SOURCE, in the `blocked` list and refused by a policy rule at `connect`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MMDB_WRITER = REPO / "tests" / "integration" / "mmdb_writer.pl"
-FLOOD_SOURCE = "127.0.0.2"
+FLOOD_SOURCE = "127.0.0.2"  # banned through the admin endpoint (POST /bans) by the flood scenario
+RULE_SOURCE = "127.0.0.3"   # in lists.blocked: refused by the policy rule blocked-nets
 # The CC0 country database of scripts/geoip-data.sh, when it is there.
 REAL_COUNTRY = Path(os.environ.get("MAILGATE_GEOIP_CACHE",
                                    Path.home() / ".cache" / "mailgate" / "geoip")) / \
@@ -47,7 +48,7 @@ def make_policy_files(work: Path, networks: int = 4000) -> dict:
     """Writes the ASN database (and a country one) with mmdb_writer.pl, covering
     `networks` random networks plus 127.0.0.0/24 (so the bench client's lookup goes
     down the whole tree and finds a record), and the `blocked` list file (2000
-    networks and FLOOD_SOURCE). Returns the paths and what was used."""
+    networks and RULE_SOURCE). Returns the paths and what was used."""
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(8)
     nets = _random_networks(rng, networks)
@@ -64,7 +65,7 @@ def make_policy_files(work: Path, networks: int = 4000) -> dict:
                        stdout=subprocess.DEVNULL)
         files[name] = str(out)
     blocked = _random_networks(random.Random(9), 2000)
-    (work / "blocked.cidr").write_text("# bench: blocked networks\n" + "\n".join(blocked + [FLOOD_SOURCE]) + "\n")
+    (work / "blocked.cidr").write_text("# bench: blocked networks\n" + "\n".join(blocked + [RULE_SOURCE]) + "\n")
     files["blocked"] = str(work / "blocked.cidr")
     # The country lookup: the real CC0 database first (a real tree; 127.0.0.1 is not
     # in it, a miss), then the generated one (a hit at full depth). Two lookups per
@@ -75,7 +76,7 @@ def make_policy_files(work: Path, networks: int = 4000) -> dict:
     return files
 
 
-def imap_policy(files: dict) -> str:
+def imap_policy(files: dict, admin_port: int) -> str:
     """10 limit rules, GeoIP country and ASN, 20 policy rules (12 at connect, 8 at
     auth) for the bench's three IMAP listeners (imap, imaps, imap-starttls). IMAP has
     no stage with an RE2 condition (helo, sender, rcpt, header and attachment.filename
@@ -87,6 +88,7 @@ def imap_policy(files: dict) -> str:
     asns = ", ".join(str(64512 + i * 37) for i in range(20))
     disabled = ", ".join(f"disabled{i}" for i in range(50))
     return f"""\
+admin: {{ listen: "127.0.0.1:{admin_port}" }}
 lists:
   trusted:    {{ cidrs: [10.0.0.0/8, 192.168.0.0/16, "2001:db8::/32"] }}
   blocked:    {{ file: {json.dumps(files['blocked'])} }}

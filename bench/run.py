@@ -307,7 +307,7 @@ class NginxStreamDeny(NginxMail):
     its access phase, before any upstream connection and without a line to the client
     (Debian package libnginx-mod-stream)."""
 
-    def __init__(self, workdir: Path, port: int, upstream_port: int, deny: str, workers: int):
+    def __init__(self, workdir: Path, port: int, upstream_port: int, deny: list[str], workers: int):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ports = {"none": port}
@@ -323,7 +323,7 @@ events {{ worker_connections 12000; }}
 stream {{
     server {{
         listen 127.0.0.1:{port};
-        deny {deny};
+        {" ".join(f"deny {d};" for d in deny)}
         allow all;
         proxy_pass 127.0.0.1:{upstream_port};
     }}
@@ -504,6 +504,7 @@ class Bench:
         self.mailgate_env: dict | None = None  # logins: {cert, backend_port}, set by main()
         self.loads: dict[str, list[float]] = {}  # scenario -> 1-min load averages sampled during it
         self.runs: dict[tuple[str, str], list[dict]] = {}  # (target, figure key) -> one record per round
+        self.admin_port: int | None = None  # --policy: the mailgate target's admin endpoint
 
     def note_load(self, scenario: str) -> None:
         self.loads.setdefault(scenario, []).append(loadavg())
@@ -522,7 +523,7 @@ class Bench:
         """Stores one round's record; results[target][key] is the median of the rounds so far."""
         runs = self.runs.setdefault((target, key), [])
         runs.append(rec)
-        self.results[target][key] = median_record(runs)
+        self.results.setdefault(target, {})[key] = median_record(runs)
 
     # -- running the load generator
     def load(self, mode: str, port: int, tls: str, extra: list[str], label: str,
@@ -629,18 +630,26 @@ class Bench:
                         f"cpu/GB {fmt(rec.get('cpu_s_per_gb'))} s, errors {r.get('errors')}")
 
     def scenario_flood(self) -> None:
-        """CPU per refused connection: `mailgate-load flood` from FLOOD_SOURCE
-        (127.0.0.2, bound before connect), which the --policy configuration refuses at
-        `connect` (lists.blocked, policy rule blocked-nets: `* BYE [UNAVAILABLE]` and
-        close, before any greeting or TLS), against nginx's stream proxy with `deny
-        127.0.0.2` (a bare close). Plain listeners; rounds interleaved with --repeats."""
+        """CPU per refused connection: `mailgate-load flood` (connections bound to one
+        source address) at the --policy mailgate's plain IMAP listener, twice: from
+        FLOOD_SOURCE (127.0.0.2), banned through the admin endpoint (POST /bans) before
+        the first round, and from RULE_SOURCE (127.0.0.3), in lists.blocked and refused
+        by the policy rule blocked-nets; both get `* BYE [UNAVAILABLE]` and close at
+        `connect`, before any greeting or TLS. Against nginx's stream proxy with `deny`
+        for both addresses (a bare close), flooded from 127.0.0.2. Rounds interleaved
+        with --repeats."""
         a = self.args
         if "mailgate" not in self.targets or not a.policy:
             log("  flood: needs the mailgate target with --policy: skipped")
             return
         assert self.work is not None
-        targets = {"mailgate": {"port": self.targets["mailgate"]["ports"]["none"],
-                                "pids": self.targets["mailgate"]["pids"]}}
+        mg = {"port": self.targets["mailgate"]["ports"]["none"], "pids": self.targets["mailgate"]["pids"]}
+        targets = {"mailgate-ban": dict(mg, source=policy_conf.FLOOD_SOURCE),
+                   "mailgate-rule": dict(mg, source=policy_conf.RULE_SOURCE)}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/bans?net={policy_conf.FLOOD_SOURCE}"
+                                     "&ttl=1d&reason=bench-flood", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            log(f"  flood: ban made: {resp.read().decode().strip()}")
         nginx = None
         wanted = set(a.targets.split(","))
         if "nginx" in wanted:
@@ -649,8 +658,9 @@ class Bench:
             else:
                 port = harness.free_port()
                 nginx = NginxStreamDeny(self.work / "nginx-stream", port, self.mailgate_env["backend_port"]
-                                        if self.mailgate_env else 1, policy_conf.FLOOD_SOURCE, a.threads).start()
-                targets["nginx"] = {"port": port, "pids": nginx.pids}
+                                        if self.mailgate_env else 1,
+                                        [policy_conf.FLOOD_SOURCE, policy_conf.RULE_SOURCE], a.threads).start()
+                targets["nginx"] = {"port": port, "pids": nginx.pids, "source": policy_conf.FLOOD_SOURCE}
         try:
             names = list(targets)
             for rnd in range(a.repeats):
@@ -659,7 +669,7 @@ class Bench:
                 for t in names[k:] + names[:k]:
                     tg = targets[t]
                     label = f"flood/{t}" + (f"/round{rnd + 1}" if a.repeats > 1 else "")
-                    base = ["--source", policy_conf.FLOOD_SOURCE, "--concurrency", str(a.flood_concurrency),
+                    base = ["--source", tg["source"], "--concurrency", str(a.flood_concurrency),
                             "--timeout", "5"]
                     self.load("flood", tg["port"], "none", base + ["--count", "500", "--duration", "5"],
                               label + "/warmup")
@@ -1088,11 +1098,11 @@ def report_rounds(bench: "Bench") -> str | None:
 def report_flood(bench: "Bench") -> str | None:
     """Every round of the flood scenario and the medians: mailgate (policy rule at
     connect) vs nginx (stream deny)."""
-    series = {t: bench.runs.get((t, "flood")) or [] for t in ("mailgate", "nginx")}
+    series = {t: bench.runs.get((t, "flood")) or [] for t in ("mailgate-ban", "mailgate-rule", "nginx")}
     if not any(series.values()):
         return None
     n = max(len(v) for v in series.values())
-    head = f"| {'flood from 127.0.0.2, refused':<34} | {'target':<8} | " + \
+    head = f"| {'flood, refused at connect':<34} | {'target':<13} | " + \
         " | ".join(f"{'round ' + str(i + 1):>8}" for i in range(n)) + f" | {'median':>8} |"
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for name, field in (("CPU us/refused connection", "cpu_us_per_refusal"), ("refused connections/s", "per_s"),
@@ -1112,12 +1122,13 @@ def report_flood(bench: "Bench") -> str | None:
                 cells = [f"{(r.get('accepted') or 0) + (r.get('failed') or 0)}" for r in runs]
                 medc = ""
             cells += [""] * (n - len(cells))
-            lines.append(f"| {name:<34} | {t:<8} | " + " | ".join(f"{c:>8}" for c in cells) + f" | {medc:>8} |")
-    cm = median([r.get("cpu_us_per_refusal") for r in series.get("mailgate", [])])
+            lines.append(f"| {name:<34} | {t:<13} | " + " | ".join(f"{c:>8}" for c in cells) + f" | {medc:>8} |")
     cn = median([r.get("cpu_us_per_refusal") for r in series.get("nginx", [])])
-    if cm and cn:
-        lines.append(f"| {'CPU/refusal mailgate/nginx':<34} | {'':<8} | " + " | ".join(f"{'':>8}" for _ in range(n)) +
-                     f" | {cm / cn:>8.2f} |")
+    for t in ("mailgate-ban", "mailgate-rule"):
+        cm = median([r.get("cpu_us_per_refusal") for r in series.get(t, [])])
+        if cm and cn:
+            lines.append(f"| {'CPU/refusal ' + t + '/nginx':<34} | {'':<13} | " +
+                         " | ".join(f"{'':>8}" for _ in range(n)) + f" | {cm / cn:>8.2f} |")
     return "\n".join(lines)
 
 
@@ -1278,7 +1289,9 @@ def main() -> int:
             extra_yaml = {}
             if args.policy:
                 files = policy_conf.make_policy_files(work / "policy")
-                extra_yaml = {"mailgate": policy_conf.imap_policy(files), "baseline": policy_conf.NO_POLICY}
+                bench.admin_port = harness.free_port()
+                extra_yaml = {"mailgate": policy_conf.imap_policy(files, bench.admin_port),
+                              "baseline": policy_conf.NO_POLICY}
                 log(f"policy: country databases {files['country_list']}, asn {files['asn']}")
             if builds:
                 os.environ["MAILGATE_BIN"] = args.mailgate_bin
