@@ -131,7 +131,7 @@ def main() -> int:
         bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
 
         gates = {}
-        policy_files = policy_conf.make_policy_files(work / "policy") if args.policy else None
+        policy_files = policy_conf.make_policy_files(work / "policy-files") if args.policy else None
         for name, binary in builds:
             mg_dir = work / name
             mg_dir.mkdir()
