@@ -6,6 +6,7 @@
 //   mailgate-load fetch    --port 143 --user bulk --repeat 3
 //   mailgate-load idle     --port 143 --concurrency 5000 --hold 5
 //   mailgate-load authhttp --listen-port 8185 --backend-port 143 --password pw [--accept-none 1]
+//   mailgate-load flood    --port 143 --source 127.0.0.2 --count 20000 --concurrency 16 --duration 20
 //   mailgate-load smtplat  --port 25 --to user@domain --messages 200 --warmup 20 --size 10240 [--dot-with-body 1]
 //
 // Each load mode prints one JSON line on stdout with its figures (idle also prints
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "bench/auth_http.h"
+#include "bench/flood.h"
 #include "bench/load_conn.h"
 #include "bench/smtp_probe.h"
 
@@ -68,19 +70,23 @@ struct Options {
   std::string to;
   std::string helo = "probe.bench.invalid";
   bool dot_with_body = false;
+  // flood
+  std::string source = "127.0.0.2";
+  unsigned count = 20000;
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "mailgate-load: %s\n"
-               "usage: mailgate-load sessions|latency|fetch|idle|authhttp|smtplat [options]\n"
+               "usage: mailgate-load sessions|latency|fetch|idle|authhttp|smtplat|flood [options]\n"
                "  --host H --port P --tls none|implicit|starttls --sni NAME\n"
                "  --users N --user-prefix S --user NAME --password P --mailbox M\n"
                "  --concurrency N --duration S --sessions N --warmup N --repeat N\n"
                "  --hold S --ramp N --timeout S --label TEXT\n"
                "  authhttp: --listen-port P --backend-host H --backend-port P --password P --accept-none 0|1\n"
                "  smtplat: --host H --port P --to ADDR --from ADDR --helo NAME --messages N --warmup N\n"
-               "           --size BYTES --timeout S --label TEXT --dot-with-body 0|1\n",
+               "           --size BYTES --timeout S --label TEXT --dot-with-body 0|1\n"
+               "  flood: --host H --port P --source ADDR --count N --concurrency N --duration S --timeout S\n",
                why);
   std::exit(2);
 }
@@ -140,6 +146,8 @@ Options parseOptions(int argc, char** argv) {
     else if (k == "--from") o.from = v;
     else if (k == "--to") o.to = v;
     else if (k == "--helo") o.helo = v;
+    else if (k == "--source") o.source = v;
+    else if (k == "--count") o.count = static_cast<unsigned>(parseUnsigned(k.c_str(), v, 100000000));
     else if (k == "--dot-with-body") o.dot_with_body = parseUnsigned(k.c_str(), v, 1) == 1;
     else usage(("unknown option " + k).c_str());
   }
@@ -537,6 +545,18 @@ int main(int argc, char** argv) {
     p.label = o.label;
     p.dot_with_body = o.dot_with_body;
     return runSmtpProbe(p);
+  }
+  if (o.mode == "flood") {
+    FloodParams p;
+    p.host = o.host;
+    p.port = o.port;
+    p.source = o.source;
+    p.count = o.count;
+    p.concurrency = o.concurrency;
+    p.duration = o.duration;
+    p.timeout = o.timeout;
+    p.label = o.label;
+    return runFlood(p);
   }
   if (o.mode == "sessions") return runSessions(o);
   if (o.mode == "latency") {

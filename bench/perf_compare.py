@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (bench/run.py: Dovecot, mailbox, mailgate configuration)
+import policy_conf  # noqa: E402  (bench/policy_conf.py: the --policy configurations)
 from run import harness, log  # noqa: E402
 
 
@@ -81,6 +82,10 @@ def main() -> int:
     ap.add_argument("--freq", type=int, default=2000, help="perf sampling frequency (Hz of CPU time)")
     ap.add_argument("--top", type=int, default=15, help="symbols shown per phase")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--policy", action="append", default=[], metavar="NAME",
+                    help="this build runs with bench/policy_conf.py's realistic policy, and then every other "
+                         "with no policy (`limits: { rules: [] }`); the same binary may be given twice")
+    ap.add_argument("--phases", default="sessions_none,sessions_implicit,fetch_none,fetch_implicit")
     ap.add_argument("--out", default=None, help="keep the perf.data files here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
@@ -105,6 +110,7 @@ def main() -> int:
         ("fetch_none", "fetch", "none", args.fetch_repeat, "GB"),
         ("fetch_implicit", "fetch", "implicit", args.fetch_repeat, "GB"),
     ]
+    phases = [p for p in phases if p[0] in args.phases.split(",")]
     # (build, phase) -> {"units": sessions or GB, "cpu_s": /proc, "samples": {symbol: n}}
     acc: dict[tuple[str, str], dict] = {}
     started: list = []
@@ -125,14 +131,18 @@ def main() -> int:
         bench.load("fetch", dovecot.imap_port, "none", ["--user", "bulk", "--repeat", "1"], "warmup")
 
         gates = {}
+        policy_files = policy_conf.make_policy_files(work / "policy-files") if args.policy else None
         for name, binary in builds:
             mg_dir = work / name
             mg_dir.mkdir()
             ports = dict(zip(run.TLS_MODES, harness.free_ports(3)))
             passwd = mg_dir / "users.passwd"
             passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
-            mg = harness.Mailgate(mg_dir, run.imap_mailgate_config(ports, passwd, cert, dovecot.imap_port,
-                                                                    args.threads))
+            cfg = run.imap_mailgate_config(ports, passwd, cert, dovecot.imap_port, args.threads)
+            if args.policy:
+                cfg += policy_conf.imap_policy(policy_files, harness.free_port()) if name in args.policy \
+                    else policy_conf.NO_POLICY
+            mg = harness.Mailgate(mg_dir, cfg)
             mg.binary = binary
             mg.start()
             started.append(mg)

@@ -54,15 +54,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "bench"))
 import harness  # noqa: E402  (tests/integration/harness.py)
+import policy_conf  # noqa: E402  (bench/policy_conf.py)
 import pg  # noqa: E402  (tests/integration/pg.py: a private PostgreSQL cluster)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TARGETS = ("direct", "mailgate", "baseline", "nginx")  # baseline: only with --baseline-bin
 TLS_MODES = ("none", "implicit", "starttls")
-SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins", "smtp")
-IMAP_SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins")  # these need Dovecot
+SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins", "smtp", "flood")
+DEFAULT_SCENARIOS = SCENARIOS[:6]  # flood: on request (--scenarios flood, with --policy)
+IMAP_SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins", "flood")  # these need Dovecot
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SMTP_MODES = ("perconn", "reused")  # smtp-source without / with -d
@@ -295,6 +299,38 @@ mail {{
 """)
 
 
+class NginxStreamDeny(NginxMail):
+    """nginx's answer to a flood from a banned address. nginx's mail module has no
+    access control (no allow/deny, no limit_conn: those are in the http and stream
+    modules only), so the closest nginx offers in front of an IMAP server is a stream
+    (TCP) proxy with `deny`: ngx_stream_access_module closes a denied connection at
+    its access phase, before any upstream connection and without a line to the client
+    (Debian package libnginx-mod-stream)."""
+
+    def __init__(self, workdir: Path, port: int, upstream_port: int, deny: list[str], workers: int):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ports = {"none": port}
+        self.conf = self.dir / "nginx.conf"
+        self.proc = None
+        self.conf.write_text(f"""\
+load_module {NGINX_STREAM_MODULE};
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 12000; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{port};
+        {" ".join(f"deny {d};" for d in deny)}
+        allow all;
+        proxy_pass 127.0.0.1:{upstream_port};
+    }}
+}}
+""")
+
+
 class SmtpSink:
     """Postfix's smtp-sink (-c: running counters, flushed to its stdout file at every
     "." it answers, so the number of messages it has taken can be read at any time)."""
@@ -468,6 +504,7 @@ class Bench:
         self.mailgate_env: dict | None = None  # logins: {cert, backend_port}, set by main()
         self.loads: dict[str, list[float]] = {}  # scenario -> 1-min load averages sampled during it
         self.runs: dict[tuple[str, str], list[dict]] = {}  # (target, figure key) -> one record per round
+        self.admin_port: int | None = None  # --policy: the mailgate target's admin endpoint
 
     def note_load(self, scenario: str) -> None:
         self.loads.setdefault(scenario, []).append(loadavg())
@@ -486,7 +523,7 @@ class Bench:
         """Stores one round's record; results[target][key] is the median of the rounds so far."""
         runs = self.runs.setdefault((target, key), [])
         runs.append(rec)
-        self.results[target][key] = median_record(runs)
+        self.results.setdefault(target, {})[key] = median_record(runs)
 
     # -- running the load generator
     def load(self, mode: str, port: int, tls: str, extra: list[str], label: str,
@@ -591,6 +628,72 @@ class Bench:
                     self.keep(t, f"fetch_{tls}", rec)
                     log(f"  {label}: {fmt(rec.get('mb_per_s'))} MB/s over {nbytes / 1e9:.2f} GB, "
                         f"cpu/GB {fmt(rec.get('cpu_s_per_gb'))} s, errors {r.get('errors')}")
+
+    def scenario_flood(self) -> None:
+        """CPU per refused connection: `mailgate-load flood` (connections bound to one
+        source address) at the --policy mailgate's plain IMAP listener, twice: from
+        FLOOD_SOURCE (127.0.0.2), banned through the admin endpoint (POST /bans) before
+        the first round, and from RULE_SOURCE (127.0.0.3), in lists.blocked and refused
+        by the policy rule blocked-nets; both get `* BYE [UNAVAILABLE]` and close at
+        `connect`, before any greeting or TLS. Against nginx's stream proxy with `deny`
+        for both addresses (a bare close), flooded from 127.0.0.2. Rounds interleaved
+        with --repeats."""
+        a = self.args
+        if "mailgate" not in self.targets or not a.policy:
+            log("  flood: needs the mailgate target with --policy: skipped")
+            return
+        assert self.work is not None
+        mg = {"port": self.targets["mailgate"]["ports"]["none"], "pids": self.targets["mailgate"]["pids"]}
+        targets = {"mailgate-ban": dict(mg, source=policy_conf.FLOOD_SOURCE),
+                   "mailgate-rule": dict(mg, source=policy_conf.RULE_SOURCE)}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/bans?net={policy_conf.FLOOD_SOURCE}"
+                                     "&ttl=1d&reason=bench-flood", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            log(f"  flood: ban made: {resp.read().decode().strip()}")
+        nginx = None
+        wanted = set(a.targets.split(","))
+        if "nginx" in wanted:
+            if not os.path.exists(NGINX_STREAM_MODULE):
+                log(f"  flood: {NGINX_STREAM_MODULE} not found (libnginx-mod-stream): nginx skipped")
+            else:
+                port = harness.free_port()
+                nginx = NginxStreamDeny(self.work / "nginx-stream", port, self.mailgate_env["backend_port"]
+                                        if self.mailgate_env else 1,
+                                        [policy_conf.FLOOD_SOURCE, policy_conf.RULE_SOURCE], a.threads).start()
+                targets["nginx"] = {"port": port, "pids": nginx.pids, "source": policy_conf.FLOOD_SOURCE}
+        try:
+            names = list(targets)
+            for rnd in range(a.repeats):
+                self.note_load("flood")
+                k = rnd % len(names)
+                for t in names[k:] + names[:k]:
+                    tg = targets[t]
+                    label = f"flood/{t}" + (f"/round{rnd + 1}" if a.repeats > 1 else "")
+                    base = ["--source", tg["source"], "--concurrency", str(a.flood_concurrency),
+                            "--timeout", "5"]
+                    self.load("flood", tg["port"], "none", base + ["--count", "500", "--duration", "5"],
+                              label + "/warmup")
+                    pids = tg["pids"]()
+                    c0 = proc_cpu_seconds(pids)
+                    r = self.load("flood", tg["port"], "none",
+                                  base + ["--count", str(a.flood_count), "--duration", str(a.flood_duration)],
+                                  label, timeout=a.flood_duration + 30)
+                    c1 = proc_cpu_seconds(tg["pids"]())
+                    n = (r.get("refused_line") or 0) + (r.get("closed") or 0)
+                    rec = {"connections": r.get("connections"), "refused": n, "refused_line": r.get("refused_line"),
+                           "closed": r.get("closed"), "accepted": r.get("accepted"), "failed": r.get("failed"),
+                           "per_s": r.get("per_s"), "elapsed_s": r.get("elapsed_s"), "load1": loadavg()}
+                    if pids and n:
+                        rec["cpu_us_per_refusal"] = (c1 - c0) / n * 1e6
+                        rec["cpu_s"] = c1 - c0
+                    self.keep(t, "flood", rec)
+                    log(f"  {label}: {fmt(rec.get('per_s'))} refused conns/s ({rec['refused_line']} with a line, "
+                        f"{rec['closed']} closed, {rec['accepted']} accepted, {rec['failed']} failed), "
+                        f"cpu/refusal {fmt(rec.get('cpu_us_per_refusal'))} us")
+            self.note_load("flood")
+        finally:
+            if nginx:
+                nginx.stop()
 
     def scenario_idle(self) -> None:
         n = self.args.idle_sessions
@@ -992,6 +1095,43 @@ def report_rounds(bench: "Bench") -> str | None:
     return "\n".join(lines)
 
 
+def report_flood(bench: "Bench") -> str | None:
+    """Every round of the flood scenario and the medians: mailgate (policy rule at
+    connect) vs nginx (stream deny)."""
+    series = {t: bench.runs.get((t, "flood")) or [] for t in ("mailgate-ban", "mailgate-rule", "nginx")}
+    if not any(series.values()):
+        return None
+    n = max(len(v) for v in series.values())
+    head = f"| {'flood, refused at connect':<34} | {'target':<13} | " + \
+        " | ".join(f"{'round ' + str(i + 1):>8}" for i in range(n)) + f" | {'median':>8} |"
+    lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+    for name, field in (("CPU us/refused connection", "cpu_us_per_refusal"), ("refused connections/s", "per_s"),
+                        ("refused (line / bare close)", None), ("accepted + failed", None)):
+        for t, runs in series.items():
+            if not runs:
+                continue
+            if field:
+                vals = [r.get(field) for r in runs]
+                cells = [fmt(v) if v is not None else "n/a" for v in vals]
+                med = median(vals)
+                medc = fmt(med) if med is not None else "n/a"
+            elif name.startswith("refused"):
+                cells = [f"{r.get('refused_line')}/{r.get('closed')}" for r in runs]
+                medc = ""
+            else:
+                cells = [f"{(r.get('accepted') or 0) + (r.get('failed') or 0)}" for r in runs]
+                medc = ""
+            cells += [""] * (n - len(cells))
+            lines.append(f"| {name:<34} | {t:<13} | " + " | ".join(f"{c:>8}" for c in cells) + f" | {medc:>8} |")
+    cn = median([r.get("cpu_us_per_refusal") for r in series.get("nginx", [])])
+    for t in ("mailgate-ban", "mailgate-rule"):
+        cm = median([r.get("cpu_us_per_refusal") for r in series.get(t, [])])
+        if cm and cn:
+            lines.append(f"| {'CPU/refusal ' + t + '/nginx':<34} | {'':<13} | " +
+                         " | ".join(f"{'':>8}" for _ in range(n)) + f" | {cm / cn:>8.2f} |")
+    return "\n".join(lines)
+
+
 def report_logins(results: dict) -> str | None:
     cold, warm = (results.get("mailgate", {}).get(f"logins_{m}") for m in ("cold", "warm"))
     if not cold and not warm:
@@ -1087,7 +1227,13 @@ def main() -> int:
     ap.add_argument("--smtp-size", type=int, default=10240, help="smtp: message payload bytes (smtp-source -l)")
     ap.add_argument("--smtp-latency-messages", type=int, default=500,
                     help="smtp: recorded messages of the latency probe (after 20 unrecorded)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--policy", action="store_true",
+                    help="the mailgate target with a realistic policy (bench/policy_conf.py), the baseline "
+                         "target the same binary (or --baseline-bin) with no policy; mg/base = policy/no policy")
+    ap.add_argument("--flood-count", type=int, default=20000, help="flood: connections per measured run (at most)")
+    ap.add_argument("--flood-duration", type=float, default=20.0, help="flood: seconds per measured run (at most)")
+    ap.add_argument("--flood-concurrency", type=int, default=16, help="flood: connections in flight")
+    ap.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -1099,6 +1245,8 @@ def main() -> int:
     args.mailgate_bin = os.path.abspath(args.mailgate_bin)
     if args.baseline_bin:
         args.baseline_bin = os.path.abspath(args.baseline_bin)
+    elif args.policy:
+        args.baseline_bin = args.mailgate_bin  # the same binary, without the policy
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
 
@@ -1137,6 +1285,14 @@ def main() -> int:
             builds = [("mailgate", args.mailgate_bin)] if "mailgate" in wanted else []
             if args.baseline_bin and "baseline" in wanted:
                 builds.append(("baseline", args.baseline_bin))
+            # --policy: the mailgate target gets the realistic policy, the baseline none.
+            extra_yaml = {}
+            if args.policy:
+                files = policy_conf.make_policy_files(work / "policy")
+                bench.admin_port = harness.free_port()
+                extra_yaml = {"mailgate": policy_conf.imap_policy(files, bench.admin_port),
+                              "baseline": policy_conf.NO_POLICY}
+                log(f"policy: country databases {files['country_list']}, asn {files['asn']}")
             if builds:
                 os.environ["MAILGATE_BIN"] = args.mailgate_bin
             for name, binary in builds:
@@ -1146,6 +1302,7 @@ def main() -> int:
                 passwd = mg_dir / "users.passwd"
                 passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
                 cfg = imap_mailgate_config(mg_ports, passwd, cert, dovecot.imap_port, args.threads)
+                cfg += extra_yaml.get(name, "")
                 if not os.access(binary, os.X_OK):
                     log(f"{name} binary {binary} not found: {name} column skipped")
                     continue
@@ -1190,13 +1347,16 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    imap_table = any(s in IMAP_SCENARIOS and s != "logins" for s in scenarios)
+    imap_table = any(s in IMAP_SCENARIOS and s not in ("logins", "flood") for s in scenarios)
     tables = []
     if imap_table:
         tables.append(report(bench.results))
         rounds = report_rounds(bench)
         if rounds:
             tables.append(rounds)
+    flood = report_flood(bench) if "flood" in scenarios else None
+    if flood:
+        tables.append(flood)
     logins = report_logins(bench.results)
     if logins:
         tables.append(logins)
@@ -1212,6 +1372,9 @@ def main() -> int:
         notes.append(f"medians of {args.repeats} rounds, targets interleaved")
     if "baseline" in bench.targets:
         notes.append(f"mailgate = {args.mailgate_bin}, baseline = {args.baseline_bin}")
+    if args.policy:
+        notes.append("--policy: mailgate = realistic policy (bench/policy_conf.py), baseline = the same binary "
+                     "with `limits: { rules: [] }` and nothing else; mg/base = policy / no policy")
     if imap_table:
         notes.append("CPU = proxy processes' utime+stime; "
                      f"RSS = proxy processes' VmRSS while {args.idle_sessions} sessions IDLE, minus before"
