@@ -252,39 +252,40 @@ struct CompiledMatch {
 
   // Whether the facts match; `why` gets what decided (for traces).
   bool matches(const SessionFacts& f, const NetAddr& client, const MessageMeta* meta, std::string* why) const {
-    auto fail = [why](std::string s) {
-      if (why) *why = std::move(s);
+    // The reason a condition fails is text for --explain only: built when asked for.
+    auto fail = [why](auto&& make) {
+      if (why) *why = make();
       return false;
     };
     if (!listeners.empty() && std::find(listeners.begin(), listeners.end(), f.listener) == listeners.end())
-      return fail("listener " + f.listener + " not listed");
+      return fail([&] { return std::string("listener " + f.listener + " not listed"); });
     if (!protocols.empty()) {
       const std::string proto = f.submission ? "submission" : f.protocol;
       if (std::find(protocols.begin(), protocols.end(), proto) == protocols.end())
-        return fail("protocol " + proto + " not listed");
+        return fail([&] { return std::string("protocol " + proto + " not listed"); });
     }
     if (!nets.empty()) {
       bool in = false;
       for (const IpSet* s : nets) in = in || s->contains(client);
-      if (!in) return fail("client " + f.client_ip + " not in the lists");
+      if (!in) return fail([&] { return std::string("client " + f.client_ip + " not in the lists"); });
     }
     if (!countries.empty() && std::find(countries.begin(), countries.end(), f.country) == countries.end())
-      return fail("country \"" + f.country + "\" not listed");
+      return fail([&] { return std::string("country \"" + f.country + "\" not listed"); });
     if (!asn.empty() && std::find(asn.begin(), asn.end(), f.asn) == asn.end())
-      return fail("asn " + std::to_string(f.asn) + " not listed");
-    if (tls && *tls != f.secured) return fail(f.secured ? "tls" : "no tls");
+      return fail([&] { return std::string("asn " + std::to_string(f.asn) + " not listed"); });
+    if (tls && *tls != f.secured) return fail([&] { return std::string(f.secured ? "tls" : "no tls"); });
     if (authenticated && *authenticated != f.authenticated)
-      return fail(f.authenticated ? "authenticated" : "not authenticated");
+      return fail([&] { return std::string(f.authenticated ? "authenticated" : "not authenticated"); });
     if (!users.empty() && std::find(users.begin(), users.end(), lower(f.user)) == users.end())
-      return fail("user not listed");
-    if (!helo.empty() && !helo.match(f.helo)) return fail("helo does not match");
-    if (!sender.empty() && (!f.from || !sender.match(*f.from))) return fail("sender does not match");
+      return fail([&] { return std::string("user not listed"); });
+    if (!helo.empty() && !helo.match(f.helo)) return fail([&] { return std::string("helo does not match"); });
+    if (!sender.empty() && (!f.from || !sender.match(*f.from))) return fail([&] { return std::string("sender does not match"); });
     if (!rcpt.empty()) {
       bool any = false;
       if (!f.rcpt.empty()) any = rcpt.match(f.rcpt);
       for (const auto& r : f.rcpts)
         if (!any && f.rcpt.empty()) any = rcpt.match(stripPath(r));
-      if (!any) return fail("recipient does not match");
+      if (!any) return fail([&] { return std::string("recipient does not match"); });
     }
     if (!header.empty()) {
       bool any = false;
@@ -294,7 +295,7 @@ struct CompiledMatch {
             any = true;
             break;
           }
-      if (!any) return fail("no header field matches");
+      if (!any) return fail([&] { return std::string("no header field matches"); });
     }
     if (!attachment.empty()) {
       bool any = false;
@@ -305,11 +306,11 @@ struct CompiledMatch {
             if (why) *why = "attachment \"" + n + "\"";
             break;
           }
-      if (!any) return fail("no attachment name matches");
+      if (!any) return fail([&] { return std::string("no attachment name matches"); });
     }
     if (negated) {
       std::string inner;
-      if (negated->matches(f, client, meta, &inner)) return fail("the not: condition matches");
+      if (negated->matches(f, client, meta, &inner)) return fail([&] { return std::string("the not: condition matches"); });
     }
     return true;
   }
@@ -566,15 +567,15 @@ class PolicyFilter final : public Filter {
     if (pol_->countryDb()) facts.country = pol_->countryDb()->lookup(client_);
     if (pol_->asnDb()) facts.asn = pol_->asnDb()->lookupNumber(client_);
     if (pol_->countryDb() || pol_->asnDb())
-      trace(Stage::kConnect, "geoip", "", true,
+      if (trace_) trace(Stage::kConnect, "geoip", "", true,
             "country \"" + facts.country + "\" asn " + std::to_string(facts.asn));
     if (exempt_) {
-      trace(Stage::kConnect, "exempt", "", true, facts.client_ip + " is in limits.defaults.exempt");
+      if (trace_) trace(Stage::kConnect, "exempt", "", true, facts.client_ip + " is in limits.defaults.exempt");
       return Verdict::next();
     }
     Ban ban;
     if (policyState().bans.find(client_, BanTable::wallMs(), &ban)) {
-      trace(Stage::kConnect, "ban", ban.net.text(), true,
+      if (trace_) trace(Stage::kConnect, "ban", ban.net.text(), true,
             "banned (" + ban.reason + "), " + std::to_string((ban.expires_ms - BanTable::wallMs()) / 1000) +
                 " s left");
       if (!dry_) policyState().stats.banned_refusals++;
@@ -584,7 +585,7 @@ class PolicyFilter final : public Filter {
       v.text = "Too many failures from your address, try again later";
       return v;
     }
-    trace(Stage::kConnect, "ban", "", false, "not banned");
+    if (trace_) trace(Stage::kConnect, "ban", "", false, "not banned");
     return Verdict::next();
   }
 
@@ -659,7 +660,7 @@ class PolicyFilter final : public Filter {
         r = counters.update(key, count);
       }
       if (!r.second && !dry_ && cl) cl->add(key, window, static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
-      *detail = std::to_string(r.first) + " of " + std::to_string(c.rate) + " in this cluster window";
+      if (detail) *detail = std::to_string(r.first) + " of " + std::to_string(c.rate) + " in this cluster window";
       return r.second;
     }
     const int64_t now = steadyUs();
@@ -671,7 +672,8 @@ class PolicyFilter final : public Filter {
     } else {
       wait = counters.update(key, [&](CounterState& s) { return l.gcra.take(&s.tat_us, now, units, false); });
     }
-    *detail = wait > 0 ? "over " + std::to_string(c.rate) + " per " + std::to_string(c.per.count() / 1000) +
+    if (detail)
+      *detail = wait > 0 ? "over " + std::to_string(c.rate) + " per " + std::to_string(c.per.count() / 1000) +
                              " s (next in " + std::to_string(wait / 1000) + " ms)"
                        : "within " + std::to_string(c.rate) + " per " + std::to_string(c.per.count() / 1000) + " s";
     return wait > 0;
@@ -786,13 +788,13 @@ class PolicyFilter final : public Filter {
       const CompiledLimit& l = *lp;
       if (l.stage != stage || l.cfg->count == conf::CountKind::kAuthFailures) continue;
       std::string why;
-      if (!l.when.matches(facts, client_, meta_.get(), &why)) {
-        trace(stage, "limit", l.cfg->name, false, why);
+      if (!l.when.matches(facts, client_, meta_.get(), trace_ ? &why : nullptr)) {
+        if (trace_) trace(stage, "limit", l.cfg->name, false, why);
         continue;
       }
       CounterKey key;
       if (!keyOf(l, facts, &key)) {
-        trace(stage, "limit", l.cfg->name, false, "no key");
+        if (trace_) trace(stage, "limit", l.cfg->name, false, "no key");
         continue;
       }
       forgiveIfLifted(l, key);
@@ -813,14 +815,14 @@ class PolicyFilter final : public Filter {
           over = now_held >= max;
           if (!over) hold(key);
         }
-        trace(stage, "limit", l.cfg->name, over,
+        if (trace_) trace(stage, "limit", l.cfg->name, over,
               std::to_string(now_held) + " of " + std::to_string(l.cfg->concurrency) + " concurrent");
         if (over) return exceeded(l, key, stage, facts, true);
       }
       if (l.cfg->rate > 0) {
         std::string detail;
-        const bool over = overRate(l, key, n, &detail);
-        trace(stage, "limit", l.cfg->name, over, detail);
+        const bool over = overRate(l, key, n, trace_ ? &detail : nullptr);
+        if (trace_) trace(stage, "limit", l.cfg->name, over, detail);
         if (over) return exceeded(l, key, stage, facts, false);
       }
     }
@@ -865,7 +867,7 @@ class PolicyFilter final : public Filter {
       forgiveIfLifted(l, key);
       CounterState s = policyState().counters.peek(key);
       const int64_t wait = l.gcra.take(&s.tat_us, steadyUs(), 1, true);
-      trace(Stage::kAuth, "limit", l.cfg->name, wait > 0, wait > 0 ? "auth failures over the limit" : "within");
+      if (trace_) trace(Stage::kAuth, "limit", l.cfg->name, wait > 0, wait > 0 ? "auth failures over the limit" : "within");
       if (wait > 0) return exceeded(l, key, Stage::kAuth, facts, false);
     }
     return Verdict::next();
@@ -888,8 +890,7 @@ class PolicyFilter final : public Filter {
         });
         if (repeat) continue;  // the same wrong user and password again: not counted again
       }
-      std::string detail;
-      if (!overRate(l, key, 1, &detail)) continue;
+      if (!overRate(l, key, 1, nullptr)) continue;
       Verdict v = exceeded(l, key, stage, facts, false);
       if (isTerminal(v.action)) return v;
       if (v.action == Action::kDelay && v.delay > result.delay) result = v;
@@ -930,8 +931,11 @@ class PolicyFilter final : public Filter {
       const CompiledRule& r = *rp;
       if (r.stage != stage) continue;
       std::string why;
-      const bool m = r.when.matches(facts, client_, meta_.get(), &why);
-      trace(stage, "rule", r.cfg->name, m,
+      bool m = r.when.matches(facts, client_, meta_.get(), trace_ ? &why : nullptr);
+      // What matched (an attachment's name), for the log line of a refusal: asked again
+      // only on a match, so that a rule that does not match builds no text.
+      if (m && !trace_) m = r.when.matches(facts, client_, meta_.get(), &why);
+      if (trace_) trace(stage, "rule", r.cfg->name, m,
             m ? std::string(r.cfg->shadow ? "shadow: " : "") + "then " + std::string(actionName(r.verdict.action)) +
                     (why.empty() ? "" : " (" + why + ")")
               : why);
