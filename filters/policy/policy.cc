@@ -721,7 +721,8 @@ class PolicyFilter final : public Filter {
         if (!dry_) {
           Ban b = policyState().bans.ban(net, pol_->banParams(), c.name, hostName(), BanTable::wallMs());
           policyState().stats.bans_made++;
-          log::warn("policy ban", {{"session", f.session_id},
+          if (g_limit_log.allow())
+            log::warn("policy ban", {{"session", f.session_id},
                                    {"client", f.client_ip},
                                    {"net", net.text()},
                                    {"limit", c.name},
