@@ -44,7 +44,7 @@ CC=clang CXX=clang++ cmake -B "$FUZZ_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInf
   -DMAILGATE_FUZZ=ON -DMAILGATE_TESTS=OFF
 cmake --build "$FUZZ_BUILD_DIR" -j"$JOBS"
 
-step "fuzz runs (${FUZZ_SECONDS}s each)"
+step "fuzz runs (${FUZZ_SECONDS}s each, ${JOBS} at a time)"
 shopt -s nullglob
 targets=("$FUZZ_BUILD_DIR"/tests/fuzz/fuzz_*)
 fuzzers=()
@@ -55,7 +55,10 @@ if [ "${#fuzzers[@]}" -eq 0 ]; then
   echo "no fuzz targets were built" >&2
   exit 1
 fi
-for f in "${fuzzers[@]}"; do
+# One target: new inputs go to a scratch dir (listed first) so the checked-in seeds
+# stay untouched. Its output is printed whole when it ends.
+run_fuzzer() {
+  local f=$1 fabs name work corpus seeds rc=0
   fabs=$(readlink -f "$f")
   name=$(basename "$f")
   name=${name#fuzz_}
@@ -65,17 +68,33 @@ for f in "${fuzzers[@]}"; do
   for seeds in "tests/fuzz/corpus/$name" "tests/fuzz/corpus/fuzz_$name"; do
     if [ -d "$seeds" ]; then corpus+=("$repo/$seeds"); fi
   done
-  echo "-- $f ${corpus[*]:-}"
-  # New inputs go to a scratch dir (listed first) so the checked-in seeds stay untouched.
   if ! (cd "$work" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
         "$fabs" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
         -artifact_prefix="$work/" "$work/corpus" "${corpus[@]}" 2>"$work/log"); then
+    echo "-- $f ${corpus[*]:-}"
     tail -50 "$work/log" >&2
     echo "fuzz target $name failed; artifacts in $work" >&2
-    exit 1
+    return 1
   fi
+  echo "-- $f ${corpus[*]:-}"
   grep -E '^(stat::number_of_executed_units|Done)' "$work/log" || true
   rm -rf "$work"
+}
+# Each target is one process: JOBS of them at a time.
+failed=0
+pids=()
+for f in "${fuzzers[@]}"; do
+  run_fuzzer "$f" &
+  pids+=($!)
+  if [ "${#pids[@]}" -ge "$JOBS" ]; then
+    wait "${pids[0]}" || failed=1
+    pids=("${pids[@]:1}")
+  fi
 done
+for p in "${pids[@]}"; do wait "$p" || failed=1; done
+if [ "$failed" -ne 0 ]; then
+  echo "a fuzz target failed" >&2
+  exit 1
+fi
 
 step "all tests passed"
