@@ -515,8 +515,9 @@ class PolicyFilter final : public Filter {
       Verdict v = authPrecheck(facts);
       if (isTerminal(v.action)) return v;
     }
-    Verdict v = limits(stage, facts);
-    if (isTerminal(v.action) || v.action == Action::kDelay) return v;
+    // A limit's delay does not skip the stage's rules: a refusal by a rule wins over it.
+    const Verdict tarpit = limits(stage, facts);
+    if (isTerminal(tarpit.action)) return tarpit;
     if (stage == Stage::kData && pol_->needs_meta_ && facts.message && !meta_) {
       if (dry_ || !services_.content) {
         meta_ = std::make_shared<MessageMeta>();
@@ -527,12 +528,12 @@ class PolicyFilter final : public Filter {
         auto meta = std::make_shared<MessageMeta>();
         Resumer r = resume;
         const bool queued = services_.content->submit(
-            [body, meta, r, this]() {
+            [body, meta, r, tarpit, this]() {
               std::string err;
               extractMessageMeta(*body, meta.get(), &err);
-              r([meta, this](SessionFacts& f) {
+              r([meta, tarpit, this](SessionFacts& f) {
                 meta_ = meta;
-                return rules(Stage::kData, f);
+                return withTarpit(tarpit, rules(Stage::kData, f));
               });
             },
             std::chrono::seconds(20));
@@ -540,7 +541,15 @@ class PolicyFilter final : public Filter {
         meta_ = std::make_shared<MessageMeta>();  // no room: the rules see no headers
       }
     }
-    return rules(stage, facts);
+    return withTarpit(tarpit, rules(stage, facts));
+  }
+
+  // The rules' answer, or the limits' delay when the rules do not refuse (the longer
+  // delay when both delay).
+  static Verdict withTarpit(const Verdict& tarpit, Verdict ruled) {
+    if (tarpit.action != Action::kDelay || isTerminal(ruled.action)) return ruled;
+    if (ruled.action == Action::kDelay && ruled.delay > tarpit.delay) return ruled;
+    return tarpit;
   }
 
   Verdict onEvent(const Event& ev, SessionFacts& facts) override {
@@ -737,14 +746,13 @@ class PolicyFilter final : public Filter {
         v.action = Action::kReject;
         break;
     }
-    if (l.has_custom) {
+    // The protocol's reply for a limit. A limit's own reply is for SMTP; IMAP and POP3
+    // keep their response codes and texts.
+    if (f.protocol == "smtp" && l.has_custom) {
       v.code = l.custom.code;
       v.enhanced = l.custom.enhanced;
       v.text = l.custom.text;
-      return v;
-    }
-    // The protocol's reply for a limit.
-    if (f.protocol == "smtp") {
+    } else if (f.protocol == "smtp") {
       const bool temp = v.action != Action::kReject;
       if (temp && v.action != Action::kClose) {
         if (stage == Stage::kRcpt) {
@@ -780,8 +788,19 @@ class PolicyFilter final : public Filter {
     return h;
   }
 
+  // The stage's limits: the first refusal, else the longest delay (every limit is
+  // counted until a refusal).
   Verdict limits(Stage stage, SessionFacts& facts) {
     if (exempt_) return Verdict::next();
+    Verdict result = Verdict::next();
+    auto refused = [&result](Verdict e) {
+      if (isTerminal(e.action)) {
+        result = std::move(e);
+        return true;
+      }
+      if (e.action == Action::kDelay && e.delay > result.delay) result = std::move(e);
+      return false;
+    };
     for (const auto& lp : pol_->limits_) {
       const CompiledLimit& l = *lp;
       if (l.stage != stage || l.cfg->count == conf::CountKind::kAuthFailures) continue;
@@ -814,16 +833,16 @@ class PolicyFilter final : public Filter {
         }
         trace(stage, "limit", l.cfg->name, over,
               std::to_string(now_held) + " of " + std::to_string(l.cfg->concurrency) + " concurrent");
-        if (over) return exceeded(l, key, stage, facts, true);
+        if (over && refused(exceeded(l, key, stage, facts, true))) return result;
       }
       if (l.cfg->rate > 0) {
         std::string detail;
         const bool over = overRate(l, key, n, &detail);
         trace(stage, "limit", l.cfg->name, over, detail);
-        if (over) return exceeded(l, key, stage, facts, false);
+        if (over && refused(exceeded(l, key, stage, facts, false))) return result;
       }
     }
-    return Verdict::next();
+    return result;
   }
 
   void hold(const CounterKey& key) {
@@ -889,24 +908,34 @@ class PolicyFilter final : public Filter {
     const NetAddr net = clientNet(client_, defs.ipv4_prefix, defs.ipv6_prefix);
     kb.add(&net, sizeof net);
     const CounterKey key = kb.key();
-    const uint32_t held = policyState().counters.update(key, [max](CounterState& s) {
-      if (s.concurrent >= max) return s.concurrent;
-      return s.concurrent++;
-    });
+    // A dry run reads the count and holds nothing (its destructor releases nothing).
+    const uint32_t held = dry_ ? policyState().counters.peek(key).concurrent
+                               : policyState().counters.update(key, [max](CounterState& s) {
+                                   if (s.concurrent >= max) return s.concurrent;
+                                   return s.concurrent++;
+                                 });
+    trace(Stage::kAuth, "limit", "user_sessions", held >= max,
+          std::to_string(held) + " of " + std::to_string(max) + " sessions of the user");
     if (held >= max) {
-      policyState().stats.limited++;
-      metric("limit", "user_sessions", "tempfail")->count++;
+      if (!dry_) {
+        policyState().stats.limited++;
+        metric("limit", "user_sessions", "tempfail")->count++;
+      }
       Verdict v = Verdict::of(Action::kTempfail, "limit user_sessions (" + std::to_string(max) + ")");
       v.response_code = facts.protocol == "imap" ? "LIMIT" : "IN-USE";
       v.text = "Too many sessions for this user from your address";
       return v;
     }
+    if (dry_) return Verdict::next();
     user_held_ = true;
     hold(key);
     return Verdict::next();
   }
 
+  // A delay or a tag applies and the next rules are still tried (the first of them is
+  // answered: a filter gives one verdict); a terminal action or accept decides the stage.
   Verdict rules(Stage stage, SessionFacts& facts) {
+    Verdict soft = Verdict::next();
     for (const auto& rp : pol_->rules_) {
       const CompiledRule& r = *rp;
       if (r.stage != stage) continue;
@@ -928,12 +957,16 @@ class PolicyFilter final : public Filter {
                                              {"detail", why}});
         continue;
       }
-      if (r.cfg->then == conf::PolicyAction::kAccept) return Verdict::next();
+      if (r.cfg->then == conf::PolicyAction::kAccept) return soft;
       Verdict v = r.verdict;
       if (!why.empty()) v.reason += ": " + why;
+      if (!isTerminal(v.action)) {
+        if (soft.action == Action::kContinue) soft = std::move(v);
+        continue;
+      }
       return v;
     }
-    return Verdict::next();
+    return soft;
   }
 
   static constexpr unsigned kMaxHeld = 8;
