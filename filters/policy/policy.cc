@@ -881,7 +881,11 @@ class PolicyFilter final : public Filter {
       CounterKey key;
       if (!keyOf(l, facts, &key)) continue;
       if (l.cfg->distinct_credentials && credential != 0 && !dry_) {
-        const bool repeat = policyState().counters.update(key, [credential](CounterState& s) {
+        // The last credential is remembered in an entry of its own: the limit's entry's
+        // `extra` is the count of a cluster-scope limit.
+        KeyBuilder ckb(l.id ^ 0x6372656400000000ull);  // "cred"
+        ckb.add(&key, sizeof key);
+        const bool repeat = policyState().counters.update(ckb.key(), [credential](CounterState& s) {
           if (s.extra == credential) return true;
           s.extra = credential;
           return false;

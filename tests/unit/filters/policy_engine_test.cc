@@ -442,6 +442,40 @@ TEST_F(PolicyEngine, DistinctCredentialsCountsTheSamePairOnce) {
   EXPECT_TRUE(banned(ip));
 }
 
+// A cluster-scope limit keeps its count where distinct_credentials kept the last
+// credential: each must have a place of its own. (No cluster link in a unit test:
+// the count is this gateway's.)
+TEST_F(PolicyEngine, DistinctCredentialsWithClusterScope) {
+  const conf::LoadResult r = conf::loadConfigText(
+      "directory: { driver: postgres, postgres: { conninfo: \"dbname=mail\" } }\n" + kBase.substr(kBase.find('\n') + 1) +
+          "limits:\n"
+          "  rules:\n"
+          "    - { name: af-cluster, count: auth_failures, key: [client.net], rate: 3/30d, scope: cluster,\n"
+          "        distinct_credentials: true, on_exceed: ban }\n",
+      (dir_ / "mailgate.yaml").string());
+  for (const auto& e : r.errors) ADD_FAILURE() << e.format();
+  ASSERT_NE(r.config, nullptr);
+  std::vector<conf::ConfigError> errors;
+  std::vector<std::string> warnings;
+  auto p = Policy::compile(*r.config, nullptr, &errors, &warnings);
+  ASSERT_NE(p, nullptr);
+  ASSERT_EQ(policyState().cluster.load(), nullptr);
+  const std::string ip = nextIp();
+  SessionFacts f = facts("imap", ip);
+  auto s = make(p, f);
+  for (int i = 0; i < 3; i++) {
+    EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, credentialHash("u", std::to_string(i))).action,
+              Action::kContinue)
+        << i;
+    EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, credentialHash("u", std::to_string(i))).action,
+              Action::kContinue)
+        << i << " again";
+  }
+  EXPECT_FALSE(banned(ip));
+  EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, credentialHash("u", "x")).action, Action::kClose);
+  EXPECT_TRUE(banned(ip));
+}
+
 TEST_F(PolicyEngine, ExemptNeverLimitedNorBanned) {
   auto p = compile(
       "limits:\n"
