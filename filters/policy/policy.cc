@@ -639,17 +639,19 @@ class PolicyFilter final : public Filter {
   }
 
   // Counts n events against a rate limit; true when over it. Cluster scope: a fixed
-  // window of `per`, this gateway's count plus the others'.
-  bool overRate(const CompiledLimit& l, const CounterKey& key, uint64_t n, std::string* detail) {
+  // window of `per`, this gateway's count plus the others'. `peek`: whether n more
+  // would be over, counting nothing (as in a dry run).
+  bool overRate(const CompiledLimit& l, const CounterKey& key, uint64_t n, std::string* detail,
+                bool peek = false) {
     auto& counters = policyState().counters;
     const auto& c = *l.cfg;
+    const bool dry = dry_ || peek;
     if (c.cluster) {
       ClusterCounters* cl = policyState().cluster.load(std::memory_order_acquire);
       const int64_t now = BanTable::wallMs();
       const int64_t per = std::max<int64_t>(1, c.per.count());
       const int64_t window = now - now % per;
       const uint64_t others = cl ? cl->others(key, window) : 0;
-      const bool dry = dry_;
       auto count = [&](CounterState& s) {
         if (s.tat_us != window) {
           s.tat_us = window;
@@ -661,20 +663,20 @@ class PolicyFilter final : public Filter {
         return std::pair<uint64_t, bool>(total + n, false);
       };
       std::pair<uint64_t, bool> r;
-      if (dry_) {
+      if (dry) {
         CounterState s = counters.peek(key);
         r = count(s);
       } else {
         r = counters.update(key, count);
       }
-      if (!r.second && !dry_ && cl) cl->add(key, window, static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
+      if (!r.second && !dry && cl) cl->add(key, window, static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
       *detail = std::to_string(r.first) + " of " + std::to_string(c.rate) + " in this cluster window";
       return r.second;
     }
     const int64_t now = steadyUs();
     const uint32_t units = static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX));
     int64_t wait;
-    if (dry_) {
+    if (dry) {
       CounterState s = counters.peek(key);
       wait = l.gcra.take(&s.tat_us, now, units, true);
     } else {
@@ -864,10 +866,11 @@ class PolicyFilter final : public Filter {
       if (!l.when.matches(facts, client_, nullptr, nullptr)) continue;
       CounterKey key;
       if (!keyOf(l, facts, &key)) continue;
-      CounterState s = policyState().counters.peek(key);
-      const int64_t wait = l.gcra.take(&s.tat_us, steadyUs(), 1, true);
-      trace(Stage::kAuth, "limit", l.cfg->name, wait > 0, wait > 0 ? "auth failures over the limit" : "within");
-      if (wait > 0) return exceeded(l, key, Stage::kAuth, facts, false);
+      // (overRate reads a cluster-scope limit's window count, not a GCRA time.)
+      std::string detail;
+      const bool over = overRate(l, key, 1, &detail, /*peek=*/true);
+      trace(Stage::kAuth, "limit", l.cfg->name, over, "auth failures: " + detail);
+      if (over) return exceeded(l, key, Stage::kAuth, facts, false);
     }
     return Verdict::next();
   }

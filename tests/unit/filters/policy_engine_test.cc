@@ -80,9 +80,14 @@ class PolicyEngine : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  // The policy of kBase + `extra`; fails the test on any error.
-  std::shared_ptr<const Policy> compile(const std::string& extra) {
-    const conf::LoadResult r = conf::loadConfigText(kBase + extra, (dir_ / "mailgate.yaml").string());
+  // The policy of kBase + `extra`; fails the test on any error. `postgres`: with the
+  // postgres directory (scope: cluster needs it; nothing connects to it here).
+  std::shared_ptr<const Policy> compile(const std::string& extra, bool postgres = false) {
+    std::string base = kBase;
+    if (postgres)
+      base = "directory: { driver: postgres, postgres: { conninfo: \"dbname=mail\" } }\n" +
+             kBase.substr(kBase.find('\n') + 1);
+    const conf::LoadResult r = conf::loadConfigText(base + extra, (dir_ / "mailgate.yaml").string());
     for (const auto& e : r.errors) ADD_FAILURE() << e.format();
     if (!r.config) return nullptr;
     std::vector<conf::ConfigError> errors;
@@ -446,18 +451,12 @@ TEST_F(PolicyEngine, DistinctCredentialsCountsTheSamePairOnce) {
 // credential: each must have a place of its own. (No cluster link in a unit test:
 // the count is this gateway's.)
 TEST_F(PolicyEngine, DistinctCredentialsWithClusterScope) {
-  const conf::LoadResult r = conf::loadConfigText(
-      "directory: { driver: postgres, postgres: { conninfo: \"dbname=mail\" } }\n" + kBase.substr(kBase.find('\n') + 1) +
-          "limits:\n"
-          "  rules:\n"
-          "    - { name: af-cluster, count: auth_failures, key: [client.net], rate: 3/30d, scope: cluster,\n"
-          "        distinct_credentials: true, on_exceed: ban }\n",
-      (dir_ / "mailgate.yaml").string());
-  for (const auto& e : r.errors) ADD_FAILURE() << e.format();
-  ASSERT_NE(r.config, nullptr);
-  std::vector<conf::ConfigError> errors;
-  std::vector<std::string> warnings;
-  auto p = Policy::compile(*r.config, nullptr, &errors, &warnings);
+  auto p = compile(
+      "limits:\n"
+      "  rules:\n"
+      "    - { name: af-cluster, count: auth_failures, key: [client.net], rate: 3/30d, scope: cluster,\n"
+      "        distinct_credentials: true, on_exceed: ban }\n",
+      /*postgres=*/true);
   ASSERT_NE(p, nullptr);
   ASSERT_EQ(policyState().cluster.load(), nullptr);
   const std::string ip = nextIp();
@@ -474,6 +473,28 @@ TEST_F(PolicyEngine, DistinctCredentialsWithClusterScope) {
   EXPECT_FALSE(banned(ip));
   EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, credentialHash("u", "x")).action, Action::kClose);
   EXPECT_TRUE(banned(ip));
+}
+
+// The check before a login reads a cluster-scope limit's count, not a GCRA time
+// (its entry holds the window's start, in wall-clock milliseconds).
+TEST_F(PolicyEngine, AuthPrecheckWithClusterScope) {
+  auto p = compile(
+      "limits:\n"
+      "  rules:\n"
+      "    - { name: af-cl-temp, count: auth_failures, key: [client.net], rate: 3/30d, scope: cluster }\n",
+      /*postgres=*/true);
+  ASSERT_NE(p, nullptr);
+  SessionFacts f = facts("pop", nextIp());
+  auto s = make(p, f);
+  EXPECT_EQ(stage(*s, Stage::kAuth, f).action, Action::kContinue);
+  EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, 1).action, Action::kContinue);
+  EXPECT_EQ(stage(*s, Stage::kAuth, f).action, Action::kContinue);
+  EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, 2).action, Action::kContinue);
+  EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, 3).action, Action::kContinue);
+  Verdict v = stage(*s, Stage::kAuth, f);  // three of three: one more would be over
+  ASSERT_EQ(v.action, Action::kTempfail);
+  EXPECT_EQ(renderPop3(v, Stage::kAuth).line, "-ERR [SYS/TEMP] Limit exceeded");
+  EXPECT_EQ(event(*s, EventKind::kAuthFailure, f, 4).action, Action::kTempfail);
 }
 
 TEST_F(PolicyEngine, ExemptNeverLimitedNorBanned) {
