@@ -434,6 +434,7 @@ std::shared_ptr<const Policy> Policy::compile(const conf::Config& config, const 
       cl->has_custom = parseReplyLine(lr.reply, &cl->custom.code, &cl->custom.enhanced, &cl->custom.text);
       if (!cl->has_custom) errors->push_back(errorAt(cfg, lr.pos, "limit " + lr.name + ": bad reply"));
     }
+    if (cl->stage == Stage::kData && cl->when.needs_meta) pol->needs_meta_ = true;
     if (cl->stage != Stage::kClose) pol->stages_ |= stageBit(cl->stage);
     pol->limits_.push_back(std::move(cl));
   }
@@ -515,9 +516,8 @@ class PolicyFilter final : public Filter {
       Verdict v = authPrecheck(facts);
       if (isTerminal(v.action)) return v;
     }
-    // A limit's delay does not skip the stage's rules: a refusal by a rule wins over it.
-    const Verdict tarpit = limits(stage, facts);
-    if (isTerminal(tarpit.action)) return tarpit;
+    // At data, the limits and rules that look at header fields or attachment names
+    // run once the message is parsed.
     if (stage == Stage::kData && pol_->needs_meta_ && facts.message && !meta_) {
       if (dry_ || !services_.content) {
         meta_ = std::make_shared<MessageMeta>();
@@ -528,12 +528,12 @@ class PolicyFilter final : public Filter {
         auto meta = std::make_shared<MessageMeta>();
         Resumer r = resume;
         const bool queued = services_.content->submit(
-            [body, meta, r, tarpit, this]() {
+            [body, meta, r, this]() {
               std::string err;
               extractMessageMeta(*body, meta.get(), &err);
-              r([meta, tarpit, this](SessionFacts& f) {
+              r([meta, this](SessionFacts& f) {
                 meta_ = meta;
-                return withTarpit(tarpit, rules(Stage::kData, f));
+                return limitsAndRules(Stage::kData, f);
               });
             },
             std::chrono::seconds(20));
@@ -541,6 +541,13 @@ class PolicyFilter final : public Filter {
         meta_ = std::make_shared<MessageMeta>();  // no room: the rules see no headers
       }
     }
+    return limitsAndRules(stage, facts);
+  }
+
+  // A limit's delay does not skip the stage's rules: a refusal by a rule wins over it.
+  Verdict limitsAndRules(Stage stage, SessionFacts& facts) {
+    const Verdict tarpit = limits(stage, facts);
+    if (isTerminal(tarpit.action)) return tarpit;
     return withTarpit(tarpit, rules(stage, facts));
   }
 

@@ -790,6 +790,30 @@ TEST_F(PolicyEngine, ConditionHeaderAndAttachmentAtData) {
   EXPECT_EQ(stage(*make(p, f), Stage::kData, f).action, Action::kContinue);
 }
 
+// A data-stage limit whose `when` looks at attachment names or header fields sees them.
+TEST_F(PolicyEngine, DataLimitWithMessageConditions) {
+  auto p = compile(
+      "limits:\n"
+      "  rules:\n"
+      "    - { name: exe-bytes, when: { attachment.filename: { re2: '(?i)\\.exe$' } }, count: bytes,\n"
+      "        key: [client.ip], rate: 100/1h }\n"
+      "    - { name: bulk-bytes, when: { header: { re2: '^X-Bulk: ' } }, count: bytes, key: [client.ip],\n"
+      "        rate: 10/1h, on_exceed: reject }\n");
+  ASSERT_NE(p, nullptr);
+  SessionFacts f = facts("mx", nextIp());
+  f.message = std::make_shared<StringBody>("Subject: x\r\n\r\nx\r\n");
+  EXPECT_EQ(stage(*make(p, f), Stage::kData, f).action, Action::kContinue);
+  f.message = std::make_shared<StringBody>(kMime);  // larger than 100: never within
+  Verdict v = stage(*make(p, f), Stage::kData, f);
+  EXPECT_EQ(v.action, Action::kTempfail);
+  EXPECT_NE(v.reason.find("exe-bytes"), std::string::npos) << v.reason;
+  EXPECT_EQ(renderSmtp(v, Stage::kData, kHost).line, "450 4.7.1 Too much mail from you, try again later");
+  f.message = std::make_shared<StringBody>("X-Bulk: yes\r\nSubject: x\r\n\r\nx\r\n");
+  v = stage(*make(p, f), Stage::kData, f);
+  EXPECT_EQ(v.action, Action::kReject);
+  EXPECT_EQ(renderSmtp(v, Stage::kData, kHost).line, "554 5.7.1 Rejected by policy");
+}
+
 // --- policies: actions ---
 
 TEST_F(PolicyEngine, AcceptSkipsLaterRulesOfTheStage) {
