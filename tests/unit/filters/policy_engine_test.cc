@@ -17,6 +17,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "conf/config.h"
@@ -216,6 +217,43 @@ TEST_F(PolicyEngine, ConcurrencySlotReleasedWhenTheRateRefuses) {
   for (const auto& t : trace)
     if (t.kind == "limit" && t.detail.find("0 of 2 concurrent") != std::string::npos) saw = true;
   EXPECT_TRUE(saw);
+}
+
+// Sessions on several threads take and give back slots of one key: never more than
+// the limit at once, and none left held once they are all gone.
+TEST_F(PolicyEngine, ConcurrencyAcrossThreads) {
+  auto p = compile(
+      "limits:\n"
+      "  rules:\n"
+      "    - { name: conc-threads, count: connections, key: [client.net], concurrency: 4 }\n");
+  ASSERT_NE(p, nullptr);
+  const std::string ip = nextIp();
+  std::atomic<int> inside{0}, most{0}, admitted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; t++)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 2000; i++) {
+        SessionFacts f = facts("imap", ip);
+        auto s = make(p, f);
+        if (stage(*s, Stage::kConnect, f).action != Action::kContinue) continue;
+        admitted++;
+        const int now = ++inside;
+        int m = most.load();
+        while (now > m && !most.compare_exchange_weak(m, now)) {
+        }
+        --inside;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_LE(most.load(), 4);
+  EXPECT_GT(admitted.load(), 0);
+  SessionFacts f = facts("imap", ip);
+  std::vector<std::unique_ptr<Filter>> held;
+  for (int i = 0; i < 4; i++) {
+    held.push_back(make(p, f));
+    EXPECT_EQ(stage(*held.back(), Stage::kConnect, f).action, Action::kContinue) << i;
+  }
+  EXPECT_EQ(stage(*make(p, f), Stage::kConnect, f).action, Action::kTempfail);
 }
 
 // --- rates ---
