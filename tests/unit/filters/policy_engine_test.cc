@@ -573,7 +573,7 @@ TEST_F(PolicyEngine, BansNeverTempfailsInsteadOfBanning) {
       "    - { name: nb-af, count: auth_failures, rate: 1/1h, burst: 1, on_exceed: ban }\n"
       "  bans: { never: [friends] }\n");
   ASSERT_NE(p, nullptr);
-  const std::string ip = "172.16.5.7";
+  const std::string ip = "172.16." + nextIp().substr(7);  // in friends, and new to this process
   ASSERT_TRUE(p->neverBan(addr(ip)));
   ASSERT_FALSE(p->exempt(addr(ip)));
   SessionFacts f = facts("imap", ip);
