@@ -435,6 +435,7 @@ std::shared_ptr<const Policy> Policy::compile(const conf::Config& config, const 
       cl->has_custom = parseReplyLine(lr.reply, &cl->custom.code, &cl->custom.enhanced, &cl->custom.text);
       if (!cl->has_custom) errors->push_back(errorAt(cfg, lr.pos, "limit " + lr.name + ": bad reply"));
     }
+    if (cl->stage == Stage::kData && cl->when.needs_meta) pol->needs_meta_ = true;
     if (cl->stage != Stage::kClose) pol->stages_ |= stageBit(cl->stage);
     pol->limits_.push_back(std::move(cl));
   }
@@ -516,8 +517,8 @@ class PolicyFilter final : public Filter {
       Verdict v = authPrecheck(facts);
       if (isTerminal(v.action)) return v;
     }
-    Verdict v = limits(stage, facts);
-    if (isTerminal(v.action) || v.action == Action::kDelay) return v;
+    // At data, the limits and rules that look at header fields or attachment names
+    // run once the message is parsed.
     if (stage == Stage::kData && pol_->needs_meta_ && facts.message && !meta_) {
       if (dry_ || !services_.content) {
         meta_ = std::make_shared<MessageMeta>();
@@ -533,7 +534,7 @@ class PolicyFilter final : public Filter {
               extractMessageMeta(*body, meta.get(), &err);
               r([meta, this](SessionFacts& f) {
                 meta_ = meta;
-                return rules(Stage::kData, f);
+                return limitsAndRules(Stage::kData, f);
               });
             },
             std::chrono::seconds(20));
@@ -541,7 +542,22 @@ class PolicyFilter final : public Filter {
         meta_ = std::make_shared<MessageMeta>();  // no room: the rules see no headers
       }
     }
-    return rules(stage, facts);
+    return limitsAndRules(stage, facts);
+  }
+
+  // A limit's delay does not skip the stage's rules: a refusal by a rule wins over it.
+  Verdict limitsAndRules(Stage stage, SessionFacts& facts) {
+    const Verdict tarpit = limits(stage, facts);
+    if (isTerminal(tarpit.action)) return tarpit;
+    return withTarpit(tarpit, rules(stage, facts));
+  }
+
+  // The rules' answer, or the limits' delay when the rules do not refuse (the longer
+  // delay when both delay).
+  static Verdict withTarpit(const Verdict& tarpit, Verdict ruled) {
+    if (tarpit.action != Action::kDelay || isTerminal(ruled.action)) return ruled;
+    if (ruled.action == Action::kDelay && ruled.delay > tarpit.delay) return ruled;
+    return tarpit;
   }
 
   Verdict onEvent(const Event& ev, SessionFacts& facts) override {
@@ -631,17 +647,19 @@ class PolicyFilter final : public Filter {
   }
 
   // Counts n events against a rate limit; true when over it. Cluster scope: a fixed
-  // window of `per`, this gateway's count plus the others'.
-  bool overRate(const CompiledLimit& l, const CounterKey& key, uint64_t n, std::string* detail) {
+  // window of `per`, this gateway's count plus the others'. `peek`: whether n more
+  // would be over, counting nothing (as in a dry run).
+  bool overRate(const CompiledLimit& l, const CounterKey& key, uint64_t n, std::string* detail,
+                bool peek = false) {
     auto& counters = policyState().counters;
     const auto& c = *l.cfg;
+    const bool dry = dry_ || peek;
     if (c.cluster) {
       ClusterCounters* cl = policyState().cluster.load(std::memory_order_acquire);
       const int64_t now = BanTable::wallMs();
       const int64_t per = std::max<int64_t>(1, c.per.count());
       const int64_t window = now - now % per;
       const uint64_t others = cl ? cl->others(key, window) : 0;
-      const bool dry = dry_;
       auto count = [&](CounterState& s) {
         if (s.tat_us != window) {
           s.tat_us = window;
@@ -653,20 +671,20 @@ class PolicyFilter final : public Filter {
         return std::pair<uint64_t, bool>(total + n, false);
       };
       std::pair<uint64_t, bool> r;
-      if (dry_) {
+      if (dry) {
         CounterState s = counters.peek(key);
         r = count(s);
       } else {
         r = counters.update(key, count);
       }
-      if (!r.second && !dry_ && cl) cl->add(key, window, static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
+      if (!r.second && !dry && cl) cl->add(key, window, static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)));
       if (detail) *detail = std::to_string(r.first) + " of " + std::to_string(c.rate) + " in this cluster window";
       return r.second;
     }
     const int64_t now = steadyUs();
     const uint32_t units = static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX));
     int64_t wait;
-    if (dry_) {
+    if (dry) {
       CounterState s = counters.peek(key);
       wait = l.gcra.take(&s.tat_us, now, units, true);
     } else {
@@ -740,14 +758,13 @@ class PolicyFilter final : public Filter {
         v.action = Action::kReject;
         break;
     }
-    if (l.has_custom) {
+    // The protocol's reply for a limit. A limit's own reply is for SMTP; IMAP and POP3
+    // keep their response codes and texts.
+    if (f.protocol == "smtp" && l.has_custom) {
       v.code = l.custom.code;
       v.enhanced = l.custom.enhanced;
       v.text = l.custom.text;
-      return v;
-    }
-    // The protocol's reply for a limit.
-    if (f.protocol == "smtp") {
+    } else if (f.protocol == "smtp") {
       const bool temp = v.action != Action::kReject;
       if (temp && v.action != Action::kClose) {
         if (stage == Stage::kRcpt) {
@@ -783,8 +800,19 @@ class PolicyFilter final : public Filter {
     return h;
   }
 
+  // The stage's limits: the first refusal, else the longest delay (every limit is
+  // counted until a refusal).
   Verdict limits(Stage stage, SessionFacts& facts) {
     if (exempt_) return Verdict::next();
+    Verdict result = Verdict::next();
+    auto refused = [&result](Verdict e) {
+      if (isTerminal(e.action)) {
+        result = std::move(e);
+        return true;
+      }
+      if (e.action == Action::kDelay && e.delay > result.delay) result = std::move(e);
+      return false;
+    };
     for (const auto& lp : pol_->limits_) {
       const CompiledLimit& l = *lp;
       if (l.stage != stage || l.cfg->count == conf::CountKind::kAuthFailures) continue;
@@ -818,16 +846,16 @@ class PolicyFilter final : public Filter {
         }
         if (trace_) trace(stage, "limit", l.cfg->name, over,
               std::to_string(now_held) + " of " + std::to_string(l.cfg->concurrency) + " concurrent");
-        if (over) return exceeded(l, key, stage, facts, true);
+        if (over && refused(exceeded(l, key, stage, facts, true))) return result;
       }
       if (l.cfg->rate > 0) {
         std::string detail;
         const bool over = overRate(l, key, n, trace_ ? &detail : nullptr);
         if (trace_) trace(stage, "limit", l.cfg->name, over, detail);
-        if (over) return exceeded(l, key, stage, facts, false);
+        if (over && refused(exceeded(l, key, stage, facts, false))) return result;
       }
     }
-    return Verdict::next();
+    return result;
   }
 
   void hold(const CounterKey& key) {
@@ -866,10 +894,11 @@ class PolicyFilter final : public Filter {
       CounterKey key;
       if (!keyOf(l, facts, &key)) continue;
       forgiveIfLifted(l, key);
-      CounterState s = policyState().counters.peek(key);
-      const int64_t wait = l.gcra.take(&s.tat_us, steadyUs(), 1, true);
-      if (trace_) trace(Stage::kAuth, "limit", l.cfg->name, wait > 0, wait > 0 ? "auth failures over the limit" : "within");
-      if (wait > 0) return exceeded(l, key, Stage::kAuth, facts, false);
+      // (overRate reads a cluster-scope limit's window count, not a GCRA time.)
+      std::string detail;
+      const bool over = overRate(l, key, 1, trace_ ? &detail : nullptr, /*peek=*/true);
+      if (trace_) trace(Stage::kAuth, "limit", l.cfg->name, over, "auth failures: " + detail);
+      if (over) return exceeded(l, key, Stage::kAuth, facts, false);
     }
     return Verdict::next();
   }
@@ -884,7 +913,11 @@ class PolicyFilter final : public Filter {
       if (!keyOf(l, facts, &key)) continue;
       forgiveIfLifted(l, key);
       if (l.cfg->distinct_credentials && credential != 0 && !dry_) {
-        const bool repeat = policyState().counters.update(key, [credential](CounterState& s) {
+        // The last credential is remembered in an entry of its own: the limit's entry's
+        // `extra` is the count of a cluster-scope limit.
+        KeyBuilder ckb(l.id ^ 0x6372656400000000ull);  // "cred"
+        ckb.add(&key, sizeof key);
+        const bool repeat = policyState().counters.update(ckb.key(), [credential](CounterState& s) {
           if (s.extra == credential) return true;
           s.extra = credential;
           return false;
@@ -910,24 +943,34 @@ class PolicyFilter final : public Filter {
     const NetAddr net = clientNet(client_, defs.ipv4_prefix, defs.ipv6_prefix);
     kb.add(&net, sizeof net);
     const CounterKey key = kb.key();
-    const uint32_t held = policyState().counters.update(key, [max](CounterState& s) {
-      if (s.concurrent >= max) return s.concurrent;
-      return s.concurrent++;
-    });
+    // A dry run reads the count and holds nothing (its destructor releases nothing).
+    const uint32_t held = dry_ ? policyState().counters.peek(key).concurrent
+                               : policyState().counters.update(key, [max](CounterState& s) {
+                                   if (s.concurrent >= max) return s.concurrent;
+                                   return s.concurrent++;
+                                 });
+    if (trace_) trace(Stage::kAuth, "limit", "user_sessions", held >= max,
+          std::to_string(held) + " of " + std::to_string(max) + " sessions of the user");
     if (held >= max) {
-      policyState().stats.limited++;
-      metric("limit", "user_sessions", "tempfail")->count++;
+      if (!dry_) {
+        policyState().stats.limited++;
+        metric("limit", "user_sessions", "tempfail")->count++;
+      }
       Verdict v = Verdict::of(Action::kTempfail, "limit user_sessions (" + std::to_string(max) + ")");
       v.response_code = facts.protocol == "imap" ? "LIMIT" : "IN-USE";
       v.text = "Too many sessions for this user from your address";
       return v;
     }
+    if (dry_) return Verdict::next();
     user_held_ = true;
     hold(key);
     return Verdict::next();
   }
 
+  // A delay or a tag applies and the next rules are still tried (the first of them is
+  // answered: a filter gives one verdict); a terminal action or accept decides the stage.
   Verdict rules(Stage stage, SessionFacts& facts) {
+    Verdict soft = Verdict::next();
     for (const auto& rp : pol_->rules_) {
       const CompiledRule& r = *rp;
       if (r.stage != stage) continue;
@@ -952,12 +995,16 @@ class PolicyFilter final : public Filter {
                                              {"detail", why}});
         continue;
       }
-      if (r.cfg->then == conf::PolicyAction::kAccept) return Verdict::next();
+      if (r.cfg->then == conf::PolicyAction::kAccept) return soft;
       Verdict v = r.verdict;
       if (!why.empty()) v.reason += ": " + why;
+      if (!isTerminal(v.action)) {
+        if (soft.action == Action::kContinue) soft = std::move(v);
+        continue;
+      }
       return v;
     }
-    return Verdict::next();
+    return soft;
   }
 
   static constexpr unsigned kMaxHeld = 8;
