@@ -1260,7 +1260,7 @@ void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
 }
 
 void SmtpSession::runContentHooks() {
-  facts_.rcpts = facts_.rcpts;
+  facts_.rcpt.clear();  // the data stage looks at the accepted recipients (facts_.rcpts)
   facts_.message = std::make_shared<SpoolBody>(spool_);
   waitFor(filters::Stage::kData);
 }
