@@ -182,17 +182,58 @@ struct RoutingConfig {
 enum class HookAction { kAccept, kTempfail, kReject };
 enum class OversizeAction { kAcceptUnscanned, kTempfail, kReject };
 
+// icap: what a message the ICAP server modified (200 with a new body) means.
+enum class ModifiedAction { kAccept, kReject, kIgnore };
+// dlp: what a match does.
+enum class DlpAction { kReject, kQuarantine, kTag };
+
+struct DlpDetectorConfig {
+  std::string id;
+  // A built-in pattern ("card_number", "iban") or an RE2 pattern of one's own.
+  std::string pattern;
+  std::string validate;                // "" | "luhn" | "iban_mod97"
+  std::vector<std::string> context;    // words that must be near a match (any one; case-insensitive)
+  uint32_t context_window = 100;       // octets before and after a match searched for them
+  uint32_t min_count = 1;              // matches needed
+  int line = 0, column = 0;
+};
+
 struct ScannerConfig {
   std::string name;
-  std::string type = "clamd";          // clamd (icap, milter, dlp: not supported yet)
-  std::vector<std::string> endpoints;  // "unix:/path" | "tcp:HOST:PORT", tried in order
+  std::string type = "clamd";          // clamd | icap | milter | dlp
+  std::vector<std::string> endpoints;  // clamd, milter: "unix:/path" | "tcp:HOST:PORT", tried in order
   std::optional<HookAction> on_error;  // unset = hooks.defaults.on_error
+  // Per-scanner overrides of hooks.defaults (unset = the default).
+  std::optional<Duration> connect_timeout;
+  std::optional<Duration> scan_timeout;
+  std::optional<uint64_t> max_size;
+  std::optional<OversizeAction> on_oversize;
+  // Circuit breaker: after `breaker_failures` failures in a row the scanner is skipped
+  // (its on_error applies at once) for `breaker_open`, then tried again.
+  uint32_t breaker_failures = 5;
+  Duration breaker_open{30000};
+  // icap
+  std::string url;                     // icap://HOST[:PORT]/SERVICE (numeric host)
+  std::string method = "respmod";      // respmod | reqmod
+  ModifiedAction on_modified = ModifiedAction::kAccept;
+  // dlp
+  std::vector<DlpDetectorConfig> detectors;
+  DlpAction on_match = DlpAction::kQuarantine;
+  std::string tag_header;              // on_match: tag: "Name: value" (default X-Mailgate-DLP: <ids>)
+  int line = 0, column = 0;
 };
 
 struct FlowConfig {
   std::vector<std::string> listeners;  // when.listener; empty = every listener
   std::optional<bool> authenticated;   // when.authenticated; unset = either
   std::vector<std::string> run;        // scanner names, in order
+};
+
+// hooks.quarantine: where quarantined messages are held (accepted: 250 once durable).
+struct QuarantineConfig {
+  std::string store;              // "" = none | dir | postgres (needs directory.driver postgres)
+  std::string dir;                // store: dir (absolute once loaded)
+  Duration retention{30LL * 86400000};  // entries older than this are deleted
 };
 
 struct HooksConfig {
@@ -203,6 +244,7 @@ struct HooksConfig {
   OversizeAction on_oversize = OversizeAction::kAcceptUnscanned;
   std::vector<ScannerConfig> scanners;
   std::vector<FlowConfig> flows;
+  QuarantineConfig quarantine;
 
   const ScannerConfig* findScanner(const std::string& name) const {
     for (const auto& sc : scanners)

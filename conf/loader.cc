@@ -267,6 +267,17 @@ class Loader {
   void checkBackendRef(const Fields& f, std::string_view key, const std::string& path, const Config& cfg);
   void loadHooks(const YAML::Node& n, Config* cfg);
   void loadScanners(const Entry& section, HooksConfig* h);
+  // One scanner of each type: its keys into *sc; false when it is not usable (reported).
+  bool loadClamdScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                        const HooksConfig& h, ScannerConfig* sc);
+  bool loadIcapScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                       const HooksConfig& h, ScannerConfig* sc);
+  bool loadMilterScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                         const HooksConfig& h, ScannerConfig* sc);
+  bool loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                      const HooksConfig& h, ScannerConfig* sc);
+  void loadCommonScannerKeys(const Fields& f, const std::string& path, const HooksConfig& h, ScannerConfig* sc);
+  void loadQuarantine(const Entry& e, Config* cfg);
   void loadFlows(const Entry& section, Config* cfg);
 
   // --- policy: lists, geoip, limits, policies ----------------------------------------
@@ -581,8 +592,11 @@ void Loader::loadHooks(const YAML::Node& n, Config* cfg) {
   }
   if (const Entry* e = f.find("scanners")) loadScanners(*e, &h);
   if (const Entry* e = f.find("flows")) loadFlows(*e, cfg);
-  if (const Entry* e = f.find("quarantine"))
-    if (!e->value.IsNull()) error(e->key_node, "hooks.quarantine: is not supported yet");
+  if (const Entry* e = f.find("quarantine")) loadQuarantine(*e, cfg);
+}
+
+void Loader::loadQuarantine(const Entry& e, Config* /*cfg*/) {
+  if (!e.value.IsNull()) error(e.key_node, "hooks.quarantine: is not supported yet");
 }
 
 void Loader::loadScanners(const Entry& section, HooksConfig* h) {
@@ -624,16 +638,112 @@ void Loader::loadScanners(const Entry& section, HooksConfig* h) {
       continue;
     }
     sc.type = type_node.Scalar();
-    if (sc.type == "icap" || sc.type == "milter" || sc.type == "dlp") {
-      error(type_node, path + ".type: scanner type " + sc.type + " is not supported yet");
-      continue;
+    sc.line = key.Mark().line + 1;
+    sc.column = key.Mark().column + 1;
+    bool ok = false;
+    if (sc.type == "clamd")
+      ok = loadClamdScanner(item, key, path, *h, &sc);
+    else if (sc.type == "icap")
+      ok = loadIcapScanner(item, key, path, *h, &sc);
+    else if (sc.type == "milter")
+      ok = loadMilterScanner(item, key, path, *h, &sc);
+    else if (sc.type == "dlp")
+      ok = loadDlpScanner(item, key, path, *h, &sc);
+    else
+      error(type_node, path + ".type: expected clamd, icap, milter or dlp, got " + quote(sc.type));
+    if (!ok) continue;  // reported
+    bad_scanners_.pop_back();
+    h->scanners.push_back(std::move(sc));
+  }
+}
+
+// The keys every scanner type has besides its own (list them in its fields() call):
+// type, on_error, timeouts, max_size, on_oversize, breaker.
+void Loader::loadCommonScannerKeys(const Fields& f, const std::string& path, const HooksConfig& h,
+                                   ScannerConfig* sc) {
+  if (f.find("on_error")) {
+    HookAction a = h.on_error;
+    getEnum<HookAction>(f, "on_error", path,
+                        {{"accept", HookAction::kAccept}, {"tempfail", HookAction::kTempfail},
+                         {"reject", HookAction::kReject}},
+                        &a);
+    sc->on_error = a;
+  }
+  if (const Entry* t = f.find("timeouts")) {
+    const std::string tpath = join(path, "timeouts");
+    Fields tf;
+    if (fields(t->value, tpath, {"connect", "scan"}, &tf)) {
+      if (tf.find("connect")) {
+        Duration d = h.connect_timeout;
+        getDuration(tf, "connect", tpath, &d, false);
+        sc->connect_timeout = d;
+      }
+      if (tf.find("scan")) {
+        Duration d = h.scan_timeout;
+        getDuration(tf, "scan", tpath, &d, false);
+        sc->scan_timeout = d;
+      }
     }
-    if (sc.type != "clamd") {
-      error(type_node, path + ".type: expected clamd, got " + quote(sc.type));
-      continue;
+  }
+  if (f.find("max_size")) {
+    uint32_t max_size = static_cast<uint32_t>(h.max_size);
+    getSize(f, "max_size", path, 1024, 0xffffffffu, &max_size);
+    sc->max_size = max_size;
+  }
+  if (f.find("on_oversize")) {
+    OversizeAction a = h.on_oversize;
+    getEnum<OversizeAction>(f, "on_oversize", path,
+                            {{"accept_unscanned", OversizeAction::kAcceptUnscanned},
+                             {"tempfail", OversizeAction::kTempfail},
+                             {"reject", OversizeAction::kReject}},
+                            &a);
+    sc->on_oversize = a;
+  }
+  if (const Entry* b = f.find("breaker")) {
+    const std::string bpath = join(path, "breaker");
+    Fields bf;
+    if (fields(b->value, bpath, {"failures", "open"}, &bf)) {
+      getNumber(bf, "failures", bpath, 1, 1000, &sc->breaker_failures);
+      getDuration(bf, "open", bpath, &sc->breaker_open, false);
     }
+  }
+}
+
+bool Loader::loadIcapScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                             const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
+  (void)key;
+  YAML::Node type_node;
+  findValue(item, "type", &type_node);
+  error(type_node, path + ".type: scanner type icap is not supported yet");
+  return false;
+}
+
+bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                               const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
+  (void)key;
+  YAML::Node type_node;
+  findValue(item, "type", &type_node);
+  error(type_node, path + ".type: scanner type milter is not supported yet");
+  return false;
+}
+
+bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                            const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
+  (void)key;
+  YAML::Node type_node;
+  findValue(item, "type", &type_node);
+  error(type_node, path + ".type: scanner type dlp is not supported yet");
+  return false;
+}
+
+bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
+                              const HooksConfig& h, ScannerConfig* out) {
+  ScannerConfig& sc = *out;
+  {
     Fields f;
-    if (!fields(item, path, {"type", "endpoints", "on_error"}, &f)) continue;
+    if (!fields(item, path, {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints"}, &f))
+      return false;
+    loadCommonScannerKeys(f, path, h, &sc);
     requireKey(f, "endpoints", key.Mark(), path);
     if (const Entry* e = f.find("endpoints")) {
       const std::string epath = join(path, "endpoints");
@@ -655,18 +765,8 @@ void Loader::loadScanners(const Entry& section, HooksConfig* h) {
         }
       }
     }
-    if (f.find("on_error")) {
-      HookAction a = h->on_error;
-      getEnum<HookAction>(f, "on_error", path,
-                          {{"accept", HookAction::kAccept}, {"tempfail", HookAction::kTempfail},
-                           {"reject", HookAction::kReject}},
-                          &a);
-      sc.on_error = a;
-    }
-    if (sc.endpoints.empty()) continue;  // reported
-    bad_scanners_.pop_back();
-    h->scanners.push_back(std::move(sc));
   }
+  return !sc.endpoints.empty();  // else reported
 }
 
 void Loader::loadFlows(const Entry& section, Config* cfg) {

@@ -7,8 +7,11 @@
 // short reference that the client's reply repeats.
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
+
+#include "filters/message_body.h"
 
 namespace mailgate::filters {
 
@@ -39,6 +42,10 @@ struct Verdict {
   std::string response_code;  // IMAP/POP3 response code ("LIMIT", "IN-USE"); empty = the default
   std::chrono::milliseconds delay{0};  // kDelay
   std::string header;         // kAddHeader: "Name: value" (no CRLF)
+  // Data stage, with kContinue or kAddHeader: the message from here on (a scanner that
+  // rewrote it: a milter's header and body changes, an ICAP server's modified copy).
+  // The later filters see it in SessionFacts::message, and it is what the node gets.
+  std::shared_ptr<const MessageBody> replacement;
   std::string filter;         // which filter decided (set by the chain)
   std::string reason;         // for the log, never for the client
   std::string ref;            // short reference that the reply and the log line repeat

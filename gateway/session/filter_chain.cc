@@ -70,7 +70,10 @@ bool FilterChain::run(filters::Stage stage, filters::SessionFacts& facts) {
   stage_ = stage;
   facts_ = &facts;
   index_ = 0;
-  if (stage == filters::Stage::kData) headers_.clear();
+  if (stage == filters::Stage::kData) {
+    headers_.clear();
+    replacement_.reset();
+  }
   state_ = State::kRunning;
   step();
   return state_ == State::kIdle;
@@ -96,6 +99,11 @@ void FilterChain::step() {
 
 bool FilterChain::apply(filters::Verdict v) {
   filters::Filter& f = *filters_[index_];
+  if (v.replacement && stage_ == filters::Stage::kData &&
+      (v.action == filters::Action::kContinue || v.action == filters::Action::kAddHeader)) {
+    facts_->message = v.replacement;  // what the later filters scan, and what the node gets
+    replacement_ = std::move(v.replacement);
+  }
   switch (v.action) {
     case filters::Action::kContinue:
       index_++;

@@ -74,6 +74,8 @@ class FilterChain {
   void cancel();
   // Headers added at the data stage (add_header verdicts), taken once.
   std::vector<std::string> takeHeaders() { return std::move(headers_); }
+  // The message a data-stage filter replaced the spooled one with (null: none), taken once.
+  std::shared_ptr<const filters::MessageBody> takeReplacement() { return std::move(replacement_); }
 
  private:
   enum class State { kIdle, kRunning, kPending, kDelay };
@@ -93,6 +95,7 @@ class FilterChain {
   uint64_t wake_at_ = 0;
   bool held_ = false;
   std::vector<std::string> headers_;
+  std::shared_ptr<const filters::MessageBody> replacement_;
 };
 
 }  // namespace mailgate::session

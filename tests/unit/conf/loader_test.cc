@@ -832,7 +832,7 @@ TEST_F(LoaderTest, HooksErrors) {
                   At(16, 25, "unknown key \"endpoint\" in hooks.scanners.av2 (did you mean \"endpoints\"?)"),
                   At(17, 17, "hooks.scanners.ic.type: scanner type icap is not supported yet"),
                   At(18, 17, "hooks.scanners.ml.type: scanner type milter is not supported yet"),
-                  At(19, 17, "hooks.scanners.zz.type: expected clamd, got \"sophos\""),
+                  At(19, 17, "hooks.scanners.zz.type: expected clamd, icap, milter or dlp, got \"sophos\""),
                   At(21, 27, "hooks.flows[0].when.listener: unknown listener \"nosuch\""),
                   At(21, 35, "unknown key \"country\" in hooks.flows[0].when"),
                   At(21, 64, "hooks.flows[0].run[2]: unknown scanner \"nope\""),
