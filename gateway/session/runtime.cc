@@ -56,36 +56,48 @@ filters::OversizeAction oversizeAction(conf::OversizeAction a) {
   return filters::OversizeAction::kTempfail;
 }
 
+// The filter factory of one scanner, by its type; `when` are the flows that run it.
+// Each type's factory takes the per-scanner overrides of hooks.defaults.
+std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::ScannerConfig& sc,
+                                                                 const conf::HooksConfig& h,
+                                                                 std::vector<filters::ScanWhen> when) {
+  if (sc.type == "clamd") {
+    filters::ClamdOptions o;
+    o.name = sc.name;
+    o.endpoints = sc.endpoints;
+    o.connect_timeout = sc.connect_timeout.value_or(h.connect_timeout);
+    o.scan_timeout = sc.scan_timeout.value_or(h.scan_timeout);
+    o.max_size = sc.max_size.value_or(h.max_size);
+    o.on_error = failureAction(sc.on_error.value_or(h.on_error));
+    o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.when = std::move(when);
+    return std::make_shared<filters::ClamdFactory>(std::move(o));
+  }
+  return nullptr;  // the loader refuses other types until they are built
+}
+
 // One filter per scanner named by a flow, in the order of first mention; it applies
 // to the sessions any of its flows select.
 std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h,
                                                            std::shared_ptr<const filters::policy::Policy> policy) {
-  std::vector<filters::ClamdOptions> scanners;
+  std::vector<std::pair<const conf::ScannerConfig*, std::vector<filters::ScanWhen>>> scanners;
   for (const auto& flow : h.flows) {
     for (const auto& name : flow.run) {
       const conf::ScannerConfig* sc = h.findScanner(name);
       if (!sc) continue;  // the loader refuses this
-      auto it = std::find_if(scanners.begin(), scanners.end(),
-                             [&](const filters::ClamdOptions& o) { return o.name == name; });
+      auto it = std::find_if(scanners.begin(), scanners.end(), [&](const auto& p) { return p.first == sc; });
       if (it == scanners.end()) {
-        filters::ClamdOptions o;
-        o.name = sc->name;
-        o.endpoints = sc->endpoints;
-        o.connect_timeout = h.connect_timeout;
-        o.scan_timeout = h.scan_timeout;
-        o.max_size = h.max_size;
-        o.on_error = failureAction(sc->on_error.value_or(h.on_error));
-        o.on_oversize = oversizeAction(h.on_oversize);
-        scanners.push_back(std::move(o));
+        scanners.emplace_back(sc, std::vector<filters::ScanWhen>{});
         it = scanners.end() - 1;
       }
-      it->when.push_back(filters::ScanWhen{flow.listeners, flow.authenticated});
+      it->second.push_back(filters::ScanWhen{flow.listeners, flow.authenticated});
     }
   }
   auto set = std::make_shared<filters::FilterSet>();
   // The policy first: a banned or limited client costs no scanner work.
   if (policy) set->add(std::make_shared<filters::policy::PolicyFilterFactory>(std::move(policy)));
-  for (auto& o : scanners) set->add(std::make_shared<filters::ClamdFactory>(std::move(o)));
+  for (auto& [sc, when] : scanners)
+    if (auto f = makeScannerFactory(*sc, h, std::move(when))) set->add(std::move(f));
   return set;
 }
 }  // namespace
