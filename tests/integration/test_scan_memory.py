@@ -122,7 +122,7 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
             return code, text.decode(errors="replace")
 
     def test_40mb_message_through_the_scanners(self):
-        pid = self.gateway.pid()
+        pid = self.gateway.pid
         # Warm-up: one small message through the same path (lazy allocations, the
         # node connection, the executor threads) before the baseline.
         warm = f"warm {time.time_ns()}"
@@ -158,7 +158,7 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
         with open(files[0], "rb") as f:
             head = f.read(4096)
         self.assertIn(b"X-Mailgate-Scan: clamav=clean; clamav2=clean", head)
-        self.assertGreater(os.path.getsize(files[0]), MESSAGE_MB * 1000 * 1000)
+        self.assertGreater(os.path.getsize(files[0]), MESSAGE_MB * 1000 * 1000 * 0.95)  # Maildir: LF, not CRLF
         growth_kb = peak - before
         print(f"\n[scan memory] {len(msg) / 1e6:.1f} MB message, clamd x2: VmRSS before {before / 1024:.1f} MiB, "
               f"peak {peak / 1024:.1f} MiB, growth {growth_kb / 1024:.1f} MiB; SMTP DATA to 250 in {elapsed:.1f} s",
