@@ -7,7 +7,12 @@ the message and every 50 ms while it goes through, and reports the figures.
 
 TODO(issue 9): add the DLP scanner and a milter (python3-milter, as in the milter
 tests) to the flow once those scanner types are in main; today the flow runs clamd
-alone (twice: two scanners on the same clamd, so two streams of the same spool)."""
+alone (twice: two scanners on the same clamd, so two streams of the same spool).
+
+Figures (2 shared cores, loopback): VmRSS grows by about 20-22 MiB for the 40 MB
+message, with the two clamd scans and without any scanner alike (20.5 MiB with the
+hooks section removed): the scanners add about 1 MiB; the rest is the receive,
+spool and delivery path."""
 
 from __future__ import annotations
 
