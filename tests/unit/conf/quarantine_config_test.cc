@@ -89,13 +89,13 @@ TEST_F(QuarantineConfigTest, StoreErrors) {
   EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: postgres }\n"),
               ElementsAre(At(7, 24, "hooks.quarantine.store: postgres needs directory.driver postgres")));
   EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: dir, dir: /tmp, retention: 0s, colour: red }\n"),
-              ElementsAre(At(7, 52, "hooks.quarantine.retention: must be greater than 0"),
-                          At(7, 56, "unknown key \"colour\" in hooks.quarantine")));
+              ElementsAre(At(7, 51, "hooks.quarantine.retention: must be greater than 0"),
+                          At(7, 55, "unknown key \"colour\" in hooks.quarantine")));
   std::ofstream(dir_ / "file") << "x";
   EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: dir, dir: file }\n"),
-              ElementsAre(At(7, 36, "hooks.quarantine.dir: " + (dir_ / "file").string() + " is not a directory")));
+              ElementsAre(At(7, 34, "hooks.quarantine.dir: " + (dir_ / "file").string() + " is not a directory")));
   EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: dir, dir: no/such/parent }\n"),
-              ElementsAre(At(7, 36, "does not exist and cannot be created")));
+              ElementsAre(At(7, 34, "does not exist and cannot be created")));
 }
 
 TEST_F(QuarantineConfigTest, UnwritableDirectoryIsAnError) {
@@ -103,21 +103,21 @@ TEST_F(QuarantineConfigTest, UnwritableDirectoryIsAnError) {
   fs::create_directory(dir_ / "ro");
   fs::permissions(dir_ / "ro", fs::perms::owner_read | fs::perms::owner_exec);
   EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: dir, dir: ro }\n"),
-              ElementsAre(At(7, 36, "hooks.quarantine.dir: cannot write to")));
+              ElementsAre(At(7, 34, "hooks.quarantine.dir: cannot write to")));
 }
 
 TEST_F(QuarantineConfigTest, PolicyQuarantineNeedsAStoreWhateverTheOrder) {
   const std::string rule = "policies:\n  - { name: q, stage: data, when: { sender: { re2: x } }, then: quarantine }\n";
   // 6, 7: the policy; no store.
   EXPECT_THAT(errors(kBase + rule),
-              ElementsAre(At(7, 70, "policies[0].then: quarantine needs a store (hooks.quarantine.store")));
+              ElementsAre(At(7, 65, "policies[0].then: quarantine needs a store (hooks.quarantine.store")));
   // hooks before policies, and after: both fine.
   EXPECT_NE(ok(kBase + "hooks:\n  quarantine: { store: dir, dir: q }\n" + rule), nullptr);
   EXPECT_NE(ok(kBase + rule + "hooks:\n  quarantine: { store: dir, dir: q }\n"), nullptr);
   // Only at stage data.
   EXPECT_THAT(errors(kBase + "policies:\n  - { name: q, stage: mail, then: quarantine }\n" +
                      "hooks:\n  quarantine: { store: dir, dir: q }\n"),
-              ElementsAre(At(7, 38, "policies[0].then: quarantine holds a message, so only at stage data")));
+              ElementsAre(At(7, 35, "policies[0].then: quarantine holds a message, so only at stage data")));
 }
 
 }  // namespace
