@@ -1409,7 +1409,8 @@ void SmtpSession::quarantineMessage(filters::Verdict v) {
       static_cast<SmtpSession&>(s).quarantineDone(v, id, size);
     });
   };
-  if (!reactor_.contentWorkers().submit(std::move(job), std::chrono::milliseconds(60000)))
+  // No queueing deadline: a job dropped unrun would leave the client without a reply.
+  if (!reactor_.contentWorkers().submit(std::move(job), std::chrono::milliseconds(0)))
     quarantineDone(v, Error{"content executor queue full"}, body->size());
 }
 

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 namespace mailgate::admin {
 namespace {
 
@@ -16,9 +19,14 @@ TEST(QuarantinePath, IdAndRelease) {
   ASSERT_TRUE(parseQuarantinePath("/quarantine/" + kId + "/release", &id, &release));
   EXPECT_EQ(id, kId);
   EXPECT_TRUE(release);
-  for (const std::string bad : {"/quarantine/", "/quarantine/../etc", "/quarantine/" + kId + "/", "/quarantine/" +
-                                kId + "/delete", "/quarantine/" + kId.substr(1), "/quarantinex/" + kId,
-                                "/quarantine/0123456789ABCDEF01234567"})
+  const std::vector<std::string> bad_paths = {"/quarantine/",
+                                              "/quarantine/../etc",
+                                              "/quarantine/" + kId + "/",
+                                              "/quarantine/" + kId + "/delete",
+                                              "/quarantine/" + kId.substr(1),
+                                              "/quarantinex/" + kId,
+                                              "/quarantine/0123456789ABCDEF01234567"};
+  for (const std::string& bad : bad_paths)
     EXPECT_FALSE(parseQuarantinePath(bad, &id, &release)) << bad;
 }
 
