@@ -35,6 +35,7 @@ policies:
 """
 RETENTION = "1h"
 SHORT_RETENTION = "2s"  # test_9: set by a reload
+GHOST = "ghost@" + ALICE.partition("@")[2]  # a mailbox the gateway knows and the node does not
 
 
 def message(subject: str, sender: str) -> bytes:
@@ -72,7 +73,7 @@ class QuarantineCase(harness.LogsOnFailure, unittest.TestCase):
         cert = harness.make_cert(ca, certs, ["mx.example.org"])
         cls.dovecot = harness.Dovecot(cls.dir / "storage", USERS, name="q").start()
         users_file = str(cls.dir / "users.passwd")
-        harness.write_passwd(users_file, USERS)
+        harness.write_passwd(users_file, {**USERS, GHOST: "ghost-pw"})  # not on the node
         cls.port, cls.admin = harness.free_ports(2)
         text = harness.mailgate_config(
             certificates=[cert], users_file=users_file,
@@ -140,14 +141,15 @@ class QuarantineCase(harness.LogsOnFailure, unittest.TestCase):
                     out.append(data)
         return out
 
-    def send(self, sender: str, msg: bytes) -> tuple[int, str]:
+    def send(self, sender: str, msg: bytes, rcpts: tuple[str, ...] = (ALICE,)) -> tuple[int, str]:
         s = smtplib.SMTP(harness.HOST, self.port, timeout=30)
         try:
             self.assertEqual(s.ehlo("client.example.com")[0], 250)
             code, text = s.mail(sender)
             self.assertEqual(code, 250, text)
-            code, text = s.rcpt(ALICE)
-            self.assertEqual(code, 250, text)
+            for rcpt in rcpts:
+                code, text = s.rcpt(rcpt)
+                self.assertEqual(code, 250, text)
             try:
                 code, text = s.data(msg)
             except smtplib.SMTPDataError as e:
@@ -157,8 +159,8 @@ class QuarantineCase(harness.LogsOnFailure, unittest.TestCase):
             s.close()
         return code, text.decode() if isinstance(text, bytes) else text
 
-    def quarantine_one(self, subject: str) -> str:
-        code, text = self.send("bad@suspect.example", message(subject, "bad@suspect.example"))
+    def quarantine_one(self, subject: str, rcpts: tuple[str, ...] = (ALICE,)) -> str:
+        code, text = self.send("bad@suspect.example", message(subject, "bad@suspect.example"), rcpts)
         self.assertEqual(code, 250, f"DATA: {code} {text!r}\n{self.diagnostics()}")
         self.assertIn("(quarantined)", text)
         qid = text.split("queued as ")[1].split()[0]
@@ -227,6 +229,26 @@ class QuarantineCase(harness.LogsOnFailure, unittest.TestCase):
         self.assertEqual(self.delivered(subject.encode()), [])
         self.assertGreaterEqual(self.metric("mailgate_quarantine_deleted_total"), 1)
 
+    def test_3_partial_release_keeps_the_entry_and_never_delivers_twice(self):
+        subject = f"partial {time.time_ns()}"
+        qid = self.quarantine_one(subject, (ALICE, GHOST))
+        status, body = self.http("POST", f"/quarantine/{qid}/release")
+        self.assertEqual(status, 502, body + self.diagnostics())
+        outcome = json.loads(body)
+        self.assertFalse(outcome["released"])
+        self.assertEqual(outcome["delivered"], [f"<{ALICE}>"])
+        self.assertEqual([f["rcpt"] for f in outcome["failed"]], [f"<{GHOST}>"])
+        harness.wait_for(lambda: self.delivered(subject.encode()), 10, what="the accepted recipient's copy")
+        entry = self.entries()[qid]
+        self.assertEqual(entry["delivered"], [f"<{ALICE}>"])
+        # Again: the recipient already served is skipped; the entry stays for the other.
+        r = self.cli("--release", qid)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("HTTP 502", r.stderr)
+        time.sleep(0.5)
+        self.assertEqual(len(self.delivered(subject.encode())), 1, "delivered twice to the same recipient")
+        self.assertEqual(self.cli("--delete", qid).returncode, 0)
+
     def test_9_retention_removes_old_entries(self):
         qid = self.quarantine_one(f"expires {time.time_ns()}")
         self.assertIn(qid, self.entries())
@@ -287,9 +309,11 @@ class PostgresQuarantineTest(QuarantineCase):
         if r.returncode != 0:
             raise AssertionError("--init-db failed: " + r.stdout + r.stderr)
         domain = ALICE.partition("@")[2]
-        cls.db.psql(f"INSERT INTO domains (name) VALUES ({pg.sql_quote(domain)});"
-                    f"INSERT INTO mailboxes (address, domain, password) VALUES ({pg.sql_quote(ALICE)}, "
-                    f"{pg.sql_quote(domain)}, {pg.sql_quote(harness.hash_password(USERS[ALICE], 'SHA256-CRYPT'))});")
+        sql = [f"INSERT INTO domains (name) VALUES ({pg.sql_quote(domain)});"]
+        for user in (ALICE, GHOST):
+            sql.append(f"INSERT INTO mailboxes (address, domain, password) VALUES ({pg.sql_quote(user)}, "
+                       f"{pg.sql_quote(domain)}, {pg.sql_quote(harness.hash_password('pw', 'SHA256-CRYPT'))});")
+        cls.db.psql("\n".join(sql))
         return with_directory(text, postgres_directory(cls.db.conninfo()))
 
     def test_4_rows_in_the_table(self):
