@@ -77,16 +77,18 @@ std::string lowerAscii(std::string s) {
 PostgresQuarantineStore::PostgresQuarantineStore(std::unique_ptr<pg::Pool> pool) : pool_(std::move(pool)) {}
 PostgresQuarantineStore::~PostgresQuarantineStore() = default;
 
-Result<std::shared_ptr<PostgresQuarantineStore>> PostgresQuarantineStore::create(const conf::DirectoryConfig& cfg) {
+Result<std::shared_ptr<PostgresQuarantineStore>> PostgresQuarantineStore::create(
+    const conf::DirectoryConfig& cfg) {
   if (cfg.driver != "postgres") return Error{"store postgres needs directory.driver postgres"};
   // A message may take a while to write: the statement timeout is at least a minute.
   const conf::Duration timeout = std::max<conf::Duration>(cfg.postgres.timeout, std::chrono::seconds(60));
-  auto pool = std::make_unique<pg::Pool>(pg::withConnectTimeout(cfg.postgres.conninfo, cfg.postgres.timeout), 2,
-                                         timeout, nullptr);
+  auto pool = std::make_unique<pg::Pool>(pg::withConnectTimeout(cfg.postgres.conninfo, cfg.postgres.timeout),
+                                         2, timeout, nullptr);
   return std::shared_ptr<PostgresQuarantineStore>(new PostgresQuarantineStore(std::move(pool)));
 }
 
-Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta, const filters::MessageBody& body) {
+Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta,
+                                                 const filters::MessageBody& body) {
   if (meta.created_ms == 0) meta.created_ms = filters::wallMs();
   meta.id = filters::newQuarantineId(meta.created_ms);
   meta.size = body.size();
@@ -101,9 +103,11 @@ Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta, 
     pqxx::work tx(c);
     // A retry after a lost connection may find its own row committed: not an error.
     tx.exec_params(
-        "INSERT INTO mailgate_quarantine (id, created, created_ms, reason, filter, ref, mail_from, rcpts, client_ip, "
+        "INSERT INTO mailgate_quarantine (id, created, created_ms, reason, filter, ref, mail_from, rcpts, "
+        "client_ip, "
         "helo, username, listener, session_id, smtputf8, body_8bit, size, message) VALUES ($1, "
-        "to_timestamp($2::bigint / 1000.0), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+        "to_timestamp($2::bigint / 1000.0), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+        "$16) "
         "ON CONFLICT (id) DO NOTHING",
         meta.id, meta.created_ms, meta.reason, meta.filter, meta.ref, meta.mail_from, joinLines(meta.rcpts),
         meta.client_ip, meta.helo, meta.user, meta.listener, meta.session_id, meta.smtputf8, meta.body_8bit,
@@ -115,15 +119,16 @@ Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta, 
   return meta.id;
 }
 
-Result<std::vector<filters::QuarantineEntry>> PostgresQuarantineStore::list(const filters::QuarantineFilter& filter,
-                                                                            size_t limit) {
+Result<std::vector<filters::QuarantineEntry>> PostgresQuarantineStore::list(
+    const filters::QuarantineFilter& filter, size_t limit) {
   std::vector<filters::QuarantineEntry> out;
   auto ok = pool_->run([&](pqxx::connection& c) {
     out.clear();
     pqxx::nontransaction tx(c);
     const pqxx::result r = tx.exec_params(
         std::string("SELECT ") + kColumns +
-            " FROM mailgate_quarantine WHERE ($1 = 0 OR created_ms < $1) AND ($2 = '' OR strpos(lower(mail_from), "
+            " FROM mailgate_quarantine WHERE ($1 = 0 OR created_ms < $1) AND ($2 = '' OR "
+            "strpos(lower(mail_from), "
             "$2) > 0) AND ($3 = '' OR strpos(lower(rcpts), $3) > 0) ORDER BY id DESC LIMIT $4",
         filter.before_ms, lowerAscii(filter.from), lowerAscii(filter.rcpt), static_cast<int64_t>(limit));
     for (const auto& row : r) out.push_back(entryOf(row));
@@ -132,14 +137,14 @@ Result<std::vector<filters::QuarantineEntry>> PostgresQuarantineStore::list(cons
   return out;
 }
 
-Result<filters::QuarantineEntry> PostgresQuarantineStore::get(const std::string& id,
-                                                              std::shared_ptr<const filters::MessageBody>* body) {
+Result<filters::QuarantineEntry> PostgresQuarantineStore::get(
+    const std::string& id, std::shared_ptr<const filters::MessageBody>* body) {
   if (!filters::validQuarantineId(id)) return Error{"not found"};
   std::optional<filters::QuarantineEntry> e;
   auto ok = pool_->run([&](pqxx::connection& c) {
     pqxx::nontransaction tx(c);
-    const pqxx::result r = tx.exec_params(std::string("SELECT ") + kColumns +
-                                              (body ? ", message" : "") + " FROM mailgate_quarantine WHERE id = $1",
+    const pqxx::result r = tx.exec_params(std::string("SELECT ") + kColumns + (body ? ", message" : "") +
+                                              " FROM mailgate_quarantine WHERE id = $1",
                                           id);
     if (r.empty()) return;
     e = entryOf(r[0]);
@@ -169,9 +174,10 @@ Result<size_t> PostgresQuarantineStore::expire(int64_t cutoff_ms) {
   size_t n = 0;
   auto ok = pool_->run([&](pqxx::connection& c) {
     pqxx::work tx(c);
-    n = tx.exec_params("DELETE FROM mailgate_quarantine WHERE created_ms < $1 AND (releasing_until IS NULL OR "
-                       "releasing_until < now())",
-                       cutoff_ms)
+    n = tx.exec_params(
+              "DELETE FROM mailgate_quarantine WHERE created_ms < $1 AND (releasing_until IS NULL OR "
+              "releasing_until < now())",
+              cutoff_ms)
             .affected_rows();
     tx.commit();
   });
@@ -205,7 +211,7 @@ filters::QuarantineStore::Claim PostgresQuarantineStore::claim(const std::string
       claim = Claim::kClaimed;
     } else {
       claim = tx.exec_params("SELECT 1 FROM mailgate_quarantine WHERE id = $1", id).empty() ? Claim::kNotFound
-                                                                                             : Claim::kBusy;
+                                                                                            : Claim::kBusy;
     }
     tx.commit();
   });
@@ -220,11 +226,13 @@ void PostgresQuarantineStore::unclaim(const std::string& id) {
   });
 }
 
-Result<bool> PostgresQuarantineStore::setDelivered(const std::string& id, const std::vector<std::string>& delivered) {
+Result<bool> PostgresQuarantineStore::setDelivered(const std::string& id,
+                                                   const std::vector<std::string>& delivered) {
   bool found = false;
   auto ok = pool_->run([&](pqxx::connection& c) {
     pqxx::work tx(c);
-    found = tx.exec_params("UPDATE mailgate_quarantine SET delivered = $2 WHERE id = $1", id, joinLines(delivered))
+    found = tx.exec_params("UPDATE mailgate_quarantine SET delivered = $2 WHERE id = $1", id,
+                           joinLines(delivered))
                 .affected_rows() > 0;
     tx.commit();
   });

@@ -25,7 +25,8 @@ class PostgresQuarantineStore final : public filters::QuarantineStore {
   ~PostgresQuarantineStore() override;
   std::string_view kind() const override { return "postgres"; }
   Result<std::string> put(filters::QuarantineEntry meta, const filters::MessageBody& body) override;
-  Result<std::vector<filters::QuarantineEntry>> list(const filters::QuarantineFilter& filter, size_t limit) override;
+  Result<std::vector<filters::QuarantineEntry>> list(const filters::QuarantineFilter& filter,
+                                                     size_t limit) override;
   Result<filters::QuarantineEntry> get(const std::string& id,
                                        std::shared_ptr<const filters::MessageBody>* body) override;
   Result<bool> remove(const std::string& id) override;

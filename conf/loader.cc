@@ -631,12 +631,14 @@ void Loader::loadQuarantine(const Entry& e, Config* cfg) {
     if (std::filesystem::exists(d, ec) && !std::filesystem::is_directory(d, ec)) {
       error(dir->mark(), join(path, "dir") + ": " + d + " is not a directory");
     } else if (std::filesystem::is_directory(d, ec)) {
-      if (::access(d.c_str(), W_OK | X_OK) != 0) error(dir->mark(), join(path, "dir") + ": cannot write to " + d);
+      if (::access(d.c_str(), W_OK | X_OK) != 0)
+        error(dir->mark(), join(path, "dir") + ": cannot write to " + d);
     } else {
       // Created at start (one level); its parent must exist and be writable.
       const std::string parent = std::filesystem::path(d).parent_path().string();
       if (!std::filesystem::is_directory(parent, ec) || ::access(parent.c_str(), W_OK | X_OK) != 0)
-        error(dir->mark(), join(path, "dir") + ": " + d + " does not exist and cannot be created in " + parent);
+        error(dir->mark(),
+              join(path, "dir") + ": " + d + " does not exist and cannot be created in " + parent);
     }
     q.dir = std::move(d);
   }

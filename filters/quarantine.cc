@@ -130,7 +130,8 @@ QuarantineStats& quarantineStats() {
 }
 
 int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -155,7 +156,8 @@ std::string newQuarantineId(int64_t now_ms) {
 
 bool validQuarantineId(std::string_view id) {
   if (id.size() != 24) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  return std::all_of(id.begin(), id.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 std::string encodeQuarantineMeta(const QuarantineEntry& e) {
@@ -365,7 +367,8 @@ Result<std::vector<QuarantineEntry>> DirQuarantineStore::list(const QuarantineFi
   return out;
 }
 
-Result<QuarantineEntry> DirQuarantineStore::get(const std::string& id, std::shared_ptr<const MessageBody>* body) {
+Result<QuarantineEntry> DirQuarantineStore::get(const std::string& id,
+                                                std::shared_ptr<const MessageBody>* body) {
   uint64_t off = 0;
   auto e = readMeta(id, &off);
   if (!e || !body) return e;
@@ -450,7 +453,8 @@ void DirQuarantineStore::unclaim(const std::string& id) {
   claims_.erase(id);
 }
 
-Result<bool> DirQuarantineStore::setDelivered(const std::string& id, const std::vector<std::string>& delivered) {
+Result<bool> DirQuarantineStore::setDelivered(const std::string& id,
+                                              const std::vector<std::string>& delivered) {
   std::shared_ptr<const MessageBody> body;
   auto e = get(id, &body);
   if (!e) return Error{e.error()};

@@ -44,8 +44,8 @@ struct QuarantineEntry {
 };
 
 struct QuarantineFilter {
-  std::string rcpt;    // substring of a recipient (case-insensitive), or empty
-  std::string from;    // substring of the sender (case-insensitive), or empty
+  std::string rcpt;       // substring of a recipient (case-insensitive), or empty
+  std::string from;       // substring of the sender (case-insensitive), or empty
   int64_t before_ms = 0;  // created before this (0 = any)
 };
 
@@ -54,8 +54,8 @@ struct QuarantineStats {
   std::atomic<uint64_t> failures{0};  // puts that failed (the client got 451)
   std::atomic<int64_t> entries{0};    // entries in the store, as last counted plus changes since
   std::atomic<uint64_t> released{0};
-  std::atomic<uint64_t> deleted{0};   // by an operator
-  std::atomic<uint64_t> expired{0};   // by the retention sweep
+  std::atomic<uint64_t> deleted{0};  // by an operator
+  std::atomic<uint64_t> expired{0};  // by the retention sweep
 };
 QuarantineStats& quarantineStats();
 

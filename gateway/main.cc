@@ -106,7 +106,8 @@ Result<AdminReply> adminCall(const std::string& path, const std::string& method,
   }
   const std::string& listen = r.config->admin.listen;
   if (listen.empty())
-    return Error{path + ": admin.listen is not configured: the bans and the quarantine are managed through it"};
+    return Error{path +
+                 ": admin.listen is not configured: the bans and the quarantine are managed through it"};
   conf::ListenAddress la;
   std::string why;
   if (!conf::parseListenAddress(listen, &la, &why)) return Error{path + ": admin.listen: " + why};

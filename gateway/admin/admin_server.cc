@@ -151,7 +151,8 @@ std::string AdminServer::quarantine(const std::string& request_line) {
   if (!list && !parseQuarantinePath(req.path, &id, &release))
     return jsonError(404, "Not Found", "no such quarantine entry or route");
   const std::shared_ptr<session::Runtime> rt = session::currentRuntime();
-  if (!rt || !rt->quarantine) return jsonError(404, "Not Found", "no quarantine store (hooks.quarantine) configured");
+  if (!rt || !rt->quarantine)
+    return jsonError(404, "Not Found", "no quarantine store (hooks.quarantine) configured");
   filters::QuarantineStore& store = *rt->quarantine;
   std::string error;
   if (list && req.method == "GET") {
@@ -161,7 +162,8 @@ std::string AdminServer::quarantine(const std::string& request_line) {
     auto entries = store.list(filter, limit);
     if (!entries) return jsonError(503, "Service Unavailable", entries.error());
     const std::string* format = req.param("format");
-    if (format && *format == "table") return response(200, "OK", quarantineTable(entries.value()), "text/plain");
+    if (format && *format == "table")
+      return response(200, "OK", quarantineTable(entries.value()), "text/plain");
     return response(200, "OK", quarantineJson(entries.value()), "application/json");
   }
   if (!list && !release && req.method == "GET") {
@@ -206,8 +208,11 @@ void renderQuarantineMetrics(std::string& out) {
            std::to_string(v) + "\n";
   };
   const filters::QuarantineStats& q = filters::quarantineStats();
-  auto n = [](const std::atomic<uint64_t>& a) { return static_cast<int64_t>(a.load(std::memory_order_relaxed)); };
-  metric("mailgate_quarantine_stored_total", "Messages quarantined (answered 250 once durable).", n(q.stored));
+  auto n = [](const std::atomic<uint64_t>& a) {
+    return static_cast<int64_t>(a.load(std::memory_order_relaxed));
+  };
+  metric("mailgate_quarantine_stored_total", "Messages quarantined (answered 250 once durable).",
+         n(q.stored));
   metric("mailgate_quarantine_failures_total", "Messages that could not be quarantined (answered 451).",
          n(q.failures));
   metric("mailgate_quarantine_entries", "Entries in the quarantine store.",

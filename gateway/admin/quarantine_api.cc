@@ -21,11 +21,12 @@ std::string printableText(std::string s) {
 std::string quarantineEntryJson(const filters::QuarantineEntry& e) {
   return "{\"id\":\"" + jsonEscape(e.id) + "\",\"created\":\"" + isoTime(e.created_ms) +
          "\",\"created_ms\":" + std::to_string(e.created_ms) + ",\"reason\":\"" + jsonEscape(e.reason) +
-         "\",\"filter\":\"" + jsonEscape(e.filter) + "\",\"ref\":\"" + jsonEscape(e.ref) + "\",\"mail_from\":\"" +
-         jsonEscape(e.mail_from) + "\",\"rcpts\":" + jsonList(e.rcpts) + ",\"delivered\":" + jsonList(e.delivered) +
-         ",\"client_ip\":\"" + jsonEscape(e.client_ip) + "\",\"helo\":\"" + jsonEscape(e.helo) + "\",\"user\":\"" +
-         jsonEscape(e.user) + "\",\"listener\":\"" + jsonEscape(e.listener) + "\",\"session\":\"" +
-         jsonEscape(e.session_id) + "\",\"size\":" + std::to_string(e.size) + "}";
+         "\",\"filter\":\"" + jsonEscape(e.filter) + "\",\"ref\":\"" + jsonEscape(e.ref) +
+         "\",\"mail_from\":\"" + jsonEscape(e.mail_from) + "\",\"rcpts\":" + jsonList(e.rcpts) +
+         ",\"delivered\":" + jsonList(e.delivered) + ",\"client_ip\":\"" + jsonEscape(e.client_ip) +
+         "\",\"helo\":\"" + jsonEscape(e.helo) + "\",\"user\":\"" + jsonEscape(e.user) +
+         "\",\"listener\":\"" + jsonEscape(e.listener) + "\",\"session\":\"" + jsonEscape(e.session_id) +
+         "\",\"size\":" + std::to_string(e.size) + "}";
 }
 
 std::string quarantineJson(const std::vector<filters::QuarantineEntry>& entries) {
@@ -48,8 +49,8 @@ std::string quarantineTable(const std::vector<filters::QuarantineEntry>& entries
     wfl = std::max(wfl, e.filter.size());
   }
   wf = std::min<size_t>(wf, 40);
-  std::string out = pad("ID", 24) + "  " + pad("CREATED", 20) + "  " + pad("SIZE", 9) + "  " + pad("FILTER", wfl) +
-                    "  " + pad("FROM", wf) + "  RCPTS  REASON\n";
+  std::string out = pad("ID", 24) + "  " + pad("CREATED", 20) + "  " + pad("SIZE", 9) + "  " +
+                    pad("FILTER", wfl) + "  " + pad("FROM", wf) + "  RCPTS  REASON\n";
   for (const auto& e : entries) {
     out += e.id + "  " + pad(isoTime(e.created_ms), 20) + "  " + pad(std::to_string(e.size), 9) + "  " +
            pad(printableText(e.filter), wfl) + "  " + pad(printableText(e.mail_from), wf) + "  " +

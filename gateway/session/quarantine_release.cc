@@ -40,7 +40,7 @@ std::string addressOf(const std::string& path) {
 
 struct Reply {
   int code = 0;
-  std::string text;  // the last line, without CRLF
+  std::string text;      // the last line, without CRLF
   std::string keywords;  // EHLO: every line, upper-cased, '\n'-separated
 };
 
@@ -111,8 +111,8 @@ class NodeConversation {
       }
       std::string line = buf_.substr(0, eol);
       buf_.erase(0, eol + 2);
-      if (line.size() < 3 || !ascii::isDigit(line[0]) || !ascii::isDigit(line[1]) || !ascii::isDigit(line[2]) ||
-          (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
+      if (line.size() < 3 || !ascii::isDigit(line[0]) || !ascii::isDigit(line[1]) ||
+          !ascii::isDigit(line[2]) || (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
         *why = "malformed reply from the node";
         return false;
       }
@@ -159,8 +159,8 @@ struct Attempt {
   std::string error;  // the attempt failed as a whole
 };
 
-Attempt deliverTo(const DeliveryTarget& t, const filters::QuarantineEntry& e, const std::vector<std::string>& rcpts,
-                  const filters::MessageBody& body) {
+Attempt deliverTo(const DeliveryTarget& t, const filters::QuarantineEntry& e,
+                  const std::vector<std::string>& rcpts, const filters::MessageBody& body) {
   Attempt a;
   if (!t.error.empty()) {
     a.error = t.error;
@@ -180,7 +180,8 @@ Attempt deliverTo(const DeliveryTarget& t, const filters::QuarantineEntry& e, co
   if (!c.connect(t.addr, t.backend->connect_timeout, &why)) return failed(why);
   if (!c.reply(&r, kReplyMs, &why)) return failed("greeting: " + why);
   if (r.code != 220) return failed("greeting: " + r.text);
-  if (!c.send(std::string(t.lmtp ? "LHLO " : "EHLO ") + gatewayName() + "\r\n", &why) || !c.reply(&r, kReplyMs, &why))
+  if (!c.send(std::string(t.lmtp ? "LHLO " : "EHLO ") + gatewayName() + "\r\n", &why) ||
+      !c.reply(&r, kReplyMs, &why))
     return failed("hello: " + why);
   if (r.code != 250) return failed("hello: " + r.text);
   const Reply hello = r;
@@ -194,7 +195,8 @@ Attempt deliverTo(const DeliveryTarget& t, const filters::QuarantineEntry& e, co
   if (r.code != 250) return failed("MAIL: " + r.text);
   std::vector<std::string> taken;  // recipients the node took at RCPT
   for (const auto& rcpt : rcpts) {
-    if (!c.send("RCPT TO:" + rcpt + "\r\n", &why) || !c.reply(&r, kReplyMs, &why)) return failed("RCPT: " + why);
+    if (!c.send("RCPT TO:" + rcpt + "\r\n", &why) || !c.reply(&r, kReplyMs, &why))
+      return failed("RCPT: " + why);
     if (r.code == 250 || r.code == 251)
       taken.push_back(rcpt);
     else
@@ -223,7 +225,8 @@ Attempt deliverTo(const DeliveryTarget& t, const filters::QuarantineEntry& e, co
     if (!c.send(out, &why)) return failed("body: " + why);
   }
   a.sent_data = true;
-  if (!c.send(last == '\n' || body.size() == 0 ? ".\r\n" : "\r\n.\r\n", &why)) return failed("end of data: " + why);
+  if (!c.send(last == '\n' || body.size() == 0 ? ".\r\n" : "\r\n.\r\n", &why))
+    return failed("end of data: " + why);
   // LMTP: one reply per recipient taken; SMTP: one for all.
   const size_t replies = t.lmtp ? taken.size() : 1;
   for (size_t i = 0; i < replies; ++i) {
@@ -269,7 +272,8 @@ ReleaseOutcome releaseQuarantined(const Runtime& rt, const std::string& id) {
   std::shared_ptr<const filters::MessageBody> body;
   auto got = store.get(id, &body);
   if (!got) {
-    out.status = got.error() == "not found" ? ReleaseOutcome::Status::kNotFound : ReleaseOutcome::Status::kError;
+    out.status =
+        got.error() == "not found" ? ReleaseOutcome::Status::kNotFound : ReleaseOutcome::Status::kError;
     out.error = got.error();
     return out;
   }
@@ -299,7 +303,8 @@ ReleaseOutcome releaseQuarantined(const Runtime& rt, const std::string& id) {
     }
     routing::Route route = submission ? rt.router->resolve(rt.config->routing.submission_relay, std::string())
                                       : rt.router->route(route_by);
-    const std::string key = route.primary && route.primary->config ? route.primary->config->name : std::string();
+    const std::string key =
+        route.primary && route.primary->config ? route.primary->config->name : std::string();
     auto lmtp = [submission](const conf::BackendConfig& bc) { return !submission && bc.deliver != "smtp"; };
     Group& g = groups[key];
     if (g.rcpts.empty()) {
@@ -342,7 +347,8 @@ ReleaseOutcome releaseQuarantined(const Runtime& rt, const std::string& id) {
         break;
       }
       last_error = t.backend->name + ": " + a.error;
-      log::warn("quarantine release: node attempt failed", {{"id", id}, {"node", t.backend->name}, {"error", a.error}});
+      log::warn("quarantine release: node attempt failed",
+                {{"id", id}, {"node", t.backend->name}, {"error", a.error}});
     }
     if (!done)
       for (const auto& r : g.rcpts) out.failed.emplace_back(r, last_error);
@@ -363,12 +369,16 @@ ReleaseOutcome releaseQuarantined(const Runtime& rt, const std::string& id) {
   }
   if (!out.delivered.empty()) {
     if (auto ok = store.setDelivered(id, delivered); !ok)
-      log::error("quarantine release: the delivered recipients were not recorded: a later release delivers to them again",
-                 {{"id", id}, {"error", ok.error()}});
+      log::error(
+          "quarantine release: the delivered recipients were not recorded: a later release delivers to them "
+          "again",
+          {{"id", id}, {"error", ok.error()}});
   }
   out.status = ReleaseOutcome::Status::kPartial;
   log::warn("quarantine release incomplete: the entry is kept",
-            {{"id", id}, {"delivered", out.delivered.size()}, {"failed", out.failed.size()},
+            {{"id", id},
+             {"delivered", out.delivered.size()},
+             {"failed", out.failed.size()},
              {"first_failure", out.failed.front().first + ": " + out.failed.front().second}});
   return out;
 }

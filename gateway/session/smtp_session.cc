@@ -1376,7 +1376,8 @@ void SmtpSession::quarantineMessage(filters::Verdict v) {
   if (!message) message = std::make_shared<SpoolBody>(spool_);
   std::string headers;
   for (const std::string& h : takeAddedHeaders()) headers += h + "\r\n";
-  auto body = headers.empty() ? message : std::make_shared<PrefixedBody>(std::move(headers), std::move(message));
+  auto body =
+      headers.empty() ? message : std::make_shared<PrefixedBody>(std::move(headers), std::move(message));
   std::shared_ptr<filters::QuarantineStore> store = rt_->quarantine;
   if (!store) {  // a scanner's verdict (milter, DLP) without hooks.quarantine
     quarantineDone(v, Error{"no quarantine store configured"}, body->size());
@@ -1419,8 +1420,11 @@ void SmtpSession::quarantineDone(const filters::Verdict& v, const Result<std::st
   if (!id) {
     filters::quarantineStats().failures.fetch_add(1);
     if (g_quarantine_log.allow())
-      log::error("smtp message not quarantined", {{"session", id_}, {"client", client_ip_}, {"filter", v.filter},
-                                                {"ref", v.ref}, {"error", id.error()}});
+      log::error("smtp message not quarantined", {{"session", id_},
+                                                  {"client", client_ip_},
+                                                  {"filter", v.filter},
+                                                  {"ref", v.ref},
+                                                  {"error", id.error()}});
     reactor_.stats.smtp_deferred++;
     resetTransaction();
     phase_ = Phase::kCommand;

@@ -26,8 +26,7 @@ TEST(QuarantinePath, IdAndRelease) {
                                               "/quarantine/" + kId.substr(1),
                                               "/quarantinex/" + kId,
                                               "/quarantine/0123456789ABCDEF01234567"};
-  for (const std::string& bad : bad_paths)
-    EXPECT_FALSE(parseQuarantinePath(bad, &id, &release)) << bad;
+  for (const std::string& bad : bad_paths) EXPECT_FALSE(parseQuarantinePath(bad, &id, &release)) << bad;
 }
 
 TEST(QuarantineList, Parameters) {
@@ -70,9 +69,10 @@ TEST(QuarantineJson, EscapedFields) {
   r.status = session::ReleaseOutcome::Status::kPartial;
   r.delivered = {"<b@example.org>"};
   r.failed = {{"<c@example.org>", "550 5.1.1 unknown"}};
-  EXPECT_EQ(releaseJson(kId, r), "{\"id\":\"" + kId +
-                                     "\",\"released\":false,\"delivered\":[\"<b@example.org>\"],\"failed\":[{\"rcpt\":"
-                                     "\"<c@example.org>\",\"error\":\"550 5.1.1 unknown\"}]}\n");
+  EXPECT_EQ(releaseJson(kId, r),
+            "{\"id\":\"" + kId +
+                "\",\"released\":false,\"delivered\":[\"<b@example.org>\"],\"failed\":[{\"rcpt\":"
+                "\"<c@example.org>\",\"error\":\"550 5.1.1 unknown\"}]}\n");
 }
 
 }  // namespace

@@ -43,7 +43,8 @@ class QuarantineConfigTest : public ::testing::Test {
   std::vector<std::string> errors(const std::string& yaml) {
     const LoadResult r = loadConfigText(yaml, path());
     std::vector<std::string> out;
-    for (const auto& e : r.errors) out.push_back(std::to_string(e.line) + ":" + std::to_string(e.column) + ": " + e.message);
+    for (const auto& e : r.errors)
+      out.push_back(std::to_string(e.line) + ":" + std::to_string(e.column) + ": " + e.message);
     EXPECT_EQ(r.config == nullptr, !out.empty());
     return out;
   }
@@ -92,8 +93,9 @@ TEST_F(QuarantineConfigTest, StoreErrors) {
               ElementsAre(At(7, 51, "hooks.quarantine.retention: must be greater than 0"),
                           At(7, 55, "unknown key \"colour\" in hooks.quarantine")));
   std::ofstream(dir_ / "file") << "x";
-  EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: dir, dir: file }\n"),
-              ElementsAre(At(7, 34, "hooks.quarantine.dir: " + (dir_ / "file").string() + " is not a directory")));
+  EXPECT_THAT(
+      errors(kBase + "hooks:\n  quarantine: { store: dir, dir: file }\n"),
+      ElementsAre(At(7, 34, "hooks.quarantine.dir: " + (dir_ / "file").string() + " is not a directory")));
   EXPECT_THAT(errors(kBase + "hooks:\n  quarantine: { store: dir, dir: no/such/parent }\n"),
               ElementsAre(At(7, 34, "does not exist and cannot be created")));
 }
@@ -107,7 +109,8 @@ TEST_F(QuarantineConfigTest, UnwritableDirectoryIsAnError) {
 }
 
 TEST_F(QuarantineConfigTest, PolicyQuarantineNeedsAStoreWhateverTheOrder) {
-  const std::string rule = "policies:\n  - { name: q, stage: data, when: { sender: { re2: x } }, then: quarantine }\n";
+  const std::string rule =
+      "policies:\n  - { name: q, stage: data, when: { sender: { re2: x } }, then: quarantine }\n";
   // 6, 7: the policy; no store.
   EXPECT_THAT(errors(kBase + rule),
               ElementsAre(At(7, 65, "policies[0].then: quarantine needs a store (hooks.quarantine.store")));
