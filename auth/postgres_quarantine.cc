@@ -215,7 +215,7 @@ filters::QuarantineStore::Claim PostgresQuarantineStore::claim(const std::string
     }
     tx.commit();
   });
-  return ok ? claim : Claim::kBusy;
+  return ok ? claim : Claim::kError;
 }
 
 void PostgresQuarantineStore::unclaim(const std::string& id) {

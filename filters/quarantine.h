@@ -61,7 +61,7 @@ QuarantineStats& quarantineStats();
 
 class QuarantineStore {
  public:
-  enum class Claim { kClaimed, kNotFound, kBusy };
+  enum class Claim { kClaimed, kNotFound, kBusy, kError };  // kError: the store did not answer
 
   virtual ~QuarantineStore() = default;
   virtual std::string_view kind() const = 0;  // "dir" | "postgres"

@@ -260,6 +260,10 @@ ReleaseOutcome releaseQuarantined(const Runtime& rt, const std::string& id) {
     case filters::QuarantineStore::Claim::kBusy:
       out.status = ReleaseOutcome::Status::kBusy;
       return out;
+    case filters::QuarantineStore::Claim::kError:
+      out.status = ReleaseOutcome::Status::kError;
+      out.error = "the quarantine store did not answer";
+      return out;
     case filters::QuarantineStore::Claim::kClaimed:
       break;
   }
