@@ -318,6 +318,9 @@ class Loader {
   std::vector<ConfigError> errors_;
   bool too_many_ = false;
   std::vector<std::string> bad_scanners_;  // declared with an error already reported
+  // Policies with then: quarantine (where, path), checked against hooks.quarantine
+  // once the hooks are loaded (policies come first).
+  std::vector<std::pair<YAML::Mark, std::string>> quarantine_rules_;
 };
 
 bool Loader::fields(const YAML::Node& node, const std::string& path,
@@ -555,6 +558,9 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   loadLimits(f.find("limits"), cfg);
   if (const Entry* e = f.find("policies")) loadPolicies(*e, cfg);
   if (const Entry* e = f.find("hooks")) loadHooks(e->value, cfg);
+  if (cfg->hooks.quarantine.store.empty())
+    for (const auto& [mark, rpath] : quarantine_rules_)
+      error(mark, rpath + ": quarantine needs a store (hooks.quarantine.store: dir or postgres)");
 }
 
 // --- hooks -----------------------------------------------------------------------
@@ -595,8 +601,47 @@ void Loader::loadHooks(const YAML::Node& n, Config* cfg) {
   if (const Entry* e = f.find("quarantine")) loadQuarantine(*e, cfg);
 }
 
-void Loader::loadQuarantine(const Entry& e, Config* /*cfg*/) {
-  if (!e.value.IsNull()) error(e.key_node, "hooks.quarantine: is not supported yet");
+void Loader::loadQuarantine(const Entry& e, Config* cfg) {
+  const std::string path = "hooks.quarantine";
+  Fields f;
+  if (!fields(e.value, path, {"store", "dir", "retention"}, &f)) return;
+  QuarantineConfig& q = cfg->hooks.quarantine;
+  if (!f.find("store")) {
+    if (!e.value.IsNull()) error(e.mark(), path + ": missing required key \"store\" (dir or postgres)");
+    return;
+  }
+  getEnum<std::string>(f, "store", path, {{"dir", "dir"}, {"postgres", "postgres"}}, &q.store);
+  getDuration(f, "retention", path, &q.retention, false);
+  const Entry* store = f.find("store");
+  const Entry* dir = f.find("dir");
+  if (q.store == "postgres") {
+    if (cfg->directory.driver != "postgres")
+      error(store->mark(), join(path, "store") + ": postgres needs directory.driver postgres");
+    if (dir) error(dir->key_node, join(path, "dir") + ": only with store: dir");
+  } else if (q.store == "dir") {
+    if (!dir) {
+      error(store->mark(), join(path, "store") + ": dir needs hooks.quarantine.dir (a directory)");
+      return;
+    }
+    std::string d;
+    getString(f, "dir", path, &d, false);
+    if (d.empty()) return;
+    d = resolve(d);
+    std::error_code ec;
+    if (std::filesystem::exists(d, ec) && !std::filesystem::is_directory(d, ec)) {
+      error(dir->mark(), join(path, "dir") + ": " + d + " is not a directory");
+    } else if (std::filesystem::is_directory(d, ec)) {
+      if (::access(d.c_str(), W_OK | X_OK) != 0)
+        error(dir->mark(), join(path, "dir") + ": cannot write to " + d);
+    } else {
+      // Created at start (one level); its parent must exist and be writable.
+      const std::string parent = std::filesystem::path(d).parent_path().string();
+      if (!std::filesystem::is_directory(parent, ec) || ::access(parent.c_str(), W_OK | X_OK) != 0)
+        error(dir->mark(),
+              join(path, "dir") + ": " + d + " does not exist and cannot be created in " + parent);
+    }
+    q.dir = std::move(d);
+  }
 }
 
 void Loader::loadScanners(const Entry& section, HooksConfig* h) {
@@ -2186,8 +2231,10 @@ void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Conf
                         &r->then);
   const Entry* then = f.find("then");
   const bool then_ok = then && errors_.size() == before_then;
-  if (then_ok && r->then == PolicyAction::kQuarantine)
-    error(then->mark(), join(path, "then") + ": quarantine store not configured yet");
+  if (then_ok && r->then == PolicyAction::kQuarantine && stage && *stage != Stage::kData)
+    error(then->mark(), join(path, "then") + ": quarantine holds a message, so only at stage data");
+  else if (then_ok && r->then == PolicyAction::kQuarantine)
+    quarantine_rules_.emplace_back(then->mark(), join(path, "then"));
   else if (then_ok && r->then == PolicyAction::kTag && stage && *stage != Stage::kData)
     error(then->mark(), join(path, "then") + ": tag adds a header field, so only at stage data");
 

@@ -10,8 +10,10 @@
 #include "auth/passwd_file.h"
 #include "auth/postgres_directory.h"
 #include "auth/postgres_policy.h"
+#include "auth/postgres_quarantine.h"
 #include "filters/clamd_filter.h"
 #include "gateway/core/log.h"
+#include "gateway/session/quarantine_release.h"
 
 namespace mailgate::session {
 
@@ -125,6 +127,7 @@ Runtime::~Runtime() { stopBackground(); }
 void Runtime::startBackground() {
   if (health) health->start();
   if (policy_sync) policy_sync->start();
+  if (quarantine_sweeper) quarantine_sweeper->start();
   if (!route_watcher) return;
   route_watcher->start();
   // One connect (libpq's connect_timeout is at least 2 s, see pg::withConnectTimeout)
@@ -139,6 +142,7 @@ void Runtime::stopBackground() {
   if (health) health->stop();
   if (route_watcher) route_watcher->stop();
   if (policy_sync && policy_sync.use_count() == 1) policy_sync->stop();  // else a newer snapshot runs it
+  if (quarantine_sweeper && quarantine_sweeper.use_count() == 1) quarantine_sweeper->stop();
 }
 
 const conf::ListenerConfig* Runtime::listener(const std::string& name) const {
@@ -223,6 +227,24 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     }
   }
   rt->filters = buildHookFilters(config->hooks, rt->policy);
+  const conf::QuarantineConfig& q = config->hooks.quarantine;
+  if (running && running->quarantine && running->config->hooks.quarantine.store == q.store &&
+      running->config->hooks.quarantine.dir == q.dir &&
+      running->config->hooks.quarantine.retention == q.retention &&
+      (q.store != "postgres" || running->config->directory == config->directory)) {
+    rt->quarantine = running->quarantine;
+    rt->quarantine_sweeper = running->quarantine_sweeper;
+  } else if (q.store == "dir") {
+    auto store = filters::DirQuarantineStore::open(q.dir);
+    if (!store) return Error{store.error()};
+    rt->quarantine = std::move(store.value());
+  } else if (q.store == "postgres") {
+    auto store = auth::PostgresQuarantineStore::create(config->directory);
+    if (!store) return Error{"hooks.quarantine: " + store.error()};
+    rt->quarantine = std::move(store.value());
+  }
+  if (rt->quarantine && !rt->quarantine_sweeper)
+    rt->quarantine_sweeper = std::make_shared<QuarantineSweeper>(rt->quarantine, q.retention);
   return rt;
 }
 
