@@ -17,6 +17,7 @@
 #include "auth/postgres_schema.h"
 #include "conf/config.h"
 #include "filters/clamd_filter.h"
+#include "filters/dlp.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/policy_cli.h"
@@ -308,6 +309,13 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           clamd.oversize.load());
   counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to.",
           clamd.endpoint_failures.load());
+  const filters::DlpStats& dlp = filters::dlpStats();
+  counter("mailgate_dlp_scanned_total", "Messages the DLP scanner read.", dlp.scanned.load());
+  counter("mailgate_dlp_matched_total", "Messages on which a DLP detector fired.", dlp.matched.load());
+  counter("mailgate_dlp_errors_total", "DLP scans that failed (spool read error, deadline).", dlp.errors.load());
+  counter("mailgate_dlp_oversize_total", "Messages over the DLP scanner's max_size (not scanned).",
+          dlp.oversize.load());
+  counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.", dlp.truncated.load());
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
   {
