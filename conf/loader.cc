@@ -741,9 +741,10 @@ bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const
               &f))
     return false;
   loadCommonScannerKeys(f, path, h, &sc);
-  getEnum<DlpAction>(f, "on_match", path,
-                     {{"reject", DlpAction::kReject}, {"quarantine", DlpAction::kQuarantine}, {"tag", DlpAction::kTag}},
-                     &sc.on_match);
+  getEnum<DlpAction>(
+      f, "on_match", path,
+      {{"reject", DlpAction::kReject}, {"quarantine", DlpAction::kQuarantine}, {"tag", DlpAction::kTag}},
+      &sc.on_match);
   if (const Entry* t = f.find("tag_header")) {
     const std::string tpath = join(path, "tag_header");
     std::string s;
@@ -752,14 +753,18 @@ bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const
       const bool name_ok = colon != std::string::npos && colon > 0 &&
                            std::all_of(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(colon),
                                        [](char c) { return c > 32 && c < 127; });
-      const std::string_view value = colon == std::string::npos ? std::string_view() : std::string_view(s).substr(colon + 1);
+      const std::string_view value =
+          colon == std::string::npos ? std::string_view() : std::string_view(s).substr(colon + 1);
       const bool value_ok = value.find_first_not_of(' ') != std::string_view::npos &&
                             std::none_of(value.begin(), value.end(), [](char c) {
                               return c == '\r' || c == '\n' || c == '\0' || (c > 0 && c < 32 && c != '\t');
                             });
       if (!name_ok || !value_ok || s.size() > 998)
-        error(t->mark(), tpath + ": expected a header field \"Name: value\" (printable name, one line, at most 998 "
-                                 "octets), got " + quote(s));
+        error(t->mark(),
+              tpath +
+                  ": expected a header field \"Name: value\" (printable name, one line, at most 998 "
+                  "octets), got " +
+                  quote(s));
       else
         sc.tag_header = std::move(s);
     }
@@ -800,8 +805,8 @@ bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const
           const std::string ppath = join(ipath, "pattern");
           std::string s;
           if (scalar(*p, ppath, "a built-in pattern name or an RE2 pattern", &s)) {
-            const bool builtin = std::find(std::begin(kDlpBuiltinPatterns), std::end(kDlpBuiltinPatterns), s) !=
-                                 std::end(kDlpBuiltinPatterns);
+            const bool builtin = std::find(std::begin(kDlpBuiltinPatterns), std::end(kDlpBuiltinPatterns),
+                                           s) != std::end(kDlpBuiltinPatterns);
             if (s.empty()) {
               error(p->mark(), ppath + ": must not be empty");
             } else if (!builtin) {
@@ -815,7 +820,8 @@ bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const
             d.pattern = std::move(s);
           }
         }
-        getEnum<std::string>(df, "validate", ipath, {{"luhn", "luhn"}, {"iban_mod97", "iban_mod97"}}, &d.validate);
+        getEnum<std::string>(df, "validate", ipath, {{"luhn", "luhn"}, {"iban_mod97", "iban_mod97"}},
+                             &d.validate);
         if (const Entry* c = df.find("context")) {
           const std::string cpath = join(ipath, "context");
           std::vector<YAML::Node> words;
@@ -823,7 +829,8 @@ bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const
             for (const YAML::Node& w : words) {
               std::string s;
               if (!scalar(w, cpath, "a word", &s)) continue;
-              if (s.empty() || s.size() > 256 || s.find_first_of(std::string_view("\0\r\n", 3)) != std::string::npos) {
+              if (s.empty() || s.size() > 256 ||
+                  s.find_first_of(std::string_view("\0\r\n", 3)) != std::string::npos) {
                 error(w, cpath + ": " + quote(s) + ": a context word is 1 to 256 octets on one line");
                 continue;
               }

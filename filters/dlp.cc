@@ -121,7 +121,8 @@ Verdict failureVerdict(FailureAction a, std::string reason) {
 bool selected(const std::vector<ScanWhen>& when, const SessionFacts& facts, bool check_auth) {
   if (when.empty()) return true;
   return std::any_of(when.begin(), when.end(), [&](const ScanWhen& w) {
-    if (!w.listeners.empty() && std::find(w.listeners.begin(), w.listeners.end(), facts.listener) == w.listeners.end())
+    if (!w.listeners.empty() &&
+        std::find(w.listeners.begin(), w.listeners.end(), facts.listener) == w.listeners.end())
       return false;
     return !check_auth || !w.authenticated || *w.authenticated == facts.authenticated;
   });
@@ -144,7 +145,11 @@ bool endsWithNoCase(std::string_view s, std::string_view suffix) {
 class DlpSegment {
  public:
   DlpSegment(const DlpScanner& s, DlpResult* out, std::vector<std::unordered_set<uint64_t>>* seen)
-      : s_(s), out_(out), seen_(seen), keep_(s.overlap_ + s.context_), cap_(kDlpWindow + keep_),
+      : s_(s),
+        out_(out),
+        seen_(seen),
+        keep_(s.overlap_ + s.context_),
+        cap_(kDlpWindow + keep_),
         resume_(s.detectors_.size(), 0) {
     buf_.reserve(cap_);
     out_->largest_buffer = std::max(out_->largest_buffer, buf_.capacity());
@@ -280,9 +285,9 @@ std::shared_ptr<const DlpScanner> DlpScanner::build(std::vector<DlpDetector> det
     const std::string_view builtin = dlpBuiltinPattern(d.pattern);
     RE2::Options options;
     options.set_log_errors(false);
-    c->re = std::make_unique<RE2>(builtin.empty() ? re2::StringPiece(d.pattern)
-                                                  : re2::StringPiece(builtin.data(), builtin.size()),
-                                  options);
+    c->re = std::make_unique<RE2>(
+        builtin.empty() ? re2::StringPiece(d.pattern) : re2::StringPiece(builtin.data(), builtin.size()),
+        options);
     if (!c->re->ok()) {
       if (error != nullptr) *error = "detector " + c->id + ": invalid pattern: " + c->re->error();
       return nullptr;
@@ -419,7 +424,8 @@ class Walker {
     }
     // Text in another charset is converted, so that detectors see UTF-8 (UTF-16 digits
     // included); a charset iconv does not know is read as it is.
-    const char* charset = g_mime_object_get_content_type_parameter(reinterpret_cast<GMimeObject*>(p), "charset");
+    const char* charset =
+        g_mime_object_get_content_type_parameter(reinterpret_cast<GMimeObject*>(p), "charset");
     if (charset != nullptr && g_ascii_strcasecmp(charset, "utf-8") != 0 &&
         g_ascii_strcasecmp(charset, "us-ascii") != 0) {
       if (GMimeFilter* conv = g_mime_filter_charset_new(charset, "UTF-8")) {
@@ -467,8 +473,9 @@ void DlpScanner::scanText(std::string_view text, DlpResult* out) const {
   finishResult(detectors_, out);
 }
 
-bool DlpScanner::scan(const MessageBody& body, uint64_t max_bytes, std::chrono::steady_clock::time_point deadline,
-                      DlpResult* out, std::string* error) const {
+bool DlpScanner::scan(const MessageBody& body, uint64_t max_bytes,
+                      std::chrono::steady_clock::time_point deadline, DlpResult* out,
+                      std::string* error) const {
   startResult(detectors_, out);
   gmimeInitOnce();
   std::vector<std::unordered_set<uint64_t>> seen(detectors_.size());
@@ -559,7 +566,8 @@ Verdict DlpHook::inspect(const SessionFacts& facts, const MessageBody& body) {
   if (!scanner_->scan(body, options_.max_size, deadline, &r, &error)) {
     bump(dlpStats().errors);
     if (g_dlp_log.allow())
-      log::warn("dlp scan failed", {{"session", facts.session_id}, {"scanner", options_.name}, {"error", error}});
+      log::warn("dlp scan failed",
+                {{"session", facts.session_id}, {"scanner", options_.name}, {"error", error}});
     return failureVerdict(options_.on_error, "dlp " + options_.name + ": " + error);
   }
   bump(dlpStats().scanned);
@@ -604,9 +612,11 @@ class DlpFactory final : public FilterFactory {
 std::shared_ptr<const FilterFactory> makeDlpFactory(DlpOptions options) {
   ContentHookOptions ho;
   ho.deadline = options.scan_timeout;
-  ho.on_error = failureVerdict(options.on_error, "dlp " + options.name + ": no answer within the scan timeout");
+  ho.on_error =
+      failureVerdict(options.on_error, "dlp " + options.name + ": no answer within the scan timeout");
   std::vector<ScanWhen> when = options.when;
-  return std::make_shared<DlpFactory>(std::move(when), std::make_shared<DlpHook>(std::move(options)), std::move(ho));
+  return std::make_shared<DlpFactory>(std::move(when), std::make_shared<DlpHook>(std::move(options)),
+                                      std::move(ho));
 }
 
 }  // namespace mailgate::filters

@@ -80,12 +80,12 @@ struct DlpHit {
 };
 
 struct DlpResult {
-  std::vector<DlpHit> hits;   // every detector, in config order
+  std::vector<DlpHit> hits;        // every detector, in config order
   std::vector<std::string> fired;  // ids of the detectors with count >= min_count
-  uint64_t scanned = 0;       // decoded octets scanned
-  uint32_t parts = 0;         // parts (and subjects) scanned
-  bool truncated = false;     // max_size decoded octets reached: the rest was not read
-  size_t largest_buffer = 0;  // the largest scan buffer held (octets)
+  uint64_t scanned = 0;            // decoded octets scanned
+  uint32_t parts = 0;              // parts (and subjects) scanned
+  bool truncated = false;          // max_size decoded octets reached: the rest was not read
+  size_t largest_buffer = 0;       // the largest scan buffer held (octets)
 };
 
 // The compiled detectors; immutable, thread-safe.
@@ -114,11 +114,11 @@ class DlpScanner {
 };
 
 struct DlpStats {
-  std::atomic<uint64_t> scanned{0};   // messages scanned
-  std::atomic<uint64_t> matched{0};   // messages on which a detector fired
-  std::atomic<uint64_t> errors{0};    // I/O errors, deadline passed
-  std::atomic<uint64_t> oversize{0};  // over max_size, not scanned
-  std::atomic<uint64_t> truncated{0}; // scanned up to max_size decoded octets only
+  std::atomic<uint64_t> scanned{0};    // messages scanned
+  std::atomic<uint64_t> matched{0};    // messages on which a detector fired
+  std::atomic<uint64_t> errors{0};     // I/O errors, deadline passed
+  std::atomic<uint64_t> oversize{0};   // over max_size, not scanned
+  std::atomic<uint64_t> truncated{0};  // scanned up to max_size decoded octets only
 };
 DlpStats& dlpStats();
 

@@ -312,10 +312,12 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
   const filters::DlpStats& dlp = filters::dlpStats();
   counter("mailgate_dlp_scanned_total", "Messages the DLP scanner read.", dlp.scanned.load());
   counter("mailgate_dlp_matched_total", "Messages on which a DLP detector fired.", dlp.matched.load());
-  counter("mailgate_dlp_errors_total", "DLP scans that failed (spool read error, deadline).", dlp.errors.load());
+  counter("mailgate_dlp_errors_total", "DLP scans that failed (spool read error, deadline).",
+          dlp.errors.load());
   counter("mailgate_dlp_oversize_total", "Messages over the DLP scanner's max_size (not scanned).",
           dlp.oversize.load());
-  counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.", dlp.truncated.load());
+  counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.",
+          dlp.truncated.load());
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
   {

@@ -56,7 +56,8 @@ const DlpScanner& scanner() {
 }
 
 bool same(const DlpResult& a, const DlpResult& b) {
-  if (a.hits.size() != b.hits.size() || a.fired != b.fired || a.scanned != b.scanned || a.truncated != b.truncated)
+  if (a.hits.size() != b.hits.size() || a.fired != b.fired || a.scanned != b.scanned ||
+      a.truncated != b.truncated)
     return false;
   for (size_t i = 0; i < a.hits.size(); i++)
     if (a.hits[i].count != b.hits[i].count) return false;

@@ -113,7 +113,8 @@ const char* const kCards[] = {"4111 1111 1111 1111", "5555-5555-5555-4444", "378
 const char* const kBrokenCards[] = {"4111 1111 1111 1112", "5555-5555-5555-4445", "378282246310006"};
 
 std::string cardText(const char* const* cards) {
-  return std::string("Here are the numbers:\n") + cards[0] + "\nand " + cards[1] + ", also " + cards[2] + ".\n";
+  return std::string("Here are the numbers:\n") + cards[0] + "\nand " + cards[1] + ", also " + cards[2] +
+         ".\n";
 }
 
 // --- validators -------------------------------------------------------------------
@@ -139,8 +140,8 @@ TEST(DlpLuhn, OneDigitChangedFails) {
 
 TEST(DlpIban, ValidNumbers) {
   for (const char* n : {"GB82WEST12345698765432", "DE89370400440532013000", "GB82 WEST 1234 5698 7654 32",
-                        "DE89 3704 0044 0532 0130 00", "gb82west12345698765432", "FR1420041010050500013M02606",
-                        "NO9386011117947"})
+                        "DE89 3704 0044 0532 0130 00", "gb82west12345698765432",
+                        "FR1420041010050500013M02606", "NO9386011117947"})
     EXPECT_TRUE(ibanValid(n)) << n;
 }
 
@@ -436,7 +437,8 @@ TEST(DlpMessage, TenMegabytesInBoundedMemory) {
   const long before = maxRssKb();
   DlpResult r;
   std::string err;
-  ASSERT_TRUE(s->scan(body, 50ull << 20, std::chrono::steady_clock::now() + std::chrono::seconds(60), &r, &err))
+  ASSERT_TRUE(
+      s->scan(body, 50ull << 20, std::chrono::steady_clock::now() + std::chrono::seconds(60), &r, &err))
       << err;
   EXPECT_EQ(countOf(r, "card"), 2u) << r.scanned << " octets in " << r.parts << " parts";
   EXPECT_FALSE(r.truncated);
@@ -464,22 +466,36 @@ TEST(DlpMessage, BodyErrorAndDeadline) {
   body.fail_at = 70000;
   DlpResult r;
   std::string err;
-  EXPECT_FALSE(s->scan(body, 50ull << 20, std::chrono::steady_clock::now() + std::chrono::seconds(30), &r, &err));
+  EXPECT_FALSE(
+      s->scan(body, 50ull << 20, std::chrono::steady_clock::now() + std::chrono::seconds(30), &r, &err));
   EXPECT_NE(err.find("cannot read"), std::string::npos) << err;
   MemoryBody ok(crlf("Subject: x\n\nbody\n"));
   err.clear();
-  EXPECT_FALSE(s->scan(ok, 50ull << 20, std::chrono::steady_clock::now() - std::chrono::seconds(1), &r, &err));
+  EXPECT_FALSE(
+      s->scan(ok, 50ull << 20, std::chrono::steady_clock::now() - std::chrono::seconds(1), &r, &err));
   EXPECT_NE(err.find("deadline"), std::string::npos) << err;
 }
 
 TEST(DlpMessage, GarbageDoesNotCrash) {
   auto s = build({card(), iban()});
   std::mt19937 rng(7);
-  const std::vector<std::string> pieces = {
-      "--b\n", "Content-Type: multipart/mixed; boundary=b\n", "\n", "Content-Transfer-Encoding: base64\n",
-      "Content-Transfer-Encoding: quoted-printable\n", "=?UTF-8?B?====?=", "Subject: ", "4111 1111 1111 1111",
-      "=\n", "=ZZ", "\r", "\0", "Content-Type: message/rfc822\n", "Content-Type: text/plain; charset=bogus-99\n",
-      "AAAA", "GB82 WEST 1234 5698 7654 32", "\xff\xfe"};
+  const std::vector<std::string> pieces = {"--b\n",
+                                           "Content-Type: multipart/mixed; boundary=b\n",
+                                           "\n",
+                                           "Content-Transfer-Encoding: base64\n",
+                                           "Content-Transfer-Encoding: quoted-printable\n",
+                                           "=?UTF-8?B?====?=",
+                                           "Subject: ",
+                                           "4111 1111 1111 1111",
+                                           "=\n",
+                                           "=ZZ",
+                                           "\r",
+                                           "\0",
+                                           "Content-Type: message/rfc822\n",
+                                           "Content-Type: text/plain; charset=bogus-99\n",
+                                           "AAAA",
+                                           "GB82 WEST 1234 5698 7654 32",
+                                           "\xff\xfe"};
   for (int round = 0; round < 300; round++) {
     std::string msg;
     const int n = static_cast<int>(rng() % 60);
@@ -490,13 +506,15 @@ TEST(DlpMessage, GarbageDoesNotCrash) {
     body.max_read = 1 + rng() % 100;
     DlpResult r;
     std::string err;
-    EXPECT_TRUE(s->scan(body, 50ull << 20, std::chrono::steady_clock::now() + std::chrono::seconds(30), &r, &err))
+    EXPECT_TRUE(
+        s->scan(body, 50ull << 20, std::chrono::steady_clock::now() + std::chrono::seconds(30), &r, &err))
         << err;
   }
   // Deep nesting.
   std::string deep;
-  for (int i = 0; i < 2000; i++) deep += "Content-Type: multipart/mixed; boundary=b" + std::to_string(i) + "\n\n--b" +
-                                         std::to_string(i) + "\n";
+  for (int i = 0; i < 2000; i++)
+    deep += "Content-Type: multipart/mixed; boundary=b" + std::to_string(i) + "\n\n--b" + std::to_string(i) +
+            "\n";
   DlpResult r = scanMessage(*s, deep + "\n4111111111111111\n");
   (void)r;
 }
