@@ -772,13 +772,124 @@ bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, co
   return false;
 }
 
+// The names of the built-in DLP patterns (filters/dlp.cc has their text).
+constexpr std::string_view kDlpBuiltinPatterns[] = {"card_number", "iban"};
+
 bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
-                            const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
-  (void)key;
-  YAML::Node type_node;
-  findValue(item, "type", &type_node);
-  error(type_node, path + ".type: scanner type dlp is not supported yet");
-  return false;
+                            const HooksConfig& h, ScannerConfig* out) {
+  ScannerConfig& sc = *out;
+  const size_t before = errors_.size();
+  Fields f;
+  if (!fields(item, path,
+              {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "detectors", "on_match",
+               "tag_header"},
+              &f))
+    return false;
+  loadCommonScannerKeys(f, path, h, &sc);
+  getEnum<DlpAction>(
+      f, "on_match", path,
+      {{"reject", DlpAction::kReject}, {"quarantine", DlpAction::kQuarantine}, {"tag", DlpAction::kTag}},
+      &sc.on_match);
+  if (const Entry* t = f.find("tag_header")) {
+    const std::string tpath = join(path, "tag_header");
+    std::string s;
+    if (scalar(*t, tpath, "a header field \"Name: value\"", &s)) {
+      const size_t colon = s.find(':');
+      const bool name_ok = colon != std::string::npos && colon > 0 &&
+                           std::all_of(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(colon),
+                                       [](char c) { return c > 32 && c < 127; });
+      const std::string_view value =
+          colon == std::string::npos ? std::string_view() : std::string_view(s).substr(colon + 1);
+      const bool value_ok = value.find_first_not_of(' ') != std::string_view::npos &&
+                            std::none_of(value.begin(), value.end(), [](char c) {
+                              return c == '\r' || c == '\n' || c == '\0' || (c > 0 && c < 32 && c != '\t');
+                            });
+      if (!name_ok || !value_ok || s.size() > 998)
+        error(t->mark(),
+              tpath +
+                  ": expected a header field \"Name: value\" (printable name, one line, at most 998 "
+                  "octets), got " +
+                  quote(s));
+      else
+        sc.tag_header = std::move(s);
+    }
+  }
+  requireKey(f, "detectors", key.Mark(), path);
+  if (const Entry* e = f.find("detectors")) {
+    const std::string dpath = join(path, "detectors");
+    if (!e->value.IsSequence() || e->value.size() == 0) {
+      error(e->mark(), dpath + ": expected a list of one or more detectors, got " +
+                           (e->value.IsSequence() ? std::string("an empty list") : describe(e->value)));
+    } else {
+      for (size_t i = 0; i < e->value.size(); ++i) {
+        const YAML::Node dn = e->value[i];
+        const std::string ipath = indexed(dpath, i);
+        if (!dn.IsMap()) {
+          error(dn, ipath + ": expected a map, got " + describe(dn));
+          continue;
+        }
+        Fields df;
+        if (!fields(dn, ipath, {"id", "pattern", "validate", "context", "context_window", "min_count"}, &df))
+          continue;
+        DlpDetectorConfig d;
+        d.line = dn.Mark().line + 1;
+        d.column = dn.Mark().column + 1;
+        requireKey(df, "id", dn.Mark(), ipath);
+        requireKey(df, "pattern", dn.Mark(), ipath);
+        getName(df, "id", ipath, &d.id);
+        if (const Entry* id = df.find("id"); id && !d.id.empty()) {
+          for (const DlpDetectorConfig& other : sc.detectors) {
+            if (other.id == d.id) {
+              error(id->mark(), join(ipath, "id") + ": duplicate detector id " + quote(d.id) +
+                                    " (also at line " + std::to_string(other.line) + ")");
+              break;
+            }
+          }
+        }
+        if (const Entry* p = df.find("pattern")) {
+          const std::string ppath = join(ipath, "pattern");
+          std::string s;
+          if (scalar(*p, ppath, "a built-in pattern name or an RE2 pattern", &s)) {
+            const bool builtin = std::find(std::begin(kDlpBuiltinPatterns), std::end(kDlpBuiltinPatterns),
+                                           s) != std::end(kDlpBuiltinPatterns);
+            if (s.empty()) {
+              error(p->mark(), ppath + ": must not be empty");
+            } else if (!builtin) {
+              RE2::Options options;
+              options.set_log_errors(false);
+              const RE2 re(s, options);
+              if (!re.ok())
+                error(p->mark(), ppath + ": invalid pattern " + quote(s) + ": " + re.error() +
+                                     " (or use a built-in pattern: card_number, iban)");
+            }
+            d.pattern = std::move(s);
+          }
+        }
+        getEnum<std::string>(df, "validate", ipath, {{"luhn", "luhn"}, {"iban_mod97", "iban_mod97"}},
+                             &d.validate);
+        if (const Entry* c = df.find("context")) {
+          const std::string cpath = join(ipath, "context");
+          std::vector<YAML::Node> words;
+          if (items(*c, cpath, "a word", &words)) {
+            for (const YAML::Node& w : words) {
+              std::string s;
+              if (!scalar(w, cpath, "a word", &s)) continue;
+              if (s.empty() || s.size() > 256 ||
+                  s.find_first_of(std::string_view("\0\r\n", 3)) != std::string::npos) {
+                error(w, cpath + ": " + quote(s) + ": a context word is 1 to 256 octets on one line");
+                continue;
+              }
+              d.context.push_back(std::move(s));
+            }
+          }
+        }
+        getNumber(df, "context_window", ipath, 1, 4096, &d.context_window);
+        getNumber(df, "min_count", ipath, 1, 10000, &d.min_count);
+        sc.detectors.push_back(std::move(d));
+      }
+    }
+  }
+  return errors_.size() == before && !sc.detectors.empty();
 }
 
 bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,

@@ -18,6 +18,7 @@
 #include "conf/config.h"
 #include "filters/circuit_breaker.h"
 #include "filters/clamd_filter.h"
+#include "filters/dlp.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/policy_cli.h"
@@ -360,6 +361,16 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
     out += "# HELP mailgate_scanner_skipped_total Scans skipped because the scanner's circuit breaker was open.\n"
            "# TYPE mailgate_scanner_skipped_total counter\n" + skipped;
   }
+
+  const filters::DlpStats& dlp = filters::dlpStats();
+  counter("mailgate_dlp_scanned_total", "Messages the DLP scanner read.", dlp.scanned.load());
+  counter("mailgate_dlp_matched_total", "Messages on which a DLP detector fired.", dlp.matched.load());
+  counter("mailgate_dlp_errors_total", "DLP scans that failed (spool read error, deadline).",
+          dlp.errors.load());
+  counter("mailgate_dlp_oversize_total", "Messages over the DLP scanner's max_size (not scanned).",
+          dlp.oversize.load());
+  counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.",
+          dlp.truncated.load());
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
   admin::renderQuarantineMetrics(out);

@@ -12,6 +12,7 @@
 #include "auth/postgres_policy.h"
 #include "auth/postgres_quarantine.h"
 #include "filters/clamd_filter.h"
+#include "filters/dlp.h"
 #include "gateway/core/log.h"
 #include "gateway/session/quarantine_release.h"
 
@@ -76,6 +77,40 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.when = std::move(when);
     o.breaker = filters::scannerBreaker(sc.name, sc.endpoints, sc.breaker_failures, sc.breaker_open);
     return std::make_shared<filters::ClamdFactory>(std::move(o));
+  }
+  if (sc.type == "dlp") {
+    filters::DlpOptions o;
+    o.name = sc.name;
+    for (const auto& d : sc.detectors) {
+      filters::DlpDetector fd;
+      fd.id = d.id;
+      fd.pattern = d.pattern;
+      fd.validate = d.validate == "luhn"         ? filters::DlpValidator::kLuhn
+                    : d.validate == "iban_mod97" ? filters::DlpValidator::kIbanMod97
+                                                 : filters::DlpValidator::kNone;
+      fd.context = d.context;
+      fd.context_window = d.context_window;
+      fd.min_count = d.min_count;
+      o.detectors.push_back(std::move(fd));
+    }
+    switch (sc.on_match) {
+      case conf::DlpAction::kReject:
+        o.on_match = filters::DlpOnMatch::kReject;
+        break;
+      case conf::DlpAction::kQuarantine:
+        o.on_match = filters::DlpOnMatch::kQuarantine;
+        break;
+      case conf::DlpAction::kTag:
+        o.on_match = filters::DlpOnMatch::kTag;
+        break;
+    }
+    o.tag_header = sc.tag_header;
+    o.max_size = sc.max_size.value_or(h.max_size);
+    o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.on_error = failureAction(sc.on_error.value_or(h.on_error));
+    o.scan_timeout = sc.scan_timeout.value_or(h.scan_timeout);
+    o.when = std::move(when);
+    return filters::makeDlpFactory(std::move(o));
   }
   return nullptr;  // the loader refuses other types until they are built
 }
