@@ -449,6 +449,7 @@ void SmtpSession::resetTransaction() {
   bdat_started_ = false;
   bdat_last_ = false;
   facts_.message.reset();
+  replacement_.reset();
   if (spool_.use_count() > 1) {
     // A hook whose deadline passed still reads the old message: leave it that one.
     spool_ = newSpool();
@@ -1323,6 +1324,16 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
       added_headers_ += h;
       added_headers_ += "\r\n";
     }
+    if (auto body = takeReplacement()) {
+      // Its chunks are read on the spool thread, as the spool file's are.
+      Reactor* r = &reactor_;
+      const uint32_t slot = this->slot(), gen = this->gen();
+      replacement_ = std::make_shared<ReplacementBody>(
+          std::move(body), ReplacementBody::Async{[r](std::function<void()> job) { return r->spoolIo().submit(std::move(job)); },
+                                                  [r, slot, gen](std::function<void()> fn) {
+                                                    r->postToSession(slot, gen, [fn = std::move(fn)](Session&) { fn(); });
+                                                  }});
+    }
     startDelivery();
     return;
   }
@@ -1361,7 +1372,7 @@ void SmtpSession::startDelivery() {
   t.queue_id = id_ + "-" + std::to_string(messages_);
   t.headers.swap(added_headers_);
   added_headers_.clear();
-  t.spool = spool_.get();
+  t.body = deliverableBody();
   t.targets = targets_;
   node_client_.deliver(std::move(t));
 }

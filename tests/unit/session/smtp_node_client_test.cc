@@ -104,7 +104,7 @@ class SmtpNodeClientTest : public ::testing::TestWithParam<bool> {
     t.mail_from = "<a@x.example>";
     t.rcpts = std::move(rcpts);
     t.queue_id = "S1-1";
-    t.spool = &spool_;
+    t.body = &spool_;
     t.targets = std::move(targets);
     return t;
   }
@@ -252,7 +252,7 @@ TEST_P(SmtpNodeClientTest, FileSpooledBodyStreamsInChunksAsTheNodeDrains) {
   ASSERT_TRUE(file.flush());
   ASSERT_TRUE(file.inFile());
   NodeTransaction t = txn({target(a_, false)}, {"<b@y.example>"});
-  t.spool = &file;
+  t.body = &file;
   client_.deliver(std::move(t));
   handshake(false, "250 PIPELINING\r\n");
   fake_.take();
