@@ -466,11 +466,10 @@ class IcapFilter final : public Filter, public ConnectionHandler {
       decide(r);
       return false;
     }
-    if (o_->on_modified != ModifiedAction::kAccept) {
-      decide(r);
-      return false;
-    }
+    // The body is read to its end in every case: a service that sends the message
+    // back unchanged (no 204) has not modified it. Only accept keeps it.
     receiving_ = true;
+    keep_ = o_->on_modified == ModifiedAction::kAccept;
     repl_ = std::string();
     repl_size_ = 0;
     repl_written_ = 0;
@@ -515,6 +514,7 @@ class IcapFilter final : public Filter, public ConnectionHandler {
   void keepReplacement(std::string_view norm) {
     fnv(&repl_hash_, norm);
     repl_size_ += norm.size();
+    if (!keep_) return;
     repl_.append(norm);
     if (!repl_file_ && repl_size_ > o_->memory_limit) repl_file_ = std::make_shared<TempFile>(o_->temp_dir);
     if (repl_file_ && repl_.size() >= kWriteBatch) writeBatch();
@@ -574,6 +574,10 @@ class IcapFilter final : public Filter, public ConnectionHandler {
       finish(Verdict::next());
       return;
     }
+    if (!keep_) {
+      modified();
+      return;
+    }
     bump(icapStats().modified);
     Verdict v = Verdict::next();
     v.reason = "icap " + o_->name + ": modified message accepted";
@@ -628,30 +632,26 @@ class IcapFilter final : public Filter, public ConnectionHandler {
       fail("200 without a message", "protocol");
       return;
     }
-    switch (o_->on_modified) {
-      case ModifiedAction::kAccept:
-        // A modified message is kept by onBody; here it had no octet at all.
-        fail("200 with an empty message", "protocol");
-        return;
-      case ModifiedAction::kIgnore: {
-        bump(icapStats().modified);
-        Verdict v = Verdict::next();
-        v.reason = "icap " + o_->name + ": modified message ignored";
-        report(code, "modified, ignored", {});
-        finish(std::move(v));
-        return;
-      }
-      case ModifiedAction::kReject: {
-        bump(icapStats().modified);
-        Verdict v = Verdict::of(Action::kReject, "icap " + o_->name + ": the service modified the message");
-        v.code = 554;
-        v.enhanced = "5.7.1";
-        v.text = "Message rejected by content filter";
-        report(code, "modified, rejected", {});
-        finish(std::move(v));
-        return;
-      }
+    // Reached with no octet of a body at all.
+    fail("200 with an empty message", "protocol");
+  }
+
+  // A modified message that is not kept: on_modified reject or ignore.
+  void modified() {
+    bump(icapStats().modified);
+    if (o_->on_modified == ModifiedAction::kReject) {
+      Verdict v = Verdict::of(Action::kReject, "icap " + o_->name + ": the service modified the message");
+      v.code = 554;
+      v.enhanced = "5.7.1";
+      v.text = "Message rejected by content filter";
+      report("200", "modified, rejected", {});
+      finish(std::move(v));
+      return;
     }
+    Verdict v = Verdict::next();
+    v.reason = "icap " + o_->name + ": modified message ignored";
+    report("200", "modified, ignored", {});
+    finish(std::move(v));
   }
 
   void report(std::string_view status, std::string_view verdict, std::string_view name) {
@@ -762,6 +762,7 @@ class IcapFilter final : public Filter, public ConnectionHandler {
   IcapResponseParser parser_;
   // Receiving a modified message.
   bool receiving_ = false;
+  bool keep_ = false;  // on_modified accept: the modified message is kept
   bool response_done_ = false;
   std::string repl_;  // in memory, or the batch not yet written
   std::shared_ptr<TempFile> repl_file_;
