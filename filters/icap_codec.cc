@@ -160,13 +160,17 @@ IcapFeed IcapResponseParser::fail(std::string why, size_t consumed) noexcept {
 }
 
 bool IcapResponseParser::takeLine(std::string_view bytes, size_t* used, bool* too_long) noexcept {
-  const size_t nl = bytes.find('\n');
-  const size_t take = nl == std::string_view::npos ? bytes.size() : nl + 1;
-  *used = take;
-  if (line_.size() + take > limits_.max_line + 2) {
+  // A line (CRLF included) may hold max_line + 2 octets; the error comes at the same
+  // octet however the input is split.
+  const size_t room = limits_.max_line + 2 - line_.size();
+  const size_t nl = bytes.substr(0, room).find('\n');
+  if (nl == std::string_view::npos && bytes.size() >= room) {
+    *used = room;
     *too_long = true;
     return false;
   }
+  const size_t take = nl == std::string_view::npos ? bytes.size() : nl + 1;
+  *used = take;
   line_.append(bytes.data(), take);
   return nl != std::string_view::npos;
 }
@@ -329,13 +333,13 @@ IcapFeed IcapResponseParser::feed(std::string_view bytes) noexcept {
         size_t used = 0;
         bool too_long = false;
         const bool complete = takeLine(in, &used, &too_long);
-        if (too_long) return fail("line too long", pos);
         pos += used;
+        if (too_long) return fail("line too long", pos);
+        if (!complete) break;
         if (state_ == State::kHeaders || state_ == State::kStatusLine) {
-          header_bytes_ += used;
+          header_bytes_ += line_.size();
           if (header_bytes_ > limits_.max_headers) return fail("headers too long", pos);
         }
-        if (!complete) break;
         if (line_.size() < 2 || line_[line_.size() - 2] != '\r') return fail("bare LF", pos);
         line_.resize(line_.size() - 2);
         if (line_.find_first_of(std::string_view("\r\0", 2)) != std::string::npos)
