@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "conf/icap_url.h"
 #include "gateway/core/ascii.h"
 
 namespace mailgate::conf {
@@ -755,12 +756,37 @@ void Loader::loadCommonScannerKeys(const Fields& f, const std::string& path, con
 }
 
 bool Loader::loadIcapScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
-                             const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
-  (void)key;
-  YAML::Node type_node;
-  findValue(item, "type", &type_node);
-  error(type_node, path + ".type: scanner type icap is not supported yet");
-  return false;
+                             const HooksConfig& h, ScannerConfig* out) {
+  ScannerConfig& sc = *out;
+  Fields f;
+  if (!fields(item, path,
+              {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "url", "method", "on_modified"},
+              &f))
+    return false;
+  loadCommonScannerKeys(f, path, h, &sc);
+  requireKey(f, "url", key.Mark(), path);
+  bool ok = false;
+  if (const Entry* e = f.find("url")) {
+    const std::string upath = join(path, "url");
+    std::string text;
+    if (scalar(*e, upath, "an icap:// URL", &text)) {
+      IcapUrl parsed;
+      std::string why;
+      if (parseIcapUrl(text, &parsed, &why)) {
+        sc.url = std::move(text);
+        ok = true;
+      } else {
+        error(e->mark(), upath + ": " + quote(text) + ": " + why);
+      }
+    }
+  }
+  getEnum<std::string>(f, "method", path, {{"respmod", "respmod"}, {"reqmod", "reqmod"}}, &sc.method);
+  getEnum<ModifiedAction>(f, "on_modified", path,
+                          {{"accept", ModifiedAction::kAccept},
+                           {"reject", ModifiedAction::kReject},
+                           {"ignore", ModifiedAction::kIgnore}},
+                          &sc.on_modified);
+  return ok;
 }
 
 bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,

@@ -19,6 +19,7 @@
 #include "filters/circuit_breaker.h"
 #include "filters/clamd_filter.h"
 #include "filters/dlp.h"
+#include "filters/icap_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/policy_cli.h"
@@ -371,6 +372,21 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           dlp.oversize.load());
   counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.",
           dlp.truncated.load());
+
+  const filters::IcapStats& icap = filters::icapStats();
+  counter("mailgate_icap_clean_total", "Messages an ICAP service passed (204, or sent back unchanged).",
+          icap.clean.load());
+  counter("mailgate_icap_infected_total", "Messages an ICAP service found infected or blocked (rejected).",
+          icap.infected.load());
+  counter("mailgate_icap_modified_total", "Messages an ICAP service modified (then on_modified applied).",
+          icap.modified.load());
+  counter("mailgate_icap_errors_total", "ICAP scans that failed (connect, error status, protocol error).",
+          icap.errors.load());
+  counter("mailgate_icap_timeouts_total", "ICAP scans that did not end within their scan timeout.",
+          icap.timeouts.load());
+  counter("mailgate_icap_oversize_total", "Messages too large for an ICAP scanner's max_size.", icap.oversize.load());
+  counter("mailgate_icap_options_requests_total", "ICAP OPTIONS requests (one per service and Options-TTL).",
+          icap.options_requests.load());
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
   admin::renderQuarantineMetrics(out);

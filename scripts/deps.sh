@@ -8,7 +8,7 @@ PACKAGES=(
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
   libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev libgmime-3.0-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-  clamav-daemon
+  clamav-daemon c-icap libc-icap-mod-virus-scan
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl
 )
@@ -61,7 +61,7 @@ $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 
 # In containers without an init system some scripts start daemons anyway; stop them.
-for svc in dovecot postfix nginx postgresql clamav-daemon clamav-freshclam; do
+for svc in dovecot postfix nginx postgresql clamav-daemon clamav-freshclam c-icap; do
   if command -v service >/dev/null 2>&1; then
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   fi

@@ -19,10 +19,11 @@
 #include <string_view>
 
 #include "gateway/codec/smtp_data.h"
+#include "gateway/session/deliverable_body.h"
 
 namespace mailgate::session {
 
-class MessageSpool final : public codec::SmtpBodySink {
+class MessageSpool final : public codec::SmtpBodySink, public DeliverableBody {
  public:
   // Writes not yet on disk above which the owner stops reading its client.
   static constexpr uint64_t kMaxInflight = 256 * 1024;
@@ -58,24 +59,24 @@ class MessageSpool final : public codec::SmtpBodySink {
   // for the old content are dropped.
   void clear() noexcept;
 
-  uint64_t size() const { return size_; }
-  bool inFile() const { return file_ != nullptr; }
+  uint64_t size() const override { return size_; }
+  bool inFile() const override { return file_ != nullptr; }
   bool failed() const { return !error_.empty(); }
   // The write or read failed for lack of room (ENOSPC, EDQUOT), not for another reason.
   bool noSpace() const { return no_space_; }
-  const std::string& error() const { return error_; }
+  const std::string& error() const override { return error_; }
   // When !inFile(): the whole message.
-  std::string_view memory() const { return mem_; }
+  std::string_view memory() const override { return mem_; }
   // Reads up to n octets at off into *out (replacing its content); false on error.
   // Synchronous: for memory spools, and for the content hooks on a worker thread.
   bool read(uint64_t off, size_t n, std::string* out) noexcept;
 
-  enum class Fetch { kDone, kPending, kError };
+  using Fetch = DeliverableBody::Fetch;
   // The owner's read: n octets at off into *out. A memory spool (or synchronous mode)
   // answers kDone or kError at once. Otherwise the first call answers kPending and
   // has the spool thread read them; `ready` runs on the owner's thread when they are
   // in, and the next call with the same off and n answers kDone (or kError).
-  Fetch fetch(uint64_t off, size_t n, std::string* out, std::function<void()> ready);
+  Fetch fetch(uint64_t off, size_t n, std::string* out, std::function<void()> ready) override;
 
   // The last octets written (for the end-of-data rule), at most 2.
   std::string_view tail() const { return std::string_view(tail_, tail_len_); }

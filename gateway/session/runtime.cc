@@ -13,6 +13,7 @@
 #include "auth/postgres_quarantine.h"
 #include "filters/clamd_filter.h"
 #include "filters/dlp.h"
+#include "filters/icap_filter.h"
 #include "gateway/core/log.h"
 #include "gateway/session/quarantine_release.h"
 
@@ -63,7 +64,8 @@ filters::OversizeAction oversizeAction(conf::OversizeAction a) {
 // Each type's factory takes the per-scanner overrides of hooks.defaults.
 std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::ScannerConfig& sc,
                                                                  const conf::HooksConfig& h,
-                                                                 std::vector<filters::ScanWhen> when) {
+                                                                 std::vector<filters::ScanWhen> when,
+                                                                 const conf::ServerConfig& server) {
   if (sc.type == "clamd") {
     filters::ClamdOptions o;
     o.name = sc.name;
@@ -112,12 +114,33 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.when = std::move(when);
     return filters::makeDlpFactory(std::move(o));
   }
+  if (sc.type == "icap") {
+    filters::IcapOptions o;
+    o.name = sc.name;
+    std::string why;
+    if (!conf::parseIcapUrl(sc.url, &o.url, &why)) return nullptr;  // the loader refuses this
+    o.method = sc.method == "reqmod" ? filters::IcapMethod::kReqmod : filters::IcapMethod::kRespmod;
+    switch (sc.on_modified) {
+      case conf::ModifiedAction::kAccept: o.on_modified = filters::ModifiedAction::kAccept; break;
+      case conf::ModifiedAction::kReject: o.on_modified = filters::ModifiedAction::kReject; break;
+      case conf::ModifiedAction::kIgnore: o.on_modified = filters::ModifiedAction::kIgnore; break;
+    }
+    o.connect_timeout = sc.connect_timeout.value_or(h.connect_timeout);
+    o.scan_timeout = sc.scan_timeout.value_or(h.scan_timeout);
+    o.max_size = sc.max_size.value_or(h.max_size);
+    o.on_error = failureAction(sc.on_error.value_or(h.on_error));
+    o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.when = std::move(when);
+    o.temp_dir = server.spool_dir;
+    o.memory_limit = server.spool_memory;
+    return std::make_shared<filters::IcapFactory>(std::move(o));
+  }
   return nullptr;  // the loader refuses other types until they are built
 }
 
 // One filter per scanner named by a flow, in the order of first mention; it applies
 // to the sessions any of its flows select.
-std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h,
+std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h, const conf::ServerConfig& server,
                                                            std::shared_ptr<const filters::policy::Policy> policy) {
   std::vector<std::pair<const conf::ScannerConfig*, std::vector<filters::ScanWhen>>> scanners;
   for (const auto& flow : h.flows) {
@@ -136,7 +159,7 @@ std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConf
   // The policy first: a banned or limited client costs no scanner work.
   if (policy) set->add(std::make_shared<filters::policy::PolicyFilterFactory>(std::move(policy)));
   for (auto& [sc, when] : scanners)
-    if (auto f = makeScannerFactory(*sc, h, std::move(when))) set->add(std::move(f));
+    if (auto f = makeScannerFactory(*sc, h, std::move(when), server)) set->add(std::move(f));
   return set;
 }
 }  // namespace
@@ -261,7 +284,7 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
       return Error{all};
     }
   }
-  rt->filters = buildHookFilters(config->hooks, rt->policy);
+  rt->filters = buildHookFilters(config->hooks, config->server, rt->policy);
   const conf::QuarantineConfig& q = config->hooks.quarantine;
   if (running && running->quarantine && running->config->hooks.quarantine.store == q.store &&
       running->config->hooks.quarantine.dir == q.dir &&

@@ -278,7 +278,7 @@ void SmtpNodeClient::sendMail() {
   step_ = Step::kMail;
   armTimer(kNodeReplyMs);
   std::string line = "MAIL FROM:" + txn_.mail_from;
-  if (node_size_) line += " SIZE=" + std::to_string(txn_.headers.size() + txn_.spool->size());
+  if (node_size_) line += " SIZE=" + std::to_string(txn_.headers.size() + txn_.body->size());
   if (txn_.body_8bit && node_8bit_) line += " BODY=8BITMIME";
   if (txn_.smtputf8 && node_utf8_) line += " SMTPUTF8";
   if (node_pipelining_) {
@@ -304,13 +304,13 @@ void SmtpNodeClient::sendBody() {
   body_line_start_ = true;
   std::string out;
   stuff(txn_.headers, &body_line_start_, &out);
-  if (txn_.spool->inFile()) {
+  if (txn_.body->inFile()) {
     step_ = Step::kBody;
     if (!out.empty()) transport_.send(out);
     pumpBody();
     return;
   }
-  stuff(txn_.spool->memory(), &body_line_start_, &out);
+  stuff(txn_.body->memory(), &body_line_start_, &out);
   finishBody(std::move(out));
 }
 
@@ -318,12 +318,12 @@ void SmtpNodeClient::pumpBody() {
   // Called at the start and whenever the node's queue falls low (onDrained): one
   // chunk of the message is read and queued at a time.
   if (step_ != Step::kBody) return;
-  MessageSpool& spool = *txn_.spool;
+  DeliverableBody& spool = *txn_.body;
   if (body_off_ < spool.size()) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kBodyChunk, spool.size() - body_off_));
     const auto got = spool.fetch(body_off_, n, &body_chunk_, [this] { pumpBody(); });
-    if (got == MessageSpool::Fetch::kPending) return;  // read on the spool thread; pumpBody runs again
-    if (got == MessageSpool::Fetch::kError || body_chunk_.size() != n) {
+    if (got == DeliverableBody::Fetch::kPending) return;  // read on the spool thread; pumpBody runs again
+    if (got == DeliverableBody::Fetch::kError || body_chunk_.size() != n) {
       log::error("smtp spool read failed", {{"session", session_id_}, {"error", spool.error()}});
       attemptFailed(BackendFailure::kInternal, "spool read failed");
       return;
@@ -341,7 +341,7 @@ void SmtpNodeClient::pumpBody() {
 }
 
 void SmtpNodeClient::finishBody(std::string out) {
-  if (txn_.spool->size() > 0 && txn_.spool->tail() != "\r\n") out += "\r\n";
+  if (!body_line_start_) out += "\r\n";  // a message that does not end with CRLF
   out += ".\r\n";
   body_queued_ = true;
   step_ = Step::kFinal;
@@ -494,7 +494,7 @@ void SmtpNodeClient::handleFinal(const codec::SmtpReply& r) {
                                  {"client", txn_.client_ip},
                                  {"from", txn_.mail_from},
                                  {"recipients", txn_.rcpts.size()},
-                                 {"size", txn_.spool->size()},
+                                 {"size", txn_.body->size()},
                                  {"backend", target_->backend->name},
                                  {"reply", last_reply_}});
     done("250 2.0.0 Ok: delivered as " + txn_.queue_id, "delivered");

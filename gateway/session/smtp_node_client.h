@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "gateway/codec/smtp_reply.h"
+#include "gateway/session/deliverable_body.h"
 #include "gateway/session/message_spool.h"
 #include "gateway/session/session.h"
 
@@ -83,8 +84,9 @@ struct NodeTransaction {
   std::string queue_id;  // the 250 says "delivered as <queue_id>"
   // Header fields the filters added (each ending CRLF), sent before the message.
   std::string headers;
-  // The message, flushed; it outlives the delivery.
-  MessageSpool* spool = nullptr;
+  // The message, flushed: the spool, or a scanner's replacement for it
+  // (SmtpSession::deliverableBody()); it outlives the delivery.
+  DeliverableBody* body = nullptr;
   std::vector<DeliveryTarget> targets;
 };
 

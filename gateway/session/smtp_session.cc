@@ -452,6 +452,7 @@ void SmtpSession::resetTransaction() {
   bdat_started_ = false;
   bdat_last_ = false;
   facts_.message.reset();
+  replacement_.reset();
   if (spool_.use_count() > 1) {
     // A hook whose deadline passed still reads the old message: leave it that one.
     spool_ = newSpool();
@@ -1331,6 +1332,16 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
       added_headers_ += h;
       added_headers_ += "\r\n";
     }
+    if (auto body = takeReplacement()) {
+      // Its chunks are read on the spool thread, as the spool file's are.
+      Reactor* r = &reactor_;
+      const uint32_t slot = this->slot(), gen = this->gen();
+      replacement_ = std::make_shared<ReplacementBody>(
+          std::move(body), ReplacementBody::Async{[r](std::function<void()> job) { return r->spoolIo().submit(std::move(job)); },
+                                                  [r, slot, gen](std::function<void()> fn) {
+                                                    r->postToSession(slot, gen, [fn = std::move(fn)](Session&) { fn(); });
+                                                  }});
+    }
     startDelivery();
     return;
   }
@@ -1474,7 +1485,7 @@ void SmtpSession::startDelivery() {
   // One header with every scanner's outcome (filters/scan_result.h), when any ran.
   if (std::string scan = filters::formatScanHeader(facts_); !scan.empty()) t.headers += scan + "\r\n";
   facts_.scan_results.clear();
-  t.spool = spool_.get();
+  t.body = deliverableBody();
   t.targets = targets_;
   node_client_.deliver(std::move(t));
 }

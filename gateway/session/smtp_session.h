@@ -25,6 +25,7 @@
 #include "gateway/codec/smtp_data.h"
 #include "gateway/codec/smtp_reply.h"
 #include "gateway/session/message_spool.h"
+#include "gateway/session/replacement_body.h"
 #include "gateway/session/sasl_exchange.h"
 #include "gateway/session/session.h"
 #include "gateway/session/smtp_node_client.h"
@@ -204,6 +205,9 @@ class SmtpSession final : public Session {
   // then in a temporary file; bounded by the listener's max_message_size. Released
   // as soon as the transaction ends.
   std::shared_ptr<MessageSpool> spool_;
+  // A data-stage scanner's replacement for spool_ (null: none); delivered instead.
+  std::shared_ptr<ReplacementBody> replacement_;
+  DeliverableBody* deliverableBody() { return replacement_ ? static_cast<DeliverableBody*>(replacement_.get()) : spool_.get(); }
 
   // delivery: the node client, and the connection it may keep between transactions
   NodeLink node_link_{*this};

@@ -860,7 +860,6 @@ TEST_F(LoaderTest, HooksErrors) {
                   At(15, 53, "hooks.scanners.av.endpoints[1]: \"tcp:localhost:3310\": \"localhost\" is not an IPv4 address"),
                   At(16, 5, "hooks.scanners.av2: missing required key \"endpoints\""),
                   At(16, 25, "unknown key \"endpoint\" in hooks.scanners.av2 (did you mean \"endpoints\"?)"),
-                  At(17, 17, "hooks.scanners.ic.type: scanner type icap is not supported yet"),
                   At(18, 17, "hooks.scanners.ml.type: scanner type milter is not supported yet"),
                   At(19, 17, "hooks.scanners.zz.type: expected clamd, icap, milter or dlp, got \"sophos\""),
                   At(21, 27, "hooks.flows[0].when.listener: unknown listener \"nosuch\""),

@@ -2,6 +2,7 @@
 // sent and the test plays the node's replies. Every exchange runs twice: the replies
 // fed whole, and one byte at a time.
 #include "gateway/session/smtp_node_client.h"
+#include "gateway/session/replacement_body.h"
 
 #include <gtest/gtest.h>
 
@@ -104,7 +105,7 @@ class SmtpNodeClientTest : public ::testing::TestWithParam<bool> {
     t.mail_from = "<a@x.example>";
     t.rcpts = std::move(rcpts);
     t.queue_id = "S1-1";
-    t.spool = &spool_;
+    t.body = &spool_;
     t.targets = std::move(targets);
     return t;
   }
@@ -252,7 +253,7 @@ TEST_P(SmtpNodeClientTest, FileSpooledBodyStreamsInChunksAsTheNodeDrains) {
   ASSERT_TRUE(file.flush());
   ASSERT_TRUE(file.inFile());
   NodeTransaction t = txn({target(a_, false)}, {"<b@y.example>"});
-  t.spool = &file;
+  t.body = &file;
   client_.deliver(std::move(t));
   handshake(false, "250 PIPELINING\r\n");
   fake_.take();
@@ -264,6 +265,37 @@ TEST_P(SmtpNodeClientTest, FileSpooledBodyStreamsInChunksAsTheNodeDrains) {
   EXPECT_EQ(fake_.take(), "." + body.substr(SmtpNodeClient::kBodyChunk) + ".\r\n");
   client_.onDrained();  // nothing more to send
   EXPECT_EQ(fake_.take(), "");
+  node("250 Ok\r\n");
+  EXPECT_EQ(fake_.outcome, "delivered");
+}
+
+// A scanner's replacement (filters::MessageBody) streams like a spool file: in
+// chunks, stuffed across a chunk boundary, and a last line without CRLF is ended.
+TEST_P(SmtpNodeClientTest, ReplacementBodyStreamsInChunksAndIsStuffed) {
+  class Body final : public filters::MessageBody {
+   public:
+    explicit Body(std::string s) : s_(std::move(s)) {}
+    uint64_t size() const override { return s_.size(); }
+    bool read(uint64_t off, size_t n, std::string* out) const override {
+      out->assign(s_, static_cast<size_t>(off), n);
+      return true;
+    }
+    std::string s_;
+  };
+  std::string body = "X-Modified: yes\r\nSubject: big\r\n\r\n";
+  while (body.size() < SmtpNodeClient::kBodyChunk - 4) body += "abcdefghijklmnopqrstuvwxyz0123456789\r\n";
+  body.resize(SmtpNodeClient::kBodyChunk - 2);
+  body += "\r\n.boundary\r\nno final line end";
+  auto replacement = std::make_shared<ReplacementBody>(std::make_shared<Body>(body), ReplacementBody::Async{});
+  NodeTransaction t = txn({target(a_, false)}, {"<b@y.example>"});
+  t.body = replacement.get();
+  client_.deliver(std::move(t));
+  handshake(false, "250 PIPELINING\r\n");
+  fake_.take();
+  node("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  EXPECT_EQ(fake_.take(), body.substr(0, SmtpNodeClient::kBodyChunk));
+  client_.onDrained();
+  EXPECT_EQ(fake_.take(), "." + body.substr(SmtpNodeClient::kBodyChunk) + "\r\n.\r\n");
   node("250 Ok\r\n");
   EXPECT_EQ(fake_.outcome, "delivered");
 }
