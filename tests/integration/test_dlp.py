@@ -6,9 +6,12 @@ must name the detector and the count and never hold the numbers themselves."""
 from __future__ import annotations
 
 import base64
+import json
 import smtplib
 import time
 import unittest
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import harness
@@ -63,13 +66,16 @@ class DlpTest(harness.LogsOnFailure, unittest.TestCase):
             harness.write_passwd(users_file, USERS)
             names = ["mx_reject", "mx_tag", "mx_quarantine"]
             cls.ports = dict(zip(names, harness.free_ports(len(names))))
+            cls.admin = harness.free_ports(1)[0]
             listeners = [{"name": n, "protocol": "smtp", "port": cls.ports[n]} for n in names]
             backends = [{"name": "storage-01", "imap": cls.node.imap_port, "lmtp": cls.node.lmtp_port}]
             routes = [{"domain": "example.org", "primary": "storage-01"}]
             text = harness.mailgate_config(certificates=[], listeners=listeners, users_file=users_file,
                                            backends=backends, routes=routes, threads=1)
+            text += f'admin: {{ listen: "{harness.HOST}:{cls.admin}" }}\n'
             text += (
                 "hooks:\n"
+                f"  quarantine: {{ store: dir, dir: {cls.dir / 'quarantine'} }}\n"
                 "  defaults: { on_error: tempfail, timeouts: { scan: 10s } }\n"
                 "  scanners:\n"
                 f"    dlp_reject: {{ type: dlp, on_match: reject, detectors: {DETECTORS} }}\n"
@@ -205,30 +211,40 @@ class DlpTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertIn(b"X-Mailgate-DLP: iban=1", files[0].read_bytes())
         self.assert_log_clean()
 
-    def test_quarantine_verdict_as_the_session_handles_it_today(self):
-        """The DLP scanner answers quarantine. Until the quarantine store (issue 9, item
-        5) is merged, the session renders that verdict as a refusal (554 5.7.1, not
-        delivered, logged with action quarantine): this checks that behaviour. When the
-        store lands, the message must be answered 250 only once the quarantine entry is
-        durable, and not reach the node: test_quarantined_message_is_held below."""
+    def http(self, method: str, path: str) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://{harness.HOST}:{self.admin}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def test_quarantined_message_is_held_then_released_once(self):
+        """Three valid card numbers in a base64 attachment on the quarantine listener:
+        250 (the entry is durable first), nothing reaches the node, the entry names the
+        scanner and the detector count, and a release delivers it exactly once."""
         subject = marker("cards quarantine")
         code, text = self.send("mx_quarantine", card_message(subject, CARDS))
-        self.assertEqual(code, 554, text)
+        self.assertEqual(code, 250, text)
+        self.assertIn("quarantined", text)
         self.assert_not_delivered(subject)
         lines = harness.wait_for(lambda: self.match_lines("dlp_quarantine"), 5, what="the dlp match log line")
         self.assertEqual(lines[-1]["matches"], "card=3")
         self.assertEqual(lines[-1]["action"], "quarantine")
-        refusals = [l for l in self.gateway.log_lines()
-                    if l.get("msg") == "refused by policy" and l.get("filter") == "dlp_quarantine"]
-        self.assertTrue(refusals)
-        self.assertEqual(refusals[-1]["action"], "quarantine")
-        self.assertEqual(refusals[-1]["reason"], "dlp dlp_quarantine: card=3")
+        status, body = self.http("GET", "/quarantine")
+        self.assertEqual(status, 200, body)
+        entries = [e for e in json.loads(body) if "dlp_quarantine" in json.dumps(e)]
+        self.assertEqual(len(entries), 1, body)
+        self.assertIn("card=3", json.dumps(entries[0]))
+        qid = entries[0]["id"]
+        status, body = self.http("POST", f"/quarantine/{qid}/release")
+        self.assertIn(status, (200, 204), body)
+        harness.wait_for(lambda: self.delivered(subject.encode()), 10, what="the released message delivered")
+        # A second release finds nothing: still one copy.
+        self.assertNotIn(self.http("POST", f"/quarantine/{qid}/release")[0], (200, 204))
+        time.sleep(0.5)
+        self.assertEqual(len(self.delivered(subject.encode())), 1)
         self.assert_log_clean()
-
-    @unittest.skip("to be completed when the quarantine store (issue 9, item 5) is merged: "
-                   "250 once the entry is durable, listed with reason and scanner, release delivers once")
-    def test_quarantined_message_is_held(self):
-        pass
 
 
 if __name__ == "__main__":
