@@ -2,6 +2,8 @@
 
 #include <exception>
 
+#include "filters/scan_result.h"
+
 namespace mailgate::filters {
 
 namespace {
@@ -17,6 +19,8 @@ class ContentHookFilter final : public Filter {
 
   Verdict onStage(Stage, SessionFacts& facts, const Resumer& resume) override {
     if (!facts.message) return Verdict::next();
+    // Until its answer replaces it: what the scan header says if the deadline passes.
+    recordScanResult(facts, hook_->name(), kScanErrorTimeout);
     // The job owns copies of what it reads: the session may end while it runs.
     auto hook = hook_;
     auto body = facts.message;
@@ -35,7 +39,11 @@ class ContentHookFilter final : public Filter {
                                              v.reason = "hook failed";
                                            }
                                            if (v.action == Action::kPending) v = on_error;
-                                           resume(std::move(v));
+                                           resume([v = std::move(v), name = std::string(hook->name())](
+                                                      SessionFacts& f) {
+                                             recordScanResult(f, name, scanOutcomeOf(v));
+                                             return v;
+                                           });
                                          },
                                          options_.deadline);
     if (!queued) {

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "filters/scan_result.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::filters {
@@ -207,6 +208,7 @@ class IcapFilter final : public Filter, public ConnectionHandler {
   Verdict onStage(Stage stage, SessionFacts& facts, const Resumer& resume) override {
     if (stage != Stage::kData || !selected(facts) || !facts.message) return Verdict::next();
     stop();
+    recordScanResult(facts, o_->name, kScanErrorTimeout);  // until the answer replaces it
     session_id_ = facts.session_id;
     body_ = facts.message;
     size_ = body_->size();
@@ -709,7 +711,10 @@ class IcapFilter final : public Filter, public ConnectionHandler {
     if (!active_) return;
     const Resumer resume = resume_;
     stop();
-    resume(std::move(v));
+    resume([v = std::move(v), name = o_->name](SessionFacts& f) {
+      recordScanResult(f, name, scanOutcomeOf(v));
+      return v;
+    });
   }
 
   void releaseSlot() {

@@ -49,4 +49,25 @@ std::string formatScanHeader(const SessionFacts& facts) {
   return out;
 }
 
+std::string_view scanOutcomeOf(const Verdict& v) {
+  switch (v.action) {
+    case Action::kContinue:
+      return v.replacement ? std::string_view("modified") : kScanClean;
+    case Action::kAddHeader:
+      return "tagged";
+    case Action::kQuarantine:
+      return "quarantined";
+    case Action::kReject:
+    case Action::kClose:
+      return "rejected";
+    case Action::kReply:
+      return v.code >= 500 ? std::string_view("rejected") : kScanErrorScanner;
+    case Action::kTempfail:
+    case Action::kPending:
+    case Action::kDelay:
+      return kScanErrorScanner;
+  }
+  return kScanErrorScanner;
+}
+
 }  // namespace mailgate::filters

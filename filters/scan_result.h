@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "filters/session_facts.h"
+#include "filters/verdict.h"
 
 namespace mailgate::filters {
 
@@ -31,6 +32,11 @@ inline constexpr std::string_view kScanErrorInternal = "error(internal)";    // 
 // may record a provisional outcome when it starts waiting (kScanErrorTimeout: what
 // stands if its deadline passes) and replace it with the answer.
 void recordScanResult(SessionFacts& facts, std::string_view scanner, std::string_view outcome);
+
+// The outcome word for a scanner's verdict: clean (continue), tagged (a header added),
+// modified (continue with a replacement), rejected, quarantined, error(scanner)
+// (tempfail). For scanners whose verdict alone says what happened.
+std::string_view scanOutcomeOf(const Verdict& v);
 
 // "X-Mailgate-Scan: a=b; c=d" (no CRLF), or "" when no scanner recorded anything.
 // Characters outside the token set are replaced with '_'; the line stays within 998

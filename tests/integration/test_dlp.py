@@ -209,6 +209,8 @@ class DlpTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertEqual(self.send("mx_tag", iban_message(tagged, IBAN))[0], 250)
         files = harness.wait_for(lambda: self.delivered(tagged.encode()), 10, what="the tagged message delivered")
         self.assertIn(b"X-Mailgate-DLP: iban=1", files[0].read_bytes())
+        # The scan header records the scanner and its outcome (item 7).
+        self.assertIn(b"X-Mailgate-Scan: dlp_tag=tagged", files[0].read_bytes())
         self.assert_log_clean()
 
     def http(self, method: str, path: str) -> tuple[int, str]:
