@@ -5,9 +5,9 @@ chunks, and the node gets it from the same spool: the message is never held whol
 the gateway's memory. The test reads the gateway's VmRSS (/proc/PID/status) before
 the message and every 50 ms while it goes through, and reports the figures.
 
-TODO(issue 9): add the DLP scanner and a milter (python3-milter, as in the milter
-tests) to the flow once those scanner types are in main; today the flow runs clamd
-alone (twice: two scanners on the same clamd, so two streams of the same spool).
+The flow runs clamd twice (two scanners on the same clamd: two streams of the same
+spool) and the DLP scanner (GMime over the same spool). TODO(issue 9): add a milter
+(python3-milter, as in the milter tests) once that scanner type is in main.
 
 Figures (2 shared cores, loopback): VmRSS grows by about 20-22 MiB for the 40 MB
 message, with the two clamd scans and without any scanner alike (20.5 MiB with the
@@ -82,8 +82,9 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
                 "  scanners:\n"
                 f"    clamav: {{ type: clamd, endpoints: [\"unix:{sock}\"], stream_max: 64M }}\n"
                 f"    clamav2: {{ type: clamd, endpoints: [\"unix:{sock}\"], stream_max: 64M }}\n"
+                "    dlp: { type: dlp, on_match: tag, detectors: [ { id: card, pattern: card_number, validate: luhn } ] }\n"
                 "  flows:\n"
-                "    - { when: { listener: mx }, run: [clamav, clamav2] }\n")
+                "    - { when: { listener: mx }, run: [clamav, clamav2, dlp] }\n")
             cls.gateway = harness.Mailgate(cls.dir, text).start()
         except BaseException:
             cls._stop()
@@ -165,7 +166,7 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertIn(b"X-Mailgate-Scan: clamav=clean; clamav2=clean", head)
         self.assertGreater(os.path.getsize(files[0]), MESSAGE_MB * 1000 * 1000 * 0.95)  # Maildir: LF, not CRLF
         growth_kb = peak - before
-        print(f"\n[scan memory] {len(msg) / 1e6:.1f} MB message, clamd x2: VmRSS before {before / 1024:.1f} MiB, "
+        print(f"\n[scan memory] {len(msg) / 1e6:.1f} MB message, clamd x2 + DLP: VmRSS before {before / 1024:.1f} MiB, "
               f"peak {peak / 1024:.1f} MiB, growth {growth_kb / 1024:.1f} MiB; SMTP DATA to 250 in {elapsed:.1f} s",
               file=sys.stderr)
         self.assertLess(growth_kb * 1024, len(msg), f"VmRSS grew by {growth_kb} KiB")
