@@ -277,6 +277,7 @@ class Loader {
   bool loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
                       const HooksConfig& h, ScannerConfig* sc);
   void loadCommonScannerKeys(const Fields& f, const std::string& path, const HooksConfig& h, ScannerConfig* sc);
+  void loadScannerEndpoints(const Fields& f, const std::string& path, ScannerConfig* sc);
   void loadQuarantine(const Entry& e, Config* cfg);
   void loadFlows(const Entry& section, Config* cfg);
 
@@ -719,12 +720,14 @@ bool Loader::loadIcapScanner(const YAML::Node& item, const YAML::Node& key, cons
 }
 
 bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
-                               const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
-  (void)key;
-  YAML::Node type_node;
-  findValue(item, "type", &type_node);
-  error(type_node, path + ".type: scanner type milter is not supported yet");
-  return false;
+                               const HooksConfig& h, ScannerConfig* sc) {
+  Fields f;
+  if (!fields(item, path, {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints"}, &f))
+    return false;
+  loadCommonScannerKeys(f, path, h, sc);
+  requireKey(f, "endpoints", key.Mark(), path);
+  loadScannerEndpoints(f, path, sc);
+  return !sc->endpoints.empty();  // else reported
 }
 
 bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
@@ -745,6 +748,15 @@ bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, con
       return false;
     loadCommonScannerKeys(f, path, h, &sc);
     requireKey(f, "endpoints", key.Mark(), path);
+    loadScannerEndpoints(f, path, &sc);
+  }
+  return !sc.endpoints.empty();  // else reported
+}
+
+// endpoints: a list of unix:/path | tcp:HOST:PORT (clamd, milter).
+void Loader::loadScannerEndpoints(const Fields& f, const std::string& path, ScannerConfig* out) {
+  ScannerConfig& sc = *out;
+  {
     if (const Entry* e = f.find("endpoints")) {
       const std::string epath = join(path, "endpoints");
       if (!e->value.IsSequence() || e->value.size() == 0) {
@@ -766,7 +778,6 @@ bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, con
       }
     }
   }
-  return !sc.endpoints.empty();  // else reported
 }
 
 void Loader::loadFlows(const Entry& section, Config* cfg) {

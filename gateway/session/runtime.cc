@@ -11,6 +11,7 @@
 #include "auth/postgres_directory.h"
 #include "auth/postgres_policy.h"
 #include "filters/clamd_filter.h"
+#include "filters/milter_filter.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::session {
@@ -60,7 +61,8 @@ filters::OversizeAction oversizeAction(conf::OversizeAction a) {
 // Each type's factory takes the per-scanner overrides of hooks.defaults.
 std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::ScannerConfig& sc,
                                                                  const conf::HooksConfig& h,
-                                                                 std::vector<filters::ScanWhen> when) {
+                                                                 std::vector<filters::ScanWhen> when,
+                                                                 const std::string& spool_dir) {
   if (sc.type == "clamd") {
     filters::ClamdOptions o;
     o.name = sc.name;
@@ -73,13 +75,29 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.when = std::move(when);
     return std::make_shared<filters::ClamdFactory>(std::move(o));
   }
+  if (sc.type == "milter") {
+    // A milter follows the session from connect to data (filters/milter_filter.h).
+    filters::MilterOptions o;
+    o.name = sc.name;
+    o.endpoints = sc.endpoints;
+    o.connect_timeout = sc.connect_timeout.value_or(h.connect_timeout);
+    o.scan_timeout = sc.scan_timeout.value_or(h.scan_timeout);
+    o.max_size = sc.max_size.value_or(h.max_size);
+    o.on_error = failureAction(sc.on_error.value_or(h.on_error));
+    o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.when = std::move(when);
+    o.spool_dir = spool_dir;
+    o.quarantine_store = !h.quarantine.store.empty();
+    return std::make_shared<filters::MilterFactory>(std::move(o));
+  }
   return nullptr;  // the loader refuses other types until they are built
 }
 
 // One filter per scanner named by a flow, in the order of first mention; it applies
 // to the sessions any of its flows select.
 std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConfig& h,
-                                                           std::shared_ptr<const filters::policy::Policy> policy) {
+                                                           std::shared_ptr<const filters::policy::Policy> policy,
+                                                           const std::string& spool_dir) {
   std::vector<std::pair<const conf::ScannerConfig*, std::vector<filters::ScanWhen>>> scanners;
   for (const auto& flow : h.flows) {
     for (const auto& name : flow.run) {
@@ -97,7 +115,7 @@ std::shared_ptr<const filters::FilterSet> buildHookFilters(const conf::HooksConf
   // The policy first: a banned or limited client costs no scanner work.
   if (policy) set->add(std::make_shared<filters::policy::PolicyFilterFactory>(std::move(policy)));
   for (auto& [sc, when] : scanners)
-    if (auto f = makeScannerFactory(*sc, h, std::move(when))) set->add(std::move(f));
+    if (auto f = makeScannerFactory(*sc, h, std::move(when), spool_dir)) set->add(std::move(f));
   return set;
 }
 }  // namespace
@@ -220,7 +238,7 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
       return Error{all};
     }
   }
-  rt->filters = buildHookFilters(config->hooks, rt->policy);
+  rt->filters = buildHookFilters(config->hooks, rt->policy, config->server.spool_dir);
   return rt;
 }
 

@@ -139,6 +139,8 @@ class Session : public ChainHost {
   void runStage(filters::Stage stage) { chain_.run(stage, facts_); }
   // Header fields the data stage's filters added ("Name: value"), taken once.
   std::vector<std::string> takeAddedHeaders() { return chain_.takeHeaders(); }
+  // The message as the data stage's filters rewrote it (none: the spooled one), taken once.
+  std::shared_ptr<const filters::MessageBody> takeReplacement() { return chain_.takeReplacement(); }
   bool stageWanted(filters::Stage stage) const { return chain_.wants(stage); }
   // Reports an event to the filters (policy counters); a terminal answer is logged
   // here and is the protocol's to render (then close, or refuse the login).

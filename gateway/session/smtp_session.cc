@@ -1323,7 +1323,25 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
       added_headers_ += h;
       added_headers_ += "\r\n";
     }
+    if (auto replacement = takeReplacement()) {
+      spoolReplacement(std::move(replacement));
+      return;
+    }
     startDelivery();
+    return;
+  }
+  if (v.action == filters::Action::kReply && v.code == 250) {
+    // Accepted and dropped (a milter's DISCARD): 250, and the node never sees it.
+    log::info("smtp message discarded", {{"session", id_},
+                                         {"client", client_ip_},
+                                         {"from", mail_from_},
+                                         {"recipients", facts_.rcpts.size()},
+                                         {"filter", v.filter},
+                                         {"reason", v.reason},
+                                         {"ref", v.ref}});
+    resetTransaction();
+    reply("250 2.0.0 Ok (ref " + v.ref + ")");
+    resumeClient();
     return;
   }
   logRefusal(stage, v);
@@ -1343,6 +1361,59 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
 }
 
 // ------------------------------------------------------------------ delivery
+
+// A filter rewrote the message (a milter's changes): the node gets that copy. It is
+// read on the spool thread and written to a fresh spool like any message, so that
+// the node client streams it as usual and memory stays bounded.
+void SmtpSession::spoolReplacement(std::shared_ptr<const filters::MessageBody> body) {
+  phase_ = Phase::kDelivering;
+  pauseClient(true);
+  updateTimer();
+  copyReplacement(std::move(body), newSpool(), 0);
+}
+
+void SmtpSession::copyReplacement(std::shared_ptr<const filters::MessageBody> body,
+                                  std::shared_ptr<MessageSpool> to, uint64_t off) {
+  if (closing() || phase_ != Phase::kDelivering) return;
+  if (off >= body->size()) {
+    auto done = [this, to] {
+      if (closing() || phase_ != Phase::kDelivering) return;
+      if (to->failed()) {
+        replacementFailed(to->error());
+        return;
+      }
+      spool_ = to;
+      startDelivery();
+    };
+    if (to->flushAsync(done)) done();
+    return;
+  }
+  Reactor* r = &reactor_;
+  const uint32_t slot = this->slot(), gen = this->gen();
+  const bool queued = reactor_.spoolIo().submit([this, r, slot, gen, body, to, off] {
+    std::string buf;
+    const bool ok = body->read(off, 64 * 1024, &buf) && !buf.empty();
+    r->postToSession(slot, gen, [this, body, to, off, ok, buf = std::move(buf)](Session&) {
+      if (!ok) {
+        replacementFailed("cannot read the rewritten message");
+        return;
+      }
+      to->write(buf);
+      copyReplacement(body, to, off + buf.size());
+    });
+  });
+  if (!queued) replacementFailed("spool thread queue full");
+}
+
+void SmtpSession::replacementFailed(const std::string& why) {
+  if (closing() || phase_ != Phase::kDelivering) return;
+  log::error("smtp rewritten message not spooled", {{"session", id_}, {"client", client_ip_}, {"error", why}});
+  reactor_.stats.smtp_deferred++;
+  resetTransaction();
+  phase_ = Phase::kCommand;
+  reply("451 4.3.0 Error: message not stored, try again later");
+  resumeClient();
+}
 
 void SmtpSession::startDelivery() {
   phase_ = Phase::kDelivering;

@@ -118,6 +118,11 @@ class SmtpSession final : public Session {
 
   // --- delivery (SmtpNodeClient speaks to the node) ---
   void startDelivery();
+  // The node gets the message a filter rewrote: copied into a fresh spool first.
+  void spoolReplacement(std::shared_ptr<const filters::MessageBody> body);
+  void copyReplacement(std::shared_ptr<const filters::MessageBody> body, std::shared_ptr<MessageSpool> to,
+                       uint64_t off);
+  void replacementFailed(const std::string& why);
   void onBackendDrained() override;
   void deliveryDone(std::string_view client_reply, const char* outcome);
   // The node client's view of this session: the backend connection and the timer
