@@ -216,11 +216,19 @@ class MilterFilter final : public Filter, public ConnectionHandler {
   Verdict onError() const override {
     // The chain's deadline passed (cancel() came first and closed the milter for the session).
     bump(milterStats().timeouts);
+    bump(milterStats().errors);
+    if (g_milter_log.allow())
+      log::warn("milter failed", {{"session", session_id_},
+                                  {"scanner", o_->name},
+                                  {"stage", stageName(stage_)},
+                                  {"error", "no answer within the timeout"},
+                                  {"on_error", onErrorName()}});
     return failureVerdict(o_->on_error, "milter " + o_->name + ": no answer within the timeout");
   }
   void cancel() override {
     // The stage is abandoned (deadline, session closing): the exchange is out of step.
-    if (active_) broken("no answer within the timeout (or the session ended)");
+    // Logged by onError() when it is the deadline.
+    if (active_) broken("no answer within the timeout", false);
   }
 
   Verdict onStage(Stage stage, SessionFacts& facts, const Resumer& resume) override {
@@ -701,13 +709,11 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         fail("milter protocol version " + std::to_string(r.version) + " not supported");
         return false;
       }
-      if (r.actions & ~kMilterOfferedActions) {
-        fail("the milter asks for actions not offered (" + std::to_string(r.actions) + ")");
-        return false;
-      }
+      // Actions asked for and not offered (rspamd asks for recipient changes) are not
+      // granted, as Postfix does; the milter learns it from its own request being cut.
       negotiated_ = true;
       sent_.clear();
-      actions_ = r.actions;
+      actions_ = r.actions & kMilterOfferedActions;
       protocol_ = r.protocol & kMilterOfferedProtocol;
       bump(milterStats().sessions);
       awaiting_ = false;
@@ -729,9 +735,19 @@ class MilterFilter final : public Filter, public ConnectionHandler {
           return false;
         }
         return modification(r);
-      case MilterReplyKind::kOptneg:
       case MilterReplyKind::kOther:
+        if (phase_ == DataPhase::kEob && eob_sent_ && std::string_view("+-2e").find(r.command) != std::string_view::npos) {
+          // Recipient and sender changes are not offered: ignored (and said so).
+          if (g_milter_log.allow())
+            log::warn("milter change ignored", {{"session", session_id_},
+                                                {"scanner", o_->name},
+                                                {"reply", std::string(1, r.command)}});
+          return true;
+        }
         fail(std::string("unexpected reply '") + (r.command > 32 && r.command < 127 ? r.command : '?') + "'");
+        return false;
+      case MilterReplyKind::kOptneg:
+        fail("unexpected reply 'O'");
         return false;
       case MilterReplyKind::kContinue:
         awaiting_ = false;
@@ -933,17 +949,29 @@ class MilterFilter final : public Filter, public ConnectionHandler {
       resume(std::move(v));
   }
 
-  void broken(const std::string& reason) {
+  std::string_view onErrorName() const {
+    switch (o_->on_error) {
+      case FailureAction::kAccept:
+        return "accept";
+      case FailureAction::kTempfail:
+        return "tempfail";
+      case FailureAction::kReject:
+        return "reject";
+    }
+    return "tempfail";
+  }
+
+  void broken(const std::string& reason, bool report = true) {
     if (failed_) return;
-    bump(milterStats().errors);
-    if (g_milter_log.allow())
-      log::warn("milter failed", {{"session", session_id_},
-                                  {"scanner", o_->name},
-                                  {"stage", stageName(stage_)},
-                                  {"error", reason},
-                                  {"on_error", o_->on_error == FailureAction::kAccept     ? "accept"
-                                               : o_->on_error == FailureAction::kReject ? "reject"
-                                                                                        : "tempfail"}});
+    if (report) {
+      bump(milterStats().errors);
+      if (g_milter_log.allow())
+        log::warn("milter failed", {{"session", session_id_},
+                                    {"scanner", o_->name},
+                                    {"stage", stageName(stage_)},
+                                    {"error", reason},
+                                    {"on_error", onErrorName()}});
+    }
     failed_ = true;
     fail_reason_ = reason;
     stop();
