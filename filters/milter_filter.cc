@@ -475,6 +475,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     quarantine_.clear();
     modified_ = false;
     skip_body_ = false;
+    eob_sent_ = false;
     body_off_ = 0;
     head_.clear();
     phase_ = DataPhase::kHeaders;
