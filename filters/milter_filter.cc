@@ -479,6 +479,11 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     body_off_ = 0;
     head_.clear();
     phase_ = DataPhase::kHeaders;
+    // DATA (Postfix sends it before the headers; a milter may decline it).
+    std::string b;
+    milterMacros(MilterCommand::kData, {{"i", queue_id_}}, &b);
+    milterAppendPacket(MilterCommand::kData, {}, &b);
+    push(std::move(b), milter_proto::kNoData, milter_proto::kNrData);
     readHead();
   }
 

@@ -9,7 +9,7 @@
 //   mail     macros {auth_authen} {auth_type} i {mail_addr}, MAIL (an earlier
 //            transaction that did not reach the end of the body is ABORTed first)
 //   rcpt     macro {rcpt_addr}, RCPT
-//   data     the spooled message's header block as HEADERs, EOH, the body in BODY
+//   data     DATA, the spooled message's header block as HEADERs, EOH, the body in BODY
 //            chunks (read from the spool on the content executor), end of body.
 // Steps the milter declined at negotiation are not sent; replies it said it will not
 // send (SMFIP_NR_*) are not waited for.
