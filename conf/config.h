@@ -202,6 +202,7 @@ struct ScannerConfig {
   std::string name;
   std::string type = "clamd";          // clamd | icap | milter | dlp
   std::vector<std::string> endpoints;  // clamd, milter: "unix:/path" | "tcp:HOST:PORT", tried in order
+  uint64_t stream_max = 25ull << 20;   // clamd: its StreamMaxLength (a longer message is oversize, not sent)
   std::optional<HookAction> on_error;  // unset = hooks.defaults.on_error
   // Per-scanner overrides of hooks.defaults (unset = the default).
   std::optional<Duration> connect_timeout;

@@ -744,9 +744,15 @@ bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, con
   ScannerConfig& sc = *out;
   {
     Fields f;
-    if (!fields(item, path, {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints"}, &f))
+    if (!fields(item, path,
+                {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints", "stream_max"}, &f))
       return false;
     loadCommonScannerKeys(f, path, h, &sc);
+    if (f.find("stream_max")) {
+      uint32_t stream_max = static_cast<uint32_t>(sc.stream_max);
+      getSize(f, "stream_max", path, 1024, 0xffffffffu, &stream_max);
+      sc.stream_max = stream_max;
+    }
     requireKey(f, "endpoints", key.Mark(), path);
     loadScannerEndpoints(f, path, &sc);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "filters/clamd_codec.h"
+#include "filters/scan_result.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::filters {
@@ -44,13 +45,16 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     if (conns_) post_ = std::make_shared<const std::function<void(std::function<void()>)>>(conns_->poster());
   }
   // No call into the session here: it is being freed (its connections went first).
-  ~ClamdFilter() override = default;
+  ~ClamdFilter() override { abandonTicket(); }
 
   std::string_view name() const override { return o_->name; }
   uint32_t stages() const override { return stageBit(Stage::kData); }
   std::chrono::milliseconds deadline() const override { return o_->scan_timeout; }
+  // The scan deadline passed (cancel() came first): the provisional outcome recorded
+  // when the scan started (error(timeout)) stands.
   Verdict onError() const override {
     bump(clamdStats().timeouts);
+    reportFailure();
     return failureVerdict(o_->on_error, "clamd " + o_->name + ": no answer within the scan timeout");
   }
   void cancel() override { stop(); }
@@ -58,11 +62,31 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
   Verdict onStage(Stage stage, SessionFacts& facts, const Resumer& resume) override {
     if (stage != Stage::kData || !selected(facts) || !facts.message) return Verdict::next();
     stop();
+    abandonTicket();
     session_id_ = facts.session_id;
     body_ = facts.message;
     size_ = body_->size();
-    if (size_ > o_->max_size) return oversize("message over hooks.defaults.max_size");
-    if (!conns_ || !content_ || !post_) return failure("no connections for scanners in this session");
+    if (size_ > o_->max_size) {
+      recordScanResult(facts, o_->name, kScanUnscannedOversize);
+      return oversize("message over max_size");
+    }
+    if (size_ > o_->stream_max) {
+      recordScanResult(facts, o_->name, kScanUnscannedOversize);
+      return oversize("message over stream_max (clamd's StreamMaxLength)");
+    }
+    if (!conns_ || !content_ || !post_) {
+      recordScanResult(facts, o_->name, kScanErrorInternal);
+      return failure("no connections for scanners in this session");
+    }
+    if (o_->breaker) {
+      // Open: skipped at once (counted by the breaker; its opening was logged once).
+      ticket_ = o_->breaker->admit();
+      if (!ticket_->allowed) {
+        ticket_.reset();
+        recordScanResult(facts, o_->name, kScanSkippedBreaker);
+        return failureVerdict(o_->on_error, "clamd " + o_->name + ": skipped, circuit breaker open");
+      }
+    }
     resume_ = resume;
     active_ = true;
     off_ = 0;
@@ -71,8 +95,11 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     parser_ = ClamdReplyParser();
     if (!connectNext()) {
       active_ = false;
+      recordScanResult(facts, o_->name, kScanErrorUnavailable);
       return failure("clamd " + o_->name + ": no endpoint could be connected to (" + last_error_ + ")");
     }
+    // What stands if the deadline passes; the answer replaces it.
+    recordScanResult(facts, o_->name, kScanErrorTimeout);
     return Verdict::pending();
   }
 
@@ -81,7 +108,7 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     if (!active_ || id != conn_) return;
     connected_ = true;
     if (!conns_->write(conn_, clamdInstreamCommand())) {
-      fail("cannot write to clamd");
+      fail("cannot write to clamd", kScanErrorInternal);
       return;
     }
     readNext();
@@ -111,14 +138,31 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
                                             {"error", detail}});
       endpoint_++;
       if (!connectNext())
-        fail("clamd " + o_->name + ": no endpoint could be connected to (" + last_error_ + ")");
+        fail("clamd " + o_->name + ": no endpoint could be connected to (" + last_error_ + ")",
+             kScanErrorUnavailable);
       return;
     }
-    const ClamdStatus st = parser_.finish();
-    if (st == ClamdStatus::kError && parser_.errorText().empty())
-      fail("clamd " + o_->name + ": connection ended: " + std::string(detail));
-    else
-      decide(st);
+    if (parser_.status() == ClamdStatus::kNeedMore) {
+      // Closed or reset before any reply: clamd went away mid-scan. The next
+      // endpoint, if any, gets the whole message again.
+      bump(clamdStats().endpoint_failures);
+      last_error_ = o_->endpoints[endpoint_] + ": connection ended before a reply (" +
+                    std::string(connectionEndName(end)) + (detail.empty() ? "" : ": ") + std::string(detail) + ")";
+      if (endpoint_ + 1 < o_->endpoints.size()) {
+        if (g_clamd_log.allow())
+          log::warn("clamd endpoint failed mid-scan, trying the next one",
+                    {{"session", session_id_},
+                     {"scanner", o_->name},
+                     {"endpoint", o_->endpoints[endpoint_]},
+                     {"failure", connectionEndName(end)},
+                     {"error", detail}});
+        restartOnNextEndpoint();
+        return;
+      }
+      fail("clamd " + o_->name + ": " + last_error_, kScanErrorUnavailable);
+      return;
+    }
+    decide(parser_.finish());
   }
 
  private:
@@ -130,6 +174,18 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
         return false;
       return !w.authenticated || *w.authenticated == facts.authenticated;
     });
+  }
+
+  // The scan starts again, from the first octet, on the endpoint after the current one.
+  void restartOnNextEndpoint() {
+    scan_++;  // a chunk still being read for the old connection is dropped
+    reading_ = false;
+    off_ = 0;
+    sent_all_ = false;
+    parser_ = ClamdReplyParser();
+    endpoint_++;
+    if (!connectNext())
+      fail("clamd " + o_->name + ": no endpoint could be connected to (" + last_error_ + ")", kScanErrorUnavailable);
   }
 
   // Opens the next endpoint that lets an attempt start; false when none is left.
@@ -153,11 +209,12 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
       std::string end;
       clamdAppendChunk({}, &end);
       sent_all_ = true;
-      if (!conns_->write(conn_, end)) fail("cannot write to clamd");
+      if (!conns_->write(conn_, end)) fail("cannot write to clamd", kScanErrorInternal);
       return;
     }
     reading_ = true;
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, size_ - off_));
+    const uint64_t chunk = std::min<uint64_t>(kChunk, std::max<uint64_t>(o_->stream_max, 1));
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk, size_ - off_));
     const uint64_t scan = scan_, off = off_;
     auto post = post_;
     auto body = body_;
@@ -173,7 +230,7 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
         o_->scan_timeout);
     if (!queued) {
       reading_ = false;
-      fail("content executor queue full");
+      fail("content executor queue full", kScanErrorInternal);
     }
   }
 
@@ -181,7 +238,7 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     if (scan != scan_ || !active_) return;
     reading_ = false;
     if (!ok || buf.empty()) {
-      fail("cannot read the spooled message");
+      fail("cannot read the spooled message", kScanErrorInternal);
       return;
     }
     std::string frame;
@@ -189,7 +246,7 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     clamdAppendChunk(buf, &frame);
     off_ += buf.size();
     if (!conns_->write(conn_, frame)) {
-      fail("cannot write to clamd");
+      fail("cannot write to clamd", kScanErrorInternal);
       return;
     }
     readNext();
@@ -201,7 +258,8 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
         return;
       case ClamdStatus::kClean:
         bump(clamdStats().clean);
-        finish(Verdict::next());
+        reportSuccess();
+        finish(Verdict::next(), kScanClean);
         return;
       case ClamdStatus::kFound: {
         bump(clamdStats().infected);
@@ -216,16 +274,21 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
         v.enhanced = "5.7.1";
         v.text = clean.empty() ? std::string("Message rejected: virus found")
                                : "Message rejected: virus found (" + clean + ")";
-        finish(std::move(v));
+        reportSuccess();
+        finish(std::move(v), kScanInfected);
         return;
       }
       case ClamdStatus::kSizeLimit:
-        finish(oversize("clamd " + o_->name + ": INSTREAM size limit exceeded"));
+        // clamd answered: it works, the message is over its StreamMaxLength.
+        reportSuccess();
+        finish(oversize("clamd " + o_->name +
+                        ": INSTREAM size limit exceeded (clamd's StreamMaxLength is below stream_max)"),
+               kScanUnscannedOversize);
         return;
       case ClamdStatus::kError: {
         std::string text;
         cleanReplyText(parser_.errorText(), &text, 200);
-        fail("clamd " + o_->name + ": " + (text.empty() ? std::string("unreadable reply") : text));
+        fail("clamd " + o_->name + ": " + (text.empty() ? std::string("unreadable reply") : text), kScanErrorScanner);
         return;
       }
     }
@@ -235,8 +298,12 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     bump(clamdStats().oversize);
     switch (o_->on_oversize) {
       case OversizeAction::kAcceptUnscanned: {
-        Verdict v = Verdict::of(Action::kAddHeader, std::move(reason));
-        v.header = "X-Mailgate-Unscanned: " + o_->name + " (too large to scan)";
+        // Marked by the scan header (clamav=unscanned(oversize)).
+        if (g_clamd_log.allow())
+          log::info("clamd message not scanned: too large, accepted unscanned",
+                    {{"session", session_id_}, {"scanner", o_->name}, {"size", size_}, {"reason", reason}});
+        Verdict v = Verdict::next();
+        v.reason = std::move(reason);
         return v;
       }
       case OversizeAction::kTempfail:
@@ -252,22 +319,52 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
     return Verdict::of(Action::kTempfail, std::move(reason));
   }
 
-  // A failure answered at once (no scan pending).
+  // A failure answered at once (no scan pending, or ending now).
   Verdict failure(std::string reason) {
     bump(clamdStats().errors);
+    reportFailure();
     if (g_clamd_log.allow())
       log::warn("clamd scan failed", {{"session", session_id_}, {"scanner", o_->name}, {"error", reason}});
     return failureVerdict(o_->on_error, std::move(reason));
   }
 
   // A failure of the pending scan.
-  void fail(std::string reason) { finish(failure(std::move(reason))); }
+  void fail(std::string reason, std::string_view outcome) {
+    if (!active_) return;
+    finish(failure(std::move(reason)), outcome);
+  }
 
-  void finish(Verdict v) {
+  // Ends the pending scan: the answer records the outcome in the session's facts.
+  void finish(Verdict v, std::string_view outcome) {
     if (!active_) return;
     const Resumer resume = resume_;
     stop();
-    resume(std::move(v));
+    resume([v = std::move(v), o = o_, outcome = std::string(outcome)](SessionFacts& facts) {
+      recordScanResult(facts, o->name, outcome);
+      return v;
+    });
+  }
+
+  // --- circuit breaker: every scan admitted reports once (success, failure or abandoned).
+  void reportSuccess() const {
+    if (!ticket_) return;
+    const CircuitBreaker::Ticket t = *ticket_;
+    ticket_.reset();
+    if (o_->breaker->success(t)) log::info("scanner circuit breaker closed: the trial scan succeeded",
+                                           {{"scanner", o_->name}});
+  }
+  void reportFailure() const {
+    if (!ticket_) return;
+    const CircuitBreaker::Ticket t = *ticket_;
+    ticket_.reset();
+    if (o_->breaker->failure(t))
+      log::warn("scanner circuit breaker opened: scans are skipped (on_error applies)",
+                {{"scanner", o_->name}, {"after", t.trial ? "the trial scan failed" : "failures in a row"}});
+  }
+  void abandonTicket() const {
+    if (!ticket_) return;
+    o_->breaker->abandon(*ticket_);
+    ticket_.reset();
   }
 
   // Ends the current scan: its connection closes, its chunk still being read is dropped.
@@ -298,6 +395,7 @@ class ClamdFilter final : public Filter, public ConnectionHandler {
   std::string last_error_;
   ClamdReplyParser parser_;
   Resumer resume_;
+  mutable std::optional<CircuitBreaker::Ticket> ticket_;  // a scan admitted, not reported yet
 };
 
 }  // namespace

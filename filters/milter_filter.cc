@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "filters/milter_codec.h"
+#include "filters/scan_result.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::filters {
@@ -205,7 +206,8 @@ class MilterFilter final : public Filter, public ConnectionHandler {
       : o_(std::move(o)), content_(s.content), conns_(s.connections) {
     if (conns_) post_ = std::make_shared<const std::function<void(std::function<void()>)>>(conns_->poster());
   }
-  ~MilterFilter() override = default;  // the session closes its connections itself
+  // The session closes its connections itself.
+  ~MilterFilter() override { abandonTicket(); }
 
   std::string_view name() const override { return o_->name; }
   uint32_t stages() const override {
@@ -217,6 +219,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     // The chain's deadline passed (cancel() came first and closed the milter for the session).
     bump(milterStats().timeouts);
     bump(milterStats().errors);
+    reportFailure();
     if (g_milter_log.allow())
       log::warn("milter failed", {{"session", session_id_},
                                   {"scanner", o_->name},
@@ -228,19 +231,43 @@ class MilterFilter final : public Filter, public ConnectionHandler {
   void cancel() override {
     // The stage is abandoned (deadline, session closing): the exchange is out of step.
     // Logged by onError() when it is the deadline.
-    if (active_) broken("no answer within the timeout", false);
+    if (active_) broken("no answer within the timeout", false, kScanErrorTimeout);
   }
 
   Verdict onStage(Stage stage, SessionFacts& facts, const Resumer& resume) override {
-    if (failed_) return failureVerdict(o_->on_error, "milter " + o_->name + ": " + fail_reason_);
-    if (done_session_ || !selected(facts)) return Verdict::next();
+    if (!selected(facts)) return Verdict::next();
+    if (failed_) {
+      if (stage == Stage::kData) recordScanResult(facts, o_->name, fail_outcome_);
+      return failureVerdict(o_->on_error, "milter " + o_->name + ": " + fail_reason_);
+    }
+    if (done_session_) {
+      if (stage == Stage::kData) recordScanResult(facts, o_->name, kScanClean);
+      return Verdict::next();
+    }
     session_id_ = facts.session_id;
     stage_ = stage;
+    outcome_ = kScanClean;
+    // Stages where the milter has nothing to be asked.
+    if (stage == Stage::kAuth || stage == Stage::kClose) return Verdict::next();
+    if (stage == Stage::kRcpt && done_message_) return Verdict::next();
+    if (stage == Stage::kData && (done_message_ || !facts.message)) return endOfMessage(facts);
+    if (stage == Stage::kData && facts.message->size() > o_->max_size) return oversize(facts);
+    if (o_->breaker) {
+      // Open: skipped for the rest of the session (counted by the breaker; its opening was logged once).
+      ticket_ = o_->breaker->admit();
+      if (!ticket_->allowed) {
+        ticket_.reset();
+        broken("skipped, circuit breaker open", false, kScanSkippedBreaker);
+        if (stage == Stage::kData) recordScanResult(facts, o_->name, kScanSkippedBreaker);
+        return failureVerdict(o_->on_error, "milter " + o_->name + ": skipped, circuit breaker open");
+      }
+    }
     resume_ = resume;
-    if (!conns_ || !content_ || !post_) return failNow("no connections for scanners in this session");
+    if (!conns_ || !content_ || !post_) return failNow(facts, "no connections for scanners in this session");
     if (conn_ == 0) {
       endpoint_ = 0;
-      if (!connectNext()) return failNow("no endpoint could be connected to (" + last_error_ + ")");
+      if (!connectNext())
+        return failNow(facts, "no endpoint could be connected to (" + last_error_ + ")", kScanErrorUnavailable);
       queueOptneg();
       queueConnect(facts);
       if (stage > Stage::kHelo && !facts.helo.empty()) queueHelo(facts);  // a milter that starts late
@@ -262,12 +289,9 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         queueMail(facts);
         break;
       case Stage::kRcpt:
-        if (done_message_) return Verdict::next();
         queueRcpt(facts);
         break;
       case Stage::kData:
-        if (done_message_ || !facts.message) return endOfMessage();
-        if (facts.message->size() > o_->max_size) return oversize();
         startData(facts);
         break;
     }
@@ -275,7 +299,12 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     in_pump_ = true;
     pump();
     in_pump_ = false;
-    if (!active_) return std::move(answer_);  // answered already (every step without a reply)
+    if (!active_) {  // answered already (every step without a reply, or a failure)
+      if (stage == Stage::kData) recordScanResult(facts, o_->name, answer_outcome_);
+      return std::move(answer_);
+    }
+    // What stands if the deadline passes.
+    if (stage == Stage::kData) recordScanResult(facts, o_->name, kScanErrorTimeout);
     return Verdict::pending();
   }
 
@@ -328,11 +357,12 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         if (active_) pump();
         return;
       }
-      fail("no endpoint could be connected to (" + last_error_ + ")");
+      fail("no endpoint could be connected to (" + last_error_ + ")", kScanErrorUnavailable);
       return;
     }
     fail(std::string("connection ended (") + std::string(connectionEndName(end)) +
-         (detail.empty() ? std::string() : ": " + std::string(detail)) + ")");
+             (detail.empty() ? std::string() : ": " + std::string(detail)) + ")",
+         kScanErrorUnavailable);
   }
 
  private:
@@ -435,7 +465,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
       if (negotiated_ && (protocol_ & r.skip_if)) continue;
       const bool wait = r.wait && !(negotiated_ && (protocol_ & r.no_reply_if));
       if (!conns_->write(conn_, r.bytes)) {
-        fail("cannot write to the milter");
+        fail("cannot write to the milter", kScanErrorUnavailable);
         return;
       }
       if (!negotiated_) sent_.push_back(r);  // resent to the next endpoint if this one fails to connect
@@ -503,7 +533,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         o_->scan_timeout);
     if (!queued) {
       reading_ = false;
-      fail("content executor queue full");
+      fail("content executor queue full", kScanErrorInternal);
     }
   }
 
@@ -511,7 +541,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     if (gen != gen_ || !active_) return;
     reading_ = false;
     if (!ok) {
-      fail("cannot read the spooled message");
+      fail("cannot read the spooled message", kScanErrorInternal);
       return;
     }
     head_ += buf;
@@ -572,7 +602,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         o_->scan_timeout);
     if (!queued) {
       reading_ = false;
-      fail("content executor queue full");
+      fail("content executor queue full", kScanErrorInternal);
     }
   }
 
@@ -580,7 +610,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     if (gen != gen_ || !active_) return;
     reading_ = false;
     if (!ok || buf.empty()) {
-      fail("cannot read the spooled message");
+      fail("cannot read the spooled message", kScanErrorInternal);
       return;
     }
     read_off_ += buf.size();
@@ -599,10 +629,12 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     const bool quarantine = !quarantine_.empty();
     in_message_ = false;
     if (isTerminal(v.action)) {
+      outcome_ = "rejected";
       finish(std::move(v));
       return;
     }
     if (quarantine) {
+      outcome_ = "quarantined";
       bump(milterStats().quarantined);
       if (o_->quarantine_store) {
         finish(Verdict::of(Action::kQuarantine, "milter " + o_->name + ": quarantine: " + quarantine_));
@@ -617,6 +649,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
       return;
     }
     if (discard_) {
+      outcome_ = "discarded";
       finish(discardVerdict());
       return;
     }
@@ -626,6 +659,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     }
     // Write the rewritten message off the reactor.
     phase_ = DataPhase::kWriting;
+    outcome_ = "modified";
     bump(milterStats().modified);
     auto headers = std::make_shared<std::vector<MilterHeader>>(std::move(headers_));
     std::shared_ptr<std::string> nb;
@@ -645,13 +679,13 @@ class MilterFilter final : public Filter, public ConnectionHandler {
           (*post)([self, gen, out, err] { self->onWritten(gen, out, err); });
         },
         o_->scan_timeout);
-    if (!queued) fail("content executor queue full");
+    if (!queued) fail("content executor queue full", kScanErrorInternal);
   }
 
   void onWritten(uint64_t gen, std::shared_ptr<const MessageBody> out, const std::string& err) {
     if (gen != gen_ || !active_) return;
     if (!out) {
-      fail("cannot write the modified message: " + err);
+      fail("cannot write the modified message: " + err, kScanErrorInternal);
       return;
     }
     Verdict v = Verdict::next();
@@ -671,19 +705,21 @@ class MilterFilter final : public Filter, public ConnectionHandler {
 
   // The data stage when the milter is done with the message before its content (the
   // next MAIL is preceded by ABORT).
-  Verdict endOfMessage() {
+  Verdict endOfMessage(SessionFacts& facts) {
+    recordScanResult(facts, o_->name, discard_ ? "discarded" : kScanClean);
     if (discard_) return discardVerdict();
     return Verdict::next();
   }
 
   // A message over max_size: not sent to the milter (it gets ABORT before the next MAIL).
-  Verdict oversize() {
+  Verdict oversize(SessionFacts& facts) {
     const std::string reason = "milter " + o_->name + ": message over max_size, not sent";
+    recordScanResult(facts, o_->name, kScanUnscannedOversize);
     switch (o_->on_oversize) {
       case OversizeAction::kAcceptUnscanned: {
         if (discard_) return discardVerdict();
-        Verdict v = Verdict::of(Action::kAddHeader, reason);
-        v.header = "X-Mailgate-Unscanned: " + o_->name + " (too large to scan)";
+        Verdict v = Verdict::next();  // marked by the scan header (NAME=unscanned(oversize))
+        v.reason = reason;
         return v;
       }
       case OversizeAction::kTempfail:
@@ -793,6 +829,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
           }
           // Accepted before the end of the body: the rest is not sent (the milter expects ABORT or the next MAIL).
           in_message_ = true;
+          if (discard_) outcome_ = "discarded";
           finish(discard_ ? discardVerdict() : Verdict::next());
           return true;
         }
@@ -807,6 +844,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         if (stage_ == Stage::kData) {
           in_message_ = phase_ != DataPhase::kEob;
           eob_sent_ = false;
+          outcome_ = "discarded";
           finish(discardVerdict());
           return true;
         }
@@ -822,6 +860,7 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         if (stage_ == Stage::kData) {
           in_message_ = phase_ != DataPhase::kEob;
           eob_sent_ = false;
+          outcome_ = "rejected";
         }
         // Refused at MAIL: the transaction is over for the milter too.
         if (stage_ == Stage::kMail) in_message_ = false;
@@ -936,23 +975,58 @@ class MilterFilter final : public Filter, public ConnectionHandler {
   }
 
   // --- the end of a stage ---
-  Verdict failNow(std::string reason) {
-    broken(reason);
+  Verdict failNow(SessionFacts& facts, std::string reason, std::string_view outcome = kScanErrorInternal) {
+    broken(reason, true, outcome);
+    if (stage_ == Stage::kData) recordScanResult(facts, o_->name, outcome);
     return failureVerdict(o_->on_error, "milter " + o_->name + ": " + reason);
   }
 
   // The milter failed: closed for the rest of the session; the pending stage gets on_error.
-  void fail(std::string reason) {
+  void fail(std::string reason, std::string_view outcome = kScanErrorScanner) {
     const bool was_active = active_;
     const bool inline_answer = in_pump_;
     const Resumer resume = resume_;
-    broken(reason);
+    broken(reason, true, outcome);
     if (!was_active) return;
     Verdict v = failureVerdict(o_->on_error, "milter " + o_->name + ": " + reason);
-    if (inline_answer)
+    answerWith(std::move(v), std::string(outcome), inline_answer, resume);
+  }
+
+  // The stage's answer: returned by onStage (inline) or through the Resumer; at the
+  // data stage the outcome goes into the scan results.
+  void answerWith(Verdict v, std::string outcome, bool inline_answer, const Resumer& resume) {
+    if (stage_ != Stage::kData) outcome.clear();
+    if (inline_answer) {
       answer_ = std::move(v);
-    else
-      resume(std::move(v));
+      answer_outcome_ = std::move(outcome);
+      return;
+    }
+    resume([v = std::move(v), o = o_, outcome = std::move(outcome)](SessionFacts& facts) {
+      if (!outcome.empty()) recordScanResult(facts, o->name, outcome);
+      return v;
+    });
+  }
+
+  // --- circuit breaker: every stage admitted reports once (success, failure or abandoned).
+  void reportSuccess() const {
+    if (!ticket_) return;
+    const CircuitBreaker::Ticket t = *ticket_;
+    ticket_.reset();
+    if (o_->breaker->success(t))
+      log::info("scanner circuit breaker closed: the trial scan succeeded", {{"scanner", o_->name}});
+  }
+  void reportFailure() const {
+    if (!ticket_) return;
+    const CircuitBreaker::Ticket t = *ticket_;
+    ticket_.reset();
+    if (o_->breaker->failure(t))
+      log::warn("scanner circuit breaker opened: scans are skipped (on_error applies)",
+                {{"scanner", o_->name}, {"after", t.trial ? "the trial scan failed" : "failures in a row"}});
+  }
+  void abandonTicket() const {
+    if (!ticket_) return;
+    o_->breaker->abandon(*ticket_);
+    ticket_.reset();
   }
 
   std::string_view onErrorName() const {
@@ -967,9 +1041,11 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     return "tempfail";
   }
 
-  void broken(const std::string& reason, bool report = true) {
+  void broken(const std::string& reason, bool report = true, std::string_view outcome = kScanErrorScanner) {
     if (failed_) return;
+    fail_outcome_ = std::string(outcome);
     if (report) {
+      reportFailure();
       bump(milterStats().errors);
       if (g_milter_log.allow())
         log::warn("milter failed", {{"session", session_id_},
@@ -985,19 +1061,14 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     conn_ = 0;
   }
 
+  // The milter answered the stage (outcome_: what it made of the message at data).
   void finish(Verdict v) {
-    if (!active_) {
-      answer_ = std::move(v);
-      return;
-    }
+    if (!active_) return;
+    reportSuccess();
     const Resumer resume = resume_;
     const bool inline_answer = in_pump_;
     stop();
-    if (inline_answer) {
-      answer_ = std::move(v);
-      return;
-    }
-    resume(std::move(v));
+    answerWith(std::move(v), outcome_, inline_answer, resume);
   }
 
   void stop() {
@@ -1041,6 +1112,10 @@ class MilterFilter final : public Filter, public ConnectionHandler {
   bool in_pump_ = false;
   bool failed_ = false;
   std::string fail_reason_;
+  std::string fail_outcome_;    // the scan result of every data stage after a failure
+  std::string outcome_;         // the data stage's scan result so far
+  std::string answer_outcome_;  // with answer_
+  mutable std::optional<CircuitBreaker::Ticket> ticket_;  // a stage admitted, not reported yet
   bool done_session_ = false;
   bool done_message_ = false;
   bool in_message_ = false;

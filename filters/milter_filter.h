@@ -26,6 +26,8 @@
 // A milter that fails (connect error, protocol error, timeout, closed connection) is
 // not asked again in this session; its on_error answers this stage and every later
 // one (accept: the session goes on without it), as Postfix's milter_default_action.
+// The data stage records the outcome in SessionFacts::scan_results: clean, modified,
+// rejected, discarded, quarantined, or the shared unscanned/skipped/error outcomes.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -50,6 +52,9 @@ struct MilterOptions {
   std::string hostname;        // macro j; empty = gethostname()
   std::string spool_dir = "/var/tmp";  // where a modified message is written
   bool quarantine_store = false;       // hooks.quarantine has a store
+  // Each stage's exchange is a scan for the breaker; open: the milter is skipped for
+  // the rest of the session with on_error.
+  std::shared_ptr<CircuitBreaker> breaker;  // null = none
 };
 
 // Process-wide counters for /metrics.

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "filters/message_body.h"
@@ -50,6 +51,10 @@ struct SessionFacts {
 
   // data stage: the spooled message.
   std::shared_ptr<const MessageBody> message;
+  // data stage: each scanner's outcome for this message, in the order they ran
+  // (scanner name, outcome token: filters/scan_result.h); the session turns them
+  // into the one X-Mailgate-Scan header of the delivered message.
+  std::vector<std::pair<std::string, std::string>> scan_results;
 };
 
 }  // namespace mailgate::filters

@@ -16,6 +16,7 @@
 
 #include "auth/postgres_schema.h"
 #include "conf/config.h"
+#include "filters/circuit_breaker.h"
 #include "filters/clamd_filter.h"
 #include "filters/milter_filter.h"
 #include "gateway/admin/admin_server.h"
@@ -307,7 +308,7 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           clamd.timeouts.load());
   counter("mailgate_clamd_oversize_total", "Messages too large to scan (max_size or clamd's StreamMaxLength).",
           clamd.oversize.load());
-  counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to.",
+  counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to, or lost mid-scan.",
           clamd.endpoint_failures.load());
   const filters::MilterStats& milter = filters::milterStats();
   counter("mailgate_milter_sessions_total", "Milter connections negotiated.", milter.sessions.load());
@@ -320,6 +321,18 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           milter.errors.load());
   counter("mailgate_milter_timeouts_total", "Milter stages without an answer within the scan timeout.",
           milter.timeouts.load());
+  {
+    // Per scanner: how often its circuit breaker opened, and the scans it skipped.
+    std::string opened, skipped;
+    for (const auto& b : filters::scannerBreakerCounts()) {
+      opened += "mailgate_scanner_breaker_open_total{scanner=\"" + b.scanner + "\"} " + std::to_string(b.openings) + "\n";
+      skipped += "mailgate_scanner_skipped_total{scanner=\"" + b.scanner + "\"} " + std::to_string(b.skipped) + "\n";
+    }
+    out += "# HELP mailgate_scanner_breaker_open_total Times a scanner's circuit breaker opened.\n"
+           "# TYPE mailgate_scanner_breaker_open_total counter\n" + opened;
+    out += "# HELP mailgate_scanner_skipped_total Scans skipped because the scanner's circuit breaker was open.\n"
+           "# TYPE mailgate_scanner_skipped_total counter\n" + skipped;
+  }
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
   {

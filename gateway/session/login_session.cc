@@ -1,10 +1,9 @@
 #include "gateway/session/login_session.h"
 
-#include "filters/policy/policy.h"
-
 #include <algorithm>
 
 #include "auth/sasl.h"
+#include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
 #include "gateway/core/log.h"
 #include "gateway/session/executor_step.h"

@@ -72,7 +72,9 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.max_size = sc.max_size.value_or(h.max_size);
     o.on_error = failureAction(sc.on_error.value_or(h.on_error));
     o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.stream_max = sc.stream_max;
     o.when = std::move(when);
+    o.breaker = filters::scannerBreaker(sc.name, sc.endpoints, sc.breaker_failures, sc.breaker_open);
     return std::make_shared<filters::ClamdFactory>(std::move(o));
   }
   if (sc.type == "milter") {
@@ -88,6 +90,7 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.when = std::move(when);
     o.spool_dir = spool_dir;
     o.quarantine_store = !h.quarantine.store.empty();
+    o.breaker = filters::scannerBreaker(sc.name, sc.endpoints, sc.breaker_failures, sc.breaker_open);
     return std::make_shared<filters::MilterFactory>(std::move(o));
   }
   return nullptr;  // the loader refuses other types until they are built

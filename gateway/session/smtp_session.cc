@@ -9,6 +9,7 @@
 #include "filters/policy/net_prefix.h"
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
+#include "filters/scan_result.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/session/executor_step.h"
@@ -443,6 +444,7 @@ void SmtpSession::resetTransaction() {
   body_8bit_ = false;
   parser_->setSmtpUtf8(false);
   facts_.rcpts.clear();
+  facts_.scan_results.clear();
   pending_rcpt_.clear();
   txn_route_.clear();
   targets_.clear();
@@ -1261,6 +1263,7 @@ void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
 
 void SmtpSession::runContentHooks() {
   facts_.rcpt.clear();  // the data stage looks at the accepted recipients (facts_.rcpts)
+  facts_.scan_results.clear();
   facts_.message = std::make_shared<SpoolBody>(spool_);
   waitFor(filters::Stage::kData);
 }
@@ -1432,6 +1435,9 @@ void SmtpSession::startDelivery() {
   t.queue_id = id_ + "-" + std::to_string(messages_);
   t.headers.swap(added_headers_);
   added_headers_.clear();
+  // One header with every scanner's outcome (filters/scan_result.h), when any ran.
+  if (std::string scan = filters::formatScanHeader(facts_); !scan.empty()) t.headers += scan + "\r\n";
+  facts_.scan_results.clear();
   t.spool = spool_.get();
   t.targets = targets_;
   node_client_.deliver(std::move(t));

@@ -237,7 +237,8 @@ class ClamdTest(harness.LogsOnFailure, unittest.TestCase):
         subject = f"clean {time.time_ns()}"
         code, text = self.send("mx_av", clean_message(subject))
         self.assertEqual(code, 250, text)
-        harness.wait_for(lambda: self.delivered(subject.encode()), 10, what="the clean message delivered")
+        files = harness.wait_for(lambda: self.delivered(subject.encode()), 10, what="the clean message delivered")
+        self.assertIn(b"X-Mailgate-Scan: clamav=clean", files[0].read_bytes())
 
     def test_eicar_is_rejected_and_not_delivered(self):
         subject = f"eicar {time.time_ns()}"
@@ -286,9 +287,10 @@ class ClamdTest(harness.LogsOnFailure, unittest.TestCase):
                                         clean_message(subject, ("z" * 70 + "\r\n") * 40)), {})
         files = harness.wait_for(lambda: self.delivered(subject.encode()), 10, what="the oversize message delivered")
         data = files[0].read_bytes()
-        self.assertIn(b"X-Mailgate-Unscanned: clamav (too large to scan)", data)
+        self.assertRegex(data, rb"X-Mailgate-Scan: clamav=unscanned\(oversize\)\r?\n")
+        self.assertNotIn(b"X-Mailgate-Unscanned", data)
         # The header comes before the message's own header fields.
-        self.assertLess(data.index(b"X-Mailgate-Unscanned"), data.index(b"Subject:"))
+        self.assertLess(data.index(b"X-Mailgate-Scan"), data.index(b"Subject:"))
 
     def test_second_endpoint_when_the_first_refuses(self):
         subject = f"failover clean {time.time_ns()}"

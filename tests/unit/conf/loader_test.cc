@@ -764,6 +764,36 @@ TEST_F(LoaderTest, HooksDefaults) {
   EXPECT_TRUE(c->hooks.flows.empty());
 }
 
+TEST_F(LoaderTest, HooksClamdStreamMaxAndBreaker) {
+  auto c = ok(kHookBase +
+              "hooks:\n"
+              "  scanners:\n"
+              "    clamav: { type: clamd, endpoints: [\"unix:/run/clamav/clamd.ctl\"], stream_max: 100M,\n"
+              "              breaker: { failures: 3, open: 10s }, max_size: 2M, timeouts: { scan: 5s } }\n"
+              "    plain: { type: clamd, endpoints: [\"unix:/run/clamav/clamd.ctl\"] }\n"
+              "  flows:\n"
+              "    - { run: [clamav, plain] }\n");
+  ASSERT_NE(c, nullptr);
+  const auto& s = c->hooks.scanners;
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[0].stream_max, 100ull << 20);
+  EXPECT_EQ(s[0].breaker_failures, 3u);
+  EXPECT_EQ(s[0].breaker_open, Duration(10000));
+  EXPECT_EQ(s[0].max_size, 2ull << 20);
+  EXPECT_EQ(s[0].scan_timeout, Duration(5000));
+  EXPECT_FALSE(s[0].connect_timeout.has_value());
+  EXPECT_EQ(s[1].stream_max, 25ull << 20);  // clamd's own default
+  EXPECT_EQ(s[1].breaker_failures, 5u);
+  EXPECT_EQ(s[1].breaker_open, Duration(30000));
+  auto bad = load(kHookBase +
+                  "hooks:\n"
+                  "  scanners:\n"
+                  "    clamav: { type: clamd, endpoints: [\"unix:/x\"], stream_max: 1 }\n"
+                  "  flows:\n"
+                  "    - { run: [clamav] }\n");
+  EXPECT_EQ(bad.config, nullptr);
+}
+
 TEST_F(LoaderTest, HooksClamdScannersAndFlows) {
   auto c = ok(kHookBase +
               "hooks:\n"

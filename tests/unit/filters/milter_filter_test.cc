@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,7 @@ struct Harness {
     if (o.endpoints.empty()) o.endpoints = {"unix:/milter.sock"};
     o.spool_dir = ::testing::TempDir();
     o.hostname = "mx.test";
+    if (o.name.empty()) o.name = "m";
     factory = std::make_unique<MilterFactory>(std::move(o));
     facts.session_id = "S1";
     facts.protocol = "smtp";
@@ -220,6 +222,7 @@ TEST(MilterFilter, WholeSessionWithChanges) {
   EXPECT_EQ(readAll(*v.replacement),
             "X-Top: top\r\nReceived: from x\r\n\tby y\r\nSubject: new subject\r\nTo: b@example.org\r\n"
             "X-Added: yes\r\n\r\nnew body\r\nline two\r\n");
+  EXPECT_EQ(h.facts.scan_results, (std::vector<std::pair<std::string, std::string>>{{"m", "modified"}}));
   EXPECT_EQ(seen['T'], 1);
   EXPECT_EQ(seen['L'], 4);
   EXPECT_EQ(seen['N'], 1);
@@ -280,11 +283,11 @@ TEST(MilterFilter, RecipientRefusedAloneAndAbortBeforeTheNextMail) {
 }
 
 TEST(MilterFilter, DiscardQuarantineAndRefusalAtTheEnd) {
-  for (const auto& [reply, action, code] :
-       std::vector<std::tuple<std::string, Action, int>>{{packet('d'), Action::kReply, 250},
-                                                         {packet('q', "bad\0"s) + packet('c'), Action::kTempfail, 0},
-                                                         {packet('r'), Action::kReject, 0},
-                                                         {packet('t'), Action::kTempfail, 0}}) {
+  for (const auto& [reply, action, code, outcome] : std::vector<std::tuple<std::string, Action, int, std::string>>{
+           {packet('d'), Action::kReply, 250, "discarded"},
+           {packet('q', "bad\0"s) + packet('c'), Action::kTempfail, 0, "quarantined"},
+           {packet('r'), Action::kReject, 0, "rejected"},
+           {packet('t'), Action::kTempfail, 0, "rejected"}}) {
     Harness h;
     h.host.respond = [&, r = reply](char cmd, const std::string&) -> std::string {
       if (cmd == 'O') return optneg(kAllActions, 0);
@@ -297,6 +300,8 @@ TEST(MilterFilter, DiscardQuarantineAndRefusalAtTheEnd) {
     Verdict v = h.stage(Stage::kData);
     EXPECT_EQ(v.action, action) << v.reason;
     EXPECT_EQ(v.code, code);
+    ASSERT_EQ(h.facts.scan_results.size(), 1u);
+    EXPECT_EQ(h.facts.scan_results[0].second, outcome);
   }
   // With a quarantine store: the quarantine verdict.
   MilterOptions o;
@@ -345,6 +350,24 @@ TEST(MilterFilter, MilterClosingMidBodyIsAFailure) {
   Verdict v = h.stage(Stage::kData);
   EXPECT_EQ(v.action, Action::kTempfail);
   EXPECT_NE(v.reason.find("connection ended"), std::string::npos) << v.reason;
+  EXPECT_EQ(h.facts.scan_results, (std::vector<std::pair<std::string, std::string>>{{"m", "error(unavailable)"}}));
+}
+
+TEST(MilterFilter, OpenBreakerSkipsTheMilterForTheSession) {
+  MilterOptions o;
+  o.on_error = FailureAction::kAccept;
+  o.breaker = std::make_shared<CircuitBreaker>(1, std::chrono::minutes(1));
+  o.endpoints = {"tcp:127.0.0.1:1/refused"};
+  Harness h(o);
+  h.host.respond = [&](char, const std::string&) -> std::string { return packet('c'); };
+  EXPECT_EQ(h.stage(Stage::kConnect).action, Action::kContinue);  // no endpoint: on_error accept
+  EXPECT_EQ(o.breaker->state(), CircuitBreaker::State::kOpen);
+  Harness h2(o);  // the next session: skipped at once, no connection
+  EXPECT_EQ(h2.filter->onStage(Stage::kConnect, h2.facts, Resumer(h2.post, 1)).action, Action::kContinue);
+  EXPECT_EQ(h2.host.next_id, 0u);
+  h2.facts.message = std::make_shared<StringBody>("Subject: s\r\n\r\nbody\r\n");
+  EXPECT_EQ(h2.filter->onStage(Stage::kData, h2.facts, Resumer(h2.post, 1)).action, Action::kContinue);
+  EXPECT_EQ(h2.facts.scan_results, (std::vector<std::pair<std::string, std::string>>{{"m", "skipped(breaker)"}}));
 }
 
 TEST(MilterFilter, NextEndpointWhenTheFirstCannotBeConnectedTo) {
