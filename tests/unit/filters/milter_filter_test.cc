@@ -124,7 +124,11 @@ class FakeHost final : public ConnectionHost {
         const std::string data = wire.substr(5, len - 1);
         wire.erase(0, 4 + len);
         commands.push_back(std::string(1, cmd));
-        if (cmd == 'D') continue;  // macros get no reply
+        if (cmd == 'A') continue;  // nor does ABORT
+        if (cmd == 'D') {  // macros get no reply
+          macros.push_back(data);
+          continue;
+        }
         const std::string reply = respond(cmd, data);
         moved = true;
         if (reply == "CLOSE") {
@@ -143,6 +147,7 @@ class FakeHost final : public ConnectionHost {
   bool connect_pending = false, refused_pending = false, closed = false;
   std::string wire;
   std::vector<std::string> commands;
+  std::vector<std::string> macros;  // the data of each D packet
   std::deque<std::function<void()>> posted;
 };
 
@@ -210,9 +215,18 @@ TEST(MilterFilter, WholeSessionWithChanges) {
   EXPECT_EQ(h.stage(Stage::kHelo).action, Action::kContinue);
   h.facts.from = "a@example.com";
   h.facts.mail_path = "<a@example.com>";
+  h.facts.authenticated = true;
+  h.facts.user = "a@example.com";
   EXPECT_EQ(h.stage(Stage::kMail).action, Action::kContinue);
   h.facts.rcpt = "b@example.org";
   EXPECT_EQ(h.stage(Stage::kRcpt).action, Action::kContinue);
+  ASSERT_EQ(h.host.macros.size(), 3u);
+  EXPECT_EQ(h.host.macros[0],
+            "Cj\0mx.test\0{daemon_name}\0mailgate\0{client_addr}\0" "192.0.2.7\0{client_port}\0" "4000\0"
+            "{client_name}\0unknown\0_\0unknown [192.0.2.7]\0{if_addr}\0\0"s);
+  EXPECT_EQ(h.host.macros[1],
+            "M{auth_authen}\0a@example.com\0{auth_type}\0PLAIN\0i\0S1\0{mail_addr}\0a@example.com\0"s);
+  EXPECT_EQ(h.host.macros[2], "R{rcpt_addr}\0b@example.org\0"s);
   h.facts.rcpts = {"<b@example.org>"};
   h.facts.message = std::make_shared<StringBody>(
       "Received: from x\r\n\tby y\r\nSubject: old\r\nX-Drop: me\r\nTo: b@example.org\r\n\r\nold body\r\n");
