@@ -16,7 +16,8 @@ void putU32(uint32_t v, std::string* out) {
 uint32_t getU32(std::string_view s) {
   return (static_cast<uint32_t>(static_cast<uint8_t>(s[0])) << 24) |
          (static_cast<uint32_t>(static_cast<uint8_t>(s[1])) << 16) |
-         (static_cast<uint32_t>(static_cast<uint8_t>(s[2])) << 8) | static_cast<uint32_t>(static_cast<uint8_t>(s[3]));
+         (static_cast<uint32_t>(static_cast<uint8_t>(s[2])) << 8) |
+         static_cast<uint32_t>(static_cast<uint8_t>(s[3]));
 }
 
 // A NUL-terminated string: the string as it goes on the wire (an embedded NUL would
@@ -163,8 +164,8 @@ bool MilterReplyParser::decode() noexcept {
     return true;  // trailing octets are ignored, as libmilter's peers do
   };
   auto bad = [&](const char* what) {
-    error_ = std::string("malformed '") + (cmd >= 0x20 && cmd < 0x7f ? std::string(1, cmd) : std::string("?")) +
-             "' reply: " + what;
+    error_ = std::string("malformed '") +
+             (cmd >= 0x20 && cmd < 0x7f ? std::string(1, cmd) : std::string("?")) + "' reply: " + what;
     return false;
   };
   switch (cmd) {

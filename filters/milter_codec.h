@@ -120,22 +120,22 @@ void milterAbort(std::string* out);
 void milterQuit(std::string* out);
 
 enum class MilterReplyKind : uint8_t {
-  kContinue,     // c
-  kAccept,       // a
-  kReject,       // r
-  kTempfail,     // t
-  kDiscard,      // d
-  kReplyCode,    // y: text = "550 5.7.1 text"
-  kSkip,         // s
-  kProgress,     // p
-  kAddHeader,    // h: name, value
-  kChangeHeader, // m: index, name, value ("" = delete)
-  kInsertHeader, // i: index, name, value
-  kReplaceBody,  // b: value = a chunk of the new body
-  kQuarantine,   // q: text = the reason
-  kOptneg,       // O: version, actions, protocol
-  kSetSymList,   // l: index = the macro stage, text = the macro names
-  kOther,        // another milter reply this MTA did not offer (e, +, -, 2, ...): command
+  kContinue,      // c
+  kAccept,        // a
+  kReject,        // r
+  kTempfail,      // t
+  kDiscard,       // d
+  kReplyCode,     // y: text = "550 5.7.1 text"
+  kSkip,          // s
+  kProgress,      // p
+  kAddHeader,     // h: name, value
+  kChangeHeader,  // m: index, name, value ("" = delete)
+  kInsertHeader,  // i: index, name, value
+  kReplaceBody,   // b: value = a chunk of the new body
+  kQuarantine,    // q: text = the reason
+  kOptneg,        // O: version, actions, protocol
+  kSetSymList,    // l: index = the macro stage, text = the macro names
+  kOther,         // another milter reply this MTA did not offer (e, +, -, 2, ...): command
 };
 
 struct MilterReply {

@@ -142,9 +142,11 @@ int openTemp(const std::string& dir, std::string* err) {
 
 // Writes the rewritten message: the headers, then the milter's body or the original
 // one streamed from the spool. Runs on the content executor.
-std::shared_ptr<const MessageBody> writeMessage(const std::string& dir, const std::vector<MilterHeader>& headers,
-                                                bool leading_space, const std::shared_ptr<const MessageBody>& body,
-                                                uint64_t body_off, const std::string* new_body, std::string* err) {
+std::shared_ptr<const MessageBody> writeMessage(const std::string& dir,
+                                                const std::vector<MilterHeader>& headers, bool leading_space,
+                                                const std::shared_ptr<const MessageBody>& body,
+                                                uint64_t body_off, const std::string* new_body,
+                                                std::string* err) {
   const int fd = openTemp(dir, err);
   if (fd < 0) return nullptr;
   auto out = std::make_shared<FileBody>(fd, 0);  // closes fd on every path
@@ -211,8 +213,8 @@ class MilterFilter final : public Filter, public ConnectionHandler {
 
   std::string_view name() const override { return o_->name; }
   uint32_t stages() const override {
-    return stageBit(Stage::kConnect) | stageBit(Stage::kHelo) | stageBit(Stage::kMail) | stageBit(Stage::kRcpt) |
-           stageBit(Stage::kData);
+    return stageBit(Stage::kConnect) | stageBit(Stage::kHelo) | stageBit(Stage::kMail) |
+           stageBit(Stage::kRcpt) | stageBit(Stage::kData);
   }
   std::chrono::milliseconds deadline() const override { return o_->scan_timeout; }
   Verdict onError() const override {
@@ -267,7 +269,8 @@ class MilterFilter final : public Filter, public ConnectionHandler {
     if (conn_ == 0) {
       endpoint_ = 0;
       if (!connectNext())
-        return failNow(facts, "no endpoint could be connected to (" + last_error_ + ")", kScanErrorUnavailable);
+        return failNow(facts, "no endpoint could be connected to (" + last_error_ + ")",
+                       kScanErrorUnavailable);
       queueOptneg();
       queueConnect(facts);
       if (stage > Stage::kHelo && !facts.helo.empty()) queueHelo(facts);  // a milter that starts late
@@ -641,11 +644,11 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         return;
       }
       if (g_milter_log.allow())
-        log::warn("milter quarantine without a store", {{"session", session_id_},
-                                                        {"scanner", o_->name},
-                                                        {"reason", quarantine_}});
-      finish(Verdict::of(Action::kTempfail, "milter " + o_->name +
-                                                ": quarantine asked, no hooks.quarantine store: " + quarantine_));
+        log::warn("milter quarantine without a store",
+                  {{"session", session_id_}, {"scanner", o_->name}, {"reason", quarantine_}});
+      finish(Verdict::of(
+          Action::kTempfail,
+          "milter " + o_->name + ": quarantine asked, no hooks.quarantine store: " + quarantine_));
       return;
     }
     if (discard_) {
@@ -778,12 +781,13 @@ class MilterFilter final : public Filter, public ConnectionHandler {
         }
         return modification(r);
       case MilterReplyKind::kOther:
-        if (phase_ == DataPhase::kEob && eob_sent_ && std::string_view("+-2e").find(r.command) != std::string_view::npos) {
+        if (phase_ == DataPhase::kEob && eob_sent_ &&
+            std::string_view("+-2e").find(r.command) != std::string_view::npos) {
           // Recipient and sender changes are not offered: ignored (and said so).
           if (g_milter_log.allow())
-            log::warn("milter change ignored", {{"session", session_id_},
-                                                {"scanner", o_->name},
-                                                {"reply", std::string(1, r.command)}});
+            log::warn(
+                "milter change ignored",
+                {{"session", session_id_}, {"scanner", o_->name}, {"reply", std::string(1, r.command)}});
           return true;
         }
         fail(std::string("unexpected reply '") + (r.command > 32 && r.command < 127 ? r.command : '?') + "'");
@@ -827,7 +831,8 @@ class MilterFilter final : public Filter, public ConnectionHandler {
             endOfBody(Verdict::next());  // changes already given still apply
             return true;
           }
-          // Accepted before the end of the body: the rest is not sent (the milter expects ABORT or the next MAIL).
+          // Accepted before the end of the body: the rest is not sent (the milter expects ABORT or the next
+          // MAIL).
           in_message_ = true;
           if (discard_) outcome_ = "discarded";
           finish(discard_ ? discardVerdict() : Verdict::next());
@@ -1186,7 +1191,8 @@ bool milterHeaderBlock(std::string_view head, bool whole, bool keep_space, std::
 MilterFactory::MilterFactory(MilterOptions options)
     : options_(std::make_shared<const MilterOptions>(std::move(options))) {}
 
-std::unique_ptr<Filter> MilterFactory::create(const SessionFacts& facts, const FilterServices& services) const {
+std::unique_ptr<Filter> MilterFactory::create(const SessionFacts& facts,
+                                              const FilterServices& services) const {
   if (facts.protocol != "smtp") return nullptr;
   if (!options_->when.empty()) {
     const bool any = std::any_of(options_->when.begin(), options_->when.end(), [&](const ScanWhen& w) {

@@ -48,8 +48,8 @@ struct MilterOptions {
   uint64_t max_size = 50ull << 20;                // larger messages skip the body steps
   FailureAction on_error = FailureAction::kTempfail;
   OversizeAction on_oversize = OversizeAction::kAcceptUnscanned;
-  std::vector<ScanWhen> when;  // empty = every SMTP session
-  std::string hostname;        // macro j; empty = gethostname()
+  std::vector<ScanWhen> when;          // empty = every SMTP session
+  std::string hostname;                // macro j; empty = gethostname()
   std::string spool_dir = "/var/tmp";  // where a modified message is written
   bool quarantine_store = false;       // hooks.quarantine has a store
   // Each stage's exchange is a scan for the breaker; open: the milter is skipped for
@@ -59,12 +59,12 @@ struct MilterOptions {
 
 // Process-wide counters for /metrics.
 struct MilterStats {
-  std::atomic<uint64_t> sessions{0};   // connections negotiated
-  std::atomic<uint64_t> refusals{0};   // reject, tempfail, reply code at any stage
+  std::atomic<uint64_t> sessions{0};  // connections negotiated
+  std::atomic<uint64_t> refusals{0};  // reject, tempfail, reply code at any stage
   std::atomic<uint64_t> discards{0};
-  std::atomic<uint64_t> modified{0};   // messages rewritten (headers or body)
+  std::atomic<uint64_t> modified{0};  // messages rewritten (headers or body)
   std::atomic<uint64_t> quarantined{0};
-  std::atomic<uint64_t> errors{0};     // connect, protocol, I/O failures
+  std::atomic<uint64_t> errors{0};  // connect, protocol, I/O failures
   std::atomic<uint64_t> timeouts{0};
 };
 MilterStats& milterStats();

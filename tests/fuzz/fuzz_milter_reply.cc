@@ -40,9 +40,10 @@ std::string run(std::string_view in, size_t max, uint32_t seed) {
       }
       const auto& r = p.reply();
       FUZZ_CHECK(r.name.size() + r.value.size() + r.text.size() <= max);
-      out += std::string(1, r.command) + std::to_string(static_cast<int>(r.kind)) + ":" + std::to_string(r.index) +
-             ":" + r.name + ":" + r.value + ":" + r.text + ":" + std::to_string(r.version) + "," +
-             std::to_string(r.actions) + "," + std::to_string(r.protocol) + ";";
+      out += std::string(1, r.command) + std::to_string(static_cast<int>(r.kind)) + ":" +
+             std::to_string(r.index) + ":" + r.name + ":" + r.value + ":" + r.text + ":" +
+             std::to_string(r.version) + "," + std::to_string(r.actions) + "," + std::to_string(r.protocol) +
+             ";";
     }
   }
   return out + (p.midPacket() ? "MID" : "");

@@ -21,7 +21,9 @@ std::string be32(uint32_t v) {
   return s;
 }
 
-std::string packet(char cmd, std::string_view data) { return be32(static_cast<uint32_t>(data.size() + 1)) + cmd + std::string(data); }
+std::string packet(char cmd, std::string_view data) {
+  return be32(static_cast<uint32_t>(data.size() + 1)) + cmd + std::string(data);
+}
 
 // Parses the stream fed in pieces cut at `cuts`; the replies in order, and "ERR:..." for an error.
 std::vector<std::string> parse(std::string_view in, const std::vector<size_t>& cuts, size_t max = 1 << 20) {
@@ -118,8 +120,8 @@ TEST(MilterCodec, BodyIsCutIntoChunksOfAtMost65535) {
 }
 
 TEST(MilterCodec, SimpleReplies) {
-  const std::string in = packet('c', "") + packet('a', "") + packet('r', "") + packet('t', "") + packet('d', "") +
-                         packet('s', "") + packet('p', "");
+  const std::string in = packet('c', "") + packet('a', "") + packet('r', "") + packet('t', "") +
+                         packet('d', "") + packet('s', "") + packet('p', "");
   const auto r = parseEveryWay(in);
   ASSERT_EQ(r.size(), 7u);
   EXPECT_EQ(r[0], "c|0|0||||0,0,0");
@@ -135,8 +137,8 @@ TEST(MilterCodec, RepliesWithData) {
   const std::string in = packet('y', "550 5.7.1 No thanks\0"s) + packet('h', "X-Spam\0yes\0"s) +
                          packet('m', be32(2) + "Subject\0\0"s) + packet('i', be32(0) + "X-First\0v\0"s) +
                          packet('b', "new body\r\n") + packet('q', "looks odd\0"s) +
-                         packet('O', be32(6) + be32(0x21) + be32(0x80)) + packet('l', be32(1) + "{a} {b}\0"s) +
-                         packet('e', "<x@y>\0"s);
+                         packet('O', be32(6) + be32(0x21) + be32(0x80)) +
+                         packet('l', be32(1) + "{a} {b}\0"s) + packet('e', "<x@y>\0"s);
   const auto r = parseEveryWay(in);
   ASSERT_EQ(r.size(), 9u);
   EXPECT_EQ(r[0], "y|5|0|||550 5.7.1 No thanks|0,0,0");
@@ -154,7 +156,8 @@ TEST(MilterCodec, RepliesWithData) {
 }
 
 TEST(MilterCodec, MalformedReplies) {
-  EXPECT_EQ(parseEveryWay(packet('y', "550 no nul")).back(), "ERR:malformed 'y' reply: text not NUL-terminated");
+  EXPECT_EQ(parseEveryWay(packet('y', "550 no nul")).back(),
+            "ERR:malformed 'y' reply: text not NUL-terminated");
   EXPECT_EQ(parseEveryWay(packet('m', "\0\0"s)).back(), "ERR:malformed 'm' reply: no index");
   EXPECT_EQ(parseEveryWay(packet('h', "X-A\0no-nul"s)).back(), "ERR:malformed 'h' reply: name or value");
   EXPECT_EQ(parseEveryWay(packet('O', be32(6))).back(), "ERR:malformed 'O' reply: shorter than 12 octets");

@@ -9,8 +9,8 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <tuple>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "filters/milter_codec.h"
@@ -125,7 +125,7 @@ class FakeHost final : public ConnectionHost {
         wire.erase(0, 4 + len);
         commands.push_back(std::string(1, cmd));
         if (cmd == 'A') continue;  // nor does ABORT
-        if (cmd == 'D') {  // macros get no reply
+        if (cmd == 'D') {          // macros get no reply
           macros.push_back(data);
           continue;
         }
@@ -222,7 +222,9 @@ TEST(MilterFilter, WholeSessionWithChanges) {
   EXPECT_EQ(h.stage(Stage::kRcpt).action, Action::kContinue);
   ASSERT_EQ(h.host.macros.size(), 3u);
   EXPECT_EQ(h.host.macros[0],
-            "Cj\0mx.test\0{daemon_name}\0mailgate\0{client_addr}\0" "192.0.2.7\0{client_port}\0" "4000\0"
+            "Cj\0mx.test\0{daemon_name}\0mailgate\0{client_addr}\0"
+            "192.0.2.7\0{client_port}\0"
+            "4000\0"
             "{client_name}\0unknown\0_\0unknown [192.0.2.7]\0{if_addr}\0\0"s);
   EXPECT_EQ(h.host.macros[1],
             "M{auth_authen}\0a@example.com\0{auth_type}\0PLAIN\0i\0S1\0{mail_addr}\0a@example.com\0"s);
@@ -268,7 +270,8 @@ TEST(MilterFilter, DeclinedStepsAreNotSentAndNoReplyIsNotAwaited) {
   EXPECT_EQ(kinds.find('L'), std::string::npos);
   EXPECT_EQ(kinds.find('N'), std::string::npos);
   EXPECT_EQ(kinds.find('H'), std::string::npos);
-  EXPECT_NE(kinds.find("DTBBBBDE"), std::string::npos) << kinds;  // 200000 octets: 4 chunks, then the macros and end of body
+  EXPECT_NE(kinds.find("DTBBBBDE"), std::string::npos)
+      << kinds;  // 200000 octets: 4 chunks, then the macros and end of body
 }
 
 TEST(MilterFilter, RecipientRefusedAloneAndAbortBeforeTheNextMail) {
@@ -297,7 +300,8 @@ TEST(MilterFilter, RecipientRefusedAloneAndAbortBeforeTheNextMail) {
 }
 
 TEST(MilterFilter, DiscardQuarantineAndRefusalAtTheEnd) {
-  for (const auto& [reply, action, code, outcome] : std::vector<std::tuple<std::string, Action, int, std::string>>{
+  for (const auto& [reply, action, code, outcome] :
+       std::vector<std::tuple<std::string, Action, int, std::string>>{
            {packet('d'), Action::kReply, 250, "discarded"},
            {packet('q', "bad\0"s) + packet('c'), Action::kTempfail, 0, "quarantined"},
            {packet('r'), Action::kReject, 0, "rejected"},
@@ -364,7 +368,8 @@ TEST(MilterFilter, MilterClosingMidBodyIsAFailure) {
   Verdict v = h.stage(Stage::kData);
   EXPECT_EQ(v.action, Action::kTempfail);
   EXPECT_NE(v.reason.find("connection ended"), std::string::npos) << v.reason;
-  EXPECT_EQ(h.facts.scan_results, (std::vector<std::pair<std::string, std::string>>{{"m", "error(unavailable)"}}));
+  EXPECT_EQ(h.facts.scan_results,
+            (std::vector<std::pair<std::string, std::string>>{{"m", "error(unavailable)"}}));
 }
 
 TEST(MilterFilter, OpenBreakerSkipsTheMilterForTheSession) {
@@ -381,7 +386,8 @@ TEST(MilterFilter, OpenBreakerSkipsTheMilterForTheSession) {
   EXPECT_EQ(h2.host.next_id, 0u);
   h2.facts.message = std::make_shared<StringBody>("Subject: s\r\n\r\nbody\r\n");
   EXPECT_EQ(h2.filter->onStage(Stage::kData, h2.facts, Resumer(h2.post, 1)).action, Action::kContinue);
-  EXPECT_EQ(h2.facts.scan_results, (std::vector<std::pair<std::string, std::string>>{{"m", "skipped(breaker)"}}));
+  EXPECT_EQ(h2.facts.scan_results,
+            (std::vector<std::pair<std::string, std::string>>{{"m", "skipped(breaker)"}}));
 }
 
 TEST(MilterFilter, NextEndpointWhenTheFirstCannotBeConnectedTo) {
