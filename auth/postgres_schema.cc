@@ -128,6 +128,34 @@ CREATE UNLOGGED TABLE mailgate_policy_counters (
 );
 CREATE INDEX mailgate_policy_counters_window ON mailgate_policy_counters (window_start);
 )sql",
+    // 4: the quarantine (hooks.quarantine.store: postgres): one row per held message,
+    // the message in a bytea (up to the largest message a listener accepts). rcpts and
+    // delivered are one address a line. releasing_until: a release in progress (a
+    // second one waits for it, or for its expiry if its gateway died).
+    R"sql(
+CREATE TABLE IF NOT EXISTS mailgate_quarantine (
+  id              text PRIMARY KEY,
+  created         timestamptz NOT NULL DEFAULT now(),
+  created_ms      bigint NOT NULL,
+  reason          text NOT NULL DEFAULT '',
+  filter          text NOT NULL DEFAULT '',
+  ref             text NOT NULL DEFAULT '',
+  mail_from       text NOT NULL,
+  rcpts           text NOT NULL,
+  delivered       text NOT NULL DEFAULT '',
+  client_ip       text NOT NULL DEFAULT '',
+  helo            text NOT NULL DEFAULT '',
+  username        text NOT NULL DEFAULT '',
+  listener        text NOT NULL DEFAULT '',
+  session_id      text NOT NULL DEFAULT '',
+  smtputf8        boolean NOT NULL DEFAULT false,
+  body_8bit       boolean NOT NULL DEFAULT false,
+  size            bigint NOT NULL,
+  message         bytea NOT NULL,
+  releasing_until timestamptz
+);
+CREATE INDEX IF NOT EXISTS mailgate_quarantine_created ON mailgate_quarantine (created_ms);
+)sql",
 };
 
 constexpr int kLatest = static_cast<int>(sizeof kMigrations / sizeof kMigrations[0]);

@@ -319,6 +319,9 @@ class Loader {
   std::vector<ConfigError> errors_;
   bool too_many_ = false;
   std::vector<std::string> bad_scanners_;  // declared with an error already reported
+  // Policies with then: quarantine (where, path), checked against hooks.quarantine
+  // once the hooks are loaded (policies come first).
+  std::vector<std::pair<YAML::Mark, std::string>> quarantine_rules_;
 };
 
 bool Loader::fields(const YAML::Node& node, const std::string& path,
@@ -556,6 +559,9 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   loadLimits(f.find("limits"), cfg);
   if (const Entry* e = f.find("policies")) loadPolicies(*e, cfg);
   if (const Entry* e = f.find("hooks")) loadHooks(e->value, cfg);
+  if (cfg->hooks.quarantine.store.empty())
+    for (const auto& [mark, rpath] : quarantine_rules_)
+      error(mark, rpath + ": quarantine needs a store (hooks.quarantine.store: dir or postgres)");
 }
 
 // --- hooks -----------------------------------------------------------------------
@@ -596,8 +602,47 @@ void Loader::loadHooks(const YAML::Node& n, Config* cfg) {
   if (const Entry* e = f.find("quarantine")) loadQuarantine(*e, cfg);
 }
 
-void Loader::loadQuarantine(const Entry& e, Config* /*cfg*/) {
-  if (!e.value.IsNull()) error(e.key_node, "hooks.quarantine: is not supported yet");
+void Loader::loadQuarantine(const Entry& e, Config* cfg) {
+  const std::string path = "hooks.quarantine";
+  Fields f;
+  if (!fields(e.value, path, {"store", "dir", "retention"}, &f)) return;
+  QuarantineConfig& q = cfg->hooks.quarantine;
+  if (!f.find("store")) {
+    if (!e.value.IsNull()) error(e.mark(), path + ": missing required key \"store\" (dir or postgres)");
+    return;
+  }
+  getEnum<std::string>(f, "store", path, {{"dir", "dir"}, {"postgres", "postgres"}}, &q.store);
+  getDuration(f, "retention", path, &q.retention, false);
+  const Entry* store = f.find("store");
+  const Entry* dir = f.find("dir");
+  if (q.store == "postgres") {
+    if (cfg->directory.driver != "postgres")
+      error(store->mark(), join(path, "store") + ": postgres needs directory.driver postgres");
+    if (dir) error(dir->key_node, join(path, "dir") + ": only with store: dir");
+  } else if (q.store == "dir") {
+    if (!dir) {
+      error(store->mark(), join(path, "store") + ": dir needs hooks.quarantine.dir (a directory)");
+      return;
+    }
+    std::string d;
+    getString(f, "dir", path, &d, false);
+    if (d.empty()) return;
+    d = resolve(d);
+    std::error_code ec;
+    if (std::filesystem::exists(d, ec) && !std::filesystem::is_directory(d, ec)) {
+      error(dir->mark(), join(path, "dir") + ": " + d + " is not a directory");
+    } else if (std::filesystem::is_directory(d, ec)) {
+      if (::access(d.c_str(), W_OK | X_OK) != 0)
+        error(dir->mark(), join(path, "dir") + ": cannot write to " + d);
+    } else {
+      // Created at start (one level); its parent must exist and be writable.
+      const std::string parent = std::filesystem::path(d).parent_path().string();
+      if (!std::filesystem::is_directory(parent, ec) || ::access(parent.c_str(), W_OK | X_OK) != 0)
+        error(dir->mark(),
+              join(path, "dir") + ": " + d + " does not exist and cannot be created in " + parent);
+    }
+    q.dir = std::move(d);
+  }
 }
 
 void Loader::loadScanners(const Entry& section, HooksConfig* h) {
@@ -730,13 +775,124 @@ bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, co
   return !sc->endpoints.empty();  // else reported
 }
 
+// The names of the built-in DLP patterns (filters/dlp.cc has their text).
+constexpr std::string_view kDlpBuiltinPatterns[] = {"card_number", "iban"};
+
 bool Loader::loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
-                            const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
-  (void)key;
-  YAML::Node type_node;
-  findValue(item, "type", &type_node);
-  error(type_node, path + ".type: scanner type dlp is not supported yet");
-  return false;
+                            const HooksConfig& h, ScannerConfig* out) {
+  ScannerConfig& sc = *out;
+  const size_t before = errors_.size();
+  Fields f;
+  if (!fields(item, path,
+              {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "detectors", "on_match",
+               "tag_header"},
+              &f))
+    return false;
+  loadCommonScannerKeys(f, path, h, &sc);
+  getEnum<DlpAction>(
+      f, "on_match", path,
+      {{"reject", DlpAction::kReject}, {"quarantine", DlpAction::kQuarantine}, {"tag", DlpAction::kTag}},
+      &sc.on_match);
+  if (const Entry* t = f.find("tag_header")) {
+    const std::string tpath = join(path, "tag_header");
+    std::string s;
+    if (scalar(*t, tpath, "a header field \"Name: value\"", &s)) {
+      const size_t colon = s.find(':');
+      const bool name_ok = colon != std::string::npos && colon > 0 &&
+                           std::all_of(s.begin(), s.begin() + static_cast<std::ptrdiff_t>(colon),
+                                       [](char c) { return c > 32 && c < 127; });
+      const std::string_view value =
+          colon == std::string::npos ? std::string_view() : std::string_view(s).substr(colon + 1);
+      const bool value_ok = value.find_first_not_of(' ') != std::string_view::npos &&
+                            std::none_of(value.begin(), value.end(), [](char c) {
+                              return c == '\r' || c == '\n' || c == '\0' || (c > 0 && c < 32 && c != '\t');
+                            });
+      if (!name_ok || !value_ok || s.size() > 998)
+        error(t->mark(),
+              tpath +
+                  ": expected a header field \"Name: value\" (printable name, one line, at most 998 "
+                  "octets), got " +
+                  quote(s));
+      else
+        sc.tag_header = std::move(s);
+    }
+  }
+  requireKey(f, "detectors", key.Mark(), path);
+  if (const Entry* e = f.find("detectors")) {
+    const std::string dpath = join(path, "detectors");
+    if (!e->value.IsSequence() || e->value.size() == 0) {
+      error(e->mark(), dpath + ": expected a list of one or more detectors, got " +
+                           (e->value.IsSequence() ? std::string("an empty list") : describe(e->value)));
+    } else {
+      for (size_t i = 0; i < e->value.size(); ++i) {
+        const YAML::Node dn = e->value[i];
+        const std::string ipath = indexed(dpath, i);
+        if (!dn.IsMap()) {
+          error(dn, ipath + ": expected a map, got " + describe(dn));
+          continue;
+        }
+        Fields df;
+        if (!fields(dn, ipath, {"id", "pattern", "validate", "context", "context_window", "min_count"}, &df))
+          continue;
+        DlpDetectorConfig d;
+        d.line = dn.Mark().line + 1;
+        d.column = dn.Mark().column + 1;
+        requireKey(df, "id", dn.Mark(), ipath);
+        requireKey(df, "pattern", dn.Mark(), ipath);
+        getName(df, "id", ipath, &d.id);
+        if (const Entry* id = df.find("id"); id && !d.id.empty()) {
+          for (const DlpDetectorConfig& other : sc.detectors) {
+            if (other.id == d.id) {
+              error(id->mark(), join(ipath, "id") + ": duplicate detector id " + quote(d.id) +
+                                    " (also at line " + std::to_string(other.line) + ")");
+              break;
+            }
+          }
+        }
+        if (const Entry* p = df.find("pattern")) {
+          const std::string ppath = join(ipath, "pattern");
+          std::string s;
+          if (scalar(*p, ppath, "a built-in pattern name or an RE2 pattern", &s)) {
+            const bool builtin = std::find(std::begin(kDlpBuiltinPatterns), std::end(kDlpBuiltinPatterns),
+                                           s) != std::end(kDlpBuiltinPatterns);
+            if (s.empty()) {
+              error(p->mark(), ppath + ": must not be empty");
+            } else if (!builtin) {
+              RE2::Options options;
+              options.set_log_errors(false);
+              const RE2 re(s, options);
+              if (!re.ok())
+                error(p->mark(), ppath + ": invalid pattern " + quote(s) + ": " + re.error() +
+                                     " (or use a built-in pattern: card_number, iban)");
+            }
+            d.pattern = std::move(s);
+          }
+        }
+        getEnum<std::string>(df, "validate", ipath, {{"luhn", "luhn"}, {"iban_mod97", "iban_mod97"}},
+                             &d.validate);
+        if (const Entry* c = df.find("context")) {
+          const std::string cpath = join(ipath, "context");
+          std::vector<YAML::Node> words;
+          if (items(*c, cpath, "a word", &words)) {
+            for (const YAML::Node& w : words) {
+              std::string s;
+              if (!scalar(w, cpath, "a word", &s)) continue;
+              if (s.empty() || s.size() > 256 ||
+                  s.find_first_of(std::string_view("\0\r\n", 3)) != std::string::npos) {
+                error(w, cpath + ": " + quote(s) + ": a context word is 1 to 256 octets on one line");
+                continue;
+              }
+              d.context.push_back(std::move(s));
+            }
+          }
+        }
+        getNumber(df, "context_window", ipath, 1, 4096, &d.context_window);
+        getNumber(df, "min_count", ipath, 1, 10000, &d.min_count);
+        sc.detectors.push_back(std::move(d));
+      }
+    }
+  }
+  return errors_.size() == before && !sc.detectors.empty();
 }
 
 bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
@@ -2197,8 +2353,10 @@ void Loader::loadPolicy(const YAML::Node& n, const std::string& path, const Conf
                         &r->then);
   const Entry* then = f.find("then");
   const bool then_ok = then && errors_.size() == before_then;
-  if (then_ok && r->then == PolicyAction::kQuarantine)
-    error(then->mark(), join(path, "then") + ": quarantine store not configured yet");
+  if (then_ok && r->then == PolicyAction::kQuarantine && stage && *stage != Stage::kData)
+    error(then->mark(), join(path, "then") + ": quarantine holds a message, so only at stage data");
+  else if (then_ok && r->then == PolicyAction::kQuarantine)
+    quarantine_rules_.emplace_back(then->mark(), join(path, "then"));
   else if (then_ok && r->then == PolicyAction::kTag && stage && *stage != Stage::kData)
     error(then->mark(), join(path, "then") + ": tag adds a header field, so only at stage data");
 

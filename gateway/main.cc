@@ -18,12 +18,14 @@
 #include "conf/config.h"
 #include "filters/circuit_breaker.h"
 #include "filters/clamd_filter.h"
+#include "filters/dlp.h"
 #include "filters/milter_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/policy_cli.h"
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
+#include "filters/quarantine.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
@@ -44,6 +46,9 @@ void usage() {
                "       mailgate --config FILE --bans                 list the running gateway's bans\n"
                "       mailgate --config FILE --ban NET [--ttl 1h] [--reason TEXT]\n"
                "       mailgate --config FILE --unban NET\n"
+               "       mailgate --config FILE --quarantine           list the running gateway's quarantine\n"
+               "       mailgate --config FILE --release ID           deliver a quarantined message\n"
+               "       mailgate --config FILE --delete ID            delete a quarantined message\n"
                "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
                "                [--user U] [--message FILE.eml]   what the policy does to a session\n"
                "       mailgate --test-policy FILE CASES.yaml   run policy test cases offline\n"
@@ -95,14 +100,17 @@ struct AdminReply {
   std::string body;
 };
 
-Result<AdminReply> adminCall(const std::string& path, const std::string& method, const std::string& target) {
+Result<AdminReply> adminCall(const std::string& path, const std::string& method, const std::string& target,
+                             time_t timeout_s = 5) {
   auto r = conf::loadConfigFile(path);
   if (!r.errors.empty()) {
     reportErrors(r.errors);
     return Error{"the configuration has errors"};
   }
   const std::string& listen = r.config->admin.listen;
-  if (listen.empty()) return Error{path + ": admin.listen is not configured: the bans are managed through it"};
+  if (listen.empty())
+    return Error{path +
+                 ": admin.listen is not configured: the bans and the quarantine are managed through it"};
   conf::ListenAddress la;
   std::string why;
   if (!conf::parseListenAddress(listen, &la, &why)) return Error{path + ": admin.listen: " + why};
@@ -114,7 +122,7 @@ Result<AdminReply> adminCall(const std::string& path, const std::string& method,
   const std::string where = "admin endpoint " + listen;
   int fd = ::socket(sa.value().ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Error{where + ": " + std::strerror(errno)};
-  timeval tv{5, 0};
+  timeval tv{timeout_s, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (::connect(fd, reinterpret_cast<const sockaddr*>(&sa.value().ss), sa.value().len) != 0) {
@@ -199,6 +207,38 @@ int bansCli(const std::string& path, int argc, char** argv) {
   }
   usage();
   return 2;
+}
+
+// mailgate --config FILE (--quarantine | --release ID | --delete ID)
+int quarantineCli(const std::string& path, int argc, char** argv) {
+  const std::string cmd = argv[3];
+  if (cmd == "--quarantine" && argc == 4) return banCommand(path, "GET", "/quarantine?format=table", true);
+  if (argc != 5) {
+    usage();
+    return 2;
+  }
+  const std::string id = argv[4];
+  if (!filters::validQuarantineId(id)) {
+    std::fprintf(stderr, "mailgate: %s: not a quarantine id (24 hex digits)\n", id.c_str());
+    return 1;
+  }
+  if (cmd == "--delete") {
+    if (banCommand(path, "DELETE", "/quarantine/" + id, false) != 0) return 1;
+    std::printf("deleted %s\n", id.c_str());
+    return 0;
+  }
+  // A release delivers to the nodes before it answers: give it time.
+  auto r = adminCall(path, "POST", "/quarantine/" + id + "/release", 900);
+  if (!r) {
+    std::fprintf(stderr, "mailgate: %s\n", r.error().c_str());
+    return 1;
+  }
+  if (r.value().status != 200) {
+    std::fprintf(stderr, "mailgate: %s\n", adminError(r.value()).c_str());
+    return 1;
+  }
+  std::printf("released %s\n", id.c_str());
+  return 0;
 }
 
 void applyLog(const conf::Config& c) {
@@ -333,8 +373,19 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
     out += "# HELP mailgate_scanner_skipped_total Scans skipped because the scanner's circuit breaker was open.\n"
            "# TYPE mailgate_scanner_skipped_total counter\n" + skipped;
   }
+
+  const filters::DlpStats& dlp = filters::dlpStats();
+  counter("mailgate_dlp_scanned_total", "Messages the DLP scanner read.", dlp.scanned.load());
+  counter("mailgate_dlp_matched_total", "Messages on which a DLP detector fired.", dlp.matched.load());
+  counter("mailgate_dlp_errors_total", "DLP scans that failed (spool read error, deadline).",
+          dlp.errors.load());
+  counter("mailgate_dlp_oversize_total", "Messages over the DLP scanner's max_size (not scanned).",
+          dlp.oversize.load());
+  counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.",
+          dlp.truncated.load());
   renderExecutorMetrics(out);
   admin::renderPolicyMetrics(out);
+  admin::renderQuarantineMetrics(out);
   {
     // Per limit and rule: how often each acted (shadow rules: "shadow").
     std::string lines;
@@ -514,6 +565,10 @@ int main(int argc, char** argv) {
       (std::strcmp(argv[3], "--bans") == 0 || std::strcmp(argv[3], "--ban") == 0 ||
        std::strcmp(argv[3], "--unban") == 0))
     return bansCli(argv[2], argc, argv);
+  if (argc >= 4 && std::strcmp(argv[1], "--config") == 0 &&
+      (std::strcmp(argv[3], "--quarantine") == 0 || std::strcmp(argv[3], "--release") == 0 ||
+       std::strcmp(argv[3], "--delete") == 0))
+    return quarantineCli(argv[2], argc, argv);
   if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
   if (argc >= 2 && std::strcmp(argv[1], "--explain") == 0) return admin::explainMain(argc, argv);
   if (argc >= 2 && std::strcmp(argv[1], "--test-policy") == 0) return admin::testPolicyMain(argc, argv);

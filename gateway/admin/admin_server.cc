@@ -11,8 +11,10 @@
 #include "auth/postgres_policy.h"
 #include "filters/policy/policy_state.h"
 #include "gateway/admin/bans_api.h"
+#include "gateway/admin/quarantine_api.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
+#include "gateway/session/runtime.h"
 
 namespace mailgate::admin {
 
@@ -92,6 +94,10 @@ void AdminServer::serve(int fd) {
     sendAll(fd, bans(line));
     return;
   }
+  if (line.find(" /quarantine") != std::string::npos) {
+    sendAll(fd, quarantine(line));
+    return;
+  }
   if (req.rfind("GET /metrics", 0) == 0 && (req[12] == ' ' || req[12] == '?')) {
     sendAll(fd, response(200, "OK", metrics_(), "text/plain; version=0.0.4"));
   } else if (req.rfind("GET /healthz ", 0) == 0) {
@@ -134,6 +140,86 @@ std::string AdminServer::bans(const std::string& request_line) {
     return response(200, "OK", "{\"lifted\":\"" + jsonEscape(net.text()) + "\"}\n", "application/json");
   }
   return jsonError(405, "Method Not Allowed", "GET, POST or DELETE /bans, POST /bans/lift");
+}
+
+std::string AdminServer::quarantine(const std::string& request_line) {
+  HttpRequest req;
+  if (!parseRequestLine(request_line, &req)) return jsonError(400, "Bad Request", "malformed request line");
+  std::string id;
+  bool release = false;
+  const bool list = req.path == "/quarantine";
+  if (!list && !parseQuarantinePath(req.path, &id, &release))
+    return jsonError(404, "Not Found", "no such quarantine entry or route");
+  const std::shared_ptr<session::Runtime> rt = session::currentRuntime();
+  if (!rt || !rt->quarantine)
+    return jsonError(404, "Not Found", "no quarantine store (hooks.quarantine) configured");
+  filters::QuarantineStore& store = *rt->quarantine;
+  std::string error;
+  if (list && req.method == "GET") {
+    filters::QuarantineFilter filter;
+    size_t limit = 0;
+    if (!parseQuarantineList(req, &filter, &limit, &error)) return jsonError(400, "Bad Request", error);
+    auto entries = store.list(filter, limit);
+    if (!entries) return jsonError(503, "Service Unavailable", entries.error());
+    const std::string* format = req.param("format");
+    if (format && *format == "table")
+      return response(200, "OK", quarantineTable(entries.value()), "text/plain");
+    return response(200, "OK", quarantineJson(entries.value()), "application/json");
+  }
+  if (!list && !release && req.method == "GET") {
+    auto e = store.get(id, nullptr);
+    if (!e) {
+      if (e.error() == "not found") return jsonError(404, "Not Found", "no quarantine entry " + id);
+      return jsonError(503, "Service Unavailable", e.error());
+    }
+    return response(200, "OK", quarantineEntryJson(e.value()) + "\n", "application/json");
+  }
+  if (!list && !release && req.method == "DELETE") {
+    auto r = store.remove(id);
+    if (!r) return jsonError(503, "Service Unavailable", r.error());
+    if (!r.value()) return jsonError(404, "Not Found", "no quarantine entry " + id);
+    filters::quarantineStats().deleted.fetch_add(1);
+    log::info("quarantine entry deleted through the admin endpoint", {{"id", id}});
+    return response(200, "OK", "{\"deleted\":\"" + id + "\"}\n", "application/json");
+  }
+  if (release && req.method == "POST") {
+    const session::ReleaseOutcome r = session::releaseQuarantined(*rt, id);
+    using Status = session::ReleaseOutcome::Status;
+    switch (r.status) {
+      case Status::kReleased:
+        return response(200, "OK", releaseJson(id, r), "application/json");
+      case Status::kPartial:
+        return response(502, "Bad Gateway", releaseJson(id, r), "application/json");
+      case Status::kNotFound:
+        return jsonError(404, "Not Found", "no quarantine entry " + id + " (released or deleted already?)");
+      case Status::kBusy:
+        return jsonError(409, "Conflict", "quarantine entry " + id + " is being released");
+      case Status::kError:
+        return jsonError(503, "Service Unavailable", r.error);
+    }
+  }
+  return jsonError(405, "Method Not Allowed",
+                   "GET /quarantine, GET or DELETE /quarantine/ID, POST /quarantine/ID/release");
+}
+
+void renderQuarantineMetrics(std::string& out) {
+  auto metric = [&](const char* name, const char* help, int64_t v, const char* type = "counter") {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+           std::to_string(v) + "\n";
+  };
+  const filters::QuarantineStats& q = filters::quarantineStats();
+  auto n = [](const std::atomic<uint64_t>& a) {
+    return static_cast<int64_t>(a.load(std::memory_order_relaxed));
+  };
+  metric("mailgate_quarantine_stored_total", "Messages quarantined (answered 250 once durable).",
+         n(q.stored));
+  metric("mailgate_quarantine_failures_total", "Messages that could not be quarantined (answered 451).",
+         n(q.failures));
+  metric("mailgate_quarantine_entries", "Entries in the quarantine store.",
+         std::max<int64_t>(0, q.entries.load(std::memory_order_relaxed)), "gauge");
+  metric("mailgate_quarantine_released_total", "Entries released and delivered.", n(q.released));
+  metric("mailgate_quarantine_deleted_total", "Entries deleted by an operator.", n(q.deleted));
+  metric("mailgate_quarantine_expired_total", "Entries deleted by the retention sweep.", n(q.expired));
 }
 
 void renderPolicyMetrics(std::string& out) {

@@ -1,6 +1,7 @@
 #pragma once
 // The admin listener (admin.listen): GET /metrics (Prometheus text format),
-// GET /healthz, and the bans (gateway/admin/bans_api.h: list, ban, lift). A plain
+// GET /healthz, the bans (gateway/admin/bans_api.h: list, ban, lift) and the
+// quarantine (gateway/admin/quarantine_api.h: list, show, release, delete). A plain
 // blocking server on its own thread: it never touches a reactor's ring, only reads
 // counters and the policy's ban table. No authentication: bind it to loopback (or a
 // management network).
@@ -15,6 +16,8 @@ namespace mailgate::admin {
 
 // The policy's lines for /metrics (bans in force, the cluster sync, PolicyStats).
 void renderPolicyMetrics(std::string& out);
+// The quarantine's lines for /metrics (mailgate_quarantine_*).
+void renderQuarantineMetrics(std::string& out);
 
 class AdminServer {
  public:
@@ -28,6 +31,7 @@ class AdminServer {
   void run();
   void serve(int fd);
   std::string bans(const std::string& request_line);
+  std::string quarantine(const std::string& request_line);
   std::string listen_;
   std::function<std::string()> metrics_;
   int fd_ = -1;

@@ -10,9 +10,12 @@
 #include "auth/passwd_file.h"
 #include "auth/postgres_directory.h"
 #include "auth/postgres_policy.h"
+#include "auth/postgres_quarantine.h"
 #include "filters/clamd_filter.h"
 #include "filters/milter_filter.h"
+#include "filters/dlp.h"
 #include "gateway/core/log.h"
+#include "gateway/session/quarantine_release.h"
 
 namespace mailgate::session {
 
@@ -93,6 +96,40 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.breaker = filters::scannerBreaker(sc.name, sc.endpoints, sc.breaker_failures, sc.breaker_open);
     return std::make_shared<filters::MilterFactory>(std::move(o));
   }
+  if (sc.type == "dlp") {
+    filters::DlpOptions o;
+    o.name = sc.name;
+    for (const auto& d : sc.detectors) {
+      filters::DlpDetector fd;
+      fd.id = d.id;
+      fd.pattern = d.pattern;
+      fd.validate = d.validate == "luhn"         ? filters::DlpValidator::kLuhn
+                    : d.validate == "iban_mod97" ? filters::DlpValidator::kIbanMod97
+                                                 : filters::DlpValidator::kNone;
+      fd.context = d.context;
+      fd.context_window = d.context_window;
+      fd.min_count = d.min_count;
+      o.detectors.push_back(std::move(fd));
+    }
+    switch (sc.on_match) {
+      case conf::DlpAction::kReject:
+        o.on_match = filters::DlpOnMatch::kReject;
+        break;
+      case conf::DlpAction::kQuarantine:
+        o.on_match = filters::DlpOnMatch::kQuarantine;
+        break;
+      case conf::DlpAction::kTag:
+        o.on_match = filters::DlpOnMatch::kTag;
+        break;
+    }
+    o.tag_header = sc.tag_header;
+    o.max_size = sc.max_size.value_or(h.max_size);
+    o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.on_error = failureAction(sc.on_error.value_or(h.on_error));
+    o.scan_timeout = sc.scan_timeout.value_or(h.scan_timeout);
+    o.when = std::move(when);
+    return filters::makeDlpFactory(std::move(o));
+  }
   return nullptr;  // the loader refuses other types until they are built
 }
 
@@ -144,6 +181,7 @@ Runtime::~Runtime() { stopBackground(); }
 void Runtime::startBackground() {
   if (health) health->start();
   if (policy_sync) policy_sync->start();
+  if (quarantine_sweeper) quarantine_sweeper->start();
   if (!route_watcher) return;
   route_watcher->start();
   // One connect (libpq's connect_timeout is at least 2 s, see pg::withConnectTimeout)
@@ -158,6 +196,7 @@ void Runtime::stopBackground() {
   if (health) health->stop();
   if (route_watcher) route_watcher->stop();
   if (policy_sync && policy_sync.use_count() == 1) policy_sync->stop();  // else a newer snapshot runs it
+  if (quarantine_sweeper && quarantine_sweeper.use_count() == 1) quarantine_sweeper->stop();
 }
 
 const conf::ListenerConfig* Runtime::listener(const std::string& name) const {
@@ -242,6 +281,24 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
     }
   }
   rt->filters = buildHookFilters(config->hooks, rt->policy, config->server.spool_dir);
+  const conf::QuarantineConfig& q = config->hooks.quarantine;
+  if (running && running->quarantine && running->config->hooks.quarantine.store == q.store &&
+      running->config->hooks.quarantine.dir == q.dir &&
+      running->config->hooks.quarantine.retention == q.retention &&
+      (q.store != "postgres" || running->config->directory == config->directory)) {
+    rt->quarantine = running->quarantine;
+    rt->quarantine_sweeper = running->quarantine_sweeper;
+  } else if (q.store == "dir") {
+    auto store = filters::DirQuarantineStore::open(q.dir);
+    if (!store) return Error{store.error()};
+    rt->quarantine = std::move(store.value());
+  } else if (q.store == "postgres") {
+    auto store = auth::PostgresQuarantineStore::create(config->directory);
+    if (!store) return Error{"hooks.quarantine: " + store.error()};
+    rt->quarantine = std::move(store.value());
+  }
+  if (rt->quarantine && !rt->quarantine_sweeper)
+    rt->quarantine_sweeper = std::make_shared<QuarantineSweeper>(rt->quarantine, q.retention);
   return rt;
 }
 

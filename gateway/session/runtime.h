@@ -13,6 +13,7 @@
 #include "conf/config.h"
 #include "filters/filter.h"
 #include "filters/policy/policy.h"
+#include "filters/quarantine.h"
 #include "gateway/core/result.h"
 #include "gateway/tls/tls_context.h"
 #include "routing/router.h"
@@ -22,6 +23,8 @@ class PostgresPolicySync;
 }
 
 namespace mailgate::session {
+
+class QuarantineSweeper;
 
 struct Runtime {
   std::shared_ptr<const conf::Config> config;
@@ -41,6 +44,10 @@ struct Runtime {
   // built-in limits apply without a `limits` section).
   std::shared_ptr<const filters::policy::Policy> policy;
   std::shared_ptr<const filters::FilterSet> filters = std::make_shared<filters::FilterSet>();
+  // hooks.quarantine: the store (null without one) and its retention sweep; kept
+  // across reloads while the section is unchanged (stopped by the last snapshot).
+  std::shared_ptr<filters::QuarantineStore> quarantine;
+  std::shared_ptr<QuarantineSweeper> quarantine_sweeper;
 
   // Starts the background parts (health checks, route watcher) and waits, bounded
   // by one database connect and one query, for the directory's first routing map:

@@ -9,6 +9,7 @@
 #include "filters/policy/net_prefix.h"
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
+#include "filters/quarantine.h"
 #include "filters/scan_result.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
@@ -1320,6 +1321,10 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
       resumeClient();
       return;
   }
+  if (v.action == filters::Action::kQuarantine) {
+    quarantineMessage(std::move(v));  // uses facts_.message (the chain's replacement, if any)
+    return;
+  }
   facts_.message.reset();
   if (!filters::isTerminal(v.action)) {
     for (const std::string& h : takeAddedHeaders()) {
@@ -1360,6 +1365,108 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
     closeAfterFlush("refused_by_policy");
     return;
   }
+  resumeClient();
+}
+
+// ------------------------------------------------------------------ quarantine
+
+namespace {
+// The message as the node would get it: the header fields the filters added, then
+// the spool (or the replacement a filter made).
+class PrefixedBody final : public filters::MessageBody {
+ public:
+  PrefixedBody(std::string prefix, std::shared_ptr<const filters::MessageBody> body)
+      : prefix_(std::move(prefix)), body_(std::move(body)) {}
+  uint64_t size() const override { return prefix_.size() + body_->size(); }
+  bool read(uint64_t off, size_t n, std::string* out) const override {
+    if (off >= prefix_.size()) return body_->read(off - prefix_.size(), n, out);
+    out->assign(prefix_, static_cast<size_t>(off), n);
+    return true;
+  }
+
+ private:
+  std::string prefix_;
+  std::shared_ptr<const filters::MessageBody> body_;
+};
+
+log::RateLimit g_quarantine_log(20);
+}  // namespace
+
+void SmtpSession::quarantineMessage(filters::Verdict v) {
+  std::shared_ptr<const filters::MessageBody> message = std::move(facts_.message);
+  if (!message) message = std::make_shared<SpoolBody>(spool_);
+  std::string headers;
+  for (const std::string& h : takeAddedHeaders()) headers += h + "\r\n";
+  auto body =
+      headers.empty() ? message : std::make_shared<PrefixedBody>(std::move(headers), std::move(message));
+  std::shared_ptr<filters::QuarantineStore> store = rt_->quarantine;
+  if (!store) {  // a scanner's verdict (milter, DLP) without hooks.quarantine
+    quarantineDone(v, Error{"no quarantine store configured"}, body->size());
+    return;
+  }
+  filters::QuarantineEntry e;
+  e.reason = v.reason;
+  e.filter = v.filter;
+  e.ref = v.ref;
+  e.mail_from = mail_from_;
+  e.rcpts = facts_.rcpts;
+  e.client_ip = client_ip_;
+  e.helo = helo_;
+  e.user = user_;
+  e.listener = listener_.name;
+  e.session_id = id_;
+  e.smtputf8 = smtputf8_;
+  e.body_8bit = body_8bit_;
+  phase_ = Phase::kDelivering;
+  pauseClient(true);
+  updateTimer();
+  Reactor* reactor = &reactor_;
+  const uint32_t slot = this->slot(), gen = this->gen();
+  // On the content executor: the put blocks until the entry is durable. The spool
+  // stays alive with the job if the client goes meanwhile.
+  auto job = [reactor, slot, gen, store, body, e = std::move(e), v]() mutable {
+    Result<std::string> id = store->put(std::move(e), *body);
+    const uint64_t size = body->size();
+    reactor->postToSession(slot, gen, [v = std::move(v), id = std::move(id), size](Session& s) {
+      static_cast<SmtpSession&>(s).quarantineDone(v, id, size);
+    });
+  };
+  // No queueing deadline: a job dropped unrun would leave the client without a reply.
+  if (!reactor_.contentWorkers().submit(std::move(job), std::chrono::milliseconds(0)))
+    quarantineDone(v, Error{"content executor queue full"}, body->size());
+}
+
+void SmtpSession::quarantineDone(const filters::Verdict& v, const Result<std::string>& id, uint64_t size) {
+  if (closing()) return;
+  if (!id) {
+    filters::quarantineStats().failures.fetch_add(1);
+    if (g_quarantine_log.allow())
+      log::error("smtp message not quarantined", {{"session", id_},
+                                                  {"client", client_ip_},
+                                                  {"filter", v.filter},
+                                                  {"ref", v.ref},
+                                                  {"error", id.error()}});
+    reactor_.stats.smtp_deferred++;
+    resetTransaction();
+    phase_ = Phase::kCommand;
+    reply("451 4.3.0 Error: message not stored, try again later");
+    resumeClient();
+    return;
+  }
+  filters::quarantineStats().stored.fetch_add(1);
+  log::info("smtp message quarantined", {{"session", id_},
+                                         {"client", client_ip_},
+                                         {"id", id.value()},
+                                         {"reason", v.reason},
+                                         {"filter", v.filter},
+                                         {"ref", v.ref},
+                                         {"size", size},
+                                         {"from", mail_from_},
+                                         {"recipients", facts_.rcpts.size()}});
+  reactor_.stats.smtp_delivered++;
+  resetTransaction();
+  phase_ = Phase::kCommand;
+  reply("250 2.0.0 Ok: queued as " + id.value() + " (quarantined)");
   resumeClient();
 }
 

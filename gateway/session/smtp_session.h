@@ -116,6 +116,10 @@ class SmtpSession final : public Session {
            phase_ == Phase::kSpooling;
   }
 
+  // --- quarantine: the message goes to hooks.quarantine instead of the node ---
+  void quarantineMessage(filters::Verdict v);
+  void quarantineDone(const filters::Verdict& v, const Result<std::string>& id, uint64_t size);
+
   // --- delivery (SmtpNodeClient speaks to the node) ---
   void startDelivery();
   // The node gets the message a filter rewrote: copied into a fresh spool first.

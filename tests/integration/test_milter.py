@@ -336,6 +336,39 @@ class MilterTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertIn("smtp message discarded", log)
         self.assertIn("milter quarantine without a store", log)
 
+    def test_quarantine_with_a_store(self):
+        """A gateway of its own with hooks.quarantine: the milter's quarantine holds the
+        message there (250 once it is written), and the node never gets it."""
+        work = self.dir / "with-store"
+        work.mkdir(exist_ok=True)
+        port = harness.free_port()
+        text = harness.mailgate_config(
+            certificates=[], listeners=[{"name": "mx", "protocol": "smtp", "port": port}],
+            users_file=str(self.dir / "users.passwd"),
+            backends=[{"name": "storage-01", "imap": self.node.imap_port, "lmtp": self.node.lmtp_port}],
+            routes=[{"domain": "example.org", "primary": "storage-01"}], threads=1)
+        qdir = work / "quarantine"
+        text += (
+            "hooks:\n"
+            "  scanners:\n"
+            f"    test: {{ type: milter, endpoints: [\"unix:{self.milter.socket}\"] }}\n"
+            "  flows:\n"
+            "    - { when: { listener: mx }, run: [test] }\n"
+            f"  quarantine: {{ store: dir, dir: {qdir} }}\n")
+        gw = harness.Mailgate(work, text).start()
+        self.addCleanup(gw.stop)
+        tag = str(time.time_ns())
+        with smtplib.SMTP(harness.HOST, port, timeout=20) as s:
+            s.ehlo("client.example.com")
+            s.mail("sender@example.com")
+            s.rcpt(ALICE)
+            code, reply = s.data(message(f"quarantine {tag}"))
+        self.assertEqual(code, 250, reply)
+        self.assertIn(b"(quarantined)", reply)
+        held = [p for p in qdir.rglob("*") if p.is_file() and tag.encode() in p.read_bytes()]
+        self.assertEqual(len(held), 1, list(qdir.rglob("*")))
+        self.assertEqual(self.delivered(tag.encode()), [])
+
     def test_recipient_refused_alone(self):
         tag = str(time.time_ns())
         with smtplib.SMTP(harness.HOST, self.ports["mx"], timeout=20) as s:

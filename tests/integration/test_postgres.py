@@ -276,7 +276,7 @@ class PostgresDefaultSchemaTest(PgGatewayCase):
         self.assertIn("applied 1, 2, 3", out1)
         self.assertEqual(rc2, 0, out2)
         self.assertIn("up to date", out2)
-        self.assertEqual(self.dbs[0].psql("SELECT version FROM mailgate_schema").strip(), "3")
+        self.assertEqual(self.dbs[0].psql("SELECT version FROM mailgate_schema").strip(), "4")
 
     def test_1_each_password_scheme_logs_in(self):
         for scheme, user in SCHEME_USERS.items():

@@ -898,3 +898,98 @@ TEST_F(LoaderTest, HooksErrors) {
 
 }  // namespace
 }  // namespace mailgate::conf
+
+namespace mailgate::conf {
+namespace {
+
+TEST_F(LoaderTest, HooksDlpScanner) {
+  auto c = ok(kHookBase +
+              "hooks:\n"
+              "  scanners:\n"
+              "    dlp:\n"
+              "      type: dlp\n"
+              "      on_match: tag\n"
+              "      tag_header: \"X-DLP: found\"\n"
+              "      timeouts: { scan: 5s }\n"
+              "      max_size: 20M\n"
+              "      on_error: accept\n"
+              "      detectors:\n"
+              "        - { id: card, pattern: card_number, validate: luhn, min_count: 3 }\n"
+              "        - { id: iban, pattern: iban, validate: iban_mod97 }\n"
+              "        - { id: ssn, pattern: '\\b[0-9]{3}-[0-9]{2}-[0-9]{4}\\b', context: [SSN, \"social "
+              "security\"],\n"
+              "            context_window: 40 }\n"
+              "        - { id: secret, pattern: 'TOP SECRET', context: classified }\n"
+              "    dlp2: { type: dlp, detectors: [ { id: card, pattern: card_number } ] }\n"
+              "  flows:\n"
+              "    - { run: [dlp, dlp2] }\n");
+  ASSERT_NE(c, nullptr);
+  const HooksConfig& h = c->hooks;
+  ASSERT_EQ(h.scanners.size(), 2u);
+  const ScannerConfig& s = h.scanners[0];
+  EXPECT_EQ(s.type, "dlp");
+  EXPECT_EQ(s.on_match, DlpAction::kTag);
+  EXPECT_EQ(s.tag_header, "X-DLP: found");
+  EXPECT_EQ(s.scan_timeout, Duration(5000));
+  EXPECT_EQ(s.max_size, 20ull << 20);
+  EXPECT_EQ(s.on_error, HookAction::kAccept);
+  ASSERT_EQ(s.detectors.size(), 4u);
+  EXPECT_EQ(s.detectors[0].id, "card");
+  EXPECT_EQ(s.detectors[0].pattern, "card_number");
+  EXPECT_EQ(s.detectors[0].validate, "luhn");
+  EXPECT_EQ(s.detectors[0].min_count, 3u);
+  EXPECT_EQ(s.detectors[0].context_window, 100u);
+  EXPECT_TRUE(s.detectors[0].context.empty());
+  EXPECT_EQ(s.detectors[1].validate, "iban_mod97");
+  EXPECT_EQ(s.detectors[1].min_count, 1u);
+  EXPECT_EQ(s.detectors[2].pattern, "\\b[0-9]{3}-[0-9]{2}-[0-9]{4}\\b");
+  EXPECT_EQ(s.detectors[2].validate, "");
+  EXPECT_THAT(s.detectors[2].context, ElementsAre("SSN", "social security"));
+  EXPECT_EQ(s.detectors[2].context_window, 40u);
+  EXPECT_THAT(s.detectors[3].context, ElementsAre("classified"));
+  // The defaults: quarantine, the default tag, hooks.defaults.
+  EXPECT_EQ(h.scanners[1].on_match, DlpAction::kQuarantine);
+  EXPECT_EQ(h.scanners[1].tag_header, "");
+  EXPECT_FALSE(h.scanners[1].on_error.has_value());
+  EXPECT_FALSE(h.scanners[1].max_size.has_value());
+}
+
+TEST_F(LoaderTest, HooksDlpErrors) {
+  EXPECT_THAT(
+      errors(kHookBase +                                                                        // 1-7
+             "hooks:\n"                                                                         // 8
+             "  scanners:\n"                                                                    // 9
+             "    a: { type: dlp }\n"                                                           // 10
+             "    b: { type: dlp, detectors: [], on_match: drop, tag_header: \"no colon\" }\n"  // 11
+             "    c:\n"                                                                         // 12
+             "      type: dlp\n"                                                                // 13
+             "      endpoints: [x]\n"                                                           // 14
+             "      detectors:\n"                                                               // 15
+             "        - { pattern: card_number }\n"                                             // 16
+             "        - { id: x, pattern: '(unclosed', validate: crc }\n"                       // 17
+             "        - { id: x, pattern: iban, min_count: 0, context_window: 5000 }\n"         // 18
+             "        - { id: \"bad id\", pattern: iban, context: [] }\n"                       // 19
+             "        - card_number\n"                                                          // 20
+             "        - { id: y }\n"),                                                          // 21
+      ElementsAre(
+          At(10, 5, "hooks.scanners.a: missing required key \"detectors\""),
+          At(11, 32,
+             "hooks.scanners.b.detectors: expected a list of one or more detectors, got an empty list"),
+          At(11, 46, "hooks.scanners.b.on_match: expected one of reject, quarantine, tag, got \"drop\""),
+          At(11, 64, "hooks.scanners.b.tag_header: expected a header field \"Name: value\""),
+          At(14, 7, "unknown key \"endpoints\" in hooks.scanners.c"),
+          At(16, 11, "hooks.scanners.c.detectors[0]: missing required key \"id\""),
+          At(17, 29, "hooks.scanners.c.detectors[1].pattern: invalid pattern \"(unclosed\": missing )"),
+          At(17, 52, "hooks.scanners.c.detectors[1].validate: expected one of luhn, iban_mod97, got \"crc\""),
+          At(18, 17, "hooks.scanners.c.detectors[2].id: duplicate detector id \"x\" (also at line 17)"),
+          At(18, 46, "hooks.scanners.c.detectors[2].min_count: expected a number from 1 to 10000, got \"0\""),
+          At(18, 65, "hooks.scanners.c.detectors[2].context_window: expected a number from 1 to 4096"),
+          At(19, 17, "hooks.scanners.c.detectors[3].id: \"bad id\" is not a valid name"),
+          At(19, 51,
+             "hooks.scanners.c.detectors[3].context: expected a word or a list of them, got an empty list"),
+          At(20, 11, "hooks.scanners.c.detectors[4]: expected a map, got \"card_number\""),
+          At(21, 11, "hooks.scanners.c.detectors[5]: missing required key \"pattern\"")));
+}
+
+}  // namespace
+}  // namespace mailgate::conf

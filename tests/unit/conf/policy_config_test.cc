@@ -620,7 +620,7 @@ TEST_F(PolicyConfigTest, PolicyErrors) {
           At(15, 23,
              "policies[0].stage: expected one of connect, helo, auth, mail, rcpt, data, got \"greet\""),
           At(16, 13, "policies[1].name: duplicate policy name \"a\" (first defined at line 15)"),
-          At(16, 38, "policies[1].then: quarantine store not configured yet"),
+          At(16, 38, "policies[1].then: quarantine holds a message, so only at stage data"),
           At(17, 35, "policies[2].then: tag adds a header field, so only at stage data"),
           At(18, 35, "policies[3].then: delay needs a delay"),
           At(19, 43, "policies[4].delay: only with then: delay"),
