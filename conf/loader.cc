@@ -767,9 +767,26 @@ bool Loader::loadIcapScanner(const YAML::Node& item, const YAML::Node& key, cons
 bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
                                const HooksConfig& h, ScannerConfig* sc) {
   Fields f;
-  if (!fields(item, path, {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints"}, &f))
+  if (!fields(item, path,
+              {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints", "endpoint"}, &f))
     return false;
   loadCommonScannerKeys(f, path, h, sc);
+  // `endpoint: ADDRESS` (one, as the design's example writes it) or `endpoints: [...]`.
+  if (const Entry* one = f.find("endpoint")) {
+    const std::string epath = join(path, "endpoint");
+    std::string text;
+    ServiceEndpoint parsed;
+    std::string why;
+    if (f.find("endpoints")) {
+      error(one->mark(), path + ": endpoint and endpoints together (use endpoints for a list)");
+    } else if (scalar(*one, epath, "an address", &text)) {
+      if (parseServiceEndpoint(text, &parsed, &why))
+        sc->endpoints.push_back(std::move(text));
+      else
+        error(one->mark(), epath + ": " + quote(text) + ": " + why);
+    }
+    return !sc->endpoints.empty();  // else reported
+  }
   requireKey(f, "endpoints", key.Mark(), path);
   loadScannerEndpoints(f, path, sc);
   return !sc->endpoints.empty();  // else reported

@@ -848,6 +848,22 @@ TEST_F(LoaderTest, HooksMilterScanner) {
   EXPECT_EQ(sc.scan_timeout, Duration(20000));
   EXPECT_EQ(sc.max_size, 20ull << 20);
   EXPECT_EQ(sc.on_oversize, OversizeAction::kReject);
+  // One address as `endpoint` (the design's example).
+  auto one = ok(kHookBase +
+                "hooks:\n"
+                "  scanners:\n"
+                "    rspamd: { type: milter, endpoint: \"tcp:127.0.0.1:11332\", on_error: accept }\n"
+                "  flows:\n"
+                "    - { run: [rspamd] }\n");
+  ASSERT_NE(one, nullptr);
+  EXPECT_THAT(one->hooks.scanners.at(0).endpoints, ElementsAre("tcp:127.0.0.1:11332"));
+  EXPECT_THAT(errors(kHookBase +
+                     "hooks:\n"
+                     "  scanners:\n"
+                     "    m: { type: milter, endpoint: \"tcp:127.0.0.1:1\", endpoints: [\"tcp:127.0.0.1:2\"] }\n"
+                     "  flows:\n"
+                     "    - { run: [m] }\n"),
+              ElementsAre(HasSubstr("hooks.scanners.m: endpoint and endpoints together")));
   EXPECT_THAT(errors(kHookBase +
                      "hooks:\n"
                      "  scanners:\n"
