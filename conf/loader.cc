@@ -278,6 +278,7 @@ class Loader {
   bool loadDlpScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
                       const HooksConfig& h, ScannerConfig* sc);
   void loadCommonScannerKeys(const Fields& f, const std::string& path, const HooksConfig& h, ScannerConfig* sc);
+  void loadScannerEndpoints(const Fields& f, const std::string& path, ScannerConfig* sc);
   void loadQuarantine(const Entry& e, Config* cfg);
   void loadFlows(const Entry& section, Config* cfg);
 
@@ -790,12 +791,31 @@ bool Loader::loadIcapScanner(const YAML::Node& item, const YAML::Node& key, cons
 }
 
 bool Loader::loadMilterScanner(const YAML::Node& item, const YAML::Node& key, const std::string& path,
-                               const HooksConfig& /*h*/, ScannerConfig* /*sc*/) {
-  (void)key;
-  YAML::Node type_node;
-  findValue(item, "type", &type_node);
-  error(type_node, path + ".type: scanner type milter is not supported yet");
-  return false;
+                               const HooksConfig& h, ScannerConfig* sc) {
+  Fields f;
+  if (!fields(item, path,
+              {"type", "on_error", "timeouts", "max_size", "on_oversize", "breaker", "endpoints", "endpoint"}, &f))
+    return false;
+  loadCommonScannerKeys(f, path, h, sc);
+  // `endpoint: ADDRESS` (one, as the design's example writes it) or `endpoints: [...]`.
+  if (const Entry* one = f.find("endpoint")) {
+    const std::string epath = join(path, "endpoint");
+    std::string text;
+    ServiceEndpoint parsed;
+    std::string why;
+    if (f.find("endpoints")) {
+      error(one->mark(), path + ": endpoint and endpoints together (use endpoints for a list)");
+    } else if (scalar(*one, epath, "an address", &text)) {
+      if (parseServiceEndpoint(text, &parsed, &why))
+        sc->endpoints.push_back(std::move(text));
+      else
+        error(one->mark(), epath + ": " + quote(text) + ": " + why);
+    }
+    return !sc->endpoints.empty();  // else reported
+  }
+  requireKey(f, "endpoints", key.Mark(), path);
+  loadScannerEndpoints(f, path, sc);
+  return !sc->endpoints.empty();  // else reported
 }
 
 // The names of the built-in DLP patterns (filters/dlp.cc has their text).
@@ -933,6 +953,15 @@ bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, con
       sc.stream_max = stream_max;
     }
     requireKey(f, "endpoints", key.Mark(), path);
+    loadScannerEndpoints(f, path, &sc);
+  }
+  return !sc.endpoints.empty();  // else reported
+}
+
+// endpoints: a list of unix:/path | tcp:HOST:PORT (clamd, milter).
+void Loader::loadScannerEndpoints(const Fields& f, const std::string& path, ScannerConfig* out) {
+  ScannerConfig& sc = *out;
+  {
     if (const Entry* e = f.find("endpoints")) {
       const std::string epath = join(path, "endpoints");
       if (!e->value.IsSequence() || e->value.size() == 0) {
@@ -954,7 +983,6 @@ bool Loader::loadClamdScanner(const YAML::Node& item, const YAML::Node& key, con
       }
     }
   }
-  return !sc.endpoints.empty();  // else reported
 }
 
 void Loader::loadFlows(const Entry& section, Config* cfg) {

@@ -20,7 +20,9 @@ enum class Action : uint8_t {
   kPending,
   kDelay,       // hold for `delay`, then continue
   kAddHeader,   // data stage: add `header` to the message, continue
-  kReply,       // refuse with exactly this reply: `code` (4xx/5xx), `enhanced`, `text`
+  kReply,       // refuse with exactly this reply: `code` (4xx/5xx), `enhanced`, `text`;
+                // at the data stage, code 250 accepts and drops the message (a milter's
+                // DISCARD): the client gets 250, the node never sees it
   kTempfail,    // refuse, temporary (SMTP 4xx, IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP])
   kReject,      // refuse, permanent (SMTP 5xx)
   kClose,       // refuse and close the connection (SMTP 421, IMAP/POP3 BYE)

@@ -20,6 +20,7 @@
 #include "filters/clamd_filter.h"
 #include "filters/dlp.h"
 #include "filters/icap_filter.h"
+#include "filters/milter_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/policy_cli.h"
@@ -350,6 +351,17 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           clamd.oversize.load());
   counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to, or lost mid-scan.",
           clamd.endpoint_failures.load());
+  const filters::MilterStats& milter = filters::milterStats();
+  counter("mailgate_milter_sessions_total", "Milter connections negotiated.", milter.sessions.load());
+  counter("mailgate_milter_refusals_total", "Stages a milter refused (reject, tempfail, reply code).",
+          milter.refusals.load());
+  counter("mailgate_milter_discards_total", "Messages a milter discarded (250, not delivered).", milter.discards.load());
+  counter("mailgate_milter_modified_total", "Messages a milter changed (headers or body).", milter.modified.load());
+  counter("mailgate_milter_quarantined_total", "Messages a milter asked to quarantine.", milter.quarantined.load());
+  counter("mailgate_milter_errors_total", "Milter failures (connect, protocol, closed, timeout): on_error applied.",
+          milter.errors.load());
+  counter("mailgate_milter_timeouts_total", "Milter stages without an answer within the scan timeout.",
+          milter.timeouts.load());
   {
     // Per scanner: how often its circuit breaker opened, and the scans it skipped.
     std::string opened, skipped;

@@ -12,6 +12,7 @@
 #include "auth/postgres_policy.h"
 #include "auth/postgres_quarantine.h"
 #include "filters/clamd_filter.h"
+#include "filters/milter_filter.h"
 #include "filters/dlp.h"
 #include "filters/icap_filter.h"
 #include "gateway/core/log.h"
@@ -79,6 +80,22 @@ std::shared_ptr<const filters::FilterFactory> makeScannerFactory(const conf::Sca
     o.when = std::move(when);
     o.breaker = filters::scannerBreaker(sc.name, sc.endpoints, sc.breaker_failures, sc.breaker_open);
     return std::make_shared<filters::ClamdFactory>(std::move(o));
+  }
+  if (sc.type == "milter") {
+    // A milter follows the session from connect to data (filters/milter_filter.h).
+    filters::MilterOptions o;
+    o.name = sc.name;
+    o.endpoints = sc.endpoints;
+    o.connect_timeout = sc.connect_timeout.value_or(h.connect_timeout);
+    o.scan_timeout = sc.scan_timeout.value_or(h.scan_timeout);
+    o.max_size = sc.max_size.value_or(h.max_size);
+    o.on_error = failureAction(sc.on_error.value_or(h.on_error));
+    o.on_oversize = oversizeAction(sc.on_oversize.value_or(h.on_oversize));
+    o.when = std::move(when);
+    o.spool_dir = server.spool_dir;
+    o.quarantine_store = !h.quarantine.store.empty();
+    o.breaker = filters::scannerBreaker(sc.name, sc.endpoints, sc.breaker_failures, sc.breaker_open);
+    return std::make_shared<filters::MilterFactory>(std::move(o));
   }
   if (sc.type == "dlp") {
     filters::DlpOptions o;

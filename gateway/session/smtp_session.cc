@@ -1345,6 +1345,20 @@ void SmtpSession::onStageDone(filters::Stage stage, filters::Verdict v) {
     startDelivery();
     return;
   }
+  if (v.action == filters::Action::kReply && v.code == 250) {
+    // Accepted and dropped (a milter's DISCARD): 250, and the node never sees it.
+    log::info("smtp message discarded", {{"session", id_},
+                                         {"client", client_ip_},
+                                         {"from", mail_from_},
+                                         {"recipients", facts_.rcpts.size()},
+                                         {"filter", v.filter},
+                                         {"reason", v.reason},
+                                         {"ref", v.ref}});
+    resetTransaction();
+    reply("250 2.0.0 Ok (ref " + v.ref + ")");
+    resumeClient();
+    return;
+  }
   logRefusal(stage, v);
   const Rendered r = renderSmtp(v, stage, hostname_);
   if (r.line[0] == '5')

@@ -832,6 +832,48 @@ TEST_F(LoaderTest, HooksClamdScannersAndFlows) {
   EXPECT_TRUE(h.flows[2].listeners.empty());
 }
 
+TEST_F(LoaderTest, HooksMilterScanner) {
+  auto c = ok(kHookBase +
+              "hooks:\n"
+              "  scanners:\n"
+              "    rspamd: { type: milter, endpoints: [\"tcp:127.0.0.1:11332\", \"unix:/run/rspamd/milter.sock\"],\n"
+              "              on_error: accept, timeouts: { scan: 20s }, max_size: 20M, on_oversize: reject }\n"
+              "  flows:\n"
+              "    - { when: { listener: mx }, run: [rspamd] }\n");
+  ASSERT_NE(c, nullptr);
+  const ScannerConfig& sc = c->hooks.scanners.at(0);
+  EXPECT_EQ(sc.type, "milter");
+  EXPECT_THAT(sc.endpoints, ElementsAre("tcp:127.0.0.1:11332", "unix:/run/rspamd/milter.sock"));
+  EXPECT_EQ(sc.on_error, HookAction::kAccept);
+  EXPECT_EQ(sc.scan_timeout, Duration(20000));
+  EXPECT_EQ(sc.max_size, 20ull << 20);
+  EXPECT_EQ(sc.on_oversize, OversizeAction::kReject);
+  // One address as `endpoint` (the design's example).
+  auto one = ok(kHookBase +
+                "hooks:\n"
+                "  scanners:\n"
+                "    rspamd: { type: milter, endpoint: \"tcp:127.0.0.1:11332\", on_error: accept }\n"
+                "  flows:\n"
+                "    - { run: [rspamd] }\n");
+  ASSERT_NE(one, nullptr);
+  EXPECT_THAT(one->hooks.scanners.at(0).endpoints, ElementsAre("tcp:127.0.0.1:11332"));
+  EXPECT_THAT(errors(kHookBase +
+                     "hooks:\n"
+                     "  scanners:\n"
+                     "    m: { type: milter, endpoint: \"tcp:127.0.0.1:1\", endpoints: [\"tcp:127.0.0.1:2\"] }\n"
+                     "  flows:\n"
+                     "    - { run: [m] }\n"),
+              ElementsAre(HasSubstr("hooks.scanners.m: endpoint and endpoints together")));
+  EXPECT_THAT(errors(kHookBase +
+                     "hooks:\n"
+                     "  scanners:\n"
+                     "    m: { type: milter, endpoints: [\"tcp:localhost:1\"], macros: [j] }\n"
+                     "  flows:\n"
+                     "    - { run: [m] }\n"),
+              ElementsAre(HasSubstr("hooks.scanners.m.endpoints[0]: \"tcp:localhost:1\": \"localhost\" is not an IPv4"),
+                          HasSubstr("unknown key \"macros\" in hooks.scanners.m")));
+}
+
 TEST_F(LoaderTest, HooksErrors) {
   EXPECT_THAT(
       errors(kHookBase +                                                             // 1-7
@@ -860,7 +902,7 @@ TEST_F(LoaderTest, HooksErrors) {
                   At(15, 53, "hooks.scanners.av.endpoints[1]: \"tcp:localhost:3310\": \"localhost\" is not an IPv4 address"),
                   At(16, 5, "hooks.scanners.av2: missing required key \"endpoints\""),
                   At(16, 25, "unknown key \"endpoint\" in hooks.scanners.av2 (did you mean \"endpoints\"?)"),
-                  At(18, 17, "hooks.scanners.ml.type: scanner type milter is not supported yet"),
+                  At(18, 5, "hooks.scanners.ml: missing required key \"endpoints\""),
                   At(19, 17, "hooks.scanners.zz.type: expected clamd, icap, milter or dlp, got \"sophos\""),
                   At(21, 27, "hooks.flows[0].when.listener: unknown listener \"nosuch\""),
                   At(21, 35, "unknown key \"country\" in hooks.flows[0].when"),
