@@ -8,7 +8,7 @@ PACKAGES=(
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
   libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev libgmime-3.0-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-  clamav-daemon c-icap libc-icap-mod-virus-scan
+  clamav-daemon clamav-testfiles c-icap libc-icap-mod-virus-scan
   python3-milter opendkim opendkim-tools rspamd
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl

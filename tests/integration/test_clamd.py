@@ -5,6 +5,7 @@ a Dovecot LMTP/IMAP node behind mailgate."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import imaplib
 import os
 import shutil
@@ -20,6 +21,8 @@ import harness
 from fixtures import ALICE, ALICE_PW, USERS
 
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
+CLAM_EXE = "/usr/share/clamav-testfiles/clam.exe"
+CLAM_ZIP = "/usr/share/clamav-testfiles/clam.zip"
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SCAN_TIMEOUT_S = 2
 
@@ -34,6 +37,11 @@ class Clamd:
         db = workdir / "db"
         db.mkdir(parents=True, exist_ok=True)
         (db / "eicar.hdb").write_text("44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature\n")
+        # The ClamAV test file of clamav-testfiles (no freshclam here: its md5 is the
+        # signature; clamd finds it inside clam.zip too, as it unpacks archives).
+        if os.path.exists(CLAM_EXE):
+            data = Path(CLAM_EXE).read_bytes()
+            (db / "clamav-test.hdb").write_text(f"{hashlib.md5(data).hexdigest()}:{len(data)}:ClamAV-Test-File\n")
         (workdir / "tmp").mkdir(exist_ok=True)
         self.conf = workdir / "clamd.conf"
         self.conf.write_text(
@@ -125,6 +133,15 @@ class SilentScanner:
         self.sock.close()
         for c in self.conns:
             c.close()
+
+
+def attachment_message(subject: str, name: str, data: bytes) -> bytes:
+    b64 = base64.encodebytes(data).decode().replace("\n", "\r\n")
+    return (f"From: sender@example.com\r\nTo: {ALICE}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\n"
+            "see attachment\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename={name}\r\n\r\n"
+            f"{b64}--XX--\r\n").encode()
 
 
 def eicar_message(subject: str) -> bytes:
@@ -253,6 +270,14 @@ class ClamdTest(harness.LogsOnFailure, unittest.TestCase):
         log = self.gateway.log_text()
         self.assertIn("refused by policy", log)
         self.assertIn("virus found: Eicar-Test-Signature", log)
+
+    @unittest.skipUnless(os.path.exists(CLAM_ZIP), "clamav-testfiles is not installed (scripts/deps.sh installs it)")
+    def test_clamav_testfile_in_a_zip_is_rejected(self):
+        subject = f"clam.zip {time.time_ns()}"
+        code, text = self.send("mx_av", attachment_message(subject, "clam.zip", Path(CLAM_ZIP).read_bytes()))
+        self.assertEqual(code, 554, text)
+        self.assertIn("ClamAV-Test-File", text)
+        self.assertEqual(self.delivered(subject.encode()), [])
 
     def test_large_clean_message_streams_in_chunks(self):
         subject = f"large {time.time_ns()}"
