@@ -6,8 +6,9 @@ the gateway's memory. The test reads the gateway's VmRSS (/proc/PID/status) befo
 the message and every 50 ms while it goes through, and reports the figures.
 
 The flow runs clamd twice (two scanners on the same clamd: two streams of the same
-spool) and the DLP scanner (GMime over the same spool). TODO(issue 9): add a milter
-(python3-milter, as in the milter tests) once that scanner type is in main.
+spool), the DLP scanner (GMime over the same spool) and a milter (the python3-milter
+test milter of test_milter.py, passing the message through: header block and body
+chunks from the spool).
 
 Figures (2 shared cores, loopback): VmRSS grows by about 20-22 MiB for the 40 MB
 message, with the two clamd scans and without any scanner alike (20.5 MiB with the
@@ -27,6 +28,7 @@ from pathlib import Path
 import harness
 from fixtures import ALICE, USERS
 from test_clamd import CLAMD, Clamd
+from test_milter import TestMilterDaemon, have_pymilter
 
 MESSAGE_MB = 40
 
@@ -57,8 +59,10 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(harness.make_workdir("mailgate-scanmem-"))
-        cls.node = cls.gateway = cls.clamd = None
+        cls.node = cls.gateway = cls.clamd = cls.milter = None
         try:
+            if have_pymilter():
+                cls.milter = TestMilterDaemon(cls.dir / "milter").start()
             (cls.dir / "clamd").mkdir()
             cls.clamd = Clamd(cls.dir / "clamd")
             with open(cls.clamd.conf, "a") as f:  # clamd's defaults stop at 25M
@@ -83,8 +87,10 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
                 f"    clamav: {{ type: clamd, endpoints: [\"unix:{sock}\"], stream_max: 64M }}\n"
                 f"    clamav2: {{ type: clamd, endpoints: [\"unix:{sock}\"], stream_max: 64M }}\n"
                 "    dlp: { type: dlp, on_match: tag, detectors: [ { id: card, pattern: card_number, validate: luhn } ] }\n"
-                "  flows:\n"
-                "    - { when: { listener: mx }, run: [clamav, clamav2, dlp] }\n")
+                + (f"    milt: {{ type: milter, endpoints: [\"unix:{cls.milter.socket}\"] }}\n" if cls.milter else "")
+                + "  flows:\n"
+                + ("    - { when: { listener: mx }, run: [clamav, clamav2, dlp, milt] }\n" if cls.milter
+                   else "    - { when: { listener: mx }, run: [clamav, clamav2, dlp] }\n"))
             cls.gateway = harness.Mailgate(cls.dir, text).start()
         except BaseException:
             cls._stop()
@@ -92,7 +98,7 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
 
     @classmethod
     def _stop(cls):
-        for d in (cls.gateway, cls.node, cls.clamd):
+        for d in (cls.gateway, cls.node, cls.clamd, cls.milter):
             if d is not None:
                 d.stop()
         harness.remove_workdir(cls.dir)
@@ -166,7 +172,10 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertIn(b"X-Mailgate-Scan: clamav=clean; clamav2=clean", head)
         self.assertGreater(os.path.getsize(files[0]), MESSAGE_MB * 1000 * 1000 * 0.95)  # Maildir: LF, not CRLF
         growth_kb = peak - before
-        print(f"\n[scan memory] {len(msg) / 1e6:.1f} MB message, clamd x2 + DLP: VmRSS before {before / 1024:.1f} MiB, "
+        if self.milter is not None:  # the milter saw the whole message through to its end
+            self.assertTrue(any(e.get("event") == "eom" and e.get("subject") == subject.decode()
+                                for e in self.milter.events()), self.milter.events()[-3:])
+        print(f"\n[scan memory] {len(msg) / 1e6:.1f} MB message, clamd x2 + DLP + milter: VmRSS before {before / 1024:.1f} MiB, "
               f"peak {peak / 1024:.1f} MiB, growth {growth_kb / 1024:.1f} MiB; SMTP DATA to 250 in {elapsed:.1f} s",
               file=sys.stderr)
         self.assertLess(growth_kb * 1024, len(msg), f"VmRSS grew by {growth_kb} KiB")
