@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "filters/gmime_body.h"
+#include "filters/scan_result.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::filters {
@@ -104,18 +105,21 @@ std::string countsText(const DlpOptions& o, const DlpResult& r, const char* sep)
 }
 
 Verdict failureVerdict(FailureAction a, std::string reason) {
+  Verdict v;
   switch (a) {
-    case FailureAction::kAccept: {
-      Verdict v = Verdict::next();
+    case FailureAction::kAccept:
+      v = Verdict::next();
       v.reason = std::move(reason);
-      return v;
-    }
+      break;
     case FailureAction::kTempfail:
-      return Verdict::of(Action::kTempfail, std::move(reason));
+      v = Verdict::of(Action::kTempfail, std::move(reason));
+      break;
     case FailureAction::kReject:
-      return Verdict::of(Action::kReject, std::move(reason));
+      v = Verdict::of(Action::kReject, std::move(reason));
+      break;
   }
-  return Verdict::of(Action::kTempfail, std::move(reason));
+  v.scan_outcome = std::string(kScanErrorScanner);  // the scan header: it failed, whatever the action
+  return v;
 }
 
 bool selected(const std::vector<ScanWhen>& when, const SessionFacts& facts, bool check_auth) {
@@ -545,8 +549,9 @@ Verdict DlpHook::inspect(const SessionFacts& facts, const MessageBody& body) {
     std::string reason = "dlp " + options_.name + ": message over max_size, not scanned";
     switch (options_.on_oversize) {
       case OversizeAction::kAcceptUnscanned: {
-        Verdict v = Verdict::of(Action::kAddHeader, std::move(reason));
-        v.header = "X-Mailgate-Unscanned: " + options_.name + " (too large to scan)";
+        // Delivered unscanned: the scan header says so (filters/scan_result.h).
+        Verdict v = Verdict::of(Action::kContinue, std::move(reason));
+        v.scan_outcome = std::string(kScanUnscannedOversize);
         return v;
       }
       case OversizeAction::kTempfail:

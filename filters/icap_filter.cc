@@ -75,18 +75,21 @@ log::RateLimit g_icap_log(20);
 void bump(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
 Verdict failureVerdict(FailureAction a, std::string reason) {
+  Verdict v;
   switch (a) {
-    case FailureAction::kAccept: {
-      Verdict v = Verdict::next();
+    case FailureAction::kAccept:
+      v = Verdict::next();
       v.reason = std::move(reason);
-      return v;
-    }
+      break;
     case FailureAction::kTempfail:
-      return Verdict::of(Action::kTempfail, std::move(reason));
+      v = Verdict::of(Action::kTempfail, std::move(reason));
+      break;
     case FailureAction::kReject:
-      return Verdict::of(Action::kReject, std::move(reason));
+      v = Verdict::of(Action::kReject, std::move(reason));
+      break;
   }
-  return Verdict::of(Action::kTempfail, std::move(reason));
+  v.scan_outcome = std::string(kScanErrorScanner);  // the scan header: it failed, whatever the action
+  return v;
 }
 
 // FNV-1a, to tell a copy the service sent back unchanged from a modified one.
@@ -212,8 +215,14 @@ class IcapFilter final : public Filter, public ConnectionHandler {
     session_id_ = facts.session_id;
     body_ = facts.message;
     size_ = body_->size();
-    if (size_ > o_->max_size) return oversize("message over max_size");
-    if (!conns_ || !content_ || !post_) return failure("no connections for scanners in this session");
+    // A verdict given at once records its own outcome (a later answer replaces the
+    // timeout recorded above, in finish()).
+    auto now = [&facts, this](Verdict v) {
+      recordScanResult(facts, o_->name, scanOutcomeOf(v));
+      return v;
+    };
+    if (size_ > o_->max_size) return now(oversize("message over max_size"));
+    if (!conns_ || !content_ || !post_) return now(failure("no connections for scanners in this session"));
     resume_ = resume;
     active_ = true;
     std::string why;
@@ -224,7 +233,7 @@ class IcapFilter final : public Filter, public ConnectionHandler {
     if (!started) {
       active_ = false;
       resume_ = Resumer();
-      return failure("icap " + o_->name + ": " + why);
+      return now(failure("icap " + o_->name + ": " + why));
     }
     return Verdict::pending();
   }
@@ -670,8 +679,9 @@ class IcapFilter final : public Filter, public ConnectionHandler {
     reason = "icap " + o_->name + ": " + reason;
     switch (o_->on_oversize) {
       case OversizeAction::kAcceptUnscanned: {
-        Verdict v = Verdict::of(Action::kAddHeader, std::move(reason));
-        v.header = "X-Mailgate-Unscanned: " + o_->name + " (too large to scan)";
+        // Delivered unscanned: the scan header says so (filters/scan_result.h).
+        Verdict v = Verdict::of(Action::kContinue, std::move(reason));
+        v.scan_outcome = std::string(kScanUnscannedOversize);
         return v;
       }
       case OversizeAction::kTempfail:

@@ -50,6 +50,7 @@ std::string formatScanHeader(const SessionFacts& facts) {
 }
 
 std::string_view scanOutcomeOf(const Verdict& v) {
+  if (!v.scan_outcome.empty()) return v.scan_outcome;
   switch (v.action) {
     case Action::kContinue:
       return v.replacement ? std::string_view("modified") : kScanClean;

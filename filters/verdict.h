@@ -48,6 +48,9 @@ struct Verdict {
   // rewrote it: a milter's header and body changes, an ICAP server's modified copy).
   // The later filters see it in SessionFacts::message, and it is what the node gets.
   std::shared_ptr<const MessageBody> replacement;
+  // For the scan header (filters/scan_result.h): the scanner's outcome word when the
+  // action alone does not tell it ("unscanned(oversize)"); empty = from the action.
+  std::string scan_outcome;
   std::string filter;         // which filter decided (set by the chain)
   std::string reason;         // for the log, never for the client
   std::string ref;            // short reference that the reply and the log line repeat

@@ -587,8 +587,8 @@ TEST(DlpHookTest, OversizeErrorsAndFlows) {
   o.on_match = DlpOnMatch::kReject;
   o.max_size = 10;
   Verdict v = DlpHook(o).inspect(facts(), body);
-  EXPECT_EQ(v.action, Action::kAddHeader);
-  EXPECT_EQ(v.header, "X-Mailgate-Unscanned: dlp (too large to scan)");
+  EXPECT_EQ(v.action, Action::kContinue);
+  EXPECT_EQ(v.scan_outcome, "unscanned(oversize)");
   o.on_oversize = OversizeAction::kReject;
   EXPECT_EQ(DlpHook(o).inspect(facts(), body).action, Action::kReject);
 
