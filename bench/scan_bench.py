@@ -39,6 +39,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -397,6 +398,8 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
+    # SIGTERM (e.g. from timeout(1)) unwinds through run()'s finally: no daemon left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in (run.SMTP_SOURCE, run.SMTP_SINK):
         if not os.access(tool, os.X_OK):
             log(f"{tool} not found (Debian package postfix)")
