@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config clang libclang-rt-14-dev
+  build-essential cmake pkg-config clang libclang-rt-14-dev ca-certificates
   liburing-dev libssl-dev libre2-dev libmaxminddb-dev libpqxx-dev
   libyaml-cpp-dev libgtest-dev libgmock-dev libcrypt-dev libargon2-dev libgmime-3.0-dev
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd

@@ -21,7 +21,14 @@ if ! command -v npm >/dev/null 2>&1; then
   exit 1
 fi
 mkdir -p "$cache"
-npm install --prefix "$cache" --no-audit --no-fund --no-save "$PKG" >&2
+# Trust the system's certificate store (Debian's npm brings its own roots otherwise,
+# which a TLS-inspecting proxy's CA is not among).
+ca=()
+if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+  export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+  ca=(--cafile /etc/ssl/certs/ca-certificates.crt)
+fi
+npm install "${ca[@]}" --prefix "$cache" --no-audit --no-fund --no-save "$PKG" >&2
 for f in geo-whois-asn-country-ipv4.mmdb geo-whois-asn-country-ipv6.mmdb; do
   if [ ! -s "$dir/$f" ]; then
     echo "geoip-data: $dir/$f missing after npm install" >&2
