@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::filters {
 
 namespace {
@@ -70,13 +72,6 @@ bool parseInt(std::string_view s, int64_t* out) {
   }
   *out = v;
   return true;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
 }
 
 bool writeAll(int fd, std::string_view data) {
@@ -250,11 +245,11 @@ bool decodeQuarantineMeta(std::string_view text, QuarantineEntry* out) {
 
 bool quarantineMatches(const QuarantineEntry& e, const QuarantineFilter& f) {
   if (f.before_ms && e.created_ms >= f.before_ms) return false;
-  if (!f.from.empty() && lower(e.mail_from).find(lower(f.from)) == std::string::npos) return false;
+  if (!f.from.empty() && ascii::lower(e.mail_from).find(ascii::lower(f.from)) == std::string::npos) return false;
   if (!f.rcpt.empty()) {
-    const std::string want = lower(f.rcpt);
+    const std::string want = ascii::lower(f.rcpt);
     if (std::none_of(e.rcpts.begin(), e.rcpts.end(),
-                     [&](const std::string& r) { return lower(r).find(want) != std::string::npos; }))
+                     [&](const std::string& r) { return ascii::lower(r).find(want) != std::string::npos; }))
       return false;
   }
   return true;

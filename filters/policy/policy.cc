@@ -26,13 +26,6 @@ int64_t steadyUs() {
       .count();
 }
 
-std::string lower(std::string_view s) {
-  std::string r(s);
-  for (char& c : r)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return r;
-}
-
 std::string_view domainOf(std::string_view addr) {
   if (!addr.empty() && addr.front() == '<') addr.remove_prefix(1);
   if (!addr.empty() && addr.back() == '>') addr.remove_suffix(1);
@@ -174,7 +167,7 @@ void forEachRuleMetric(const std::function<void(const RuleMetric&)>& fn) {
 }
 
 uint64_t credentialHash(std::string_view user, std::string_view password) {
-  uint64_t h = fnv(lower(user));
+  uint64_t h = fnv(ascii::lower(user));
   h = fnv(std::string_view("\0", 1), h);
   h = fnv(password, h);
   h ^= h >> 29;
@@ -200,7 +193,7 @@ struct CompiledMatch {
                std::vector<conf::ConfigError>* errors) {
     listeners = m.listeners;
     protocols = m.protocols;
-    for (const auto& u : m.users) users.push_back(lower(u));
+    for (const auto& u : m.users) users.push_back(ascii::lower(u));
     for (const auto& name : m.client_net_in) {
       const IpSet* s = pol.list(name);
       if (!s) {
@@ -276,7 +269,8 @@ struct CompiledMatch {
     if (tls && *tls != f.secured) return fail([&] { return std::string(f.secured ? "tls" : "no tls"); });
     if (authenticated && *authenticated != f.authenticated)
       return fail([&] { return std::string(f.authenticated ? "authenticated" : "not authenticated"); });
-    if (!users.empty() && std::find(users.begin(), users.end(), lower(f.user)) == users.end())
+    if (!users.empty() &&
+        std::none_of(users.begin(), users.end(), [&f](const std::string& u) { return ascii::iequals(u, f.user); }))
       return fail([&] { return std::string("user not listed"); });
     if (!helo.empty() && !helo.match(f.helo)) return fail([&] { return std::string("helo does not match"); });
     if (!sender.empty() && (!f.from || !sender.match(*f.from))) return fail([&] { return std::string("sender does not match"); });
@@ -625,19 +619,19 @@ class PolicyFilter final : public Filter {
           break;
         case conf::KeyPart::kUser:
           if (f.user.empty()) return false;
-          kb.add(lower(f.user));
+          kb.add(ascii::lower(f.user));
           break;
         case conf::KeyPart::kSenderDomain: {
           if (!f.from) return false;
           std::string_view d = domainOf(*f.from);
           if (d.empty()) return false;
-          kb.add(lower(d));
+          kb.add(ascii::lower(d));
           break;
         }
         case conf::KeyPart::kRcptDomain: {
           std::string_view d = domainOf(f.rcpt);
           if (d.empty()) return false;
-          kb.add(lower(d));
+          kb.add(ascii::lower(d));
           break;
         }
       }
@@ -938,7 +932,7 @@ class PolicyFilter final : public Filter {
     const uint32_t max = pol_->config().policy.limits.max_user_sessions;
     if (max == 0 || user_held_ || (facts.protocol != "imap" && facts.protocol != "pop3")) return Verdict::next();
     KeyBuilder kb(0x75736572u);  // "user"
-    kb.add(lower(facts.user));
+    kb.add(ascii::lower(facts.user));
     const auto& defs = pol_->config().policy.limits;
     const NetAddr net = clientNet(client_, defs.ipv4_prefix, defs.ipv6_prefix);
     kb.add(&net, sizeof net);
