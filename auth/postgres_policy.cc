@@ -10,6 +10,7 @@
 
 #include "auth/postgres_policy_codec.h"
 #include "auth/postgres_pool.h"
+#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::auth {
@@ -83,13 +84,7 @@ PolicySyncStats& policySyncStats() {
   return s;
 }
 
-std::string hostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
-  return buf;
-}
-
-std::string gatewayIdentity() { return hostName() + ":" + std::to_string(getpid()); }
+std::string gatewayIdentity() { return core::hostName() + ":" + std::to_string(getpid()); }
 
 PostgresPolicySync::PostgresPolicySync(const conf::DirectoryConfig& cfg, filters::policy::PolicyState& state,
                                        std::string gateway)

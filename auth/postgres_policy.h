@@ -52,8 +52,6 @@ PolicySyncStats& policySyncStats();
 
 // This gateway's name in the counters table: host name and process id ("mx1:4711").
 std::string gatewayIdentity();
-// The host name alone (the origin recorded with a ban).
-std::string hostName();
 
 class PostgresPolicySync final : public filters::policy::ClusterCounters {
  public:

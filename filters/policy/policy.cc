@@ -12,6 +12,7 @@
 
 #include "filters/mime_meta.h"
 #include "gateway/core/ascii.h"
+#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 
 namespace mailgate::filters::policy {
@@ -731,7 +732,7 @@ class PolicyFilter final : public Filter {
           break;
         }
         if (!dry_) {
-          Ban b = policyState().bans.ban(net, pol_->banParams(), c.name, hostName(), BanTable::wallMs());
+          Ban b = policyState().bans.ban(net, pol_->banParams(), c.name, core::hostName(), BanTable::wallMs());
           policyState().stats.bans_made++;
           if (g_limit_log.allow())
             log::warn("policy ban", {{"session", f.session_id},
@@ -783,15 +784,6 @@ class PolicyFilter final : public Filter {
         v.text = stage == Stage::kConnect ? "Too many connections from your address" : "Limit exceeded";
     }
     return v;
-  }
-
-  static const std::string& hostName() {
-    static const std::string h = [] {
-      char buf[256] = {};
-      if (gethostname(buf, sizeof buf - 1) != 0) return std::string("mailgate");
-      return std::string(buf);
-    }();
-    return h;
   }
 
   // The stage's limits: the first refusal, else the longest delay (every limit is

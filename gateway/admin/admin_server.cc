@@ -12,6 +12,7 @@
 #include "filters/policy/policy_state.h"
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/quarantine_api.h"
+#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/session/runtime.h"
@@ -126,7 +127,7 @@ std::string AdminServer::bans(const std::string& request_line) {
   if (req.path == "/bans" && req.method == "POST") {
     BanRequest br;
     if (!parseBanRequest(req, &br, &error)) return jsonError(400, "Bad Request", error);
-    const policy::Ban ban = table.banFor(br.net, br.ttl, br.reason, auth::hostName(), now);
+    const policy::Ban ban = table.banFor(br.net, br.ttl, br.reason, core::hostName(), now);
     policy::policyState().stats.bans_made.fetch_add(1, std::memory_order_relaxed);
     log::info("ban made through the admin endpoint",
               {{"net", ban.net.text()}, {"ttl_s", br.ttl.count() / 1000}, {"reason", ban.reason}});

@@ -15,6 +15,7 @@
 #include "conf/config.h"
 #include "filters/message_body.h"
 #include "filters/policy/policy.h"
+#include "gateway/core/hostname.h"
 #include "gateway/session/verdict_render.h"
 
 namespace mailgate::admin {
@@ -49,12 +50,6 @@ struct Outcome {
   std::string reply;              // what the client reads (empty for accept)
   std::vector<std::string> notes;  // delays, added header fields
 };
-
-std::string hostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof buf - 1) != 0) return "mailgate";
-  return buf;
-}
 
 std::string newRef() {
   static std::mt19937 rng{std::random_device{}()};
@@ -159,7 +154,7 @@ bool runOffline(const std::shared_ptr<const filters::policy::Policy>& policy, co
   }
 
   auto filter = filters::policy::makeDryRunFilter(policy, f, trace);
-  const std::string host = hostName();
+  const std::string host = core::hostName();
   auto render = [&](const filters::Verdict& v, Stage st) {
     filters::Verdict r = v;
     if (!v.text.empty() && !filters::cleanReplyText(v.text, &r.text)) r.text.clear();

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "gateway/core/ascii.h"
+#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 #include "gateway/session/runtime.h"
 #include "gateway/session/session.h"
@@ -22,12 +23,6 @@ constexpr int kReplyMs = 60000;
 constexpr int kFinalMs = 600000;
 constexpr size_t kChunk = 64 * 1024;
 constexpr size_t kMaxReply = 64 * 1024;
-
-std::string gatewayName() {
-  char buf[256] = {};
-  if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "localhost";
-  return buf;
-}
 
 // "<local@Domain>" → "local@domain" (the domain lower-cased), as RCPT looks it up.
 std::string addressOf(const std::string& path) {
@@ -180,7 +175,7 @@ Attempt deliverTo(const DeliveryTarget& t, const filters::QuarantineEntry& e,
   if (!c.connect(t.addr, t.backend->connect_timeout, &why)) return failed(why);
   if (!c.reply(&r, kReplyMs, &why)) return failed("greeting: " + why);
   if (r.code != 220) return failed("greeting: " + r.text);
-  if (!c.send(std::string(t.lmtp ? "LHLO " : "EHLO ") + gatewayName() + "\r\n", &why) ||
+  if (!c.send(std::string(t.lmtp ? "LHLO " : "EHLO ") + core::hostName() + "\r\n", &why) ||
       !c.reply(&r, kReplyMs, &why))
     return failed("hello: " + why);
   if (r.code != 250) return failed("hello: " + r.text);

@@ -12,6 +12,7 @@
 #include "filters/quarantine.h"
 #include "filters/scan_result.h"
 #include "gateway/core/ascii.h"
+#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 #include "gateway/session/executor_step.h"
 #include "gateway/session/reactor.h"
@@ -50,14 +51,6 @@ std::string newRef() {
   return r;
 }
 
-const std::string& localHostname() {
-  static const std::string name = [] {
-    char buf[256] = {};
-    if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return std::string("localhost");
-    return std::string(buf);
-  }();
-  return name;
-}
 
 std::string rfc5322Date() {
   std::time_t t = std::time(nullptr);
@@ -93,7 +86,7 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       parser_(std::make_unique<codec::SmtpCommandParser>(limitsFor(listener))),
       data_(codec::SmtpDataLimits{1000, listener.max_message_size, uint64_t{64} << 20}),
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
-      hostname_(localHostname()),
+      hostname_(core::hostName()),
       submission_(listener.protocol == conf::Protocol::kSubmission),
       spool_(newSpool()),
       node_client_(node_link_, node_link_, id_, hostname_) {}
@@ -170,7 +163,7 @@ void SmtpSession::refuseEarlyTalker(std::string_view what, std::string_view reje
     if (rt_->policy && pol::parseAddr(client_ip_, &addr) && !rt_->policy->neverBan(addr)) {
       const pol::Ban b =
           pol::policyState().bans.ban(rt_->policy->banNet(addr), rt_->policy->banParams(), "early_talker",
-                                      localHostname(), pol::BanTable::wallMs());
+                                      core::hostName(), pol::BanTable::wallMs());
       pol::policyState().stats.bans_made++;
       done = "ban";
       log::warn("policy ban", {{"session", id_},
