@@ -19,6 +19,8 @@ enum class Protocol { kImap, kPop3, kSmtp, kSubmission };
 enum class TlsMode { kNone, kStarttls, kImplicit };
 enum class LogFormat { kJson, kText };
 enum class LogLevel { kDebug, kInfo, kWarn, kError };
+// The reactor's I/O layer: io_uring where the kernel allows it, epoll otherwise.
+enum class IoBackend { kAuto, kIoUring, kEpoll };
 
 struct ServerConfig {
   unsigned threads = 0;  // 0 = auto (one per online CPU)
@@ -29,15 +31,30 @@ struct ServerConfig {
   // anonymous temporary file in spool_dir.
   std::string spool_dir = "/var/tmp";
   uint32_t spool_memory = 1u << 20;
+  // auto: io_uring when io_uring_setup works (not blocked by seccomp or
+  // kernel.io_uring_disabled) and has the operations needed, else epoll.
+  IoBackend io = IoBackend::kAuto;
+  // Privileges: when started as root with a user set, the listeners (and the admin
+  // listener) are bound first, then the process switches to this user and group
+  // (group empty = the user's primary group). Empty = keep the starting identity.
+  std::string user;
+  std::string group;
 };
 
 struct LogConfig {
   LogLevel level = LogLevel::kInfo;
   LogFormat format = LogFormat::kJson;
+  // Empty = standard error (journald under systemd). A path: appended to, reopened on
+  // SIGUSR1 (logrotate's postrotate) and on SIGHUP.
+  std::string file;
 };
 
 struct AdminConfig {
   std::string listen;  // empty = disabled
+  // State-changing requests (drain, ban and unban, quarantine release and delete,
+  // from the status page, the API or the CLI) need `Authorization: Bearer <token>`,
+  // the token being this file's first line. Empty = the admin listener is read-only.
+  std::string token_file;
 };
 
 struct CertificateConfig {

@@ -1067,7 +1067,15 @@ void Loader::loadFlows(const Entry& section, Config* cfg) {
 void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
   const std::string path = "server";
   Fields f;
-  if (!fields(n, path, {"threads", "shutdown_grace", "workers", "content_workers", "spool_dir", "spool_memory"}, &f)) return;
+  if (!fields(n, path, {"threads", "shutdown_grace", "workers", "content_workers", "spool_dir", "spool_memory", "io",
+                            "user", "group"},
+              &f))
+    return;
+  getEnum<IoBackend>(f, "io", path,
+                     {{"auto", IoBackend::kAuto}, {"io_uring", IoBackend::kIoUring}, {"epoll", IoBackend::kEpoll}},
+                     &s->io);
+  getString(f, "user", path, &s->user);
+  getString(f, "group", path, &s->group);
   if (const Entry* e = f.find("threads")) {
     std::string v;
     uint64_t count = 0;
@@ -1106,7 +1114,11 @@ void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
 
 void Loader::loadLog(const YAML::Node& n, LogConfig* l) {
   Fields f;
-  if (!fields(n, "log", {"level", "format"}, &f)) return;
+  if (!fields(n, "log", {"level", "format", "file"}, &f)) return;
+  if (f.find("file")) {
+    getString(f, "file", "log", &l->file);
+    if (!l->file.empty()) l->file = resolve(l->file);
+  }
   getEnum<LogLevel>(f, "level", "log",
                     {{"debug", LogLevel::kDebug},
                      {"info", LogLevel::kInfo},
@@ -1119,7 +1131,15 @@ void Loader::loadLog(const YAML::Node& n, LogConfig* l) {
 
 void Loader::loadAdmin(const YAML::Node& n, AdminConfig* a) {
   Fields f;
-  if (!fields(n, "admin", {"listen"}, &f)) return;
+  if (!fields(n, "admin", {"listen", "token_file"}, &f)) return;
+  if (const Entry* e = f.find("token_file")) {
+    getString(f, "token_file", "admin", &a->token_file);
+    if (!a->token_file.empty()) {
+      a->token_file = resolve(a->token_file);
+      if (::access(a->token_file.c_str(), R_OK) != 0)
+        error(e->mark(), "admin.token_file: cannot read " + a->token_file);
+    }
+  }
   std::string s;
   getString(f, "listen", "admin", &s);
   if (s.empty()) return;
