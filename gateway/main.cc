@@ -525,6 +525,7 @@ int run(const std::string& path) {
 
   std::vector<std::thread> ts;
   for (auto& r : reactors) ts.emplace_back([&r] { r->run(); });
+  session::reloadState().started_unix.store(::time(nullptr), std::memory_order_relaxed);
   log::info("mailgate started", {{"version", MAILGATE_VERSION}, {"threads", threads}, {"config", path}});
 
   for (;;) {
@@ -534,14 +535,22 @@ int run(const std::string& path) {
     if (sig == SIGPIPE) continue;
     if (sig == SIGHUP) {
       log::info("reloading configuration", {{"config", path}});
+      session::ReloadState& rs = session::reloadState();
+      rs.last_unix.store(::time(nullptr), std::memory_order_relaxed);
+      auto failed = [&rs] {
+        rs.last_ok.store(false, std::memory_order_relaxed);
+        rs.failures.fetch_add(1, std::memory_order_relaxed);
+      };
       auto nl = conf::loadConfigFile(path);
       if (!nl.errors.empty()) {
         for (const auto& e : nl.errors) log::error("reload failed, keeping the running configuration", {{"error", e.format()}});
+        failed();
         continue;
       }
       auto nrt = session::Runtime::build(nl.config, session::currentRuntime().get());
       if (!nrt) {
         log::error("reload failed, keeping the running configuration", {{"error", nrt.error()}});
+        failed();
         continue;
       }
       bool same_listeners = nl.config->listeners.size() == cfg.listeners.size();
@@ -553,7 +562,9 @@ int run(const std::string& path) {
       auto fresh = nrt.value();
       fresh->startBackground();
       session::publishRuntime(fresh);
-      log::info("configuration reloaded");
+      rs.generation.fetch_add(1, std::memory_order_relaxed);
+      rs.last_ok.store(true, std::memory_order_relaxed);
+      log::info("configuration reloaded", {{"generation", rs.generation.load(std::memory_order_relaxed)}});
       continue;
     }
     log::info("stopping", {{"signal", strsignal(sig)}});

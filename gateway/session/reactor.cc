@@ -59,7 +59,7 @@ Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr
   for (const auto& [name, addr] : listen) {
     auto fd = io::openListener(addr, 1024);
     if (!fd) return Error{"listener " + name + ": " + fd.error()};
-    listen_.push_back(ListenSocket{name, fd.value(), false});
+    listen_.push_back(ListenSocket{name, listenerStats(name), fd.value(), false});
   }
   updateClock();
   return true;
@@ -128,6 +128,8 @@ void Reactor::reap() {
       gens_[slot] = (gens_[slot] + 1) & io::Tag::kMask24;
       if (gens_[slot] == 0) gens_[slot] = 1;
       free_.push_back(slot);
+      if (ListenerStats* ls = slot_listener_[slot]) ls->active.fetch_sub(1, std::memory_order_relaxed);
+      slot_listener_[slot] = nullptr;
       live_--;
       stats.live.store(live_, std::memory_order_relaxed);
       delete s;
@@ -177,6 +179,7 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
     slot = static_cast<uint32_t>(slots_.size());
     slots_.push_back(nullptr);
     gens_.push_back(1);
+    slot_listener_.push_back(nullptr);
   }
   Session* s = nullptr;
   switch (lc->protocol) {
@@ -197,6 +200,9 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
     return;
   }
   slots_[slot] = s;
+  l.stats->add(l.stats->accepted);
+  l.stats->active.fetch_add(1, std::memory_order_relaxed);
+  slot_listener_[slot] = l.stats;
   live_++;
   stats.live.store(live_, std::memory_order_relaxed);
   s->open();

@@ -16,6 +16,7 @@
 #include "gateway/io/ring.h"
 #include "gateway/io/tag.h"
 #include "gateway/io/worker_pool.h"
+#include "gateway/session/listener_stats.h"
 
 namespace mailgate::session {
 
@@ -23,6 +24,7 @@ class Session;
 
 struct ListenSocket {
   std::string listener;  // listener name
+  ListenerStats* stats = nullptr;
   int fd = -1;
   bool armed = false;
 };
@@ -112,6 +114,7 @@ class Reactor {
   std::vector<ListenSocket> listen_;
   std::vector<Session*> slots_;
   std::vector<uint32_t> gens_;
+  std::vector<ListenerStats*> slot_listener_;  // by slot: whose `active` the session counts in
   std::vector<uint32_t> free_;
   std::vector<Session*> retired_;
   size_t live_ = 0;

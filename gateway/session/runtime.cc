@@ -323,4 +323,9 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
   return rt;
 }
 
+ReloadState& reloadState() {
+  static ReloadState* s = new ReloadState;  // never destroyed: read by the admin thread
+  return *s;
+}
+
 }  // namespace mailgate::session

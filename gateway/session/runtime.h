@@ -70,6 +70,17 @@ struct Runtime {
                                                 const Runtime* running = nullptr);
 };
 
+// The configuration's life in this process, for /metrics and the status page.
+// Generation 1 is the configuration read at start; each successful SIGHUP adds one.
+struct ReloadState {
+  std::atomic<uint64_t> generation{1};
+  std::atomic<bool> last_ok{true};        // did the last reload succeed (true before any)
+  std::atomic<int64_t> last_unix{0};      // when the last reload was tried (0 = never)
+  std::atomic<int64_t> started_unix{0};   // when the process started serving
+  std::atomic<uint64_t> failures{0};      // reloads refused (config errors, build errors)
+};
+ReloadState& reloadState();
+
 // The process-wide current snapshot (reactors read it at accept time).
 std::shared_ptr<Runtime> currentRuntime();
 void publishRuntime(std::shared_ptr<Runtime> rt);
