@@ -130,7 +130,7 @@ The same over IMAP with STARTTLS, and over POP3 (implicit TLS and STLS):
 
 Send mail through mailgate's MX (STARTTLS; recipients are checked, the message is
 delivered to Dovecot over LMTP), then read it as above with MAILINDEX=2:
-  swaks --server {h}:{ports['smtp']} --tls --to bob@example.org --from you@example.net
+  swaks --server {h}:{ports['smtp']} --tls --to alice@example.org --from you@example.net
   swaks --server {h}:{ports['smtp']} --to nobody@example.org     # 550 5.1.1, unknown mailbox
 
 Talk IMAP yourself:
