@@ -14,6 +14,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import unittest
 import urllib.request
@@ -25,8 +26,14 @@ from fixtures import ALICE, ALICE_PW, USERS
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
-except ImportError:  # scripts/deps.sh installs python3-prometheus-client
-    text_string_to_metric_families = None
+except ImportError:
+    # scripts/deps.sh installs Debian's python3-prometheus-client (pure Python), which
+    # an interpreter other than /usr/bin/python3 finds only through this path.
+    sys.path.append("/usr/lib/python3/dist-packages")
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        text_string_to_metric_families = None
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana" / "mailgate.json"
