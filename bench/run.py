@@ -1002,7 +1002,7 @@ class Bench:
             rec["cpu_us_per_login"] = (c1 - c0) / n * 1e6
             rec["pg_cpu_us_per_login"] = (pg1 - pg0) / n * 1e6
         for k in ("auth_cache_hits", "auth_cache_misses"):
-            key = f"mailgate_directory_{k}"
+            key = f"mailgate_directory_{k}_total"
             if key in m0 and key in m1:
                 rec[k] = int(m1[key] - m0[key])
         self.results["mailgate"][f"logins_{mode}"] = rec

@@ -135,9 +135,13 @@ std::vector<BreakerCounts> scannerBreakerCounts() {
   for (const auto& [key, weak] : r.breakers) {
     auto b = weak.lock();
     if (!b) continue;
-    if (out.empty() || out.back().scanner != key.first) out.push_back(BreakerCounts{key.first, 0, 0});
+    if (out.empty() || out.back().scanner != key.first) out.push_back(BreakerCounts{key.first, 0, 0, {}});
     out.back().openings += b->openings();
     out.back().skipped += b->skipped();
+    const CircuitBreaker::State st = b->state();
+    if (st == CircuitBreaker::State::kOpen ||
+        (st == CircuitBreaker::State::kHalfOpen && out.back().state == CircuitBreaker::State::kClosed))
+      out.back().state = st;
   }
   return out;
 }

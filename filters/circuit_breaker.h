@@ -84,6 +84,8 @@ struct BreakerCounts {
   std::string scanner;
   uint64_t openings = 0;
   uint64_t skipped = 0;
+  // Now: open if any of the name's breakers is, else half-open if any is, else closed.
+  CircuitBreaker::State state = CircuitBreaker::State::kClosed;
 };
 std::vector<BreakerCounts> scannerBreakerCounts();
 

@@ -23,6 +23,7 @@
 #include "filters/milter_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
+#include "gateway/admin/metrics.h"
 #include "gateway/admin/policy_cli.h"
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
@@ -252,205 +253,8 @@ void applyLog(const conf::Config& c) {
   }
 }
 
-// Prometheus text for /metrics: reactor counters summed, backend health, and the
-// directory's own counters ("k=v" pairs from statsText()).
 // The executors, for /metrics (set once in main before the admin listener starts).
 std::vector<const io::WorkerPool*> executors;
-
-void renderExecutorMetrics(std::string& out) {
-  struct Metric {
-    const char* name;
-    const char* help;
-    const char* type;
-    uint64_t (*get)(const io::WorkerPool&);
-  };
-  static const Metric kMetrics[] = {
-      {"mailgate_executor_queue_depth", "Jobs queued now.", "gauge",
-       [](const io::WorkerPool& p) { return p.stats().depth.load(std::memory_order_relaxed); }},
-      {"mailgate_executor_queue_limit", "Most jobs the queue holds.", "gauge",
-       [](const io::WorkerPool& p) { return static_cast<uint64_t>(p.maxQueue()); }},
-      {"mailgate_executor_jobs_total", "Jobs queued.", "counter",
-       [](const io::WorkerPool& p) { return p.stats().submitted.load(std::memory_order_relaxed); }},
-      {"mailgate_executor_rejected_total", "Jobs refused at once because the queue was full.", "counter",
-       [](const io::WorkerPool& p) { return p.stats().rejected.load(std::memory_order_relaxed); }},
-      {"mailgate_executor_timeouts_total", "Jobs dropped unrun: they waited past their deadline.", "counter",
-       [](const io::WorkerPool& p) { return p.stats().expired.load(std::memory_order_relaxed); }},
-      {"mailgate_executor_wait_microseconds_total", "Time jobs waited in the queue before they ran.", "counter",
-       [](const io::WorkerPool& p) { return p.stats().wait_us_total.load(std::memory_order_relaxed); }},
-      {"mailgate_executor_wait_microseconds_max", "Longest wait of a job in the queue.", "gauge",
-       [](const io::WorkerPool& p) { return p.stats().wait_us_max.load(std::memory_order_relaxed); }},
-  };
-  for (const Metric& m : kMetrics) {
-    out += std::string("# HELP ") + m.name + " " + m.help + "\n# TYPE " + m.name + " " + m.type + "\n";
-    for (const io::WorkerPool* p : executors)
-      out += std::string(m.name) + "{executor=\"" + p->name() + "\"} " + std::to_string(m.get(*p)) + "\n";
-  }
-}
-
-std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& reactors) {
-  std::string out;
-  auto counter = [&](const char* name, const char* help, uint64_t v, const char* type = "counter") {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
-           std::to_string(v) + "\n";
-  };
-  auto sum = [&](auto member) {
-    uint64_t t = 0;
-    for (const auto& r : reactors) t += (r->stats.*member).get();
-    return t;
-  };
-  uint64_t live = 0;
-  for (const auto& r : reactors) live += r->stats.live.load(std::memory_order_relaxed);
-  counter("mailgate_sessions_active", "Sessions open now.", live, "gauge");
-  counter("mailgate_connections_accepted_total", "Connections accepted.", sum(&session::ReactorStats::accepted));
-  counter("mailgate_accept_errors_total", "Failed accepts (EMFILE and the like).",
-          sum(&session::ReactorStats::accept_errors));
-  counter("mailgate_logins_total", "Logins relayed to a storage node.", sum(&session::ReactorStats::logins));
-  counter("mailgate_auth_failures_total", "Failed authentications.", sum(&session::ReactorStats::auth_failures));
-  counter("mailgate_login_temporary_failures_total", "Logins refused for a temporary reason.",
-          sum(&session::ReactorStats::temp_failures));
-  counter("mailgate_backend_attempt_failures_total", "Failed storage-node attempts (each may fail over).",
-          sum(&session::ReactorStats::backend_failures));
-  counter("mailgate_smtp_messages_delivered_total", "SMTP messages answered 250 after the node accepted them.",
-          sum(&session::ReactorStats::smtp_delivered));
-  counter("mailgate_smtp_messages_deferred_total", "SMTP messages answered 4xx at their end (client retries).",
-          sum(&session::ReactorStats::smtp_deferred));
-  counter("mailgate_smtp_messages_rejected_total", "SMTP messages answered 5xx at their end.",
-          sum(&session::ReactorStats::smtp_rejected));
-  counter("mailgate_smtp_framing_errors_total", "SMTP messages or commands with a bare CR/LF or NUL.",
-          sum(&session::ReactorStats::smtp_framing_errors));
-  counter("mailgate_smtp_pipelining_errors_total", "SMTP clients that sent content before the 354 (refused).",
-          sum(&session::ReactorStats::smtp_pipelining_errors));
-  counter("mailgate_smtp_spooled_to_file_total", "SMTP messages larger than server.spool_memory.",
-          sum(&session::ReactorStats::smtp_spooled_to_file));
-  counter("mailgate_stale_completions_total", "Completions for sessions already gone.",
-          sum(&session::ReactorStats::stale_completions));
-  counter("mailgate_late_worker_answers_total", "Worker answers for sessions already gone.",
-          sum(&session::ReactorStats::late_worker_answers));
-  counter("mailgate_recv_nobufs_total", "Receives that found the buffer ring empty.",
-          sum(&session::ReactorStats::recv_nobufs));
-  const session::ChainStats& cs = session::chainStats();
-  counter("mailgate_filter_pending_total", "Filter steps that waited for an answer.", cs.pending.load());
-  counter("mailgate_filter_timeouts_total", "Filter steps whose deadline passed (failure action applied).",
-          cs.timeouts.load());
-  counter("mailgate_filter_late_answers_total", "Filter answers that came after the deadline or the session's end.",
-          cs.late_answers.load());
-  counter("mailgate_filter_cancelled_total", "Pending filter steps cancelled by the session's end.",
-          cs.cancelled.load());
-  counter("mailgate_filter_refusals_total", "Sessions, commands or messages refused by a filter.",
-          cs.refusals.load());
-  counter("mailgate_filter_bad_text_total", "Filter reply texts or headers refused (CR, LF, NUL, controls).",
-          cs.bad_text.load());
-  const filters::ClamdStats& clamd = filters::clamdStats();
-  counter("mailgate_clamd_clean_total", "Messages clamd found clean.", clamd.clean.load());
-  counter("mailgate_clamd_infected_total", "Messages clamd found a virus in (rejected).", clamd.infected.load());
-  counter("mailgate_clamd_errors_total", "clamd scans that failed (every endpoint down, protocol or scanner error).",
-          clamd.errors.load());
-  counter("mailgate_clamd_timeouts_total", "clamd scans that did not end within hooks.defaults.timeouts.scan.",
-          clamd.timeouts.load());
-  counter("mailgate_clamd_oversize_total", "Messages too large to scan (max_size or clamd's StreamMaxLength).",
-          clamd.oversize.load());
-  counter("mailgate_clamd_endpoint_failures_total", "clamd endpoints that could not be connected to, or lost mid-scan.",
-          clamd.endpoint_failures.load());
-  const filters::MilterStats& milter = filters::milterStats();
-  counter("mailgate_milter_sessions_total", "Milter connections negotiated.", milter.sessions.load());
-  counter("mailgate_milter_refusals_total", "Stages a milter refused (reject, tempfail, reply code).",
-          milter.refusals.load());
-  counter("mailgate_milter_discards_total", "Messages a milter discarded (250, not delivered).", milter.discards.load());
-  counter("mailgate_milter_modified_total", "Messages a milter changed (headers or body).", milter.modified.load());
-  counter("mailgate_milter_quarantined_total", "Messages a milter asked to quarantine.", milter.quarantined.load());
-  counter("mailgate_milter_errors_total", "Milter failures (connect, protocol, closed, timeout): on_error applied.",
-          milter.errors.load());
-  counter("mailgate_milter_timeouts_total", "Milter stages without an answer within the scan timeout.",
-          milter.timeouts.load());
-  {
-    // Per scanner: how often its circuit breaker opened, and the scans it skipped.
-    std::string opened, skipped;
-    for (const auto& b : filters::scannerBreakerCounts()) {
-      opened += "mailgate_scanner_breaker_open_total{scanner=\"" + b.scanner + "\"} " + std::to_string(b.openings) + "\n";
-      skipped += "mailgate_scanner_skipped_total{scanner=\"" + b.scanner + "\"} " + std::to_string(b.skipped) + "\n";
-    }
-    out += "# HELP mailgate_scanner_breaker_open_total Times a scanner's circuit breaker opened.\n"
-           "# TYPE mailgate_scanner_breaker_open_total counter\n" + opened;
-    out += "# HELP mailgate_scanner_skipped_total Scans skipped because the scanner's circuit breaker was open.\n"
-           "# TYPE mailgate_scanner_skipped_total counter\n" + skipped;
-  }
-
-  const filters::DlpStats& dlp = filters::dlpStats();
-  counter("mailgate_dlp_scanned_total", "Messages the DLP scanner read.", dlp.scanned.load());
-  counter("mailgate_dlp_matched_total", "Messages on which a DLP detector fired.", dlp.matched.load());
-  counter("mailgate_dlp_errors_total", "DLP scans that failed (spool read error, deadline).",
-          dlp.errors.load());
-  counter("mailgate_dlp_oversize_total", "Messages over the DLP scanner's max_size (not scanned).",
-          dlp.oversize.load());
-  counter("mailgate_dlp_truncated_total", "DLP scans stopped at max_size decoded octets.",
-          dlp.truncated.load());
-
-  const filters::IcapStats& icap = filters::icapStats();
-  counter("mailgate_icap_clean_total", "Messages an ICAP service passed (204, or sent back unchanged).",
-          icap.clean.load());
-  counter("mailgate_icap_infected_total", "Messages an ICAP service found infected or blocked (rejected).",
-          icap.infected.load());
-  counter("mailgate_icap_modified_total", "Messages an ICAP service modified (then on_modified applied).",
-          icap.modified.load());
-  counter("mailgate_icap_errors_total", "ICAP scans that failed (connect, error status, protocol error).",
-          icap.errors.load());
-  counter("mailgate_icap_timeouts_total", "ICAP scans that did not end within their scan timeout.",
-          icap.timeouts.load());
-  counter("mailgate_icap_oversize_total", "Messages too large for an ICAP scanner's max_size.", icap.oversize.load());
-  counter("mailgate_icap_options_requests_total", "ICAP OPTIONS requests (one per service and Options-TTL).",
-          icap.options_requests.load());
-  renderExecutorMetrics(out);
-  admin::renderPolicyMetrics(out);
-  admin::renderQuarantineMetrics(out);
-  {
-    // Per limit and rule: how often each acted (shadow rules: "shadow").
-    std::string lines;
-    filters::policy::forEachRuleMetric([&lines](const filters::policy::RuleMetric& m) {
-      lines += "mailgate_policy_actions_total{kind=\"" + m.kind + "\",name=\"" + m.name + "\",outcome=\"" +
-               m.outcome + "\"} " + std::to_string(m.count.load(std::memory_order_relaxed)) + "\n";
-    });
-    out += "# HELP mailgate_policy_actions_total Limits exceeded and rules matched, by name and outcome.\n"
-           "# TYPE mailgate_policy_actions_total counter\n" + lines;
-    const auto counters = filters::policy::policyState().counters.stats();
-    counter("mailgate_policy_counter_keys", "Policy counter entries in use.", counters.entries, "gauge");
-    counter("mailgate_policy_counter_capacity", "Policy counter entries at most (limits.defaults.max_keys).",
-            counters.capacity, "gauge");
-    counter("mailgate_policy_counter_evictions_total", "Policy counter entries evicted (least recently used).",
-            counters.evictions);
-  }
-  counter("mailgate_log_lines_dropped_total", "Log lines dropped because the log queue was full.",
-          log::droppedLines());
-  auto ring_sum = [&](std::atomic<uint64_t> io::Ring::*member) {
-    uint64_t t = 0;
-    for (const auto& r : reactors) t += (r->ring().*member).load(std::memory_order_relaxed);
-    return t;
-  };
-  counter("mailgate_sq_full_submits_total", "Submits forced by a full io_uring submission queue.",
-          ring_sum(&io::Ring::sq_full_submits));
-  counter("mailgate_sq_backlogged_total", "Submission entries parked until the kernel took more.",
-          ring_sum(&io::Ring::sq_backlogged));
-  auto rt = session::currentRuntime();
-  if (!rt) return out;
-  out += "# HELP mailgate_backend_up Last health-check verdict per storage node.\n# TYPE mailgate_backend_up gauge\n";
-  for (const auto& b : rt->router->backends())
-    out += "mailgate_backend_up{backend=\"" + b->config->name + "\"} " + (b->up.load() ? "1" : "0") + "\n";
-  std::string ds = rt->directory->statsText();
-  size_t pos = 0;
-  while (pos < ds.size()) {
-    size_t end = ds.find(' ', pos);
-    if (end == std::string::npos) end = ds.size();
-    std::string kv = ds.substr(pos, end - pos);
-    size_t eq = kv.find('=');
-    if (eq != std::string::npos && eq > 0) {
-      std::string name = "mailgate_directory_" + kv.substr(0, eq);
-      bool ok = true;
-      for (char c : name) ok = ok && (ascii::isAlpha(c) || ascii::isDigit(c) || c == '_');
-      if (ok) out += "# TYPE " + name + " counter\n" + name + " " + kv.substr(eq + 1) + "\n";
-    }
-    pos = end + 1;
-  }
-  return out;
-}
 
 int run(const std::string& path) {
   auto loaded = conf::loadConfigFile(path);
@@ -508,7 +312,7 @@ int run(const std::string& path) {
 
   std::unique_ptr<admin::AdminServer> admin_server;
   if (!cfg.admin.listen.empty()) {
-    admin_server = std::make_unique<admin::AdminServer>(cfg.admin.listen, [&reactors] { return renderMetrics(reactors); });
+    admin_server = std::make_unique<admin::AdminServer>(cfg.admin.listen, [&reactors] { return admin::renderMetrics(reactors, executors); });
     auto ok = admin_server->start();
     if (!ok) {
       std::fprintf(stderr, "%s: %s\n", path.c_str(), ok.error().c_str());

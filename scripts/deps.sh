@@ -11,6 +11,7 @@ PACKAGES=(
   clamav-daemon clamav-testfiles c-icap libc-icap-mod-virus-scan
   python3-milter opendkim opendkim-tools rspamd
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
+  python3-prometheus-client
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl
 )
 

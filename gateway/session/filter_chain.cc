@@ -4,6 +4,7 @@
 #include <random>
 
 #include "gateway/core/log.h"
+#include "gateway/session/scanner_stats.h"
 
 namespace mailgate::session {
 
@@ -92,13 +93,28 @@ void FilterChain::step() {
     }
     if (!poster_) poster_ = host_.chainPoster();
     ++token_;
+    step_started_ = host_.chainNow();
     filters::Verdict v = f.onStage(stage_, *facts_, filters::Resumer(poster_, token_));
     if (!apply(std::move(v))) return;
   }
 }
 
+void FilterChain::countScan() {
+  const std::string_view name = filters_[index_]->name();
+  for (const auto& [scanner, outcome] : facts_->scan_results) {
+    if (scanner != name) continue;
+    if (scanner_stats_.size() < filters_.size()) scanner_stats_.resize(filters_.size(), nullptr);
+    ScannerStats*& st = scanner_stats_[index_];
+    if (!st) st = scannerStats(name);
+    const uint64_t now = host_.chainNow();
+    st->record(classifyScanOutcome(outcome), now > step_started_ ? now - step_started_ : 0);
+    return;
+  }
+}
+
 bool FilterChain::apply(filters::Verdict v) {
   filters::Filter& f = *filters_[index_];
+  if (stage_ == filters::Stage::kData && v.action != filters::Action::kPending) countScan();
   if (v.replacement && stage_ == filters::Stage::kData &&
       (v.action == filters::Action::kContinue || v.action == filters::Action::kAddHeader)) {
     facts_->message = v.replacement;  // what the later filters scan, and what the node gets

@@ -16,6 +16,8 @@
 
 namespace mailgate::session {
 
+struct ScannerStats;
+
 // Process-wide counters for /metrics.
 struct ChainStats {
   std::atomic<uint64_t> pending{0};       // asynchronous steps started
@@ -83,6 +85,9 @@ class FilterChain {
   // false when the chain must wait (pending, delay) or has finished.
   bool apply(filters::Verdict v);
   void finish(filters::Verdict v);
+  // Data stage: the step of filters_[index_] ended; a scanner's outcome (the one it
+  // recorded in the facts) and the step's duration go to its ScannerStats.
+  void countScan();
 
   ChainHost& host_;
   std::vector<std::unique_ptr<filters::Filter>> filters_;
@@ -93,6 +98,8 @@ class FilterChain {
   State state_ = State::kIdle;
   uint64_t token_ = 0;
   uint64_t wake_at_ = 0;
+  uint64_t step_started_ = 0;                // chainNow() when the current step began
+  std::vector<ScannerStats*> scanner_stats_;  // by filter index, resolved on first use
   bool held_ = false;
   std::vector<std::string> headers_;
   std::shared_ptr<const filters::MessageBody> replacement_;

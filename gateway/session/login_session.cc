@@ -172,6 +172,8 @@ void LoginSession::tryNextCandidate() {
     }
     // The whole handshake (connect, greeting, TLS, login) is bounded.
     setTimer(now() + 2 * static_cast<uint64_t>(c.backend->connect_timeout.count()));
+    BackendStats* bs = backendStats(c.backend->name);
+    bs->add(bs->attempts);
     connectBackend(c.addr, c.backend->connect_timeout);
     return;
   }
@@ -231,6 +233,7 @@ void LoginSession::backendAttemptFailed(BackendFailure why, const std::string& d
                                          {"suppressed", rl.suppressed()}});
   dropBackend();
   reactor_.stats.backend_failures++;
+  if (current_) backendStats(current_->name)->failed(why);
   switch (why) {
     case BackendFailure::kAuthRejected:
       fail(true, "backend rejected login");
@@ -259,6 +262,11 @@ void LoginSession::loginSucceeded(std::string_view to_client) {
   password_.shrink_to_fit();
   backend_password_.reset();
   reactor_.stats.logins++;
+  if (!relay_stats_ && !backend_name_.empty()) {
+    relay_stats_ = backendStats(backend_name_);
+    relay_stats_->add(relay_stats_->logins);
+    relay_stats_->active.fetch_add(1, std::memory_order_relaxed);
+  }
   log::info("login", {{"session", id_}, {"user", user_}, {"backend", backend_name_}, {"client", client_ip_}});
   startRelay(to_client, to_backend);
 }

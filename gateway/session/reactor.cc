@@ -147,6 +147,7 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
   if (res < 0) {
     if (res != -ECANCELED) {
       stats.accept_errors++;
+      l.stats->add(l.stats->accept_errors);
       static log::RateLimit rl(1);
       if (rl.allow()) log::warn("accept failed", {{"listener", l.listener}, {"error", std::strerror(-res)}});
       accept_rearm_needed_ = true;  // EMFILE and friends: retry on the next tick
@@ -162,6 +163,7 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
   auto rt = currentRuntime();
   const conf::ListenerConfig* lc = rt ? rt->listener(l.listener) : nullptr;
   if (!lc || live_ >= kMaxSessions) {
+    if (lc) l.stats->add(l.stats->refused_capacity);
     ::close(fd);
     return;
   }

@@ -94,6 +94,12 @@ class Reactor {
   ReactorStats stats;
 
   size_t sessionCount() const { return live_; }
+  // The counters of the listener that accepted the session in `slot` (null: none).
+  ListenerStats* listenerStatsOf(uint32_t slot) const {
+    return slot < slot_listener_.size() ? slot_listener_[slot] : nullptr;
+  }
+  // This reactor's spool executor, for /metrics.
+  const io::WorkerPool& spoolExecutor() const { return spool_io_; }
 
  private:
   std::string plain_scratch_;

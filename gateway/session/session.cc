@@ -240,6 +240,7 @@ void Session::chainDone(filters::Stage stage, filters::Verdict verdict) {
     return;
   }
   logRefusal(stage, verdict);
+  if (ListenerStats* ls = reactor_.listenerStatsOf(slot_)) ls->add(ls->refused_policy);
   // Refused before the greeting or TLS: one plaintext line, then close (on an
   // implicit-TLS listener the client expects a handshake: it gets a plain close).
   if (listener_.tls == conf::TlsMode::kImplicit) {
@@ -329,6 +330,8 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
     flush(side, e);
     if (ev == tls::TlsEvent::kError || ev == tls::TlsEvent::kClosed) {
       if (side == Side::kClient) {
+        if (ListenerStats* ls = reactor_.listenerStatsOf(slot_))
+          ls->tlsFailed(ev == tls::TlsEvent::kClosed ? tls::HandshakeFailure::kClosed : t.failure());
         static log::RateLimit rl(20);  // a client can trigger this at will
         if (rl.allow()) log::info("client TLS handshake failed", {{"session", id_}, {"error", t.lastError()}});
         close("tls_error");
@@ -339,6 +342,7 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
     }
     if (ev == tls::TlsEvent::kWant) return;
     if (side == Side::kClient) {
+      if (ListenerStats* ls = reactor_.listenerStatsOf(slot_)) ls->add(ls->tls_handshakes);
       tls_version_ = t.version();
       tls_cipher_ = t.cipher();
       onClientTlsReady();
@@ -383,6 +387,9 @@ void Session::endpointEof(Side side, Endpoint& e, const std::string& why) {
       close("client_closed");
       return;
     }
+    // Gone in the middle of a TLS handshake it had begun (a ClientHello was read).
+    if (client_.tls && !client_.tls->handshakeDone() && !SSL_in_before(client_.tls->ssl()))
+      if (ListenerStats* ls = reactor_.listenerStatsOf(slot_)) ls->tlsFailed(tls::HandshakeFailure::kClosed);
     onClientClosed();
     return;
   }
@@ -754,6 +761,7 @@ bool Session::reapable() const {
 void Session::finish() {
   if (finished_) return;
   finished_ = true;
+  if (relay_stats_) relay_stats_->active.fetch_sub(1, std::memory_order_relaxed);
   if (client_.fd >= 0) ::close(client_.fd);
   client_.fd = -1;
   if (aux_) aux_->closeFds();

@@ -18,6 +18,7 @@
 #include "gateway/io/listener.h"
 #include "gateway/io/tag.h"
 #include "gateway/session/aux_connections.h"
+#include "gateway/session/backend_stats.h"
 #include "gateway/session/filter_chain.h"
 #include "gateway/session/runtime.h"
 #include "gateway/session/verdict_render.h"
@@ -191,6 +192,7 @@ class Session : public ChainHost {
   uint16_t local_port_ = 0;
   std::string user_;
   std::string backend_name_;
+  BackendStats* relay_stats_ = nullptr;  // the node relayed to: its `active` counts this session
   const char* outcome_ = nullptr;
   uint64_t last_activity_ = 0;
 

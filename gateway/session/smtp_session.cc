@@ -1522,9 +1522,14 @@ void SmtpSession::NodeLink::onDeliveryDone(std::string_view client_reply, const 
 // The client gets one reply for the whole transaction; the node client logs which
 // recipients the node refused.
 void SmtpSession::NodeLink::onRecipientResult(size_t, const codec::SmtpReply&) {}
-void SmtpSession::NodeLink::onTargetChosen(const DeliveryTarget& target) { s_.backend_name_ = target.backend->name; }
-void SmtpSession::NodeLink::onAttemptFailed(BackendFailure, const std::string&) {
+void SmtpSession::NodeLink::onTargetChosen(const DeliveryTarget& target) {
+  s_.backend_name_ = target.backend->name;
+  BackendStats* bs = backendStats(target.backend->name);
+  bs->add(bs->attempts);
+}
+void SmtpSession::NodeLink::onAttemptFailed(BackendFailure why, const std::string&) {
   s_.reactor_.stats.backend_failures++;
+  if (!s_.backend_name_.empty()) backendStats(s_.backend_name_)->failed(why);
 }
 
 void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcome) {

@@ -3,6 +3,8 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include <ctime>
+
 #include "gateway/core/ascii.h"
 
 namespace mailgate::tls {
@@ -65,6 +67,16 @@ int minVersion(const std::string& v) { return v == "TLSv1.3" ? TLS1_3_VERSION : 
 
 }  // namespace
 
+CertificateInfo certificateInfo(X509* cert) {
+  CertificateInfo info;
+  if (!cert) return info;
+  char cn[256] = {0};
+  if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0) info.subject_cn = cn;
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) info.not_after = static_cast<int64_t>(timegm(&tm));
+  return info;
+}
+
 Result<std::shared_ptr<ServerTls>> ServerTls::build(const conf::TlsConfig& cfg) {
   auto self = std::make_shared<ServerTls>();
   for (const auto& c : cfg.certificates) {
@@ -86,6 +98,9 @@ Result<std::shared_ptr<ServerTls>> ServerTls::build(const conf::TlsConfig& cfg) 
     SSL_CTX_ctrl(ctx.get(), SSL_CTRL_SET_TLSEXT_SERVERNAME_ARG, 0, self.get());
     Entry e;
     e.names = certNames(SSL_CTX_get0_certificate(ctx.get()));
+    CertificateInfo info = certificateInfo(SSL_CTX_get0_certificate(ctx.get()));
+    info.path = c.cert;
+    self->certificates_.push_back(std::move(info));
     e.ctx = std::move(ctx);
     self->entries_.push_back(std::move(e));
   }

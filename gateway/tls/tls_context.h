@@ -4,6 +4,7 @@
 // and the client side used towards storage nodes.
 #include <openssl/ssl.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,9 +19,17 @@ struct CtxDeleter {
 };
 using CtxPtr = std::unique_ptr<SSL_CTX, CtxDeleter>;
 
+// A configured server certificate, as /metrics shows it.
+struct CertificateInfo {
+  std::string path;        // the certificate file (tls.certificates[].cert)
+  std::string subject_cn;  // the subject's common name ("" if none)
+  int64_t not_after = 0;   // the end of its validity, Unix seconds
+};
+
 class ServerTls {
  public:
   static Result<std::shared_ptr<ServerTls>> build(const conf::TlsConfig& cfg);
+  const std::vector<CertificateInfo>& certificates() const { return certificates_; }
   SSL_CTX* defaultCtx() const { return entries_.empty() ? nullptr : entries_.front().ctx.get(); }
   // Certificate whose names match `host` (exact or *.wildcard, case-insensitive), or null.
   SSL_CTX* select(const char* host) const;
@@ -32,7 +41,11 @@ class ServerTls {
     std::vector<std::string> names;  // lower-case; "*.example.org" kept as is
   };
   std::vector<Entry> entries_;
+  std::vector<CertificateInfo> certificates_;
 };
+
+// The subject CN and notAfter of a certificate.
+CertificateInfo certificateInfo(X509* cert);
 
 class ClientTls {
  public:

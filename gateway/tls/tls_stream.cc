@@ -30,10 +30,47 @@ TlsEvent TlsStream::classify(int r) {
     case SSL_ERROR_ZERO_RETURN:
       return TlsEvent::kClosed;
     default:
+      failure_ = classifyHandshakeError(ERR_peek_error());
       error_ = drainErrors();
       if (error_.empty()) error_ = "ssl error " + std::to_string(e);
       return TlsEvent::kError;
   }
+}
+
+HandshakeFailure classifyHandshakeError(unsigned long err) {
+  if (err == 0) return HandshakeFailure::kClosed;  // EOF or a system error: nothing from TLS itself
+  if (ERR_GET_LIB(err) != ERR_LIB_SSL) return HandshakeFailure::kProtocol;
+  switch (ERR_GET_REASON(err)) {
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_VERSION_TOO_LOW:
+    case SSL_R_VERSION_TOO_HIGH:
+    case SSL_R_TLSV1_ALERT_PROTOCOL_VERSION:
+    case SSL_R_INAPPROPRIATE_FALLBACK:
+      return HandshakeFailure::kVersion;
+    case SSL_R_NO_SHARED_CIPHER:
+    case SSL_R_NO_SHARED_GROUPS:
+    case SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM:
+    case SSL_R_NO_CIPHERS_AVAILABLE:
+    case SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE:
+    case SSL_R_TLSV1_ALERT_INSUFFICIENT_SECURITY:
+      return HandshakeFailure::kCipher;
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+      return HandshakeFailure::kCertificate;
+    default:
+      break;
+  }
+  // Any other alert the peer sent (reason codes SSL_AD_REASON_OFFSET + alert).
+  if (ERR_GET_REASON(err) >= SSL_AD_REASON_OFFSET) return HandshakeFailure::kAlert;
+  return HandshakeFailure::kProtocol;
 }
 
 TlsEvent TlsStream::handshake() {

@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "gateway/tls/tls_failure.h"
+
 namespace mailgate::tls {
 
 enum class TlsEvent { kOk, kWant, kClosed, kError };
@@ -36,6 +38,8 @@ class TlsStream {
   const char* cipher() const { return SSL_get_cipher_name(ssl_); }
   std::string serverName() const;
   const std::string& lastError() const { return error_; }
+  // The class of the last error (kError): what /metrics counts a failed handshake as.
+  HandshakeFailure failure() const { return failure_; }
   SSL* ssl() { return ssl_; }
 
  private:
@@ -45,6 +49,10 @@ class TlsStream {
   BIO* wbio_;
   bool done_ = false;
   std::string error_;
+  HandshakeFailure failure_ = HandshakeFailure::kProtocol;
 };
+
+// The class of an OpenSSL error code (ERR_peek_error()); 0 (no code) is kClosed.
+HandshakeFailure classifyHandshakeError(unsigned long err);
 
 }  // namespace mailgate::tls

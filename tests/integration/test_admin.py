@@ -38,9 +38,10 @@ class AdminTest(unittest.TestCase):
             return e.code, e.read().decode()
 
     def metric(self, text: str, name: str) -> float:
-        m = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M)
-        self.assertIsNotNone(m, f"{name} missing from /metrics:\n{text}")
-        return float(m.group(1))
+        """The family's value, summed over its labels (listener, ...)."""
+        found = re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\d+)$", text, re.M)
+        self.assertTrue(found, f"{name} missing from /metrics:\n{text}")
+        return sum(float(v) for v in found)
 
     def test_healthz(self):
         self.assertEqual(self.get("/healthz"), (200, "ok\n"))

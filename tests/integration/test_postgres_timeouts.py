@@ -80,9 +80,9 @@ class PostgresSlowQueryTest(PgGatewayCase):
 
     def test_cache_counters_reach_metrics(self):
         before = self.metrics()
-        hits0 = self.counter(before, "mailgate_directory_auth_cache_hits")
+        hits0 = self.counter(before, "mailgate_directory_auth_cache_hits_total")
         self.assertTrue(self.imap_login(ALICE, ALICE_PW).startswith("a OK"))
         self.assertTrue(self.imap_login(ALICE, ALICE_PW).startswith("a OK"))
         after = self.metrics()
-        self.assertGreaterEqual(self.counter(after, "mailgate_directory_auth_cache_hits"), hits0 + 1)
-        self.assertGreaterEqual(self.counter(after, "mailgate_directory_auth_cache_misses"), 1)
+        self.assertGreaterEqual(self.counter(after, "mailgate_directory_auth_cache_hits_total"), hits0 + 1)
+        self.assertGreaterEqual(self.counter(after, "mailgate_directory_auth_cache_misses_total"), 1)
