@@ -296,7 +296,8 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
                 self.fail(f"{what}: not on {db.dir.name} {within}s on\n" + self.diagnostics())
             time.sleep(0.05)
 
-    def send(self, gw: str, sender: str, msg: bytes) -> tuple[int, str]:
+    def send(self, gw: str, sender: str, msg: bytes, before_data=None) -> tuple[int, str]:
+        """One SMTP session through gw; before_data: called between RCPT and DATA."""
         s = smtplib.SMTP(harness.HOST, self.ports[gw]["smtp"], timeout=30)
         try:
             self.assertEqual(s.ehlo("client.example.com")[0], 250)
@@ -305,6 +306,8 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
             code, text = s.rcpt(ALICE)
             if code != 250:
                 return code, text.decode(errors="replace")
+            if before_data:
+                before_data()
             try:
                 code, text = s.data(msg)
             except smtplib.SMTPDataError as e:
@@ -333,7 +336,7 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
 
     def failover_checks(self, new: pg.Postgres, stopped_at: float, promoted_at: float, user: str,
                         password: str, queued_ban: str, fresh_ban: str, label: str,
-                        log_marks: dict[str, int]) -> None:
+                        log_marks: dict[str, int] | None) -> None:
         """After a promotion: the uncached user logs in through every gateway, the bans
         and quarantine entries are on the new primary, the route NOTIFY is listened for there."""
         outage = {gw: self.wait_login(gw, user, password, stopped_at, RECOVERY_LIMIT + promoted_at - stopped_at)
@@ -355,7 +358,8 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
                          f"{fresh_ban} listed on gateway a")
         for gw in self.gateways:
             self.quarantine_on(gw, new)
-        self.wait_watchers(log_marks, RECOVERY_LIMIT)
+        if log_marks is not None:  # else the watchers are on the new primary already
+            self.wait_watchers(log_marks, RECOVERY_LIMIT)
         self.route_round_trip(new, f"{label}: on the new primary")
 
     def log_marks(self) -> dict[str, int]:
@@ -419,7 +423,6 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
         self.ban("b", "192.0.2.23")
         harness.wait_for(lambda: self.listed("a", "192.0.2.23"), RECOVERY_LIMIT, 0.05,
                          "192.0.2.23 (banned through b) listed on gateway a")
-        marks = self.log_marks()
         old.stop(mode="fast")
         stopped = time.monotonic()
         for gw in self.gateways:
@@ -427,15 +430,18 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
             self.assertTrue(reply.startswith("a OK"), f"cached login through {gw}: {reply}\n" + self.diagnostics())
         self.ban("a", "192.0.2.21")
         self.failover_checks(new, stopped, stopped, CAROL, CAROL_PW, "192.0.2.21", "192.0.2.22",
-                             "fast stop", marks)
+                             "fast stop", None)
 
     def test_4_gateway_killed_mid_session_loses_no_accepted_message(self):
-        per_client, clients = 8, 6
+        per_client, clients = 10, 6
         lock = threading.Lock()
         results: dict[str, dict] = {}  # subject -> {"gw": ..., "broken": n, "code": ...}
-        accepted_on_a = threading.Event()
-        count_a = [0]
         killed = threading.Event()
+        parked = threading.Semaphore(0)  # sessions on gateway a held between RCPT and DATA
+
+        def hold():
+            parked.release()
+            killed.wait(30)
 
         def client(idx: int):
             gw = GATEWAYS[idx % 2]
@@ -445,7 +451,9 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
                 deadline = time.monotonic() + 30
                 while True:
                     try:
-                        code, text = self.send(gw, "sender@example.com", message(subject, "sender@example.com"))
+                        # Each client on gateway a holds its 4th session open until a is killed.
+                        code, text = self.send(gw, "sender@example.com", message(subject, "sender@example.com"),
+                                               before_data=hold if gw == "a" and i == 3 and not broken else None)
                         break
                     except (OSError, smtplib.SMTPException) as e:
                         # the gateway died under this session: reconnect through the other one
@@ -457,11 +465,9 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
                             gw = "b"
                         time.sleep(0.05)
                 with lock:
-                    results[subject] = {"gw": gw, "broken": broken, "code": code, "text": text}
-                    if code == 250 and gw == "a":
-                        count_a[0] += 1
-                        if count_a[0] >= 6:
-                            accepted_on_a.set()
+                    results[subject] = {"gw": gw, "broken": broken, "code": code, "text": text,
+                                        "at": time.monotonic() - began}
+                time.sleep(0.01)
 
         # One client in the middle of DATA on gateway a when it is killed.
         mid = smtplib.SMTP(harness.HOST, self.ports["a"]["smtp"], timeout=10)
@@ -474,14 +480,19 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
         mid.send(mid_msg[: len(mid_msg) // 2])
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        began = time.monotonic()
         for t in threads:
             t.start()
-        self.assertTrue(accepted_on_a.wait(30), "gateway a accepted nothing\n" + self.diagnostics())
+        for _ in range(clients // 2):
+            self.assertTrue(parked.acquire(timeout=30), "the clients of gateway a did not get going\n"
+                            + self.diagnostics())
         gw_a = self.gateways["a"]
         gw_a.proc.kill()
         gw_a.proc.wait(10)
         killed.set()
         killed_at = time.monotonic()
+        with lock:
+            done_at_kill = len(results)
         # The mid-DATA client sees its session break and sends again through b.
         mid_broken = False
         try:
@@ -524,7 +535,9 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
         self.figure(f"gateway killed: {len(results)} messages accepted ({via_a} by a before the kill), "
                     f"{len(retried)} sent again through b after their session broke, "
                     f"{sum(1 for n in retried.values() if n == 2)} of them stored twice; "
-                    f"every 250 stored; IMAP through b served {served_after * 1000:.0f} ms after the kill")
+                    f"every 250 stored; IMAP through b served {served_after * 1000:.0f} ms after the kill; "
+                    f"killed {(killed_at - began) * 1000:.0f} ms into the run with {done_at_kill} messages done, "
+                    f"the last one done {max(r.get('at', 0) for r in results.values()) * 1000:.0f} ms in")
         self.assertGreater(len(retried), 0, "no session was broken by the kill")
 
 
