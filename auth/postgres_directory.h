@@ -41,7 +41,7 @@
 // minimum). Any database error (connect, broken connection, SQL error, timeout, no
 // free connection within the timeout) makes that request kTempFail — never a
 // wrong-password answer; the connection is dropped and re-made on a later request,
-// with exponential backoff (100 ms doubling to 5 s) while the database stays
+// with exponential backoff (100 ms doubling to 1 s) while the database stays
 // unreachable. Multi-host conninfo (host=a,b target_session_attrs=read-write) works
 // as libpq does it.
 //

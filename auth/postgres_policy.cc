@@ -170,6 +170,7 @@ void PostgresPolicySync::run() {
   pg::Backoff backoff;
   Clock::time_point next_flush{};
   Clock::time_point next_cleanup{};
+  const pg::Target target = pg::targetOf(conninfo);
   std::unordered_map<Slot, Clock::time_point, SlotHash> known;  // pairs counted here lately
   bool down_logged = false;
 
@@ -424,6 +425,10 @@ void PostgresPolicySync::run() {
       const auto now = Clock::now();
       if (now >= next_flush) {
         next_flush = now + kFlushEvery;
+        // A fenced or demoted old primary still serves LISTEN: the other gateways'
+        // ban changes are NOTIFYed on the new one. Reconnect (and reload in full).
+        if (pg::staleTarget(*conn, target))
+          throw std::runtime_error("the server is read-only now (a failover); reconnecting to the primary");
         flushCounters();
       }
       if (now >= next_cleanup) {

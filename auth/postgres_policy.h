@@ -14,6 +14,11 @@
 //            INSERT ... ON CONFLICT (net) DO UPDATE / DELETE, whose trigger NOTIFYs
 //            the other gateways. While the database is down the queue is kept and
 //            the local table keeps enforcing; it is written when the database is back.
+//            With target_session_attrs=read-write (or primary) in the conninfo, the
+//            thread checks about once a second that its server still is one, and a
+//            write refused as read-only (25006) drops the connection too: after a
+//            failover it reconnects to the new primary, LISTENs there, writes the
+//            queue and reloads the bans in full.
 //   counters add() adds to a small map of deltas under a mutex; about once a second
 //            the thread adds them to mailgate_policy_counters (key, window_start,
 //            this gateway) and reads back, for the (key, window) pairs this gateway

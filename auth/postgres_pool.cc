@@ -1,5 +1,7 @@
 #include "auth/postgres_pool.h"
 
+#include <libpq-fe.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -30,6 +32,39 @@ std::string describe(const std::exception& e) {
   if (nl != std::string::npos) s.resize(nl);
   if (s.size() > 300) s.resize(300);
   return s;
+}
+
+Target targetOf(const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+  if (err) PQfreemem(err);
+  if (!opts) return Target::kAny;
+  Target t = Target::kAny;
+  for (PQconninfoOption* o = opts; o->keyword; ++o) {
+    if (std::string_view(o->keyword) != "target_session_attrs" || !o->val) continue;
+    const std::string_view v = o->val;
+    if (v == "read-write") t = Target::kReadWrite;
+    if (v == "primary") t = Target::kPrimary;
+  }
+  PQconninfoFree(opts);
+  return t;
+}
+
+bool reconnectReason(const std::exception& e) {
+  if (dynamic_cast<const pqxx::broken_connection*>(&e)) return true;
+  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+  if (!sql) return false;
+  const std::string& state = sql->sqlstate();
+  return state == "25006" || state.rfind("08", 0) == 0 || state == "57P01" || state == "57P02" ||
+         state == "57P03";
+}
+
+bool staleTarget(pqxx::connection& c, Target target) {
+  if (target == Target::kAny) return false;
+  pqxx::nontransaction tx(c);
+  const pqxx::row r = tx.exec("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'")[0];
+  if (target == Target::kPrimary) return r[0].as<bool>();
+  return r[0].as<bool>() || r[1].as<bool>();
 }
 
 void Backoff::failed(Clock::time_point now) {
@@ -103,14 +138,13 @@ Result<bool> Pool::run(const std::function<void(pqxx::connection&)>& fn) {
       fn(*conn);
       finish(std::move(conn), false);
       return true;
-    } catch (const pqxx::broken_connection& e) {
-      conn.reset();
-      if (reused && attempt == 0) continue;  // the server went away since last use: one fresh try
-      finish(nullptr, true);
-      return Error{"connection lost: " + describe(e)};
     } catch (const std::exception& e) {
       conn.reset();
+      const bool reconnect = reconnectReason(e);
+      // The server went away or turned read-only since last use (a failover): one fresh try.
+      if (reconnect && reused && attempt == 0) continue;
       finish(nullptr, true);
+      if (dynamic_cast<const pqxx::broken_connection*>(&e)) return Error{"connection lost: " + describe(e)};
       return Error{describe(e)};
     }
   }

@@ -35,11 +35,30 @@ std::unique_ptr<pqxx::connection> connect(const std::string& conninfo, conf::Dur
 // One line for the log about a pqxx/std exception (first line only, bounded).
 std::string describe(const std::exception& e);
 
-// Exponential reconnect backoff: 100 ms doubling to kMax (5 s); reset on success.
+// What the conninfo asks libpq for (target_session_attrs): any server, a writable one
+// (read-write), or one not in recovery (primary). PQconninfoParse; unparsable = kAny.
+enum class Target { kAny, kReadWrite, kPrimary };
+Target targetOf(const std::string& conninfo);
+
+// Whether an error means the connection no longer reaches what the conninfo points
+// at, so a new connection (libpq then picks the current primary of a multi-host
+// conninfo) is the cure: the connection broke, the server is shutting down or
+// starting (SQLSTATE class 08, 57P01..57P03), or it refuses writes (25006: a standby,
+// or an old primary fenced with default_transaction_read_only).
+bool reconnectReason(const std::exception& e);
+
+// One round trip: whether c is on a server that is not (any more) what `target` asks
+// for (a fenced or demoted old primary after a switchover). kAny: false, no query.
+// Throws pqxx errors.
+bool staleTarget(pqxx::connection& c, Target target);
+
+// Exponential reconnect backoff: 100 ms doubling to kMax (1 s); reset on success.
+// The cap bounds how long a gateway takes to notice that the database (a promoted
+// replica) answers again; an attempt costs one connect, bounded by connect_timeout.
 class Backoff {
  public:
   static constexpr std::chrono::milliseconds kInitial{100};
-  static constexpr std::chrono::milliseconds kMax{5000};
+  static constexpr std::chrono::milliseconds kMax{1000};
   bool ready(Clock::time_point now) const { return now >= next_; }
   void failed(Clock::time_point now);
   void succeeded() { delay_ = kInitial; next_ = {}; }
@@ -54,7 +73,10 @@ class Backoff {
 // run() blocks at most `acquire_timeout` for a free slot; a slot without a
 // connection connects (unless the shared backoff says the database was unreachable
 // a moment ago: then it fails at once). Any exception from fn drops the connection;
-// a broken reused connection (the server restarted) is replaced and fn retried once.
+// when a reused connection fails for a reconnectReason() (the server restarted or
+// went away, or it is read-only now: a failover), it is replaced and fn retried
+// once on the new connection (fn must be safe to run twice: a write whose COMMIT
+// was lost with the connection may have committed).
 class Pool {
  public:
   // on_connect runs once per new connection (prepare statements); may throw.

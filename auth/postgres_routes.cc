@@ -15,6 +15,10 @@ namespace {
 constexpr const char* kChannel = "mailgate_routes";
 constexpr std::size_t kMaxRows = 1000000;
 constexpr long kWaitMicros = 100000;
+// How often the LISTEN connection checks that its server is still what the conninfo's
+// target_session_attrs asks for (a fenced old primary keeps serving reads and LISTEN,
+// but the NOTIFYs of route changes come from the new primary).
+constexpr auto kTargetCheckEvery = std::chrono::seconds(1);
 
 std::string routesSql(const conf::PostgresDirectoryConfig& p) {
   return p.queries.routes.empty() ? kDefaultRoutesQuery : p.queries.routes;
@@ -123,6 +127,8 @@ void PostgresRouteWatcher::run() {
   std::shared_ptr<const routing::RouteTable> last;  // the last table published
   pg::Backoff backoff;
   Clock::time_point next_refresh{};
+  Clock::time_point next_target_check{};
+  const pg::Target target = pg::targetOf(conninfo);
   bool down_logged = false;
 
   auto drop = [&](const std::string& why) {
@@ -169,7 +175,20 @@ void PostgresRouteWatcher::run() {
         continue;
       }
     }
-    const auto now = Clock::now();
+    auto now = Clock::now();
+    if (target != pg::Target::kAny && now >= next_target_check) {
+      next_target_check = now + kTargetCheckEvery;
+      try {
+        if (pg::staleTarget(*conn, target)) {
+          drop("the server is read-only now (a failover); reconnecting to the primary");
+          continue;
+        }
+      } catch (const std::exception& e) {
+        drop(pg::describe(e));
+        continue;
+      }
+      now = Clock::now();
+    }
     // A notification (or a new connection, after which notifications may have been
     // missed) may stand for a change the map does not show (the `route` query's
     // data): it always counts as a change. A refresh counts only when the map differs.

@@ -15,7 +15,11 @@
 // notification or a (re)connect, or of a refresh whose table differs from the last
 // one; else the last table's. Route hints read before it lose to the map. When the
 // database is unreachable the watcher reconnects with backoff (100 ms doubling to
-// 5 s) and the last good table stays published; on reconnect it reloads at once.
+// 1 s) and the last good table stays published; on reconnect it LISTENs again and
+// reloads at once. When the conninfo asks for target_session_attrs=read-write (or
+// primary), the watcher checks once a second that its server still is one and
+// reconnects when it is not (an old primary fenced read-only during a switchover
+// keeps serving reads, but route changes are committed, and NOTIFY sent, on the new one).
 // Routes and nodes queries take no %{...} parameters.
 #include <atomic>
 #include <chrono>

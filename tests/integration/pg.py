@@ -5,6 +5,13 @@
     db.conninfo()                           # "host=127.0.0.1 port=... dbname=mail user=postgres"
     db.stop(); db.start()                   # outage tests; the data stays
 
+A primary with a streaming replica (tests/integration/test_cluster.py):
+
+    primary = Postgres(workdir, name="pg1", replication=True).start()
+    standby = primary.standby(workdir, name="pg2").start()   # pg_basebackup -R, own port
+    primary.stop(mode="immediate"); standby.promote()        # returns once it takes writes
+    multi_host_conninfo([primary, standby])                  # target_session_attrs=read-write
+
 The cluster lives in workdir/<name> (owned by the unprivileged `postgres` OS user
 when the tests run as root), listens on 127.0.0.1:<free port> with its unix socket
 in the same directory, trusts loopback connections, and runs with fsync=off.
@@ -31,7 +38,7 @@ def available() -> bool:
 
 class Postgres:
     def __init__(self, workdir: str | os.PathLike, port: int | None = None, name: str = "pg",
-                 dbname: str = "mail"):
+                 dbname: str = "mail", replication: bool = False):
         self.workdir = Path(workdir)
         self.dir = self.workdir / name
         self.data = self.dir / "data"
@@ -39,6 +46,7 @@ class Postgres:
         self.port = port or free_port()
         self.dbname = dbname
         self.root = os.geteuid() == 0
+        self.replication = replication  # a primary that streaming replicas can follow
         self._initialised = False
 
     # -- running commands as the cluster owner
@@ -74,6 +82,11 @@ class Postgres:
                         "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                         "max_connections = 200\nshared_buffers = 16MB\n"
                         "logging_collector = off\nlog_min_messages = warning\n")
+                if self.replication:
+                    f.write(REPLICATION_CONF)
+            if self.replication:
+                with open(self.data / "pg_hba.conf", "a") as f:
+                    f.write(f"\nhost replication all {HOST}/32 trust\n")
         self._initialised = True
 
     def start(self, timeout: float = 30.0) -> "Postgres":
@@ -130,11 +143,77 @@ class Postgres:
         except OSError:
             return ""
 
+    # -- replication
+    def standby(self, workdir: str | os.PathLike, name: str, port: int | None = None) -> "Postgres":
+        """A streaming replica of this (running) cluster: pg_basebackup -R into
+        workdir/<name>/data, on its own port and socket directory. Start it with start()."""
+        s = Postgres(workdir, port=port, name=name, dbname=self.dbname, replication=True)
+        s.dir.mkdir(parents=True, exist_ok=True)
+        if s.root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(s.dir, pw.pw_uid, pw.pw_gid)
+        os.chmod(s.dir, 0o755)
+        if s.data.exists():
+            shutil.rmtree(s.data)
+        s._run([str(PG_BIN / "pg_basebackup"), "-h", HOST, "-p", str(self.port), "-U", "postgres",
+                "-D", str(s.data), "-R", "-X", "stream", "-c", "fast", "--no-sync"], timeout=120)
+        with open(s.data / "postgresql.conf", "a") as f:  # the primary's lines, then ours (the last wins)
+            f.write(f"\nport = {s.port}\nunix_socket_directories = '{s.dir}'\n")
+        s._initialised = True
+        return s
+
+    def in_recovery(self) -> bool:
+        return self.psql("SELECT pg_is_in_recovery()", dbname="postgres").strip() == "t"
+
+    def promote(self, timeout: float = 30.0) -> float:
+        """pg_ctl promote; returns (seconds) once the server accepts writes."""
+        start = time.monotonic()
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)), "promote"],
+                  timeout=timeout + 10)
+
+        def writable() -> bool:
+            try:
+                return self.psql("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')",
+                                 timeout=5).strip() == "f|off"
+            except (RuntimeError, subprocess.TimeoutExpired):
+                return False
+        wait_for(writable, timeout, 0.02, f"postgres on port {self.port} accepting writes")
+        return time.monotonic() - start
+
+    def wait_streaming(self, standby: "Postgres", timeout: float = 30.0) -> None:
+        """Until standby has replayed everything this primary has committed so far (a
+        marker row in the `postgres` database: an LSN compare can wait for the next WAL
+        record when the insert position sits on a page boundary)."""
+        marker = time.time_ns()
+        self.psql("CREATE TABLE IF NOT EXISTS replication_marker (v bigint); "
+                  f"INSERT INTO replication_marker VALUES ({marker})", dbname="postgres")
+
+        def seen() -> bool:
+            try:
+                return standby.psql(f"SELECT count(*) FROM replication_marker WHERE v = {marker}",
+                                    dbname="postgres").strip() == "1"
+            except RuntimeError:  # the table itself has not arrived yet
+                return False
+        wait_for(seen, timeout, 0.02, f"standby on port {standby.port} replaying the primary's commits")
+
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop(mode="immediate")
+
+
+REPLICATION_CONF = ("wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n"
+                    "wal_keep_size = 64MB\nhot_standby = on\nwal_receiver_status_interval = 1s\n"
+                    "wal_retrieve_retry_interval = 200ms\n")
+
+
+def multi_host_conninfo(clusters: list[Postgres], dbname: str | None = None, **options: str) -> str:
+    """One libpq conninfo naming every cluster, for whichever is the primary now."""
+    opts = {"target_session_attrs": "read-write", **options}
+    return (f"host={','.join(HOST for _ in clusters)} port={','.join(str(c.port) for c in clusters)} "
+            f"dbname={dbname or clusters[0].dbname} user=postgres "
+            + " ".join(f"{k}={v}" for k, v in opts.items()))
 
 
 def sql_quote(s: str) -> str:

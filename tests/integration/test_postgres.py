@@ -352,7 +352,7 @@ class PostgresDefaultSchemaTest(PgGatewayCase):
             self.assertEqual(self.imap_node(ALICE, ALICE_PW), "storage-01")
         finally:
             db.start()
-        # the gateway recovers by itself (reconnect backoff is at most 5 s)
+        # the gateway recovers by itself (reconnect backoff is at most 1 s)
         harness.wait_for(lambda: self.imap_login(BOB, BOB_PW).startswith("a OK"), 15.0, 0.2,
                          "login after the database came back")
         # and the route watcher is listening again
@@ -424,7 +424,7 @@ class PostgresRouteMapAtStartTest(PgGatewayCase):
             self.assertIn("routing map not loaded", self.gateway.log_text())
         finally:
             db.start()
-        # logins, then the map, follow when the database does (reconnect backoff is at most 5 s)
+        # logins, then the map, follow when the database does (reconnect backoff is at most 1 s)
         harness.wait_for(lambda: self.imap_login(ALICE, ALICE_PW).startswith("a OK"), 15.0, 0.2,
                          "login after the database came back")
         self.wait_node(ALICE, ALICE_PW, "storage-02", 10.0)
