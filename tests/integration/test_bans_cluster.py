@@ -74,7 +74,7 @@ class BansClusterTest(unittest.TestCase):
                 backends=[{"name": "storage-01", "imap": node_port}],
                 routes=[{"domain": "*", "primary": "storage-01"}], threads=1)
             text = with_directory(text, postgres_directory(cls.db.conninfo(), timeout="1s"))
-            text += f'admin: {{ listen: "127.0.0.1:{cls.admin[name]}" }}\n'
+            text += harness.admin_block(cls.admin[name], cls.dir)
             text += CLUSTER_POLICY
             gw = harness.Mailgate(cls.dir, text, name=f"gateway-{name}")
             cls.gateways[name] = gw
@@ -100,7 +100,8 @@ class BansClusterTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ helpers
     def http(self, gw: str, method: str, path: str) -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin[gw]}{path}", method=method)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin[gw]}{path}", method=method,
+                                     headers=harness.admin_headers())
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read().decode()
