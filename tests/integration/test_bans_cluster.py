@@ -331,6 +331,32 @@ class BansClusterTest(unittest.TestCase):
         self.assertEqual(self.metric("b", "mailgate_bans_sync_reloads_total"), reloads,
                          "the sync was kept: no new connection, no full reload")
 
+    def test_8_drain_through_a_reaches_b_through_the_nodes_table(self):
+        """POST /backends/drain on A writes nodes.state; B's route watcher hears the
+        NOTIFY and shows the node drained (GET /status.json) within a second."""
+        self.db.psql("INSERT INTO nodes (name, host) VALUES ('storage-01', '127.0.0.1') "
+                     "ON CONFLICT (name) DO UPDATE SET state = 'active'")
+
+        def state(gw: str) -> str:
+            status, body = self.http(gw, "GET", "/status.json")
+            self.assertEqual(status, 200, body)
+            s = json.loads(body)
+            self.assertEqual(s["drain_via"], "database")
+            return next(x["state"] for x in s["backends"] if x["name"] == "storage-01")
+
+        harness.wait_for(lambda: state("b") == "active", 5, what="storage-01 active on b")
+        status, body = self.http("a", "POST", "/backends/drain?name=storage-01&state=drain")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["via"], "database")
+        self.assertEqual(self.db.psql("SELECT state FROM nodes WHERE name = 'storage-01'").strip(), "drain")
+        self.assertEqual(state("a"), "drain")  # the answer waited for A's own watcher
+        harness.wait_for(lambda: state("b") == "drain", PROPAGATION_LIMIT, what="storage-01 drained on b")
+        status, body = self.http("b", "POST", "/backends/drain?name=storage-01&state=active")
+        self.assertEqual(status, 200, body)
+        harness.wait_for(lambda: state("a") == "active", PROPAGATION_LIMIT, what="storage-01 active on a")
+        status, body = self.http("a", "POST", "/backends/drain?name=no-such-node&state=drain")
+        self.assertEqual(status, 404, body)
+
 
 if __name__ == "__main__":
     unittest.main()
