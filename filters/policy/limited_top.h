@@ -17,9 +17,9 @@ namespace mailgate::filters::policy {
 
 struct LimitedAddress {
   NetAddr addr;
-  std::string limit;     // the limit it hit last
-  uint64_t count = 0;    // times limited (an upper bound after a replacement)
-  int64_t last_ms = 0;   // wall clock (unix ms)
+  std::string limit;    // the limit it hit last
+  uint64_t count = 0;   // times limited (an upper bound after a replacement)
+  int64_t last_ms = 0;  // wall clock (unix ms)
 };
 
 class LimitedTop {

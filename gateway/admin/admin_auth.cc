@@ -26,7 +26,8 @@ bool constantTimeEquals(std::string_view a, std::string_view b) {
 std::string_view bearerToken(std::string_view authorization) {
   authorization = trim(authorization);
   constexpr std::string_view kScheme = "bearer ";
-  if (authorization.size() <= kScheme.size() || !ascii::iequals(authorization.substr(0, kScheme.size()), kScheme))
+  if (authorization.size() <= kScheme.size() ||
+      !ascii::iequals(authorization.substr(0, kScheme.size()), kScheme))
     return {};
   return trim(authorization.substr(kScheme.size()));
 }
@@ -50,11 +51,13 @@ std::string_view headerValue(std::string_view head, std::string_view name) {
   while (pos != std::string_view::npos && pos + 1 < head.size()) {
     const size_t start = pos + 1;
     size_t end = head.find('\n', start);
-    std::string_view line = head.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    std::string_view line =
+        head.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) break;  // end of the head
     const size_t colon = line.find(':');
-    if (colon != std::string_view::npos && colon == name.size() && ascii::iequals(line.substr(0, colon), name))
+    if (colon != std::string_view::npos && colon == name.size() &&
+        ascii::iequals(line.substr(0, colon), name))
       return trim(line.substr(colon + 1));
     pos = end;
   }

@@ -31,8 +31,8 @@ std::string when(int64_t unix_s) { return unix_s > 0 ? isoTime(unix_s * 1000) : 
 // A button of the page's one form (id "act"), posting to `action` (already encoded).
 std::string button(const StatusData& d, const std::string& action, std::string_view label,
                    std::string_view name) {
-  return "<button type=\"submit\" form=\"act\" name=\"" + esc(name) + "\" formaction=\"" + esc(action) + "\"" +
-         (d.writable ? "" : " disabled") + ">" + esc(label) + "</button>";
+  return "<button type=\"submit\" form=\"act\" name=\"" + esc(name) + "\" formaction=\"" + esc(action) +
+         "\"" + (d.writable ? "" : " disabled") + ">" + esc(label) + "</button>";
 }
 
 std::string list(const std::vector<std::string>& v) {
@@ -51,11 +51,21 @@ std::string htmlEscape(std::string_view s) {
   for (char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
       default:
         if ((c < 0x20 && c != '\t') || c == 0x7f)
           out += "&#xFFFD;";
@@ -80,7 +90,8 @@ std::string renderStatusHtml(const StatusData& d) {
   o.reserve(16384);
   o += "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-       "<title>mailgate status: " + esc(d.host) + "</title><style>";
+       "<title>mailgate status: " +
+       esc(d.host) + "</title><style>";
   o += kStyle;
   o += "</style></head><body>\n<header><h1>mailgate</h1>";
   o += "<span>version <b id=\"version\">" + esc(d.version) + "</b></span>";
@@ -88,9 +99,10 @@ std::string renderStatusHtml(const StatusData& d) {
   o += "<span>up <b id=\"uptime\">" + esc(formatUptime(d.now_unix - d.started_unix)) + "</b> (since " +
        esc(when(d.started_unix)) + ")</span>";
   o += "<span>config generation <b id=\"generation\">" + num(d.generation) + "</b></span>";
-  o += "<span>last reload <b id=\"last-reload\" class=\"" + std::string(d.last_reload_ok ? "up" : "down") + "\">" +
-       (d.last_reload_unix == 0 ? std::string("none") : esc(when(d.last_reload_unix)) +
-                                                            (d.last_reload_ok ? " ok" : " failed")) +
+  o += "<span>last reload <b id=\"last-reload\" class=\"" + std::string(d.last_reload_ok ? "up" : "down") +
+       "\">" +
+       (d.last_reload_unix == 0 ? std::string("none")
+                                : esc(when(d.last_reload_unix)) + (d.last_reload_ok ? " ok" : " failed")) +
        "</b>" + (d.reload_failures ? " (" + num(d.reload_failures) + " failed)" : std::string()) + "</span>";
   o += "<span class=\"muted\">" + esc(when(d.now_unix)) + "</span></header>\n";
 
@@ -130,18 +142,20 @@ std::string renderStatusHtml(const StatusData& d) {
     o += "<h2>Routes (failover order)</h2><table id=\"routes\"><thead><tr><th>Key</th><th>Primary</th>"
          "<th>Secondary</th><th>From</th></tr></thead><tbody>\n";
     for (const auto& r : d.routes)
-      o += "<tr><td>" + esc(r.key) + "</td><td>" + esc(r.primary) + "</td><td>" + esc(r.secondary) + "</td><td>" +
-           esc(r.source) + "</td></tr>\n";
+      o += "<tr><td>" + esc(r.key) + "</td><td>" + esc(r.primary) + "</td><td>" + esc(r.secondary) +
+           "</td><td>" + esc(r.source) + "</td></tr>\n";
     o += "</tbody></table>";
-    if (d.routes_truncated) o += "<p class=\"muted\">The first " + num(uint64_t{kStatusRoutes}) + " only.</p>";
+    if (d.routes_truncated)
+      o += "<p class=\"muted\">The first " + num(uint64_t{kStatusRoutes}) + " only.</p>";
   }
   o += "</section>\n";
 
   o += "<section id=\"limited\"><h2>Most limited addresses</h2><table><thead><tr><th>Address</th>"
        "<th>Last limit</th><th>Times</th><th>Last</th></tr></thead><tbody>\n";
   for (const auto& l : d.limited)
-    o += "<tr data-limited=\"" + esc(l.addr.text()) + "\"><td>" + esc(l.addr.text()) + "</td><td>" + esc(l.limit) +
-         "</td><td class=\"n\">" + num(l.count) + "</td><td>" + esc(isoTime(l.last_ms)) + "</td></tr>\n";
+    o += "<tr data-limited=\"" + esc(l.addr.text()) + "\"><td>" + esc(l.addr.text()) + "</td><td>" +
+         esc(l.limit) + "</td><td class=\"n\">" + num(l.count) + "</td><td>" + esc(isoTime(l.last_ms)) +
+         "</td></tr>\n";
   if (d.limited.empty()) o += "<tr><td colspan=\"4\" class=\"muted\">none</td></tr>\n";
   o += "</tbody></table></section>\n";
 
@@ -171,32 +185,36 @@ std::string renderStatusHtml(const StatusData& d) {
       o += "<tr data-quarantine=\"" + esc(e.id) + "\"><td><code>" + esc(e.id) + "</code></td><td>" +
            esc(isoTime(e.created_ms)) + "</td><td class=\"n\">" + num(uint64_t{e.size}) + "</td><td>" +
            esc(e.mail_from) + "</td><td>" + esc(list(e.rcpts)) + "</td><td>" + esc(e.filter) + "</td><td>" +
-           esc(e.reason) + "</td><td>" + button(d, "/quarantine/" + percentEncode(e.id) + "/release", "Release", "release") +
-           " " + button(d, "/quarantine/" + percentEncode(e.id) + "/delete", "Delete", "delete") + "</td></tr>\n";
+           esc(e.reason) + "</td><td>" +
+           button(d, "/quarantine/" + percentEncode(e.id) + "/release", "Release", "release") + " " +
+           button(d, "/quarantine/" + percentEncode(e.id) + "/delete", "Delete", "delete") + "</td></tr>\n";
     if (d.quarantine.empty()) o += "<tr><td colspan=\"8\" class=\"muted\">empty</td></tr>\n";
     o += "</tbody></table>";
   }
   o += "</section>\n<p class=\"muted\">Also: <a href=\"/status.json\">/status.json</a>, "
-       "<a href=\"/metrics\">/metrics</a>, <a href=\"/bans\">/bans</a>, <a href=\"/quarantine\">/quarantine</a>.</p>\n"
+       "<a href=\"/metrics\">/metrics</a>, <a href=\"/bans\">/bans</a>, <a "
+       "href=\"/quarantine\">/quarantine</a>.</p>\n"
        "</body></html>\n";
   return o;
 }
 
 std::string renderStatusJson(const StatusData& d) {
   std::string o = "{\"version\":" + jsonStr(d.version) + ",\"host\":" + jsonStr(d.host) +
-                  ",\"now\":" + jsonStr(isoTime(d.now_unix * 1000)) + ",\"started\":" +
-                  jsonStr(isoTime(d.started_unix * 1000)) + ",\"uptime_s\":" + num(d.now_unix - d.started_unix) +
+                  ",\"now\":" + jsonStr(isoTime(d.now_unix * 1000)) +
+                  ",\"started\":" + jsonStr(isoTime(d.started_unix * 1000)) +
+                  ",\"uptime_s\":" + num(d.now_unix - d.started_unix) +
                   ",\"config\":{\"generation\":" + num(d.generation) +
                   ",\"last_reload_ok\":" + (d.last_reload_ok ? "true" : "false") + ",\"last_reload\":" +
                   (d.last_reload_unix ? jsonStr(isoTime(d.last_reload_unix * 1000)) : std::string("null")) +
-                  ",\"reload_failures\":" + num(d.reload_failures) + "},\"writable\":" +
-                  (d.writable ? "true" : "false") + ",\"directory\":" + jsonStr(d.directory) +
-                  ",\"drain_via\":" + jsonStr(d.drain_via) + ",\n\"listeners\":[";
+                  ",\"reload_failures\":" + num(d.reload_failures) +
+                  "},\"writable\":" + (d.writable ? "true" : "false") +
+                  ",\"directory\":" + jsonStr(d.directory) + ",\"drain_via\":" + jsonStr(d.drain_via) +
+                  ",\n\"listeners\":[";
   for (size_t i = 0; i < d.listeners.size(); ++i) {
     const auto& l = d.listeners[i];
     o += std::string(i ? "," : "") + "{\"name\":" + jsonStr(l.name) + ",\"protocol\":" + jsonStr(l.protocol) +
-         ",\"listen\":" + jsonStr(l.listen) + ",\"active\":" + num(l.active) + ",\"accepted\":" + num(l.accepted) +
-         "}";
+         ",\"listen\":" + jsonStr(l.listen) + ",\"active\":" + num(l.active) +
+         ",\"accepted\":" + num(l.accepted) + "}";
   }
   o += "],\n\"backends\":[";
   for (size_t i = 0; i < d.backends.size(); ++i) {
@@ -215,8 +233,9 @@ std::string renderStatusJson(const StatusData& d) {
   o += std::string("],\"routes_truncated\":") + (d.routes_truncated ? "true" : "false") + ",\n\"limited\":[";
   for (size_t i = 0; i < d.limited.size(); ++i) {
     const auto& l = d.limited[i];
-    o += std::string(i ? "," : "") + "{\"addr\":" + jsonStr(l.addr.text()) + ",\"limit\":" + jsonStr(l.limit) +
-         ",\"count\":" + num(l.count) + ",\"last\":" + jsonStr(isoTime(l.last_ms)) + "}";
+    o += std::string(i ? "," : "") + "{\"addr\":" + jsonStr(l.addr.text()) +
+         ",\"limit\":" + jsonStr(l.limit) + ",\"count\":" + num(l.count) +
+         ",\"last\":" + jsonStr(isoTime(l.last_ms)) + "}";
   }
   o += "],\n\"bans\":[";
   for (size_t i = 0; i < d.bans.size(); ++i) o += (i ? "," : "") + banJson(d.bans[i]);

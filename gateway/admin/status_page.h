@@ -62,7 +62,7 @@ struct StatusData {
   bool bans_truncated = false;
 
   bool quarantine_configured = false;
-  std::string quarantine_error;  // the store could not be read
+  std::string quarantine_error;                      // the store could not be read
   std::vector<filters::QuarantineEntry> quarantine;  // newest first
 };
 

@@ -90,7 +90,8 @@ TEST(StatusPage, HtmlRowsAndActions) {
   // Actions: URL-encoded in the action, then entity-escaped in the attribute.
   EXPECT_NE(html.find("formaction=\"/bans/lift?net=192.0.2.0%2F24\""), std::string::npos);
   EXPECT_NE(html.find("formaction=\"/backends/drain?name=node%221&amp;state=drain\""), std::string::npos);
-  EXPECT_NE(html.find("formaction=\"/backends/drain?name=node2&amp;state=active\">Undrain"), std::string::npos);
+  EXPECT_NE(html.find("formaction=\"/backends/drain?name=node2&amp;state=active\">Undrain"),
+            std::string::npos);
   EXPECT_NE(html.find("drain (this gateway)"), std::string::npos);
   EXPECT_NE(html.find("formaction=\"/quarantine/0123456789abcdef01234567/release\""), std::string::npos);
   EXPECT_NE(html.find("formaction=\"/quarantine/0123456789abcdef01234567/delete\""), std::string::npos);
@@ -113,9 +114,10 @@ TEST(StatusPage, Json) {
   EXPECT_NE(json.find("\"version\":\"1.2.3\""), std::string::npos);
   EXPECT_NE(json.find("\"generation\":3"), std::string::npos);
   EXPECT_NE(json.find("\"uptime_s\":100"), std::string::npos);
-  EXPECT_NE(json.find("{\"name\":\"imap<script>\",\"protocol\":\"imap\",\"listen\":\"127.0.0.1:143\",\"active\":2,"
-                      "\"accepted\":12}"),
-            std::string::npos);
+  EXPECT_NE(
+      json.find("{\"name\":\"imap<script>\",\"protocol\":\"imap\",\"listen\":\"127.0.0.1:143\",\"active\":2,"
+                "\"accepted\":12}"),
+      std::string::npos);
   EXPECT_NE(json.find("\"name\":\"node\\\"1\""), std::string::npos);
   EXPECT_NE(json.find("\"state\":\"drain\",\"local_override\":true"), std::string::npos);
   EXPECT_NE(json.find("{\"addr\":\"198.51.100.7\",\"limit\":\"auth&fail\",\"count\":9"), std::string::npos);
