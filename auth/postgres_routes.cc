@@ -71,6 +71,22 @@ class Receiver : public pqxx::notification_receiver {
 
 }  // namespace
 
+bool usesNodesTable(const conf::DirectoryConfig& cfg) {
+  return cfg.postgres.queries.routes.empty() && cfg.postgres.queries.nodes.empty();
+}
+
+Result<bool> setNodeState(const conf::DirectoryConfig& cfg, const std::string& name, const std::string& state) {
+  try {
+    auto conn = pg::connect(pg::withConnectTimeout(cfg.postgres.conninfo, cfg.postgres.timeout), cfg.postgres.timeout);
+    pqxx::work tx(*conn);
+    const pqxx::result r = tx.exec_params("UPDATE nodes SET state = $1 WHERE name = $2", state, name);
+    tx.commit();
+    return r.affected_rows() > 0;
+  } catch (const std::exception& e) {
+    return Error{"nodes: " + pg::describe(e)};
+  }
+}
+
 PostgresRouteWatcher::PostgresRouteWatcher(const conf::DirectoryConfig& cfg, Publish publish)
     : cfg_(cfg.postgres), routes_sql_(routesSql(cfg.postgres)), nodes_sql_(nodesSql(cfg.postgres)),
       publish_(std::move(publish)) {}

@@ -37,6 +37,15 @@
 
 namespace mailgate::auth {
 
+// True when the node states come from the default nodes table (neither the routes
+// nor the nodes query replaced): the admin endpoint's drain writes that table then.
+bool usesNodesTable(const conf::DirectoryConfig& cfg);
+// UPDATE nodes SET state = `state` WHERE name = `name` (state active | drain | down),
+// on a connection of its own (blocking, bounded by directory.postgres.timeout). The
+// table's trigger NOTIFYs every gateway's route watcher. true = changed, false = no
+// such node.
+Result<bool> setNodeState(const conf::DirectoryConfig& cfg, const std::string& name, const std::string& state);
+
 class PostgresRouteWatcher {
  public:
   using Publish = std::function<void(std::shared_ptr<const routing::RouteTable>)>;

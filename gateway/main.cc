@@ -132,7 +132,15 @@ Result<AdminReply> adminCall(const std::string& path, const std::string& method,
     ::close(fd);
     return Error{where + " unreachable (is mailgate running?): " + std::strerror(e)};
   }
-  const std::string req = method + " " + target + " HTTP/1.0\r\nHost: mailgate\r\n\r\n";
+  // A change needs the token of admin.token_file (the gateway is read-only without one).
+  std::string auth;
+  if (method != "GET" && !r.config->admin.token_file.empty()) {
+    auto token = admin::readTokenFile(r.config->admin.token_file);
+    if (!token) return Error{path + ": " + token.error()};
+    auth = "Authorization: Bearer " + token.value() + "\r\n";
+  }
+  const std::string req = method + " " + target + " HTTP/1.0\r\nHost: mailgate\r\n" + auth +
+                          (method == "GET" ? "" : "Content-Length: 0\r\n") + "\r\n";
   if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
     ::close(fd);
     return Error{where + ": cannot send the request"};
@@ -312,7 +320,8 @@ int run(const std::string& path) {
 
   std::unique_ptr<admin::AdminServer> admin_server;
   if (!cfg.admin.listen.empty()) {
-    admin_server = std::make_unique<admin::AdminServer>(cfg.admin.listen, [&reactors] { return admin::renderMetrics(reactors, executors); });
+    admin_server = std::make_unique<admin::AdminServer>(
+        cfg.admin.listen, [&reactors] { return admin::renderMetrics(reactors, executors); }, cfg.admin.token_file);
     auto ok = admin_server->start();
     if (!ok) {
       std::fprintf(stderr, "%s: %s\n", path.c_str(), ok.error().c_str());
@@ -363,6 +372,7 @@ int run(const std::string& path) {
                          nl.config->listeners[i].listen == cfg.listeners[i].listen;
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
       applyLog(*nl.config);
+      if (admin_server) admin_server->reloadToken(nl.config->admin.token_file);
       auto fresh = nrt.value();
       fresh->startBackground();
       session::publishRuntime(fresh);

@@ -162,10 +162,42 @@ Router::Router(std::shared_ptr<const conf::Config> config) : config_(std::move(c
         std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.domain == domain; });
     if (!seen) entries_.push_back(Entry{std::move(domain), r});  // first route for a domain wins
   }
+  if (!nodeOverrides().empty()) setTable(nullptr);  // a drain made before a reload holds
 }
 
+namespace {
+std::mutex overrides_mu;
+std::vector<std::pair<std::string, AdminState>>& overridesLocked() {
+  static auto* v = new std::vector<std::pair<std::string, AdminState>>;  // never destroyed
+  return *v;
+}
+}  // namespace
+
+const char* adminStateName(AdminState s) {
+  switch (s) {
+    case AdminState::kActive: return "active";
+    case AdminState::kDrain: return "drain";
+    case AdminState::kDown: return "down";
+  }
+  return "active";
+}
+
+void setNodeOverride(std::string_view name, AdminState state) {
+  std::lock_guard<std::mutex> g(overrides_mu);
+  auto& v = overridesLocked();
+  std::erase_if(v, [&](const auto& o) { return ascii::iequals(o.first, name); });
+  if (state != AdminState::kActive && v.size() < 4096) v.emplace_back(std::string(name), state);
+}
+
+std::vector<std::pair<std::string, AdminState>> nodeOverrides() {
+  std::lock_guard<std::mutex> g(overrides_mu);
+  return overridesLocked();
+}
+
+void Router::refreshAdminStates() { setTable(table()); }
+
 void Router::setTable(std::shared_ptr<const RouteTable> table) {
-  // Node states first: a backend not listed is active.
+  // Node states first: a backend not listed is active; an override wins.
   std::vector<std::pair<Backend*, AdminState>> states;
   if (table) {
     for (const auto& [name, state] : table->node_states) {
@@ -179,6 +211,8 @@ void Router::setTable(std::shared_ptr<const RouteTable> table) {
       states.emplace_back(b, st);
     }
   }
+  for (const auto& [name, st] : nodeOverrides())
+    if (Backend* b = resolve(name)) states.emplace_back(b, st);
   std::shared_ptr<TableIndex> index;
   if (table) {
     index = std::make_shared<TableIndex>();

@@ -22,6 +22,15 @@ namespace mailgate::routing {
 // take no new sessions; established ones are left alone.
 enum class AdminState : int { kActive = 0, kDrain = 1, kDown = 2 };
 
+const char* adminStateName(AdminState s);
+
+// Process-local node states set through the admin endpoint (POST /backends/drain)
+// where the directory has no nodes table to write: they win over the directory's
+// state, outlive a reload (every Router reads them) and end with the process.
+// Setting kActive removes the override. Names are compared case-insensitively.
+void setNodeOverride(std::string_view name, AdminState state);
+std::vector<std::pair<std::string, AdminState>> nodeOverrides();
+
 struct Backend {
   const conf::BackendConfig* config = nullptr;  // lives as long as the config snapshot
   std::atomic<bool> up{true};                   // last health-check verdict (optimistic at start)
@@ -70,6 +79,9 @@ class Router {
   Route resolve(const std::string& primary, const std::string& secondary);
   // Thread-safe: installs the directory's map and node states (null = none).
   void setTable(std::shared_ptr<const RouteTable> table);
+  // Applies the node states again (the table's, then the overrides): after
+  // setNodeOverride().
+  void refreshAdminStates();
   std::shared_ptr<const RouteTable> table() const;
   // The installed map's changed_at; the epoch when there is none.
   std::chrono::steady_clock::time_point mapChangedAt() const;

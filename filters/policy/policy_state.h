@@ -7,6 +7,7 @@
 
 #include "filters/policy/bans.h"
 #include "filters/policy/counters.h"
+#include "filters/policy/limited_top.h"
 
 namespace mailgate::filters::policy {
 
@@ -37,6 +38,7 @@ struct PolicyState {
   CounterTable counters;
   BanTable bans;
   PolicyStats stats;
+  LimitedTop limited_top;  // the status page's most limited addresses
   std::atomic<ClusterCounters*> cluster{nullptr};  // set while a postgres directory runs
 };
 

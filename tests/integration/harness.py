@@ -749,6 +749,25 @@ class Mailgate:
         self.stop()
 
 
+# The admin listener changes state only with the token of admin.token_file.
+ADMIN_TOKEN = "it-admin-token-6f1d0c2b"
+
+
+def admin_block(port: int, workdir: str | os.PathLike, host: str = HOST,
+                token: str | None = ADMIN_TOKEN) -> str:
+    """The `admin:` section on host:port; with a token (the default) it writes
+    workdir/admin.token and names it as admin.token_file."""
+    if token is None:
+        return f'admin: {{ listen: "{host}:{port}" }}\n'
+    path = Path(workdir) / "admin.token"
+    path.write_text(token + "\n")
+    return f'admin: {{ listen: "{host}:{port}", token_file: "{path}" }}\n'
+
+
+def admin_headers(token: str | None = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def run_mailgate(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     """Runs the binary with args (e.g. --version) and captures its output."""
     return subprocess.run([mailgate_bin(), *args], stdin=subprocess.DEVNULL,

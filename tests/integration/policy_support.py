@@ -217,7 +217,8 @@ def _submission_attempt(c, source, user, password, timeout) -> Attempt:
 
 def admin_request(port: int, path: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, str]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=b"" if method == "POST" else None)
+                                 data=b"" if method == "POST" else None,
+                                 headers=harness.admin_headers())
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode("utf-8", "replace")

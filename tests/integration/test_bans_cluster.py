@@ -74,7 +74,7 @@ class BansClusterTest(unittest.TestCase):
                 backends=[{"name": "storage-01", "imap": node_port}],
                 routes=[{"domain": "*", "primary": "storage-01"}], threads=1)
             text = with_directory(text, postgres_directory(cls.db.conninfo(), timeout="1s"))
-            text += f'admin: {{ listen: "127.0.0.1:{cls.admin[name]}" }}\n'
+            text += harness.admin_block(cls.admin[name], cls.dir)
             text += CLUSTER_POLICY
             gw = harness.Mailgate(cls.dir, text, name=f"gateway-{name}")
             cls.gateways[name] = gw
@@ -100,7 +100,8 @@ class BansClusterTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ helpers
     def http(self, gw: str, method: str, path: str) -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin[gw]}{path}", method=method)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin[gw]}{path}", method=method,
+                                     headers=harness.admin_headers())
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, r.read().decode()
@@ -329,6 +330,32 @@ class BansClusterTest(unittest.TestCase):
         self.assertLess(self.wait_listed("b", "198.51.100.0/24", True, 5.0), PROPAGATION_LIMIT)
         self.assertEqual(self.metric("b", "mailgate_bans_sync_reloads_total"), reloads,
                          "the sync was kept: no new connection, no full reload")
+
+    def test_8_drain_through_a_reaches_b_through_the_nodes_table(self):
+        """POST /backends/drain on A writes nodes.state; B's route watcher hears the
+        NOTIFY and shows the node drained (GET /status.json) within a second."""
+        self.db.psql("INSERT INTO nodes (name, host) VALUES ('storage-01', '127.0.0.1') "
+                     "ON CONFLICT (name) DO UPDATE SET state = 'active'")
+
+        def state(gw: str) -> str:
+            status, body = self.http(gw, "GET", "/status.json")
+            self.assertEqual(status, 200, body)
+            s = json.loads(body)
+            self.assertEqual(s["drain_via"], "database")
+            return next(x["state"] for x in s["backends"] if x["name"] == "storage-01")
+
+        harness.wait_for(lambda: state("b") == "active", 5, what="storage-01 active on b")
+        status, body = self.http("a", "POST", "/backends/drain?name=storage-01&state=drain")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["via"], "database")
+        self.assertEqual(self.db.psql("SELECT state FROM nodes WHERE name = 'storage-01'").strip(), "drain")
+        self.assertEqual(state("a"), "drain")  # the answer waited for A's own watcher
+        harness.wait_for(lambda: state("b") == "drain", PROPAGATION_LIMIT, what="storage-01 drained on b")
+        status, body = self.http("b", "POST", "/backends/drain?name=storage-01&state=active")
+        self.assertEqual(status, 200, body)
+        harness.wait_for(lambda: state("a") == "active", PROPAGATION_LIMIT, what="storage-01 active on a")
+        status, body = self.http("a", "POST", "/backends/drain?name=no-such-node&state=drain")
+        self.assertEqual(status, 404, body)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class DlpTest(harness.LogsOnFailure, unittest.TestCase):
             routes = [{"domain": "example.org", "primary": "storage-01"}]
             text = harness.mailgate_config(certificates=[], listeners=listeners, users_file=users_file,
                                            backends=backends, routes=routes, threads=1)
-            text += f'admin: {{ listen: "{harness.HOST}:{cls.admin}" }}\n'
+            text += harness.admin_block(cls.admin, cls.dir)
             text += (
                 "hooks:\n"
                 f"  quarantine: {{ store: dir, dir: {cls.dir / 'quarantine'} }}\n"
@@ -214,7 +214,8 @@ class DlpTest(harness.LogsOnFailure, unittest.TestCase):
         self.assert_log_clean()
 
     def http(self, method: str, path: str) -> tuple[int, str]:
-        req = urllib.request.Request(f"http://{harness.HOST}:{self.admin}{path}", method=method)
+        req = urllib.request.Request(f"http://{harness.HOST}:{self.admin}{path}", method=method,
+                                     headers=harness.admin_headers())
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.read().decode()

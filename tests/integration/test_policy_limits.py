@@ -78,8 +78,7 @@ class LimitsEnv:
             plain = "tls: none, allow_plaintext_auth: true, max_auth_attempts: 3"
             text = f"""server: {{ threads: 2, shutdown_grace: 2s }}
 log: {{ level: info, format: json }}
-admin: {{ listen: "{h}:{p['admin']}" }}
-listeners:
+{harness.admin_block(p['admin'], self.dir)}listeners:
   - {{ name: imap, protocol: imap, listen: ["{h}:{p['imap']}"], {plain} }}
   - {{ name: pop3, protocol: pop3, listen: ["{h}:{p['pop3']}"], {plain} }}
   - {{ name: submission, protocol: submission, listen: ["{h}:{p['submission']}"], {plain} }}

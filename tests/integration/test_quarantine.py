@@ -81,7 +81,7 @@ class QuarantineCase(harness.LogsOnFailure, unittest.TestCase):
             backends=[{"name": "storage-01", "imap": cls.dovecot.imap_port, "lmtp": cls.dovecot.lmtp_port}],
             routes=[{"domain": "*", "primary": "storage-01"}])
         text = cls.directory(text)
-        text += f'admin: {{ listen: "127.0.0.1:{cls.admin}" }}\n'
+        text += harness.admin_block(cls.admin, cls.dir)
         text += POLICY + "hooks:\n" + cls.store_block()
         cls.gateway = harness.Mailgate(cls.dir, text).start()
         harness.wait_port(cls.admin, 10)
@@ -106,7 +106,8 @@ class QuarantineCase(harness.LogsOnFailure, unittest.TestCase):
 
     # -- helpers
     def http(self, method: str, path: str) -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method,
+                                     headers=harness.admin_headers())
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, r.read().decode()
