@@ -182,8 +182,8 @@ class NotifyTest(unittest.TestCase):
         t0 = time.monotonic()
         for _ in range(3):
             self.notify.expect("WATCHDOG", "1", timeout=5)
-        # Every 200 ms (half of 400 ms): three pings well within 2 s.
-        self.assertLess(time.monotonic() - t0, 2.5)
+        # Every 200 ms (half of 400 ms): three pings well within 4 s even on a busy machine.
+        self.assertLess(time.monotonic() - t0, 4.0)
         self.assertTrue(any('"msg":"watchdog enabled"' in l for l in self.gw.log_text().splitlines()))
 
     def test_watchdog_for_another_pid_is_ignored(self):
