@@ -12,6 +12,7 @@ PACKAGES=(
   python3-milter opendkim opendkim-tools rspamd
   nginx-light libnginx-mod-mail postfix swaks libnet-ssleay-perl libio-socket-ssl-perl curl openssl python3 postgresql
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl
+  systemd debootstrap dpkg-dev file
 )
 
 # npm fetches the GeoIP test data (scripts/geoip-data.sh); Debian's npm only where
