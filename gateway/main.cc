@@ -609,7 +609,9 @@ int run(const std::string& path) {
                                      std::chrono::steady_clock::now().time_since_epoch())
                                      .count());
   };
-  uint64_t next_ping = steadyMs();
+  // The first ping after half an interval: the reactors have ticked by then (their
+  // heartbeats date from before the wait for the routing map).
+  uint64_t next_ping = steadyMs() + wd_ms / 2;
   bool watchdog_stalled = false;
   auto watchdogPing = [&] {
     if (wd_ms == 0) return;
