@@ -10,6 +10,7 @@ host's network, so the test rewrites the listener ports in a copy of the shipped
 configuration to ports free on the host.
 
 If the mirror cannot be reached the test fails and says so: it never passes silently.
+$MAILGATE_DEBIAN_MIRROR names another mirror; $MAILGATE_PKGTEST_DIR another cache.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import harness
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MAILGATE_PKGTEST_DIR", "/var/tmp/mailgate-pkgtest"))
 BASE = CACHE / "base"
-MIRROR = "http://deb.debian.org/debian"
+MIRROR = os.environ.get("MAILGATE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BUDGET = 480.0  # seconds for the whole file (package build excluded when $MAILGATE_DEB is set)
 
 SOURCES = f"""deb {MIRROR} bookworm main
