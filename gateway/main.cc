@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <thread>
@@ -30,6 +31,8 @@
 #include "filters/quarantine.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
+#include "gateway/core/privileges.h"
+#include "gateway/core/sd_notify.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/worker_pool.h"
 #include "gateway/session/filter_chain.h"
@@ -264,7 +267,64 @@ void applyLog(const conf::Config& c) {
 // The executors, for /metrics (set once in main before the admin listener starts).
 std::vector<const io::WorkerPool*> executors;
 
+// After the listeners are bound: server.user/server.group. Returns false when the
+// process must not go on (root was asked to switch and could not).
+bool dropPrivileges(const conf::ServerConfig& server) {
+  if (server.user.empty()) return true;
+  auto id = privileges::lookup(server.user, server.group);
+  if (!id) {
+    log::error("cannot drop privileges, not starting", {{"error", id.error()}});
+    return false;
+  }
+  if (::geteuid() != 0) {
+    if (::geteuid() != id.value().uid)
+      log::warn("not started as root: server.user is not applied",
+                {{"user", id.value().user}, {"uid", ::geteuid()}, {"gid", ::getegid()}});
+    return true;  // e.g. systemd's User= already did it
+  }
+  auto ok = privileges::switchTo(id.value());
+  if (!ok) {
+    log::error("cannot drop privileges, not starting",
+               {{"user", id.value().user}, {"group", id.value().group}, {"error", ok.error()}});
+    return false;
+  }
+  log::info("privileges dropped", {{"user", id.value().user}, {"uid", id.value().uid},
+                                   {"group", id.value().group}, {"gid", id.value().gid}});
+  return true;
+}
+
+// Files opened again after start, by the identity the gateway runs as: a reload
+// (SIGHUP) reads the configuration, the certificates and the passwd-file again.
+void warnInaccessible(const std::string& path, const conf::Config& c) {
+  std::vector<privileges::PathNeed> needs{{path, R_OK, "configuration"}};
+  for (const auto& cert : c.tls.certificates) {
+    needs.push_back({cert.cert, R_OK, "tls certificate"});
+    needs.push_back({cert.key, R_OK, "tls key"});
+  }
+  if (c.directory.driver == "file") needs.push_back({c.directory.file.users, R_OK, "passwd-file"});
+  needs.push_back({c.server.spool_dir, W_OK | X_OK, "server.spool_dir"});
+  if (c.hooks.quarantine.store == "dir") needs.push_back({c.hooks.quarantine.dir, W_OK | X_OK, "quarantine dir"});
+  needs.push_back({c.admin.token_file, R_OK, "admin.token_file"});
+  for (const auto& why : privileges::inaccessible(needs))
+    log::warn("a file the gateway needs after start is not accessible to its user",
+              {{"problem", why}, {"uid", ::geteuid()}});
+}
+
+// log.file: lines go there from now on (else stderr). Opened as the user the gateway
+// runs as, so that a file it cannot write shows at start, not at the first rotation.
+bool applyLogFile(const conf::Config& c) {
+  if (c.log.file == log::filePath()) return true;
+  auto ok = log::openFile(c.log.file);
+  if (!ok) {
+    log::error("cannot open the log file", {{"error", ok.error()}, {"uid", ::geteuid()}});
+    return false;
+  }
+  return true;
+}
+
 int run(const std::string& path) {
+  // First, while the process is single-threaded (it unsets the variables).
+  sd::Notifier notifier = sd::Notifier::fromEnvironment();
   auto loaded = conf::loadConfigFile(path);
   if (!loaded.errors.empty()) {
     reportErrors(loaded.errors);
@@ -272,6 +332,8 @@ int run(const std::string& path) {
   }
   const conf::Config& cfg = *loaded.config;
   applyLog(cfg);
+  if (!notifier.problem().empty())
+    log::warn("cannot notify the service manager", {{"error", notifier.problem()}});
   filters::policy::policyState(cfg.policy.limits.max_keys);  // sized once, kept across reloads
   auto rt = session::Runtime::build(loaded.config);
   if (!rt) {
@@ -285,6 +347,7 @@ int run(const std::string& path) {
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR1);
   sigaddset(&set, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
@@ -314,10 +377,6 @@ int run(const std::string& path) {
     }
     reactors.push_back(std::move(r));
   }
-  rt.value()->startBackground();
-  session::publishRuntime(rt.value());
-  rt = Error{""};  // drop our reference: the published snapshot owns it
-
   std::unique_ptr<admin::AdminServer> admin_server;
   if (!cfg.admin.listen.empty()) {
     admin_server = std::make_unique<admin::AdminServer>(
@@ -329,41 +388,112 @@ int run(const std::string& path) {
     }
   }
 
-  // From here on a log call never blocks its thread on stderr; every way out of run()
-  // writes out what is queued (and so does exit()).
+  // Every socket is bound: root is no longer needed.
+  if (!dropPrivileges(cfg.server)) return 1;
+  if (!applyLogFile(cfg)) return 1;
+  warnInaccessible(path, cfg);
+
+  // From here on a log call never blocks its thread on its output; every way out of
+  // run() writes out what is queued (and so does exit()).
   log::startAsync();
   struct FlushLog {
     ~FlushLog() { log::stopAsync(); }
   } flush_log;
 
+  rt.value()->startBackground();  // waits (bounded) for the first routing map
+  session::publishRuntime(rt.value());
+  rt = Error{""};  // drop our reference: the published snapshot owns it
+
   std::vector<std::thread> ts;
   for (auto& r : reactors) ts.emplace_back([&r] { r->run(); });
   session::reloadState().started_unix.store(::time(nullptr), std::memory_order_relaxed);
-  log::info("mailgate started", {{"version", MAILGATE_VERSION}, {"threads", threads}, {"config", path}});
+  log::info("mailgate started", {{"version", MAILGATE_VERSION}, {"threads", threads}, {"config", path},
+                                 {"uid", ::geteuid()}, {"gid", ::getegid()}});
+  // Listening, routing map loaded (or routing.static), reactors running.
+  notifier.send("READY=1\nSTATUS=" + sd::statusLine("serving " + std::to_string(addrs.size()) +
+                                                     " listener addresses, configuration generation 1"));
+
+  // The watchdog: a ping every half interval, as long as every reactor ticks.
+  const auto wd = std::chrono::duration_cast<std::chrono::milliseconds>(notifier.watchdog());
+  const uint64_t wd_ms = static_cast<uint64_t>(wd.count());
+  const uint64_t stall_ms = std::max<uint64_t>(wd_ms / 2, 1000);
+  auto steadyMs = [] {
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::steady_clock::now().time_since_epoch())
+                                     .count());
+  };
+  // The first ping after half an interval: the reactors have ticked by then (their
+  // heartbeats date from before the wait for the routing map).
+  uint64_t next_ping = steadyMs() + wd_ms / 2;
+  bool watchdog_stalled = false;
+  auto watchdogPing = [&] {
+    if (wd_ms == 0) return;
+    const uint64_t now = steadyMs();
+    if (now < next_ping) return;
+    next_ping = now + std::max<uint64_t>(wd_ms / 2, 1);
+    std::vector<uint64_t> beats;
+    for (const auto& r : reactors) beats.push_back(r->heartbeatMs());
+    if (sd::allAlive(beats, now, stall_ms)) {
+      notifier.send("WATCHDOG=1");
+      watchdog_stalled = false;
+    } else if (!watchdog_stalled) {
+      watchdog_stalled = true;
+      log::error("a reactor stopped ticking: watchdog pings withheld", {{"stall_ms", stall_ms}});
+    }
+  };
+  if (wd_ms) log::info("watchdog enabled", {{"interval_ms", wd_ms}});
 
   for (;;) {
+    watchdogPing();
     siginfo_t si;
-    int sig = sigwaitinfo(&set, &si);
+    int sig;
+    if (wd_ms) {
+      const uint64_t now = steadyMs();
+      const uint64_t wait = next_ping > now ? next_ping - now : 0;
+      timespec until{static_cast<time_t>(wait / 1000), static_cast<long>(wait % 1000) * 1000000L};
+      sig = sigtimedwait(&set, &si, &until);
+    } else {
+      sig = sigwaitinfo(&set, &si);
+    }
     if (sig < 0) continue;
     if (sig == SIGPIPE) continue;
+    if (sig == SIGUSR1) {
+      // logrotate's postrotate (or `systemctl kill -s USR1`): the file is opened afresh.
+      const std::string file = log::filePath();
+      if (file.empty()) continue;  // stderr: journald needs no reopening
+      auto ok = log::openFile(file);
+      if (ok)
+        log::info("log file reopened", {{"file", file}});
+      else
+        log::error("cannot reopen the log file, writing on to the old one", {{"error", ok.error()}});
+      continue;
+    }
     if (sig == SIGHUP) {
       log::info("reloading configuration", {{"config", path}});
+      timespec mono{};
+      ::clock_gettime(CLOCK_MONOTONIC, &mono);
+      notifier.send("RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=" +
+                    std::to_string(static_cast<uint64_t>(mono.tv_sec) * 1000000u +
+                                   static_cast<uint64_t>(mono.tv_nsec) / 1000u));
       session::ReloadState& rs = session::reloadState();
       rs.last_unix.store(::time(nullptr), std::memory_order_relaxed);
-      auto failed = [&rs] {
+      auto failed = [&rs, &notifier](const std::string& why) {
         rs.last_ok.store(false, std::memory_order_relaxed);
         rs.failures.fetch_add(1, std::memory_order_relaxed);
+        notifier.send("READY=1\nSTATUS=" +
+                      sd::statusLine("reload failed, serving configuration generation " +
+                                     std::to_string(rs.generation.load(std::memory_order_relaxed)) + ": " + why));
       };
       auto nl = conf::loadConfigFile(path);
       if (!nl.errors.empty()) {
         for (const auto& e : nl.errors) log::error("reload failed, keeping the running configuration", {{"error", e.format()}});
-        failed();
+        failed(nl.errors.front().format());
         continue;
       }
       auto nrt = session::Runtime::build(nl.config, session::currentRuntime().get());
       if (!nrt) {
         log::error("reload failed, keeping the running configuration", {{"error", nrt.error()}});
-        failed();
+        failed(nrt.error());
         continue;
       }
       bool same_listeners = nl.config->listeners.size() == cfg.listeners.size();
@@ -373,14 +503,23 @@ int run(const std::string& path) {
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
       applyLog(*nl.config);
       if (admin_server) admin_server->reloadToken(nl.config->admin.token_file);
+      // log.file is opened afresh on every reload (a new path, or the same one moved).
+      if (!nl.config->log.file.empty() || !log::filePath().empty()) {
+        auto lf = log::openFile(nl.config->log.file);
+        if (!lf) log::error("cannot open the log file, writing on to the old one", {{"error", lf.error()}});
+      }
       auto fresh = nrt.value();
       fresh->startBackground();
       session::publishRuntime(fresh);
       rs.generation.fetch_add(1, std::memory_order_relaxed);
       rs.last_ok.store(true, std::memory_order_relaxed);
       log::info("configuration reloaded", {{"generation", rs.generation.load(std::memory_order_relaxed)}});
+      notifier.send("READY=1\nSTATUS=" +
+                    sd::statusLine("serving configuration generation " +
+                                   std::to_string(rs.generation.load(std::memory_order_relaxed))));
       continue;
     }
+    notifier.send("STOPPING=1\nSTATUS=stopping: sessions get server.shutdown_grace to finish");
     log::info("stopping", {{"signal", strsignal(sig)}});
     for (auto& r : reactors) r->requestStop(cfg.server.shutdown_grace);
     break;

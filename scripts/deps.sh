@@ -14,6 +14,7 @@ PACKAGES=(
   python3-prometheus-client
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl
   chromium chromium-driver
+  systemd debootstrap dpkg-dev file
 )
 
 # npm fetches the GeoIP test data (scripts/geoip-data.sh); Debian's npm only where

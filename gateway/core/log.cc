@@ -2,6 +2,7 @@
 
 #include "gateway/core/utf8.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <thread>
@@ -36,6 +38,13 @@ const char* levelName(Level l) {
 }
 
 std::atomic<uint64_t> g_dropped{0};
+
+// Where lines go: stderr, or once openFile() has been called, a descriptor of our own
+// that keeps its number for the life of the process (dup2 swaps the file behind it).
+std::atomic<int> g_out_fd{2};
+std::mutex g_file_mu;    // openFile() against filePath()
+std::string g_file_path;
+int g_file_fd = -1;
 
 // The asynchronous sink. Callers only append under the mutex; the writer takes the
 // whole queue at once and writes it with the mutex released.
@@ -110,7 +119,7 @@ void startAsync(int fd, size_t max_bytes) {
   Sink& s = sink();
   std::lock_guard lk(s.mu);
   if (s.running || s.thread.joinable()) return;
-  s.fd = fd;
+  s.fd = fd >= 0 ? fd : g_out_fd.load();
   s.max_bytes = max_bytes;
   s.stop = false;
   s.running = true;
@@ -130,8 +139,45 @@ void stopAsync() noexcept {
   t.join();  // the writer has written everything queued and set running = false
   std::lock_guard lk(s.mu);
   s.stop = false;
-  s.fd = 2;
+  s.fd = g_out_fd.load();
   std::string().swap(s.pending);
+}
+
+Result<bool> openFile(const std::string& path) {
+  std::lock_guard lk(g_file_mu);
+  int fd = 2;
+  if (!path.empty()) {
+    fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    if (fd < 0) return Error{"log.file " + path + ": " + std::strerror(errno)};
+  } else if (g_file_fd < 0) {
+    return true;  // stderr it is already
+  }
+  if (g_file_fd < 0) {
+    // The first file: it becomes the output. The writer picks the descriptor up under
+    // the sink's mutex; a line being written synchronously still goes to stderr.
+    g_file_fd = fd;
+    Sink& s = sink();
+    std::lock_guard slk(s.mu);
+    if (s.fd == g_out_fd.load()) s.fd = fd;
+    g_out_fd.store(fd);
+  } else {
+    // Atomically the new file (or stderr) behind the same number: a write(2) in flight
+    // holds its own reference to the old file and ends there.
+    while (::dup2(fd, g_file_fd) < 0) {
+      if (errno == EINTR || errno == EBUSY) continue;
+      const int e = errno;
+      if (fd != 2) ::close(fd);
+      return Error{"log.file " + path + ": dup2: " + std::strerror(e)};
+    }
+    if (fd != 2) ::close(fd);
+  }
+  g_file_path = path;
+  return true;
+}
+
+std::string filePath() {
+  std::lock_guard lk(g_file_mu);
+  return g_file_path;
 }
 
 uint64_t droppedLines() noexcept { return g_dropped.load(std::memory_order_relaxed); }
@@ -251,7 +297,7 @@ void emit(Level level, std::string_view msg, std::initializer_list<Field> fields
     }
   }
   // Synchronous: one write per line so lines from several threads never interleave.
-  ssize_t r = ::write(2, line.data(), line.size());
+  ssize_t r = ::write(g_out_fd.load(std::memory_order_relaxed), line.data(), line.size());
   (void)r;
 }
 

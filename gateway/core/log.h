@@ -1,5 +1,5 @@
 #pragma once
-// Logging to stderr, one line per event, JSON or text (log.format).
+// Logging to stderr or to log.file, one line per event, JSON or text (log.format).
 // Client-supplied text must go through jsonEscape()/truncated before logging.
 //
 // Until startAsync() (and after stopAsync()) a line is one write(2) by the caller: for
@@ -14,6 +14,8 @@
 #include <string>
 #include <string_view>
 #include <utility>
+
+#include "gateway/core/result.h"
 
 namespace mailgate::log {
 
@@ -37,11 +39,23 @@ struct Field {
       : key(k), value(std::to_string(n)), quoted(false) {}
 };
 
-// Starts the log thread writing to fd (stderr in production); max_bytes bounds the queue.
-void startAsync(int fd = 2, size_t max_bytes = size_t{4} << 20);
+// Starts the log thread writing to fd (-1: the output, stderr or the file of openFile());
+// max_bytes bounds the queue.
+void startAsync(int fd = -1, size_t max_bytes = size_t{4} << 20);
 // Writes out every queued line, stops the thread; later lines are written synchronously
 // to stderr again. Also run at exit(). Safe to call when the sink is not running.
 void stopAsync() noexcept;
+// Sends every line from now on to `path` (appended, created 0640 if missing) instead of
+// stderr. Called again (SIGUSR1 after logrotate moved the file, SIGHUP), it opens the
+// path afresh and puts the new file in the place of the old one with dup2(2): a line
+// being written goes whole to one of the two files, none is lost, and no thread ever
+// writes to a closed descriptor. An error (the file cannot be opened) keeps the
+// current output. An empty path goes back to stderr.
+// Not for concurrent use by several threads (main's signal loop calls it).
+Result<bool> openFile(const std::string& path);
+// The path given to openFile() ("" = stderr).
+std::string filePath();
+
 // Lines dropped because the queue was full or the sink's fd failed (for /metrics).
 uint64_t droppedLines() noexcept;
 

@@ -62,6 +62,7 @@ Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr
     listen_.push_back(ListenSocket{name, listenerStats(name), fd.value(), false});
   }
   updateClock();
+  heartbeat_ms_.store(now_ms_, std::memory_order_relaxed);
   return true;
 }
 
@@ -212,6 +213,7 @@ void Reactor::onAccept(size_t i, int res, uint32_t flags) {
 
 void Reactor::onTick() {
   updateClock();
+  heartbeat_ms_.store(now_ms_, std::memory_order_relaxed);
   for (Session* s : slots_)
     if (s) s->onTick(now_ms_);
   if (accept_rearm_needed_ && !stopping_) {

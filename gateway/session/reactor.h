@@ -90,6 +90,8 @@ class Reactor {
   void retire(Session* s);
   unsigned index() const { return index_; }
   uint64_t nowMs() const { return now_ms_; }
+  // Thread-safe: the steady clock (ms) at this reactor's last tick, for the watchdog.
+  uint64_t heartbeatMs() const { return heartbeat_ms_.load(std::memory_order_relaxed); }
   std::string newSessionId();
   ReactorStats stats;
 
@@ -125,6 +127,7 @@ class Reactor {
   std::vector<Session*> retired_;
   size_t live_ = 0;
   uint64_t now_ms_ = 0;
+  std::atomic<uint64_t> heartbeat_ms_{0};
   uint64_t sid_counter_ = 0;
   uint64_t sid_base_ = 0;
   __kernel_timespec tick_ts_{};

@@ -630,7 +630,9 @@ def with_test_exemption(config_text: str) -> str:
 class Mailgate:
     """build/mailgate as a subprocess with config_text written to workdir/mailgate.yaml."""
 
-    def __init__(self, workdir: str | os.PathLike, config_text: str, name: str = "mailgate"):
+    def __init__(self, workdir: str | os.PathLike, config_text: str, name: str = "mailgate",
+                 env: dict[str, str] | None = None):
+        self.env = env  # added to the environment the gateway starts with
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / f"{name}.yaml"
@@ -654,7 +656,8 @@ class Mailgate:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([self.binary, "--config", str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=self._log, cwd=self.workdir)
+                                     stderr=self._log, cwd=self.workdir,
+                                     env={**os.environ, **self.env} if self.env else None)
         ports = listen_ports(self.config_text)
         deadline = time.monotonic() + timeout
         pending = list(ports)
