@@ -205,7 +205,9 @@ class Postgres:
 
 REPLICATION_CONF = ("wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n"
                     "wal_keep_size = 64MB\nhot_standby = on\nwal_receiver_status_interval = 1s\n"
-                    "wal_retrieve_retry_interval = 200ms\n")
+                    "wal_retrieve_retry_interval = 200ms\n"
+                    # pg_basebackup from a promoted standby refuses WAL written without them
+                    "full_page_writes = on\n")
 
 
 def multi_host_conninfo(clusters: list[Postgres], dbname: str | None = None, **options: str) -> str:

@@ -141,7 +141,7 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
                           for i, d in enumerate(cls.dovecots)],
                 routes=[{"domain": "*", "primary": NODES[0]}])
             text = with_directory(text, postgres_directory(cls.conninfo, timeout="1s"))
-            text += f'admin: {{ listen: "127.0.0.1:{admin}" }}\n' + POLICY
+            text += harness.admin_block(admin, cls.dir) + POLICY
             cls.gateways[name] = harness.Mailgate(cls.dir, text, name=f"gateway-{name}").start()
             harness.wait_port(admin, 10)
 
@@ -268,7 +268,8 @@ class ClusterTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertLess(worst, ROUTE_LIMIT, self.diagnostics())
 
     def http(self, gw: str, method: str, path: str) -> tuple[int, str]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[gw]['admin']}{path}", method=method)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[gw]['admin']}{path}", method=method,
+                                     headers=harness.admin_headers())
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, r.read().decode()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import smtplib
 import socket
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -115,8 +116,21 @@ class StatusPageTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertEqual(status, 200, body)
         return json.loads(body)
 
+    def smtp(self, timeout: float = 30) -> smtplib.SMTP:
+        """A session, once the one before it has ended: the limit `conn` allows one
+        session, and a session the test has just closed may not have ended on the
+        gateway yet. The wait is bounded."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return smtplib.SMTP(harness.HOST, self.port, timeout=timeout)
+            except smtplib.SMTPConnectError as e:
+                if e.smtp_code != 421 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def quarantine_one(self) -> str:
-        s = smtplib.SMTP(harness.HOST, self.port, timeout=30)
+        s = self.smtp()
         try:
             s.ehlo("client.example.com")
             s.mail("bad@suspect.example")
@@ -131,7 +145,7 @@ class StatusPageTest(harness.LogsOnFailure, unittest.TestCase):
 
     def limited_once(self) -> None:
         """A second connection while one is open exceeds the limit `conn`."""
-        first = smtplib.SMTP(harness.HOST, self.port, timeout=10)
+        first = self.smtp(timeout=10)
         try:
             with socket.create_connection((harness.HOST, self.port), timeout=10) as second:
                 line = second.recv(512)
@@ -142,6 +156,16 @@ class StatusPageTest(harness.LogsOnFailure, unittest.TestCase):
     def open_page(self) -> None:
         self.browser.get(self.url("/status"))
         self.browser.wait_find("#listeners")
+
+    def state_text(self, backend: str) -> str:
+        """The backend's state cell, or "" while the page is being replaced (the
+        action's 303 reloads it: an element found before may be gone)."""
+        css = f'tr[data-backend="{backend}"] td.state'
+        try:
+            b = self.browser
+            return b.text(b.find(css)) if b.find_all(css) else ""
+        except webdriver.WebDriverError:
+            return ""
 
     def row_text(self, css: str) -> str:
         return self.browser.text(self.browser.wait_find(css))
@@ -234,9 +258,7 @@ class StatusPageTest(harness.LogsOnFailure, unittest.TestCase):
         b = self.browser
         b.type(b.find("#token"), harness.ADMIN_TOKEN)
         b.click(b.find('tr[data-backend="storage-01"] button[name="drain"]'))
-        harness.wait_for(lambda: "drain (this gateway)" in
-                         (b.find_all('tr[data-backend="storage-01"] td.state') and
-                          b.text(b.find('tr[data-backend="storage-01"] td.state')) or ""),
+        harness.wait_for(lambda: "drain (this gateway)" in self.state_text("storage-01"),
                          10, what="storage-01 drained on the page")
         s = self.status_json()["backends"][0]
         self.assertEqual((s["state"], s["local_override"]), ("drain", True))
