@@ -34,6 +34,9 @@ struct ServerConfig {
   // auto: io_uring when io_uring_setup works (not blocked by seccomp or
   // kernel.io_uring_disabled) and has the operations needed, else epoll.
   IoBackend io = IoBackend::kAuto;
+  // The name the gateway gives itself (Postfix's myhostname, nginx's server_name): the
+  // SMTP greeting, the EHLO reply, Received: fields, ban origins. Empty = gethostname().
+  std::string hostname;
   // Privileges: when started as root with a user set, the listeners (and the admin
   // listener) are bound first, then the process switches to this user and group
   // (group empty = the user's primary group). Empty = keep the starting identity.
@@ -87,6 +90,9 @@ struct ListenerConfig {
   uint32_t max_recipients = 100;          // RCPT accepted per message (more: 452 4.5.3)
   uint32_t max_messages = 100;            // messages per session (more: 421 4.7.0 and close)
   Duration greeting_delay{0};             // wait before the 220; a client talking first is refused
+  // The greeting's text after the code (SMTP "220 <banner>", IMAP "* OK <banner>",
+  // POP3 "+OK <banner>"); empty = the protocol's default, naming server.hostname for SMTP.
+  std::string banner;
   // submission: may the authenticated user send as any envelope sender? false = only
   // its own addresses and aliases (the directory decides), else 553 5.7.1.
   bool sender_any = false;                // key sender_check: owned (default) | any

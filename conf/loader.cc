@@ -1068,7 +1068,7 @@ void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
   const std::string path = "server";
   Fields f;
   if (!fields(n, path, {"threads", "shutdown_grace", "workers", "content_workers", "spool_dir", "spool_memory", "io",
-                            "user", "group"},
+                            "user", "group", "hostname"},
               &f))
     return;
   getEnum<IoBackend>(f, "io", path,
@@ -1076,6 +1076,13 @@ void Loader::loadServer(const YAML::Node& n, ServerConfig* s) {
                      &s->io);
   getString(f, "user", path, &s->user);
   getString(f, "group", path, &s->group);
+  if (const Entry* e = f.find("hostname")) {
+    getString(f, "hostname", path, &s->hostname);
+    bool ok = !s->hostname.empty() && s->hostname.size() <= 253;
+    for (char c : s->hostname)
+      ok = ok && (ascii::isAlpha(c) || ascii::isDigit(c) || c == '-' || c == '.');
+    if (!ok) error(e->mark(), "server.hostname: expected a host name (letters, digits, '-', '.'), got " + quote(s->hostname));
+  }
   if (const Entry* e = f.find("threads")) {
     std::string v;
     uint64_t count = 0;
@@ -1224,7 +1231,7 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   if (!fields(n, path,
               {"name", "protocol", "listen", "tls", "proxy_protocol", "allow_plaintext_auth",
                "preauth_timeout", "idle_timeout", "max_line", "max_literal", "max_bad_commands",
-               "max_auth_attempts", "max_message_size", "max_recipients", "max_messages", "greeting_delay",
+               "max_auth_attempts", "max_message_size", "max_recipients", "max_messages", "greeting_delay", "banner",
                "sender_check", "postmaster", "append_limit"},
               &f))
     return;
@@ -1290,6 +1297,14 @@ void Loader::loadListener(const YAML::Node& n, const std::string& path, const Co
   getNumber(f, "max_recipients", path, 1, 100000, &l->max_recipients);
   getNumber(f, "max_messages", path, 1, 1000000, &l->max_messages);
   getDuration(f, "greeting_delay", path, &l->greeting_delay, true);
+  if (const Entry* e = f.find("banner")) {
+    getString(f, "banner", path, &l->banner);
+    for (char c : l->banner)
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        error(e->mark(), join(path, "banner") + ": must not contain control characters");
+        break;
+      }
+  }
   getEnum<bool>(f, "sender_check", path, {{"owned", false}, {"any", true}}, &l->sender_any);
   if (const Entry* e = f.find("sender_check"); e && l->protocol != Protocol::kSubmission)
     error(e->mark(), join(path, "sender_check") + ": only a submission listener checks senders");
