@@ -429,6 +429,9 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
           ring_sum(&io::Ring::sq_full_submits));
   counter("mailgate_sq_backlogged_total", "Submission entries parked until the kernel took more.",
           ring_sum(&io::Ring::sq_backlogged));
+  if (!reactors.empty())
+    out += std::string("# HELP mailgate_reactor_info The reactor's ring (server.io).\n# TYPE mailgate_reactor_info gauge\n"
+                       "mailgate_reactor_info{io=\"") + io::Ring::backendName(reactors.front()->io()) + "\"} 1\n";
   auto rt = session::currentRuntime();
   if (!rt) return out;
   out += "# HELP mailgate_backend_up Last health-check verdict per storage node.\n# TYPE mailgate_backend_up gauge\n";
@@ -492,10 +495,15 @@ int run(const std::string& path) {
   io::WorkerPool workers("directory", cfg.server.workers, size_t{cfg.server.workers} * 128);
   io::WorkerPool content("content", cfg.server.content_workers, size_t{cfg.server.content_workers} * 16);
   executors = {&workers, &content};
+  auto io = session::chooseIoBackend(cfg.server.io);
+  if (!io) {
+    std::fprintf(stderr, "mailgate: cannot start: %s\n", io.error().c_str());
+    return 1;
+  }
   std::vector<std::unique_ptr<session::Reactor>> reactors;
   for (unsigned i = 0; i < threads; i++) {
     auto r = std::make_unique<session::Reactor>(i, workers, content);
-    auto ok = r->init(addrs);
+    auto ok = r->init(addrs, io.value());
     if (!ok) {
       std::fprintf(stderr, "mailgate: cannot start: %s\n", ok.error().c_str());
       return 1;
@@ -558,6 +566,7 @@ int run(const std::string& path) {
         same_listeners = nl.config->listeners[i].name == cfg.listeners[i].name &&
                          nl.config->listeners[i].listen == cfg.listeners[i].listen;
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
+      if (nl.config->server.io != cfg.server.io) log::warn("server.io changed: restart to apply it");
       applyLog(*nl.config);
       auto fresh = nrt.value();
       fresh->startBackground();
