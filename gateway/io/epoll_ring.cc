@@ -25,16 +25,26 @@ bool retryable(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
 const char* opName(uint8_t op) {
   switch (op) {
-    case IORING_OP_NOP: return "nop";
-    case IORING_OP_ACCEPT: return "accept";
-    case IORING_OP_RECV: return "recv";
-    case IORING_OP_SEND: return "send";
-    case IORING_OP_CONNECT: return "connect";
-    case IORING_OP_POLL_ADD: return "poll_add";
-    case IORING_OP_TIMEOUT: return "timeout";
-    case IORING_OP_LINK_TIMEOUT: return "link_timeout";
-    case IORING_OP_ASYNC_CANCEL: return "async_cancel";
-    default: return "unknown";
+    case IORING_OP_NOP:
+      return "nop";
+    case IORING_OP_ACCEPT:
+      return "accept";
+    case IORING_OP_RECV:
+      return "recv";
+    case IORING_OP_SEND:
+      return "send";
+    case IORING_OP_CONNECT:
+      return "connect";
+    case IORING_OP_POLL_ADD:
+      return "poll_add";
+    case IORING_OP_TIMEOUT:
+      return "timeout";
+    case IORING_OP_LINK_TIMEOUT:
+      return "link_timeout";
+    case IORING_OP_ASYNC_CANCEL:
+      return "async_cancel";
+    default:
+      return "unknown";
   }
 }
 
@@ -260,7 +270,8 @@ void EpollRing::expireTimers(uint64_t now_ns) {
     std::pop_heap(timers_.begin(), timers_.end(), std::greater<Timer>());
     timers_.pop_back();
     if (!ops_[t.op].active || ops_[t.op].seq != t.seq) continue;  // completed or cancelled
-    finish(t.op, -ETIME, 0);  // a link_timeout then cancels its operation
+    // Expired: -ETIME. A link_timeout then cancels its operation (-ECANCELED).
+    finish(t.op, -ETIME, 0);
   }
 }
 
@@ -301,7 +312,8 @@ void EpollRing::start(const io_uring_sqe& s, const io_uring_sqe* lt) {
       return;
     case IORING_OP_TIMEOUT: {
       if (lt) return fail("a timeout cannot have a link_timeout");
-      if (s.off != 0 || s.timeout_flags != 0 || s.addr == 0) return fail("unsupported timeout (count or flags)");
+      if (s.off != 0 || s.timeout_flags != 0 || s.addr == 0)
+        return fail("unsupported timeout (count or flags)");
       uint32_t i = allocOp();
       ops_[i].opcode = s.opcode;
       ops_[i].user_data = s.user_data;
@@ -477,7 +489,8 @@ void EpollRing::flushInterest() {
 void EpollRing::tryAccept(uint32_t i) {
   for (int k = 0; k < kAcceptBurst; k++) {
     const Op& o = ops_[i];
-    int nfd = ::accept4(o.fd, static_cast<sockaddr*>(const_cast<void*>(o.addr)), static_cast<socklen_t*>(o.addr_len),
+    int nfd = ::accept4(o.fd, static_cast<sockaddr*>(const_cast<void*>(o.addr)),
+                        static_cast<socklen_t*>(o.addr_len),
                         static_cast<int>(o.msg_flags) | SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (nfd >= 0) {
       if (!o.multishot) return finish(i, nfd, 0);
@@ -529,7 +542,8 @@ void EpollRing::tryRecv(uint32_t i) {
 void EpollRing::trySend(uint32_t i) {
   for (;;) {
     Op& o = ops_[i];
-    int flags = static_cast<int>(o.msg_flags & ~static_cast<uint32_t>(MSG_WAITALL)) | MSG_DONTWAIT | MSG_NOSIGNAL;
+    int flags =
+        static_cast<int>(o.msg_flags & ~static_cast<uint32_t>(MSG_WAITALL)) | MSG_DONTWAIT | MSG_NOSIGNAL;
     ssize_t n = ::send(o.fd, o.buf + o.done, o.len - o.done, flags);
     if (n >= 0) {
       o.done += static_cast<uint32_t>(n);
@@ -599,7 +613,8 @@ int EpollRing::submitAndWait(unsigned wait_nr) {
     if (errno != EINTR) return -errno;
     n = 0;
   }
-  for (int k = 0; k < n; k++) onReady(events_[static_cast<size_t>(k)].data.fd, events_[static_cast<size_t>(k)].events);
+  for (int k = 0; k < n; k++)
+    onReady(events_[static_cast<size_t>(k)].data.fd, events_[static_cast<size_t>(k)].events);
   expireTimers(nowNs());
   flushInterest();
   return static_cast<int>(cq_.size());

@@ -64,18 +64,18 @@ class EpollRing {
 
   struct Op {
     uint64_t user_data = 0;
-    uint64_t deadline_ns = 0;  // timeout, link_timeout
-    const char* buf = nullptr;  // send, plain recv
+    uint64_t deadline_ns = 0;    // timeout, link_timeout
+    const char* buf = nullptr;   // send, plain recv
     const void* addr = nullptr;  // connect: sockaddr; accept: sockaddr* out
     void* addr_len = nullptr;    // accept: socklen_t* out
     uint32_t len = 0;
-    uint32_t done = 0;        // send: bytes sent so far (MSG_WAITALL)
-    uint32_t msg_flags = 0;   // send/recv flags, accept flags, poll mask
-    uint32_t addrlen = 0;     // connect
-    uint32_t link = kNone;    // the op and its link_timeout point at each other
-    uint32_t prev = kNone;    // in the fd's list, in submission order
+    uint32_t done = 0;       // send: bytes sent so far (MSG_WAITALL)
+    uint32_t msg_flags = 0;  // send/recv flags, accept flags, poll mask
+    uint32_t addrlen = 0;    // connect
+    uint32_t link = kNone;   // the op and its link_timeout point at each other
+    uint32_t prev = kNone;   // in the fd's list, in submission order
     uint32_t next = kNone;
-    uint32_t seq = 0;         // bumped when freed: stale timer entries are skipped
+    uint32_t seq = 0;  // bumped when freed: stale timer entries are skipped
     int fd = -1;
     uint16_t buf_group = 0;
     uint8_t opcode = 0;

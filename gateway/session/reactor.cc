@@ -66,7 +66,8 @@ Result<io::Ring::Backend> chooseIoBackend(conf::IoBackend want) {
     case conf::IoBackend::kAuto: {
       std::string why = io::probeIoUring();
       if (why.empty()) {
-        log::info("reactor: io_uring", {{"io", "io_uring"}, {"reason", "server.io: auto, io_uring available"}});
+        log::info("reactor: io_uring",
+                  {{"io", "io_uring"}, {"reason", "server.io: auto, io_uring available"}});
         return B::kIoUring;
       }
       log::warn("reactor: epoll, io_uring is unavailable", {{"io", "epoll"}, {"reason", why}});
@@ -76,7 +77,8 @@ Result<io::Ring::Backend> chooseIoBackend(conf::IoBackend want) {
   return Error{"unknown server.io"};
 }
 
-Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr>>& listen, io::Ring::Backend io) {
+Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr>>& listen,
+                           io::Ring::Backend io) {
   // The ring itself is made on the reactor's thread (run()); chooseIoBackend() has
   // found out, while start-up could still stop cleanly, which kind this kernel allows.
   io_ = io;

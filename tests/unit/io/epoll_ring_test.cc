@@ -77,8 +77,12 @@ class EpollRingTest : public ::testing::Test {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
-  std::string bufText(const Cqe& c) { return std::string(bufs_.data() + c.bid() * kBufSize, static_cast<size_t>(c.res)); }
-  void write(int fd, const std::string& s) { ASSERT_EQ(::send(fd, s.data(), s.size(), MSG_NOSIGNAL), static_cast<ssize_t>(s.size())); }
+  std::string bufText(const Cqe& c) {
+    return std::string(bufs_.data() + c.bid() * kBufSize, static_cast<size_t>(c.res));
+  }
+  void write(int fd, const std::string& s) {
+    ASSERT_EQ(::send(fd, s.data(), s.size(), MSG_NOSIGNAL), static_cast<ssize_t>(s.size()));
+  }
 
   // A loopback listener (backlog `backlog`) and its address.
   int listener(int backlog, sockaddr_in* addr) {
@@ -123,9 +127,9 @@ TEST_F(EpollRingTest, RecvMultishotDeliversIntoProvidedBuffersUntilEof) {
   ::shutdown(sp_[1], SHUT_WR);
   got = collect(1);
   ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0].res, 0);           // EOF
-  EXPECT_FALSE(got[0].more());        // ends the multishot
-  EXPECT_FALSE(got[0].hasBuffer());   // and carries no buffer
+  EXPECT_EQ(got[0].res, 0);          // EOF
+  EXPECT_FALSE(got[0].more());       // ends the multishot
+  EXPECT_FALSE(got[0].hasBuffer());  // and carries no buffer
   EXPECT_EQ(ring_.pendingOps(), 0u);
   EXPECT_EQ(ring_.watchedFds(), 0u);  // no op left: out of the epoll set
 }
@@ -187,7 +191,8 @@ TEST_F(EpollRingTest, SendCompletesAtOnceAndShortWhenTheSocketBufferIsFull) {
   got = collect(1);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_GT(got[0].res, 0);
-  EXPECT_LT(got[0].res, static_cast<int>(big.size()));  // short, as io_uring gives it: the caller sends the rest
+  EXPECT_LT(got[0].res,
+            static_cast<int>(big.size()));  // short, as io_uring gives it: the caller sends the rest
 
   // The queue is full now: the next send waits for room, then completes.
   s = sqe();
@@ -307,9 +312,10 @@ TEST_F(EpollConnectTest, LinkTimeoutExpiresAgainstAListenerWithAFullBacklog) {
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   auto t0 = std::chrono::steady_clock::now();
   auto r = connectWithTimeout(addr, 150);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_EQ(r.timeout, -ETIME);       // the link_timeout's own completion
-  EXPECT_EQ(r.connect, -ECANCELED);   // the connect it cancelled
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.timeout, -ETIME);      // the link_timeout's own completion
+  EXPECT_EQ(r.connect, -ECANCELED);  // the connect it cancelled
   EXPECT_GE(ms, 140);
   EXPECT_LT(ms, 2000);
   EXPECT_EQ(ring_.pendingOps(), 0u);
@@ -401,7 +407,8 @@ TEST_F(EpollRingTest, TimeoutEndsTheWait) {
     ASSERT_GE(ring_.submitAndWait(1), 0);  // blocks in epoll_wait until the timeout
     ring_.forEachCqe([&](io_uring_cqe* c) { got.push_back(Cqe{c->user_data, c->res, c->flags}); });
   }
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].user_data, 42u);
   EXPECT_EQ(got[0].res, -ETIME);
@@ -460,7 +467,8 @@ TEST_F(EpollRingTest, AFullQueueIsSubmittedInOrderAndKeepsChainsWhole) {
   io_uring_sqe_set_data64(chain[1], 2);
   auto got = collect(17);
   ASSERT_EQ(got.size(), 17u);
-  for (int i = 0; i < 15; i++) EXPECT_EQ(got[static_cast<size_t>(i)].user_data, 1000u + static_cast<uint64_t>(i));
+  for (int i = 0; i < 15; i++)
+    EXPECT_EQ(got[static_cast<size_t>(i)].user_data, 1000u + static_cast<uint64_t>(i));
   EXPECT_EQ(got[15].user_data, 1u);
   EXPECT_EQ(got[15].res, 0);
   EXPECT_EQ(got[16].user_data, 2u);
