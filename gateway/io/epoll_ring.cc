@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <functional>
 #include <string>
 
 #include "gateway/core/log.h"
@@ -150,16 +149,14 @@ uint32_t EpollRing::allocOp() {
     i = static_cast<uint32_t>(ops_.size());
     ops_.emplace_back();
   }
-  uint32_t seq = ops_[i].seq;
   ops_[i] = Op{};
-  ops_[i].seq = seq;
   ops_[i].active = true;
   return i;
 }
 
 void EpollRing::freeOp(uint32_t i) {
+  if (ops_[i].heap_pos != kNone) heapRemove(i);
   ops_[i].active = false;
-  ops_[i].seq++;
   free_ops_.push_back(i);
 }
 
@@ -258,31 +255,62 @@ int EpollRing::cancel(const io_uring_sqe& s) {
   return all ? n : 0;
 }
 
+void EpollRing::heapSet(size_t pos, uint32_t op) {
+  timers_[pos] = op;
+  ops_[op].heap_pos = static_cast<uint32_t>(pos);
+}
+
+void EpollRing::siftUp(size_t pos) {
+  while (pos > 0) {
+    size_t parent = (pos - 1) / 2;
+    if (!earlier(pos, parent)) return;
+    uint32_t a = timers_[pos], b = timers_[parent];
+    heapSet(pos, b);
+    heapSet(parent, a);
+    pos = parent;
+  }
+}
+
+void EpollRing::siftDown(size_t pos) {
+  for (;;) {
+    size_t l = 2 * pos + 1, r = l + 1, m = pos;
+    if (l < timers_.size() && earlier(l, m)) m = l;
+    if (r < timers_.size() && earlier(r, m)) m = r;
+    if (m == pos) return;
+    uint32_t a = timers_[pos], b = timers_[m];
+    heapSet(pos, b);
+    heapSet(m, a);
+    pos = m;
+  }
+}
+
+void EpollRing::heapRemove(uint32_t op) {
+  size_t pos = ops_[op].heap_pos;
+  ops_[op].heap_pos = kNone;
+  uint32_t last = timers_.back();
+  timers_.pop_back();
+  if (pos == timers_.size()) return;  // it was the last one
+  heapSet(pos, last);
+  siftDown(pos);
+  siftUp(pos);
+}
+
 void EpollRing::armTimer(uint32_t i, const __kernel_timespec* ts) {
   ops_[i].deadline_ns = nowNs() + toNs(ts);
-  timers_.push_back(Timer{ops_[i].deadline_ns, i, ops_[i].seq});
-  std::push_heap(timers_.begin(), timers_.end(), std::greater<Timer>());
+  timers_.push_back(i);
+  ops_[i].heap_pos = static_cast<uint32_t>(timers_.size() - 1);
+  siftUp(timers_.size() - 1);
 }
 
 void EpollRing::expireTimers(uint64_t now_ns) {
-  while (!timers_.empty() && timers_.front().deadline_ns <= now_ns) {
-    Timer t = timers_.front();
-    std::pop_heap(timers_.begin(), timers_.end(), std::greater<Timer>());
-    timers_.pop_back();
-    if (!ops_[t.op].active || ops_[t.op].seq != t.seq) continue;  // completed or cancelled
-    // Expired: -ETIME. A link_timeout then cancels its operation (-ECANCELED).
-    finish(t.op, -ETIME, 0);
-  }
+  // Expired: -ETIME (finishing removes it from the heap). A link_timeout then cancels
+  // its operation (-ECANCELED).
+  while (!timers_.empty() && ops_[timers_.front()].deadline_ns <= now_ns) finish(timers_.front(), -ETIME, 0);
 }
 
 int EpollRing::waitTimeoutMs(uint64_t now_ns) {
-  while (!timers_.empty() &&
-         (!ops_[timers_.front().op].active || ops_[timers_.front().op].seq != timers_.front().seq)) {
-    std::pop_heap(timers_.begin(), timers_.end(), std::greater<Timer>());
-    timers_.pop_back();
-  }
   if (timers_.empty()) return -1;
-  uint64_t d = timers_.front().deadline_ns;
+  uint64_t d = ops_[timers_.front()].deadline_ns;
   if (d <= now_ns) return 0;
   uint64_t ms = (d - now_ns + 999999) / 1000000;
   return ms > 60000 ? 60000 : static_cast<int>(ms);

@@ -13,7 +13,7 @@
 // operation waiting; its interest (EPOLLIN for accept/recv/poll, EPOLLOUT for
 // send/connect) is updated in one batch before each wait, and its state is dropped
 // when its last operation completes or is cancelled, so a reused fd number starts
-// clean. Operations, fd states and completions live in vectors that grow to the
+// clean. Operations, fd states, timers and completions live in vectors that grow to the
 // high-water mark and are then reused: nothing is allocated per event.
 #include <liburing.h>
 #include <sys/epoll.h>
@@ -75,7 +75,7 @@ class EpollRing {
     uint32_t link = kNone;   // the op and its link_timeout point at each other
     uint32_t prev = kNone;   // in the fd's list, in submission order
     uint32_t next = kNone;
-    uint32_t seq = 0;  // bumped when freed: stale timer entries are skipped
+    uint32_t heap_pos = kNone;  // timeout, link_timeout: its place in timers_
     int fd = -1;
     uint16_t buf_group = 0;
     uint8_t opcode = 0;
@@ -89,12 +89,6 @@ class EpollRing {
     uint32_t registered = 0;  // the interest epoll has, 0 when not in the set
     bool in_set = false;
     bool dirty = false;
-  };
-  struct Timer {
-    uint64_t deadline_ns;
-    uint32_t op;
-    uint32_t seq;
-    bool operator>(const Timer& o) const { return deadline_ns > o.deadline_ns; }
   };
 
   void submitQueued();
@@ -112,6 +106,15 @@ class EpollRing {
   int cancel(const io_uring_sqe& s);
   void armTimer(uint32_t i, const __kernel_timespec* ts);
   void expireTimers(uint64_t now_ns);
+  // timers_ is a binary min-heap of op indices on their deadline; each timer op knows
+  // its position, so a completed or cancelled one leaves the heap at once.
+  bool earlier(size_t a, size_t b) const {
+    return ops_[timers_[a]].deadline_ns < ops_[timers_[b]].deadline_ns;
+  }
+  void heapSet(size_t pos, uint32_t op);
+  void siftUp(size_t pos);
+  void siftDown(size_t pos);
+  void heapRemove(uint32_t op);
   int waitTimeoutMs(uint64_t now_ns);
   void markDirty(int fd);
   void flushInterest();
@@ -131,7 +134,7 @@ class EpollRing {
   std::vector<uint32_t> free_ops_;
   std::vector<FdState> fds_;  // by fd number
   std::vector<int> dirty_;
-  std::vector<Timer> timers_;  // min-heap on deadline
+  std::vector<uint32_t> timers_;  // min-heap of timer ops on their deadline
   std::vector<uint16_t> free_bufs_;
   std::vector<epoll_event> events_;
   char* bufs_ = nullptr;

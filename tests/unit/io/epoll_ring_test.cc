@@ -10,14 +10,30 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gateway/io/ring.h"
+
+// Counts allocations, to show that the steady state allocates nothing per event.
+static std::atomic<uint64_t> g_allocations{0};
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // malloc'd by the operator new below
+void* operator new(size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace mailgate::io {
 namespace {
@@ -416,6 +432,40 @@ TEST_F(EpollRingTest, TimeoutEndsTheWait) {
   EXPECT_LT(ms, 1000);
 }
 
+TEST_F(EpollRingTest, TimeoutsFireInDeadlineOrderAndCancelledOnesLeave) {
+  __kernel_timespec ts[5] = {{0, 80000000}, {0, 20000000}, {0, 50000000}, {0, 200000000}, {0, 30000000}};
+  for (uint64_t i = 0; i < 5; i++) {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_timeout(s, &ts[i], 0, 0);
+    io_uring_sqe_set_data64(s, i + 1);
+  }
+  for (uint64_t ud : {3u, 4u}) {  // one from the middle of the heap, one from its end
+    io_uring_sqe* s = sqe();
+    io_uring_prep_cancel64(s, ud, 0);
+    io_uring_sqe_set_data64(s, 100 + ud);
+  }
+  std::vector<Cqe> got;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (got.size() < 7 && std::chrono::steady_clock::now() < deadline) {
+    ASSERT_GE(ring_.submitAndWait(1), 0);
+    ring_.forEachCqe([&](io_uring_cqe* c) { got.push_back(Cqe{c->user_data, c->res, c->flags}); });
+  }
+  ASSERT_EQ(got.size(), 7u);
+  std::vector<uint64_t> expired;
+  for (const auto& c : got) {
+    if (c.user_data == 3 || c.user_data == 4) {
+      EXPECT_EQ(c.res, -ECANCELED);
+    } else if (c.user_data >= 100) {
+      EXPECT_EQ(c.res, 0);
+    } else {
+      EXPECT_EQ(c.res, -ETIME);
+      expired.push_back(c.user_data);
+    }
+  }
+  EXPECT_EQ(expired, (std::vector<uint64_t>{2, 5, 1}));
+  EXPECT_EQ(ring_.pendingOps(), 0u);
+}
+
 TEST_F(EpollRingTest, PollMultishotOnAnEventfd) {
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   extra_.push_back(efd);
@@ -473,6 +523,45 @@ TEST_F(EpollRingTest, AFullQueueIsSubmittedInOrderAndKeepsChainsWhole) {
   EXPECT_EQ(got[15].res, 0);
   EXPECT_EQ(got[16].user_data, 2u);
   EXPECT_EQ(got[16].res, -ECANCELED);
+}
+
+TEST_F(EpollRingTest, SteadyStateAllocatesNothingPerEvent) {
+  armRecv(sp_[0], 1);
+  __kernel_timespec ts{5, 0};
+  auto round = [&] {
+    // A receive into a provided buffer, a send, a timeout armed and cancelled.
+    ASSERT_EQ(::send(sp_[1], "q", 1, 0), 1);
+    io_uring_sqe* s = sqe();
+    io_uring_prep_send(s, sp_[0], "r", 1, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(s, 2);
+    s = sqe();
+    io_uring_prep_timeout(s, &ts, 0, 0);
+    io_uring_sqe_set_data64(s, 3);
+    s = sqe();
+    io_uring_prep_cancel64(s, 3, 0);
+    io_uring_sqe_set_data64(s, 4);
+    unsigned seen = 0;
+    bool got_recv = false;
+    for (int spin = 0; spin < 1000 && !(got_recv && seen >= 4); spin++) {
+      ASSERT_GE(ring_.submitAndWait(0), 0);
+      ring_.forEachCqe([&](io_uring_cqe* c) {
+        seen++;
+        if (c->user_data == 1) {
+          ASSERT_EQ(c->res, 1);
+          ASSERT_TRUE(c->flags & IORING_CQE_F_MORE);
+          ring_.recycle(static_cast<uint16_t>(c->flags >> IORING_CQE_BUFFER_SHIFT));
+          got_recv = true;
+        }
+      });
+    }
+    ASSERT_TRUE(got_recv);
+    char b[4];
+    ASSERT_EQ(::recv(sp_[1], b, sizeof b, 0), 1);
+  };
+  for (int i = 0; i < 50; i++) round();  // warm-up: the vectors reach their high-water mark
+  const uint64_t before = g_allocations.load();
+  for (int i = 0; i < 1000; i++) round();
+  EXPECT_EQ(g_allocations.load() - before, 0u);
 }
 
 // Through io::Ring: the same buffers and calls the reactor uses.
