@@ -62,7 +62,7 @@ import pg  # noqa: E402  (tests/integration/pg.py: a private PostgreSQL cluster)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
-TARGETS = ("direct", "mailgate", "baseline", "nginx")  # baseline: only with --baseline-bin
+TARGETS = ("direct", "mailgate", "baseline", "epoll", "nginx")  # baseline: --baseline-bin; epoll: --epoll
 TLS_MODES = ("none", "implicit", "starttls")
 SCENARIOS = ("sessions", "latency", "fetch", "idle", "logins", "smtp", "flood")
 DEFAULT_SCENARIOS = SCENARIOS[:6]  # flood: on request (--scenarios flood, with --policy)
@@ -1047,11 +1047,14 @@ def report(results: dict) -> str:
             v = v.get(k) if isinstance(v, dict) else None
         return v
 
-    # The baseline's column and the ratio mailgate/baseline only when it was measured.
+    # The baseline's column and the ratio mailgate/baseline only when it was measured;
+    # likewise the epoll reactor's (--epoll) and the ratio epoll/io_uring.
     base = bool(results.get("baseline"))
-    cols = ["direct", "mailgate"] + (["baseline"] if base else []) + ["nginx"]
+    ep = bool(results.get("epoll"))
+    cols = ["direct", "mailgate"] + (["baseline"] if base else []) + (["epoll"] if ep else []) + ["nginx"]
     head = "| " + f"{'figure':<42} | " + " | ".join(f"{c:>9}" for c in cols) + \
-        f" | {'mg/nginx':>8} | {'mg/direct':>9} |" + (f" {'mg/base':>8} |" if base else "")
+        f" | {'mg/nginx':>8} | {'mg/direct':>9} |" + (f" {'mg/base':>8} |" if base else "") + \
+        (f" {'ep/uring':>8} | {'ep/nginx':>8} |" if ep else "")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for name, path, _ in rows:
         v = {t: get(t, path) for t in cols}
@@ -1060,7 +1063,8 @@ def report(results: dict) -> str:
         m = v["mailgate"]
         lines.append(f"| {name:<42} | " + " | ".join(f"{fmt(v[c]):>9}" for c in cols) +
                      f" | {ratio(m, v['nginx']):>8} | {ratio(m, v['direct']):>9} |" +
-                     (f" {ratio(m, v['baseline']):>8} |" if base else ""))
+                     (f" {ratio(m, v['baseline']):>8} |" if base else "") +
+                     (f" {ratio(v['epoll'], m):>8} | {ratio(v['epoll'], v['nginx']):>8} |" if ep else ""))
     return "\n".join(lines)
 
 
@@ -1077,7 +1081,7 @@ def report_rounds(bench: "Bench") -> str | None:
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for name, key, field in figures:
         series = {}
-        for t in ("mailgate", "baseline", "nginx"):
+        for t in ("mailgate", "baseline", "epoll", "nginx"):
             runs = bench.runs.get((t, key))
             if runs:
                 series[t] = [r.get(field) for r in runs]
@@ -1206,6 +1210,9 @@ def main() -> int:
     ap.add_argument("--baseline-bin", default=None,
                     help="a second mailgate build (e.g. an older commit) measured next to --mailgate-bin "
                          "as the `baseline` target of the IMAP scenarios, same configuration")
+    ap.add_argument("--epoll", action="store_true",
+                    help="also run the same mailgate binary with `server.io: epoll` as the `epoll` target "
+                         "of the IMAP scenarios, next to mailgate on io_uring, nginx and direct")
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds of the sessions, latency and fetch scenarios, targets interleaved; "
                          "figures are the medians")
@@ -1285,6 +1292,8 @@ def main() -> int:
             builds = [("mailgate", args.mailgate_bin)] if "mailgate" in wanted else []
             if args.baseline_bin and "baseline" in wanted:
                 builds.append(("baseline", args.baseline_bin))
+            if args.epoll and "epoll" in wanted:
+                builds.append(("epoll", args.mailgate_bin))
             # --policy: the mailgate target gets the realistic policy, the baseline none.
             extra_yaml = {}
             if args.policy:
@@ -1303,6 +1312,10 @@ def main() -> int:
                 passwd.write_text("".join(f"{u}:{{PLAIN}}{p}\n" for u, p in users.items()))
                 cfg = imap_mailgate_config(mg_ports, passwd, cert, dovecot.imap_port, args.threads)
                 cfg += extra_yaml.get(name, "")
+                if name == "epoll":
+                    cfg = cfg.replace("server: { ", "server: { io: epoll, ", 1)
+                elif name in ("mailgate", "baseline") and args.epoll:
+                    cfg = cfg.replace("server: { ", "server: { io: io_uring, ", 1)  # fail rather than fall back
                 if not os.access(binary, os.X_OK):
                     log(f"{name} binary {binary} not found: {name} column skipped")
                     continue
@@ -1372,6 +1385,9 @@ def main() -> int:
         notes.append(f"medians of {args.repeats} rounds, targets interleaved")
     if "baseline" in bench.targets:
         notes.append(f"mailgate = {args.mailgate_bin}, baseline = {args.baseline_bin}")
+    if "epoll" in bench.targets:
+        notes.append("mailgate = server.io: io_uring, epoll = the same binary with server.io: epoll; "
+                     "ep/uring = epoll / io_uring")
     if args.policy:
         notes.append("--policy: mailgate = realistic policy (bench/policy_conf.py), baseline = the same binary "
                      "with `limits: { rules: [] }` and nothing else; mg/base = policy / no policy")

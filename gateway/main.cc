@@ -367,10 +367,15 @@ int run(const std::string& path) {
   io::WorkerPool workers("directory", cfg.server.workers, size_t{cfg.server.workers} * 128);
   io::WorkerPool content("content", cfg.server.content_workers, size_t{cfg.server.content_workers} * 16);
   executors = {&workers, &content};
+  auto io = session::chooseIoBackend(cfg.server.io);
+  if (!io) {
+    std::fprintf(stderr, "mailgate: cannot start: %s\n", io.error().c_str());
+    return 1;
+  }
   std::vector<std::unique_ptr<session::Reactor>> reactors;
   for (unsigned i = 0; i < threads; i++) {
     auto r = std::make_unique<session::Reactor>(i, workers, content);
-    auto ok = r->init(addrs);
+    auto ok = r->init(addrs, io.value());
     if (!ok) {
       std::fprintf(stderr, "mailgate: cannot start: %s\n", ok.error().c_str());
       return 1;
@@ -501,6 +506,7 @@ int run(const std::string& path) {
         same_listeners = nl.config->listeners[i].name == cfg.listeners[i].name &&
                          nl.config->listeners[i].listen == cfg.listeners[i].listen;
       if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
+      if (nl.config->server.io != cfg.server.io) log::warn("server.io changed: restart to apply it");
       applyLog(*nl.config);
       if (admin_server) admin_server->reloadToken(nl.config->admin.token_file);
       // log.file is opened afresh on every reload (a new path, or the same one moved).

@@ -441,10 +441,15 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
     for (const auto& r : reactors) t += (r->ring().*member).load(std::memory_order_relaxed);
     return t;
   };
-  w.single("mailgate_sq_full_submits_total", "counter", "Submits forced by a full io_uring submission queue.",
+  w.single("mailgate_sq_full_submits_total", "counter",
+           "Submits forced by a full submission queue (io_uring's, or the epoll ring's).",
            ring_sum(&io::Ring::sq_full_submits));
   w.single("mailgate_sq_backlogged_total", "counter", "Submission entries parked until the kernel took more.",
            ring_sum(&io::Ring::sq_backlogged));
+
+  if (!reactors.empty())
+    w.family("mailgate_reactor_info", "gauge", "The reactors' ring (server.io): io_uring or epoll.")
+        .sample({{"io", io::Ring::backendName(reactors.front()->io())}}, uint64_t{1});
 
   if (rt && rt->directory) renderDirectory(w, rt->directory->statsText());
   return out;

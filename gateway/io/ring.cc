@@ -15,6 +15,12 @@ void Ring::close() {
   if (!inited_) return;
   inited_ = false;
   backlog_.clear();
+  if (epoll_) {
+    epoll_.reset();
+    munmap(bufs_, static_cast<size_t>(kBufCount) * kBufSize);
+    bufs_ = nullptr;
+    return;
+  }
   if (br_) {
     io_uring_unregister_buf_ring(&ring_, kBufGroup);
     munmap(br_, br_bytes_);
@@ -32,7 +38,23 @@ static std::string disabledHint() {
   return " (a seccomp profile or container runtime may block io_uring_setup)";
 }
 
-Result<bool> Ring::init(unsigned entries) {
+Result<bool> Ring::init(unsigned entries, Backend backend) {
+  if (backend == Backend::kEpoll) {
+    void* mem = mmap(nullptr, static_cast<size_t>(kBufCount) * kBufSize, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return Error{"cannot allocate receive buffers"};
+    bufs_ = static_cast<char*>(mem);
+    auto e = std::make_unique<EpollRing>();
+    auto r = e->init(entries, bufs_, kBufCount, kBufSize, kBufGroup);
+    if (!r) {
+      munmap(bufs_, static_cast<size_t>(kBufCount) * kBufSize);
+      bufs_ = nullptr;
+      return r;
+    }
+    epoll_ = std::move(e);
+    inited_ = true;
+    return true;
+  }
   io_uring_params p{};
   // The ring is set up on the thread that uses it: completions are then run only
   // when that thread waits for them (DEFER_TASKRUN), in batches.
@@ -104,6 +126,10 @@ io_uring_sqe* Ring::sqe() {
 }
 
 void Ring::sqes(unsigned n, io_uring_sqe** out) {
+  if (epoll_) {
+    if (epoll_->sqes(n, out)) bump(sq_full_submits);
+    return;
+  }
   if (!backlog_.empty()) moveBacklog();
   if (backlog_.empty() && io_uring_sq_space_left(&ring_) < n) {
     // One submit, never a loop: if the kernel cannot take the entries now (its
@@ -139,6 +165,7 @@ void Ring::moveBacklog() {
 }
 
 int Ring::submitAndWait(unsigned wait_nr) {
+  if (epoll_) return epoll_->submitAndWait(wait_nr);
   while (!backlog_.empty()) {
     moveBacklog();
     int r = io_uring_submit(&ring_);
@@ -152,6 +179,7 @@ int Ring::submitAndWait(unsigned wait_nr) {
 }
 
 void Ring::recycle(uint16_t bid) {
+  if (epoll_) return epoll_->recycle(bid);
   io_uring_buf_ring_add(br_, buffer(bid), kBufSize, bid, io_uring_buf_ring_mask(kBufCount), 0);
   io_uring_buf_ring_advance(br_, 1);
 }

@@ -1,13 +1,17 @@
 #pragma once
-// One io_uring per reactor thread, with one provided-buffer ring for receives.
+// One ring per reactor thread, with one provided-buffer ring for receives: an io_uring,
+// or where io_uring is blocked the epoll backend (gateway/io/epoll_ring.h), which takes
+// the same submission entries and gives the same completions.
 #include <liburing.h>
 
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 
 #include "gateway/core/result.h"
+#include "gateway/io/epoll_ring.h"
 
 namespace mailgate::io {
 
@@ -18,6 +22,8 @@ class Ring {
   static constexpr unsigned kBufSize = 65536;  // bytes each
   static constexpr uint16_t kBufGroup = 1;
 
+  enum class Backend : uint8_t { kIoUring, kEpoll };
+
   Ring() = default;
   ~Ring();
   Ring(const Ring&) = delete;
@@ -27,7 +33,9 @@ class Ring {
 
   // Sets up the ring, probes the operations mailgate needs, registers the buffer ring.
   // `entries` is the submission queue size (tests use small rings).
-  Result<bool> init(unsigned entries = kEntries);
+  Result<bool> init(unsigned entries = kEntries, Backend backend = Backend::kIoUring);
+  Backend backend() const { return epoll_ ? Backend::kEpoll : Backend::kIoUring; }
+  static const char* backendName(Backend b) { return b == Backend::kEpoll ? "epoll" : "io_uring"; }
   // Tears the ring down; call it on the thread that set it up (single issuer).
   void close();
   // One submission entry. Never null and never loops: when the submission queue is
@@ -42,9 +50,25 @@ class Ring {
   void sqes(unsigned n, io_uring_sqe** out);
   // The reactor's wait: moves the backlog into the queue, submits, waits for wait_nr
   // completions. A negative result is -errno (-EBUSY/-EAGAIN: reap, then call again).
+  // On epoll, the wait ends at the nearest timeout (the reactor's tick) at the latest.
   int submitAndWait(unsigned wait_nr);
+  // Calls fn(io_uring_cqe*) for each completion that is ready, in order, and marks them
+  // seen; returns how many. fn may take and submit entries.
+  template <class F>
+  unsigned forEachCqe(F&& fn) {
+    if (epoll_) return epoll_->forEachCqe(fn);
+    io_uring_cqe* cqe;
+    unsigned head;
+    unsigned count = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      fn(cqe);
+      count++;
+    }
+    io_uring_cq_advance(&ring_, count);
+    return count;
+  }
   size_t backlog() const { return backlog_.size(); }
-  io_uring* raw() { return &ring_; }
+  io_uring* raw() { return &ring_; }  // io_uring backend only
 
   char* buffer(uint16_t bid) { return bufs_ + static_cast<size_t>(bid) * kBufSize; }
   // Gives buffer `bid` back to the kernel (only a buffer a completion carried).
@@ -68,6 +92,7 @@ class Ring {
   char* bufs_ = nullptr;
   size_t br_bytes_ = 0;
   std::deque<io_uring_sqe> backlog_;  // deque: pointers handed out stay valid as it grows
+  std::unique_ptr<EpollRing> epoll_;  // set: the epoll backend is in use
 };
 
 // Describes why io_uring cannot be used here, or empty when it can (for --version/start-up).

@@ -51,11 +51,37 @@ std::string Reactor::newSessionId() {
   return s;
 }
 
-Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr>>& listen) {
-  // The ring itself is made on the reactor's thread (run()); here we only find out,
-  // while start-up can still stop cleanly, whether this kernel lets us have one.
-  std::string why = io::probeIoUring();
-  if (!why.empty()) return Error{why};
+Result<io::Ring::Backend> chooseIoBackend(conf::IoBackend want) {
+  using B = io::Ring::Backend;
+  switch (want) {
+    case conf::IoBackend::kEpoll:
+      log::info("reactor: epoll", {{"io", "epoll"}, {"reason", "server.io: epoll"}});
+      return B::kEpoll;
+    case conf::IoBackend::kIoUring: {
+      std::string why = io::probeIoUring();
+      if (!why.empty()) return Error{"server.io is io_uring, but io_uring is unavailable: " + why};
+      log::info("reactor: io_uring", {{"io", "io_uring"}, {"reason", "server.io: io_uring"}});
+      return B::kIoUring;
+    }
+    case conf::IoBackend::kAuto: {
+      std::string why = io::probeIoUring();
+      if (why.empty()) {
+        log::info("reactor: io_uring",
+                  {{"io", "io_uring"}, {"reason", "server.io: auto, io_uring available"}});
+        return B::kIoUring;
+      }
+      log::warn("reactor: epoll, io_uring is unavailable", {{"io", "epoll"}, {"reason", why}});
+      return B::kEpoll;
+    }
+  }
+  return Error{"unknown server.io"};
+}
+
+Result<bool> Reactor::init(const std::vector<std::pair<std::string, io::SockAddr>>& listen,
+                           io::Ring::Backend io) {
+  // The ring itself is made on the reactor's thread (run()); chooseIoBackend() has
+  // found out, while start-up could still stop cleanly, which kind this kernel allows.
+  io_ = io;
   for (const auto& [name, addr] : listen) {
     auto fd = io::openListener(addr, 1024);
     if (!fd) return Error{"listener " + name + ": " + fd.error()};
@@ -274,8 +300,9 @@ void Reactor::dispatch(io_uring_cqe* cqe) {
 }
 
 void Reactor::run() {
-  if (auto r = ring_.init(); !r) {
-    log::error("reactor cannot set up its io_uring", {{"reactor", index_}, {"error", r.error()}});
+  if (auto r = ring_.init(io::Ring::kEntries, io_); !r) {
+    log::error("reactor cannot set up its ring",
+               {{"reactor", index_}, {"io", io::Ring::backendName(io_)}, {"error", r.error()}});
     return;
   }
   for (size_t i = 0; i < listen_.size(); i++) armAccept(i);
@@ -285,9 +312,11 @@ void Reactor::run() {
     int r = ring_.submitAndWait(1);
     if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN && r != -ETIME) {
       static log::RateLimit rl(1);
-      if (rl.allow()) log::error("io_uring_submit_and_wait failed", {{"error", std::strerror(-r)}});
+      if (rl.allow())
+        log::error("ring submit and wait failed",
+                   {{"io", io::Ring::backendName(io_)}, {"error", std::strerror(-r)}});
       if (++submit_errors_ > 1000) {
-        log::error("io_uring keeps failing, reactor stops", {{"reactor", index_}});
+        log::error("the ring keeps failing, reactor stops", {{"reactor", index_}});
         for (Session* s : slots_)
           if (s && !s->closing()) s->forceClose("internal_error");
         break;
@@ -296,14 +325,7 @@ void Reactor::run() {
     }
     submit_errors_ = 0;
     updateClock();
-    io_uring_cqe* cqe;
-    unsigned head;
-    unsigned count = 0;
-    io_uring_for_each_cqe(ring_.raw(), head, cqe) {
-      dispatch(cqe);
-      count++;
-    }
-    io_uring_cq_advance(ring_.raw(), count);
+    ring_.forEachCqe([this](io_uring_cqe* cqe) { dispatch(cqe); });
     reap();
     if (stopping_ && live_ == 0) break;
   }

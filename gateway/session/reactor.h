@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "conf/config.h"
 #include "gateway/core/result.h"
 #include "gateway/io/listener.h"
 #include "gateway/io/ring.h"
@@ -21,6 +22,11 @@
 namespace mailgate::session {
 
 class Session;
+
+// The ring kind every reactor of this process uses, chosen once at start from
+// server.io and logged with the reason: auto takes io_uring when the kernel lets us
+// have one and epoll otherwise; io_uring fails when it is unavailable.
+Result<io::Ring::Backend> chooseIoBackend(conf::IoBackend want);
 
 struct ListenSocket {
   std::string listener;  // listener name
@@ -64,13 +70,16 @@ class Reactor {
   Reactor(unsigned index, io::WorkerPool& workers, io::WorkerPool& content);
   ~Reactor();
 
-  // Sets up the ring and opens one listening socket per listener address.
-  Result<bool> init(const std::vector<std::pair<std::string, io::SockAddr>>& listen);
+  // Opens one listening socket per listener address; the ring of kind `io` is set up
+  // by run(), on the reactor's thread.
+  Result<bool> init(const std::vector<std::pair<std::string, io::SockAddr>>& listen,
+                    io::Ring::Backend io = io::Ring::Backend::kIoUring);
   void run();  // the thread body; returns when stopped and every session is gone
   // Thread-safe: stop accepting; sessions get `grace` to finish.
   void requestStop(std::chrono::milliseconds grace);
 
   io::Ring& ring() { return ring_; }
+  io::Ring::Backend io() const { return io_; }  // fixed before run(): readable from any thread
   // One buffer per reactor for decrypted client/node bytes, used only for the length of
   // one delivery (sessions take it and give it back), so that no session keeps a 16 KiB+
   // buffer of its own between reads.
@@ -118,6 +127,7 @@ class Reactor {
   io::WorkerPool& workers_;
   io::WorkerPool& content_;
   io::Ring ring_;
+  io::Ring::Backend io_ = io::Ring::Backend::kIoUring;
   io::Mailbox mailbox_;
   std::vector<ListenSocket> listen_;
   std::vector<Session*> slots_;

@@ -593,6 +593,27 @@ def mailgate_bin() -> str:
     return os.environ.get("MAILGATE_BIN") or str(REPO / "build" / "mailgate")
 
 
+def seccomp_helper() -> str:
+    """tests/tools/no_io_uring, built next to the gateway binary: runs a command with
+    io_uring_setup/enter/register denied (EPERM) by a seccomp filter."""
+    return str(Path(mailgate_bin()).resolve().parent / "no_io_uring")
+
+
+def gateway_command(binary: str, *args: str, seccomp: bool | None = None) -> list[str]:
+    """The command line that runs the gateway. With MAILGATE_IO_SECCOMP=1 (or seccomp=True)
+    it runs under the seccomp helper, where io_uring is denied: `server.io: auto` then
+    picks epoll (the suite's second pass, on the epoll reactor)."""
+    cmd = [binary, *args]
+    if seccomp is None:
+        seccomp = os.environ.get("MAILGATE_IO_SECCOMP") == "1"
+    if seccomp:
+        helper = seccomp_helper()
+        if not os.access(helper, os.X_OK):
+            raise RuntimeError(f"MAILGATE_IO_SECCOMP=1 but {helper} is missing (build it with cmake)")
+        cmd.insert(0, helper)
+    return cmd
+
+
 def listen_ports(config_text: str) -> list[int]:
     """Ports named in the listeners: section of a mailgate YAML config."""
     ports = []
@@ -638,6 +659,7 @@ class Mailgate:
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
         self.binary = mailgate_bin()
+        self.seccomp: bool | None = None  # True/False: with/without io_uring; None: $MAILGATE_IO_SECCOMP
         self.proc: subprocess.Popen | None = None
         self.write_config(config_text)
 
@@ -654,7 +676,8 @@ class Mailgate:
             raise RuntimeError(f"mailgate binary not found: {self.binary} "
                                "(build it with cmake, or set MAILGATE_BIN)")
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "--config", str(self.config_path)],
+        self.proc = subprocess.Popen(gateway_command(self.binary, "--config", str(self.config_path),
+                                                     seccomp=self.seccomp),
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, cwd=self.workdir,
                                      env={**os.environ, **self.env} if self.env else None)
