@@ -386,7 +386,8 @@ int run(const std::string& path) {
   if (!cfg.admin.listen.empty()) {
     admin_server = std::make_unique<admin::AdminServer>(
         cfg.admin.listen, [&reactors] { return admin::renderMetrics(reactors, executors); }, cfg.admin.token_file);
-    auto ok = admin_server->start();
+    // Bound now (before the privilege drop); it answers once the runtime is published.
+    auto ok = admin_server->start(/*serve=*/false);
     if (!ok) {
       std::fprintf(stderr, "%s: %s\n", path.c_str(), ok.error().c_str());
       return 1;
@@ -408,6 +409,8 @@ int run(const std::string& path) {
   rt.value()->startBackground();  // waits (bounded) for the first routing map
   session::publishRuntime(rt.value());
   rt = Error{""};  // drop our reference: the published snapshot owns it
+  // Its first /metrics and /status already show the running configuration.
+  if (admin_server) admin_server->serve();
 
   std::vector<std::thread> ts;
   for (auto& r : reactors) ts.emplace_back([&r] { r->run(); });

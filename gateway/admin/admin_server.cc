@@ -188,7 +188,7 @@ AdminServer::AdminServer(std::string listen, std::function<std::string()> metric
 
 AdminServer::~AdminServer() { stop(); }
 
-Result<bool> AdminServer::start() {
+Result<bool> AdminServer::start(bool serve_now) {
   auto token = readTokenFile(token_file_);
   if (!token) return Error{token.error()};
   {
@@ -202,8 +202,13 @@ Result<bool> AdminServer::start() {
   fd_ = fd.value();
   if (token_file_.empty())
     log::info("admin listener is read-only: no admin.token_file", {{"listen", listen_}});
-  thread_ = std::thread([this] { run(); });
+  if (serve_now) serve();
   return true;
+}
+
+void AdminServer::serve() {
+  if (fd_ < 0 || thread_.joinable()) return;
+  thread_ = std::thread([this] { run(); });
 }
 
 void AdminServer::reloadToken(const std::string& token_file) {

@@ -41,8 +41,10 @@ class AdminServer {
   // admin.token_file (empty = read-only).
   AdminServer(std::string listen, std::function<std::string()> metrics, std::string token_file = {});
   ~AdminServer();
-  // Reads the token file, then opens the listener.
-  Result<bool> start();
+  // Reads the token file, then opens the listener; with serve, starts answering at
+  // once, else when serve() is called (connections wait in the backlog until then).
+  Result<bool> start(bool serve = true);
+  void serve();
   void stop();
   // Reads the token file again (SIGHUP); a file that cannot be read leaves the
   // listener read-only until the next reload, with an error in the log.
