@@ -229,6 +229,66 @@ class CliLookupTest(unittest.TestCase):
         again = run("--dump-config", path).stdout
         self.assertEqual(body(again), body(dump))
 
+    def test_dump_config_round_trips_policy_and_hooks(self):
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        nets = self.dir / "nets.txt"
+        nets.write_text("198.51.100.0/24\n")
+        rich = self.text.replace("server: {", "server: { hostname: mx.example.org, io: epoll, user: nobody,") + f"""
+admin: {{ listen: "127.0.0.1:19999" }}
+lists:
+  partners: {{ cidrs: [192.0.2.0/24, "2001:db8::/32"], file: "{nets}" }}
+  office: {{ cidrs: [203.0.113.7] }}
+limits:
+  defaults: {{ ipv4_prefix: 24, exempt: [office] }}
+  rules:
+    - {{ name: conn, count: connections, key: [client.ip, listener], concurrency: 5, rate: 20/1m, burst: 40 }}
+    - {{ name: fails, count: auth_failures, rate: 5/10m, distinct_credentials: true,
+        on_exceed: {{ action: delay, delay: 1s..3s }} }}
+    - {{ name: rcpts, count: recipients, key: [sender.domain], rate: 100/1h,
+        when: {{ listener: mx, not: {{ client.net: {{ in: partners }} }} }},
+        on_exceed: {{ action: tempfail, reply: "451 4.7.1 slow down" }} }}
+  bans: {{ ttl: 30m, increment: {{ factor: 2.5, max: 2d }}, never: [partners] }}
+  early_talker: {{ listeners: [mx], greet_wait: 3s, action: tempfail }}
+  line_timeout: 0s
+  user_sessions: 0
+policies:
+  - {{ name: helo-ip, stage: helo, when: {{ helo: {{ re2: '^\\[?[0-9.]+\\]?$' }} }}, then: reject,
+      reply: "554 5.7.1 \\"bad\\" helo" }}
+  - {{ name: exe, stage: data, when: {{ attachment.filename: {{ re2: ['(?i)\\.exe$', '(?i)\\.js$'] }} }},
+      then: quarantine, mode: shadow }}
+  - {{ name: slow, stage: rcpt, when: {{ rcpt: {{ re2: 'x@' }}, tls: false }}, then: delay, delay: 2s }}
+  - {{ name: tagit, stage: data, when: {{ header: {{ re2: '^Subject: hi' }} }}, then: tag }}
+hooks:
+  defaults: {{ on_error: accept, timeouts: {{ connect: 2s, scan: 30s }}, max_size: 10M }}
+  scanners:
+    clam: {{ type: clamd, endpoints: ["unix:/run/clamav/clamd.ctl", "tcp:127.0.0.1:3310"], stream_max: 20M }}
+    icap: {{ type: icap, url: "icap://127.0.0.1:1344/avscan", on_modified: reject, on_error: reject,
+            timeouts: {{ scan: 5s }} }}
+    rspamd: {{ type: milter, endpoint: "tcp:127.0.0.1:11332", breaker: {{ failures: 3, open: 1m }} }}
+    dlp: {{ type: dlp, on_match: tag, detectors: [ {{ id: card, pattern: card_number, validate: luhn,
+           min_count: 2, context: [visa, card] }} ] }}
+  flows:
+    - {{ when: {{ listener: mx }}, run: [clam, rspamd] }}
+    - {{ when: {{ authenticated: true }}, run: [dlp] }}
+    - {{ run: [icap] }}
+  quarantine: {{ store: dir, dir: "{qdir}", retention: 7d }}
+"""
+        path, r = self.check(rich, "rich.yaml")
+        self.assertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
+        r = run("--dump-config", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        dump = r.stdout
+        for text in ('hostname: "mx.example.org"', 'io: epoll', 'rate: "20/1m"', 'delay: "1s..3s"',
+                     'factor: 2.5', 'reply: "554 5.7.1 \\"bad\\" helo"', 'mode: shadow',
+                     'header: "X-Mailgate-Policy: tagit"', "not: { client.net: { in: [\"partners\"] } }",
+                     "stream_max: 20M", 'retention: 7d'):
+            self.assertIn(text, dump, text)
+        dumped = self.write("rich-dumped.yaml", dump)
+        r = run("--check-config", dumped)
+        self.assertEqual(r.stdout, "ok\n", r.stdout + r.stderr + dump)
+        self.assertEqual(run("--dump-config", dumped).stdout.splitlines()[1:], dump.splitlines()[1:])
+
     def test_dump_config_of_the_packaged_config(self):
         # The shipped example (relative paths resolved; may name files absent here).
         src = ROOT / "packaging" / "mailgate.yaml"
