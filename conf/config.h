@@ -63,6 +63,8 @@ struct AdminConfig {
 struct CertificateConfig {
   std::string cert;  // absolute path (relative paths are resolved against the config file's directory)
   std::string key;
+  Position cert_pos;  // where the file was named (the value), for diagnostics
+  Position key_pos;
 };
 
 struct TlsConfig {
@@ -308,6 +310,9 @@ struct ConfigError {
 struct LoadResult {
   std::shared_ptr<const Config> config;  // null when errors is not empty
   std::vector<ConfigError> errors;
+  // What could be loaded despite the errors (null when the text could not be read or
+  // parsed): --check-config checks its certificates too, to report every problem.
+  std::shared_ptr<const Config> partial;
 };
 
 // Loads and validates the file. Collects every problem it can find.

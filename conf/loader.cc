@@ -1178,6 +1178,12 @@ void Loader::loadTls(const YAML::Node& n, TlsConfig* t) {
         CertificateConfig c;
         getFile(cf, "cert", path, &c.cert);
         getFile(cf, "key", path, &c.key);
+        auto at = [](const Entry* entry) {
+          const YAML::Mark m = entry->mark();
+          return Position{m.line >= 0 ? m.line + 1 : 0, m.column >= 0 ? m.column + 1 : 0};
+        };
+        if (const Entry* ce = cf.find("cert")) c.cert_pos = at(ce);
+        if (const Entry* ke = cf.find("key")) c.key_pos = at(ke);
         t->certificates.push_back(std::move(c));
       }
     } else if (!e->value.IsNull()) {
@@ -1537,7 +1543,11 @@ void Loader::checkBackendRef(const Fields& f, std::string_view key, const std::s
   const Entry* e = f.find(key);
   if (!e || !e->value.IsScalar()) return;
   const std::string& name = e->value.Scalar();
-  if (!cfg.findBackend(name)) error(e->mark(), join(path, key) + ": unknown backend " + quote(name));
+  if (cfg.findBackend(name)) return;
+  std::string defined;
+  for (const auto& b : cfg.backends) defined += (defined.empty() ? "" : ", ") + b.name;
+  error(e->mark(), join(path, key) + ": unknown backend " + quote(name) +
+                       (defined.empty() ? " (no backends are defined)" : " (defined: " + defined + ")"));
 }
 
 void Loader::loadRouting(const YAML::Node& n, Config* cfg) {
@@ -2544,6 +2554,7 @@ LoadResult loadConfigText(const std::string& text, const std::string& path) {
       loader.error(e.mark, e.msg);
     }
     result.errors = loader.takeErrors();
+    result.partial = cfg;
     if (result.errors.empty()) result.config = std::move(cfg);
   } catch (const std::bad_alloc&) {
     result.errors = {{path, 0, 0, "out of memory while loading the configuration"}};

@@ -12,6 +12,7 @@
 #include <ctime>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "filters/milter_filter.h"
 #include "gateway/admin/admin_server.h"
 #include "gateway/admin/bans_api.h"
+#include "gateway/admin/cli_lookup.h"
 #include "gateway/admin/metrics.h"
 #include "gateway/admin/policy_cli.h"
 #include "filters/policy/policy.h"
@@ -43,38 +45,29 @@ using namespace mailgate;
 
 namespace {
 
-void usage() {
-  std::fprintf(stderr,
-               "usage: mailgate --config FILE        run in the foreground\n"
-               "       mailgate --check-config FILE  validate the configuration\n"
-               "       mailgate --init-db FILE       create or migrate the database schema\n"
-               "       mailgate --config FILE --bans                 list the running gateway's bans\n"
-               "       mailgate --config FILE --ban NET [--ttl 1h] [--reason TEXT]\n"
-               "       mailgate --config FILE --unban NET\n"
-               "       mailgate --config FILE --quarantine           list the running gateway's quarantine\n"
-               "       mailgate --config FILE --release ID           deliver a quarantined message\n"
-               "       mailgate --config FILE --delete ID            delete a quarantined message\n"
-               "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
-               "                [--user U] [--message FILE.eml]   what the policy does to a session\n"
-               "       mailgate --test-policy FILE CASES.yaml   run policy test cases offline\n"
-               "       mailgate --version\n");
-}
+const char kUsage[] =
+    "usage: mailgate --config FILE                    run in the foreground\n"
+    "       mailgate --check-config FILE              validate the configuration: ok, or every problem\n"
+    "       mailgate --dump-config FILE               print the effective configuration, defaults filled in\n"
+    "       mailgate --init-db FILE                   create or migrate the database schema\n"
+    "       mailgate --config FILE --auth-test USER [--listener L]\n"
+    "                                                 check USER's password (prompted, or a line on stdin)\n"
+    "       mailgate --config FILE --route ADDRESS    the node and failover order for ADDRESS, and why\n"
+    "       mailgate --config FILE --bans             list the running gateway's bans\n"
+    "       mailgate --config FILE --ban NET [--ttl 1h] [--reason TEXT]\n"
+    "       mailgate --config FILE --unban NET\n"
+    "       mailgate --config FILE --quarantine       list the running gateway's quarantine\n"
+    "       mailgate --config FILE --release ID       deliver a quarantined message\n"
+    "       mailgate --config FILE --delete ID        delete a quarantined message\n"
+    "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
+    "                [--user U] [--message FILE.eml]  what the policy does to a session\n"
+    "       mailgate --test-policy FILE CASES.yaml    run policy test cases offline\n"
+    "       mailgate --version\n"
+    "       mailgate --help\n"
+    "Options that take a value also take the form --option=value. See mailgate(8).\n";
 
-int checkConfig(const std::string& path) {
-  auto r = conf::loadConfigFile(path);
-  if (!r.errors.empty()) {
-    for (const auto& e : r.errors) std::printf("%s\n", e.format().c_str());
-    return 1;
-  }
-  // Compile what the loader cannot check alone (certificates and keys, passwd-file).
-  auto rt = session::Runtime::build(r.config);
-  if (!rt) {
-    std::printf("%s: %s\n", path.c_str(), rt.error().c_str());
-    return 1;
-  }
-  std::printf("ok\n");
-  return 0;
-}
+// A usage error: the usage on stderr, exit 2.
+void usage() { std::fputs(kUsage, stderr); }
 
 void reportErrors(const std::vector<conf::ConfigError>& errors) {
   for (const auto& e : errors) std::fprintf(stderr, "%s\n", e.format().c_str());
@@ -541,26 +534,75 @@ int run(const std::string& path) {
   return 0;
 }
 
+// Options that take a value; "--option=value" is split into "--option" "value" so
+// that every command takes both forms. A value is never split itself.
+std::vector<std::string> normalizeArgs(int argc, char** argv) {
+  static constexpr const char* kTakesValue[] = {
+      "--config", "--check-config", "--dump-config", "--init-db", "--auth-test", "--route",
+      "--ban",    "--unban",        "--ttl",         "--reason",  "--release",   "--delete",
+      "--explain", "--listener",    "--client",      "--helo",    "--from",      "--rcpt",
+      "--user",   "--message",      "--test-policy"};
+  auto takesValue = [](std::string_view name) {
+    for (const char* o : kTakesValue)
+      if (name == o) return true;
+    return false;
+  };
+  std::vector<std::string> out;
+  if (argc > 0) out.emplace_back(argv[0]);
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (takesValue(a)) {
+      out.emplace_back(a);
+      if (i + 1 < argc) out.emplace_back(argv[++i]);
+      continue;
+    }
+    const size_t eq = a.find('=');
+    if (a.rfind("--", 0) == 0 && eq != std::string_view::npos && takesValue(a.substr(0, eq))) {
+      out.emplace_back(a.substr(0, eq));
+      out.emplace_back(a.substr(eq + 1));
+      continue;
+    }
+    out.emplace_back(a);
+  }
+  return out;
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
+int main(int raw_argc, char** raw_argv) {
+  std::vector<std::string> args = normalizeArgs(raw_argc, raw_argv);
+  std::vector<char*> ptrs;
+  for (auto& a : args) ptrs.push_back(a.data());
+  ptrs.push_back(nullptr);
+  const int argc = static_cast<int>(args.size());
+  char** argv = ptrs.data();
+  auto is = [&](int i, const char* opt) { return i < argc && std::strcmp(argv[i], opt) == 0; };
+
+  if (argc == 2 && (is(1, "--help") || is(1, "-h"))) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (argc == 2 && is(1, "--version")) {
     std::printf("mailgate %s\n", MAILGATE_VERSION);
     return 0;
   }
-  if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) return checkConfig(argv[2]);
-  if (argc == 3 && std::strcmp(argv[1], "--config") == 0) return run(argv[2]);
-  if (argc >= 4 && std::strcmp(argv[1], "--config") == 0 &&
-      (std::strcmp(argv[3], "--bans") == 0 || std::strcmp(argv[3], "--ban") == 0 ||
-       std::strcmp(argv[3], "--unban") == 0))
+  if (argc == 3 && is(1, "--check-config")) return admin::checkConfigMain(argv[2]);
+  if (argc == 3 && is(1, "--dump-config")) return admin::dumpConfigMain(argv[2]);
+  if (argc == 3 && is(1, "--config")) return run(argv[2]);
+  if (argc == 5 && is(1, "--config") && is(3, "--route")) return admin::routeMain(argv[2], argv[4]);
+  if (is(1, "--config") && is(3, "--auth-test")) {
+    if (argc == 5) return admin::authTestMain(argv[2], argv[4], "");
+    if (argc == 7 && is(5, "--listener")) return admin::authTestMain(argv[2], argv[4], argv[6]);
+    usage();
+    return 2;
+  }
+  if (argc >= 4 && is(1, "--config") && (is(3, "--bans") || is(3, "--ban") || is(3, "--unban")))
     return bansCli(argv[2], argc, argv);
-  if (argc >= 4 && std::strcmp(argv[1], "--config") == 0 &&
-      (std::strcmp(argv[3], "--quarantine") == 0 || std::strcmp(argv[3], "--release") == 0 ||
-       std::strcmp(argv[3], "--delete") == 0))
+  if (argc >= 4 && is(1, "--config") && (is(3, "--quarantine") || is(3, "--release") || is(3, "--delete")))
     return quarantineCli(argv[2], argc, argv);
-  if (argc == 3 && std::strcmp(argv[1], "--init-db") == 0) return initDb(argv[2]);
-  if (argc >= 2 && std::strcmp(argv[1], "--explain") == 0) return admin::explainMain(argc, argv);
-  if (argc >= 2 && std::strcmp(argv[1], "--test-policy") == 0) return admin::testPolicyMain(argc, argv);
+  if (argc == 3 && is(1, "--init-db")) return initDb(argv[2]);
+  if (argc >= 2 && is(1, "--explain")) return admin::explainMain(argc, argv);
+  if (argc >= 2 && is(1, "--test-policy")) return admin::testPolicyMain(argc, argv);
   usage();
   return 2;
 }

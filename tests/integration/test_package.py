@@ -15,6 +15,7 @@ $MAILGATE_DEBIAN_MIRROR names another mirror; $MAILGATE_PKGTEST_DIR another cach
 from __future__ import annotations
 
 import fcntl
+import gzip
 import os
 import re
 import shutil
@@ -197,6 +198,10 @@ class PackageTest(unittest.TestCase):
         self.assertTrue(os.access(c.path("/usr/sbin/mailgate"), os.X_OK))
         self.assertTrue(c.path("/usr/share/doc/mailgate/README.md").is_file())
         self.assertTrue(c.path("/usr/share/doc/mailgate/configuration.md").is_file())
+        man = c.path("/usr/share/man/man8/mailgate.8.gz")
+        self.assertTrue(man.is_file())
+        self.assertEqual(gzip.decompress(man.read_bytes()),
+                         (Path(__file__).resolve().parents[2] / "docs" / "mailgate.8").read_bytes())
         # Enabled as dh_installsystemd would (the symlink, without a running systemd).
         self.assertTrue(c.path("/etc/systemd/system/multi-user.target.wants/mailgate.service").is_symlink())
         conffiles = c.path("/var/lib/dpkg/info/mailgate.conffiles").read_text().split()

@@ -398,7 +398,7 @@ TEST_F(LoaderTest, MissingRequiredKeys) {
                           At(5, 5, "listeners[0]: missing required key \"listen\""),
                           At(8, 7, "routing.static[0]: missing required key \"domain\""),
                           At(8, 7, "routing.static[0]: missing required key \"primary\""),
-                          At(8, 18, "routing.static[0].secondary: unknown backend \"b1\"")));
+                          At(8, 18, "routing.static[0].secondary: unknown backend \"b1\" (no backends are defined)")));
 }
 
 TEST_F(LoaderTest, MissingSections) {
@@ -440,9 +440,9 @@ TEST_F(LoaderTest, DuplicateBackendsAndRoutes) {
       ElementsAre(
           At(5, 13, "backends[1].name: duplicate backend name \"b1\" (first defined at line 4)"),
           At(9, 17, "routing.static[1].domain: duplicate route for \"example.org\" (first at line 8)"),
-          At(10, 31, "routing.static[2].primary: unknown backend \"b9\""),
+          At(10, 31, "routing.static[2].primary: unknown backend \"b9\" (defined: b1)"),
           At(11, 48, "routing.static[3].secondary: same backend as primary"),
-          At(12, 21, "routing.submission_relay: unknown backend \"out-1\"")));
+          At(12, 21, "routing.submission_relay: unknown backend \"out-1\" (defined: b1)")));
 }
 
 TEST_F(LoaderTest, TlsListenerNeedsCertificates) {
