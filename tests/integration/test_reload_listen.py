@@ -5,6 +5,8 @@ needing a restart; both compared against what is in service."""
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import unittest
 import urllib.error
@@ -37,6 +39,15 @@ class ReloadListenTest(harness.LogsOnFailure, unittest.TestCase):
             backends=[{"name": "b1", "imap": harness.free_port(), "pop3": harness.free_port(),
                        "health_interval": "1h"}],
             routes=[{"domain": "*", "primary": "b1"}])
+        if getattr(self, "start_as_nobody", False):
+            # Everything a reload reads must be readable by the user after the drop.
+            text = text.replace("shutdown_grace: 2s }", "shutdown_grace: 2s, user: nobody }")
+            for root, dirs, files in os.walk(self.work):
+                for d in dirs:
+                    os.chmod(os.path.join(root, d), 0o755)
+                for f in files:
+                    os.chmod(os.path.join(root, f), 0o644)
+            os.chmod(self.work, 0o755)
         return (harness.admin_block(admin_port, self.work) if admin_port else "") + text
 
     def start(self, admin_port: int | None, listeners: list[dict]) -> harness.Mailgate:
@@ -125,6 +136,36 @@ class ReloadListenTest(harness.LogsOnFailure, unittest.TestCase):
         lines = self.reload(None, [self.imap_listener(self.imap),
                                    {"name": "pop3", "protocol": "pop3", "port": self.pop3, "tls": "starttls"}])
         self.assertFalse([l for l in lines if "restart" in l.get("msg", "")], lines)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the privilege drop needs root")
+    def test_privileged_ports_after_the_privilege_drop(self):
+        a1 = harness.free_port()
+        low = _free_low_port()
+        self.start_as_nobody = True
+        self.start(a1, [self.imap_listener(self.imap)])
+        lines = self.reload(low, [self.imap_listener(self.imap), self.imap_listener(low, "imap-low")])
+        kept = [l for l in lines if l.get("msg", "").startswith("admin.listen not changed")]
+        self.assertEqual(len(kept), 1, lines)
+        self.assertIn("server.user", kept[0]["note"])
+        self.assertIn(f"port {low} ", kept[0]["note"])
+        self.assertIn("mailgate_", metrics(a1))
+        added = [l for l in lines if l.get("msg") == "listener change not applied: a restart is needed"]
+        self.assertEqual([l["listener"] for l in added], ["imap-low"], lines)
+        self.assertIn(f"port {low} ", added[0]["note"])
+
+
+def _free_low_port() -> int:
+    """A free TCP port in 600..999 on loopback (a privileged one)."""
+    ports = list(range(600, 1000))
+    random.shuffle(ports)
+    for p in ports:
+        with socket.socket() as s:
+            try:
+                s.bind((harness.HOST, p))
+                return p
+            except OSError:
+                continue
+    raise OSError("no free port in 600..999")
 
 
 if __name__ == "__main__":
