@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -38,6 +39,7 @@
 #include "gateway/io/listener.h"
 #include "gateway/io/worker_pool.h"
 #include "gateway/session/filter_chain.h"
+#include "gateway/session/listener_changes.h"
 #include "gateway/session/reactor.h"
 #include "gateway/session/runtime.h"
 
@@ -315,6 +317,104 @@ bool applyLogFile(const conf::Config& c) {
   return true;
 }
 
+// A reload's listener changes (against the sockets bound at start), each logged by
+// name with its old and new addresses. Returns "" or the note for the service
+// manager's status line.
+std::string reportListenerChanges(const std::vector<session::BoundListener>& bound,
+                                  const std::vector<conf::ListenerConfig>& next) {
+  const auto changes = session::listenerChanges(bound, next);
+  if (changes.empty()) return {};
+  const bool unprivileged = ::geteuid() != 0;
+  std::string summary;
+  for (const auto& c : changes) {
+    auto joined = [](const std::vector<std::string>& v) {
+      std::string out;
+      for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
+      return out;
+    };
+    const char* kind = c.kind == session::ListenerChange::Kind::kAdded     ? "added"
+                       : c.kind == session::ListenerChange::Kind::kRemoved ? "removed"
+                                                                           : "addresses";
+    std::string ports;
+    for (uint16_t p : c.new_privileged_ports) ports += (ports.empty() ? "" : ", ") + std::to_string(p);
+    if (unprivileged && !ports.empty())
+      log::warn("listener change not applied: a restart is needed",
+                {{"listener", c.listener}, {"change", kind}, {"old", joined(c.before)}, {"new", joined(c.after)},
+                 {"note", "port " + ports + " is below 1024 and the gateway no longer runs as root "
+                                            "(server.user dropped it): only a start as root can bind it"}});
+    else
+      log::warn("listener change not applied: a restart is needed",
+                {{"listener", c.listener}, {"change", kind}, {"old", joined(c.before)}, {"new", joined(c.after)}});
+    summary += (summary.empty() ? "" : "; ") + session::describe(c);
+  }
+  log::warn("listeners keep their addresses until a restart",
+            {{"changes", changes.size()}, {"restart_needed", summary}});
+  return "; restart needed for " + summary;
+}
+
+// admin.listen on reload: a new address gets a new admin listener, and the old one
+// is closed once the new one is open; when the new one cannot be opened the old one
+// stays, and the log says why.
+void reloadAdmin(std::unique_ptr<admin::AdminServer>& server, std::string& listen, const conf::Config& next,
+                 const std::function<std::string()>& metrics) {
+  if (next.admin.listen == listen) {
+    if (server) server->reloadToken(next.admin.token_file);
+    return;
+  }
+  if (next.admin.listen.empty()) {
+    if (server) server->stop();
+    server.reset();
+    log::info("admin listener closed: admin.listen removed", {{"old", listen}});
+    listen.clear();
+    return;
+  }
+  auto fresh = std::make_unique<admin::AdminServer>(next.admin.listen, metrics, next.admin.token_file);
+  auto ok = fresh->start();
+  if (!ok && server) {
+    // The same port on another address may conflict with the old socket: free it and
+    // try once more, then fall back to the old address.
+    conf::ListenAddress a, b;
+    if (conf::parseListenAddress(listen, &a, nullptr) && conf::parseListenAddress(next.admin.listen, &b, nullptr) &&
+        a.port == b.port) {
+      server->stop();
+      server.reset();
+      fresh = std::make_unique<admin::AdminServer>(next.admin.listen, metrics, next.admin.token_file);
+      ok = fresh->start();
+      if (!ok) {
+        auto back = std::make_unique<admin::AdminServer>(listen, metrics, next.admin.token_file);
+        auto again = back->start();
+        if (again)
+          server = std::move(back);
+        else
+          log::error("admin listener lost: neither the new nor the old address could be opened",
+                     {{"old", listen}, {"new", next.admin.listen}, {"error", again.error()}});
+      }
+    }
+  }
+  if (!ok) {
+    conf::ListenAddress b;
+    std::string note;
+    if (::geteuid() != 0 && conf::parseListenAddress(next.admin.listen, &b, nullptr) && b.port < 1024)
+      note = "port " + std::to_string(b.port) + " is below 1024 and the gateway no longer runs as root "
+             "(server.user dropped it): a restart is needed to bind it";
+    const std::string old = listen.empty() ? "none" : listen;
+    if (server) {
+      server->reloadToken(next.admin.token_file);
+      log::error("admin.listen not changed: the new address cannot be opened, the old one stays",
+                 {{"old", old}, {"new", next.admin.listen}, {"error", ok.error()}, {"note", note}});
+    } else {
+      listen.clear();
+      log::error("admin.listen not applied: the address cannot be opened",
+                 {{"old", old}, {"new", next.admin.listen}, {"error", ok.error()}, {"note", note}});
+    }
+    return;
+  }
+  if (server) server->stop();
+  server = std::move(fresh);
+  log::info("admin listener moved", {{"old", listen.empty() ? "none" : listen}, {"new", next.admin.listen}});
+  listen = next.admin.listen;
+}
+
 int run(const std::string& path) {
   // First, while the process is single-threaded (it unsets the variables).
   sd::Notifier notifier = sd::Notifier::fromEnvironment();
@@ -376,9 +476,10 @@ int run(const std::string& path) {
     reactors.push_back(std::move(r));
   }
   std::unique_ptr<admin::AdminServer> admin_server;
+  const std::function<std::string()> metrics = [&reactors] { return admin::renderMetrics(reactors, executors); };
+  std::string admin_listen = cfg.admin.listen;  // the admin listener in service ("" = none)
   if (!cfg.admin.listen.empty()) {
-    admin_server = std::make_unique<admin::AdminServer>(
-        cfg.admin.listen, [&reactors] { return admin::renderMetrics(reactors, executors); }, cfg.admin.token_file);
+    admin_server = std::make_unique<admin::AdminServer>(cfg.admin.listen, metrics, cfg.admin.token_file);
     // Bound now (before the privilege drop); it answers once the runtime is published.
     auto ok = admin_server->start(/*serve=*/false);
     if (!ok) {
@@ -398,6 +499,11 @@ int run(const std::string& path) {
   struct FlushLog {
     ~FlushLog() { log::stopAsync(); }
   } flush_log;
+
+  // What is in service: the listeners' sockets stay as bound here until a restart;
+  // the rest of the configuration is the last one a reload applied.
+  const std::vector<session::BoundListener> bound = session::boundListeners(cfg.listeners);
+  std::shared_ptr<const conf::Config> serving = loaded.config;
 
   rt.value()->startBackground();  // waits (bounded) for the first routing map
   session::publishRuntime(rt.value());
@@ -497,14 +603,12 @@ int run(const std::string& path) {
         failed(nrt.error());
         continue;
       }
-      bool same_listeners = nl.config->listeners.size() == cfg.listeners.size();
-      for (size_t i = 0; same_listeners && i < cfg.listeners.size(); i++)
-        same_listeners = nl.config->listeners[i].name == cfg.listeners[i].name &&
-                         nl.config->listeners[i].listen == cfg.listeners[i].listen;
-      if (!same_listeners) log::warn("listener addresses changed: restart to apply them");
+      // Against what is in service: the sockets bound at start, the admin listener now open.
+      const std::string restart_note = reportListenerChanges(bound, nl.config->listeners);
+      // Applied at start only (the reactors' rings are made then).
       if (nl.config->server.io != cfg.server.io) log::warn("server.io changed: restart to apply it");
       applyLog(*nl.config);
-      if (admin_server) admin_server->reloadToken(nl.config->admin.token_file);
+      reloadAdmin(admin_server, admin_listen, *nl.config, metrics);
       // log.file is opened afresh on every reload (a new path, or the same one moved).
       if (!nl.config->log.file.empty() || !log::filePath().empty()) {
         auto lf = log::openFile(nl.config->log.file);
@@ -518,12 +622,13 @@ int run(const std::string& path) {
       log::info("configuration reloaded", {{"generation", rs.generation.load(std::memory_order_relaxed)}});
       notifier.send("READY=1\nSTATUS=" +
                     sd::statusLine("serving configuration generation " +
-                                   std::to_string(rs.generation.load(std::memory_order_relaxed))));
+                                   std::to_string(rs.generation.load(std::memory_order_relaxed)) + restart_note));
+      serving = nl.config;
       continue;
     }
     notifier.send("STOPPING=1\nSTATUS=stopping: sessions get server.shutdown_grace to finish");
     log::info("stopping", {{"signal", strsignal(sig)}});
-    for (auto& r : reactors) r->requestStop(cfg.server.shutdown_grace);
+    for (auto& r : reactors) r->requestStop(serving->server.shutdown_grace);
     break;
   }
   for (auto& t : ts) t.join();

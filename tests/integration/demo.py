@@ -2,13 +2,16 @@
 
 Run through scripts/demo.sh. Starts Dovecot (imap, pop3, lmtp) with demo users,
 makes a CA and a certificate, starts mailgate with implicit-TLS and STARTTLS
-listeners for IMAP and POP3 and an SMTP MX listener (STARTTLS) that delivers into
-Dovecot over LMTP, sends a welcome message through that MX, prints how to connect,
-and stays in the foreground (showing mailgate's log) until Ctrl-C.
+listeners for IMAP and POP3, an SMTP MX listener (STARTTLS) that delivers into
+Dovecot over LMTP, a submission listener (STARTTLS, AUTH) that relays through that
+MX, and the admin listener (/metrics, /status); sends a welcome message through the
+MX, prints how to connect (only commands this machine has what they need for), and
+stays in the foreground (showing mailgate's log) until Ctrl-C.
 
   --self-test   send through the MX, read back with curl through every listener, then
                 exit (0 = all worked)
   --keep        leave the temporary directory in place at exit
+  --free-ports  any free ports, not the memorable 10xxx ones (for tests)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import shutil
 import signal
 import smtplib
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +33,8 @@ USERS = {
     "alice@example.org": "alice-password",
     "bob@example.org": "bob-password",
 }
-PREFERRED = {"imaps": 10993, "imap": 10143, "pop3s": 10995, "pop3": 10110, "smtp": 10025}
+PREFERRED = {"imaps": 10993, "imap": 10143, "pop3s": 10995, "pop3": 10110, "smtp": 10025,
+             "submission": 10587, "admin": 10180}
 
 
 def pick_ports(preferred: bool = True) -> dict[str, int]:
@@ -54,10 +59,21 @@ def _bindable(port: int) -> bool:
             return False
 
 
+def swaks_missing(tls: bool) -> str | None:
+    """Why the printed swaks commands would not work here, or None."""
+    if not shutil.which("swaks"):
+        return "swaks is not installed (apt-get install swaks)"
+    if tls and subprocess.run(["perl", "-MNet::SSLeay", "-e", "1"], stdin=subprocess.DEVNULL,
+                              capture_output=True).returncode != 0:
+        return "swaks --tls needs Net::SSLeay (apt-get install libnet-ssleay-perl)"
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--self-test", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--free-ports", action="store_true")
     args = ap.parse_args()
 
     work = Path(harness.make_workdir("mailgate-demo-"))
@@ -81,7 +97,7 @@ def main() -> int:
               f"lmtp {dovecot.lmtp_port}")
 
         users_file = harness.write_passwd(work / "users.passwd", USERS)
-        ports = pick_ports(preferred=not args.self_test)
+        ports = pick_ports(preferred=not (args.self_test or args.free_ports))
         config = harness.mailgate_config(
             certificates=[cert], users_file=users_file, threads="auto",
             listeners=[
@@ -90,12 +106,20 @@ def main() -> int:
                 {"name": "pop3s", "protocol": "pop3", "port": ports["pop3s"], "tls": "implicit"},
                 {"name": "pop3", "protocol": "pop3", "port": ports["pop3"], "tls": "starttls"},
                 {"name": "mx", "protocol": "smtp", "port": ports["smtp"], "tls": "starttls"},
+                {"name": "submission", "protocol": "submission", "port": ports["submission"],
+                 "tls": "starttls"},
             ],
             backends=[{"name": "storage-01", "imap": dovecot.imap_port, "pop3": dovecot.pop3_port,
                        "lmtp": dovecot.lmtp_port, "health_interval": "5s",
-                       "health_timeout": "2s"}],
+                       "health_timeout": "2s"},
+                      # Submissions are relayed to the gateway's own MX, which delivers
+                      # mail for example.org to Dovecot (a real site names its MTA here).
+                      {"name": "outbound", "smtp": ports["smtp"], "deliver": "smtp",
+                       "health_interval": "30s", "health_timeout": "2s"}],
             routes=[{"domain": "*", "primary": "storage-01"}],
             failure_delay="1s")
+        config += "  submission_relay: outbound\n"
+        config = harness.admin_block(ports["admin"], work, token=None) + config
         gateway = harness.Mailgate(work, config)
         gateway.start()
 
@@ -115,6 +139,29 @@ def main() -> int:
 
         ca_pem = ca.cert
         h = harness.HOST
+        # Only what works here: swaks at all, and swaks --tls (Net::SSLeay).
+        no_swaks, no_swaks_tls = swaks_missing(tls=False), swaks_missing(tls=True)
+        smtp_lines = ""
+        if no_swaks:
+            smtp_lines = f"\nSending mail through the MX and the submission listener: {no_swaks}.\n"
+        else:
+            smtp_lines = """
+Send mail through mailgate's MX (recipients are checked, the message is delivered to
+Dovecot over LMTP), then read it as above with MAILINDEX=2:
+"""
+            if no_swaks_tls:
+                smtp_lines += f"  (with STARTTLS: {no_swaks_tls})\n"
+            else:
+                smtp_lines += (f"  swaks --server {h}:{ports['smtp']} --tls --to alice@example.org"
+                               " --from you@example.net\n")
+            smtp_lines += (f"  swaks --server {h}:{ports['smtp']} --to bob@example.org --from you@example.net\n"
+                           f"  swaks --server {h}:{ports['smtp']} --to nobody@example.org"
+                           "     # 550 5.1.1, unknown mailbox\n")
+            if not no_swaks_tls:
+                smtp_lines += f"""
+Submit mail as a user (STARTTLS, AUTH PLAIN; relayed through the MX to Dovecot):
+  swaks --server {h}:{ports['submission']} --tls --auth PLAIN --auth-user bob@example.org --auth-password bob-password --from bob@example.org --to alice@example.org
+"""
         print(f"""
 mailgate is running (pid {gateway.pid}) in front of Dovecot. Demo users:
   alice@example.org / alice-password
@@ -127,12 +174,7 @@ The same over IMAP with STARTTLS, and over POP3 (implicit TLS and STLS):
   curl --ssl-reqd --cacert {ca_pem} -u alice@example.org:alice-password 'imap://{h}:{ports['imap']}/INBOX;MAILINDEX=1'
   curl --cacert {ca_pem} -u alice@example.org:alice-password 'pop3s://{h}:{ports['pop3s']}/1'
   curl --ssl-reqd --cacert {ca_pem} -u bob@example.org:bob-password 'pop3://{h}:{ports['pop3']}/'
-
-Send mail through mailgate's MX (STARTTLS; recipients are checked, the message is
-delivered to Dovecot over LMTP), then read it as above with MAILINDEX=2:
-  swaks --server {h}:{ports['smtp']} --tls --to alice@example.org --from you@example.net
-  swaks --server {h}:{ports['smtp']} --to nobody@example.org     # 550 5.1.1, unknown mailbox
-
+{smtp_lines}
 Talk IMAP yourself:
   openssl s_client -quiet -crlf -connect {h}:{ports['imap']} -starttls imap -CAfile {ca_pem}
   openssl s_client -quiet -crlf -connect {h}:{ports['imaps']} -servername localhost -CAfile {ca_pem}
@@ -140,6 +182,10 @@ then type:  a LOGIN alice@example.org alice-password
             b SELECT INBOX
             c FETCH 1 BODY[]
             d LOGOUT
+
+The admin listener: Prometheus metrics and the status page (open it in a browser):
+  curl -s http://{h}:{ports['admin']}/metrics
+  http://{h}:{ports['admin']}/status
 
 Config: {gateway.config_path}
 Log:    {gateway.log_path} (session lines are shown below)

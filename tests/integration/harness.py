@@ -974,7 +974,7 @@ def mailgate_config(*, certificates: Iterable[tuple[str, str]], listeners: Itera
     """Renders a mailgate YAML config from plain values.
 
     listeners: {name, protocol, port, tls, **extra} (extra: preauth_timeout, max_line, ...)
-    backends:  {name, imap, pop3, lmtp, health_interval, health_timeout, tls, **extra} (extra: login, ...)
+    backends:  {name, imap, pop3, lmtp, smtp, health_interval, health_timeout, tls, **extra} (extra: login, ...)
     routes:    {domain, primary, secondary}"""
 
     def scalar(v) -> str:
@@ -1004,12 +1004,12 @@ def mailgate_config(*, certificates: Iterable[tuple[str, str]], listeners: Itera
     for b in backends:
         out += [f"  - name: {scalar(b['name'])}",
                 f"    host: {b.get('host', HOST)}",
-                "    ports: { " + ", ".join(f"{p}: {b[p]}" for p in ("imap", "pop3", "lmtp")
+                "    ports: { " + ", ".join(f"{p}: {b[p]}" for p in ("imap", "pop3", "lmtp", "smtp")
                                             if b.get(p)) + " }",
                 f"    tls: {b.get('tls', 'none')}",
                 f"    health: {{ interval: {b.get('health_interval', '1s')}, "
                 f"timeout: {b.get('health_timeout', '1s')} }}"]
-        known = ("name", "host", "imap", "pop3", "lmtp", "tls", "health_interval", "health_timeout")
+        known = ("name", "host", "imap", "pop3", "lmtp", "smtp", "tls", "health_interval", "health_timeout")
         out += [f"    {k}: {scalar(v)}" for k, v in b.items() if k not in known]
     out += ["routing:", "  static:"]
     for r in routes:
