@@ -154,7 +154,7 @@ bool runOffline(const std::shared_ptr<const filters::policy::Policy>& policy, co
   }
 
   auto filter = filters::policy::makeDryRunFilter(policy, f, trace);
-  const std::string host = core::hostName();
+  const std::string host = cfg.server.hostname.empty() ? core::hostName() : cfg.server.hostname;
   auto render = [&](const filters::Verdict& v, Stage st) {
     filters::Verdict r = v;
     if (!v.text.empty() && !filters::cleanReplyText(v.text, &r.text)) r.text.clear();

@@ -54,7 +54,8 @@ std::string ImapSession::capabilities() const {
 }
 
 void ImapSession::sendGreeting() {
-  writeClient("* OK [CAPABILITY " + capabilities() + "] mailgate ready.\r\n");
+  writeClient("* OK [CAPABILITY " + capabilities() + "] " +
+              (listener_.banner.empty() ? std::string("mailgate ready.") : listener_.banner) + "\r\n");
 }
 
 void ImapSession::tagged(std::string_view text) {

@@ -31,6 +31,8 @@ class ImapSession final : public LoginSession {
   void onPreauthTimeout() override;
 
   const PreLoginRules& preLoginRules() const override;
+  // Dovecot's shutdown line (RFC 5530 UNAVAILABLE), to idle sessions and at the end of the grace.
+  std::string goodbyeLine() const override { return "* BYE [UNAVAILABLE] shutting down\r\n"; }
   void sendGreeting() override;
   Parsed feedParser(std::string_view data) override;
   void handleCommand() override;

@@ -267,7 +267,12 @@ void LoginSession::loginSucceeded(std::string_view to_client) {
     relay_stats_->add(relay_stats_->logins);
     relay_stats_->active.fetch_add(1, std::memory_order_relaxed);
   }
-  log::info("login", {{"session", id_}, {"user", user_}, {"backend", backend_name_}, {"client", client_ip_}});
+  log::info("login", {{"session", id_},
+                      {"listener", listener_.name},
+                      {"user", user_},
+                      {"backend", backend_name_},
+                      {"client", client_ip_},
+                      {"client_port", client_port_}});
   startRelay(to_client, to_backend);
 }
 

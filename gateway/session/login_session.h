@@ -118,6 +118,9 @@ class LoginSession : public Session {
   void armPreauthTimer();
   void addBuiltinFilters(FilterChain& chain) override;
   void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
+  // Shutdown: idle before the login (no login running, no TLS handshake, no command
+  // line begun); a login in progress finishes first.
+  bool idleForGoodbye() const final { return phase_ == LoginPhase::kIdle && !tls_pending_ && !lineStarted(); }
 
   SaslExchange sasl_;
 

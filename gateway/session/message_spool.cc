@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -80,6 +81,7 @@ void MessageSpool::clear() noexcept {
   const bool was_congested = congested();
   file_.reset();  // jobs still running keep the file open until they end
   std::string().swap(mem_);
+  std::string().swap(head_);
   size_ = 0;
   file_size_ = 0;
   inflight_ = 0;
@@ -183,11 +185,13 @@ void MessageSpool::write(std::string_view bytes) noexcept {
     return;
   }
   if (!file_) {
+    head_.assign(mem_, 0, std::min(mem_.size(), kHead));
     if (async())
       file_ = std::make_shared<File>();  // opened by the first write on the spool thread
     else if (!openSync())
       return;
   }
+  if (head_.size() < kHead) head_.append(bytes.substr(0, kHead - head_.size()));
   mem_.append(bytes);
   if (mem_.size() < kBatch) return;
   if (async()) {

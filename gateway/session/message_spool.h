@@ -78,6 +78,11 @@ class MessageSpool final : public codec::SmtpBodySink, public DeliverableBody {
   // in, and the next call with the same off and n answers kDone (or kError).
   Fetch fetch(uint64_t off, size_t n, std::string* out, std::function<void()> ready) override;
 
+  // The start of the message (at least its first kHead octets, or all of it), for
+  // the header fields the logs name (Message-ID).
+  static constexpr size_t kHead = 16 * 1024;
+  std::string_view head() const { return file_ ? std::string_view(head_) : std::string_view(mem_); }
+
   // The last octets written (for the end-of-data rule), at most 2.
   std::string_view tail() const { return std::string_view(tail_, tail_len_); }
 
@@ -96,6 +101,7 @@ class MessageSpool final : public codec::SmtpBodySink, public DeliverableBody {
   std::string dir_;
   Async async_;
   std::string mem_;  // the message (memory mode) or the batch not yet written (file mode)
+  std::string head_;  // file mode: the first kHead octets
   std::shared_ptr<File> file_;
   uint64_t size_ = 0;
   uint64_t file_size_ = 0;  // octets written or handed to the spool thread

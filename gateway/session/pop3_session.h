@@ -29,7 +29,10 @@ class Pop3Session final : public LoginSession {
   void onPreauthTimeout() override;
 
   const PreLoginRules& preLoginRules() const override;
-  void sendGreeting() override { writeClient("+OK mailgate ready.\r\n"); }
+  std::string goodbyeLine() const override { return "-ERR [SYS/TEMP] shutting down\r\n"; }
+  void sendGreeting() override {
+    writeClient("+OK " + (listener_.banner.empty() ? std::string("mailgate ready.") : listener_.banner) + "\r\n");
+  }
   Parsed feedParser(std::string_view data) override;
   void handleCommand() override;
   void replyBadInput() override { badCommand(parser_->errorText()); }

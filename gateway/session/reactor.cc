@@ -20,6 +20,7 @@ namespace mailgate::session {
 
 namespace {
 constexpr unsigned kTickMs = 100;
+constexpr uint64_t kGoodbyeFlushMs = 2000;  // after server.shutdown_grace, for the goodbye lines to go out
 constexpr size_t kMaxSessions = (1u << 24) - 1;
 }  // namespace
 
@@ -130,6 +131,9 @@ void Reactor::requestStop(std::chrono::milliseconds grace) {
       ::shutdown(l.fd, SHUT_RDWR);
     }
     log::info("reactor stopping", {{"reactor", index_}, {"sessions", live_}});
+    // Each session says its protocol's goodbye when it is idle (at once for most).
+    for (size_t i = 0; i < slots_.size(); i++)
+      if (Session* s = slots_[i]; s && !s->closing()) s->requestShutdown();
   });
 }
 
@@ -247,8 +251,12 @@ void Reactor::onTick() {
     for (size_t i = 0; i < listen_.size(); i++) armAccept(i);
   }
   if (stopping_ && now_ms_ >= stop_deadline_) {
+    // The grace is over: the goodbye, then a short while for it to reach the client.
     for (Session* s : slots_)
-      if (s && !s->closing()) s->forceClose("shutdown");
+      if (s && !s->closing()) s->shutdownExpired();
+    if (now_ms_ >= stop_deadline_ + kGoodbyeFlushMs)
+      for (Session* s : slots_)
+        if (s) s->forceClose("shutdown");
   }
   armTick();
 }

@@ -15,6 +15,7 @@
 #include "filters/milter_filter.h"
 #include "filters/dlp.h"
 #include "filters/icap_filter.h"
+#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 #include "gateway/session/quarantine_release.h"
 
@@ -192,6 +193,7 @@ void publishRuntime(std::shared_ptr<Runtime> rt) {
     std::lock_guard<std::mutex> g(g_mu);
     old = std::move(g_runtime);
     g_runtime = std::move(rt);
+    if (g_runtime) core::setHostName(g_runtime->config->server.hostname);
   }
   // The old snapshot's background work stops now; sessions keep the rest alive.
   if (old) old->stopBackground();
@@ -230,6 +232,10 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
                                                const Runtime* running) {
   auto rt = std::make_shared<Runtime>();
   rt->config = config;
+  rt->hostname = config->server.hostname.empty() ? core::systemHostName() : config->server.hostname;
+  // At start, what is built now (the cluster identity of the policy sync) already
+  // goes by the configured name; a reload's takes effect when it is published.
+  if (!running) core::setHostName(config->server.hostname);
   if (!config->tls.certificates.empty()) {
     auto st = tls::ServerTls::build(config->tls);
     if (!st) return Error{"tls: " + st.error()};

@@ -28,6 +28,8 @@ class QuarantineSweeper;
 
 struct Runtime {
   std::shared_ptr<const conf::Config> config;
+  // The name the gateway gives itself: server.hostname, else the host's.
+  std::string hostname;
   std::shared_ptr<tls::ServerTls> server_tls;                                    // null without certificates
   std::unordered_map<std::string, std::shared_ptr<tls::ClientTls>> backend_tls;  // by backend name
   std::unordered_map<std::string, std::string> master_passwords;                // login: master, by backend name

@@ -371,6 +371,10 @@ void Session::deliver(Side side, Endpoint& e, std::string_view bytes) {
 
 void Session::handlePlain(Side side, std::string_view plain) {
   if (relaying_) {
+    if (!plain.empty()) {
+      relay_node_spoke_last_ = side == Side::kBackend;
+      if (side == Side::kBackend) relay_at_line_end_ = plain.back() == '\n';
+    }
     onRelayData(side, plain);
     return;
   }
@@ -718,6 +722,10 @@ void Session::onTick(uint64_t now_ms) {
     return;
   }
   if (closing_) return;
+  if (shutting_down_ && (relaying_ ? relayQuiet() : idleForGoodbye())) {
+    sayGoodbye();
+    return;
+  }
   if (chain_timer_at_ && now_ms >= chain_timer_at_) {
     chain_.onTimer(now_ms);
     if (closing_) return;
@@ -746,6 +754,36 @@ void Session::onTick(uint64_t now_ms) {
     timer_at_ = 0;
     onTimer();
   }
+}
+
+void Session::requestShutdown() {
+  if (closing_ || shutting_down_) return;
+  shutting_down_ = true;
+  if (proxy_) return;  // the protocol has not started: closed at the end of the grace
+  if (relaying_ ? relayQuiet() : idleForGoodbye()) sayGoodbye();
+}
+
+bool Session::relayQuiet() const {
+  // The node's answer to everything the client sent has gone out whole: nothing is
+  // queued either way, and the node's last bytes ended a line.
+  return relay_node_spoke_last_ && relay_at_line_end_ && client_.queued() == 0 && !client_.send_inflight &&
+         (!backend_ || backend_->queued() == 0);
+}
+
+void Session::sayGoodbye() {
+  if (closing_) return;
+  // Not in the middle of a TLS handshake (the line would be plaintext in it), not in
+  // the middle of a line the node is sending.
+  const bool can_speak = !proxy_ && (!client_.tls || client_.tls->handshakeDone()) &&
+                         (!relaying_ || relay_at_line_end_);
+  if (can_speak) writeClient(goodbyeLine());
+  closeAfterFlush("shutdown");
+}
+
+void Session::shutdownExpired() {
+  if (closing_) return;
+  shutting_down_ = true;
+  sayGoodbye();
 }
 
 bool Session::reapable() const {

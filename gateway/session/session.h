@@ -97,6 +97,13 @@ class Session : public ChainHost {
   uint32_t slot() const { return slot_; }
   uint32_t gen() const { return gen_; }
   void forceClose(const char* outcome) { close(outcome); }
+  // SIGTERM (Reactor::requestStop): the session says the protocol's goodbye and
+  // closes as soon as it is idle (between commands; a relayed session when the node
+  // has answered the client's last bytes), and finishes what it is doing otherwise
+  // (a message being received, a login, a delivery) within server.shutdown_grace.
+  void requestShutdown();
+  // The grace is over: the goodbye (where the protocol can still say it), then close.
+  void shutdownExpired();
   void finish();  // closes fds and logs the summary; called by the reactor before delete
 
   // --- ChainHost: the session's filters ---
@@ -127,6 +134,15 @@ class Session : public ChainHost {
   // Before the relay phase: the backend's send queue fell below kBackendLowWater.
   virtual void onBackendDrained() {}
   static constexpr size_t kBackendLowWater = 256 * 1024;
+
+  // Shutdown: the protocol's goodbye line (CRLF included), and whether the session is
+  // idle enough now to say it and close (before the relay; the base class decides
+  // for the relay phase).
+  virtual std::string goodbyeLine() const = 0;
+  virtual bool idleForGoodbye() const { return false; }
+  bool shuttingDown() const { return shutting_down_; }
+  // Says the goodbye (if the client connection can carry it) and closes after it.
+  void sayGoodbye();
 
   // The session's own filters (directory lookups and the like), after the configured ones.
   virtual void addBuiltinFilters(FilterChain& /*chain*/) {}
@@ -240,6 +256,11 @@ class Session : public ChainHost {
   std::string tls_version_, tls_cipher_;
   std::unique_ptr<codec::ProxyHeaderParser> proxy_;  // until the PROXY header is in
   uint64_t proxy_deadline_ = 0;
+  bool shutting_down_ = false;
+  // The relay: the last bytes went to the client (from the node) and ended a line.
+  bool relay_node_spoke_last_ = true;
+  bool relay_at_line_end_ = true;
+  bool relayQuiet() const;
 };
 
 }  // namespace mailgate::session

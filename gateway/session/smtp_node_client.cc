@@ -78,6 +78,8 @@ void SmtpNodeClient::deliver(NodeTransaction txn) {
       next_target_ = 1;
       target_ = &txn_.targets[0];
       listener_.onTargetChosen(*target_);
+      rcpt_replies_.assign(txn_.rcpts.size(), std::string());
+      attempt_backend_ = target_->backend->name;
       reused_ = true;
       body_queued_ = false;
       rcpt_index_ = 0;
@@ -102,8 +104,11 @@ void SmtpNodeClient::tryNextTarget() {
     const DeliveryTarget& t = txn_.targets[next_target_++];
     target_ = &t;
     listener_.onTargetChosen(t);
+    rcpt_replies_.assign(txn_.rcpts.size(), std::string());
+    attempt_backend_ = t.backend->name;
     if (!t.error.empty()) {
       node_failed_ = true;
+      replyForRest("unresolvable: " + t.error);
       log::warn("backend unresolvable",
                 {{"session", session_id_}, {"backend", t.backend->name}, {"error", t.error}});
       continue;
@@ -145,6 +150,7 @@ void SmtpNodeClient::attemptFailed(BackendFailure why, const std::string& detail
                                           {"detail", detail},
                                           {"suppressed", attempt_log.suppressed()}});
   listener_.onAttemptFailed(why, detail);
+  replyForRest(std::string(failureName(why)) + ": " + detail);
   armTimer(0);
   node_failed_ = true;
   if (permanent_reply) {
@@ -421,6 +427,7 @@ void SmtpNodeClient::handleReply(const codec::SmtpReply& r) {
       return;
     case Step::kMail:
       if (!r.positive()) {
+        replyForAll(last_reply_);
         refused("the sender");
         return;
       }
@@ -430,6 +437,7 @@ void SmtpNodeClient::handleReply(const codec::SmtpReply& r) {
       if (!node_pipelining_) sendLine("RCPT TO:" + txn_.rcpts[0]);
       return;
     case Step::kRcpt:
+      if (rcpt_index_ < rcpt_replies_.size()) rcpt_replies_[rcpt_index_] = last_reply_;
       if (!r.positive()) {
         refused(("the recipient " + txn_.rcpts[rcpt_index_]).c_str());
         return;
@@ -445,6 +453,7 @@ void SmtpNodeClient::handleReply(const codec::SmtpReply& r) {
       return;
     case Step::kData:
       if (r.code != 354) {
+        replyForAll(last_reply_);
         refused("the message");
         return;
       }
@@ -469,6 +478,10 @@ void SmtpNodeClient::handleFinal(const codec::SmtpReply& r) {
   const size_t expected = target_->lmtp ? txn_.rcpts.size() : 1;
   const size_t i = final_replies_++;
   if (target_->lmtp) listener_.onRecipientResult(i, r);
+  if (!target_->lmtp)
+    replyForAll(last_reply_);
+  else if (i < rcpt_replies_.size())
+    rcpt_replies_[i] = last_reply_;
   if (r.positive()) {
     final_ok_++;
   } else {
@@ -496,7 +509,9 @@ void SmtpNodeClient::handleFinal(const codec::SmtpReply& r) {
                                  {"recipients", txn_.rcpts.size()},
                                  {"size", txn_.body->size()},
                                  {"backend", target_->backend->name},
-                                 {"reply", last_reply_}});
+                                 {"queue_id", txn_.queue_id},
+                                 {"message_id", txn_.message_id},
+                                 {"reply", std::string_view(last_reply_).substr(0, kLoggedReply)}});
     done("250 2.0.0 Ok: delivered as " + txn_.queue_id, "delivered");
     return;
   }
@@ -531,7 +546,43 @@ void SmtpNodeClient::endConnection() {
   armTimer(kNodeQuitMs);
 }
 
+void SmtpNodeClient::replyForAll(const std::string& text) {
+  for (std::string& r : rcpt_replies_) r = text;
+}
+
+void SmtpNodeClient::replyForRest(const std::string& text) {
+  for (std::string& r : rcpt_replies_)
+    if (r.empty() || r[0] == '2') r = text;  // a recipient accepted at RCPT is not delivered
+}
+
+void SmtpNodeClient::logRecipients(std::string_view client_reply, const char* outcome) const {
+  // The recipient's fate as the client was told it, except that in a partial
+  // delivery the recipients the node took are in their mailboxes (the client retries
+  // the whole transaction: they may get the message twice).
+  const char cls = client_reply.empty() ? '4' : client_reply[0];
+  const bool partial = std::string_view(outcome) == "partial";
+  for (size_t i = 0; i < txn_.rcpts.size(); i++) {
+    const std::string& node_reply = i < rcpt_replies_.size() ? rcpt_replies_[i] : std::string();
+    const char* status = cls == '2' ? "delivered" : cls == '5' ? "refused" : "deferred";
+    if (partial && !node_reply.empty() && node_reply[0] == '2') status = "delivered";
+    log::info("smtp recipient", {{"session", session_id_},
+                                 {"listener", txn_.listener},
+                                 {"client", txn_.client_ip},
+                                 {"queue_id", txn_.queue_id},
+                                 {"message_id", txn_.message_id},
+                                 {"from", txn_.mail_from},
+                                 {"to", txn_.rcpts[i]},
+                                 {"status", status},
+                                 {"backend", attempt_backend_},
+                                 {"node_reply", std::string_view(node_reply).substr(0, kLoggedReply)},
+                                 {"size", txn_.headers.size() + (txn_.body ? txn_.body->size() : 0)},
+                                 {"reply", client_reply},
+                                 {"outcome", outcome}});
+  }
+}
+
 void SmtpNodeClient::done(std::string_view client_reply, const char* outcome) {
+  logRecipients(client_reply, outcome);
   if (step_ != Step::kQuit && step_ != Step::kReady) armTimer(0);
   // The transaction is released here (a kept connection needs none of it); the
   // listener may start the next one.

@@ -82,6 +82,9 @@ struct NodeTransaction {
   bool smtputf8 = false;
   bool body_8bit = false;
   std::string queue_id;  // the 250 says "delivered as <queue_id>"
+  // For the per-recipient log lines: the listener, and the message's Message-ID.
+  std::string listener;
+  std::string message_id;
   // Header fields the filters added (each ending CRLF), sent before the message.
   std::string headers;
   // The message, flushed: the spool, or a scanner's replacement for it
@@ -99,6 +102,7 @@ class SmtpNodeClient {
   // allows many transactions per connection; each one costs a handshake otherwise).
   static constexpr uint64_t kNodeIdleMs = 30000;
   static constexpr size_t kBodyChunk = 64 * 1024;
+  static constexpr size_t kLoggedReply = 300;  // a node's reply text in a log line (then cut)
 
   // hostname: the gateway's name in EHLO/LHLO; session_id: for the logs.
   SmtpNodeClient(NodeTransport& transport, NodeClientListener& listener, std::string session_id,
@@ -154,6 +158,11 @@ class SmtpNodeClient {
   void pumpBody();  // the next chunk of a file-spooled body, when the node has taken the last
   void finishBody(std::string out);  // out (the last stuffed octets, if any) + CRLF.CRLF
   void done(std::string_view client_reply, const char* outcome);
+  // One line per recipient, Postfix's `to=<…> status=…`: what became of it.
+  void logRecipients(std::string_view client_reply, const char* outcome) const;
+  // The node's reply about every recipient / those without one in this attempt yet.
+  void replyForAll(const std::string& text);
+  void replyForRest(const std::string& text);
   void endConnection();  // QUIT and forget the node connection
   void armTimer(uint64_t ms);
 
@@ -180,6 +189,9 @@ class SmtpNodeClient {
   bool reused_ = false;           // this attempt runs on the kept connection
   const conf::BackendConfig* ready_backend_ = nullptr;  // node of the kept connection
   std::string last_reply_;
+  // This attempt: the node's reply (or the failure) about each recipient, and the node.
+  std::vector<std::string> rcpt_replies_;
+  std::string attempt_backend_;
   std::string permanent_reply_;
   // This delivery: a node lacked SMTPUTF8 for an internationalized envelope / a node
   // failed otherwise. Only the first, on every node, makes the refusal 554 5.6.7.

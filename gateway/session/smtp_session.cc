@@ -11,8 +11,8 @@
 #include "filters/policy/policy_state.h"
 #include "filters/quarantine.h"
 #include "filters/scan_result.h"
+#include "gateway/codec/header_field.h"
 #include "gateway/core/ascii.h"
-#include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 #include "gateway/session/executor_step.h"
 #include "gateway/session/reactor.h"
@@ -86,7 +86,7 @@ SmtpSession::SmtpSession(Reactor& reactor, uint32_t slot, uint32_t gen, int fd, 
       parser_(std::make_unique<codec::SmtpCommandParser>(limitsFor(listener))),
       data_(codec::SmtpDataLimits{1000, listener.max_message_size, uint64_t{64} << 20}),
       bdat_(codec::BdatLimits{1000, listener.max_message_size}),
-      hostname_(core::hostName()),
+      hostname_(rt_->hostname),
       submission_(listener.protocol == conf::Protocol::kSubmission),
       spool_(newSpool()),
       node_client_(node_link_, node_link_, id_, hostname_) {}
@@ -130,7 +130,7 @@ void SmtpSession::resumeClient() {
 
 void SmtpSession::sendGreeting() {
   greeted_ = true;
-  reply("220 " + hostname_ + " ESMTP mailgate");
+  reply("220 " + (listener_.banner.empty() ? hostname_ + " ESMTP mailgate" : listener_.banner));
 }
 
 void SmtpSession::reply(std::string_view line) {
@@ -163,7 +163,7 @@ void SmtpSession::refuseEarlyTalker(std::string_view what, std::string_view reje
     if (rt_->policy && pol::parseAddr(client_ip_, &addr) && !rt_->policy->neverBan(addr)) {
       const pol::Ban b =
           pol::policyState().bans.ban(rt_->policy->banNet(addr), rt_->policy->banParams(), "early_talker",
-                                      core::hostName(), pol::BanTable::wallMs());
+                                      hostname_, pol::BanTable::wallMs());
       pol::policyState().stats.bans_made++;
       done = "ban";
       log::warn("policy ban", {{"session", id_},
@@ -455,6 +455,10 @@ void SmtpSession::resetTransaction() {
 }
 
 void SmtpSession::handleCommand(const codec::SmtpCommand& c) {
+  if (shuttingDown() && c.verb != codec::SmtpVerb::kQuit) {
+    sayGoodbye();  // 421 to the next command
+    return;
+  }
   switch (c.verb) {
     case codec::SmtpVerb::kEhlo:
     case codec::SmtpVerb::kHelo: {
@@ -797,7 +801,12 @@ void SmtpSession::onAuthAnswer(auth::AuthResult result) {
       }
       authenticated_ = true;
       reactor_.stats.logins++;
-      log::info("login", {{"session", id_}, {"user", user_}, {"client", client_ip_}, {"protocol", "submission"}});
+      log::info("login", {{"session", id_},
+                          {"listener", listener_.name},
+                          {"user", user_},
+                          {"client", client_ip_},
+                          {"client_port", client_port_},
+                          {"protocol", "submission"}});
       reply("235 2.7.0 Authentication successful");
       break;
     }
@@ -852,7 +861,7 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
   }
   const codec::SmtpAddress& a = c.address;
   if (submission_ && a.domain.empty()) {
-    reply("550 5.1.3 " + std::string(c.path) + ": Recipient address needs a domain");
+    refuseRcpt(c.path, "no_domain", "550 5.1.3 " + std::string(c.path) + ": Recipient address needs a domain");
     return;
   }
   std::string address;
@@ -865,13 +874,13 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
     address += ascii::lower(std::string_view(pm).substr(at + 1));
     pending_rcpt_ = "<" + pm + ">";
   } else if (a.is_postmaster || a.domain.empty()) {
-    reply("550 5.1.1 " + std::string(c.path) + ": Recipient address rejected: User unknown");
+    refuseRcpt(c.path, "unknown_user", "550 5.1.1 " + std::string(c.path) + ": Recipient address rejected: User unknown");
     return;
   } else {
     char local[256];
     size_t n = codec::unquoteLocalPart(a.local_part, local, sizeof local);
     if (n == SIZE_MAX) {
-      reply("501 5.1.3 Bad recipient address syntax");
+      refuseRcpt(c.path, "bad_syntax", "501 5.1.3 Bad recipient address syntax");
       return;
     }
     address.assign(local, n);
@@ -922,6 +931,29 @@ void SmtpSession::handleRcpt(const codec::SmtpCommand& c) {
   waitFor(filters::Stage::kRcpt);
 }
 
+namespace {
+log::RateLimit g_rcpt_log(50);  // a client can send refused recipients at will
+}  // namespace
+
+void SmtpSession::logRcptRefused(std::string_view rcpt, std::string_view reason, std::string_view line,
+                                 std::string_view detail) {
+  if (!g_rcpt_log.allow()) return;
+  log::info("smtp recipient refused", {{"session", id_},
+                                       {"listener", listener_.name},
+                                       {"client", client_ip_},
+                                       {"from", mail_from_},
+                                       {"to", rcpt},
+                                       {"reason", reason},
+                                       {"detail", detail},
+                                       {"reply", line},
+                                       {"suppressed", g_rcpt_log.suppressed()}});
+}
+
+void SmtpSession::refuseRcpt(std::string_view rcpt, std::string_view reason, const std::string& line) {
+  logRcptRefused(rcpt, reason, line);
+  reply(line);
+}
+
 void SmtpSession::onRecipientAnswer(auth::RecipientResult result, std::string route_key,
                                     std::vector<DeliveryTarget> targets) {
   std::string path;
@@ -930,9 +962,10 @@ void SmtpSession::onRecipientAnswer(auth::RecipientResult result, std::string ro
     case auth::RecipientResult::kLocal:
       if (targets.empty()) {
         log::warn("smtp no storage node for recipient", {{"session", id_}, {"rcpt", path}});
-        reply("451 4.3.0 " + path + ": no storage node available, try again later");
+        refuseRcpt(path, "no_storage_node", "451 4.3.0 " + path + ": no storage node available, try again later");
       } else if (!facts_.rcpts.empty() && route_key != txn_route_) {
-        reply("452 4.5.3 " + path + ": recipient on another storage node, send it in a new transaction");
+        refuseRcpt(path, "other_storage_node",
+                   "452 4.5.3 " + path + ": recipient on another storage node, send it in a new transaction");
       } else {
         if (facts_.rcpts.empty()) {
           txn_route_ = std::move(route_key);
@@ -943,15 +976,13 @@ void SmtpSession::onRecipientAnswer(auth::RecipientResult result, std::string ro
       }
       break;
     case auth::RecipientResult::kUnknownMailbox:
-      reply("550 5.1.1 " + path + ": Recipient address rejected: User unknown");
+      refuseRcpt(path, "unknown_user", "550 5.1.1 " + path + ": Recipient address rejected: User unknown");
       break;
     case auth::RecipientResult::kForeignDomain:
-      if (g_proto_log.allow())
-        log::info("smtp relay attempt refused", {{"session", id_}, {"client", client_ip_}, {"rcpt", path}});
-      reply("550 5.7.1 " + path + ": Relay access denied");
+      refuseRcpt(path, "relay_denied", "550 5.7.1 " + path + ": Relay access denied");
       break;
     case auth::RecipientResult::kTempFail:
-      reply("451 4.3.0 " + path + ": recipient lookup failed, try again later");
+      refuseRcpt(path, "directory_failure", "451 4.3.0 " + path + ": recipient lookup failed, try again later");
       break;
   }
   resumeClient();
@@ -1252,6 +1283,12 @@ void SmtpSession::waitFor(filters::Stage stage) {
 void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
   logRefusal(stage, v);
   const Rendered r = renderSmtp(v, stage, hostname_);
+  if (stage == filters::Stage::kRcpt) {  // a limit, the relay check or a policy rule
+    const std::string_view reason = v.filter == "recipient-limit" ? "too_many_recipients"
+                                    : v.filter == "relay-check"   ? "relay_denied"
+                                                                  : "policy";
+    logRcptRefused(facts_.rcpt, reason, r.line, v.filter + ": " + v.reason);
+  }
   reply(r.line);
   if (r.close) closeAfterFlush("refused_by_policy");
 }
@@ -1487,6 +1524,8 @@ void SmtpSession::startDelivery() {
   t.smtputf8 = smtputf8_;
   t.body_8bit = body_8bit_;
   t.queue_id = id_ + "-" + std::to_string(messages_);
+  t.listener = listener_.name;
+  t.message_id = codec::headerField(spool_->head(), "Message-ID", kLoggedMessageId);
   t.headers.swap(added_headers_);
   added_headers_.clear();
   // One header with every scanner's outcome (filters/scan_result.h), when any ran.

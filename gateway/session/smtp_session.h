@@ -41,6 +41,7 @@ class SmtpSession final : public Session {
   void start() override;
 
  private:
+  static constexpr size_t kLoggedMessageId = 200;  // a Message-ID in a log line (then cut)
   enum class Phase {
     kTlsHandshake,
     kCommand,
@@ -59,10 +60,20 @@ class SmtpSession final : public Session {
     return renderSmtp(v, stage, hostname_);
   }
   void onStageDone(filters::Stage stage, filters::Verdict verdict) override;
+  std::string goodbyeLine() const override { return "421 4.3.2 " + hostname_ + " Service shutting down\r\n"; }
+  // Shutdown: between commands (a message being received, a lookup, a delivery
+  // finish first and are answered; then the 421).
+  bool idleForGoodbye() const override {
+    return phase_ == Phase::kCommand && !parser_->hasPending() && in_off_ == in_.size();
+  }
   void addBuiltinFilters(FilterChain& chain) override;
   void chainHold() override;
   // Runs a stage of the session's filters; onStageDone() continues.
   void waitFor(filters::Stage stage);
+  // A recipient refused: the reply, and a rate-limited log line with the reason.
+  void refuseRcpt(std::string_view rcpt, std::string_view reason, const std::string& line);
+  void logRcptRefused(std::string_view rcpt, std::string_view reason, std::string_view line,
+                      std::string_view detail = {});
   void onRecipientAnswer(auth::RecipientResult result, std::string route_key,
                          std::vector<DeliveryTarget> targets);
   void onAuthAnswer(auth::AuthResult result);
