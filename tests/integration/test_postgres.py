@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import imaplib
 import json
+import re
 import shutil
+import subprocess
 import time
 import unittest
 from pathlib import Path
@@ -287,6 +289,24 @@ class PostgresDefaultSchemaTest(PgGatewayCase):
         self.assertTrue(self.pop3_login(SCHEME_USERS["ARGON2ID"], password_of(SCHEME_USERS["ARGON2ID"]))
                         .startswith("+OK"))
         self.assertTrue(self.imap_login("nobody@example.org", "x").startswith("a " + AUTH_FAILED))
+
+    def test_1b_auth_test_and_route_on_the_database(self):
+        """--auth-test and --route ask the same PostgreSQL directory the gateway uses."""
+        def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+            return subprocess.run([harness.mailgate_bin(), "--config", str(self.gateway.config_path), *args],
+                                  input=stdin, capture_output=True, text=True, timeout=30)
+        r = cli("--auth-test", ALICE, stdin=ALICE_PW + "\n")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, rf"(?m)^ok: {re.escape(ALICE)}$")
+        self.assertNotIn(ALICE_PW, r.stdout + r.stderr)
+        r = cli("--auth-test", ALICE, stdin="wrong-password\n")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"(?m)^failed: ")
+        r = cli("--auth-test", "nobody@example.org", stdin="x\n")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        r = cli("--route", BOB)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"(?m)^failover order: storage-01, storage-02$")
 
     def test_2_disabled_mailbox_and_domain(self):
         self.dbs[0].psql(f"UPDATE mailboxes SET active = false WHERE address = {pg.sql_quote(BOB)}")
