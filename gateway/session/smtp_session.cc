@@ -1287,7 +1287,8 @@ void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
     const std::string_view reason = v.filter == "recipient-limit" ? "too_many_recipients"
                                     : v.filter == "relay-check"   ? "relay_denied"
                                                                   : "policy";
-    logRcptRefused(facts_.rcpt, reason, r.line, v.filter + ": " + v.reason);
+    // As the other refusals write it: the path, in angle brackets.
+    logRcptRefused("<" + facts_.rcpt + ">", reason, r.line, v.filter + ": " + v.reason);
   }
   reply(r.line);
   if (r.close) closeAfterFlush("refused_by_policy");

@@ -51,7 +51,7 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
                                                 extra_config=QUOTA_CONFIG).start())
             users_file = str(cls.dir / "users.passwd")
             harness.write_passwd(users_file, USERS)
-            names = ["mx", "mx_banner", "imap", "imap_banner", "pop3_banner"]
+            names = ["mx", "mx_banner", "imap", "imap_banner", "pop3_banner", "mx_small"]
             cls.ports = dict(zip(names, harness.free_ports(len(names))))
             q = lambda s: '"' + s + '"'  # noqa: E731
             listeners = [
@@ -63,6 +63,7 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
                  "banner": q(IMAP_BANNER)},
                 {"name": "pop3_banner", "protocol": "pop3", "port": cls.ports["pop3_banner"],
                  "banner": q(POP3_BANNER)},
+                {"name": "mx_small", "protocol": "smtp", "port": cls.ports["mx_small"], "max_recipients": 1},
             ]
             backends = [{"name": f"storage-0{i + 1}", "imap": d.imap_port, "pop3": d.pop3_port,
                          "lmtp": d.lmtp_port} for i, d in enumerate(cls.dovecots)]
@@ -170,6 +171,18 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
         self.assertTrue(line["reply"].startswith("550 5.1.1"), line)
         line = self.wait_lines("smtp recipient refused", to="<someone@elsewhere.example>")[0]
         self.assertEqual(line["reason"], "relay_denied")
+
+    def test_too_many_recipients_line(self):
+        with smtplib.SMTP(harness.HOST, self.ports["mx_small"], timeout=20) as s:
+            s.ehlo("client.example.com")
+            s.mail("sender@example.com")
+            self.assertEqual(s.rcpt("alice@example.org")[0], 250)
+            code, _ = s.rcpt("bob@example.org")
+            self.assertEqual(code, 452)
+            s.rset()
+        line = self.wait_lines("smtp recipient refused", to="<bob@example.org>", listener="mx_small")[0]
+        self.assertEqual(line["reason"], "too_many_recipients", line)
+        self.assertTrue(line["reply"].startswith("452 4.5.3"), line)
 
     def test_deferred_recipient_line(self):
         msgid = f"<{time.time_ns()}.deferred@client.example.com>"
