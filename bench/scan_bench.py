@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Content scanners: messages per second and CPU per message (issue 9, bench/).
+"""Content scanners: messages per second and CPU per message (bench/README.md).
 
 The `smtp` scenario of bench/run.py with scanners on the mail path: Postfix's
 smtp-sink as the node (it counts every message it takes), Postfix's smtp-source as

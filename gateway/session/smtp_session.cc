@@ -1284,8 +1284,11 @@ void SmtpSession::refuseStage(filters::Stage stage, const filters::Verdict& v) {
   logRefusal(stage, v);
   const Rendered r = renderSmtp(v, stage, hostname_);
   if (stage == filters::Stage::kRcpt) {  // a limit, the relay check or a policy rule
+    // The policy filter names a limit's refusals "limit NAME (...)", a rule's "rule NAME".
+    const bool limit = v.filter == "policy" && v.reason.rfind("limit ", 0) == 0;
     const std::string_view reason = v.filter == "recipient-limit" ? "too_many_recipients"
                                     : v.filter == "relay-check"   ? "relay_denied"
+                                    : limit                       ? "limit"
                                                                   : "policy";
     // As the other refusals write it: the path, in angle brackets.
     logRcptRefused("<" + facts_.rcpt + ">", reason, r.line, v.filter + ": " + v.reason);

@@ -154,7 +154,9 @@ Dovecot over LMTP), then read it as above with MAILINDEX=2:
             else:
                 smtp_lines += (f"  swaks --server {h}:{ports['smtp']} --tls --to alice@example.org"
                                " --from you@example.net\n")
-            smtp_lines += (f"  swaks --server {h}:{ports['smtp']} --to bob@example.org --from you@example.net\n"
+            # Without TLS the plain line is the one that sends alice the mail read above.
+            plain_to = "alice@example.org" if no_swaks_tls else "bob@example.org"
+            smtp_lines += (f"  swaks --server {h}:{ports['smtp']} --to {plain_to} --from you@example.net\n"
                            f"  swaks --server {h}:{ports['smtp']} --to nobody@example.org"
                            "     # 550 5.1.1, unknown mailbox\n")
             if not no_swaks_tls:

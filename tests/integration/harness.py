@@ -696,6 +696,12 @@ class Mailgate:
                 raise RuntimeError(f"mailgate did not listen on {pending} within {timeout}s:\n"
                                    + self.log_text())
             time.sleep(0.05)
+        seccomp = self.seccomp if self.seccomp is not None else os.environ.get("MAILGATE_IO_SECCOMP") == "1"
+        if seccomp and '"io":"io_uring"' in self.log_text():
+            # The epoll pass must really run on epoll (the reactor is chosen, and logged,
+            # before the listeners are bound).
+            self.stop()
+            raise RuntimeError("io_uring is denied here, yet mailgate chose it:\n" + self.log_text())
         return self
 
     def is_running(self) -> bool:

@@ -328,7 +328,8 @@ hooks:
             f'    - {{ cert: "{self.cert[0]}", key: "{self.cert[1]}" }}\n'
             f'    - {{ cert: "{garbage}", key: "{self.cert[1]}" }}\n'
             f'    - {{ cert: "{self.cert[0]}", key: "{self.other[1]}" }}\n'
-            f'    - {{ cert: "{self.other[0]}", key: "{unreadable}" }}\n')
+            f'    - {{ cert: "{self.other[0]}", key: "{unreadable}" }}\n'
+            f'    - {{ cert: "{self.other[0]}", key: "{d / "absent.key"}" }}\n')
         self.assertNotEqual(text, self.text, "the certificates section was not found")
         text = text.replace("threads: 2", "threads: lots")
         path, r = self.check(text, "badcerts.yaml")
@@ -342,6 +343,9 @@ hooks:
         self.assertRegex(out, rf"(?m)^{re.escape(path)}:{mismatch_line}:\d+: tls\.certificates\[2\]\.key: .*does not match the certificate")
         if os.geteuid() != 0:  # root reads anything
             self.assertRegex(out, rf"(?m)^{re.escape(path)}:{_pos(text, str(unreadable))[0]}:\d+: .*cannot read")
+        # A key that cannot be opened at all (as root too).
+        self.assertRegex(out, rf"(?m)^{re.escape(path)}:{_pos(text, str(d / 'absent.key'))[0]}:\d+: "
+                              rf"tls\.certificates\[4\]\.key: cannot read .*No such file")
         self.assertRegex(out, rf"(?m)^{re.escape(path)}:{_pos(text, 'lots')[0]}:\d+: server\.threads")
         # In file order.
         lines = [int(m.group(1)) for m in re.finditer(rf"(?m)^{re.escape(path)}:(\d+):", out)]

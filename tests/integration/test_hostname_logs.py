@@ -51,7 +51,7 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
                                                 extra_config=QUOTA_CONFIG).start())
             users_file = str(cls.dir / "users.passwd")
             harness.write_passwd(users_file, USERS)
-            names = ["mx", "mx_banner", "imap", "imap_banner", "pop3_banner", "mx_small"]
+            names = ["mx", "mx_banner", "imap", "imap_banner", "pop3_banner", "mx_small", "mx_limited"]
             cls.ports = dict(zip(names, harness.free_ports(len(names))))
             q = lambda s: '"' + s + '"'  # noqa: E731
             listeners = [
@@ -64,6 +64,7 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
                 {"name": "pop3_banner", "protocol": "pop3", "port": cls.ports["pop3_banner"],
                  "banner": q(POP3_BANNER)},
                 {"name": "mx_small", "protocol": "smtp", "port": cls.ports["mx_small"], "max_recipients": 1},
+                {"name": "mx_limited", "protocol": "smtp", "port": cls.ports["mx_limited"]},
             ]
             backends = [{"name": f"storage-0{i + 1}", "imap": d.imap_port, "pop3": d.pop3_port,
                          "lmtp": d.lmtp_port} for i, d in enumerate(cls.dovecots)]
@@ -72,6 +73,14 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
             text = harness.mailgate_config(certificates=[cert], listeners=listeners, users_file=users_file,
                                            backends=backends, routes=routes)
             text = text.replace("server: {", f"server: {{ hostname: {HOSTNAME},", 1)
+            # On mx_limited: two recipients (accepted or not) an hour per address (a limit), none
+            # named blocked@ (a rule).
+            text += ("limits:\n  rules:\n"
+                     "    - { name: rcpt-hourly, when: { listener: mx_limited }, count: recipients,"
+                     " key: [client.ip], rate: 2/1h, burst: 2, on_exceed: tempfail }\n"
+                     "policies:\n"
+                     "  - { name: no-blocked, stage: rcpt, when: { listener: mx_limited,"
+                     " rcpt: { re2: '^blocked@' } }, then: reject }\n")
             cls.gateway = harness.Mailgate(cls.dir, text).start()
         except BaseException:
             cls.tearDownClass()
@@ -183,6 +192,21 @@ class HostnameLogsTest(harness.LogsOnFailure, unittest.TestCase):
         line = self.wait_lines("smtp recipient refused", to="<bob@example.org>", listener="mx_small")[0]
         self.assertEqual(line["reason"], "too_many_recipients", line)
         self.assertTrue(line["reply"].startswith("452 4.5.3"), line)
+
+    def test_limit_and_rule_refusal_lines(self):
+        with smtplib.SMTP(harness.HOST, self.ports["mx_limited"], timeout=20) as s:
+            s.ehlo("client.example.com")
+            s.mail("sender@example.com")
+            self.assertEqual(s.rcpt("blocked@example.org")[0] // 100, 5)
+            self.assertEqual(s.rcpt("alice@example.org")[0], 250)
+            self.assertEqual(s.rcpt("bob@example.org")[0] // 100, 4)
+            s.rset()
+        line = self.wait_lines("smtp recipient refused", to="<blocked@example.org>", listener="mx_limited")[0]
+        self.assertEqual(line["reason"], "policy", line)
+        self.assertIn("no-blocked", line["detail"])
+        line = self.wait_lines("smtp recipient refused", to="<bob@example.org>", listener="mx_limited")[0]
+        self.assertEqual(line["reason"], "limit", line)
+        self.assertIn("rcpt-hourly", line["detail"])
 
     def test_deferred_recipient_line(self):
         msgid = f"<{time.time_ns()}.deferred@client.example.com>"

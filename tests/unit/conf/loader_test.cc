@@ -267,6 +267,19 @@ TEST_F(LoaderTest, SmtpGreetingDelay) {
               ElementsAre(::testing::HasSubstr("greeting_delay: invalid duration")));
 }
 
+TEST_F(LoaderTest, HostnameAndBanner) {
+  auto c = ok("server: { hostname: mx1.example.org }\n" + kBase +
+              "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", banner: \"mx1 ready\" }\n");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->server.hostname, "mx1.example.org");
+  EXPECT_EQ(c->listeners[0].banner, "");  // default: the protocol's own
+  EXPECT_EQ(c->listeners[1].banner, "mx1 ready");
+  EXPECT_THAT(errors("server: { hostname: \"mx 1\" }\n" + kBase),
+              ElementsAre(::testing::HasSubstr("server.hostname: expected a host name")));
+  EXPECT_THAT(errors(kBase + "  - { name: mx, protocol: smtp, listen: \"127.0.0.1:2525\", banner: \"a\\r\\nb\" }\n"),
+              ElementsAre(::testing::HasSubstr("banner: must not contain control characters")));
+}
+
 TEST_F(LoaderTest, SubmissionSenderCheckAndRelay) {
   const std::string base =
       "directory: { file: { users: users.passwd } }\n"
