@@ -15,6 +15,7 @@ PACKAGES=(
   libmaxmind-db-writer-perl libmaxmind-db-reader-perl
   chromium chromium-driver
   systemd debootstrap dpkg-dev file
+  groff man-db
 )
 
 # npm fetches the GeoIP test data (scripts/geoip-data.sh); Debian's npm only where
