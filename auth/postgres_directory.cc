@@ -50,22 +50,14 @@ struct PasswordRow {
   std::optional<RouteHint> route;
 };
 
-std::optional<RouteHint> routeFromRow(const pqxx::row& row, int primary_col, int secondary_col) {
+// Row 0 of r.
+std::optional<RouteHint> routeFromRow(const pg::Rows& r, int primary_col, int secondary_col) {
   if (primary_col < 0) return std::nullopt;
-  const pqxx::field p = row[primary_col];
-  if (p.is_null() || p.size() == 0) return std::nullopt;
+  if (r.isNull(0, primary_col) || r.text(0, primary_col).empty()) return std::nullopt;
   RouteHint hint;
-  hint.primary = p.c_str();
-  if (secondary_col >= 0 && !row[secondary_col].is_null()) hint.secondary = row[secondary_col].c_str();
+  hint.primary = r.text(0, primary_col);
+  if (secondary_col >= 0 && !r.isNull(0, secondary_col)) hint.secondary = r.text(0, secondary_col);
   return hint;
-}
-
-int column(const pqxx::result& r, std::string_view name) {
-  for (pqxx::row::size_type i = 0; i < r.columns(); ++i) {
-    const char* n = r.column_name(i);
-    if (n && ascii::lower(n) == name) return static_cast<int>(i);
-  }
-  return -1;
 }
 
 }  // namespace
@@ -93,26 +85,21 @@ struct PostgresDirectory::Impl {
 
   // Runs q with the bound parameters; copies what it needs inside fn.
   Result<bool> exec(const pg::CompiledQuery& q, std::string_view user, const filters::SessionFacts* facts,
-                    const std::function<void(const pqxx::result&)>& fn) {
+                    const std::function<void(const pg::Rows&)>& fn) {
     return exec(q, pg::ParamValues{user, {}, facts}, fn);
   }
   Result<bool> exec(const pg::CompiledQuery& q, const pg::ParamValues& values,
-                    const std::function<void(const pqxx::result&)>& fn) {
+                    const std::function<void(const pg::Rows&)>& fn) {
     ++queries;
     const std::vector<std::string> params = pg::bindParams(q, values);
-    return pool->run([&](pqxx::connection& c) {
-      pqxx::nontransaction tx(c);
-      const pqxx::result r = tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(params));
-      fn(r);
-    });
+    return pool->run([&](pg::Connection& c) { fn(pg::execPrepared(c, q.name, params)); });
   }
 
   // q on a pooled connection the caller holds, for the queries of one answer.
-  static pqxx::result query(pqxx::connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
-    pqxx::nontransaction tx(c);
-    return tx.exec_prepared(q.name, pqxx::prepare::make_dynamic_params(pg::bindParams(q, values)));
+  static pg::Rows query(pg::Connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
+    return pg::execPrepared(c, q.name, pg::bindParams(q, values));
   }
-  static bool hasRow(pqxx::connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
+  static bool hasRow(pg::Connection& c, const pg::CompiledQuery& q, const pg::ParamValues& values) {
     return !query(c, q, values).empty();
   }
 };
@@ -176,11 +163,11 @@ Result<std::shared_ptr<PostgresDirectory>> PostgresDirectory::create(const conf:
   Impl* self = impl.get();  // owns the pool, so it outlives every on_connect call
   impl->pool = std::make_unique<pg::Pool>(
       pg::withConnectTimeout(impl->cfg.conninfo, impl->cfg.timeout), impl->cfg.pool, impl->cfg.timeout,
-      [statements, smtp_statements, self](pqxx::connection& c) {
-        for (const auto& s : statements) c.prepare(s.name, s.sql);
+      [statements, smtp_statements, self](pg::Connection& c) {
+        for (const auto& s : statements) pg::prepare(c, s.name, s.sql);
         for (const auto& s : smtp_statements) {
           try {
-            c.prepare(s.name, s.sql);
+            pg::prepare(c, s.name, s.sql);
           } catch (const pqxx::sql_error& e) {
             self->logFailure("prepare " + s.name, pg::describe(e));
           }
@@ -206,21 +193,20 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
   AuthResult out;
   out.verdict = Verdict::kTempFail;
   PasswordRow row;
-  auto done = impl_->exec(impl_->password, user, facts, [&](const pqxx::result& r) {
+  auto done = impl_->exec(impl_->password, user, facts, [&](const pg::Rows& r) {
     if (r.empty()) return;
     row.found = true;
-    const pqxx::row first = r[0];
     if (r.columns() == 0) return;
-    if (!first[0].is_null()) {
+    if (!r.isNull(0, 0)) {
       row.has_hash = true;
-      row.hash = first[0].c_str();
+      row.hash = r.text(0, 0);
     }
-    int active = column(r, "active");
-    if (active < 0 && r.columns() >= 2 && r.column_type(1) == kBoolOid) active = 1;
-    if (active >= 0 && !first[active].is_null() && falsy(first[active].c_str())) row.active = false;
-    const int user_col = column(r, "user");
-    if (user_col >= 0 && !first[user_col].is_null()) row.user = first[user_col].c_str();
-    row.route = routeFromRow(first, column(r, "primary"), column(r, "secondary"));
+    int active = r.column("active");
+    if (active < 0 && r.columns() >= 2 && r.columnType(1) == kBoolOid) active = 1;
+    if (active >= 0 && !r.isNull(0, active) && falsy(r.text(0, active))) row.active = false;
+    const int user_col = r.column("user");
+    if (user_col >= 0 && !r.isNull(0, user_col)) row.user = r.text(0, user_col);
+    row.route = routeFromRow(r, r.column("primary"), r.column("secondary"));
   });
   if (!done) {
     impl_->logFailure("password", done.error());
@@ -248,9 +234,9 @@ AuthResult PostgresDirectory::run(std::string_view user, std::string_view passwo
   out.route = std::move(row.route);
   if (!impl_->route.empty()) {
     std::optional<RouteHint> hint;
-    auto routed = impl_->exec(impl_->route, user, facts, [&](const pqxx::result& r) {
+    auto routed = impl_->exec(impl_->route, user, facts, [&](const pg::Rows& r) {
       if (r.empty() || r.columns() == 0) return;
-      hint = routeFromRow(r[0], 0, r.columns() >= 2 ? 1 : -1);
+      hint = routeFromRow(r, 0, r.columns() >= 2 ? 1 : -1);
     });
     if (!routed) {
       impl_->logFailure("route", routed.error());
@@ -280,15 +266,15 @@ RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address,
   bool local_domain = false;
   bool exists = false;
   std::string mailbox;
-  auto done = impl_->pool->run([&](pqxx::connection& c) {
+  auto done = impl_->pool->run([&](pg::Connection& c) {
     ++impl_->queries;
     local_domain = Impl::hasRow(c, impl_->domain, values);
     if (!local_domain) return;
     ++impl_->queries;
-    const pqxx::result r = Impl::query(c, impl_->recipient, values);
+    const pg::Rows r = Impl::query(c, impl_->recipient, values);
     exists = !r.empty();
-    if (exists && r.columns() > 0 && !r[0][0].is_null()) {
-      const std::string v = r[0][0].c_str();
+    if (exists && r.columns() > 0 && !r.isNull(0, 0)) {
+      const std::string v(r.text(0, 0));
       if (v.find('@') != std::string::npos && v.size() <= 320) mailbox = v;
     }
   });
@@ -304,7 +290,7 @@ RecipientAnswer PostgresDirectory::lookupRecipient(std::string_view address,
 SenderResult PostgresDirectory::senderAllowed(std::string_view user, std::string_view address) {
   bool allowed = false;
   auto done = impl_->exec(impl_->sender, pg::ParamValues{user, address, &smtpFacts()},
-                          [&](const pqxx::result& r) { allowed = !r.empty(); });
+                          [&](const pg::Rows& r) { allowed = !r.empty(); });
   if (!done) {
     impl_->logFailure("sender", done.error());
     return SenderResult::kTempFail;

@@ -57,7 +57,7 @@ std::string msText(int64_t ms) { return "to_timestamp(" + std::to_string(ms) + "
 
 class Receiver : public pqxx::notification_receiver {
  public:
-  Receiver(pqxx::connection& c, std::vector<std::string>* pending, bool* overflow)
+  Receiver(pqxx::connection_base& c, std::vector<std::string>* pending, bool* overflow)
       : notification_receiver(c, kChannel),
         self_pid_(c.backendpid()),
         pending_(pending),
@@ -162,7 +162,7 @@ void PostgresPolicySync::run() {
   using Clock = std::chrono::steady_clock;
   PolicySyncStats& stats = policySyncStats();
   const std::string conninfo = pg::withConnectTimeout(cfg_.conninfo, cfg_.timeout);
-  std::unique_ptr<pqxx::connection> conn;
+  std::unique_ptr<pg::Connection> conn;
   std::unique_ptr<Receiver> receiver;
   std::vector<std::string> pending;
   bool overflow = false;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "gateway/core/ascii.h"
+
 namespace mailgate::auth::pg {
 
 std::string withConnectTimeout(const std::string& conninfo, conf::Duration timeout) {
@@ -16,14 +18,92 @@ std::string withConnectTimeout(const std::string& conninfo, conf::Duration timeo
   return conninfo.empty() ? opt : conninfo + " " + opt;
 }
 
-std::unique_ptr<pqxx::connection> connect(const std::string& conninfo, conf::Duration statement_timeout) {
-  auto c = std::make_unique<pqxx::connection>(conninfo);
+std::unique_ptr<Connection> connect(const std::string& conninfo, conf::Duration statement_timeout) {
+  auto c = std::make_unique<Connection>(conninfo);
   {
     pqxx::nontransaction tx(*c);
     tx.exec("SET statement_timeout = " + std::to_string(statement_timeout.count()) +
             "; SET application_name = 'mailgate'");
   }
   return c;
+}
+
+Connection::Connection(const std::string& conninfo)
+    : connection_base(policy_), options_(conninfo), policy_(options_) {
+  init();
+}
+
+Connection::~Connection() noexcept { close(); }
+
+Connection::Policy::handle Connection::Policy::do_startconnect(handle orig) {
+  conn_ = connect_direct::do_startconnect(orig);
+  if (conn_ != orig) ++generation_;  // libpqxx calls it again on an open connection
+  return conn_;
+}
+
+Connection::Policy::handle Connection::Policy::do_disconnect(handle orig) noexcept {
+  conn_ = connect_direct::do_disconnect(orig);
+  return conn_;
+}
+
+void Rows::Clear::operator()(PGresult* r) const { PQclear(r); }
+int Rows::rows() const { return PQntuples(r_.get()); }
+int Rows::columns() const { return PQnfields(r_.get()); }
+unsigned Rows::columnType(int col) const { return PQftype(r_.get(), col); }
+bool Rows::isNull(int row, int col) const { return PQgetisnull(r_.get(), row, col) != 0; }
+std::string_view Rows::text(int row, int col) const {
+  return {PQgetvalue(r_.get(), row, col), static_cast<std::size_t>(PQgetlength(r_.get(), row, col))};
+}
+
+int Rows::column(std::string_view name) const {
+  for (int i = 0; i < columns(); ++i) {
+    const char* n = PQfname(r_.get(), i);
+    if (n && ascii::lower(n) == ascii::lower(name)) return i;
+  }
+  return -1;
+}
+
+namespace {
+
+// Throws for a result that is not rows or a command's success (r may be null:
+// out of memory, or the connection is gone). Leaves r to the caller's holder.
+void check(PGconn* conn, const PGresult* r, const std::string& what) {
+  const ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) return;
+  std::string msg = r ? PQresultErrorMessage(r) : "";
+  if (msg.empty()) msg = PQerrorMessage(conn);
+  if (PQstatus(conn) == CONNECTION_BAD) throw pqxx::broken_connection{msg};
+  const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  throw pqxx::sql_error{msg, what, state};
+}
+
+PGconn* open(Connection& c) {
+  PGconn* conn = c.raw();
+  if (!conn || PQstatus(conn) == CONNECTION_BAD) throw pqxx::broken_connection{"connection is closed"};
+  return conn;
+}
+
+}  // namespace
+
+void prepare(Connection& c, const std::string& name, const std::string& sql) {
+  c.statements()[name] = Connection::Statement{sql, 0};
+}
+
+Rows execPrepared(Connection& c, const std::string& name, const std::vector<std::string>& params) {
+  PGconn* conn = open(c);
+  auto it = c.statements().find(name);
+  if (it == c.statements().end()) throw pqxx::usage_error{"unknown prepared statement " + name};
+  if (it->second.prepared_in != c.generation()) {
+    const Rows made(PQprepare(conn, name.c_str(), it->second.sql.c_str(), 0, nullptr));
+    check(conn, made.result(), "[PREPARE " + name + "]");
+    it->second.prepared_in = c.generation();
+  }
+  std::vector<const char*> values;
+  values.reserve(params.size());
+  for (const std::string& p : params) values.push_back(p.c_str());
+  Rows r(PQexecPrepared(conn, name.c_str(), static_cast<int>(values.size()), values.data(), nullptr, nullptr, 0));
+  check(conn, r.result(), "[EXECUTE " + name + "]");
+  return r;
 }
 
 std::string describe(const std::exception& e) {
@@ -59,7 +139,7 @@ bool reconnectReason(const std::exception& e) {
          state == "57P03";
 }
 
-bool staleTarget(pqxx::connection& c, Target target) {
+bool staleTarget(pqxx::connection_base& c, Target target) {
   if (target == Target::kAny) return false;
   pqxx::nontransaction tx(c);
   const pqxx::row r = tx.exec("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'")[0];
@@ -73,13 +153,13 @@ void Backoff::failed(Clock::time_point now) {
 }
 
 Pool::Pool(std::string conninfo, std::size_t size, conf::Duration timeout,
-           std::function<void(pqxx::connection&)> on_connect)
+           std::function<void(Connection&)> on_connect)
     : conninfo_(std::move(conninfo)), timeout_(timeout), on_connect_(std::move(on_connect)),
       slots_(std::max<std::size_t>(1, size)) {}
 
 Pool::~Pool() = default;
 
-Result<bool> Pool::run(const std::function<void(pqxx::connection&)>& fn) {
+Result<bool> Pool::run(const std::function<void(Connection&)>& fn) {
   std::unique_lock<std::mutex> lock(mu_);
   std::size_t idx = slots_.size();
   auto pick = [&] {
@@ -95,10 +175,10 @@ Result<bool> Pool::run(const std::function<void(pqxx::connection&)>& fn) {
     return Error{"no free database connection within " + std::to_string(timeout_.count()) + "ms"};
   }
   slots_[idx].busy = true;
-  std::unique_ptr<pqxx::connection> conn = std::move(slots_[idx].conn);
+  std::unique_ptr<Connection> conn = std::move(slots_[idx].conn);
   lock.unlock();
 
-  auto finish = [&](std::unique_ptr<pqxx::connection> c, bool failed) {
+  auto finish = [&](std::unique_ptr<Connection> c, bool failed) {
     std::lock_guard<std::mutex> g(mu_);
     slots_[idx].conn = std::move(c);
     slots_[idx].busy = false;

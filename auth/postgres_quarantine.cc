@@ -99,7 +99,7 @@ Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta,
     data += chunk;
     off += chunk.size();
   }
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::work tx(c);
     // A retry after a lost connection may find its own row committed: not an error.
     tx.exec_params(
@@ -122,7 +122,7 @@ Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta,
 Result<std::vector<filters::QuarantineEntry>> PostgresQuarantineStore::list(
     const filters::QuarantineFilter& filter, size_t limit) {
   std::vector<filters::QuarantineEntry> out;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     out.clear();
     pqxx::nontransaction tx(c);
     const pqxx::result r = tx.exec_params(
@@ -141,7 +141,7 @@ Result<filters::QuarantineEntry> PostgresQuarantineStore::get(
     const std::string& id, std::shared_ptr<const filters::MessageBody>* body) {
   if (!filters::validQuarantineId(id)) return Error{"not found"};
   std::optional<filters::QuarantineEntry> e;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::nontransaction tx(c);
     const pqxx::result r = tx.exec_params(std::string("SELECT ") + kColumns + (body ? ", message" : "") +
                                               " FROM mailgate_quarantine WHERE id = $1",
@@ -160,7 +160,7 @@ Result<filters::QuarantineEntry> PostgresQuarantineStore::get(
 
 Result<bool> PostgresQuarantineStore::remove(const std::string& id) {
   bool removed = false;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::work tx(c);
     removed = tx.exec_params("DELETE FROM mailgate_quarantine WHERE id = $1", id).affected_rows() > 0;
     tx.commit();
@@ -172,7 +172,7 @@ Result<bool> PostgresQuarantineStore::remove(const std::string& id) {
 
 Result<size_t> PostgresQuarantineStore::expire(int64_t cutoff_ms) {
   size_t n = 0;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::work tx(c);
     n = tx.exec_params(
               "DELETE FROM mailgate_quarantine WHERE created_ms < $1 AND (releasing_until IS NULL OR "
@@ -189,7 +189,7 @@ Result<size_t> PostgresQuarantineStore::expire(int64_t cutoff_ms) {
 
 Result<size_t> PostgresQuarantineStore::count() {
   size_t n = 0;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::nontransaction tx(c);
     n = tx.exec("SELECT count(*) FROM mailgate_quarantine")[0][0].as<size_t>();
   });
@@ -200,7 +200,7 @@ Result<size_t> PostgresQuarantineStore::count() {
 filters::QuarantineStore::Claim PostgresQuarantineStore::claim(const std::string& id) {
   if (!filters::validQuarantineId(id)) return Claim::kNotFound;
   Claim claim = Claim::kBusy;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::work tx(c);
     // A release that never ended (its gateway died) lets go after 15 minutes.
     const pqxx::result r = tx.exec_params(
@@ -219,7 +219,7 @@ filters::QuarantineStore::Claim PostgresQuarantineStore::claim(const std::string
 }
 
 void PostgresQuarantineStore::unclaim(const std::string& id) {
-  (void)pool_->run([&](pqxx::connection& c) {
+  (void)pool_->run([&](pqxx::connection_base& c) {
     pqxx::work tx(c);
     tx.exec_params("UPDATE mailgate_quarantine SET releasing_until = NULL WHERE id = $1", id);
     tx.commit();
@@ -229,7 +229,7 @@ void PostgresQuarantineStore::unclaim(const std::string& id) {
 Result<bool> PostgresQuarantineStore::setDelivered(const std::string& id,
                                                    const std::vector<std::string>& delivered) {
   bool found = false;
-  auto ok = pool_->run([&](pqxx::connection& c) {
+  auto ok = pool_->run([&](pqxx::connection_base& c) {
     pqxx::work tx(c);
     found = tx.exec_params("UPDATE mailgate_quarantine SET delivered = $2 WHERE id = $1", id,
                            joinLines(delivered))

@@ -32,7 +32,7 @@ std::string nodesSql(const conf::PostgresDirectoryConfig& p) {
 std::string text(const pqxx::field& f) { return f.is_null() ? std::string() : std::string(f.c_str()); }
 
 // Runs the queries on c; throws pqxx errors. changed_at is left for the caller.
-std::shared_ptr<routing::RouteTable> load(pqxx::connection& c, const std::string& routes_sql,
+std::shared_ptr<routing::RouteTable> load(pqxx::connection_base& c, const std::string& routes_sql,
                                                 const std::string& nodes_sql) {
   auto table = std::make_shared<routing::RouteTable>();
   pqxx::nontransaction tx(c);
@@ -62,7 +62,7 @@ std::shared_ptr<routing::RouteTable> load(pqxx::connection& c, const std::string
 
 class Receiver : public pqxx::notification_receiver {
  public:
-  Receiver(pqxx::connection& c, std::atomic<bool>* pending) : notification_receiver(c, kChannel), pending_(pending) {}
+  Receiver(pqxx::connection_base& c, std::atomic<bool>* pending) : notification_receiver(c, kChannel), pending_(pending) {}
   void operator()(const std::string&, int) override { pending_->store(true); }
 
  private:
@@ -137,7 +137,7 @@ void PostgresRouteWatcher::run() {
   using Clock = std::chrono::steady_clock;
   const std::string conninfo = pg::withConnectTimeout(cfg_.conninfo, cfg_.timeout);
   const auto refresh = cfg_.refresh.count() > 0 ? cfg_.refresh : conf::Duration(30000);
-  std::unique_ptr<pqxx::connection> conn;
+  std::unique_ptr<pg::Connection> conn;
   std::unique_ptr<Receiver> receiver;
   std::atomic<bool> pending{true};
   std::shared_ptr<const routing::RouteTable> last;  // the last table published

@@ -13,7 +13,7 @@
 namespace mailgate::session {
 
 enum class BackendFailure;
-inline constexpr size_t kBackendFailureCount = 7;  // the classes of BackendFailure
+inline constexpr size_t kBackendFailureCount = 8;  // the classes of BackendFailure
 
 struct BackendStats {
   explicit BackendStats(std::string n) : name(std::move(n)) {}

@@ -239,6 +239,7 @@ void LoginSession::backendAttemptFailed(BackendFailure why, const std::string& d
       fail(true, "backend rejected login");
       return;
     case BackendFailure::kConnect:
+    case BackendFailure::kSend:
     case BackendFailure::kTimeout:
     case BackendFailure::kProtocol:
     case BackendFailure::kTls:

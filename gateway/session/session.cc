@@ -58,6 +58,8 @@ const char* failureName(BackendFailure f) {
   switch (f) {
     case BackendFailure::kConnect:
       return "connect";
+    case BackendFailure::kSend:
+      return "send";
     case BackendFailure::kTimeout:
       return "timeout";
     case BackendFailure::kProtocol:
@@ -475,7 +477,7 @@ void Session::onSend(uint8_t aux, int res) {
     } else if (relaying_) {
       closeAfterFlush("backend_send_error");
     } else {
-      onBackendFailed(BackendFailure::kConnect, std::strerror(-res));
+      onBackendFailed(BackendFailure::kSend, std::strerror(-res));
     }
     return;
   }

@@ -31,7 +31,8 @@ class Reactor;
 enum class Side : uint8_t { kClient = 0, kBackend = 1 };
 
 // Why a backend attempt failed; the class alone decides retry and the client's reply.
-enum class BackendFailure { kConnect, kTimeout, kProtocol, kTls, kTempRefusal, kAuthRejected, kInternal };
+// kConnect: the connection could not be made; kSend: it was made, and sending on it failed.
+enum class BackendFailure { kConnect, kSend, kTimeout, kProtocol, kTls, kTempRefusal, kAuthRejected, kInternal };
 const char* failureName(BackendFailure f);
 
 // One limiter for every protocol's failed-login log lines: a password guesser can
