@@ -220,6 +220,8 @@ class PrivilegeDropTest(unittest.TestCase):
         self.gw = harness.Mailgate(self.dir / "gw", text)
         self.gw.start()
         harness.wait_port(port, 5)
+        # The port is bound before the switch: give the switch its moment (bounded).
+        harness.wait_for(lambda: _status_ids(self.gw.pid)[0] != [0] * 4, 5, what="the privilege drop")
         uid, gid = _status_ids(self.gw.pid)
         self.assertEqual(uid, [nobody.pw_uid] * 4, f"Uid: {uid}")
         self.assertEqual(gid, [nobody.pw_gid] * 4, f"Gid: {gid}")
