@@ -1,22 +1,7 @@
 #include "gateway/session/scanner_stats.h"
 
-#include <deque>
-#include <mutex>
-
+#include "gateway/session/named_registry.h"
 namespace mailgate::session {
-namespace {
-
-struct Registry {
-  std::mutex mu;
-  std::deque<ScannerStats> entries;  // deque: addresses stay valid as it grows
-};
-
-Registry& registry() {
-  static Registry* r = new Registry;  // never destroyed: reactors may outlive statics
-  return *r;
-}
-
-}  // namespace
 
 std::string_view scanOutcomeName(ScanOutcome o) {
   switch (o) {
@@ -51,21 +36,8 @@ ScanOutcome classifyScanOutcome(std::string_view t) {
   return ScanOutcome::kOther;
 }
 
-ScannerStats* scannerStats(std::string_view name) {
-  Registry& r = registry();
-  std::lock_guard lk(r.mu);
-  for (ScannerStats& e : r.entries)
-    if (e.name == name) return &e;
-  return &r.entries.emplace_back(std::string(name));
-}
+ScannerStats* scannerStats(std::string_view name) { return NamedRegistry<ScannerStats>::instance().get(name); }
 
-std::vector<const ScannerStats*> allScannerStats() {
-  Registry& r = registry();
-  std::lock_guard lk(r.mu);
-  std::vector<const ScannerStats*> out;
-  out.reserve(r.entries.size());
-  for (const ScannerStats& e : r.entries) out.push_back(&e);
-  return out;
-}
+std::vector<const ScannerStats*> allScannerStats() { return NamedRegistry<ScannerStats>::instance().all(); }
 
 }  // namespace mailgate::session
