@@ -279,6 +279,23 @@ struct HooksConfig {
   }
 };
 
+// The exception queue: recipients a node deferred (or refused) after the data while
+// others were delivered. The message is stored once, durably, and retried by any
+// gateway sharing the store; the client got 250 with the queue id.
+struct QueueConfig {
+  // none | dir | postgres. Without a `queue` section: postgres with the postgres
+  // directory, else none (a partly deferred message is then answered 451).
+  std::string store = "none";
+  std::string dir;                               // store: dir (absolute once loaded)
+  uint64_t max_entries = 10000;                  // a full queue: 451 at the end of data
+  uint64_t max_size = 1ull << 30;                // octets of queued messages, likewise
+  Duration retry{60000};                         // the first retry; each one after doubles
+  Duration max_retry{3600000};                   // up to this
+  Duration lifetime{5LL * 86400000};             // then the sender gets a DSN
+  Duration lease{600000};                        // a claimed entry is its gateway's this long
+  Duration scan_interval{1000};                  // how often due entries are looked for
+};
+
 struct Config {
   std::string path;  // the file this was loaded from
   ServerConfig server;
@@ -290,6 +307,7 @@ struct Config {
   std::vector<BackendConfig> backends;
   RoutingConfig routing;
   HooksConfig hooks;
+  QueueConfig queue;
   PolicyConfig policy;  // lists, geoip, limits, policies
 
   const BackendConfig* findBackend(const std::string& name) const {

@@ -488,6 +488,19 @@ void hooks(Out& o, const HooksConfig& h) {
   }
 }
 
+void queue(Out& o, const QueueConfig& qc) {
+  o.line(0, "queue:");
+  o.kv(2, "store", qc.store);
+  if (qc.store == "dir") o.kv(2, "dir", q(qc.dir));
+  o.kv(2, "max_entries", std::to_string(qc.max_entries));
+  o.kv(2, "max_size", formatSize(qc.max_size));
+  o.kv(2, "retry", formatDuration(qc.retry));
+  o.kv(2, "max_retry", formatDuration(qc.max_retry));
+  o.kv(2, "lifetime", formatDuration(qc.lifetime));
+  o.kv(2, "lease", formatDuration(qc.lease));
+  o.kv(2, "scan_interval", formatDuration(qc.scan_interval));
+}
+
 }  // namespace
 
 std::string formatDuration(Duration d) {
@@ -529,6 +542,7 @@ std::string dumpConfig(const Config& c) {
   limits(o, c.policy.limits);
   policies(o, c.policy.policies);
   hooks(o, c.hooks);
+  queue(o, c.queue);
   return o.take();
 }
 

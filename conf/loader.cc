@@ -247,6 +247,7 @@ class Loader {
                  uint32_t* out);
   void getPort(const Fields& f, std::string_view key, const std::string& path, uint16_t* out);
   void getFile(const Fields& f, std::string_view key, const std::string& path, std::string* out);
+  void getWritableDir(const Fields& f, std::string_view key, const std::string& path, std::string* out);
   void getName(const Fields& f, std::string_view key, const std::string& path, std::string* out);
   template <typename E>
   void getEnum(const Fields& f, std::string_view key, const std::string& path, EnumValues<E> values, E* out);
@@ -255,6 +256,7 @@ class Loader {
   void loadServer(const YAML::Node& n, ServerConfig* s);
   void loadLog(const YAML::Node& n, LogConfig* l);
   void loadAdmin(const YAML::Node& n, AdminConfig* a);
+  void loadQueue(const Entry& e, Config* cfg);
   void loadTls(const YAML::Node& n, TlsConfig* t);
   void loadListeners(const Entry& section, Config* cfg);
   void loadListener(const YAML::Node& n, const std::string& path, const Config& cfg, ListenerConfig* l,
@@ -532,7 +534,7 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   Fields f;
   if (!fields(root, "",
               {"server", "log", "admin", "tls", "listeners", "directory", "backends", "routing", "lists",
-               "geoip", "limits", "policies", "hooks"},
+               "geoip", "limits", "policies", "hooks", "queue"},
               &f))
     return;
   // Order matters for cross-references, not the order in the file: certificates
@@ -560,6 +562,10 @@ void Loader::load(const YAML::Node& root, Config* cfg) {
   loadLimits(f.find("limits"), cfg);
   if (const Entry* e = f.find("policies")) loadPolicies(*e, cfg);
   if (const Entry* e = f.find("hooks")) loadHooks(e->value, cfg);
+  if (const Entry* e = f.find("queue"))
+    loadQueue(*e, cfg);
+  else
+    cfg->queue.store = cfg->directory.driver == "postgres" ? "postgres" : "none";
   if (cfg->hooks.quarantine.store.empty())
     for (const auto& [mark, rpath] : quarantine_rules_)
       error(mark, rpath + ": quarantine needs a store (hooks.quarantine.store: dir or postgres)");
@@ -625,25 +631,75 @@ void Loader::loadQuarantine(const Entry& e, Config* cfg) {
       error(store->mark(), join(path, "store") + ": dir needs hooks.quarantine.dir (a directory)");
       return;
     }
-    std::string d;
-    getString(f, "dir", path, &d, false);
-    if (d.empty()) return;
-    d = resolve(d);
-    std::error_code ec;
-    if (std::filesystem::exists(d, ec) && !std::filesystem::is_directory(d, ec)) {
-      error(dir->mark(), join(path, "dir") + ": " + d + " is not a directory");
-    } else if (std::filesystem::is_directory(d, ec)) {
-      if (::access(d.c_str(), W_OK | X_OK) != 0)
-        error(dir->mark(), join(path, "dir") + ": cannot write to " + d);
-    } else {
-      // Created at start (one level); its parent must exist and be writable.
-      const std::string parent = std::filesystem::path(d).parent_path().string();
-      if (!std::filesystem::is_directory(parent, ec) || ::access(parent.c_str(), W_OK | X_OK) != 0)
-        error(dir->mark(),
-              join(path, "dir") + ": " + d + " does not exist and cannot be created in " + parent);
-    }
-    q.dir = std::move(d);
+    getWritableDir(f, "dir", path, &q.dir);
   }
+}
+
+// A directory the gateway writes: absolute once loaded, existing and writable, or
+// creatable (one level) in a writable parent.
+void Loader::getWritableDir(const Fields& f, std::string_view key, const std::string& path, std::string* out) {
+  const Entry* dir = f.find(key);
+  if (!dir) return;
+  std::string d;
+  getString(f, key, path, &d, false);
+  if (d.empty()) return;
+  d = resolve(d);
+  std::error_code ec;
+  if (std::filesystem::exists(d, ec) && !std::filesystem::is_directory(d, ec)) {
+    error(dir->mark(), join(path, key) + ": " + d + " is not a directory");
+  } else if (std::filesystem::is_directory(d, ec)) {
+    if (::access(d.c_str(), W_OK | X_OK) != 0) error(dir->mark(), join(path, key) + ": cannot write to " + d);
+  } else {
+    // Created at start (one level); its parent must exist and be writable.
+    const std::string parent = std::filesystem::path(d).parent_path().string();
+    if (!std::filesystem::is_directory(parent, ec) || ::access(parent.c_str(), W_OK | X_OK) != 0)
+      error(dir->mark(), join(path, key) + ": " + d + " does not exist and cannot be created in " + parent);
+  }
+  *out = std::move(d);
+}
+
+void Loader::loadQueue(const Entry& e, Config* cfg) {
+  const std::string path = "queue";
+  Fields f;
+  if (!fields(e.value, path,
+              {"store", "dir", "max_entries", "max_size", "retry", "max_retry", "lifetime", "lease",
+               "scan_interval"},
+              &f))
+    return;
+  QueueConfig& q = cfg->queue;
+  if (const Entry* store = f.find("store")) {
+    getEnum<std::string>(f, "store", path, {{"none", "none"}, {"dir", "dir"}, {"postgres", "postgres"}}, &q.store);
+    if (q.store == "postgres" && cfg->directory.driver != "postgres")
+      error(store->mark(), join(path, "store") + ": postgres needs directory.driver postgres");
+  } else {
+    q.store = f.find("dir") ? "dir" : cfg->directory.driver == "postgres" ? "postgres" : "none";
+  }
+  const Entry* dir = f.find("dir");
+  if (q.store == "dir") {
+    if (!dir) error(e.mark(), join(path, "store") + ": dir needs queue.dir (a directory)");
+    getWritableDir(f, "dir", path, &q.dir);
+  } else if (dir) {
+    error(dir->key_node, join(path, "dir") + ": only with store: dir");
+  }
+  uint32_t entries = static_cast<uint32_t>(q.max_entries);
+  getNumber(f, "max_entries", path, 1, 100000000, &entries);
+  q.max_entries = entries;
+  if (const Entry* ms = f.find("max_size")) {
+    std::string s;
+    uint64_t v = 0;
+    if (scalar(*ms, join(path, "max_size"), "a size", &s)) {
+      if (!parseSize(s, &v) || v < (1u << 20))
+        error(ms->mark(), join(path, "max_size") + ": invalid size " + quote(s) + " (at least 1M; use 512M or 4G)");
+      else
+        q.max_size = v;
+    }
+  }
+  getDuration(f, "retry", path, &q.retry, false);
+  getDuration(f, "max_retry", path, &q.max_retry, false);
+  getDuration(f, "lifetime", path, &q.lifetime, false);
+  getDuration(f, "lease", path, &q.lease, false);
+  getDuration(f, "scan_interval", path, &q.scan_interval, false);
+  if (q.max_retry < q.retry) q.max_retry = q.retry;
 }
 
 void Loader::loadScanners(const Entry& section, HooksConfig* h) {
