@@ -14,6 +14,7 @@
 #include "filters/filter.h"
 #include "filters/policy/policy.h"
 #include "filters/quarantine.h"
+#include "gateway/queue/queue_store.h"
 #include "gateway/core/result.h"
 #include "gateway/tls/tls_context.h"
 #include "routing/router.h"
@@ -25,6 +26,7 @@ class PostgresPolicySync;
 namespace mailgate::session {
 
 class QuarantineSweeper;
+class QueueRunner;
 
 struct Runtime {
   std::shared_ptr<const conf::Config> config;
@@ -50,6 +52,10 @@ struct Runtime {
   // across reloads while the section is unchanged (stopped by the last snapshot).
   std::shared_ptr<filters::QuarantineStore> quarantine;
   std::shared_ptr<QuarantineSweeper> quarantine_sweeper;
+  // queue: the exception queue's store (null with store: none) and its runner; kept
+  // across reloads while the section is unchanged (stopped by the last snapshot).
+  std::shared_ptr<queue::QueueStore> queue;
+  std::shared_ptr<QueueRunner> queue_runner;
 
   // Starts the background parts (health checks, route watcher) and waits, bounded
   // by one database connect and one query, for the directory's first routing map:
