@@ -153,19 +153,20 @@ size_t QueueRunner::runOnce() {
       break;
     }
     const size_t n = claimed.value().size();
+    bool more = false;
     for (auto& e : claimed.value()) {
       // The batch's last entries wait for the first ones: one whose lease is about
       // to end is left for the next claim rather than worked without a lease.
       if (e.lease_until_ms && e.lease_until_ms - margin < nowMs()) continue;
-      work(std::move(e), *rt);
+      more = work(std::move(e), *rt) || more;
       ++worked;
     }
-    if (n < kClaimBatch) break;
+    if (n < kClaimBatch && !more) break;
   }
   return worked;
 }
 
-void QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
+bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
   queue::QueueStats& st = queue::queueStats();
   const uint32_t attempt = e.attempts + 1;
   auto storeFailed = [&](const char* op, const std::string& error) {
@@ -289,7 +290,7 @@ void QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     log::info("queue attempt", {{"queue_id", e.id}, {"attempt", attempt}, {"backend", backends},
                                 {"delivered", delivered}, {"deferred", deferred}, {"failed", failed},
                                 {"reply", first_reply}});
-  if (lost) return;  // the lease runs out; the entry is claimed again
+  if (lost) return false;  // the lease runs out; the entry is claimed again
 
   // Past the lifetime: what is still pending fails as expired.
   const int64_t now = nowMs();
@@ -311,6 +312,7 @@ void QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
 
   // The sender's DSN for the failed recipients; made durable before they are
   // marked reported (a failed put leaves them failed: the next pass tries again).
+  bool queued_dsn = false;
   if (e.count(queue::RcptState::kFailed)) {
     if (queue::dsnDue(e)) {
       queue::DsnInput in;
@@ -338,7 +340,7 @@ void QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
         std::string error;
         switch (store_->put(d, StringBody(queue::buildDsn(in)), &error)) {
           case queue::QueueStore::Put::kStored:
-            queued = true;
+            queued = queued_dsn = true;
             st.dsn_sent.fetch_add(1, std::memory_order_relaxed);
             log::info("queue dsn queued", {{"queue_id", e.id}, {"dsn_id", d.id}, {"to", e.mail_from}});
             break;
@@ -362,7 +364,7 @@ void QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
   if (e.finished()) {
     auto rm = store_->remove(e.id, owner_);
     if (!rm) storeFailed("remove", rm.error());
-    return;
+    return queued_dsn;
   }
   e.attempts = attempt;
   e.next_ms = now + backoffMs(attempt);
@@ -371,6 +373,7 @@ void QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     storeFailed("update", u.error());
   else if (!u.value())
     log::warn("queue: the lease was lost; another gateway continues", {{"queue_id", e.id}});
+  return queued_dsn;
 }
 
 }  // namespace mailgate::session
