@@ -28,20 +28,20 @@ std::string age(int64_t ms) {
 }  // namespace
 
 std::string queueEntryJson(const queue::QueueEntry& e, bool with_rcpts) {
-  std::string out = "{\"id\":\"" + jsonEscape(e.id) + "\",\"created\":\"" + isoTime(e.created_ms) +
-                    "\",\"created_ms\":" + std::to_string(e.created_ms) + ",\"next_attempt\":\"" +
-                    isoTime(e.next_ms) + "\",\"next_ms\":" + std::to_string(e.next_ms) +
-                    ",\"attempts\":" + std::to_string(e.attempts) + ",\"mail_from\":\"" + jsonEscape(e.mail_from) +
-                    "\",\"pending\":" + std::to_string(e.count(queue::RcptState::kPending)) +
-                    ",\"delivered\":" + std::to_string(e.count(queue::RcptState::kDelivered)) +
-                    ",\"failed\":" + std::to_string(e.count(queue::RcptState::kFailed)) +
-                    ",\"reported\":" + std::to_string(e.count(queue::RcptState::kReported)) +
-                    ",\"size\":" + std::to_string(e.size) + ",\"dsn\":" + (e.dsn ? "true" : "false") +
-                    ",\"client_ip\":\"" + jsonEscape(e.client_ip) + "\",\"helo\":\"" + jsonEscape(e.helo) +
-                    "\",\"user\":\"" + jsonEscape(e.user) + "\",\"listener\":\"" + jsonEscape(e.listener) +
-                    "\",\"session\":\"" + jsonEscape(e.session_id) + "\",\"message_id\":\"" +
-                    jsonEscape(e.message_id) + "\",\"lease_owner\":\"" + jsonEscape(e.lease_owner) +
-                    "\",\"lease_until_ms\":" + std::to_string(e.lease_until_ms);
+  std::string out =
+      "{\"id\":\"" + jsonEscape(e.id) + "\",\"created\":\"" + isoTime(e.created_ms) +
+      "\",\"created_ms\":" + std::to_string(e.created_ms) + ",\"next_attempt\":\"" + isoTime(e.next_ms) +
+      "\",\"next_ms\":" + std::to_string(e.next_ms) + ",\"attempts\":" + std::to_string(e.attempts) +
+      ",\"mail_from\":\"" + jsonEscape(e.mail_from) +
+      "\",\"pending\":" + std::to_string(e.count(queue::RcptState::kPending)) +
+      ",\"delivered\":" + std::to_string(e.count(queue::RcptState::kDelivered)) +
+      ",\"failed\":" + std::to_string(e.count(queue::RcptState::kFailed)) +
+      ",\"reported\":" + std::to_string(e.count(queue::RcptState::kReported)) +
+      ",\"size\":" + std::to_string(e.size) + ",\"dsn\":" + (e.dsn ? "true" : "false") + ",\"client_ip\":\"" +
+      jsonEscape(e.client_ip) + "\",\"helo\":\"" + jsonEscape(e.helo) + "\",\"user\":\"" +
+      jsonEscape(e.user) + "\",\"listener\":\"" + jsonEscape(e.listener) + "\",\"session\":\"" +
+      jsonEscape(e.session_id) + "\",\"message_id\":\"" + jsonEscape(e.message_id) + "\",\"lease_owner\":\"" +
+      jsonEscape(e.lease_owner) + "\",\"lease_until_ms\":" + std::to_string(e.lease_until_ms);
   if (with_rcpts) {
     out += ",\"rcpts\":[";
     for (size_t i = 0; i < e.rcpts.size(); ++i) {
@@ -72,8 +72,8 @@ std::string queueTable(const std::vector<queue::QueueEntry>& entries, int64_t no
   }
   wid = std::min<size_t>(wid, 64);
   wf = std::min<size_t>(wf, 40);
-  std::string out = pad("ID", wid) + "  " + pad("CREATED", 20) + "  " + pad("AGE", 7) + "  " + pad("SIZE", 9) +
-                    "  " + pad("TRIES", 5) + "  " + pad("NEXT", 7) + "  " + pad("FROM", wf) +
+  std::string out = pad("ID", wid) + "  " + pad("CREATED", 20) + "  " + pad("AGE", 7) + "  " +
+                    pad("SIZE", 9) + "  " + pad("TRIES", 5) + "  " + pad("NEXT", 7) + "  " + pad("FROM", wf) +
                     "  OPEN  FIRST OPEN RECIPIENT: LAST REPLY\n";
   for (const auto& e : entries) {
     std::string first;
@@ -85,8 +85,9 @@ std::string queueTable(const std::vector<queue::QueueEntry>& entries, int64_t no
     const size_t open = e.count(queue::RcptState::kPending) + e.count(queue::RcptState::kFailed);
     out += pad(printableText(e.id), wid) + "  " + pad(isoTime(e.created_ms), 20) + "  " +
            pad(age(now_ms - e.created_ms), 7) + "  " + pad(std::to_string(e.size), 9) + "  " +
-           pad(std::to_string(e.attempts), 5) + "  " + pad(e.next_ms > now_ms ? age(e.next_ms - now_ms) : "now", 7) +
-           "  " + pad(printableText(e.mail_from), wf) + "  " + pad(std::to_string(open), 4) + "  " +
+           pad(std::to_string(e.attempts), 5) + "  " +
+           pad(e.next_ms > now_ms ? age(e.next_ms - now_ms) : "now", 7) + "  " +
+           pad(printableText(e.mail_from), wf) + "  " + pad(std::to_string(open), 4) + "  " +
            printableText(first) + "\n";
   }
   return out;

@@ -22,7 +22,8 @@ constexpr int64_t kLeaseMarginMs = 5000;
 log::RateLimit store_log(2);
 
 int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -46,7 +47,8 @@ std::string headerSection(const filters::MessageBody& body) {
   std::string head, chunk;
   const uint64_t limit = std::min<uint64_t>(body.size(), queue::kDsnMaxHead + 4);
   while (head.size() < limit) {
-    if (!body.read(head.size(), static_cast<size_t>(std::min<uint64_t>(16384, limit - head.size())), &chunk) ||
+    if (!body.read(head.size(), static_cast<size_t>(std::min<uint64_t>(16384, limit - head.size())),
+                   &chunk) ||
         chunk.empty())
       break;
     head += chunk;
@@ -78,7 +80,10 @@ std::string oneLine(std::string s) {
 
 QueueRunner::QueueRunner(std::shared_ptr<queue::QueueStore> store, conf::QueueConfig cfg,
                          std::function<std::shared_ptr<const Runtime>()> runtime, std::string owner)
-    : store_(std::move(store)), cfg_(std::move(cfg)), runtime_(std::move(runtime)), owner_(std::move(owner)) {}
+    : store_(std::move(store)),
+      cfg_(std::move(cfg)),
+      runtime_(std::move(runtime)),
+      owner_(std::move(owner)) {}
 
 QueueRunner::~QueueRunner() { stop(); }
 
@@ -133,7 +138,9 @@ size_t QueueRunner::runOnce() {
     st.bytes.store(s.value().bytes, std::memory_order_relaxed);
     st.oldest_created_ms.store(s.value().oldest_created_ms, std::memory_order_relaxed);
   } else if (store_log.allow()) {
-    log::warn("queue store failed", {{"store", store_->kind()}, {"op", "summary"}, {"error", s.error()},
+    log::warn("queue store failed", {{"store", store_->kind()},
+                                     {"op", "summary"},
+                                     {"error", s.error()},
                                      {"suppressed", store_log.suppressed()}});
   }
   const std::shared_ptr<const Runtime> rt = runtime_ ? runtime_() : nullptr;
@@ -148,7 +155,9 @@ size_t QueueRunner::runOnce() {
     auto claimed = store_->claimDue(owner_, nowMs(), cfg_.lease.count(), kClaimBatch);
     if (!claimed) {
       if (store_log.allow())
-        log::warn("queue store failed", {{"store", store_->kind()}, {"op", "claim"}, {"error", claimed.error()},
+        log::warn("queue store failed", {{"store", store_->kind()},
+                                         {"op", "claim"},
+                                         {"error", claimed.error()},
                                          {"suppressed", store_log.suppressed()}});
       break;
     }
@@ -171,7 +180,10 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
   const uint32_t attempt = e.attempts + 1;
   auto storeFailed = [&](const char* op, const std::string& error) {
     if (store_log.allow())
-      log::warn("queue store failed", {{"store", store_->kind()}, {"op", op}, {"queue_id", e.id}, {"error", error},
+      log::warn("queue store failed", {{"store", store_->kind()},
+                                       {"op", op},
+                                       {"queue_id", e.id},
+                                       {"error", error},
                                        {"suppressed", store_log.suppressed()}});
   };
 
@@ -200,7 +212,10 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
       case queue::RcptState::kDelivered:
         ++delivered;
         st.delivered.fetch_add(1, std::memory_order_relaxed);
-        log::info("queue delivered", {{"queue_id", e.id}, {"to", addr}, {"backend", node}, {"attempts", attempt},
+        log::info("queue delivered", {{"queue_id", e.id},
+                                      {"to", addr},
+                                      {"backend", node},
+                                      {"attempts", attempt},
                                       {"delay", (r->updated_ms - e.created_ms) / 1000}});
         break;
       case queue::RcptState::kPending:
@@ -222,7 +237,8 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     auto b = store_->body(e.id);
     if (!b) {
       storeFailed("body", b.error());
-      for (const auto& a : open) settle(a, queue::RcptState::kPending, "the queued message cannot be read", "");
+      for (const auto& a : open)
+        settle(a, queue::RcptState::kPending, "451 4.3.0 the queued message cannot be read", "");
     } else {
       body = b.value();
     }
@@ -231,7 +247,8 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     const conf::ListenerConfig* listener = e.listener.empty() ? nullptr : rt.listener(e.listener);
     const bool relay = listener && listener->protocol == conf::Protocol::kSubmission;
     RoutedRecipients routed = routeRecipients(rt, open, relay, e.dsn);
-    for (const auto& [rcpt, why] : routed.unrouted_temporary) settle(rcpt, queue::RcptState::kPending, why, "");
+    for (const auto& [rcpt, why] : routed.unrouted_temporary)
+      settle(rcpt, queue::RcptState::kPending, why, "");
     for (const auto& [rcpt, why] : routed.unrouted) settle(rcpt, queue::RcptState::kFailed, why, "");
     const NodeEnvelope env{e.mail_from == "<>" ? std::string() : e.mail_from, e.smtputf8, e.body_8bit,
                            rt.hostname};
@@ -257,7 +274,8 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
           log::warn("queue node attempt failed", {{"queue_id", e.id}, {"backend", node}, {"error", a.error}});
           continue;
         }
-        for (const auto& r : a.accepted) settle(r, queue::RcptState::kDelivered, "250 delivered to " + node, node);
+        for (const auto& r : a.accepted)
+          settle(r, queue::RcptState::kDelivered, "250 delivered to " + node, node);
         accepted += a.accepted.size();
         for (const auto& [r, reply] : a.refused)
           settle(r, permanent(reply) ? queue::RcptState::kFailed : queue::RcptState::kPending, reply, node);
@@ -287,8 +305,12 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     }
   }
   if (!open.empty())
-    log::info("queue attempt", {{"queue_id", e.id}, {"attempt", attempt}, {"backend", backends},
-                                {"delivered", delivered}, {"deferred", deferred}, {"failed", failed},
+    log::info("queue attempt", {{"queue_id", e.id},
+                                {"attempt", attempt},
+                                {"backend", backends},
+                                {"delivered", delivered},
+                                {"deferred", deferred},
+                                {"failed", failed},
                                 {"reply", first_reply}});
   if (lost) return false;  // the lease runs out; the entry is claimed again
 
@@ -303,8 +325,9 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
       r.updated_ms = now;
       st.failed.fetch_add(1, std::memory_order_relaxed);
       st.expired.fetch_add(1, std::memory_order_relaxed);
-      log::warn("queue expired", {{"queue_id", e.id}, {"to", r.addr}, {"reply", r.reply},
-                                  {"age", (now - e.created_ms) / 1000}});
+      log::warn(
+          "queue expired",
+          {{"queue_id", e.id}, {"to", r.addr}, {"reply", r.reply}, {"age", (now - e.created_ms) / 1000}});
     }
   } else {
     st.deferred.fetch_add(e.count(queue::RcptState::kPending), std::memory_order_relaxed);

@@ -15,8 +15,9 @@ queue::QueueEntry sample() {
   e.next_ms = 1'800'000'120'000;
   e.attempts = 2;
   e.mail_from = "<carol@example.com>";
-  e.rcpts = {{"<dave@example.org>", queue::RcptState::kDelivered, "250 delivered to n1", 1'800'000'001'000},
-             {"<frank@example.org>", queue::RcptState::kPending, "452 4.2.2 \"full\"\x01", 1'800'000'060'000}};
+  e.rcpts = {
+      {"<dave@example.org>", queue::RcptState::kDelivered, "250 delivered to n1", 1'800'000'001'000},
+      {"<frank@example.org>", queue::RcptState::kPending, "452 4.2.2 \"full\"\x01", 1'800'000'060'000}};
   e.listener = "mx";
   e.size = 1234;
   return e;

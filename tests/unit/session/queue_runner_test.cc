@@ -29,7 +29,8 @@ using queue::QueueStore;
 using queue::RcptState;
 
 int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -314,16 +315,23 @@ class QueueRunnerTest : public ::testing::Test {
   void build(uint16_t n1, uint16_t n2) {
     {
       std::ofstream u(dir_ / "users");
-      for (const char* user : {"dave@example.org", "frank@example.org", "erin@example.net", "carol@example.com"})
+      for (const char* user :
+           {"dave@example.org", "frank@example.org", "erin@example.net", "carol@example.com"})
         u << user << ":{PLAIN}secret\n";
     }
     const std::string yaml =
         "listeners:\n"
         "  - { name: mx, protocol: smtp, listen: [\"127.0.0.1:2525\"], tls: none }\n"
-        "directory:\n  driver: file\n  file: { users: \"" + (dir_ / "users").string() + "\" }\n"
+        "directory:\n  driver: file\n  file: { users: \"" +
+        (dir_ / "users").string() +
+        "\" }\n"
         "backends:\n"
-        "  - { name: n1, host: 127.0.0.1, ports: { lmtp: " + std::to_string(n1) + " }, tls: none }\n"
-        "  - { name: n2, host: 127.0.0.1, ports: { lmtp: " + std::to_string(n2) + " }, tls: none }\n"
+        "  - { name: n1, host: 127.0.0.1, ports: { lmtp: " +
+        std::to_string(n1) +
+        " }, tls: none }\n"
+        "  - { name: n2, host: 127.0.0.1, ports: { lmtp: " +
+        std::to_string(n2) +
+        " }, tls: none }\n"
         "routing:\n  static:\n"
         "    - { domain: example.org, primary: n1, secondary: n2 }\n"
         "    - { domain: example.net, primary: n2 }\n"
@@ -342,15 +350,18 @@ class QueueRunnerTest : public ::testing::Test {
   }
   void makeRunner() {
     std::shared_ptr<const Runtime> rt = rt_;
-    runner_ = std::make_unique<QueueRunner>(store_, cfg_, [rt] { return rt; }, "gw-test");
+    runner_ = std::make_unique<QueueRunner>(
+        store_, cfg_, [rt] { return rt; }, "gw-test");
   }
-  QueueEntry entry(const std::string& id, std::vector<std::string> rcpts, std::string from = "<carol@example.com>") {
+  QueueEntry entry(const std::string& id, std::vector<std::string> rcpts,
+                   std::string from = "<carol@example.com>") {
     QueueEntry e;
     e.id = id;
     e.created_ms = nowMs() - 1000;
     e.mail_from = std::move(from);
     e.listener = "mx";
-    for (auto& r : rcpts) e.rcpts.push_back(QueueRcpt{std::move(r), RcptState::kPending, "451 4.2.0 busy", 0});
+    for (auto& r : rcpts)
+      e.rcpts.push_back(QueueRcpt{std::move(r), RcptState::kPending, "451 4.2.0 busy", 0});
     return e;
   }
   void add(QueueEntry e) {
@@ -565,7 +576,8 @@ TEST_F(QueueRunnerTest, TheThreadWorksWhenWoken) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the first pass found nothing
   add(entry("s12-1", {"<dave@example.org>"}));
   runner_->wake();
-  for (int i = 0; i < 200 && store_->has("s12-1"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 200 && store_->has("s12-1"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_FALSE(store_->has("s12-1"));
   runner_->stop();
 }
