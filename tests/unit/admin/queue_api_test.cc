@@ -41,7 +41,9 @@ TEST(QueuePath, Routes) {
   EXPECT_FALSE(valid);
   EXPECT_EQ(parseQueuePath("/queue/../x/retry", &id, &valid), QueueRoute::kRetry);
   EXPECT_FALSE(valid);
-  for (const char* none : {"/queue/", "/queue", "/queuex/a", "/quarantine/a", "/queue//retry"})
+  EXPECT_EQ(parseQueuePath("/queue//retry", &id, &valid), QueueRoute::kEntry);  // the id "/retry"
+  EXPECT_FALSE(valid);
+  for (const char* none : {"/queue/", "/queue", "/queuex/a", "/quarantine/a"})
     EXPECT_EQ(parseQueuePath(none, &id, &valid), QueueRoute::kNone) << none;
 }
 

@@ -503,7 +503,7 @@ TEST_F(QueueRunnerTest, PermanentFailureQueuesOneDsnThenReports) {
   EXPECT_EQ(queue::queueStats().dsn_sent.load(), dsn0 + 1);
   EXPECT_EQ(n1.deliveries().size(), 1u);  // dave once, frank never
   ASSERT_EQ(n2.deliveries().size(), 1u);
-  const FakeLmtp::Delivery& dsn = n2.deliveries()[0];
+  const FakeLmtp::Delivery dsn = n2.deliveries()[0];
   EXPECT_EQ(dsn.from, "<>");
   EXPECT_EQ(dsn.rcpts, std::vector<std::string>{"<carol@example.com>"});
   EXPECT_NE(dsn.data.find("multipart/report"), std::string::npos);
