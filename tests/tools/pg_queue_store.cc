@@ -9,7 +9,7 @@
 //   claim OWNER LEASE_MS LIMIT [NOW]    -> claimed <id>...            | error <why>
 //   drain OWNER LEASE_MS BATCH          -> drained <n> lost=<n> <id>... (claims until nothing is due,
 //                                          writing each entry back under its lease)
-//   update ID OWNER STATE RELEASE DELAY -> true | false | error <why>  (the first recipient's state,
+//   update ID OWNER STATE RELEASE DELAY -> true | false | error <why>  (the last recipient's state,
 //                                          attempts + 1, due DELAY ms from now; RELEASE 0|1)
 //   remove ID OWNER                     -> true | false | error <why>
 //   retry ID                            -> true | false | error <why>
@@ -172,7 +172,7 @@ std::string answer(QueueStore& store, const std::string& line) {
     if (!g) return "error " + g.error();
     if (!*g) return "false";
     QueueEntry e = **g;
-    if (!e.rcpts.empty() && !mailgate::queue::parseRcptState(state, &e.rcpts[0].state))
+    if (!e.rcpts.empty() && !mailgate::queue::parseRcptState(state, &e.rcpts.back().state))
       return "error bad state";
     ++e.attempts;
     e.next_ms = nowMs() + delay;
