@@ -679,6 +679,22 @@ def sanitizer_report(text: str) -> str | None:
     return text[start:start + 12000]
 
 
+_SANITIZED: dict[str, bool] = {}
+
+
+def sanitizer_build(path: str | None = None) -> bool:
+    """Whether the binary (the gateway under test by default) is built with AddressSanitizer."""
+    path = str(Path(path or mailgate_bin()).resolve())
+    if path not in _SANITIZED:
+        try:
+            import mmap
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                _SANITIZED[path] = m.find(b"__asan_init") >= 0
+        except (OSError, ValueError):
+            _SANITIZED[path] = False
+    return _SANITIZED[path]
+
+
 def sanitizer_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a gateway process: env over os.environ, and the sanitizer
     options of SANITIZER_DEFAULTS where neither sets them (harmless without sanitizers)."""
