@@ -129,8 +129,8 @@ Rows exec(Connection& c, const std::string& sql, const std::vector<Value>& param
     lengths.push_back(static_cast<int>(p.value.size()));
     formats.push_back(p.binary ? 1 : 0);
   }
-  Rows r(PQexecParams(conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(), lengths.data(),
-                      formats.data(), 0));
+  Rows r(PQexecParams(conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
+                      lengths.data(), formats.data(), 0));
   check(conn, r.result(), sql.substr(0, 60));
   return r;
 }

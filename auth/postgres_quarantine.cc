@@ -116,7 +116,8 @@ Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta,
   auto ok = pool_->run([&](pg::Connection& c) {
     pg::Transaction tx(c);
     // A retry after a lost connection may find its own row committed: not an error.
-    pg::exec(c,
+    pg::exec(
+        c,
         "INSERT INTO mailgate_quarantine (id, created, created_ms, reason, filter, ref, mail_from, rcpts, "
         "client_ip, "
         "helo, username, listener, session_id, smtputf8, body_8bit, size, message) VALUES ($1, "
@@ -125,7 +126,8 @@ Result<std::string> PostgresQuarantineStore::put(filters::QuarantineEntry meta,
         "ON CONFLICT (id) DO NOTHING",
         {meta.id, std::to_string(meta.created_ms), meta.reason, meta.filter, meta.ref, meta.mail_from,
          joinLines(meta.rcpts), meta.client_ip, meta.helo, meta.user, meta.listener, meta.session_id,
-         boolText(meta.smtputf8), boolText(meta.body_8bit), std::to_string(meta.size), pg::Value(data, true)});
+         boolText(meta.smtputf8), boolText(meta.body_8bit), std::to_string(meta.size),
+         pg::Value(data, true)});
     tx.commit();
   });
   if (!ok) return Error{"database: " + ok.error()};
@@ -138,12 +140,14 @@ Result<std::vector<filters::QuarantineEntry>> PostgresQuarantineStore::list(
   std::vector<filters::QuarantineEntry> out;
   auto ok = pool_->run([&](pg::Connection& c) {
     out.clear();
-    const pg::Rows r = pg::exec(c,
-        std::string("SELECT ") + kColumns +
-            " FROM mailgate_quarantine WHERE ($1 = 0 OR created_ms < $1) AND ($2 = '' OR "
-            "strpos(lower(mail_from), "
-            "$2) > 0) AND ($3 = '' OR strpos(lower(rcpts), $3) > 0) ORDER BY id DESC LIMIT $4",
-        {std::to_string(filter.before_ms), lowerAscii(filter.from), lowerAscii(filter.rcpt), std::to_string(limit)});
+    const pg::Rows r =
+        pg::exec(c,
+                 std::string("SELECT ") + kColumns +
+                     " FROM mailgate_quarantine WHERE ($1 = 0 OR created_ms < $1) AND ($2 = '' OR "
+                     "strpos(lower(mail_from), "
+                     "$2) > 0) AND ($3 = '' OR strpos(lower(rcpts), $3) > 0) ORDER BY id DESC LIMIT $4",
+                 {std::to_string(filter.before_ms), lowerAscii(filter.from), lowerAscii(filter.rcpt),
+                  std::to_string(limit)});
     for (int row = 0; row < r.rows(); row++) out.push_back(entryOf(r, row));
   });
   if (!ok) return Error{"database: " + ok.error()};
@@ -155,9 +159,10 @@ Result<filters::QuarantineEntry> PostgresQuarantineStore::get(
   if (!filters::validQuarantineId(id)) return Error{"not found"};
   std::optional<filters::QuarantineEntry> e;
   auto ok = pool_->run([&](pg::Connection& c) {
-    const pg::Rows r = pg::exec(
-        c, std::string("SELECT ") + kColumns + (body ? ", message" : "") + " FROM mailgate_quarantine WHERE id = $1",
-        {id});
+    const pg::Rows r = pg::exec(c,
+                                std::string("SELECT ") + kColumns + (body ? ", message" : "") +
+                                    " FROM mailgate_quarantine WHERE id = $1",
+                                {id});
     if (r.empty()) return;
     e = entryOf(r, 0);
     if (body) *body = std::make_shared<MemoryBody>(pg::bytea(r.text(0, 16)));
@@ -207,7 +212,8 @@ filters::QuarantineStore::Claim PostgresQuarantineStore::claim(const std::string
   auto ok = pool_->run([&](pg::Connection& c) {
     pg::Transaction tx(c);
     // A release that never ended (its gateway died) lets go after 15 minutes.
-    const pg::Rows r = pg::exec(c,
+    const pg::Rows r = pg::exec(
+        c,
         "UPDATE mailgate_quarantine SET releasing_until = now() + interval '15 minutes' WHERE id = $1 AND "
         "(releasing_until IS NULL OR releasing_until < now()) RETURNING id",
         {id});
@@ -232,8 +238,9 @@ Result<bool> PostgresQuarantineStore::setDelivered(const std::string& id,
                                                    const std::vector<std::string>& delivered) {
   bool found = false;
   auto ok = pool_->run([&](pg::Connection& c) {
-    found = pg::exec(c, "UPDATE mailgate_quarantine SET delivered = $2 WHERE id = $1", {id, joinLines(delivered)})
-                .affected() > 0;
+    found =
+        pg::exec(c, "UPDATE mailgate_quarantine SET delivered = $2 WHERE id = $1", {id, joinLines(delivered)})
+            .affected() > 0;
   });
   if (!ok) return Error{"database: " + ok.error()};
   if (!found) return Error{"not found"};
