@@ -294,6 +294,7 @@ struct QueueConfig {
   Duration lifetime{5LL * 86400000};             // then the sender gets a DSN
   Duration lease{600000};                        // a claimed entry is its gateway's this long
   Duration scan_interval{1000};                  // how often due entries are looked for
+  bool operator==(const QueueConfig&) const = default;
 };
 
 struct Config {

@@ -29,6 +29,8 @@ class ReplacementBody final : public DeliverableBody, public std::enable_shared_
   std::string_view memory() const override { return {}; }
   Fetch fetch(uint64_t off, size_t n, std::string* out, std::function<void()> ready) override;
   const std::string& error() const override { return error_; }
+  // The scanner's message itself, for a blocking reader (the queue's put).
+  const std::shared_ptr<const filters::MessageBody>& source() const { return body_; }
 
  private:
   void readDone(uint64_t off, size_t n, bool ok, std::string data);

@@ -582,7 +582,8 @@ void SmtpNodeClient::logRecipients(std::string_view client_reply, const char* ou
 }
 
 void SmtpNodeClient::done(std::string_view client_reply, const char* outcome) {
-  logRecipients(client_reply, outcome);
+  // A partial delivery the session queues: it logs each recipient once it knows.
+  if (!(txn_.queue_partial && std::string_view(outcome) == "partial")) logRecipients(client_reply, outcome);
   if (step_ != Step::kQuit && step_ != Step::kReady) armTimer(0);
   // The transaction is released here (a kept connection needs none of it); the
   // listener may start the next one.

@@ -91,6 +91,10 @@ struct NodeTransaction {
   // (SmtpSession::deliverableBody()); it outlives the delivery.
   DeliverableBody* body = nullptr;
   std::vector<DeliveryTarget> targets;
+  // The session keeps a queue (queue.store): a partial delivery (LMTP: some recipients
+  // accepted, others refused after the data) ends with outcome "partial" and no
+  // per-recipient log lines; the session queues the rest and logs each recipient.
+  bool queue_partial = false;
 };
 
 class SmtpNodeClient {
@@ -116,6 +120,10 @@ class SmtpNodeClient {
   void releaseKept();
   bool delivering() const { return step_ != Step::kIdle && step_ != Step::kReady && step_ != Step::kQuit; }
   bool kept() const { return step_ == Step::kReady; }
+  // After onDeliveryDone(): the node's reply about each recipient in the last attempt
+  // (one line, or empty), by index; the node that gave them.
+  const std::vector<std::string>& recipientReplies() const { return rcpt_replies_; }
+  const std::string& attemptBackend() const { return attempt_backend_; }
 
   // --- events from the transport ---
   void onConnected();

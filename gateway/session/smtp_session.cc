@@ -10,6 +10,8 @@
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
 #include "filters/quarantine.h"
+#include "gateway/queue/queue_store.h"
+#include "gateway/session/node_delivery.h"
 #include "filters/scan_result.h"
 #include "gateway/codec/header_field.h"
 #include "gateway/core/ascii.h"
@@ -1431,6 +1433,7 @@ class PrefixedBody final : public filters::MessageBody {
 };
 
 log::RateLimit g_quarantine_log(20);
+log::RateLimit g_queue_log(20);
 }  // namespace
 
 void SmtpSession::quarantineMessage(filters::Verdict v) {
@@ -1517,6 +1520,32 @@ void SmtpSession::startDelivery() {
   phase_ = Phase::kDelivering;
   pauseClient(true);
   updateTimer();
+  delivery_queue_id_ = id_ + "-" + std::to_string(messages_);
+  delivery_message_id_ = std::string(codec::headerField(spool_->head(), "Message-ID", kLoggedMessageId));
+  // Only while the queue holds something (as the runner last counted, or this
+  // process added since) is a message looked up there: no cost in the normal path.
+  if (rt_->queue && !delivery_message_id_.empty() && queue::queueStats().entries.load() > 0) {
+    checkQueuedCopies();
+    return;
+  }
+  deliverToNodes();
+}
+
+void SmtpSession::deliverToNodes() {
+  if (queueFull()) {
+    // A node might defer a recipient after the data and the queue would have no
+    // room: refused before any node takes it (no copy, no duplicate on the retry).
+    queue::queueStats().put_full.fetch_add(1);
+    if (g_queue_log.allow())
+      log::warn("smtp message refused: the exception queue is full",
+                {{"session", id_}, {"client", client_ip_}, {"from", mail_from_}, {"entries", queue::queueStats().entries.load()}});
+    reactor_.stats.smtp_deferred++;
+    resetTransaction();
+    phase_ = Phase::kCommand;
+    reply("451 4.3.1 Error: queue full, try again later");
+    resumeClient();
+    return;
+  }
   NodeTransaction t;
   t.client_ip = client_ip_;
   t.client_port = client_port_;
@@ -1527,9 +1556,9 @@ void SmtpSession::startDelivery() {
   t.rcpts = facts_.rcpts;
   t.smtputf8 = smtputf8_;
   t.body_8bit = body_8bit_;
-  t.queue_id = id_ + "-" + std::to_string(messages_);
+  t.queue_id = delivery_queue_id_;
   t.listener = listener_.name;
-  t.message_id = codec::headerField(spool_->head(), "Message-ID", kLoggedMessageId);
+  t.message_id = delivery_message_id_;
   t.headers.swap(added_headers_);
   added_headers_.clear();
   // One header with every scanner's outcome (filters/scan_result.h), when any ran.
@@ -1537,7 +1566,209 @@ void SmtpSession::startDelivery() {
   facts_.scan_results.clear();
   t.body = deliverableBody();
   t.targets = targets_;
+  t.queue_partial = rt_->queue != nullptr;
+  delivery_headers_ = t.headers;
   node_client_.deliver(std::move(t));
+}
+
+// ------------------------------------------------------------------ exception queue
+
+bool SmtpSession::queueFull() {
+  if (!rt_->queue) return false;
+  const conf::QueueConfig& q = rt_->config->queue;
+  const queue::QueueStats& st = queue::queueStats();
+  return st.entries.load() >= q.max_entries || st.bytes.load() + deliverableBody()->size() > q.max_size;
+}
+
+void SmtpSession::checkQueuedCopies() {
+  std::shared_ptr<queue::QueueStore> store = rt_->queue;
+  Reactor* reactor = &reactor_;
+  const uint32_t slot = this->slot(), gen = this->gen();
+  auto job = [reactor, slot, gen, store, mid = delivery_message_id_, from = mail_from_] {
+    auto found = store->findByMessage(mid, from);
+    reactor->postToSession(slot, gen, [found = std::move(found)](Session& s) {
+      static_cast<SmtpSession&>(s).onQueuedCopies(found);
+    });
+  };
+  if (!reactor_.contentWorkers().submit(std::move(job), std::chrono::milliseconds(0)))
+    onQueuedCopies(Error{"content executor queue full"});
+}
+
+void SmtpSession::onQueuedCopies(const Result<std::vector<queue::QueueEntry>>& found) {
+  if (closing() || phase_ != Phase::kDelivering) return;
+  if (!found) {
+    // Delivered as if new: at worst a second copy, never a loss.
+    if (g_queue_log.allow())
+      log::warn("smtp queue lookup failed", {{"session", id_}, {"queue_id", delivery_queue_id_}, {"error", found.error()}});
+    deliverToNodes();
+    return;
+  }
+  std::string earlier;
+  std::vector<std::string> rest;
+  for (const std::string& rcpt : facts_.rcpts) {
+    const std::string addr = recipientAddress(rcpt);
+    const queue::QueueEntry* held = nullptr;
+    for (const auto& e : found.value())
+      for (const auto& r : e.rcpts)
+        if (recipientAddress(r.addr) == addr) held = &e;
+    if (!held) {
+      rest.push_back(rcpt);
+      continue;
+    }
+    earlier = held->id;
+    queue::queueStats().duplicates.fetch_add(1);
+    log::info("smtp recipient", {{"session", id_},
+                                 {"listener", listener_.name},
+                                 {"client", client_ip_},
+                                 {"queue_id", delivery_queue_id_},
+                                 {"message_id", delivery_message_id_},
+                                 {"from", mail_from_},
+                                 {"to", rcpt},
+                                 {"status", "duplicate"},
+                                 {"queued_as", held->id},
+                                 {"outcome", "duplicate"}});
+  }
+  if (rest.empty()) {
+    log::info("smtp message already queued", {{"session", id_},
+                                              {"client", client_ip_},
+                                              {"from", mail_from_},
+                                              {"message_id", delivery_message_id_},
+                                              {"queued_as", earlier}});
+    reactor_.stats.smtp_delivered++;
+    resetTransaction();
+    phase_ = Phase::kCommand;
+    reply("250 2.0.0 Ok: already queued as " + earlier);
+    resumeClient();
+    return;
+  }
+  facts_.rcpts = std::move(rest);
+  deliverToNodes();
+}
+
+void SmtpSession::queueRest() {
+  const std::vector<std::string>& replies = node_client_.recipientReplies();
+  const int64_t now = filters::wallMs();
+  queue::QueueEntry e;
+  e.id = delivery_queue_id_;
+  e.created_ms = now;
+  bool pending = false;
+  for (size_t i = 0; i < facts_.rcpts.size(); ++i) {
+    queue::QueueRcpt r;
+    r.addr = facts_.rcpts[i];
+    r.reply = i < replies.size() ? replies[i] : std::string();
+    r.updated_ms = now;
+    const char cls = r.reply.empty() ? '4' : r.reply[0];
+    r.state = cls == '2' ? queue::RcptState::kDelivered : cls == '5' ? queue::RcptState::kFailed : queue::RcptState::kPending;
+    pending = pending || r.state == queue::RcptState::kPending;
+    e.rcpts.push_back(std::move(r));
+  }
+  // The open recipients wait for the first retry; failed ones' DSN goes out at once.
+  e.next_ms = pending ? now + rt_->config->queue.retry.count() : now;
+  e.mail_from = mail_from_;
+  e.client_ip = client_ip_;
+  e.helo = helo_;
+  e.user = user_;
+  e.listener = listener_.name;
+  e.session_id = id_;
+  e.message_id = delivery_message_id_;
+  e.smtputf8 = smtputf8_;
+  e.body_8bit = body_8bit_;
+  std::shared_ptr<const filters::MessageBody> message;
+  if (replacement_)
+    message = replacement_->source();
+  else
+    message = std::make_shared<SpoolBody>(spool_);
+  auto body = delivery_headers_.empty()
+                  ? message
+                  : std::make_shared<PrefixedBody>(delivery_headers_, std::move(message));
+  std::vector<queue::QueueRcpt> rcpts = e.rcpts;
+  const std::vector<queue::QueueRcpt> if_refused = e.rcpts;
+  std::shared_ptr<queue::QueueStore> store = rt_->queue;
+  Reactor* reactor = &reactor_;
+  const uint32_t slot = this->slot(), gen = this->gen();
+  // On the content executor: put() returns once the entry is durable.
+  auto job = [reactor, slot, gen, store, body, e = std::move(e), rcpts = std::move(rcpts)]() mutable {
+    std::string error;
+    const queue::QueueStore::Put put = store->put(std::move(e), *body, &error);
+    const uint64_t size = body->size();
+    reactor->postToSession(slot, gen, [put, error = std::move(error), rcpts = std::move(rcpts), size](Session& s) {
+      static_cast<SmtpSession&>(s).queueDone(put, error, rcpts, size);
+    });
+  };
+  if (!reactor_.contentWorkers().submit(std::move(job), std::chrono::milliseconds(0)))
+    queueDone(queue::QueueStore::Put::kError, "content executor queue full", if_refused, body->size());
+}
+
+void SmtpSession::queueDone(queue::QueueStore::Put put, const std::string& error,
+                            const std::vector<queue::QueueRcpt>& rcpts, uint64_t size) {
+  if (closing()) return;
+  const bool stored = put == queue::QueueStore::Put::kStored;
+  const std::string client_reply =
+      stored ? "250 2.0.0 Ok: queued as " + delivery_queue_id_
+      : put == queue::QueueStore::Put::kFull
+          ? std::string("451 4.3.1 Error: delivery incomplete and the queue is full, try again later")
+          : std::string("451 4.3.0 Error: delivery incomplete and the message could not be queued, try again later");
+  size_t delivered = 0, queued = 0, failed = 0;
+  for (const auto& r : rcpts) {
+    const char* status = "deferred";
+    switch (r.state) {
+      case queue::RcptState::kDelivered:
+        status = "delivered";
+        delivered++;
+        break;
+      case queue::RcptState::kPending:
+        status = stored ? "queued" : "deferred";
+        queued++;
+        break;
+      case queue::RcptState::kFailed:
+      case queue::RcptState::kReported:
+        status = stored ? "failed" : "deferred";
+        failed++;
+        break;
+    }
+    log::info("smtp recipient", {{"session", id_},
+                                 {"listener", listener_.name},
+                                 {"client", client_ip_},
+                                 {"queue_id", delivery_queue_id_},
+                                 {"message_id", delivery_message_id_},
+                                 {"from", mail_from_},
+                                 {"to", r.addr},
+                                 {"status", status},
+                                 {"backend", node_client_.attemptBackend()},
+                                 {"node_reply", std::string_view(r.reply).substr(0, SmtpNodeClient::kLoggedReply)},
+                                 {"size", size},
+                                 {"reply", client_reply},
+                                 {"outcome", stored ? "queued" : "partial"}});
+  }
+  if (stored) {
+    queue::queueStats().queued.fetch_add(1);
+    queue::queueStats().entries.fetch_add(1);
+    queue::queueStats().bytes.fetch_add(size);
+    log::info("smtp message queued", {{"session", id_},
+                                      {"client", client_ip_},
+                                      {"queue_id", delivery_queue_id_},
+                                      {"from", mail_from_},
+                                      {"delivered", delivered},
+                                      {"queued", queued},
+                                      {"failed", failed},
+                                      {"size", size},
+                                      {"store", rt_->queue->kind()}});
+    reactor_.stats.smtp_delivered++;
+  } else {
+    (put == queue::QueueStore::Put::kFull ? queue::queueStats().put_full : queue::queueStats().put_failed)
+        .fetch_add(1);
+    log::error("smtp message not queued: the client retries, and the recipients a node accepted may get it twice",
+               {{"session", id_},
+                {"client", client_ip_},
+                {"queue_id", delivery_queue_id_},
+                {"delivered", delivered},
+                {"error", put == queue::QueueStore::Put::kFull ? std::string("queue full") : error}});
+    reactor_.stats.smtp_deferred++;
+  }
+  resetTransaction();
+  phase_ = Phase::kCommand;
+  reply(client_reply);
+  resumeClient();
 }
 
 void SmtpSession::onBackendConnected() { node_client_.onConnected(); }
@@ -1576,6 +1807,10 @@ void SmtpSession::NodeLink::onAttemptFailed(BackendFailure why, const std::strin
 }
 
 void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcome) {
+  if (rt_->queue && std::string_view(outcome) == "partial") {
+    queueRest();  // the client's reply waits for the queue's durable write
+    return;
+  }
   if (std::string_view(outcome) != "delivered")
     log::info("smtp message not accepted", {{"session", id_},
                                             {"client", client_ip_},

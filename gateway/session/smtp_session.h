@@ -24,6 +24,8 @@
 #include "gateway/codec/smtp_command.h"
 #include "gateway/codec/smtp_data.h"
 #include "gateway/codec/smtp_reply.h"
+#include "gateway/core/result.h"
+#include "gateway/queue/queue_store.h"
 #include "gateway/session/message_spool.h"
 #include "gateway/session/replacement_body.h"
 #include "gateway/session/sasl_exchange.h"
@@ -219,6 +221,21 @@ class SmtpSession final : public Session {
   // A data-stage scanner's replacement for spool_ (null: none); delivered instead.
   std::shared_ptr<ReplacementBody> replacement_;
   DeliverableBody* deliverableBody() { return replacement_ ? static_cast<DeliverableBody*>(replacement_.get()) : spool_.get(); }
+
+  // The transaction as it went to the node (for the exception queue): the header
+  // fields the filters added, the queue id the client is told, the Message-ID.
+  std::string delivery_headers_;
+  std::string delivery_queue_id_;
+  std::string delivery_message_id_;
+  // The exception queue (rt_->queue): a resent copy of a queued message, the partial
+  // delivery's open recipients written durably before the 250.
+  void checkQueuedCopies();
+  void onQueuedCopies(const Result<std::vector<queue::QueueEntry>>& found);
+  void deliverToNodes();
+  void queueRest();
+  void queueDone(queue::QueueStore::Put put, const std::string& error, const std::vector<queue::QueueRcpt>& rcpts,
+                 uint64_t size);
+  bool queueFull();
 
   // delivery: the node client, and the connection it may keep between transactions
   NodeLink node_link_{*this};
