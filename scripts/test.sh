@@ -43,9 +43,9 @@ MAILGATE_BIN="$(readlink -f "$BUILD_DIR")/mailgate" \
   python3 tests/integration/run_parallel.py -j "${INTEGRATION_JOBS:-3}"
 step "sanitizer build (ASan/UBSan: the gateway and the test tools)"
 # Debug, -fsanitize=address,undefined, only what the integration tests run: the
-# gateway, the seccomp helper and the postgres fault driver (a few minutes cold).
+# gateway, the seccomp helper and the postgres drivers of tests/tools (a few minutes cold).
 cmake -B "$ASAN_BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DMAILGATE_SANITIZE=ON
-cmake --build "$ASAN_BUILD_DIR" -j"$JOBS" --target mailgate no_io_uring pg_directory_fault
+cmake --build "$ASAN_BUILD_DIR" -j"$JOBS" --target mailgate no_io_uring pg_directory_fault pg_queue_store
 
 step "integration tests again: the ASan/UBSan build on the epoll reactor (io_uring denied by no_io_uring's seccomp filter)"
 # The whole suite once more, on the sanitizer build: a report (AddressSanitizer,
