@@ -173,13 +173,15 @@ class PgGatewayCase(unittest.TestCase):
 
     @classmethod
     def _stop(cls):
-        if cls.gateway is not None:
-            cls.gateway.stop()
-        for d in cls.dovecots:
-            d.stop()
-        for db in cls.dbs:
-            db.stop(mode="immediate")
-        harness.remove_workdir(cls.dir)
+        try:
+            if cls.gateway is not None:
+                cls.gateway.stop()  # may raise harness.SanitizerReport: the rest stops all the same
+        finally:
+            for d in cls.dovecots:
+                d.stop()
+            for db in cls.dbs:
+                db.stop(mode="immediate")
+            harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):
