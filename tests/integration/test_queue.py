@@ -272,11 +272,11 @@ class PostgresQueueTest(QueueCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(harness.make_workdir("mailgate-queue-pg-"))
-        cls.dovecot, cls.db, cls.gateways = None, None, {}
+        cls.dovecot, cls.db, cls.standby, cls.gateways = None, None, None, {}
         try:
             if not pg.available():
                 raise AssertionError("PostgreSQL 15 binaries not found (scripts/deps.sh installs them)")
-            cls.db = pg.Postgres(cls.dir, name="pg").start()
+            cls.db = pg.Postgres(cls.dir, name="pg", replication=True).start()
             cfg = cls.dir / "initdb.yaml"
             cfg.write_text(postgres_directory(cls.db.conninfo()) + "listeners: [{ name: l, protocol: imap, "
                            "listen: \"127.0.0.1:1\" }]\nbackends: [{ name: b, host: 127.0.0.1, "
@@ -289,6 +289,10 @@ class PostgresQueueTest(QueueCase):
                 sql.append(f"INSERT INTO mailboxes (address, domain, password) VALUES ({pg.sql_quote(user)}, "
                            f"'example.org', {pg.sql_quote(harness.hash_password('pw', 'SHA256-CRYPT'))});")
             cls.db.psql("\n".join(sql))
+            # A streaming replica: the gateways name both servers and use the writable one.
+            cls.standby = cls.db.standby(cls.dir, name="pg-standby").start()
+            cls.db.wait_streaming(cls.standby)
+            cls.conninfo = pg.multi_host_conninfo([cls.db, cls.standby])
             certs = cls.dir / "certs"
             cls.cert = harness.make_cert(harness.make_ca(certs), certs, ["mx.example.org"])
             cls.dovecot = harness.Dovecot(cls.dir / "storage", USERS, name="qpg",
@@ -309,7 +313,7 @@ class PostgresQueueTest(QueueCase):
             listeners=[{"name": "mx", "protocol": "smtp", "port": port}],
             backends=[{"name": "storage-01", "imap": cls.dovecot.imap_port, "lmtp": cls.dovecot.lmtp_port}],
             routes=[{"domain": "*", "primary": "storage-01"}])
-        text = with_directory(text, postgres_directory(cls.db.conninfo()))
+        text = with_directory(text, postgres_directory(cls.conninfo))
         gdir = cls.dir / f"gw-{name}"
         gdir.mkdir(exist_ok=True)
         text += harness.admin_block(admin, gdir)
@@ -326,8 +330,9 @@ class PostgresQueueTest(QueueCase):
             gw.stop()
         if cls.dovecot is not None:
             cls.dovecot.stop()
-        if cls.db is not None:
-            cls.db.stop(mode="immediate")
+        for db in (cls.db, cls.standby):
+            if db is not None:
+                db.stop(mode="immediate")
         harness.remove_workdir(cls.dir)
 
     def setUp(self):
@@ -339,6 +344,7 @@ class PostgresQueueTest(QueueCase):
         out = [f"--- {n} log (tail) ---\n{g.log_text()[-6000:]}" for n, g in self.gateways.items()]
         out.append(f"--- dovecot log (tail) ---\n{self.dovecot.log_text()[-3000:]}")
         out.append(f"--- postgres log (tail) ---\n{self.db.log_text()[-2000:]}")
+        out.append(f"--- standby log (tail) ---\n{self.standby.log_text()[-2000:]}")
         return "\n".join(out)
 
     def test_1_a_gateway_killed_after_queueing_another_delivers_once(self):
@@ -380,6 +386,28 @@ class PostgresQueueTest(QueueCase):
         self.db.start()
         # Nothing was accepted without a durable copy: no entry exists for it.
         self.assertEqual(self.db.psql("SELECT count(*) FROM mailgate_queue").strip(), "0")
+        self.assertEqual(len(self.maildir(FRANK, subject)), 0)
+
+    def test_3_queued_entries_survive_a_database_failover(self):
+        b = self.gateways["b"]
+        subject = f"failover {time.time_ns()}"
+        code, text = self.send(b.smtp_port, ALICE, subject)
+        self.assertEqual(code, 250, text)
+        qid = self.queue_id(text)
+        # Asynchronous replication: the entry is on the replica before the primary goes.
+        harness.wait_for(lambda: self.standby.psql(
+            f"SELECT count(*) FROM mailgate_queue WHERE id = {pg.sql_quote(qid)}").strip() == "1", 10,
+            what="the entry replicated")
+        self.db.stop(mode="immediate")
+        self.standby.promote()
+        self.node_users("free")
+        harness.wait_for(lambda: self.maildir(FRANK, subject), 20, what="frank's copy after the failover")
+        harness.wait_for(lambda: self.standby.psql(
+            f"SELECT count(*) FROM mailgate_queue WHERE id = {pg.sql_quote(qid)}").strip() == "0", 10,
+            what="the entry gone from the new primary")
+        time.sleep(1.0)
+        self.assertEqual(len(self.maildir(FRANK, subject)), 1)
+        self.assertEqual(len(self.maildir(DAVE, subject)), 1)
 
 
 if __name__ == "__main__":
