@@ -106,7 +106,7 @@ class DirQueueTest(QueueCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(harness.make_workdir("mailgate-queue-dir-"))
-        cls.dovecot, cls.gateway = None, None
+        cls.dovecot, cls.gateway, cls.short = None, None, None
         try:
             certs = cls.dir / "certs"
             cert = harness.make_cert(harness.make_ca(certs), certs, ["mx.example.org"])
@@ -126,14 +126,24 @@ class DirQueueTest(QueueCase):
                      f"scan_interval: 200ms, lifetime: 1h }}\n")
             cls.gateway = harness.Mailgate(cls.dir, text).start()
             harness.wait_port(cls.admin, 10)
+            # A second gateway whose entries expire after two seconds.
+            short_dir = cls.dir / "short"
+            short_dir.mkdir()
+            cls.short_port = harness.free_port()
+            short = text.replace(f'"{harness.HOST}:{cls.port}"', f'"{harness.HOST}:{cls.short_port}"')
+            short = short[:short.index("admin:")] + (
+                f"queue: {{ store: dir, dir: {short_dir / 'queue'}, retry: 500ms, max_retry: 500ms, "
+                f"scan_interval: 200ms, lifetime: 2s }}\n")
+            cls.short = harness.Mailgate(short_dir, short, name="short").start()
         except BaseException:
             cls.tearDownClass()
             raise
 
     @classmethod
     def tearDownClass(cls):
-        if cls.gateway is not None:
-            cls.gateway.stop()
+        for gw in (cls.gateway, cls.short):
+            if gw is not None:
+                gw.stop()
         if cls.dovecot is not None:
             cls.dovecot.stop()
         harness.remove_workdir(cls.dir)
@@ -264,6 +274,23 @@ class DirQueueTest(QueueCase):
         self.node_users("free")
         time.sleep(1.5)
         self.assertEqual(self.maildir(FRANK, subject), [], "a deleted entry is not delivered")
+
+
+    def test_6_a_recipient_past_the_lifetime_expires_with_a_dsn(self):
+        subject = f"expired {time.time_ns()}"
+        code, text = self.send(self.short_port, ALICE, subject)
+        self.assertEqual(code, 250, text)
+        qid = self.queue_id(text)
+        harness.wait_for(lambda: self.lines(self.short, "queue expired", queue_id=qid), 15, what="queue expired")
+        dsns = harness.wait_for(lambda: self.maildir(ALICE, subject), 15, what="the DSN")
+        time.sleep(1.0)
+        dsns = self.maildir(ALICE, subject)
+        self.assertEqual(len(dsns), 1)
+        dsn = dsns[0].decode(errors="replace")
+        self.assertRegex(dsn, r"(?i)final-recipient: rfc822;\s*frank@example\.org")
+        self.assertRegex(dsn, r"(?i)action: failed")
+        self.assertRegex(dsn, r"(?i)status: 4\.4\.7")
+        self.assertEqual(self.maildir(FRANK, subject), [])
 
 
 class PostgresQueueTest(QueueCase):
