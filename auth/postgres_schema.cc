@@ -156,6 +156,29 @@ CREATE TABLE IF NOT EXISTS mailgate_quarantine (
 );
 CREATE INDEX IF NOT EXISTS mailgate_quarantine_created ON mailgate_quarantine (created_ms);
 )sql",
+    // 5: the exception queue (queue.store: postgres, auth/postgres_queue.h): one row
+    // per entry, the message stored once in a bytea, the envelope and the recipients'
+    // states in meta (queue::encodeQueueMeta). lease_owner/lease_until_ms: the gateway
+    // working on the entry ('' and 0: nobody); claims take rows FOR UPDATE SKIP LOCKED.
+    // message_id: the duplicate check of a resent message (a hash index: any length).
+    R"sql(
+CREATE TABLE IF NOT EXISTS mailgate_queue (
+  id             text PRIMARY KEY,
+  created_ms     bigint NOT NULL,
+  next_ms        bigint NOT NULL DEFAULT 0,
+  attempts       integer NOT NULL DEFAULT 0,
+  size           bigint NOT NULL,
+  message_id     text NOT NULL DEFAULT '',
+  mail_from      text NOT NULL,
+  lease_owner    text NOT NULL DEFAULT '',
+  lease_until_ms bigint NOT NULL DEFAULT 0,
+  meta           text NOT NULL,
+  message        bytea NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mailgate_queue_next ON mailgate_queue (next_ms);
+CREATE INDEX IF NOT EXISTS mailgate_queue_created ON mailgate_queue (created_ms);
+CREATE INDEX IF NOT EXISTS mailgate_queue_message_id ON mailgate_queue USING hash (message_id);
+)sql",
 };
 
 constexpr int kLatest = static_cast<int>(sizeof kMigrations / sizeof kMigrations[0]);

@@ -8,7 +8,8 @@
 // Tables (see docs/postgres.md): domains, nodes, mailboxes, aliases, routes, and
 // a trigger that NOTIFYs channel mailgate_routes on every change to nodes, routes
 // and the route columns of mailboxes; mailgate_bans (NOTIFY mailgate_bans) and the
-// UNLOGGED mailgate_policy_counters for the policy's state shared by the gateways.
+// UNLOGGED mailgate_policy_counters for the policy's state shared by the gateways;
+// mailgate_quarantine (the quarantine) and mailgate_queue (the exception queue).
 #include <string>
 
 #include "conf/config.h"

@@ -32,6 +32,7 @@
 #include "filters/policy/policy.h"
 #include "filters/policy/policy_state.h"
 #include "filters/quarantine.h"
+#include "gateway/queue/queue_store.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/core/privileges.h"
@@ -61,6 +62,10 @@ const char kUsage[] =
     "       mailgate --config FILE --quarantine       list the running gateway's quarantine\n"
     "       mailgate --config FILE --release ID       deliver a quarantined message\n"
     "       mailgate --config FILE --delete ID        delete a quarantined message\n"
+    "       mailgate --config FILE --queue            list the running gateway's exception queue\n"
+    "       mailgate --config FILE --queue-show ID    one queue entry, its recipients and their states\n"
+    "       mailgate --config FILE --queue-retry ID   deliver a queue entry now\n"
+    "       mailgate --config FILE --queue-delete ID  delete a queue entry\n"
     "       mailgate --explain FILE --listener L --client IP [--helo H] [--from A] [--rcpt B]...\n"
     "                [--user U] [--message FILE.eml]  what the policy does to a session\n"
     "       mailgate --test-policy FILE CASES.yaml    run policy test cases offline\n"
@@ -246,6 +251,30 @@ int quarantineCli(const std::string& path, int argc, char** argv) {
     return 1;
   }
   std::printf("released %s\n", id.c_str());
+  return 0;
+}
+
+// mailgate --config FILE (--queue | --queue-show ID | --queue-retry ID | --queue-delete ID)
+int queueCli(const std::string& path, int argc, char** argv) {
+  const std::string cmd = argv[3];
+  if (cmd == "--queue" && argc == 4) return banCommand(path, "GET", "/queue?format=table", true);
+  if (cmd == "--queue" || argc != 5) {
+    usage();
+    return 2;
+  }
+  const std::string id = argv[4];
+  if (!queue::validQueueId(id)) {
+    std::fprintf(stderr, "mailgate: %s: not a queue id ([A-Za-z0-9._-], at most 64 characters)\n", id.c_str());
+    return 1;
+  }
+  if (cmd == "--queue-show") return banCommand(path, "GET", "/queue/" + id, true);
+  if (cmd == "--queue-retry") {
+    if (banCommand(path, "POST", "/queue/" + id + "/retry", false) != 0) return 1;
+    std::printf("retrying %s\n", id.c_str());
+    return 0;
+  }
+  if (banCommand(path, "DELETE", "/queue/" + id, false) != 0) return 1;
+  std::printf("deleted %s\n", id.c_str());
   return 0;
 }
 
@@ -705,6 +734,9 @@ int main(int raw_argc, char** raw_argv) {
     return bansCli(argv[2], argc, argv);
   if (argc >= 4 && is(1, "--config") && (is(3, "--quarantine") || is(3, "--release") || is(3, "--delete")))
     return quarantineCli(argv[2], argc, argv);
+  if (argc >= 4 && is(1, "--config") &&
+      (is(3, "--queue") || is(3, "--queue-show") || is(3, "--queue-retry") || is(3, "--queue-delete")))
+    return queueCli(argv[2], argc, argv);
   if (argc == 3 && is(1, "--init-db")) return initDb(argv[2]);
   if (argc >= 2 && is(1, "--explain")) return admin::explainMain(argc, argv);
   if (argc >= 2 && is(1, "--test-policy")) return admin::testPolicyMain(argc, argv);

@@ -16,12 +16,14 @@
 #include "filters/policy/policy_state.h"
 #include "gateway/admin/admin_auth.h"
 #include "gateway/admin/quarantine_api.h"
+#include "gateway/admin/queue_api.h"
 #include "gateway/admin/status_page.h"
 #include "gateway/core/ascii.h"
 #include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
 #include "gateway/io/listener.h"
 #include "gateway/session/listener_stats.h"
+#include "gateway/session/queue_runner.h"
 #include "gateway/session/runtime.h"
 
 namespace mailgate::admin {
@@ -88,7 +90,8 @@ std::string messageOf(const std::string& resp) {
 
 // Routes that change state (any method but GET): the credential is checked first.
 bool isStateRoute(const std::string& path) {
-  return path == "/bans" || path == "/bans/lift" || path == "/backends/drain" || path.rfind("/quarantine", 0) == 0;
+  return path == "/bans" || path == "/bans/lift" || path == "/backends/drain" || path.rfind("/quarantine", 0) == 0 ||
+         path == "/queue" || path.rfind("/queue/", 0) == 0;
 }
 
 const char* protocolName(conf::Protocol p) {
@@ -166,6 +169,18 @@ StatusData gatherStatus(bool writable) {
       d.quarantine = std::move(entries.value());
     else
       d.quarantine_error = entries.error();
+  }
+  if (rt->queue) {
+    d.queue_configured = true;
+    if (auto sum = rt->queue->summary(); !sum) {
+      d.queue_error = sum.error();
+    } else if (auto entries = rt->queue->list(kStatusQueue); !entries) {
+      d.queue_error = entries.error();
+    } else {
+      d.queue_entries = sum.value().entries;
+      d.queue_oldest_created_ms = sum.value().oldest_created_ms;
+      d.queue = std::move(entries.value());
+    }
   }
   return d;
 }
@@ -377,6 +392,8 @@ void AdminServer::serve(int fd) {
       out = bans(hr);
     else if (hr.path == "/backends/drain")
       out = drain(hr);
+    else if (hr.path == "/queue" || hr.path.rfind("/queue/", 0) == 0)
+      out = queueRoutes(hr);
     else
       out = quarantine(hr);
   }
@@ -521,6 +538,53 @@ std::string AdminServer::quarantine(const HttpRequest& req) {
   }
   return jsonError(405, "Method Not Allowed",
                    "GET /quarantine, GET or DELETE /quarantine/ID, POST /quarantine/ID/release");
+}
+
+std::string AdminServer::queueRoutes(const HttpRequest& req) {
+  std::string id;
+  bool id_valid = false;
+  const bool list = req.path == "/queue";
+  const QueueRoute route = list ? QueueRoute::kNone : parseQueuePath(req.path, &id, &id_valid);
+  if (!list && route == QueueRoute::kNone) return jsonError(404, "Not Found", "no such queue route");
+  if (!list && !id_valid) return jsonError(400, "Bad Request", "not a queue id: [A-Za-z0-9._-], at most 64");
+  const std::shared_ptr<session::Runtime> rt = session::currentRuntime();
+  if (!rt || !rt->queue) return jsonError(503, "Service Unavailable", "no exception queue (queue.store) configured");
+  queue::QueueStore& store = *rt->queue;
+  if (list && req.method == "GET") {
+    size_t limit = 0;
+    std::string error;
+    if (!parseQueueList(req, &limit, &error)) return jsonError(400, "Bad Request", error);
+    auto entries = store.list(limit);
+    if (!entries) return jsonError(503, "Service Unavailable", entries.error());
+    const std::string* format = req.param("format");
+    if (format && *format == "table")
+      return response(200, "OK", queueTable(entries.value(), filters::wallMs()), "text/plain");
+    return response(200, "OK", queueJson(entries.value()), "application/json");
+  }
+  if (route == QueueRoute::kEntry && req.method == "GET") {
+    auto e = store.get(id);
+    if (!e) return jsonError(503, "Service Unavailable", e.error());
+    if (!e.value()) return jsonError(404, "Not Found", "no queue entry " + id);
+    return response(200, "OK", queueEntryJson(*e.value(), true) + "\n", "application/json");
+  }
+  if (route == QueueRoute::kRetry && req.method == "POST") {
+    auto r = store.retryNow(id);
+    if (!r) return jsonError(503, "Service Unavailable", r.error());
+    if (!r.value()) return jsonError(404, "Not Found", "no queue entry " + id);
+    if (rt->queue_runner) rt->queue_runner->wake();
+    log::info("queue entry retried by an operator", {{"queue_id", id}});
+    return response(200, "OK", "{\"retry\":\"" + jsonEscape(id) + "\"}\n", "application/json");
+  }
+  if ((route == QueueRoute::kEntry && req.method == "DELETE") ||
+      (route == QueueRoute::kDelete && req.method == "POST")) {
+    auto r = store.remove(id, "");
+    if (!r) return jsonError(503, "Service Unavailable", r.error());
+    if (!r.value()) return jsonError(404, "Not Found", "no queue entry " + id);
+    queue::queueStats().deleted.fetch_add(1, std::memory_order_relaxed);
+    log::info("queue entry deleted by an operator", {{"queue_id", id}});
+    return response(200, "OK", "{\"deleted\":\"" + jsonEscape(id) + "\"}\n", "application/json");
+  }
+  return jsonError(405, "Method Not Allowed", "GET /queue, GET or DELETE /queue/ID, POST /queue/ID/retry");
 }
 
 void renderQuarantineMetrics(std::string& out) {

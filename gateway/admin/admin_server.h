@@ -3,6 +3,7 @@
 // GET /healthz, the status page (gateway/admin/status_page.h: GET /status,
 // GET /status.json, GET / redirects), the bans (gateway/admin/bans_api.h: list,
 // ban, lift), the quarantine (gateway/admin/quarantine_api.h: list, show, release,
+// delete), the exception queue (gateway/admin/queue_api.h: list, show, retry,
 // delete) and the backends' drain:
 //   POST /backends/drain?name=NODE&state=drain|active
 // With the postgres directory (its nodes table) a drain is written to the table and
@@ -55,6 +56,7 @@ class AdminServer {
   void serve(int fd);
   std::string bans(const HttpRequest& req);
   std::string quarantine(const HttpRequest& req);
+  std::string queueRoutes(const HttpRequest& req);
   std::string drain(const HttpRequest& req);
   std::string token() const;
   std::string listen_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 
 #include "filters/circuit_breaker.h"
@@ -17,6 +18,7 @@
 #include "gateway/core/ascii.h"
 #include "gateway/core/log.h"
 #include "gateway/io/worker_pool.h"
+#include "gateway/queue/queue_store.h"
 #include "gateway/session/backend_stats.h"
 #include "gateway/session/filter_chain.h"
 #include "gateway/session/listener_stats.h"
@@ -307,6 +309,39 @@ void renderScannerTypes(MetricsWriter& w) {
 
 // The directory's "key=value" pairs (Directory::statsText()): gauges for the sizes
 // (*_entries), counters (with _total) for the rest.
+// The exception queue: the store's size as the runner last read it, and this
+// gateway's counters.
+void renderQueue(MetricsWriter& w) {
+  const queue::QueueStats& q = queue::queueStats();
+  w.single("mailgate_queue_entries", "gauge", "Entries in the exception queue (every gateway's, as last read).",
+           load(q.entries));
+  w.single("mailgate_queue_bytes", "gauge", "Octets of the messages in the exception queue.", load(q.bytes));
+  const int64_t oldest = q.oldest_created_ms.load(std::memory_order_relaxed);
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  w.single("mailgate_queue_oldest_age_seconds", "gauge", "Age of the oldest queued entry (0: the queue is empty).",
+           static_cast<uint64_t>(oldest > 0 && now_ms > oldest ? (now_ms - oldest) / 1000 : 0));
+  w.family("mailgate_queue_recipients_total", "counter",
+           "Recipients worked from the queue, by result (expired recipients count as failed too).")
+      .sample({{"result", "delivered"}}, load(q.delivered))
+      .sample({{"result", "deferred"}}, load(q.deferred))
+      .sample({{"result", "failed"}}, load(q.failed))
+      .sample({{"result", "expired"}}, load(q.expired));
+  w.single("mailgate_queue_attempts_total", "counter", "Delivery attempts from the queue (per entry and node).",
+           load(q.attempts));
+  w.single("mailgate_queue_dsn_total", "counter", "Delivery status notifications queued for a sender.",
+           load(q.dsn_sent));
+  w.family("mailgate_queue_puts_total", "counter",
+           "Messages the sessions wrote to the queue, by result (full and error: the client got 451).")
+      .sample({{"result", "stored"}}, load(q.queued))
+      .sample({{"result", "full"}}, load(q.put_full))
+      .sample({{"result", "error"}}, load(q.put_failed));
+  w.single("mailgate_queue_duplicates_total", "counter",
+           "Recipients of a resent message that the queue already held (no second copy).", load(q.duplicates));
+  w.single("mailgate_queue_deleted_total", "counter", "Queue entries deleted by an operator.", load(q.deleted));
+}
+
 void renderDirectory(MetricsWriter& w, const std::string& ds) {
   size_t pos = 0;
   while (pos < ds.size()) {
@@ -421,6 +456,7 @@ std::string renderMetrics(const std::vector<std::unique_ptr<session::Reactor>>& 
   // Policy (bans, limits, rules) and the quarantine.
   renderPolicyMetrics(out);
   renderQuarantineMetrics(out);
+  renderQueue(w);
   w.family("mailgate_policy_actions_total", "counter",
            "Limits exceeded and rules matched, by kind, name and outcome (shadow rules: shadow).");
   filters::policy::forEachRuleMetric([&w](const filters::policy::RuleMetric& m) {

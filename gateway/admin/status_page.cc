@@ -1,7 +1,10 @@
 #include "gateway/admin/status_page.h"
 
+#include <algorithm>
+
 #include "gateway/admin/bans_api.h"
 #include "gateway/admin/quarantine_api.h"
+#include "gateway/admin/queue_api.h"
 
 namespace mailgate::admin {
 
@@ -191,9 +194,40 @@ std::string renderStatusHtml(const StatusData& d) {
     if (d.quarantine.empty()) o += "<tr><td colspan=\"8\" class=\"muted\">empty</td></tr>\n";
     o += "</tbody></table>";
   }
+  o += "</section>\n";
+
+  o += "<section id=\"queue\"><h2>Exception queue</h2>";
+  if (!d.queue_configured) {
+    o += "<p class=\"muted\">No exception queue (queue.store) is configured.</p>";
+  } else if (!d.queue_error.empty()) {
+    o += "<p class=\"down\">The queue cannot be read: " + esc(d.queue_error) + "</p>";
+  } else {
+    const int64_t now_ms = d.now_unix * 1000;
+    o += "<p>Entries: <b id=\"queue-entries\">" + num(d.queue_entries) + "</b>; oldest: <b id=\"queue-oldest\">" +
+         (d.queue_oldest_created_ms > 0 ? esc(formatUptime(std::max<int64_t>(0, now_ms - d.queue_oldest_created_ms) / 1000))
+                                        : std::string("none")) +
+         "</b>.</p>";
+    o += "<table><thead><tr><th>Id</th><th>Created</th><th>From</th><th>Open recipients</th><th>Attempts</th>"
+         "<th>Next attempt</th><th></th></tr></thead><tbody>\n";
+    for (const auto& e : d.queue) {
+      std::vector<std::string> open;
+      for (const auto& r : e.rcpts)
+        if (r.state == queue::RcptState::kPending || r.state == queue::RcptState::kFailed) open.push_back(r.addr);
+      o += "<tr data-queue=\"" + esc(e.id) + "\"><td><code>" + esc(e.id) + "</code></td><td>" +
+           esc(isoTime(e.created_ms)) + "</td><td>" + esc(e.mail_from) + "</td><td>" + esc(list(open)) +
+           "</td><td class=\"n\">" + num(uint64_t{e.attempts}) + "</td><td>" +
+           (e.next_ms > now_ms ? esc(isoTime(e.next_ms)) : std::string("now")) + "</td><td>" +
+           button(d, "/queue/" + percentEncode(e.id) + "/retry", "Retry now", "retry") + " " +
+           button(d, "/queue/" + percentEncode(e.id) + "/delete", "Delete", "delete") + "</td></tr>\n";
+    }
+    if (d.queue.empty()) o += "<tr><td colspan=\"7\" class=\"muted\">empty</td></tr>\n";
+    o += "</tbody></table>";
+    if (d.queue_entries > d.queue.size())
+      o += "<p class=\"muted\">The " + num(uint64_t{kStatusQueue}) + " oldest only.</p>";
+  }
   o += "</section>\n<p class=\"muted\">Also: <a href=\"/status.json\">/status.json</a>, "
        "<a href=\"/metrics\">/metrics</a>, <a href=\"/bans\">/bans</a>, <a "
-       "href=\"/quarantine\">/quarantine</a>.</p>\n"
+       "href=\"/quarantine\">/quarantine</a>, <a href=\"/queue\">/queue</a>.</p>\n"
        "</body></html>\n";
   return o;
 }
@@ -244,6 +278,11 @@ std::string renderStatusJson(const StatusData& d) {
        ",\"error\":" + (d.quarantine_error.empty() ? std::string("null") : jsonStr(d.quarantine_error)) +
        ",\"entries\":[";
   for (size_t i = 0; i < d.quarantine.size(); ++i) o += (i ? "," : "") + quarantineEntryJson(d.quarantine[i]);
+  o += std::string("]},\n\"queue\":{\"configured\":") + (d.queue_configured ? "true" : "false") +
+       ",\"error\":" + (d.queue_error.empty() ? std::string("null") : jsonStr(d.queue_error)) +
+       ",\"entries\":" + num(d.queue_entries) + ",\"oldest_created_ms\":" + num(d.queue_oldest_created_ms) +
+       ",\"oldest\":[";
+  for (size_t i = 0; i < d.queue.size(); ++i) o += (i ? "," : "") + queueEntryJson(d.queue[i], true);
   return o + "]}}\n";
 }
 

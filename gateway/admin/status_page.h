@@ -13,11 +13,13 @@
 #include "filters/policy/bans.h"
 #include "filters/policy/limited_top.h"
 #include "filters/quarantine.h"
+#include "gateway/queue/queue_store.h"
 
 namespace mailgate::admin {
 
 inline constexpr size_t kStatusTopLimited = 20;
 inline constexpr size_t kStatusQuarantine = 20;
+inline constexpr size_t kStatusQueue = 10;
 inline constexpr size_t kStatusRoutes = 50;
 inline constexpr size_t kStatusBans = 200;
 
@@ -64,6 +66,12 @@ struct StatusData {
   bool quarantine_configured = false;
   std::string quarantine_error;                      // the store could not be read
   std::vector<filters::QuarantineEntry> quarantine;  // newest first
+
+  bool queue_configured = false;
+  std::string queue_error;                // the store could not be read
+  uint64_t queue_entries = 0;
+  int64_t queue_oldest_created_ms = 0;    // 0: empty
+  std::vector<queue::QueueEntry> queue;   // the oldest first
 };
 
 // &, <, >, " and ' as character references; control characters (but tab) as U+FFFD.

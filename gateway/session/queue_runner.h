@@ -55,8 +55,9 @@ class QueueRunner {
 
  private:
   void run();
-  // Works one claimed entry to its next state.
-  void work(queue::QueueEntry e, const Runtime& rt);
+  // Works one claimed entry to its next state; true when it queued a DSN (an entry
+  // due now: the pass goes on to it).
+  bool work(queue::QueueEntry e, const Runtime& rt);
   int64_t backoffMs(uint32_t attempts) const;
 
   std::shared_ptr<queue::QueueStore> store_;

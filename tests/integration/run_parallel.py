@@ -48,8 +48,8 @@ EXPECTED = {
     "test_harness": 5, "test_cli": 5, "test_submission": 4, "test_pop3": 4,
     "test_proxy_protocol": 3, "test_clamd": 6, "test_demo": 2, "test_admin": 2, "test_smtp_unresolvable": 2,
     "test_policy_limits": 30, "test_policy_rules": 8, "test_policy_geoip": 9, "test_policy_cli": 6,
-    "test_cluster": 60,
-    "test_package": 120, "test_systemd": 8,
+    "test_cluster": 60, "test_queue_pg_store": 15,
+    "test_package": 120, "test_systemd": 8, "test_queue": 35,
 }
 UNKNOWN = 60.0  # a new file starts early rather than last
 

@@ -180,9 +180,9 @@ class BansClusterTest(unittest.TestCase):
                      "INSERT INTO domains (name) VALUES ('example.org');", dbname="old")
         r = harness.run_mailgate("--init-db", str(cfg))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("schema version 4 (applied 3, 4)", r.stdout)
+        self.assertIn("schema version 5 (applied 3, 4, 5)", r.stdout)
         r = harness.run_mailgate("--init-db", str(cfg))
-        self.assertIn("schema version 4 (up to date)", r.stdout)
+        self.assertIn("schema version 5 (up to date)", r.stdout)
         self.assertEqual(self.db.psql("SELECT name FROM domains", dbname="old").strip(), "example.org")
         self.assertEqual(self.db.psql("SELECT relpersistence FROM pg_class WHERE relname = "
                                       "'mailgate_policy_counters'", dbname="old").strip(), "u", "UNLOGGED")

@@ -126,6 +126,36 @@ TEST(StatusPage, Json) {
   EXPECT_NE(json.find("\"last_reload\":\"2027-01-15T08:00:50Z\""), std::string::npos);
 }
 
+TEST(StatusPage, QueueSection) {
+  StatusData d = sample();
+  EXPECT_NE(renderStatusHtml(d).find("No exception queue (queue.store) is configured."), std::string::npos);
+  d.queue_configured = true;
+  d.queue_entries = 12;
+  d.queue_oldest_created_ms = (d.now_unix - 3 * 3600 - 120) * 1000;
+  queue::QueueEntry e;
+  e.id = "s1-<1>";
+  e.created_ms = d.queue_oldest_created_ms;
+  e.next_ms = (d.now_unix + 60) * 1000;
+  e.attempts = 4;
+  e.mail_from = "<carol@example.com>";
+  e.rcpts = {{"<dave@example.org>", queue::RcptState::kDelivered, "", 0},
+             {"<frank@example.org>", queue::RcptState::kPending, "", 0}};
+  d.queue.push_back(e);
+  const std::string html = renderStatusHtml(d);
+  EXPECT_NE(html.find("<b id=\"queue-entries\">12</b>"), std::string::npos);
+  EXPECT_NE(html.find("<b id=\"queue-oldest\">3h 2m</b>"), std::string::npos);
+  EXPECT_NE(html.find("data-queue=\"s1-&lt;1&gt;\""), std::string::npos);
+  EXPECT_NE(html.find("<td>&lt;frank@example.org&gt;</td>"), std::string::npos);  // open ones only
+  EXPECT_NE(html.find("formaction=\"/queue/s1-%3C1%3E/retry\""), std::string::npos);
+  EXPECT_NE(html.find("formaction=\"/queue/s1-%3C1%3E/delete\""), std::string::npos);
+  EXPECT_NE(html.find("The 10 oldest only."), std::string::npos);
+  const std::string json = renderStatusJson(d);
+  EXPECT_NE(json.find("\"queue\":{\"configured\":true,\"error\":null,\"entries\":12"), std::string::npos);
+  EXPECT_NE(json.find("\"id\":\"s1-<1>\""), std::string::npos);
+  d.queue_error = "the database is down";
+  EXPECT_NE(renderStatusHtml(d).find("The queue cannot be read: the database is down"), std::string::npos);
+}
+
 TEST(StatusPage, ActionPage) {
   const std::string html = renderActionPage(401, "Unauthorized", "wrong <token>");
   EXPECT_NE(html.find("<p id=\"message\">wrong &lt;token&gt;</p>"), std::string::npos);

@@ -169,6 +169,26 @@ TEST_P(SmtpNodeClientTest, LmtpPerRecipientReplies) {
   EXPECT_FALSE(client_.delivering());
 }
 
+TEST_P(SmtpNodeClientTest, LmtpPartialForTheQueueKeepsEachRecipientsReply) {
+  NodeTransaction t = txn({target(a_, true)}, {"<b@y.example>", "<c@y.example>", "<d@y.example>"});
+  t.queue_partial = true;
+  client_.deliver(std::move(t));
+  fake_.takeEvents();
+  handshake(true, "250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n");
+  fake_.take();
+  node("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n");
+  fake_.take();
+  node("250 2.0.0 <b@y.example> Saved\r\n452 4.2.2 <c@y.example> Mailbox is full\r\n"
+       "550 5.1.1 <d@y.example> User doesn't exist\r\n");
+  EXPECT_EQ(fake_.outcome, "partial");
+  // The session queues c and reports d: it needs every recipient's reply, by index.
+  ASSERT_EQ(client_.recipientReplies().size(), 3u);
+  EXPECT_EQ(client_.recipientReplies()[0].substr(0, 3), "250");
+  EXPECT_EQ(client_.recipientReplies()[1], "452 4.2.2 <c@y.example> Mailbox is full");
+  EXPECT_EQ(client_.recipientReplies()[2].substr(0, 9), "550 5.1.1");
+  EXPECT_EQ(client_.attemptBackend(), "node-a");
+}
+
 TEST_P(SmtpNodeClientTest, LmtpEveryRecipientAccepted) {
   client_.deliver(txn({target(a_, true)}, {"<b@y.example>", "<c@y.example>"}));
   handshake(true, "250 PIPELINING\r\n");
