@@ -277,14 +277,22 @@ class QueueBench:
                "queue_stored_delta": (q1 - q0) if q0 is not None and q1 is not None else None,
                "queue_held_before": q0,
                "wall_s": r["wall_s"], "rc": r["rc"], "errors": r["stderr"] or None}
-        # No retry is due during the run (retry: 10m): the entries gauge grows by the
-        # entries written; the store's own count must agree.
-        gauge = rec["queue_metrics"].get("mailgate_queue_entries")
-        stored = rec["queue_stored_delta"]
-        rec["queue_entries_written"] = gauge if gauge is not None else stored
+        # /metrics: the puts the sessions made, by result; none refused, no
+        # recipient taken for a duplicate (every smtp-source message has its own
+        # Message-Id). No retry is due during the run (retry: 10m), so the store
+        # holds as many more entries as were stored.
+        qm = rec["queue_metrics"]
+        stored_puts = qm.get('mailgate_queue_puts_total{result="stored"}')
+        refused_puts = (qm.get('mailgate_queue_puts_total{result="full"}', 0)
+                        + qm.get('mailgate_queue_puts_total{result="error"}', 0))
+        rec["queue_entries_written"] = stored_puts if stored_puts is not None else rec["queue_stored_delta"]
+        rec["queue_puts_refused"] = refused_puts
+        rec["queue_duplicates"] = qm.get("mailgate_queue_duplicates_total", 0)
         rec["ok"] = (r["rc"] == 0 and rec["delivered"] == expect_delivered
-                     and rec["replies_250"] in (None, count) and not rec["replies_4xx"]
-                     and gauge in (None, r["deferred_rcpts"]) and stored in (None, r["deferred_rcpts"]))
+                     and rec["replies_250"] in (None, count) and not rec["replies_4xx"] and not rec["replies_5xx"]
+                     and stored_puts in (None, r["deferred_rcpts"])
+                     and rec["queue_stored_delta"] in (None, r["deferred_rcpts"])
+                     and not refused_puts and not rec["queue_duplicates"])
         if measure:
             rec["msgs_per_s"] = count / r["wall_s"]
             for k in cpu0:
@@ -370,7 +378,6 @@ class QueueBench:
                     self.loads.append(loadavg())
                     rec = self.send(t, a.messages, f"{t}/round{i + 1}", measure=True)
                     rec["loadavg"] = self.loads[-1]
-                    rec["queue_held_after"] = self.gateways[GATEWAY_OF[t]].metrics().get("mailgate_queue_entries")
                     self.runs.setdefault(t, []).append(rec)
                     self.results[t] = median_record(self.runs[t])
                     flag = "" if rec["ok"] else "  <-- NOT AS EXPECTED"
@@ -378,7 +385,8 @@ class QueueBench:
                                       for k2, v in rec.items() if k2.startswith("cpu_us_per_msg_"))
                     log(f"  round {i + 1} {t}: {fmt(rec.get('msgs_per_s'))} msgs/s ({a.messages} in "
                         f"{rec['wall_s']:.2f} s), {extra}; delivered {rec['delivered']}/{rec['expect_delivered']}, "
-                        f"queued {rec['queue_entries_written']}/{rec['deferred_rcpts']}, "
+                        f"queued {rec['queue_entries_written']}/{rec['deferred_rcpts']} (store +{rec['queue_stored_delta']}, "
+                        f"held before {rec['queue_held_before']}), "
                         f"250 {rec['replies_250']} 4xx {rec['replies_4xx']}{flag}")
             self.loads.append(loadavg())
             for name, g in self.gateways.items():
