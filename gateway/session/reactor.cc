@@ -42,7 +42,9 @@ void Reactor::updateClock() {
 }
 
 std::string Reactor::newSessionId() {
-  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  // base64url (RFC 4648 §5): the id names the SMTP queue id too, which is also a
+  // file name in the queue's spool directory and a path segment of the admin API.
+  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   uint64_t v = sid_base_ ^ (++sid_counter_ * 0x9E3779B97F4A7C15ull) ^ (static_cast<uint64_t>(index_) << 58);
   std::string s;
   for (int i = 0; i < 11; i++) {

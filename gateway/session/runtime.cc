@@ -1,5 +1,7 @@
 #include "gateway/session/runtime.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -11,13 +13,16 @@
 #include "auth/postgres_directory.h"
 #include "auth/postgres_policy.h"
 #include "auth/postgres_quarantine.h"
+#include "auth/postgres_queue.h"
 #include "filters/clamd_filter.h"
 #include "filters/milter_filter.h"
 #include "filters/dlp.h"
 #include "filters/icap_filter.h"
 #include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
+#include "gateway/queue/dir_queue_store.h"
 #include "gateway/session/quarantine_release.h"
+#include "gateway/session/queue_runner.h"
 
 namespace mailgate::session {
 
@@ -201,10 +206,23 @@ void publishRuntime(std::shared_ptr<Runtime> rt) {
 
 Runtime::~Runtime() { stopBackground(); }
 
+namespace {
+// This process in the queue's leases: host, pid and start time (a restarted gateway
+// is another owner; the leases of the one before it run out).
+std::string queueOwnerName() {
+  static const std::string name = core::hostName() + ":" + std::to_string(::getpid()) + ":" +
+                                  std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                     std::chrono::system_clock::now().time_since_epoch())
+                                                     .count());
+  return name;
+}
+}  // namespace
+
 void Runtime::startBackground() {
   if (health) health->start();
   if (policy_sync) policy_sync->start();
   if (quarantine_sweeper) quarantine_sweeper->start();
+  if (queue_runner) queue_runner->start();
   if (!route_watcher) return;
   route_watcher->start();
   // One connect (libpq's connect_timeout is at least 2 s, see pg::withConnectTimeout)
@@ -220,6 +238,7 @@ void Runtime::stopBackground() {
   if (route_watcher) route_watcher->stop();
   if (policy_sync && policy_sync.use_count() == 1) policy_sync->stop();  // else a newer snapshot runs it
   if (quarantine_sweeper && quarantine_sweeper.use_count() == 1) quarantine_sweeper->stop();
+  if (queue_runner && queue_runner.use_count() == 1) queue_runner->stop();
 }
 
 const conf::ListenerConfig* Runtime::listener(const std::string& name) const {
@@ -326,6 +345,24 @@ Result<std::shared_ptr<Runtime>> Runtime::build(std::shared_ptr<const conf::Conf
   }
   if (rt->quarantine && !rt->quarantine_sweeper)
     rt->quarantine_sweeper = std::make_shared<QuarantineSweeper>(rt->quarantine, q.retention);
+
+  const conf::QueueConfig& qc = config->queue;
+  if (running && running->queue && running->config->queue == qc &&
+      (qc.store != "postgres" || running->config->directory == config->directory)) {
+    rt->queue = running->queue;
+    rt->queue_runner = running->queue_runner;
+  } else if (qc.store == "dir") {
+    auto store = queue::DirQueueStore::open(qc.dir, qc.max_entries, qc.max_size);
+    if (!store) return Error{"queue: " + store.error()};
+    rt->queue = std::move(store.value());
+  } else if (qc.store == "postgres") {
+    auto store = auth::PostgresQueueStore::create(config->directory, qc);
+    if (!store) return Error{"queue: " + store.error()};
+    rt->queue = std::move(store.value());
+  }
+  if (rt->queue && !rt->queue_runner)
+    rt->queue_runner = std::make_shared<QueueRunner>(
+        rt->queue, qc, [] { return std::shared_ptr<const Runtime>(currentRuntime()); }, queueOwnerName());
   return rt;
 }
 

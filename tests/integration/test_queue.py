@@ -56,7 +56,8 @@ class QueueCase(harness.LogsOnFailure, unittest.TestCase):
         for user in users:
             local, _, domain = user.partition("@")
             home = d.mail_dir / domain / local
-            rule = "userdb_quota_rule=*:storage=1K" if user == FRANK and frank == "full" else ""
+            # (an explicit large limit when free: the node may keep the last one otherwise)
+            rule = (f"userdb_quota_rule=*:storage={'1K' if frank == 'full' else '1G'}" if user == FRANK else "")
             extra[user] = f"{d.mail_uid}:{d.mail_gid}::{home}::{rule}"
         harness.write_passwd(d.passwd_path, users, d.scheme, extra)
         Path(d.passwd_path).chmod(0o644)
