@@ -55,6 +55,12 @@ std::string_view Rows::text(int row, int col) const {
   return {PQgetvalue(r_.get(), row, col), static_cast<std::size_t>(PQgetlength(r_.get(), row, col))};
 }
 
+uint64_t Rows::affected() const {
+  const char* n = PQcmdTuples(r_.get());
+  uint64_t v = 0;
+  for (; n && *n >= '0' && *n <= '9'; ++n) v = v * 10 + static_cast<uint64_t>(*n - '0');
+  return v;
+}
 int Rows::column(std::string_view name) const {
   for (int i = 0; i < columns(); ++i) {
     const char* n = PQfname(r_.get(), i);
@@ -104,6 +110,60 @@ Rows execPrepared(Connection& c, const std::string& name, const std::vector<std:
   Rows r(PQexecPrepared(conn, name.c_str(), static_cast<int>(values.size()), values.data(), nullptr, nullptr, 0));
   check(conn, r.result(), "[EXECUTE " + name + "]");
   return r;
+}
+
+Rows exec(Connection& c, const std::string& sql, const std::vector<Value>& params) {
+  PGconn* conn = open(c);
+  // Text values must end with NUL: copied; binary ones are passed with their length.
+  std::vector<std::string> text;
+  text.reserve(params.size());
+  std::vector<const char*> values;
+  std::vector<int> lengths, formats;
+  for (const Value& p : params) {
+    if (p.binary) {
+      values.push_back(p.value.data());
+    } else {
+      text.emplace_back(p.value);
+      values.push_back(text.back().c_str());
+    }
+    lengths.push_back(static_cast<int>(p.value.size()));
+    formats.push_back(p.binary ? 1 : 0);
+  }
+  Rows r(PQexecParams(conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
+                      lengths.data(), formats.data(), 0));
+  check(conn, r.result(), sql.substr(0, 60));
+  return r;
+}
+
+Transaction::Transaction(Connection& c) : c_(c) { exec(c_, "BEGIN"); }
+
+Transaction::~Transaction() {
+  if (!open_) return;
+  PGconn* conn = c_.raw();
+  if (conn && PQstatus(conn) == CONNECTION_OK) PQclear(PQexec(conn, "ROLLBACK"));
+}
+
+void Transaction::commit() {
+  open_ = false;
+  exec(c_, "COMMIT");
+}
+
+std::string bytea(std::string_view text) {
+  auto nibble = [](char ch) -> int {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  if (text.size() < 2 || text[0] != '\\' || text[1] != 'x') return out;
+  out.reserve((text.size() - 2) / 2);
+  for (size_t i = 2; i + 1 < text.size(); i += 2) {
+    const int hi = nibble(text[i]), lo = nibble(text[i + 1]);
+    if (hi < 0 || lo < 0) break;
+    out.push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return out;
 }
 
 std::string describe(const std::exception& e) {

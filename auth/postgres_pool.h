@@ -95,6 +95,8 @@ class Rows {
   unsigned columnType(int col) const;
   bool isNull(int row, int col) const;
   std::string_view text(int row, int col) const;
+  // Rows an INSERT, UPDATE or DELETE touched (PQcmdTuples; 0 for other statements).
+  uint64_t affected() const;
   const pg_result* result() const { return r_.get(); }
 
  private:
@@ -114,6 +116,40 @@ void prepare(Connection& c, const std::string& name, const std::string& sql);
 // pqxx::broken_connection when the connection is gone, pqxx::sql_error (with the
 // SQLSTATE) when the server refuses, pqxx::usage_error for an undefined name.
 Rows execPrepared(Connection& c, const std::string& name, const std::vector<std::string>& params);
+
+// A parameter of exec(): text, or bytes sent in binary format (a bytea value). The
+// value is read during the call only.
+struct Value {
+  Value(const std::string& v) : value(v), binary(false) {}  // NOLINT: implicit, as a text value
+  Value(const char* v) : value(v), binary(false) {}         // NOLINT
+  Value(std::string_view v, bool bytes) : value(v), binary(bytes) {}
+  std::string_view value;
+  bool binary;
+};
+
+// Runs sql ($1... for params) on libpq with each result owned before anything can
+// throw, as execPrepared: the stores' statements go this way, not through libpqxx's
+// exec, which loses the result when the connection breaks during the statement.
+// Throws as execPrepared does.
+Rows exec(Connection& c, const std::string& sql, const std::vector<Value>& params = {});
+
+// BEGIN on construction; commit() ends it. Left without commit() (an exception), it
+// rolls back if the connection is still up (the pool drops a connection that threw).
+class Transaction {
+ public:
+  explicit Transaction(Connection& c);
+  ~Transaction();
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  void commit();
+
+ private:
+  Connection& c_;
+  bool open_ = true;
+};
+
+// The bytes of a bytea column in text form ("\x" and hex digits).
+std::string bytea(std::string_view text);
 
 // Opens a connection and sets statement_timeout for the session. Throws pqxx errors.
 std::unique_ptr<Connection> connect(const std::string& conninfo, conf::Duration statement_timeout);

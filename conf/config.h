@@ -292,7 +292,7 @@ struct QueueConfig {
   Duration retry{60000};                         // the first retry; each one after doubles
   Duration max_retry{3600000};                   // up to this
   Duration lifetime{5LL * 86400000};             // then the sender gets a DSN
-  Duration lease{600000};                        // a claimed entry is its gateway's this long
+  Duration lease{1800000};                       // a claimed entry is its gateway's this long (> one delivery)
   Duration scan_interval{1000};                  // how often due entries are looked for
   bool operator==(const QueueConfig&) const = default;
 };

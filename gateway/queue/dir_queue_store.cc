@@ -194,8 +194,8 @@ Result<std::shared_ptr<DirQueueStore>> DirQueueStore::open(const std::string& di
     ::unlink(store->path(a.value()).c_str());
     return Error{"queue.dir " + dir + ": " + b.error()};
   }
-  const int rc = ::renameat2(AT_FDCWD, store->path(a.value()).c_str(), AT_FDCWD, store->path(b.value()).c_str(),
-                             RENAME_EXCHANGE);
+  const int rc = ::renameat2(AT_FDCWD, store->path(a.value()).c_str(), AT_FDCWD,
+                             store->path(b.value()).c_str(), RENAME_EXCHANGE);
   const int e = errno;
   ::unlink(store->path(a.value()).c_str());
   ::unlink(store->path(b.value()).c_str());
@@ -326,7 +326,8 @@ Result<std::string> DirQueueStore::writeTemp(std::string_view data, const filter
 Result<bool> DirQueueStore::exchange(const std::string& name, const std::string& data) const {
   auto tmp = writeTemp(data, nullptr);
   if (!tmp) return Error{tmp.error()};
-  const int rc = ::renameat2(AT_FDCWD, path(tmp.value()).c_str(), AT_FDCWD, path(name).c_str(), RENAME_EXCHANGE);
+  const int rc =
+      ::renameat2(AT_FDCWD, path(tmp.value()).c_str(), AT_FDCWD, path(name).c_str(), RENAME_EXCHANGE);
   const int e = errno;
   ::unlink(path(tmp.value()).c_str());  // the old content after a swap, the new one otherwise
   if (rc != 0) {
@@ -424,7 +425,8 @@ Result<std::vector<QueueEntry>> DirQueueStore::claimDue(const std::string& owner
   }
   {
     std::lock_guard<std::mutex> g(mu_);
-    for (auto it = cache_.begin(); it != cache_.end();) it = live.count(it->first) ? std::next(it) : cache_.erase(it);
+    for (auto it = cache_.begin(); it != cache_.end();)
+      it = live.count(it->first) ? std::next(it) : cache_.erase(it);
   }
   std::sort(due.begin(), due.end(), [](const Candidate& a, const Candidate& b) {
     return a.created_ms != b.created_ms ? a.created_ms < b.created_ms : a.meta->id < b.meta->id;
@@ -520,7 +522,7 @@ Result<bool> DirQueueStore::remove(const std::string& id, const std::string& own
     if (::rename(path(f.value()->name).c_str(), path(hidden).c_str()) != 0) {
       if (errno != ENOENT) return Error{sysError("rename " + path(f.value()->name), errno)};
       if (!owner.empty()) return false;  // renamed away under us: taken over
-      continue;  // an operator's delete raced a claim: look again
+      continue;                          // an operator's delete raced a claim: look again
     }
     ::unlink(path(id + ".msg").c_str());
     ::unlink(path(hidden).c_str());
@@ -595,7 +597,8 @@ Result<QueueSummary> DirQueueStore::summary() {
     if (!c) continue;
     sum.entries++;
     sum.bytes += c->msg_size;
-    if (sum.oldest_created_ms == 0 || c->created_ms < sum.oldest_created_ms) sum.oldest_created_ms = c->created_ms;
+    if (sum.oldest_created_ms == 0 || c->created_ms < sum.oldest_created_ms)
+      sum.oldest_created_ms = c->created_ms;
   }
   return sum;
 }

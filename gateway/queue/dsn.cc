@@ -7,9 +7,9 @@
 namespace mailgate::queue {
 
 namespace {
-constexpr size_t kMaxLine = 998;    // RFC 5322 2.1.1, without the CRLF
-constexpr size_t kMaxReply = 512;   // a node's reply as the DSN quotes it
-constexpr size_t kFoldAt = 76;      // folded header fields: lines about this long
+constexpr size_t kMaxLine = 998;   // RFC 5322 2.1.1, without the CRLF
+constexpr size_t kMaxReply = 512;  // a node's reply as the DSN quotes it
+constexpr size_t kFoldAt = 76;     // folded header fields: lines about this long
 constexpr const char* kCrlf = "\r\n";
 
 bool isAscii(std::string_view s) {
@@ -106,7 +106,8 @@ std::string utf8AddrXtext(std::string_view addr) {
       ok = (cc & 0xC0) == 0x80;
       cp = (cp << 6) | (cc & 0x3Fu);
     }
-    if (ok && ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF))))
+    if (ok && ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+               (n == 4 && (cp < 0x10000 || cp > 0x10FFFF))))
       ok = false;
     point(ok ? cp : 0xFFFD);
     i += ok ? n : 1;
@@ -230,7 +231,8 @@ bool dsnDue(const QueueEntry& original) {
 }
 
 std::string buildDsn(const DsnInput& in) {
-  const std::string host = in.reporting_mta.empty() ? std::string("localhost") : oneLine(in.reporting_mta, true, 255);
+  const std::string host =
+      in.reporting_mta.empty() ? std::string("localhost") : oneLine(in.reporting_mta, true, 255);
   const QueueEntry* orig = in.original;
   const std::string sender = orig ? oneLine(bare(orig->mail_from), false, 512) : std::string();
   const std::string id = orig ? orig->id : std::string();
@@ -265,7 +267,8 @@ std::string buildDsn(const DsnInput& in) {
   for (const auto& r : in.failed) {
     text += "<" + oneLine(bare(r.addr), false, 512) + ">: ";
     text += r.expired ? "delivery time expired; last reply: " : "";
-    text += oneLine(r.reply.empty() ? std::string_view("(no reply)") : std::string_view(r.reply), false, kMaxReply);
+    text += oneLine(r.reply.empty() ? std::string_view("(no reply)") : std::string_view(r.reply), false,
+                    kMaxReply);
     text += kCrlf;
   }
 
@@ -281,7 +284,8 @@ std::string buildDsn(const DsnInput& in) {
     field(&status, "Action", "failed");
     field(&status, "Status", statusOf(r));
     const std::string reply = oneLine(r.reply, true, kMaxReply);
-    if (!reply.empty()) field(&status, "Diagnostic-Code", (smtpReply(reply) ? "smtp; " : "X-mailgate; ") + reply);
+    if (!reply.empty())
+      field(&status, "Diagnostic-Code", (smtpReply(reply) ? "smtp; " : "X-mailgate; ") + reply);
     field(&status, "Last-Attempt-Date", rfc5322Date(lastAttemptMs(orig, r.addr, in.now_ms)));
   }
 
@@ -302,9 +306,9 @@ std::string buildDsn(const DsnInput& in) {
         headers.find(delim) == std::string::npos)
       break;
   }
-  const std::string message_id =
-      "<" + std::to_string(in.now_ms) + "." + hex64(fnv1a(id + "/" + std::to_string(in.failed.size()))) +
-      ".dsn@" + host + ">";
+  const std::string message_id = "<" + std::to_string(in.now_ms) + "." +
+                                 hex64(fnv1a(id + "/" + std::to_string(in.failed.size()))) + ".dsn@" + host +
+                                 ">";
 
   std::string out;
   field(&out, "From", "\"Mail Delivery System\" <MAILER-DAEMON@" + host + ">");
@@ -367,7 +371,9 @@ QueueEntry dsnEntry(const QueueEntry& original, size_t seq, int64_t now_ms) {
   QueueEntry e;
   const std::string suffix = ".dsn" + std::to_string(seq);
   // Within the 64 characters of a queue id: the original's cut when it is that long.
-  e.id = original.id.substr(0, std::min(original.id.size(), size_t{64} - std::min<size_t>(suffix.size(), 64))) + suffix;
+  e.id =
+      original.id.substr(0, std::min(original.id.size(), size_t{64} - std::min<size_t>(suffix.size(), 64))) +
+      suffix;
   e.created_ms = now_ms;
   e.next_ms = 0;
   e.mail_from = "<>";

@@ -109,7 +109,8 @@ bool parseRcptState(std::string_view name, RcptState* out) {
 }
 
 size_t QueueEntry::count(RcptState s) const {
-  return static_cast<size_t>(std::count_if(rcpts.begin(), rcpts.end(), [s](const QueueRcpt& r) { return r.state == s; }));
+  return static_cast<size_t>(
+      std::count_if(rcpts.begin(), rcpts.end(), [s](const QueueRcpt& r) { return r.state == s; }));
 }
 
 QueueStats& queueStats() {
@@ -122,8 +123,8 @@ bool validQueueId(std::string_view id) {
   // spool directory keeps its temporary files under names that start with '.'.
   if (id.empty() || id.size() > 64 || id[0] == '.') return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -195,10 +196,24 @@ bool decodeQueueMeta(std::string_view text, QueueEntry* out) {
   text.remove_prefix(nl + 1);
   // One bit per single-valued key: each exactly once.
   enum : uint32_t {
-    kId = 1u << 0, kCreated = 1u << 1, kNext = 1u << 2, kAttempts = 1u << 3, kFrom = 1u << 4,
-    kClientIp = 1u << 5, kHelo = 1u << 6, kUser = 1u << 7, kListener = 1u << 8, kSession = 1u << 9,
-    kMessageId = 1u << 10, kUtf8 = 1u << 11, k8bit = 1u << 12, kDsn = 1u << 13, kSize = 1u << 14,
-    kLeaseOwner = 1u << 15, kLeaseUntil = 1u << 16, kAll = (1u << 17) - 1,
+    kId = 1u << 0,
+    kCreated = 1u << 1,
+    kNext = 1u << 2,
+    kAttempts = 1u << 3,
+    kFrom = 1u << 4,
+    kClientIp = 1u << 5,
+    kHelo = 1u << 6,
+    kUser = 1u << 7,
+    kListener = 1u << 8,
+    kSession = 1u << 9,
+    kMessageId = 1u << 10,
+    kUtf8 = 1u << 11,
+    k8bit = 1u << 12,
+    kDsn = 1u << 13,
+    kSize = 1u << 14,
+    kLeaseOwner = 1u << 15,
+    kLeaseUntil = 1u << 16,
+    kAll = (1u << 17) - 1,
   };
   uint32_t seen = 0;
   while (!text.empty()) {

@@ -104,11 +104,13 @@ class GatewayEnv:
                                        backends=backends, routes=routes)
 
     def stop(self) -> None:
-        if self.gateway is not None:
-            self.gateway.stop()
-        for d in self.dovecots:
-            d.stop()
-        harness.remove_workdir(self.dir)
+        try:
+            if self.gateway is not None:
+                self.gateway.stop()  # may raise harness.SanitizerReport: the rest stops all the same
+        finally:
+            for d in self.dovecots:
+                d.stop()
+            harness.remove_workdir(self.dir)
 
     def diagnostics(self) -> str:
         out = []

@@ -302,12 +302,18 @@ class Daemons:
 
     @classmethod
     def _stop(cls):
+        failure = None
         for name in cls.DAEMONS:
             daemon = getattr(cls, name, None)
             if daemon is not None:
-                daemon.stop()
+                try:
+                    daemon.stop()
+                except Exception as e:  # e.g. SanitizerReport: the other daemons stop first
+                    failure = failure or e
         if getattr(cls, "dir", None) is not None:
             remove_workdir(cls.dir)
+        if failure is not None:
+            raise failure
 
     @classmethod
     def tearDownClass(cls):
@@ -648,6 +654,56 @@ def with_test_exemption(config_text: str) -> str:
     return config_text.rstrip("\n") + "\n" + TEST_EXEMPTION
 
 
+# A sanitizer build of the gateway (cmake -DMAILGATE_SANITIZE=ON; scripts/test.sh runs
+# the epoll pass on one) writes its reports to stderr, which the harness keeps in the
+# gateway's log: a report there fails the run (Mailgate.stop raises SanitizerReport).
+SANITIZER_DEFAULTS = {
+    # A leak or an error stops the process with a report; LeakSanitizer checks at exit.
+    "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+}
+_SANITIZER_REPORT = re.compile(r"ERROR: (?:AddressSanitizer|LeakSanitizer)|SUMMARY: UndefinedBehaviorSanitizer"
+                               r"|:\d+:\d+: runtime error: |LeakSanitizer has encountered a fatal error")
+
+
+class SanitizerReport(AssertionError):
+    """The gateway's stderr has an AddressSanitizer, LeakSanitizer or UBSan report."""
+
+
+def sanitizer_report(text: str) -> str | None:
+    """The report in text (from a few lines before its first line on), or None."""
+    m = _SANITIZER_REPORT.search(text)
+    if not m:
+        return None
+    start = text.rfind("\n", 0, max(0, text.rfind("\n", 0, m.start()) - 1)) + 1
+    return text[start:start + 12000]
+
+
+_SANITIZED: dict[str, bool] = {}
+
+
+def sanitizer_build(path: str | None = None) -> bool:
+    """Whether the binary (the gateway under test by default) is built with AddressSanitizer."""
+    path = str(Path(path or mailgate_bin()).resolve())
+    if path not in _SANITIZED:
+        try:
+            import mmap
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                _SANITIZED[path] = m.find(b"__asan_init") >= 0
+        except (OSError, ValueError):
+            _SANITIZED[path] = False
+    return _SANITIZED[path]
+
+
+def sanitizer_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a gateway process: env over os.environ, and the sanitizer
+    options of SANITIZER_DEFAULTS where neither sets them (harmless without sanitizers)."""
+    out = {**os.environ, **(env or {})}
+    for k, v in SANITIZER_DEFAULTS.items():
+        out.setdefault(k, v)
+    return out
+
+
 class Mailgate:
     """build/mailgate as a subprocess with config_text written to workdir/mailgate.yaml."""
 
@@ -676,11 +732,12 @@ class Mailgate:
             raise RuntimeError(f"mailgate binary not found: {self.binary} "
                                "(build it with cmake, or set MAILGATE_BIN)")
         self._log = open(self.log_path, "ab")
+        self._log_start = self._log.tell()  # the log is appended to across restarts
         self.proc = subprocess.Popen(gateway_command(self.binary, "--config", str(self.config_path),
                                                      seccomp=self.seccomp),
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, cwd=self.workdir,
-                                     env={**os.environ, **self.env} if self.env else None)
+                                     env=sanitizer_env(self.env))
         ports = listen_ports(self.config_text)
         deadline = time.monotonic() + timeout
         pending = list(ports)
@@ -712,7 +769,9 @@ class Mailgate:
             self.proc.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after timeout). Returns the exit status."""
+        """SIGTERM and wait (SIGKILL after timeout). Returns the exit status. Raises
+        SanitizerReport (once the process is gone) when its stderr since this start
+        has a sanitizer's report."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -726,7 +785,24 @@ class Mailgate:
             self._log.close()
         except Exception:
             pass
+        self.check_sanitizer()
         return self.proc.returncode
+
+    def check_sanitizer(self) -> None:
+        """Raises SanitizerReport when the log written since the last start has one
+        (each report is raised once)."""
+        start = getattr(self, "_log_start", 0)
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            return
+        report = sanitizer_report(data.decode("utf-8", "replace"))
+        if report is None:
+            return
+        self._log_start = start + len(data)  # raised once
+        raise SanitizerReport(f"sanitizer report from {self.binary} ({self.log_path}):\n{report}")
 
     def _log_settle(self, quiet: float = 0.06, limit: float = 2.0) -> None:
         """The gateway writes its log on a log thread of its own: a line logged before

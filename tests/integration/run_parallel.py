@@ -49,7 +49,7 @@ EXPECTED = {
     "test_proxy_protocol": 3, "test_clamd": 6, "test_demo": 2, "test_admin": 2, "test_smtp_unresolvable": 2,
     "test_policy_limits": 30, "test_policy_rules": 8, "test_policy_geoip": 9, "test_policy_cli": 6,
     "test_cluster": 60, "test_queue_pg_store": 15,
-    "test_package": 120, "test_systemd": 8, "test_queue": 35,
+    "test_package": 120, "test_systemd": 8, "test_queue": 35, "test_node_freeze": 70, "test_faults": 25,
 }
 UNKNOWN = 60.0  # a new file starts early rather than last
 

@@ -5,6 +5,7 @@ parallel runner's counting and port ranges."""
 import imaplib
 import os
 import poplib
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -130,6 +131,60 @@ class ParallelRunnerTest(unittest.TestCase):
         p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(p.stdout.strip(), "ok", p.stderr)
+
+
+class SanitizerReportTest(unittest.TestCase):
+    """Mailgate.stop() fails on a sanitizer report in the gateway's stderr, and only on
+    what this start of the gateway wrote (a stand-in binary writes the report)."""
+
+    REPORTS = {
+        "asan": "==42==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010",
+        "lsan": "==42==ERROR: LeakSanitizer: detected memory leaks",
+        "ubsan": "gateway/x.cc:12:7: runtime error: signed integer overflow: 2147483647 + 1",
+    }
+
+    def setUp(self):
+        self.dir = Path(harness.make_workdir("mailgate-harness-san-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+
+    def gateway(self, stderr_text: str) -> harness.Mailgate:
+        fake = self.dir / "fake-mailgate"
+        fake.write_text(f"#!/bin/sh\necho '{{\"msg\":\"mailgate started\"}}'\n"
+                        f"printf '%s\\n' {shlex.quote(stderr_text)} >&2\nexec sleep 30\n")
+        fake.chmod(0o755)
+        gw = harness.Mailgate(self.dir, "server: { threads: 1 }\n")
+        gw.binary = str(fake)
+        gw.seccomp = False
+        gw.start()
+        harness.wait_for(lambda: stderr_text in gw.log_text(), 5, what="the stand-in's stderr in the log")
+        return gw
+
+    def test_each_report_fails_the_stop(self):
+        for name, line in self.REPORTS.items():
+            with self.subTest(name):
+                gw = self.gateway(line)
+                with self.assertRaises(harness.SanitizerReport) as cm:
+                    gw.stop()
+                self.assertIn(line, str(cm.exception))
+                self.assertFalse(gw.is_running())
+
+    def test_a_clean_log_and_an_earlier_run_pass(self):
+        gw = self.gateway("runtime error: in a log message, not a report")
+        gw.stop()
+        gw = self.gateway(self.REPORTS["lsan"])
+        with self.assertRaises(harness.SanitizerReport):
+            gw.stop()
+        # The next start of the same gateway (same log) begins clean.
+        gw.binary = str(self.dir / "fake-mailgate")
+        (self.dir / "fake-mailgate").write_text("#!/bin/sh\nexec sleep 30\n")
+        gw.start()
+        gw.stop()
+
+    def test_sanitizer_options_are_set_unless_given(self):
+        env = harness.sanitizer_env({"UBSAN_OPTIONS": "halt_on_error=0"})
+        self.assertEqual(env["ASAN_OPTIONS"], os.environ.get("ASAN_OPTIONS", harness.SANITIZER_DEFAULTS["ASAN_OPTIONS"]))
+        self.assertIn("detect_leaks=1", harness.SANITIZER_DEFAULTS["ASAN_OPTIONS"])
+        self.assertEqual(env["UBSAN_OPTIONS"], "halt_on_error=0")
 
 
 if __name__ == "__main__":

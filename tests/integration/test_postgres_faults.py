@@ -30,13 +30,6 @@ def fault_bin() -> str:
     return str(Path(harness.mailgate_bin()).resolve().parent / "pg_directory_fault")
 
 
-def sanitized(path: str) -> bool:
-    try:
-        return b"__asan_init" in Path(path).read_bytes()
-    except OSError:
-        return False
-
-
 class Driver:
     """pg_directory_fault as a child: one login per ask(); stderr kept for the end."""
 
@@ -80,7 +73,7 @@ class PostgresFaultTest(unittest.TestCase):
     def setUpClass(cls):
         if not os.path.exists(fault_bin()):
             raise unittest.SkipTest(f"{fault_bin()} not built")
-        if os.environ.get("PG_FAULT_BIN") and not sanitized(fault_bin()):
+        if os.environ.get("PG_FAULT_BIN") and not harness.sanitizer_build(fault_bin()):
             raise AssertionError(f"PG_FAULT_BIN={fault_bin()} is not a sanitizer build: no leak check")
         cls.tmp = tempfile.mkdtemp(prefix="mailgate-pg-faults-")
         os.chmod(cls.tmp, 0o755)

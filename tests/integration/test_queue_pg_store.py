@@ -109,6 +109,8 @@ class PostgresQueueStoreTest(unittest.TestCase):
     def setUpClass(cls):
         if not os.path.exists(driver_bin()):
             raise unittest.SkipTest(f"{driver_bin()} not built")
+        if os.environ.get("PG_QUEUE_BIN") and b"__asan_init" not in Path(driver_bin()).read_bytes():
+            raise AssertionError(f"PG_QUEUE_BIN={driver_bin()} is not a sanitizer build: no leak check")
         cls.tmp = tempfile.mkdtemp(prefix="mailgate-pg-queue-")
         os.chmod(cls.tmp, 0o755)
         cls.db = pg.Postgres(cls.tmp).start()

@@ -178,6 +178,11 @@ class ScanMemoryTest(harness.LogsOnFailure, unittest.TestCase):
         print(f"\n[scan memory] {len(msg) / 1e6:.1f} MB message, clamd x2 + DLP + milter: VmRSS before {before / 1024:.1f} MiB, "
               f"peak {peak / 1024:.1f} MiB, growth {growth_kb / 1024:.1f} MiB; SMTP DATA to 250 in {elapsed:.1f} s",
               file=sys.stderr)
+        if harness.sanitizer_build():
+            # AddressSanitizer keeps freed memory in its quarantine (256 MiB) and adds
+            # shadow memory and redzones: the bound is checked on the release build.
+            print("[scan memory] sanitizer build: the VmRSS bound is not checked", file=sys.stderr)
+            return
         self.assertLess(growth_kb * 1024, len(msg), f"VmRSS grew by {growth_kb} KiB")
 
 

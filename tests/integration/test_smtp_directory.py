@@ -114,12 +114,14 @@ class MxDirectoryCase(harness.LogsOnFailure, unittest.TestCase):
 
     @classmethod
     def _stop(cls):
-        if cls.gateway is not None:
-            cls.gateway.stop()
-        cls.stop_directory()
-        if cls.dovecot is not None:
-            cls.dovecot.stop()
-        harness.remove_workdir(cls.dir)
+        try:
+            if cls.gateway is not None:
+                cls.gateway.stop()  # may raise harness.SanitizerReport: the rest stops all the same
+        finally:
+            cls.stop_directory()
+            if cls.dovecot is not None:
+                cls.dovecot.stop()
+            harness.remove_workdir(cls.dir)
 
     @classmethod
     def tearDownClass(cls):

@@ -105,7 +105,8 @@ DsnInput input(const QueueEntry& e) {
   in.failed.push_back({"<frank@example.com>", "550 5.1.1 <frank@example.com> User unknown", false});
   in.failed.push_back({"<gina@example.com>", "451 4.2.0 mailbox busy", true});
   in.original_headers =
-      "Received: from client (client [192.0.2.1])\r\n\tby mx1 with ESMTP\r\nFrom: Alice <alice@example.org>\r\n"
+      "Received: from client (client [192.0.2.1])\r\n\tby mx1 with ESMTP\r\nFrom: Alice "
+      "<alice@example.org>\r\n"
       "To: frank@example.com, gina@example.com\r\nSubject: hello\r\nMessage-ID: <orig-1@example.org>\r\n\r\n"
       "the body must not be here\r\n";
   in.now_ms = kNow;
@@ -146,7 +147,8 @@ TEST(Dsn, Structure) {
   EXPECT_EQ(h["in-reply-to"], "<orig-1@example.org>");
   EXPECT_EQ(h["message-id"].front(), '<');
   EXPECT_NE(h["message-id"].find("@mx1.example.net>"), std::string::npos);
-  EXPECT_EQ(h["content-type"].rfind("multipart/report; report-type=delivery-status;", 0), 0u) << h["content-type"];
+  EXPECT_EQ(h["content-type"].rfind("multipart/report; report-type=delivery-status;", 0), 0u)
+      << h["content-type"];
 
   ASSERT_EQ(p.parts.size(), 3u);
   EXPECT_EQ(p.parts[0].headers.at("content-type"), "text/plain; charset=us-ascii");
@@ -192,30 +194,29 @@ TEST(Dsn, Sample) {
 TEST(Dsn, StatusCodes) {
   const QueueEntry e = original();
   DsnInput in = input(e);
-  in.failed = {{"<a@x>", "550 no enhanced code", false},
-               {"<b@x>", "554-5.7.1 multi", false},
-               {"<c@x>", "connection refused", false},
-               {"<d@x>", "452 4.2.2 full", false},
-               {"<e@x>", "550 5.1.1000 bad", false},
-               {"<f@x>", "", false}};
+  in.failed = {{"<a@x>", "550 no enhanced code", false}, {"<b@x>", "554-5.7.1 multi", false},
+               {"<c@x>", "connection refused", false},   {"<d@x>", "452 4.2.2 full", false},
+               {"<e@x>", "550 5.1.1000 bad", false},     {"<f@x>", "", false}};
   const std::string msg = buildDsn(in);
   const Parsed p = parse(msg);
   ASSERT_TRUE(p.ok && p.parts.size() == 3);
   const std::string& ds = p.parts[1].body;
-  EXPECT_NE(ds.find("Final-Recipient: rfc822; a@x\r\nAction: failed\r\nStatus: 5.0.0\r\n"), std::string::npos) << ds;
+  EXPECT_NE(ds.find("Final-Recipient: rfc822; a@x\r\nAction: failed\r\nStatus: 5.0.0\r\n"), std::string::npos)
+      << ds;
   EXPECT_NE(ds.find("Status: 5.7.1\r\n"), std::string::npos);
   EXPECT_NE(ds.find("Diagnostic-Code: X-mailgate; connection refused\r\n"), std::string::npos) << ds;
   EXPECT_NE(ds.find("Status: 4.2.2\r\n"), std::string::npos);
   EXPECT_NE(ds.find("rfc822; e@x\r\nAction: failed\r\nStatus: 5.0.0\r\n"), std::string::npos) << ds;
-  EXPECT_NE(ds.find("rfc822; f@x\r\nAction: failed\r\nStatus: 5.0.0\r\nLast-Attempt-Date"), std::string::npos) << ds;
+  EXPECT_NE(ds.find("rfc822; f@x\r\nAction: failed\r\nStatus: 5.0.0\r\nLast-Attempt-Date"), std::string::npos)
+      << ds;
 }
 
 TEST(Dsn, LongRepliesAndHeadersStayWithinLineLimits) {
   QueueEntry e = original();
   DsnInput in = input(e);
   const std::string word(3000, 'w');
-  in.failed = {{"<frank@example.com>", "550 5.1.1 " + word + " and\r\nan injected: line" + std::string(2000, ' ') + "x",
-                false}};
+  in.failed = {{"<frank@example.com>",
+                "550 5.1.1 " + word + " and\r\nan injected: line" + std::string(2000, ' ') + "x", false}};
   in.original_headers = "X-Long: " + word + "\r\nX-Nul: a" + std::string(1, '\0') + "b\rc\nSubject: s\r\n";
   const std::string msg = buildDsn(in);
   expectWellFormed(msg);
@@ -237,7 +238,8 @@ TEST(Dsn, BoundaryNeverInTheParts) {
   const std::string first = buildDsn(in);
   const Parsed p1 = parse(first);
   const std::string ct = p1.headers.at("content-type");
-  const std::string boundary = ct.substr(ct.find("boundary=\"") + 10, ct.rfind('"') - ct.find("boundary=\"") - 10);
+  const std::string boundary =
+      ct.substr(ct.find("boundary=\"") + 10, ct.rfind('"') - ct.find("boundary=\"") - 10);
   // The same input with the boundary planted in the headers gets another one.
   in.original_headers = "X-Trap: --" + boundary + "\r\n";
   const std::string second = buildDsn(in);
@@ -252,7 +254,9 @@ TEST(Dsn, Utf8Addresses) {
   e.mail_from = "<j\xc3\xb6rg@b\xc3\xbc.example>";
   DsnInput in = input(e);
   in.failed = {{"<r\xc3\xa9+x=y@example.com>", "550 5.1.1 unknown", false}};
-  in.original_headers = "Subject: gr\xc3\xbc\xc3\x9f" "e\r\n";
+  in.original_headers =
+      "Subject: gr\xc3\xbc\xc3\x9f"
+      "e\r\n";
   const std::string msg = buildDsn(in);
   expectWellFormed(msg);
   const Parsed p = parse(msg);

@@ -15,7 +15,8 @@ QueueEntry sample() {
   e.attempts = 3;
   e.mail_from = "<alice@example.org>";
   e.rcpts.push_back({"<dave@example.com>", RcptState::kDelivered, "250 2.0.0 Ok: saved", 1700000000200});
-  e.rcpts.push_back({"<frank@example.com>", RcptState::kPending, "451 4.2.0 <frank> mailbox busy", 1700000000300});
+  e.rcpts.push_back(
+      {"<frank@example.com>", RcptState::kPending, "451 4.2.0 <frank> mailbox busy", 1700000000300});
   e.rcpts.push_back({"<j\xc3\xb6rg@b\xc3\xbc.example>", RcptState::kFailed, "", 0});
   e.rcpts.push_back({"<\"odd name\"@example.com>", RcptState::kReported, "550 5.1.1 no\r\nsuch %user", 5});
   e.client_ip = "192.0.2.7";
@@ -109,36 +110,36 @@ TEST(QueueCodec, RejectsMalformed) {
   EXPECT_FALSE(decodeQueueMeta("mailgate-queue: 1\n\n", &d));  // nothing
   // Every truncation is rejected.
   for (size_t n = 0; n < good.size(); ++n) EXPECT_FALSE(decodeQueueMeta(good.substr(0, n), &d)) << n;
-  EXPECT_FALSE(decodeQueueMeta(good + "x", &d));          // trailing data
-  EXPECT_FALSE(decodeQueueMeta(good + "\n", &d));         // trailing data
+  EXPECT_FALSE(decodeQueueMeta(good + "x", &d));   // trailing data
+  EXPECT_FALSE(decodeQueueMeta(good + "\n", &d));  // trailing data
   const char* const bad[][2] = {
-      {"mailgate-queue: 1", "mailgate-queue: 2"},          // another version
-      {"id: s1a2b3-7", "id: .hidden"},                     // not a queue id
-      {"id: s1a2b3-7", "id: a/b"},                         //
-      {"id: s1a2b3-7", "idx: s1a2b3-7"},                   // unknown key (and no id)
-      {"created_ms: 1700000000123", "created_ms: -1"},     // negative
-      {"created_ms: 1700000000123", "created_ms: 01"},     // leading zero
+      {"mailgate-queue: 1", "mailgate-queue: 2"},                        // another version
+      {"id: s1a2b3-7", "id: .hidden"},                                   // not a queue id
+      {"id: s1a2b3-7", "id: a/b"},                                       //
+      {"id: s1a2b3-7", "idx: s1a2b3-7"},                                 // unknown key (and no id)
+      {"created_ms: 1700000000123", "created_ms: -1"},                   // negative
+      {"created_ms: 1700000000123", "created_ms: 01"},                   // leading zero
       {"created_ms: 1700000000123", "created_ms: 9223372036854775808"},  // > int64
-      {"created_ms: 1700000000123", "created_ms: "},       // empty
-      {"attempts: 3", "attempts: 4294967296"},             // > uint32
-      {"size: 123456", "size: 18446744073709551616"},      // > uint64
+      {"created_ms: 1700000000123", "created_ms: "},                     // empty
+      {"attempts: 3", "attempts: 4294967296"},                           // > uint32
+      {"size: 123456", "size: 18446744073709551616"},                    // > uint64
       {"size: 123456", "size: 12a"},
       {"smtputf8: 1", "smtputf8: yes"},
       {"dsn: 0", "dsn: 2"},
-      {"helo: client", "helo:client"},                     // no ": "
-      {"helo: client", "helo: cli%2"},                     // truncated escape
-      {"helo: client", "helo: cli%zzent"},                 // bad escape
-      {"helo: client", "helo: cli\tent"},                  // raw control
-      {"helo: client", "helo: cli\xc3\xa9nt"},             // raw 8-bit
+      {"helo: client", "helo:client"},                                          // no ": "
+      {"helo: client", "helo: cli%2"},                                          // truncated escape
+      {"helo: client", "helo: cli%zzent"},                                      // bad escape
+      {"helo: client", "helo: cli\tent"},                                       // raw control
+      {"helo: client", "helo: cli\xc3\xa9nt"},                                  // raw 8-bit
       {"rcpt: <dave@example.com> delivered", "rcpt: <dave@example.com> gone"},  // state
       {"rcpt: <dave@example.com> delivered 1700000000200", "rcpt: <dave@example.com> delivered x"},
       {"rcpt: <dave@example.com> delivered 1700000000200 250 2.0.0 Ok: saved", "rcpt: <dave@example.com>"},
       {"rcpt: <dave@example.com> delivered 1700000000200 250 2.0.0 Ok: saved",
-       "rcpt: <dave@example.com> delivered 1700000000200"},  // no reply field separator
-      {"rcpt: <dave@example.com>", "rcpt:  "},               // empty address
-      {"lease_owner: gw1:4242 with space\n", ""},            // missing key
+       "rcpt: <dave@example.com> delivered 1700000000200"},                  // no reply field separator
+      {"rcpt: <dave@example.com>", "rcpt:  "},                               // empty address
+      {"lease_owner: gw1:4242 with space\n", ""},                            // missing key
       {"listener: submission\n", "listener: submission\nlistener: smtp\n"},  // duplicate
-      {"\n\n", "\r\n\n"},                                                     // CR
+      {"\n\n", "\r\n\n"},                                                    // CR
   };
   for (const auto& b : bad) EXPECT_FALSE(decodeQueueMeta(mutate(b[0], b[1]), &d)) << b[0] << " -> " << b[1];
   // No recipient at all.

@@ -158,7 +158,7 @@ TEST_F(DirQueueStoreTest, Full) {
   EXPECT_EQ(s.value()->put(entry("b"), StringBody(std::string(61, 'x')), &err), QueueStore::Put::kFull);
   EXPECT_EQ(s.value()->put(entry("b"), StringBody(std::string(60, 'x')), &err), QueueStore::Put::kStored);
   EXPECT_EQ(s.value()->put(entry("c"), StringBody("x"), &err), QueueStore::Put::kFull);  // entries
-  EXPECT_EQ(files(root_ + "/small").size(), 4u);  // nothing of c
+  EXPECT_EQ(files(root_ + "/small").size(), 4u);                                         // nothing of c
   ASSERT_TRUE(s.value()->remove("a", ""));
   EXPECT_EQ(s.value()->put(entry("c"), StringBody("x"), &err), QueueStore::Put::kStored);
 }
