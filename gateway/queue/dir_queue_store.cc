@@ -609,9 +609,30 @@ Result<std::vector<QueueEntry>> DirQueueStore::findByMessage(const std::string& 
   if (message_id.empty()) return out;
   auto s = scan();
   if (!s) return Error{s.error()};
+  // Every message the sessions take is looked up here while the queue holds
+  // entries: read the metadata only of the entries whose (Message-ID, sender),
+  // which never change, match or are not known yet, not of every entry each time.
+  std::unordered_set<std::string> present;
   for (const auto& m : s->metas) {
+    present.insert(m.id);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      auto it = message_keys_.find(m.id);
+      if (it != message_keys_.end() && (it->second.first != message_id || it->second.second != mail_from))
+        continue;
+    }
     auto e = readMeta(m);
-    if (e && e->message_id == message_id && e->mail_from == mail_from) out.push_back(std::move(e.value()));
+    if (!e) continue;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      message_keys_[m.id] = {e->message_id, e->mail_from};
+    }
+    if (e->message_id == message_id && e->mail_from == mail_from) out.push_back(std::move(e.value()));
+  }
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (auto it = message_keys_.begin(); it != message_keys_.end();)
+      it = present.count(it->first) ? std::next(it) : message_keys_.erase(it);
   }
   std::sort(out.begin(), out.end(), sortOldest);
   return out;

@@ -30,6 +30,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "gateway/queue/queue_store.h"
@@ -109,8 +110,11 @@ class DirQueueStore final : public QueueStore {
 
   std::string dir_;
   uint64_t max_entries_, max_size_;
-  std::mutex mu_;  // guards cache_ and last_cleanup_ms_
+  std::mutex mu_;  // guards cache_, message_keys_ and last_cleanup_ms_
   std::unordered_map<std::string, Cached> cache_;
+  // id -> (Message-ID, sender) of the entries findByMessage has read (both never
+  // change for an id); pruned to the entries present at each lookup.
+  std::unordered_map<std::string, std::pair<std::string, std::string>> message_keys_;
   int64_t last_cleanup_ms_ = 0;
 };
 

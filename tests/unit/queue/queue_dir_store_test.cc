@@ -316,6 +316,44 @@ TEST_F(DirQueueStoreTest, SummaryAndFindByMessage) {
   EXPECT_TRUE(store_->findByMessage("", "<alice@example.org>")->empty());
 }
 
+// Every message a session takes is looked up while the queue holds entries: the
+// metadata of an entry whose (Message-ID, sender) is known not to match is not read
+// again (an entry's pair never changes; here a file rewritten behind the store's
+// back shows it), while entries another process adds or removes are seen.
+TEST_F(DirQueueStoreTest, FindByMessageReadsOnlyEntriesThatMayMatch) {
+  put(entry("y1"));
+  put(entry("y2"));
+  ASSERT_TRUE(store_->findByMessage("<m-y2@example.org>", "<alice@example.org>"));
+  std::string y1_meta;
+  for (const auto& f : files(dir_))
+    if (f.rfind("y1~", 0) == 0) y1_meta = dir_ + "/" + f;
+  ASSERT_FALSE(y1_meta.empty());
+  QueueEntry forged = entry("y1");
+  forged.message_id = "<m-y2@example.org>";
+  {
+    std::ofstream out(y1_meta, std::ios::binary | std::ios::trunc);
+    out << encodeQueueMeta(forged);
+  }
+  auto f = store_->findByMessage("<m-y2@example.org>", "<alice@example.org>");
+  ASSERT_TRUE(f);
+  ASSERT_EQ(f->size(), 1u);
+  EXPECT_EQ((*f)[0].id, "y2");
+
+  auto other = DirQueueStore::open(dir_, 1000, 1 << 20);
+  ASSERT_TRUE(other) << other.error();
+  std::string err;
+  QueueEntry y3 = entry("y3");
+  y3.message_id = "<m-y2@example.org>";
+  ASSERT_EQ(other.value()->put(y3, StringBody("x"), &err), QueueStore::Put::kStored) << err;
+  auto removed = other.value()->remove("y2", "");
+  ASSERT_TRUE(removed) << removed.error();
+  EXPECT_TRUE(removed.value());
+  f = store_->findByMessage("<m-y2@example.org>", "<alice@example.org>");
+  ASSERT_TRUE(f);
+  ASSERT_EQ(f->size(), 1u);
+  EXPECT_EQ((*f)[0].id, "y3");
+}
+
 TEST_F(DirQueueStoreTest, LeftoversAreIgnoredAndCleaned) {
   put(entry("k"));
   std::ofstream(dir_ + "/.tmp-123-0-0") << "half written";
