@@ -332,6 +332,8 @@ void renderQueue(MetricsWriter& w) {
            load(q.attempts));
   w.single("mailgate_queue_dsn_total", "counter", "Delivery status notifications queued for a sender.",
            load(q.dsn_sent));
+  w.single("mailgate_queue_dsn_delivered_total", "counter",
+           "Delivery status notifications delivered (to the sender's node or the relay).", load(q.dsn_delivered));
   w.family("mailgate_queue_puts_total", "counter",
            "Messages the sessions wrote to the queue, by result (full and error: the client got 451).")
       .sample({{"result", "stored"}}, load(q.queued))

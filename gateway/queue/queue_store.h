@@ -140,6 +140,7 @@ struct QueueStats {
   std::atomic<uint64_t> failed{0};        // recipients failed for good (refused or expired)
   std::atomic<uint64_t> expired{0};       // of those, expired
   std::atomic<uint64_t> dsn_sent{0};      // DSNs queued for a sender
+  std::atomic<uint64_t> dsn_delivered{0};  // of those, delivered (the sender's node or the relay took it)
   std::atomic<uint64_t> duplicates{0};    // recipients of a resent message the queue already held
   std::atomic<uint64_t> deleted{0};       // entries an operator deleted
   // The last summary the runner read (the whole store, every gateway's entries).

@@ -85,23 +85,42 @@ QueueRunner::QueueRunner(std::shared_ptr<queue::QueueStore> store, conf::QueueCo
       runtime_(std::move(runtime)),
       owner_(std::move(owner)) {}
 
-QueueRunner::~QueueRunner() { stop(); }
+QueueRunner::~QueueRunner() = default;  // the thread holds the runner: it has ended
 
 void QueueRunner::start() {
   std::lock_guard<std::mutex> g(mu_);
   if (started_) return;
   started_ = true;
   stop_ = false;
-  thread_ = std::thread([this] { run(); });
+  running_ = true;
+  std::thread t([self = shared_from_this()] {
+    self->run();
+    std::lock_guard<std::mutex> lk(self->mu_);
+    self->running_ = false;
+    self->cv_.notify_all();
+  });
+  thread_id_ = t.get_id();
+  t.detach();
 }
 
-void QueueRunner::stop() {
+void QueueRunner::requestStop() {
   {
     std::lock_guard<std::mutex> g(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+bool QueueRunner::stop(std::chrono::milliseconds wait) {
+  requestStop();
+  std::unique_lock<std::mutex> lk(mu_);
+  if (std::this_thread::get_id() == thread_id_) return false;
+  return cv_.wait_for(lk, wait, [this] { return !running_; });
+}
+
+bool QueueRunner::stopping() {
+  std::lock_guard<std::mutex> g(mu_);
+  return stop_;
 }
 
 void QueueRunner::wake() {
@@ -165,7 +184,9 @@ size_t QueueRunner::runOnce() {
     bool more = false;
     for (auto& e : claimed.value()) {
       // The batch's last entries wait for the first ones: one whose lease is about
-      // to end is left for the next claim rather than worked without a lease.
+      // to end is left for the next claim rather than worked without a lease. A
+      // stopping runner leaves the rest to the lease (or another gateway).
+      if (stopping()) break;
       if (e.lease_until_ms && e.lease_until_ms - margin < nowMs()) continue;
       more = work(std::move(e), *rt) || more;
       ++worked;
@@ -212,6 +233,7 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
       case queue::RcptState::kDelivered:
         ++delivered;
         st.delivered.fetch_add(1, std::memory_order_relaxed);
+        if (e.dsn) st.dsn_delivered.fetch_add(1, std::memory_order_relaxed);
         log::info("queue delivered", {{"queue_id", e.id},
                                       {"to", addr},
                                       {"backend", node},
@@ -254,6 +276,10 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
                            rt.hostname};
     for (auto& [key, g] : routed.groups) {
       if (lost) break;
+      if (stopping()) {  // the rest waits for the next attempt (this gateway's or another's)
+        for (const auto& r : g.rcpts) settle(r, queue::RcptState::kPending, "451 4.3.2 gateway stopping", "");
+        continue;
+      }
       if (g.targets.empty()) {
         for (const auto& r : g.rcpts)
           settle(r, queue::RcptState::kPending, "451 4.4.1 no storage node available", "");
@@ -292,7 +318,13 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
         for (const auto& r : g.rcpts) settle(r, queue::RcptState::kPending, "451 4.4.1 " + last_error, "");
       // A recipient a node took is recorded before anything else happens.
       if (accepted) {
+        // Retried a few times: a recipient delivered and not recorded would be
+        // delivered again by the next attempt.
         auto u = store_->update(e, owner_, false);
+        for (int i = 0; i < 4 && !u; ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(250 << i));
+          u = store_->update(e, owner_, false);
+        }
         if (!u) {
           log::error("queue: delivered recipients not recorded: they may be delivered again",
                      {{"queue_id", e.id}, {"error", u.error()}});

@@ -33,7 +33,7 @@ namespace mailgate::session {
 
 struct Runtime;
 
-class QueueRunner {
+class QueueRunner : public std::enable_shared_from_this<QueueRunner> {
  public:
   // runtime: the snapshot in service at the time of the call (routing, directory,
   // host name); owner: this gateway's name in leases (host name, pid, start time).
@@ -43,8 +43,14 @@ class QueueRunner {
   QueueRunner(const QueueRunner&) = delete;
   QueueRunner& operator=(const QueueRunner&) = delete;
 
+  // The thread holds the runner alive until it ends (it may release the last
+  // reference to a Runtime, and with it the runner's, on its own thread).
   void start();
-  void stop();
+  // Asks the thread to end after the delivery attempt in progress (never waits).
+  void requestStop();
+  // requestStop(), then waits at most `wait` for the thread to end (not on the
+  // runner's own thread); false when it is still running.
+  bool stop(std::chrono::milliseconds wait = std::chrono::milliseconds(5000));
   // Look for due entries now (an operator's "retry now", or a fresh entry).
   void wake();
   // One pass: claims the due entries and works them; returns how many it worked.
@@ -55,6 +61,7 @@ class QueueRunner {
 
  private:
   void run();
+  bool stopping();
   // Works one claimed entry to its next state; true when it queued a DSN (an entry
   // due now: the pass goes on to it).
   bool work(queue::QueueEntry e, const Runtime& rt);
@@ -69,7 +76,8 @@ class QueueRunner {
   bool stop_ = false;
   bool started_ = false;
   bool woken_ = false;
-  std::thread thread_;
+  bool running_ = false;
+  std::thread::id thread_id_;
 };
 
 }  // namespace mailgate::session

@@ -202,6 +202,22 @@ void publishRuntime(std::shared_ptr<Runtime> rt) {
   }
   // The old snapshot's background work stops now; sessions keep the rest alive.
   if (old) old->stopBackground();
+  // The queue runner belongs to the snapshots that share it: it stops when the new
+  // one has another (or none). At the end (rt null) the attempt in progress gets a
+  // few seconds; an entry it leaves is the lease's.
+  if (old && old->queue_runner) {
+    std::shared_ptr<QueueRunner> next;
+    {
+      std::lock_guard<std::mutex> g(g_mu);
+      if (g_runtime) next = g_runtime->queue_runner;
+    }
+    if (next != old->queue_runner) {
+      if (!next && !old->queue_runner->stop())
+        log::warn("queue runner still delivering at exit: its entry is taken again after the lease");
+      else if (next)
+        old->queue_runner->requestStop();
+    }
+  }
 }
 
 Runtime::~Runtime() { stopBackground(); }
@@ -238,7 +254,6 @@ void Runtime::stopBackground() {
   if (route_watcher) route_watcher->stop();
   if (policy_sync && policy_sync.use_count() == 1) policy_sync->stop();  // else a newer snapshot runs it
   if (quarantine_sweeper && quarantine_sweeper.use_count() == 1) quarantine_sweeper->stop();
-  if (queue_runner && queue_runner.use_count() == 1) queue_runner->stop();
 }
 
 const conf::ListenerConfig* Runtime::listener(const std::string& name) const {

@@ -176,6 +176,12 @@ void SmtpNodeClient::attemptFailed(BackendFailure why, const std::string& detail
     tryNextTarget();
     return;
   }
+  if (body_queued_ && txn_.queue_partial && target_ && target_->lmtp && final_ok_ > 0) {
+    // LMTP answers per recipient: those the node accepted have the message; the ones
+    // it did not answer before it was lost go to the session's queue.
+    done("451 4.4.1 Error: delivery incomplete, try again later", "partial");
+    return;
+  }
   if (body_queued_ && why != BackendFailure::kTempRefusal) {
     // The node may have taken the message before the connection was lost: another
     // node would make a second copy. The client retries later.
@@ -551,8 +557,11 @@ void SmtpNodeClient::replyForAll(const std::string& text) {
 }
 
 void SmtpNodeClient::replyForRest(const std::string& text) {
-  for (std::string& r : rcpt_replies_)
-    if (r.empty() || r[0] == '2') r = text;  // a recipient accepted at RCPT is not delivered
+  // A recipient accepted at RCPT is not delivered; one the LMTP node answered after
+  // the data keeps that answer.
+  const size_t answered = body_queued_ && target_ && target_->lmtp ? final_replies_ : 0;
+  for (size_t i = answered; i < rcpt_replies_.size(); ++i)
+    if (rcpt_replies_[i].empty() || rcpt_replies_[i][0] == '2') rcpt_replies_[i] = text;
 }
 
 void SmtpNodeClient::logRecipients(std::string_view client_reply, const char* outcome) const {

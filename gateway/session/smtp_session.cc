@@ -1521,7 +1521,7 @@ void SmtpSession::startDelivery() {
   pauseClient(true);
   updateTimer();
   delivery_queue_id_ = id_ + "-" + std::to_string(messages_);
-  delivery_message_id_ = std::string(codec::headerField(spool_->head(), "Message-ID", kLoggedMessageId));
+  delivery_message_id_ = std::string(codec::headerField(spool_->head(), "Message-ID", 998));
   // Only while the queue holds something (as the runner last counted, or this
   // process added since) is a message looked up there: no cost in the normal path.
   if (rt_->queue && !delivery_message_id_.empty() && queue::queueStats().entries.load() > 0) {
@@ -1566,7 +1566,12 @@ void SmtpSession::deliverToNodes() {
   facts_.scan_results.clear();
   t.body = deliverableBody();
   t.targets = targets_;
-  t.queue_partial = rt_->queue != nullptr;
+  // The queue's deliveries speak plain LMTP/SMTP: a node behind TLS keeps the
+  // all-or-451 answer (nothing is queued that the runner could not deliver).
+  t.queue_partial = rt_->queue != nullptr &&
+                    std::none_of(t.targets.begin(), t.targets.end(), [](const DeliveryTarget& d) {
+                      return d.backend && d.backend->tls != conf::TlsMode::kNone;
+                    });
   delivery_headers_ = t.headers;
   node_client_.deliver(std::move(t));
 }
@@ -1608,9 +1613,12 @@ void SmtpSession::onQueuedCopies(const Result<std::vector<queue::QueueEntry>>& f
   for (const std::string& rcpt : facts_.rcpts) {
     const std::string addr = recipientAddress(rcpt);
     const queue::QueueEntry* held = nullptr;
+    // Held: the queue delivered it or still will (a failed one may be sent again).
     for (const auto& e : found.value())
       for (const auto& r : e.rcpts)
-        if (recipientAddress(r.addr) == addr) held = &e;
+        if ((r.state == queue::RcptState::kPending || r.state == queue::RcptState::kDelivered) &&
+            recipientAddress(r.addr) == addr)
+          held = &e;
     if (!held) {
       rest.push_back(rcpt);
       continue;

@@ -133,7 +133,7 @@ class DirQueueTest(QueueCase):
             short = text.replace(f'"{harness.HOST}:{cls.port}"', f'"{harness.HOST}:{cls.short_port}"')
             short = short[:short.index("admin:")] + (
                 f"queue: {{ store: dir, dir: {short_dir / 'queue'}, retry: 500ms, max_retry: 500ms, "
-                f"scan_interval: 200ms, lifetime: 2s }}\n")
+                f"scan_interval: 200ms, lifetime: 2s, max_entries: 2 }}\n")
             cls.short = harness.Mailgate(short_dir, short, name="short").start()
         except BaseException:
             cls.tearDownClass()
@@ -291,6 +291,21 @@ class DirQueueTest(QueueCase):
         self.assertRegex(dsn, r"(?i)action: failed")
         self.assertRegex(dsn, r"(?i)status: 4\.4\.7")
         self.assertEqual(self.maildir(FRANK, subject), [])
+
+
+    def test_7_a_full_queue_is_451_before_any_node_gets_the_message(self):
+        tag = f"full {time.time_ns()}"
+        for i in range(2):
+            code, text = self.send(self.short_port, ALICE, f"{tag} {i}")
+            self.assertEqual(code, 250, text)
+        code, text = self.send(self.short_port, ALICE, f"{tag} 2")
+        self.assertEqual(code, 451, text)
+        self.assertTrue(text.startswith("4.3.1"), text)
+        self.assertEqual(len(self.maildir(DAVE, f"{tag} 0")), 1)
+        self.assertEqual(self.maildir(DAVE, f"{tag} 2"), [], "refused before the node got it")
+        # Both entries expire (lifetime 2 s): their DSNs are queued although the queue is full.
+        for i in range(2):
+            harness.wait_for(lambda: self.maildir(ALICE, f"{tag} {i}"), 15, what=f"the DSN of message {i}")
 
 
 class PostgresQueueTest(QueueCase):

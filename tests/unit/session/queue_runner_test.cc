@@ -350,7 +350,7 @@ class QueueRunnerTest : public ::testing::Test {
   }
   void makeRunner() {
     std::shared_ptr<const Runtime> rt = rt_;
-    runner_ = std::make_unique<QueueRunner>(
+    runner_ = std::make_shared<QueueRunner>(
         store_, cfg_, [rt] { return rt; }, "gw-test");
   }
   QueueEntry entry(const std::string& id, std::vector<std::string> rcpts,
@@ -378,7 +378,7 @@ class QueueRunnerTest : public ::testing::Test {
   std::shared_ptr<FakeStore> store_ = std::make_shared<FakeStore>();
   std::shared_ptr<Runtime> rt_;
   conf::QueueConfig cfg_;
-  std::unique_ptr<QueueRunner> runner_;
+  std::shared_ptr<QueueRunner> runner_;
 };
 
 TEST_F(QueueRunnerTest, DeliversTheAcceptedDefersTheRestThenDeliversItOnce) {
@@ -579,7 +579,7 @@ TEST_F(QueueRunnerTest, TheThreadWorksWhenWoken) {
   for (int i = 0; i < 200 && store_->has("s12-1"); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_FALSE(store_->has("s12-1"));
-  runner_->stop();
+  EXPECT_TRUE(runner_->stop());
 }
 
 }  // namespace

@@ -189,6 +189,26 @@ TEST_P(SmtpNodeClientTest, LmtpPartialForTheQueueKeepsEachRecipientsReply) {
   EXPECT_EQ(client_.attemptBackend(), "node-a");
 }
 
+TEST_P(SmtpNodeClientTest, LmtpNodeLostAfterSomeRepliesIsPartialForTheQueue) {
+  NodeTransaction t = txn({target(a_, true), target(b_, true)}, {"<b@y.example>", "<c@y.example>"});
+  t.queue_partial = true;
+  client_.deliver(std::move(t));
+  fake_.takeEvents();
+  handshake(true, "250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n");
+  fake_.take();
+  node("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n");
+  fake_.take();
+  node("250 2.0.0 <b@y.example> Saved\r\n");
+  client_.onFailed(BackendFailure::kConnect, "connection reset");
+  // b has the message; c got no reply: queued by the session, no other node tried.
+  EXPECT_EQ(fake_.outcome, "partial");
+  EXPECT_EQ(fake_.chosen, std::vector<std::string>{"node-a"});
+  ASSERT_EQ(client_.recipientReplies().size(), 2u);
+  EXPECT_EQ(client_.recipientReplies()[0].substr(0, 3), "250");
+  EXPECT_NE(client_.recipientReplies()[1].substr(0, 1), "2");
+  EXPECT_NE(client_.recipientReplies()[1].substr(0, 1), "5");
+}
+
 TEST_P(SmtpNodeClientTest, LmtpEveryRecipientAccepted) {
   client_.deliver(txn({target(a_, true)}, {"<b@y.example>", "<c@y.example>"}));
   handshake(true, "250 PIPELINING\r\n");
