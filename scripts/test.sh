@@ -2,7 +2,7 @@
 # The whole test suite: dependencies, build, unit tests, integration tests against
 # real daemons, and a bounded libFuzzer run of every fuzz target.
 # Usage: bash scripts/test.sh        (from anywhere; as root on Debian 12)
-# Environment: FUZZ_SECONDS (default 45) per fuzz target; JOBS (default nproc);
+# Environment: FUZZ_SECONDS (default 30) per fuzz target; JOBS (default nproc);
 #              INTEGRATION_JOBS (default 3) integration test files at a time;
 #              BUILD_DIR (default build), FUZZ_BUILD_DIR (default build-fuzz),
 #              ASAN_BUILD_DIR (default build-asan: the ASan/UBSan build of the gateway and
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-FUZZ_SECONDS="${FUZZ_SECONDS:-45}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 JOBS="${JOBS:-$(nproc)}"
 BUILD_DIR="${BUILD_DIR:-build}"
 FUZZ_BUILD_DIR="${FUZZ_BUILD_DIR:-build-fuzz}"
