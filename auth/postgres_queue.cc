@@ -28,6 +28,7 @@ constexpr const char* kInsert = "mq_insert";
 constexpr const char* kClaim = "mq_claim";
 constexpr const char* kBody = "mq_body";
 constexpr const char* kUpdate = "mq_update";
+constexpr const char* kRenew = "mq_renew";
 constexpr const char* kRemove = "mq_remove";
 constexpr const char* kRemoveOwned = "mq_remove_owned";
 constexpr const char* kList = "mq_list";
@@ -60,6 +61,9 @@ void prepareStatements(pg::Connection& c) {
               "lease_owner = CASE WHEN $6::boolean THEN '' ELSE lease_owner END, "
               "lease_until_ms = CASE WHEN $6::boolean THEN 0 ELSE lease_until_ms END "
               "WHERE id = $1 AND lease_owner = $2 AND lease_until_ms >= $7::bigint RETURNING id");
+  pg::prepare(c, kRenew,
+              "UPDATE mailgate_queue SET lease_until_ms = $4::bigint "
+              "WHERE id = $1 AND lease_owner = $2 AND lease_until_ms >= $3::bigint RETURNING id");
   pg::prepare(c, kRemove, "DELETE FROM mailgate_queue WHERE id = $1 RETURNING id");
   pg::prepare(c, kRemoveOwned,
               "DELETE FROM mailgate_queue WHERE id = $1 AND lease_owner = $2 AND lease_until_ms >= $3::bigint "
@@ -285,6 +289,17 @@ Result<bool> PostgresQueueStore::update(const queue::QueueEntry& entry, const st
   });
   if (!ok) return dbError(ok);
   return written;
+}
+
+Result<bool> PostgresQueueStore::renew(const std::string& id, const std::string& owner, int64_t now_ms,
+                                       int64_t until_ms) {
+  if (owner.empty() || !queue::validQueueId(id)) return false;
+  bool renewed = false;
+  auto ok = pool_->run([&](pg::Connection& c) {
+    renewed = !pg::execPrepared(c, kRenew, {id, owner, std::to_string(now_ms), std::to_string(until_ms)}).empty();
+  });
+  if (!ok) return dbError(ok);
+  return renewed;
 }
 
 Result<bool> PostgresQueueStore::remove(const std::string& id, const std::string& owner) {

@@ -12,8 +12,8 @@
 // - claimDue() leases due entries with one UPDATE whose row selection takes the
 //   rows FOR UPDATE SKIP LOCKED: two gateways never get the same entry, and a lease
 //   whose gateway died runs out (lease_until_ms) and the entry is due again.
-// - update() and remove() with an owner write only while that owner holds a live
-//   lease (the gateway's wall clock; the cluster's clocks are assumed in step to
+// - update(), renew() and remove() with an owner write only while that owner holds a
+//   live lease (the gateway's wall clock; the cluster's clocks are assumed in step to
 //   well within queue.lease).
 //
 // The statements run on libpq through the pool's prepared-statement path
@@ -47,6 +47,7 @@ class PostgresQueueStore final : public queue::QueueStore {
                                                   size_t limit) override;
   Result<std::shared_ptr<const filters::MessageBody>> body(const std::string& id) override;
   Result<bool> update(const queue::QueueEntry& entry, const std::string& owner, bool release) override;
+  Result<bool> renew(const std::string& id, const std::string& owner, int64_t now_ms, int64_t until_ms) override;
   Result<bool> remove(const std::string& id, const std::string& owner) override;
   Result<std::vector<queue::QueueEntry>> list(size_t limit) override;
   Result<std::optional<queue::QueueEntry>> get(const std::string& id) override;

@@ -215,6 +215,31 @@ class PostgresQueueStoreTest(unittest.TestCase):
         self.finish(a)
         self.finish(b)
 
+    def test_renew_extends_the_lease_and_fails_once_lost(self):
+        a, b = self.driver(), self.driver()
+        self.assertEqual(a.ask("put s10-1 10 - <>"), "stored")
+        t = int(time.time() * 1000)
+        self.assertEqual(a.ask(f"claim gw-a 1000 10 {t}"), "claimed s10-1")
+        # Renewed while live: the lease now ends 5 s after t + 500, and B cannot claim
+        # the entry after the first lease would have run out.
+        self.assertEqual(a.ask(f"renew s10-1 gw-a 5000 {t + 500}"), "true")
+        self.assertEqual(fields(b.ask("get s10-1"))["until"], str(t + 5500))
+        self.assertEqual(b.ask(f"claim gw-b 60000 10 {t + 2000}"), "claimed")
+        # Nobody else renews it.
+        self.assertEqual(b.ask(f"renew s10-1 gw-b 5000 {t + 2000}"), "false")
+        self.assertEqual(b.ask(f"renew s10-404 gw-a 5000 {t + 2000}"), "false")
+        # Run out: no renewal any more, even before another gateway took it ...
+        self.assertEqual(a.ask(f"renew s10-1 gw-a 5000 {t + 5501}"), "false")
+        # ... and after B took it over, A's renewal changes nothing.
+        self.assertEqual(b.ask(f"claim gw-b 1000 10 {t + 5501}"), "claimed s10-1")
+        self.assertEqual(a.ask(f"renew s10-1 gw-a 60000 {t + 5600}"), "false")
+        e = fields(a.ask("get s10-1"))
+        self.assertEqual((e["owner"], e["until"]), ("gw-b", str(t + 6501)))
+        self.assertEqual(b.ask(f"renew s10-1 gw-b 60000 {t + 6000}"), "true")
+        self.assertEqual(b.ask("remove s10-1 gw-b"), "true")
+        self.finish(a)
+        self.finish(b)
+
     def test_lease_expiry_by_the_clock(self):
         a, b = self.driver(), self.driver()
         self.assertEqual(a.ask("put s3-1 10 - <>"), "stored")
