@@ -183,6 +183,12 @@ class PostgresQueueStoreTest(unittest.TestCase):
         # The same id again (a retry whose COMMIT answer was lost): stored, one row.
         self.assertEqual(d.ask("put s1-1 70000 <m1@example.com> <s@example.com>"), "stored")
         self.assertEqual(self.count(), 2)
+        # A message larger than one range the store reads at a time (1 MiB), of an odd
+        # size: read back in several ranges, every octet in place.
+        big = 3 * 1048576 + 12345
+        self.assertEqual(d.ask(f"put s1-3 {big} - <>"), "stored")
+        self.assertEqual(d.ask("body s1-3"), f"body {big} {fnv1a(pattern(big))}")
+        self.assertEqual(d.ask("remove s1-3 -"), "true")
         self.assertEqual(d.ask("get nope-1"), "none")
         self.assertTrue(d.ask("body nope-1").startswith("error"))
         self.assertTrue(d.ask("put bad/id 10 - <>").startswith("error"))
