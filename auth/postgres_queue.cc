@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <mutex>
 
 #include "auth/postgres_pool.h"
 
@@ -10,7 +11,7 @@ namespace mailgate::auth {
 
 namespace {
 
-// Serialises the bounded inserts of every gateway (pg_advisory_xact_lock): an
+// Serialises the bound checks of every gateway's insert (pg_advisory_xact_lock): an
 // arbitrary constant, distinct from the schema's ("mailgq" + 1).
 constexpr const char* kPutLockKey = "7089068426741342278";
 
@@ -24,10 +25,11 @@ constexpr const char* kRollback = "mq_rollback";
 constexpr const char* kLock = "mq_lock";
 constexpr const char* kExists = "mq_exists";
 constexpr const char* kUsage = "mq_usage";
-constexpr const char* kInsert = "mq_insert";
 constexpr const char* kClaim = "mq_claim";
-constexpr const char* kBody = "mq_body";
+constexpr const char* kBodySize = "mq_body_size";
+constexpr const char* kBodyRange = "mq_body_range";
 constexpr const char* kUpdate = "mq_update";
+constexpr const char* kRenew = "mq_renew";
 constexpr const char* kRemove = "mq_remove";
 constexpr const char* kRemoveOwned = "mq_remove_owned";
 constexpr const char* kList = "mq_list";
@@ -43,10 +45,6 @@ void prepareStatements(pg::Connection& c) {
   pg::prepare(c, kLock, std::string("SELECT pg_advisory_xact_lock(") + kPutLockKey + ")");
   pg::prepare(c, kExists, "SELECT 1 FROM mailgate_queue WHERE id = $1");
   pg::prepare(c, kUsage, "SELECT count(*), coalesce(sum(size), 0) FROM mailgate_queue");
-  pg::prepare(c, kInsert,
-              "INSERT INTO mailgate_queue (id, created_ms, next_ms, attempts, size, message_id, mail_from, meta, "
-              "message) VALUES ($1, $2::bigint, $3::bigint, $4::integer, $5::bigint, $6, $7, $8, decode($9, "
-              "'hex'))");
   // The subquery picks and locks the due rows nobody holds (a row another gateway is
   // claiming at this moment is skipped, never waited for); the UPDATE leases them.
   pg::prepare(c, kClaim,
@@ -54,12 +52,17 @@ void prepareStatements(pg::Connection& c) {
               "WHERE id IN (SELECT id FROM mailgate_queue WHERE next_ms <= $2::bigint AND lease_until_ms < "
               "$2::bigint ORDER BY next_ms, id LIMIT $4::bigint FOR UPDATE SKIP LOCKED) "
               "RETURNING " MG_QUEUE_COLUMNS);
-  pg::prepare(c, kBody, "SELECT encode(message, 'hex') FROM mailgate_queue WHERE id = $1");
+  pg::prepare(c, kBodySize, "SELECT octet_length(message) FROM mailgate_queue WHERE id = $1");
+  pg::prepare(c, kBodyRange,
+              "SELECT substring(message from $2::integer for $3::integer) FROM mailgate_queue WHERE id = $1");
   pg::prepare(c, kUpdate,
               "UPDATE mailgate_queue SET meta = $3, next_ms = $4::bigint, attempts = $5::integer, "
               "lease_owner = CASE WHEN $6::boolean THEN '' ELSE lease_owner END, "
               "lease_until_ms = CASE WHEN $6::boolean THEN 0 ELSE lease_until_ms END "
               "WHERE id = $1 AND lease_owner = $2 AND lease_until_ms >= $7::bigint RETURNING id");
+  pg::prepare(c, kRenew,
+              "UPDATE mailgate_queue SET lease_until_ms = $4::bigint "
+              "WHERE id = $1 AND lease_owner = $2 AND lease_until_ms >= $3::bigint RETURNING id");
   pg::prepare(c, kRemove, "DELETE FROM mailgate_queue WHERE id = $1 RETURNING id");
   pg::prepare(c, kRemoveOwned,
               "DELETE FROM mailgate_queue WHERE id = $1 AND lease_owner = $2 AND lease_until_ms >= $3::bigint "
@@ -108,47 +111,52 @@ bool entryOf(const pg::Rows& r, int row, queue::QueueEntry* e) {
   return ok;
 }
 
-void hexOf(std::string_view data, std::string* out) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  for (const char ch : data) {
-    const auto b = static_cast<unsigned char>(ch);
-    out->push_back(kDigits[b >> 4]);
-    out->push_back(kDigits[b & 0xf]);
-  }
-}
+// The message is sent as one binary parameter (a bytea in binary format): no text
+// encoding, no copy but the one buffer (libpq's output buffer aside).
+constexpr const char* kInsertSql =
+    "INSERT INTO mailgate_queue (id, created_ms, next_ms, attempts, size, message_id, mail_from, meta, message) "
+    "VALUES ($1, $2::bigint, $3::bigint, $4::integer, $5::bigint, $6, $7, $8, $9::bytea)";
 
-int hexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool unhex(std::string_view hex, std::string* out) {
-  if (hex.size() % 2) return false;
-  out->clear();
-  out->reserve(hex.size() / 2);
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = hexDigit(hex[i]), lo = hexDigit(hex[i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(static_cast<char>(hi << 4 | lo));
-  }
-  return true;
-}
-
-// The message of one entry, read from the database whole.
-class MemoryBody final : public filters::MessageBody {
+// The message of one entry, read from the database in ranges as the reader asks for
+// them (a window of at least kWindow octets at a time), never whole: a delivery reads
+// it front to back in chunks. A read fails when the row went away meanwhile.
+class RangeBody final : public filters::MessageBody {
  public:
-  explicit MemoryBody(std::string data) : data_(std::move(data)) {}
-  uint64_t size() const override { return data_.size(); }
+  static constexpr size_t kWindow = 1u << 20;
+  RangeBody(std::shared_ptr<pg::Pool> pool, std::string id, uint64_t size)
+      : pool_(std::move(pool)), id_(std::move(id)), size_(size) {}
+  uint64_t size() const override { return size_; }
   bool read(uint64_t off, size_t n, std::string* out) const override {
     out->clear();
-    if (off < data_.size()) out->assign(data_, static_cast<size_t>(off), n);
+    if (off >= size_ || n == 0) return true;
+    n = static_cast<size_t>(std::min<uint64_t>(n, size_ - off));
+    std::lock_guard<std::mutex> g(mu_);
+    if (off < window_off_ || off + n > window_off_ + window_.size()) {
+      const uint64_t want = std::min<uint64_t>(std::max(n, kWindow), size_ - off);
+      std::string data;
+      bool found = false;
+      auto ok = pool_->run([&](pg::Connection& c) {
+        // substring counts from 1.
+        const pg::Rows r =
+            pg::execPrepared(c, kBodyRange, {id_, std::to_string(off + 1), std::to_string(want)});
+        found = !r.empty() && !r.isNull(0, 0);
+        if (found) data = pg::bytea(r.text(0, 0));
+      });
+      if (!ok || !found || data.size() != want) return false;
+      window_ = std::move(data);
+      window_off_ = off;
+    }
+    out->assign(window_, static_cast<size_t>(off - window_off_), n);
     return true;
   }
 
  private:
-  std::string data_;
+  std::shared_ptr<pg::Pool> pool_;
+  std::string id_;
+  uint64_t size_;
+  mutable std::mutex mu_;
+  mutable std::string window_;     // the octets from window_off_ (guarded by mu_)
+  mutable uint64_t window_off_ = 0;
 };
 
 Error dbError(const Result<bool>& r) { return Error{"database: " + r.error()}; }
@@ -188,39 +196,49 @@ queue::QueueStore::Put PostgresQueueStore::put(queue::QueueEntry entry, const fi
   entry.size = body.size();
   entry.lease_owner.clear();
   entry.lease_until_ms = 0;
-  std::string hex, chunk;
-  hex.reserve(static_cast<size_t>(entry.size) * 2);
+  std::string data, chunk;
+  data.reserve(static_cast<size_t>(entry.size));
   for (uint64_t off = 0; off < entry.size;) {
     if (!body.read(off, 64 * 1024, &chunk) || chunk.empty()) return fail("cannot read the message");
-    hexOf(chunk, &hex);
+    data += chunk;
     off += chunk.size();
   }
+  chunk = std::string();
   const std::string meta = queue::encodeQueueMeta(entry);
+  auto over = [&](const pg::Rows& usage, uint64_t more_entries, uint64_t more_bytes) {
+    const auto entries = static_cast<uint64_t>(number(usage, 0, 0));
+    const auto bytes = static_cast<uint64_t>(number(usage, 0, 1));
+    return (max_entries_ && entries + more_entries > max_entries_) ||
+           (max_size_ && bytes + more_bytes > max_size_);
+  };
   Put verdict = Put::kError;
   auto ok = pool_->run([&](pg::Connection& c) {
     verdict = Put::kError;
-    pg::execPrepared(c, kBegin, {});
-    pg::execPrepared(c, kLock, {});
     // A retry after a lost connection may find its own row committed: stored.
     if (!pg::execPrepared(c, kExists, {entry.id}).empty()) {
-      pg::execPrepared(c, kRollback, {});
       verdict = Put::kStored;
       return;
     }
-    // Under the lock every gateway's committed rows are counted (read committed: this
-    // statement's snapshot is taken after the lock was granted).
-    const pg::Rows usage = pg::execPrepared(c, kUsage, {});
-    const auto entries = static_cast<uint64_t>(number(usage, 0, 0));
-    const auto bytes = static_cast<uint64_t>(number(usage, 0, 1));
-    if ((max_entries_ && entries + 1 > max_entries_) || (max_size_ && bytes + entry.size > max_size_)) {
+    // Full already: no upload (the authoritative count follows under the lock).
+    if (over(pg::execPrepared(c, kUsage, {}), 1, entry.size)) {
+      verdict = Put::kFull;
+      return;
+    }
+    pg::execPrepared(c, kBegin, {});
+    // The upload first, without the lock: the row is nobody else's to see until COMMIT.
+    pg::exec(c, kInsertSql,
+             {entry.id, std::to_string(entry.created_ms), std::to_string(entry.next_ms),
+              std::to_string(entry.attempts), std::to_string(entry.size), entry.message_id, entry.mail_from,
+              meta, pg::Value(std::string_view(data), true)});
+    pg::execPrepared(c, kLock, {});
+    // Under the lock every gateway's committed rows are counted, this one's own new
+    // row included (read committed: this statement's snapshot is taken after the lock
+    // was granted); the lock is held until COMMIT or ROLLBACK.
+    if (over(pg::execPrepared(c, kUsage, {}), 0, 0)) {
       pg::execPrepared(c, kRollback, {});
       verdict = Put::kFull;
       return;
     }
-    pg::execPrepared(c, kInsert,
-                     {entry.id, std::to_string(entry.created_ms), std::to_string(entry.next_ms),
-                      std::to_string(entry.attempts), std::to_string(entry.size), entry.message_id,
-                      entry.mail_from, meta, hex});
     pg::execPrepared(c, kCommit, {});
     verdict = Put::kStored;
   });
@@ -254,17 +272,16 @@ Result<std::vector<queue::QueueEntry>> PostgresQueueStore::claimDue(const std::s
 
 Result<std::shared_ptr<const filters::MessageBody>> PostgresQueueStore::body(const std::string& id) {
   if (!queue::validQueueId(id)) return Error{"not found"};
-  std::string data;
-  bool found = false, bad = false;
+  uint64_t size = 0;
+  bool found = false;
   auto ok = pool_->run([&](pg::Connection& c) {
-    const pg::Rows r = pg::execPrepared(c, kBody, {id});
+    const pg::Rows r = pg::execPrepared(c, kBodySize, {id});
     found = !r.empty();
-    if (found) bad = !unhex(r.text(0, 0), &data);
+    if (found) size = static_cast<uint64_t>(number(r, 0, 0));
   });
   if (!ok) return dbError(ok);
   if (!found) return Error{"not found"};
-  if (bad) return Error{"database: the message of " + id + " does not decode"};
-  return std::shared_ptr<const filters::MessageBody>(std::make_shared<MemoryBody>(std::move(data)));
+  return std::shared_ptr<const filters::MessageBody>(std::make_shared<RangeBody>(pool_, id, size));
 }
 
 Result<bool> PostgresQueueStore::update(const queue::QueueEntry& entry, const std::string& owner, bool release) {
@@ -285,6 +302,17 @@ Result<bool> PostgresQueueStore::update(const queue::QueueEntry& entry, const st
   });
   if (!ok) return dbError(ok);
   return written;
+}
+
+Result<bool> PostgresQueueStore::renew(const std::string& id, const std::string& owner, int64_t now_ms,
+                                       int64_t until_ms) {
+  if (owner.empty() || !queue::validQueueId(id)) return false;
+  bool renewed = false;
+  auto ok = pool_->run([&](pg::Connection& c) {
+    renewed = !pg::execPrepared(c, kRenew, {id, owner, std::to_string(now_ms), std::to_string(until_ms)}).empty();
+  });
+  if (!ok) return dbError(ok);
+  return renewed;
 }
 
 Result<bool> PostgresQueueStore::remove(const std::string& id, const std::string& owner) {

@@ -6,14 +6,17 @@
 // what the queries need (next_ms, the lease, size, message_id, mail_from).
 //
 // Every gateway of the cluster shares the table:
-// - put() runs in one transaction under a transaction-level advisory lock, so the
-//   bounds (queue.max_entries, queue.max_size) hold across gateways; it answers
-//   kStored only once COMMIT returned.
+// - put() runs in one transaction: the row goes in first (the message as one binary
+//   parameter), then a transaction-level advisory lock is taken only for counting,
+//   so the bounds (queue.max_entries, queue.max_size) hold across gateways without
+//   one gateway's upload holding up every other put; it answers kStored only once
+//   COMMIT returned.
+// - body() reads the message in ranges (substring) as it is read, never whole.
 // - claimDue() leases due entries with one UPDATE whose row selection takes the
 //   rows FOR UPDATE SKIP LOCKED: two gateways never get the same entry, and a lease
 //   whose gateway died runs out (lease_until_ms) and the entry is due again.
-// - update() and remove() with an owner write only while that owner holds a live
-//   lease (the gateway's wall clock; the cluster's clocks are assumed in step to
+// - update(), renew() and remove() with an owner write only while that owner holds a
+//   live lease (the gateway's wall clock; the cluster's clocks are assumed in step to
 //   well within queue.lease).
 //
 // The statements run on libpq through the pool's prepared-statement path
@@ -47,6 +50,7 @@ class PostgresQueueStore final : public queue::QueueStore {
                                                   size_t limit) override;
   Result<std::shared_ptr<const filters::MessageBody>> body(const std::string& id) override;
   Result<bool> update(const queue::QueueEntry& entry, const std::string& owner, bool release) override;
+  Result<bool> renew(const std::string& id, const std::string& owner, int64_t now_ms, int64_t until_ms) override;
   Result<bool> remove(const std::string& id, const std::string& owner) override;
   Result<std::vector<queue::QueueEntry>> list(size_t limit) override;
   Result<std::optional<queue::QueueEntry>> get(const std::string& id) override;
@@ -57,7 +61,7 @@ class PostgresQueueStore final : public queue::QueueStore {
 
  private:
   PostgresQueueStore(std::unique_ptr<pg::Pool> pool, uint64_t max_entries, uint64_t max_size);
-  std::unique_ptr<pg::Pool> pool_;
+  std::shared_ptr<pg::Pool> pool_;  // shared with the bodies body() hands out
   const uint64_t max_entries_;
   const uint64_t max_size_;
 };

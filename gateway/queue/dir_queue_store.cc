@@ -507,6 +507,30 @@ Result<bool> DirQueueStore::update(const QueueEntry& entry, const std::string& o
   return false;
 }
 
+Result<bool> DirQueueStore::renew(const std::string& id, const std::string& owner, int64_t now_ms,
+                                  int64_t until_ms) {
+  (void)now_ms;  // a lease that ran out but that nobody took is still the owner's (see the header)
+  if (owner.empty() || !validQueueId(id)) return false;
+  if (escapeOwner(owner).size() > kMaxOwner) return false;
+  for (int round = 0; round < kRaceRetries; ++round) {
+    auto f = findMeta(id);
+    if (!f) return Error{f.error()};
+    if (!f.value() || f.value()->owner != owner) return false;  // gone, or taken over
+    const Meta& cur = *f.value();
+    const std::string next = metaName(id, owner, until_ms);
+    if (next == cur.name) return true;
+    // From the exact current name: a gateway that took the entry over meanwhile
+    // renamed it away, and this rename finds no source.
+    if (renameNoReplace(path(cur.name), path(next)) != 0) {
+      if (errno == ENOENT) continue;  // renamed under us: look again (ours no more, most likely)
+      return Error{sysError("rename " + path(cur.name), errno)};
+    }
+    if (!fsyncDir()) return Error{sysError("fsync " + dir_, errno)};
+    return true;
+  }
+  return false;
+}
+
 Result<bool> DirQueueStore::remove(const std::string& id, const std::string& owner) {
   if (!validQueueId(id)) return false;
   for (int round = 0; round < kRaceRetries; ++round) {

@@ -22,7 +22,9 @@
 // file system supports the exchange.
 //
 // An entry whose lease ran out but that nobody took over is still its owner's
-// (update() and remove() succeed for it). retryNow() on an entry a live lease holds
+// (update(), renew() and remove() succeed for it). renew() is a rename from the
+// lease's exact name to the same owner's name with the new expiry: it fails once
+// another gateway renamed the meta away. retryNow() on an entry a live lease holds
 // changes nothing (an attempt runs right now) and returns true.
 #include <cstdint>
 #include <memory>
@@ -54,6 +56,7 @@ class DirQueueStore final : public QueueStore {
                                            size_t limit) override;
   Result<std::shared_ptr<const filters::MessageBody>> body(const std::string& id) override;
   Result<bool> update(const QueueEntry& entry, const std::string& owner, bool release) override;
+  Result<bool> renew(const std::string& id, const std::string& owner, int64_t now_ms, int64_t until_ms) override;
   Result<bool> remove(const std::string& id, const std::string& owner) override;
   Result<std::vector<QueueEntry>> list(size_t limit) override;
   Result<std::optional<QueueEntry>> get(const std::string& id) override;

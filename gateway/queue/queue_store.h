@@ -110,6 +110,13 @@ class QueueStore {
   // lease ends with this write.
   virtual Result<bool> update(const QueueEntry& entry, const std::string& owner, bool release) = 0;
 
+  // Extends the lease `owner` holds on the entry (live at now_ms: lease_until_ms >=
+  // now_ms) to until_ms, so that a long delivery keeps it. false when the lease was
+  // lost (another gateway holds it, or it ran out before now_ms) or there is no such
+  // entry: the caller must stop working on the entry.
+  virtual Result<bool> renew(const std::string& id, const std::string& owner, int64_t now_ms,
+                             int64_t until_ms) = 0;
+
   // Removes the entry; with a non-empty owner only while that owner holds the lease.
   // false when there was no such entry (or the lease was lost).
   virtual Result<bool> remove(const std::string& id, const std::string& owner) = 0;

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -34,9 +35,11 @@ struct Reply {
   std::string keywords;  // EHLO: every line, upper-cased, '\n'-separated
 };
 
-// A blocking SMTP/LMTP conversation with one node.
+// A blocking SMTP/LMTP conversation with one node. Every wait ends at the deadline
+// (if any): deadlineHit() then tells why the step failed.
 class NodeConversation {
  public:
+  explicit NodeConversation(std::chrono::steady_clock::time_point deadline) : deadline_(deadline) {}
   ~NodeConversation() {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -45,11 +48,7 @@ class NodeConversation {
     if (fd_ < 0) return fail(why, "socket");
     if (::connect(fd_, reinterpret_cast<const sockaddr*>(&addr.ss), addr.len) != 0) {
       if (errno != EINPROGRESS) return fail(why, "connect");
-      pollfd p{fd_, POLLOUT, 0};
-      if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) {
-        *why = "connect: timed out";
-        return false;
-      }
+      if (!wait(POLLOUT, static_cast<int>(timeout.count()), "connect: timed out", why)) return false;
       int err = 0;
       socklen_t len = sizeof err;
       ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -62,11 +61,7 @@ class NodeConversation {
   }
   bool send(std::string_view data, std::string* why) {
     while (!data.empty()) {
-      pollfd p{fd_, POLLOUT, 0};
-      if (::poll(&p, 1, kReplyMs) <= 0) {
-        *why = "send: timed out";
-        return false;
-      }
+      if (!wait(POLLOUT, kReplyMs, "send: timed out", why)) return false;
       const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
       if (n <= 0) return fail(why, "send");
@@ -84,11 +79,7 @@ class NodeConversation {
           *why = "reply line too long";
           return false;
         }
-        pollfd p{fd_, POLLIN, 0};
-        if (::poll(&p, 1, timeout_ms) <= 0) {
-          *why = "no reply in time";
-          return false;
-        }
+        if (!wait(POLLIN, timeout_ms, "no reply in time", why)) return false;
         char tmp[4096];
         const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
@@ -118,11 +109,40 @@ class NodeConversation {
     }
   }
 
+  bool deadlineHit() const { return deadline_hit_; }
+
  private:
+  // Polls for `events` at most timeout_ms, and never past the deadline; false (with
+  // *why) when it timed out.
+  bool wait(short events, int timeout_ms, const char* timed_out, std::string* why) {
+    int ms = timeout_ms;
+    bool cut = false;
+    if (deadline_ != std::chrono::steady_clock::time_point{}) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now()).count();
+      if (left <= 0) return expired(why);
+      if (left < ms) {
+        ms = static_cast<int>(left);
+        cut = true;
+      }
+    }
+    pollfd p{fd_, events, 0};
+    if (::poll(&p, 1, ms) > 0) return true;
+    if (cut) return expired(why);
+    *why = timed_out;
+    return false;
+  }
+  bool expired(std::string* why) {
+    deadline_hit_ = true;
+    *why = kNodeDeadlineError;
+    return false;
+  }
   bool fail(std::string* why, const char* what) {
     *why = std::string(what) + ": " + std::strerror(errno);
     return false;
   }
+  std::chrono::steady_clock::time_point deadline_;
+  bool deadline_hit_ = false;
   int fd_ = -1;
   std::string buf_;
 };
@@ -153,11 +173,11 @@ NodeAttempt deliverToNode(const DeliveryTarget& t, const NodeEnvelope& e, const 
     a.error = "the node wants TLS, which this delivery does not speak";
     return a;
   }
-  NodeConversation c;
+  NodeConversation c(e.deadline);
   Reply r;
   std::string why;
   auto failed = [&](const std::string& what) {
-    a.error = what;
+    a.error = c.deadlineHit() ? std::string(kNodeDeadlineError) : what;
     return a;
   };
   if (!c.connect(t.addr, t.backend->connect_timeout, &why)) return failed(why);
@@ -214,7 +234,8 @@ NodeAttempt deliverToNode(const DeliveryTarget& t, const NodeEnvelope& e, const 
   const size_t replies = t.lmtp ? taken.size() : 1;
   for (size_t i = 0; i < replies; ++i) {
     if (!c.reply(&r, kFinalMs, &why)) {
-      a.error = "after the end of data: " + why + " (the node may have taken the message)";
+      a.error = c.deadlineHit() ? std::string(kNodeDeadlineError)
+                                : "after the end of data: " + why + " (the node may have taken the message)";
       return a;
     }
     if (t.lmtp) {

@@ -7,6 +7,7 @@
 // The conversation: greeting, EHLO/LHLO, MAIL (BODY=8BITMIME, SMTPUTF8 as the
 // message needs and the node offers), one RCPT per recipient, DATA, the dot-stuffed
 // message, the final reply (LMTP: one per recipient taken), QUIT. No TLS to the node.
+#include <chrono>
 #include <map>
 #include <string>
 #include <utility>
@@ -27,7 +28,15 @@ struct NodeEnvelope {
   bool smtputf8 = false;
   bool body_8bit = false;
   std::string hostname;   // the gateway's name in EHLO/LHLO
+  // No wait of the conversation (connect, send, reply) goes past this point (the
+  // queue's lease ends there); past it the attempt fails with kNodeDeadlineError.
+  // Zero: none (each step has its own timeout only).
+  std::chrono::steady_clock::time_point deadline{};
 };
+
+// NodeAttempt::error when the attempt ran into NodeEnvelope::deadline (after the end
+// of data too: sent_data is then true).
+inline constexpr const char* kNodeDeadlineError = "deadline: the queue lease ends";
 
 // Per recipient: accepted, or the node's reply ("452 4.2.2 ..."; the first digit
 // tells temporary from permanent). `sent_data`: the end of data was sent (a lost

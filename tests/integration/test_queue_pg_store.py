@@ -183,6 +183,12 @@ class PostgresQueueStoreTest(unittest.TestCase):
         # The same id again (a retry whose COMMIT answer was lost): stored, one row.
         self.assertEqual(d.ask("put s1-1 70000 <m1@example.com> <s@example.com>"), "stored")
         self.assertEqual(self.count(), 2)
+        # A message larger than one range the store reads at a time (1 MiB), of an odd
+        # size: read back in several ranges, every octet in place.
+        big = 3 * 1048576 + 12345
+        self.assertEqual(d.ask(f"put s1-3 {big} - <>"), "stored")
+        self.assertEqual(d.ask("body s1-3"), f"body {big} {fnv1a(pattern(big))}")
+        self.assertEqual(d.ask("remove s1-3 -"), "true")
         self.assertEqual(d.ask("get nope-1"), "none")
         self.assertTrue(d.ask("body nope-1").startswith("error"))
         self.assertTrue(d.ask("put bad/id 10 - <>").startswith("error"))
@@ -212,6 +218,31 @@ class PostgresQueueStoreTest(unittest.TestCase):
         self.assertEqual(fields(a.ask("get s2-1"))["owner"], "gw-b")
         self.assertEqual(b.ask("remove s2-1 gw-b"), "true")
         self.assertEqual(self.count(), 0)
+        self.finish(a)
+        self.finish(b)
+
+    def test_renew_extends_the_lease_and_fails_once_lost(self):
+        a, b = self.driver(), self.driver()
+        self.assertEqual(a.ask("put s10-1 10 - <>"), "stored")
+        t = int(time.time() * 1000)
+        self.assertEqual(a.ask(f"claim gw-a 1000 10 {t}"), "claimed s10-1")
+        # Renewed while live: the lease now ends 5 s after t + 500, and B cannot claim
+        # the entry after the first lease would have run out.
+        self.assertEqual(a.ask(f"renew s10-1 gw-a 5000 {t + 500}"), "true")
+        self.assertEqual(fields(b.ask("get s10-1"))["until"], str(t + 5500))
+        self.assertEqual(b.ask(f"claim gw-b 60000 10 {t + 2000}"), "claimed")
+        # Nobody else renews it.
+        self.assertEqual(b.ask(f"renew s10-1 gw-b 5000 {t + 2000}"), "false")
+        self.assertEqual(b.ask(f"renew s10-404 gw-a 5000 {t + 2000}"), "false")
+        # Run out: no renewal any more, even before another gateway took it ...
+        self.assertEqual(a.ask(f"renew s10-1 gw-a 5000 {t + 5501}"), "false")
+        # ... and after B took it over, A's renewal changes nothing.
+        self.assertEqual(b.ask(f"claim gw-b 1000 10 {t + 5501}"), "claimed s10-1")
+        self.assertEqual(a.ask(f"renew s10-1 gw-a 60000 {t + 5600}"), "false")
+        e = fields(a.ask("get s10-1"))
+        self.assertEqual((e["owner"], e["until"]), ("gw-b", str(t + 6501)))
+        self.assertEqual(b.ask(f"renew s10-1 gw-b 60000 {t + 6000}"), "true")
+        self.assertEqual(b.ask("remove s10-1 gw-b"), "true")
         self.finish(a)
         self.finish(b)
 

@@ -11,6 +11,7 @@
 //                                          writing each entry back under its lease)
 //   update ID OWNER STATE RELEASE DELAY -> true | false | error <why>  (the last recipient's state,
 //                                          attempts + 1, due DELAY ms from now; RELEASE 0|1)
+//   renew ID OWNER UNTIL [NOW]          -> true | false | error <why>  (UNTIL: ms from NOW)
 //   remove ID OWNER                     -> true | false | error <why>
 //   retry ID                            -> true | false | error <why>
 //   get ID                              -> entry <key=value>... | none | error <why>
@@ -177,6 +178,15 @@ std::string answer(QueueStore& store, const std::string& line) {
     ++e.attempts;
     e.next_ms = nowMs() + delay;
     auto r = store.update(e, arg(owner), release != 0);
+    if (!r) return "error " + r.error();
+    return *r ? "true" : "false";
+  }
+  if (cmd == "renew") {
+    std::string id, owner;
+    int64_t until = 0, now = 0;
+    in >> id >> owner >> until;
+    if (!(in >> now)) now = nowMs();
+    auto r = store.renew(id, arg(owner), now, now + until);
     if (!r) return "error " + r.error();
     return *r ? "true" : "false";
   }

@@ -217,6 +217,42 @@ TEST_F(DirQueueStoreTest, ExpiredLeaseIsTakenOverAndTheOldOwnerLosesIt) {
   EXPECT_EQ(files(dir_).size(), 2u);
 }
 
+TEST_F(DirQueueStoreTest, RenewExtendsTheLeaseUntilItIsLost) {
+  put(entry("n"));
+  auto a = store_->claimDue("gw:a", kNow, 1000, 10);
+  ASSERT_TRUE(a && a->size() == 1);
+  QueueEntry mine = (*a)[0];
+  // Renewed: the entry is not due for anyone after the first lease would have run out.
+  auto r = store_->renew("n", "gw:a", kNow + 500, kNow + 5500);
+  ASSERT_TRUE(r) << r.error();
+  EXPECT_TRUE(r.value());
+  EXPECT_EQ(store_->get("n").value()->lease_until_ms, kNow + 5500);
+  EXPECT_TRUE(store_->claimDue("gw:b", kNow + 2000, 1000, 10)->empty());
+  // The same expiry again changes nothing and holds; nobody else renews it.
+  EXPECT_TRUE(store_->renew("n", "gw:a", kNow + 600, kNow + 5500).value());
+  EXPECT_FALSE(store_->renew("n", "gw:b", kNow + 600, kNow + 9000).value());
+  EXPECT_FALSE(store_->renew("missing", "gw:a", kNow + 600, kNow + 9000).value());
+  EXPECT_FALSE(store_->renew("n", "", kNow + 600, kNow + 9000).value());
+  // The update finds the renewed lease from the claim's copy, and keeps it.
+  mine.rcpts[1].state = RcptState::kDelivered;
+  ASSERT_TRUE(store_->update(mine, "gw:a", false).value());
+  auto g = store_->get("n").value();
+  EXPECT_EQ(g->lease_owner, "gw:a");
+  EXPECT_EQ(g->lease_until_ms, kNow + 5500);
+  EXPECT_EQ(g->rcpts[1].state, RcptState::kDelivered);
+  // Run out and taken over: the old owner's renewal fails and changes nothing.
+  auto b = store_->claimDue("gw:b", kNow + 5501, 1000, 10);
+  ASSERT_TRUE(b && b->size() == 1);
+  r = store_->renew("n", "gw:a", kNow + 5600, kNow + 60000);
+  ASSERT_TRUE(r) << r.error();
+  EXPECT_FALSE(r.value());
+  g = store_->get("n").value();
+  EXPECT_EQ(g->lease_owner, "gw:b");
+  EXPECT_EQ(g->lease_until_ms, kNow + 6501);
+  EXPECT_TRUE(store_->renew("n", "gw:b", kNow + 6000, kNow + 60000).value());
+  EXPECT_EQ(files(dir_).size(), 2u);  // one meta, one message, no leftovers
+}
+
 TEST_F(DirQueueStoreTest, UpdateKeepsTheLeaseOrReleasesIt) {
   put(entry("u"));
   auto c = store_->claimDue("gw1", kNow, 60000, 1);

@@ -119,6 +119,14 @@ class FakeStore final : public QueueStore {
     if (cb) cb(e);
     return true;
   }
+  Result<bool> renew(const std::string& id, const std::string& owner, int64_t now_ms, int64_t until_ms) override {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = entries.find(id);
+    if (it == entries.end() || it->second.lease_owner != owner || it->second.lease_until_ms < now_ms || lose_lease)
+      return false;
+    it->second.lease_until_ms = until_ms;
+    return true;
+  }
   Result<bool> remove(const std::string& id, const std::string& owner) override {
     std::lock_guard<std::mutex> g(mu);
     auto it = entries.find(id);
