@@ -220,7 +220,8 @@ queue::QueueStore::Put PostgresQueueStore::put(queue::QueueEntry entry, const fi
       return;
     }
     // Full already: no upload (the authoritative count follows under the lock).
-    if (over(pg::execPrepared(c, kUsage, {}), 1, entry.size)) {
+    // A DSN is never refused for room: it lets the entry it reports on go.
+    if (!entry.dsn && over(pg::execPrepared(c, kUsage, {}), 1, entry.size)) {
       verdict = Put::kFull;
       return;
     }
@@ -234,7 +235,7 @@ queue::QueueStore::Put PostgresQueueStore::put(queue::QueueEntry entry, const fi
     // Under the lock every gateway's committed rows are counted, this one's own new
     // row included (read committed: this statement's snapshot is taken after the lock
     // was granted); the lock is held until COMMIT or ROLLBACK.
-    if (over(pg::execPrepared(c, kUsage, {}), 0, 0)) {
+    if (!entry.dsn && over(pg::execPrepared(c, kUsage, {}), 0, 0)) {
       pg::execPrepared(c, kRollback, {});
       verdict = Put::kFull;
       return;

@@ -359,7 +359,9 @@ QueueStore::Put DirQueueStore::put(QueueEntry entry, const filters::MessageBody&
       struct stat st {};
       if (::stat(path(id + ".msg").c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_size);
     }
-    if (s->metas.size() + 1 > max_entries_ || bytes + entry.size > max_size_ || entry.size > max_size_)
+    // A DSN is never refused for room: it lets the entry it reports on go.
+    if (!entry.dsn &&
+        (s->metas.size() + 1 > max_entries_ || bytes + entry.size > max_size_ || entry.size > max_size_))
       return Put::kFull;
   }
   // The message first (an ID.msg without meta is a leftover), then the meta.

@@ -91,7 +91,8 @@ class QueueStore {
 
   // Stores the entry and its message (entry.size is set here) and returns once it is
   // durable (the file and its directory fsync'd / the transaction committed).
-  // kFull when max_entries or max_size would be exceeded (nothing stored); kError
+  // kFull when max_entries or max_size would be exceeded (nothing stored; a DSN
+  // entry is exempt: it lets the entry it reports on go); kError
   // with *error set when the store failed (nothing stored).
   virtual Put put(QueueEntry entry, const filters::MessageBody& body, std::string* error) = 0;
 

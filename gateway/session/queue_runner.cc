@@ -272,8 +272,7 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     for (const auto& [rcpt, why] : routed.unrouted_temporary)
       settle(rcpt, queue::RcptState::kPending, why, "");
     for (const auto& [rcpt, why] : routed.unrouted) settle(rcpt, queue::RcptState::kFailed, why, "");
-    const NodeEnvelope env{e.mail_from == "<>" ? std::string() : e.mail_from, e.smtputf8, e.body_8bit,
-                           rt.hostname};
+    NodeEnvelope env{e.mail_from == "<>" ? std::string() : e.mail_from, e.smtputf8, e.body_8bit, rt.hostname};
     for (auto& [key, g] : routed.groups) {
       if (lost) break;
       if (stopping()) {  // the rest waits for the next attempt (this gateway's or another's)
@@ -293,6 +292,19 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
       for (const DeliveryTarget& t : g.targets) {
         const std::string node = t.backend ? t.backend->name : key;
         backends += (backends.empty() ? "" : ",") + node;
+        // The lease covers the attempt: renewed before it, and the attempt ends (its
+        // waits cut short) before the lease does, so no other gateway takes the entry
+        // while this one may still deliver.
+        const int64_t lease = cfg_.lease.count();
+        auto renewed = store_->renew(e.id, owner_, nowMs(), nowMs() + lease);
+        if (!renewed || !renewed.value()) {
+          log::warn("queue: the lease could not be renewed; the entry is left to the next attempt",
+                    {{"queue_id", e.id}, {"error", renewed ? std::string("lost") : renewed.error()}});
+          lost = true;
+          break;
+        }
+        env.deadline = std::chrono::steady_clock::now() +
+                       std::chrono::milliseconds(lease - std::min<int64_t>(kLeaseMarginMs, lease / 4));
         st.attempts.fetch_add(1, std::memory_order_relaxed);
         NodeAttempt a = deliverToNode(t, env, g.rcpts, *body);
         if (!a.error.empty() && !a.sent_data) {
