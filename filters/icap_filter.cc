@@ -101,21 +101,6 @@ void fnv(uint64_t* h, std::string_view s) {
 }
 constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ull;
 
-// A modified message held in memory.
-class StringBody final : public MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    if (off > s_.size()) return false;
-    out->assign(s_, static_cast<size_t>(off), n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
-
 // The anonymous file a large modified message is written to (O_TMPFILE, as the
 // spool does: nothing is left behind if the process dies). Opened by the first write
 // job, on the content executor.
@@ -163,9 +148,9 @@ struct TempFile {
 };
 
 // A modified message in its file.
-class FileBody final : public MessageBody {
+class TempFileBody final : public MessageBody {
  public:
-  FileBody(std::shared_ptr<TempFile> f, uint64_t size) : f_(std::move(f)), size_(size) {}
+  TempFileBody(std::shared_ptr<TempFile> f, uint64_t size) : f_(std::move(f)), size_(size) {}
   uint64_t size() const override { return size_; }
   bool read(uint64_t off, size_t n, std::string* out) const override {
     if (off > size_) return false;
@@ -593,7 +578,7 @@ class IcapFilter final : public Filter, public ConnectionHandler {
     Verdict v = Verdict::next();
     v.reason = "icap " + o_->name + ": modified message accepted";
     if (repl_file_)
-      v.replacement = std::make_shared<FileBody>(repl_file_, repl_size_);
+      v.replacement = std::make_shared<TempFileBody>(repl_file_, repl_size_);
     else
       v.replacement = std::make_shared<StringBody>(std::move(repl_));
     report("200", "modified, accepted", {});

@@ -52,36 +52,6 @@ Verdict failureVerdict(FailureAction a, std::string reason) {
   return Verdict::of(Action::kTempfail, std::move(reason));
 }
 
-// A message a milter rewrote: an anonymous file, read by offset.
-class FileBody final : public MessageBody {
- public:
-  FileBody(int fd, uint64_t size) : fd_(fd), size_(size) {}
-  ~FileBody() override { ::close(fd_); }
-  FileBody(const FileBody&) = delete;
-  FileBody& operator=(const FileBody&) = delete;
-  uint64_t size() const override { return size_; }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    out->clear();
-    if (off >= size_) return true;
-    n = static_cast<size_t>(std::min<uint64_t>(n, size_ - off));
-    out->resize(n);
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = ::pread(fd_, out->data() + got, n - got, static_cast<off_t>(off + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) {
-        out->clear();
-        return false;
-      }
-      got += static_cast<size_t>(r);
-    }
-    return true;
-  }
-
- private:
-  int fd_;
-  uint64_t size_;
-};
 
 // A header value from a milter as it goes into the message: "\n" (or "\r\n") between
 // folded lines becomes CRLF; each continuation must start with white space. False

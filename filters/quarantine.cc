@@ -93,30 +93,6 @@ bool fsyncDir(const std::string& dir) {
 }
 
 // The stored message of one entry: a range of its file, read by offset.
-class FileBody final : public MessageBody {
- public:
-  FileBody(int fd, uint64_t off, uint64_t size) : fd_(fd), off_(off), size_(size) {}
-  ~FileBody() override { ::close(fd_); }
-  uint64_t size() const override { return size_; }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    out->clear();
-    if (off >= size_) return true;
-    n = static_cast<size_t>(std::min<uint64_t>(n, size_ - off));
-    out->resize(n);
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = ::pread(fd_, out->data() + got, n - got, static_cast<off_t>(off_ + off + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return false;
-      got += static_cast<size_t>(r);
-    }
-    return true;
-  }
-
- private:
-  int fd_;
-  uint64_t off_, size_;
-};
 }  // namespace
 
 QuarantineStats& quarantineStats() {
@@ -374,7 +350,7 @@ Result<QuarantineEntry> DirQuarantineStore::get(const std::string& id,
     ::close(fd);
     return Error{"malformed entry " + path(id)};
   }
-  *body = std::make_shared<FileBody>(fd, off, static_cast<uint64_t>(st.st_size) - off);
+  *body = std::make_shared<FileBody>(fd, static_cast<uint64_t>(st.st_size) - off, off);
   return e;
 }
 

@@ -25,19 +25,6 @@ namespace {
 using filters::Action;
 using filters::Stage;
 
-class StringBody final : public filters::MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    if (off > s_.size()) return false;
-    out->assign(s_, static_cast<size_t>(off), n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
 
 struct OfflineSession {
   std::string listener, client, helo, user, from, message_file;
@@ -150,7 +137,7 @@ bool runOffline(const std::shared_ptr<const filters::policy::Policy>& policy, co
       *error = "cannot read the message " + s.message_file + ": " + std::strerror(errno);
       return false;
     }
-    f.message = std::make_shared<StringBody>(toCrlf(text));
+    f.message = std::make_shared<filters::StringBody>(toCrlf(text));
   }
 
   auto filter = filters::policy::makeDryRunFilter(policy, f, trace);

@@ -103,31 +103,6 @@ int renameNoReplace(const std::string& from, const std::string& to) {
 
 int64_t statNs(const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
 
-// The stored message of one entry: the whole of its file, read by offset.
-class FileBody final : public filters::MessageBody {
- public:
-  FileBody(int fd, uint64_t size) : fd_(fd), size_(size) {}
-  ~FileBody() override { ::close(fd_); }
-  uint64_t size() const override { return size_; }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    out->clear();
-    if (off >= size_) return true;
-    n = static_cast<size_t>(std::min<uint64_t>(n, size_ - off));
-    out->resize(n);
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = ::pread(fd_, out->data() + got, n - got, static_cast<off_t>(off + got));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return false;
-      got += static_cast<size_t>(r);
-    }
-    return true;
-  }
-
- private:
-  int fd_;
-  uint64_t size_;
-};
 
 bool sortOldest(const QueueEntry& a, const QueueEntry& b) {
   return a.created_ms != b.created_ms ? a.created_ms < b.created_ms : a.id < b.id;
@@ -467,7 +442,7 @@ Result<std::shared_ptr<const filters::MessageBody>> DirQueueStore::body(const st
     return Error{sysError("fstat " + p, e)};
   }
   return std::shared_ptr<const filters::MessageBody>(
-      std::make_shared<FileBody>(fd, static_cast<uint64_t>(st.st_size)));
+      std::make_shared<filters::FileBody>(fd, static_cast<uint64_t>(st.st_size)));
 }
 
 Result<bool> DirQueueStore::update(const QueueEntry& entry, const std::string& owner, bool release) {

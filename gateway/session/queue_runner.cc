@@ -27,19 +27,6 @@ int64_t nowMs() {
       .count();
 }
 
-class StringBody final : public filters::MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    if (off > s_.size()) return false;
-    out->assign(s_, static_cast<size_t>(off), n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
 
 // The message's header section, up to (not including) the empty line, at most
 // kDsnMaxHead octets; what could be read when the body cannot be read whole.
@@ -405,7 +392,7 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
         queued = true;
       } else {
         std::string error;
-        switch (store_->put(d, StringBody(queue::buildDsn(in)), &error)) {
+        switch (store_->put(d, filters::StringBody(queue::buildDsn(in)), &error)) {
           case queue::QueueStore::Put::kStored:
             queued = queued_dsn = true;
             st.dsn_sent.fetch_add(1, std::memory_order_relaxed);

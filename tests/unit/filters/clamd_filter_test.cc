@@ -18,19 +18,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class StringBody final : public MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    *out = off < s_.size() ? s_.substr(off, n) : std::string();
-    return true;
-  }
-
- private:
-  std::string s_;
-};
-
 // Jobs and posts run when the test says so (run()).
 struct FakeHost final : public ConnectionHost, public core::Executor {
   struct Conn {

@@ -13,19 +13,6 @@
 namespace mailgate::filters {
 namespace {
 
-class StringBody final : public MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    *out = off < s_.size() ? s_.substr(off, n) : std::string();
-    return true;
-  }
-
- private:
-  std::string s_;
-};
-
 class FixedHook final : public ContentHook {
  public:
   explicit FixedHook(Verdict v) : v_(std::move(v)) {}

@@ -29,19 +29,6 @@ std::string packet(char cmd, std::string_view data = {}) {
   return be32(static_cast<uint32_t>(data.size() + 1)) + cmd + std::string(data);
 }
 
-class StringBody final : public MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    out->assign(off < s_.size() ? s_.substr(static_cast<size_t>(off), n) : std::string());
-    return true;
-  }
-
- private:
-  std::string s_;
-};
-
 std::string readAll(const MessageBody& b) {
   std::string out, chunk;
   for (uint64_t off = 0; off < b.size(); off += chunk.size()) {

@@ -34,20 +34,6 @@ using session::renderSmtp;
 
 constexpr const char* kHost = "gw.example.net";
 
-class StringBody final : public MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    if (off > s_.size()) return false;
-    out->assign(s_, static_cast<size_t>(off), n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
-
 // A fresh IPv4 address for each call (198.18.0.0/15 is for benchmarks: nobody's).
 std::string nextIp() {
   static std::atomic<unsigned> n{1};

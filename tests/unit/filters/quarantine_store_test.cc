@@ -17,20 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class StringBody final : public MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    out->clear();
-    if (off < s_.size()) out->assign(s_, static_cast<size_t>(off), n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
-
 std::string readAll(const MessageBody& b) {
   std::string all, chunk;
   for (uint64_t off = 0; off < b.size(); off += chunk.size()) {

@@ -15,21 +15,10 @@
 
 #include "gateway/queue/dir_queue_store.h"
 
+using mailgate::filters::StringBody;
+
 namespace mailgate::queue {
 namespace {
-
-class StringBody final : public filters::MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    *out = off >= s_.size() ? std::string() : s_.substr(off, n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
 
 std::string readAll(const filters::MessageBody& b) {
   std::string out, chunk;

@@ -16,24 +16,13 @@
 #include "conf/config.h"
 #include "gateway/session/node_delivery.h"
 
+using mailgate::filters::StringBody;
+
 namespace mailgate::session {
 namespace {
 
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
-
-class StringBody final : public filters::MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    *out = off >= s_.size() ? std::string() : s_.substr(off, n);
-    return true;
-  }
-
- private:
-  std::string s_;
-};
 
 // One connection: the node greets (unless `silent`), answers every command, and
 // after the end of data says nothing more (it hangs) until the test ends.

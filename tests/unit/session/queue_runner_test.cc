@@ -20,6 +20,8 @@
 #include "gateway/core/log.h"
 #include "gateway/session/runtime.h"
 
+using mailgate::filters::StringBody;
+
 namespace mailgate::session {
 namespace {
 
@@ -33,18 +35,6 @@ int64_t nowMs() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
-
-class StringBody final : public filters::MessageBody {
- public:
-  explicit StringBody(std::string s) : s_(std::move(s)) {}
-  uint64_t size() const override { return s_.size(); }
-  bool read(uint64_t off, size_t n, std::string* out) const override {
-    if (off > s_.size()) return false;
-    out->assign(s_, static_cast<size_t>(off), n);
-    return true;
-  }
-  std::string s_;
-};
 
 std::string readAll(const filters::MessageBody& b) {
   std::string out;
