@@ -12,6 +12,8 @@
 #include <cstring>
 
 #include "gateway/core/ascii.h"
+#include "gateway/core/durable_file.h"
+#include "gateway/core/record_text.h"
 
 namespace mailgate::filters {
 
@@ -22,77 +24,13 @@ constexpr size_t kChunk = 64 * 1024;
 
 std::string sysError(const std::string& what, int e) { return what + ": " + std::strerror(e); }
 
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Printable ASCII but '%' as is; everything else %XX.
-std::string escape(std::string_view v) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : v) {
-    if (c > 0x20 && c < 0x7f && c != '%') {
-      out.push_back(static_cast<char>(c));
-    } else if (c == ' ') {
-      out.push_back(' ');
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xF]);
-    }
-  }
-  return out;
-}
-
-bool unescape(std::string_view in, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out->push_back(in[i]);
-      continue;
-    }
-    if (i + 2 >= in.size()) return false;
-    const int hi = hexValue(in[i + 1]), lo = hexValue(in[i + 2]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(static_cast<char>(hi * 16 + lo));
-    i += 2;
-  }
+bool parseMs(std::string_view s, int64_t* out) {
+  uint64_t v = 0;
+  if (!core::parseDecimal(s, static_cast<uint64_t>(INT64_MAX), false, &v)) return false;
+  *out = static_cast<int64_t>(v);
   return true;
 }
 
-bool parseInt(std::string_view s, int64_t* out) {
-  if (s.empty() || s.size() > 19) return false;
-  int64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + (c - '0');
-  }
-  *out = v;
-  return true;
-}
-
-bool writeAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    const ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
-bool fsyncDir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool ok = ::fsync(fd) == 0;
-  ::close(fd);
-  return ok;
-}
-
-// The stored message of one entry: a range of its file, read by offset.
 }  // namespace
 
 QuarantineStats& quarantineStats() {
@@ -137,7 +75,7 @@ std::string encodeQuarantineMeta(const QuarantineEntry& e) {
   auto line = [&](std::string_view k, std::string_view v) {
     out += k;
     out += ": ";
-    out += escape(v);
+    core::percentEscapeTo(v, core::keepPrintableOrSpace, &out);
     out += '\n';
   };
   line("id", e.id);
@@ -176,16 +114,16 @@ bool decodeQuarantineMeta(std::string_view text, QuarantineEntry* out) {
     if (colon == std::string_view::npos) return false;
     const std::string_view k = l.substr(0, colon);
     std::string v;
-    if (!unescape(l.substr(colon + 2), &v)) return false;
+    if (!core::percentUnescape(l.substr(colon + 2), nullptr, &v)) return false;
     int64_t n = 0;
     if (k == "id") {
       out->id = std::move(v);
       have_id = true;
     } else if (k == "created_ms") {
-      if (!parseInt(v, &out->created_ms)) return false;
+      if (!parseMs(v, &out->created_ms)) return false;
       have_created = true;
     } else if (k == "size") {
-      if (!parseInt(v, &n)) return false;
+      if (!parseMs(v, &n)) return false;
       out->size = static_cast<uint64_t>(n);
       have_size = true;
     } else if (k == "reason") {
@@ -221,7 +159,8 @@ bool decodeQuarantineMeta(std::string_view text, QuarantineEntry* out) {
 
 bool quarantineMatches(const QuarantineEntry& e, const QuarantineFilter& f) {
   if (f.before_ms && e.created_ms >= f.before_ms) return false;
-  if (!f.from.empty() && ascii::lower(e.mail_from).find(ascii::lower(f.from)) == std::string::npos) return false;
+  if (!f.from.empty() && ascii::lower(e.mail_from).find(ascii::lower(f.from)) == std::string::npos)
+    return false;
   if (!f.rcpt.empty()) {
     const std::string want = ascii::lower(f.rcpt);
     if (std::none_of(e.rcpts.begin(), e.rcpts.end(),
@@ -261,12 +200,12 @@ Result<bool> DirQuarantineStore::writeDurably(const std::string& id, const std::
     ::unlink(tmp.c_str());
     return Error{sysError(what + " " + tmp, e ? e : EIO)};
   };
-  if (!writeAll(fd, header)) return fail("write");
+  if (!core::writeAll(fd, header)) return fail("write");
   std::string chunk;
   for (uint64_t off = body_off; off < body.size();) {
     errno = 0;
     if (!body.read(off, kChunk, &chunk) || chunk.empty()) return fail("read the message for");
-    if (!writeAll(fd, chunk)) return fail("write");
+    if (!core::writeAll(fd, chunk)) return fail("write");
     off += chunk.size();
   }
   if (::fsync(fd) != 0) return fail("fsync");
@@ -280,7 +219,7 @@ Result<bool> DirQuarantineStore::writeDurably(const std::string& id, const std::
     ::unlink(tmp.c_str());
     return Error{sysError("rename " + tmp, e)};
   }
-  if (!fsyncDir(dir_)) return Error{sysError("fsync " + dir_, errno)};
+  if (!core::fsyncDirectory(dir_)) return Error{sysError("fsync " + dir_, errno)};
   return true;
 }
 
@@ -360,7 +299,7 @@ Result<bool> DirQuarantineStore::remove(const std::string& id) {
     if (errno == ENOENT) return false;
     return Error{sysError("unlink " + path(id), errno)};
   }
-  fsyncDir(dir_);
+  core::fsyncDirectory(dir_);
   quarantineStats().entries.fetch_sub(1);
   return true;
 }

@@ -14,6 +14,9 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "gateway/core/durable_file.h"
+#include "gateway/core/record_text.h"
+
 namespace mailgate::queue {
 
 namespace {
@@ -31,69 +34,9 @@ int64_t wallMs() {
       .count();
 }
 
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool nameSafe(char c) {
+bool nameSafe(unsigned char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
          c == '-';
-}
-
-std::string escapeOwner(std::string_view v) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : v) {
-    if (nameSafe(static_cast<char>(c))) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xF]);
-    }
-  }
-  return out;
-}
-
-bool unescapeOwner(std::string_view in, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      if (!nameSafe(in[i])) return false;
-      out->push_back(in[i]);
-      continue;
-    }
-    if (i + 2 >= in.size()) return false;
-    const int hi = hexValue(in[i + 1]), lo = hexValue(in[i + 2]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(static_cast<char>(hi * 16 + lo));
-    i += 2;
-  }
-  return true;
-}
-
-bool parseMs(std::string_view s, int64_t* out) {
-  if (s.empty() || s.size() > 18) return false;
-  int64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + (c - '0');
-  }
-  *out = v;
-  return true;
-}
-
-bool writeAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    const ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
 }
 
 // rename that never replaces: the target exists -> EEXIST.
@@ -103,17 +46,24 @@ int renameNoReplace(const std::string& from, const std::string& to) {
 
 int64_t statNs(const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
 
-
 bool sortOldest(const QueueEntry& a, const QueueEntry& b) {
   return a.created_ms != b.created_ms ? a.created_ms < b.created_ms : a.id < b.id;
 }
+
+bool parseMs(std::string_view s, int64_t* out) {
+  uint64_t v = 0;
+  if (!core::parseDecimal(s, static_cast<uint64_t>(INT64_MAX), false, &v)) return false;
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
 }  // namespace
 
 // --- names ----------------------------------------------------------------------
 
 std::string DirQueueStore::metaName(const std::string& id, const std::string& owner, int64_t until_ms) {
   if (owner.empty()) return id + "~~0";
-  return id + "~" + escapeOwner(owner) + "~" + std::to_string(until_ms < 0 ? 0 : until_ms);
+  return id + "~" + core::percentEscape(owner, nameSafe) + "~" + std::to_string(until_ms < 0 ? 0 : until_ms);
 }
 
 bool DirQueueStore::parseMetaName(const std::string& name, Meta* out) {
@@ -124,7 +74,8 @@ bool DirQueueStore::parseMetaName(const std::string& name, Meta* out) {
   out->name = name;
   out->id = name.substr(0, a);
   if (!validQueueId(out->id)) return false;
-  if (!unescapeOwner(std::string_view(name).substr(a + 1, b - a - 1), &out->owner)) return false;
+  if (!core::percentUnescape(std::string_view(name).substr(a + 1, b - a - 1), nameSafe, &out->owner))
+    return false;
   if (!parseMs(std::string_view(name).substr(b + 1), &out->until_ms)) return false;
   if (out->owner.empty()) out->until_ms = 0;
   return true;
@@ -137,13 +88,7 @@ std::string DirQueueStore::uniqueSuffix() const {
   return std::to_string(::getpid()) + "-" + std::to_string(seq.fetch_add(1)) + "-" + std::to_string(rnd);
 }
 
-bool DirQueueStore::fsyncDir() const {
-  const int fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool ok = ::fsync(fd) == 0;
-  ::close(fd);
-  return ok;
-}
+bool DirQueueStore::fsyncDir() const { return core::fsyncDirectory(dir_); }
 
 // --- open -----------------------------------------------------------------------
 
@@ -279,13 +224,13 @@ Result<std::string> DirQueueStore::writeTemp(std::string_view data, const filter
     return Error{sysError(what + " " + tmp, e ? e : EIO)};
   };
   errno = 0;
-  if (!writeAll(fd, data)) return fail("write");
+  if (!core::writeAll(fd, data)) return fail("write");
   if (body) {
     std::string chunk;
     for (uint64_t off = 0; off < body->size();) {
       errno = 0;
       if (!body->read(off, kChunk, &chunk) || chunk.empty()) return fail("read the message for");
-      if (!writeAll(fd, chunk)) return fail("write");
+      if (!core::writeAll(fd, chunk)) return fail("write");
       off += chunk.size();
     }
   }
@@ -373,7 +318,8 @@ QueueStore::Put DirQueueStore::put(QueueEntry entry, const filters::MessageBody&
 Result<std::vector<QueueEntry>> DirQueueStore::claimDue(const std::string& owner, int64_t now_ms,
                                                         int64_t lease_ms, size_t limit) {
   if (owner.empty()) return Error{"claimDue: an owner is needed"};
-  if (escapeOwner(owner).size() > kMaxOwner) return Error{"claimDue: the owner name is too long"};
+  if (core::percentEscape(owner, nameSafe).size() > kMaxOwner)
+    return Error{"claimDue: the owner name is too long"};
   bool clean = false;
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -488,7 +434,7 @@ Result<bool> DirQueueStore::renew(const std::string& id, const std::string& owne
                                   int64_t until_ms) {
   (void)now_ms;  // a lease that ran out but that nobody took is still the owner's (see the header)
   if (owner.empty() || !validQueueId(id)) return false;
-  if (escapeOwner(owner).size() > kMaxOwner) return false;
+  if (core::percentEscape(owner, nameSafe).size() > kMaxOwner) return false;
   for (int round = 0; round < kRaceRetries; ++round) {
     auto f = findMeta(id);
     if (!f) return Error{f.error()};

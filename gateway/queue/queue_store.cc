@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "gateway/core/record_text.h"
+
 namespace mailgate::queue {
 
 namespace {
@@ -13,64 +15,9 @@ namespace {
 constexpr std::string_view kMagic = "mailgate-queue: 1";
 constexpr size_t kMaxRcpts = 100000;
 
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Printable ASCII as is (and ' ' unless space_too), '%' and everything else %XX.
-void escapeTo(std::string_view v, bool space_too, std::string* out) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  for (unsigned char c : v) {
-    if ((c > 0x20 && c < 0x7f && c != '%') || (c == ' ' && !space_too)) {
-      out->push_back(static_cast<char>(c));
-    } else {
-      out->push_back('%');
-      out->push_back(kHex[c >> 4]);
-      out->push_back(kHex[c & 0xF]);
-    }
-  }
-}
-
-// The inverse: only %XX escapes and printable ASCII (and ' ' when allowed); the
-// encoder never writes anything else, so anything else is malformed.
-bool unescape(std::string_view in, bool space_ok, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(in[i]);
-    if (c != '%') {
-      if (c < 0x20 || c >= 0x7f || (c == ' ' && !space_ok)) return false;
-      out->push_back(static_cast<char>(c));
-      continue;
-    }
-    if (i + 2 >= in.size()) return false;
-    const int hi = hexValue(in[i + 1]), lo = hexValue(in[i + 2]);
-    if (hi < 0 || lo < 0) return false;
-    out->push_back(static_cast<char>(hi * 16 + lo));
-    i += 2;
-  }
-  return true;
-}
-
-// Decimal digits only, no sign, no leading zero (one canonical form), at most max.
-bool parseUint(std::string_view s, uint64_t max, uint64_t* out) {
-  if (s.empty() || s.size() > 20 || (s.size() > 1 && s[0] == '0')) return false;
-  uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    const auto d = static_cast<uint64_t>(c - '0');
-    if (v > (max - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  *out = v;
-  return true;
-}
-
 bool parseMs(std::string_view s, int64_t* out) {
   uint64_t v = 0;
-  if (!parseUint(s, static_cast<uint64_t>(INT64_MAX), &v)) return false;
+  if (!core::parseDecimal(s, static_cast<uint64_t>(INT64_MAX), true, &v)) return false;
   *out = static_cast<int64_t>(v);
   return true;
 }
@@ -139,7 +86,7 @@ std::string encodeQueueMeta(const QueueEntry& e) {
   auto line = [&](std::string_view k, std::string_view v) {
     out += k;
     out += ": ";
-    escapeTo(v, false, &out);
+    core::percentEscapeTo(v, core::keepPrintableOrSpace, &out);
     out += '\n';
   };
   line("id", e.id);
@@ -149,13 +96,13 @@ std::string encodeQueueMeta(const QueueEntry& e) {
   line("mail_from", e.mail_from);
   for (const auto& r : e.rcpts) {
     out += "rcpt: ";
-    escapeTo(r.addr, true, &out);
+    core::percentEscapeTo(r.addr, core::keepPrintable, &out);
     out += ' ';
     out += rcptStateName(r.state);
     out += ' ';
     out += msText(r.updated_ms);
     out += ' ';
-    escapeTo(r.reply, false, &out);
+    core::percentEscapeTo(r.reply, core::keepPrintableOrSpace, &out);
     out += '\n';
   }
   line("client_ip", e.client_ip);
@@ -182,10 +129,10 @@ bool decodeRcpt(std::string_view v, QueueRcpt* r) {
   if (s2 == std::string_view::npos) return false;
   const size_t s3 = v.find(' ', s2 + 1);
   if (s3 == std::string_view::npos) return false;
-  if (!unescape(v.substr(0, s1), false, &r->addr) || r->addr.empty()) return false;
+  if (!core::percentUnescape(v.substr(0, s1), core::keepPrintable, &r->addr) || r->addr.empty()) return false;
   if (!parseRcptState(v.substr(s1 + 1, s2 - s1 - 1), &r->state)) return false;
   if (!parseMs(v.substr(s2 + 1, s3 - s2 - 1), &r->updated_ms)) return false;
-  return unescape(v.substr(s3 + 1), true, &r->reply);
+  return core::percentUnescape(v.substr(s3 + 1), core::keepPrintableOrSpace, &r->reply);
 }
 }  // namespace
 
@@ -237,7 +184,7 @@ bool decodeQueueMeta(std::string_view text, QueueEntry* out) {
       continue;
     }
     std::string v;
-    if (!unescape(raw, true, &v)) return false;
+    if (!core::percentUnescape(raw, core::keepPrintableOrSpace, &v)) return false;
     uint32_t bit = 0;
     bool ok = true;
     uint64_t n = 0;
@@ -252,7 +199,7 @@ bool decodeQueueMeta(std::string_view text, QueueEntry* out) {
       ok = parseMs(v, &out->next_ms);
     } else if (k == "attempts") {
       bit = kAttempts;
-      ok = parseUint(v, UINT32_MAX, &n);
+      ok = core::parseDecimal(v, UINT32_MAX, true, &n);
       out->attempts = static_cast<uint32_t>(n);
     } else if (k == "mail_from") {
       bit = kFrom;
@@ -286,7 +233,7 @@ bool decodeQueueMeta(std::string_view text, QueueEntry* out) {
       ok = parseBool(v, &out->dsn);
     } else if (k == "size") {
       bit = kSize;
-      ok = parseUint(v, UINT64_MAX, &out->size);
+      ok = core::parseDecimal(v, UINT64_MAX, true, &out->size);
     } else if (k == "lease_owner") {
       bit = kLeaseOwner;
       out->lease_owner = std::move(v);
