@@ -121,10 +121,21 @@ def count(output: str, returncode: int | None) -> dict:
     return c
 
 
-# Ports for the files' daemons: below the ephemeral range (32768-60999 on Linux), one
-# part per job slot (harness.free_port), so that no two files running at once can pick
-# the same port.
-PORTS_FIRST, PORTS_LAST = 12000, 32000
+# Ports for the files' daemons: below the ephemeral range (net.ipv4.ip_local_port_range,
+# 32768-60999 by default; some machines start it lower, and an outgoing connection of
+# any process could then take a port between its check and its bind), one part per
+# job slot (harness.free_port), so that no two files running at once can pick the same
+# port.
+def _ephemeral_first() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+PORTS_LAST = min(32000, _ephemeral_first() - 1)
+PORTS_FIRST = 12000 if PORTS_LAST - 12000 >= 6000 else 2000
 
 
 def port_range(slot: int, jobs: int) -> str:
