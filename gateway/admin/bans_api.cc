@@ -163,11 +163,37 @@ std::string bansJson(const std::vector<filters::policy::Ban>& bans) {
   return out + "]\n";
 }
 
+std::string padRight(std::string s, size_t w) {
+  if (s.size() < w) s.append(w - s.size(), ' ');
+  return s;
+}
+
+std::string printableText(std::string s) {
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return s;
+}
+
+bool listLimit(const HttpRequest& req, size_t dflt, size_t max, size_t* out, std::string* error) {
+  *out = dflt;
+  const std::string* l = req.param("limit");
+  if (!l) return true;
+  size_t v = 0;
+  bool ok = !l->empty() && l->size() <= 6;
+  for (char c : *l) {
+    if (c < '0' || c > '9') ok = false;
+    if (ok) v = v * 10 + static_cast<size_t>(c - '0');
+  }
+  if (!ok || v < 1 || v > max) {
+    *error = "limit: a number from 1 to " + std::to_string(max);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
 std::string bansTable(const std::vector<filters::policy::Ban>& bans) {
-  auto pad = [](std::string s, size_t w) {
-    if (s.size() < w) s.append(w - s.size(), ' ');
-    return s;
-  };
+  const auto pad = padRight;
   size_t wn = 3, wo = 6;
   for (const auto& b : bans) {
     wn = std::max(wn, b.net.text().size());

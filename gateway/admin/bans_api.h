@@ -34,6 +34,12 @@ std::string percentEncode(std::string_view in);
 // "2026-12-04T23:09:09Z"
 std::string isoTime(int64_t unix_ms);
 std::string jsonEscape(std::string_view s);
+// The admin's text tables (the CLI prints them): s filled with spaces to width w;
+// control octets as '?'.
+std::string padRight(std::string s, size_t w);
+std::string printableText(std::string s);
+// ?limit=N of a list request: default dflt, 1 to max; false with *error otherwise.
+bool listLimit(const HttpRequest& req, size_t dflt, size_t max, size_t* out, std::string* error);
 
 std::string bansJson(const std::vector<filters::policy::Ban>& bans);
 std::string bansTable(const std::vector<filters::policy::Ban>& bans);

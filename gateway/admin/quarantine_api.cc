@@ -11,11 +11,6 @@ std::string jsonList(const std::vector<std::string>& v) {
   return out + "]";
 }
 
-std::string printableText(std::string s) {
-  for (char& c : s)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  return s;
-}
 }  // namespace
 
 std::string quarantineEntryJson(const filters::QuarantineEntry& e) {
@@ -39,10 +34,7 @@ std::string quarantineJson(const std::vector<filters::QuarantineEntry>& entries)
 }
 
 std::string quarantineTable(const std::vector<filters::QuarantineEntry>& entries) {
-  auto pad = [](std::string s, size_t w) {
-    if (s.size() < w) s.append(w - s.size(), ' ');
-    return s;
-  };
+  const auto pad = padRight;
   size_t wf = 4, wfl = 6;
   for (const auto& e : entries) {
     wf = std::max(wf, e.mail_from.size());
@@ -71,20 +63,7 @@ std::string releaseJson(const std::string& id, const session::ReleaseOutcome& r)
 
 bool parseQuarantineList(const HttpRequest& req, filters::QuarantineFilter* filter, size_t* limit,
                          std::string* error) {
-  *limit = kQuarantineListDefault;
-  if (const std::string* l = req.param("limit")) {
-    size_t v = 0;
-    bool ok = !l->empty() && l->size() <= 6;
-    for (char c : *l) {
-      if (c < '0' || c > '9') ok = false;
-      if (ok) v = v * 10 + static_cast<size_t>(c - '0');
-    }
-    if (!ok || v < 1 || v > kQuarantineListMax) {
-      *error = "limit: a number from 1 to " + std::to_string(kQuarantineListMax);
-      return false;
-    }
-    *limit = v;
-  }
+  if (!listLimit(req, kQuarantineListDefault, kQuarantineListMax, limit, error)) return false;
   if (const std::string* r = req.param("rcpt")) filter->rcpt = *r;
   if (const std::string* f = req.param("from")) filter->from = *f;
   return true;

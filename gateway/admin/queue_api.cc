@@ -5,17 +5,6 @@
 namespace mailgate::admin {
 
 namespace {
-std::string printableText(std::string s) {
-  for (char& c : s)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  return s;
-}
-
-std::string pad(std::string s, size_t w) {
-  if (s.size() < w) s.append(w - s.size(), ' ');
-  return s;
-}
-
 // "3h12m", "45s", "-" for 0: how far `then` is from `now`.
 std::string age(int64_t ms) {
   if (ms <= 0) return "0s";
@@ -72,8 +61,8 @@ std::string queueTable(const std::vector<queue::QueueEntry>& entries, int64_t no
   }
   wid = std::min<size_t>(wid, 64);
   wf = std::min<size_t>(wf, 40);
-  std::string out = pad("ID", wid) + "  " + pad("CREATED", 20) + "  " + pad("AGE", 7) + "  " +
-                    pad("SIZE", 9) + "  " + pad("TRIES", 5) + "  " + pad("NEXT", 7) + "  " + pad("FROM", wf) +
+  std::string out = padRight("ID", wid) + "  " + padRight("CREATED", 20) + "  " + padRight("AGE", 7) + "  " +
+                    padRight("SIZE", 9) + "  " + padRight("TRIES", 5) + "  " + padRight("NEXT", 7) + "  " + padRight("FROM", wf) +
                     "  OPEN  FIRST OPEN RECIPIENT: LAST REPLY\n";
   for (const auto& e : entries) {
     std::string first;
@@ -83,32 +72,18 @@ std::string queueTable(const std::vector<queue::QueueEntry>& entries, int64_t no
         break;
       }
     const size_t open = e.count(queue::RcptState::kPending) + e.count(queue::RcptState::kFailed);
-    out += pad(printableText(e.id), wid) + "  " + pad(isoTime(e.created_ms), 20) + "  " +
-           pad(age(now_ms - e.created_ms), 7) + "  " + pad(std::to_string(e.size), 9) + "  " +
-           pad(std::to_string(e.attempts), 5) + "  " +
-           pad(e.next_ms > now_ms ? age(e.next_ms - now_ms) : "now", 7) + "  " +
-           pad(printableText(e.mail_from), wf) + "  " + pad(std::to_string(open), 4) + "  " +
+    out += padRight(printableText(e.id), wid) + "  " + padRight(isoTime(e.created_ms), 20) + "  " +
+           padRight(age(now_ms - e.created_ms), 7) + "  " + padRight(std::to_string(e.size), 9) + "  " +
+           padRight(std::to_string(e.attempts), 5) + "  " +
+           padRight(e.next_ms > now_ms ? age(e.next_ms - now_ms) : "now", 7) + "  " +
+           padRight(printableText(e.mail_from), wf) + "  " + padRight(std::to_string(open), 4) + "  " +
            printableText(first) + "\n";
   }
   return out;
 }
 
 bool parseQueueList(const HttpRequest& req, size_t* limit, std::string* error) {
-  *limit = kQueueListDefault;
-  if (const std::string* l = req.param("limit")) {
-    size_t v = 0;
-    bool ok = !l->empty() && l->size() <= 6;
-    for (char c : *l) {
-      if (c < '0' || c > '9') ok = false;
-      if (ok) v = v * 10 + static_cast<size_t>(c - '0');
-    }
-    if (!ok || v < 1 || v > kQueueListMax) {
-      *error = "limit: a number from 1 to " + std::to_string(kQueueListMax);
-      return false;
-    }
-    *limit = v;
-  }
-  return true;
+  return listLimit(req, kQueueListDefault, kQueueListMax, limit, error);
 }
 
 QueueRoute parseQueuePath(std::string_view path, std::string* id, bool* id_valid) {
