@@ -448,6 +448,8 @@ void SmtpSession::resetTransaction() {
   bdat_last_ = false;
   facts_.message.reset();
   replacement_.reset();
+  std::string().swap(delivery_headers_);
+  std::vector<queue::QueueRcpt>().swap(queued_rcpts_);
   if (spool_.use_count() > 1) {
     // A hook whose deadline passed still reads the old message: leave it that one.
     spool_ = newSpool();
@@ -1490,11 +1492,7 @@ void SmtpSession::quarantineDone(const filters::Verdict& v, const Result<std::st
                                                   {"filter", v.filter},
                                                   {"ref", v.ref},
                                                   {"error", id.error()}});
-    reactor_.stats.smtp_deferred++;
-    resetTransaction();
-    phase_ = Phase::kCommand;
-    reply("451 4.3.0 Error: message not stored, try again later");
-    resumeClient();
+    endTransaction("451 4.3.0 Error: message not stored, try again later");
     return;
   }
   filters::quarantineStats().stored.fetch_add(1);
@@ -1507,11 +1505,7 @@ void SmtpSession::quarantineDone(const filters::Verdict& v, const Result<std::st
                                          {"size", size},
                                          {"from", mail_from_},
                                          {"recipients", facts_.rcpts.size()}});
-  reactor_.stats.smtp_delivered++;
-  resetTransaction();
-  phase_ = Phase::kCommand;
-  reply("250 2.0.0 Ok: queued as " + id.value() + " (quarantined)");
-  resumeClient();
+  endTransaction("250 2.0.0 Ok: queued as " + id.value() + " (quarantined)");
 }
 
 // ------------------------------------------------------------------ delivery
@@ -1539,11 +1533,7 @@ void SmtpSession::deliverToNodes() {
     if (g_queue_log.allow())
       log::warn("smtp message refused: the exception queue is full",
                 {{"session", id_}, {"client", client_ip_}, {"from", mail_from_}, {"entries", queue::queueStats().entries.load()}});
-    reactor_.stats.smtp_deferred++;
-    resetTransaction();
-    phase_ = Phase::kCommand;
-    reply("451 4.3.1 Error: queue full, try again later");
-    resumeClient();
+    endTransaction("451 4.3.1 Error: queue full, try again later");
     return;
   }
   NodeTransaction t;
@@ -1642,11 +1632,7 @@ void SmtpSession::onQueuedCopies(const Result<std::vector<queue::QueueEntry>>& f
                                               {"from", mail_from_},
                                               {"message_id", delivery_message_id_},
                                               {"queued_as", earlier}});
-    reactor_.stats.smtp_delivered++;
-    resetTransaction();
-    phase_ = Phase::kCommand;
-    reply("250 2.0.0 Ok: already queued as " + earlier);
-    resumeClient();
+    endTransaction("250 2.0.0 Ok: already queued as " + earlier);
     return;
   }
   facts_.rcpts = std::move(rest);
@@ -1660,6 +1646,7 @@ void SmtpSession::queueRest() {
   e.id = delivery_queue_id_;
   e.created_ms = now;
   bool pending = false;
+  queued_rcpts_.clear();
   for (size_t i = 0; i < facts_.rcpts.size(); ++i) {
     queue::QueueRcpt r;
     r.addr = facts_.rcpts[i];
@@ -1668,8 +1655,9 @@ void SmtpSession::queueRest() {
     const char cls = r.reply.empty() ? '4' : r.reply[0];
     r.state = cls == '2' ? queue::RcptState::kDelivered : cls == '5' ? queue::RcptState::kFailed : queue::RcptState::kPending;
     pending = pending || r.state == queue::RcptState::kPending;
-    e.rcpts.push_back(std::move(r));
+    queued_rcpts_.push_back(std::move(r));
   }
+  e.rcpts = queued_rcpts_;
   // The open recipients wait for the first retry; failed ones' DSN goes out at once.
   e.next_ms = pending ? now + rt_->config->queue.retry.count() : now;
   e.mail_from = mail_from_;
@@ -1689,26 +1677,23 @@ void SmtpSession::queueRest() {
   auto body = delivery_headers_.empty()
                   ? message
                   : std::make_shared<PrefixedBody>(delivery_headers_, std::move(message));
-  std::vector<queue::QueueRcpt> rcpts = e.rcpts;
-  const std::vector<queue::QueueRcpt> if_refused = e.rcpts;
   std::shared_ptr<queue::QueueStore> store = rt_->queue;
   Reactor* reactor = &reactor_;
   const uint32_t slot = this->slot(), gen = this->gen();
   // On the content executor: put() returns once the entry is durable.
-  auto job = [reactor, slot, gen, store, body, e = std::move(e), rcpts = std::move(rcpts)]() mutable {
+  auto job = [reactor, slot, gen, store, body, e = std::move(e)]() mutable {
     std::string error;
     const queue::QueueStore::Put put = store->put(std::move(e), *body, &error);
     const uint64_t size = body->size();
-    reactor->postToSession(slot, gen, [put, error = std::move(error), rcpts = std::move(rcpts), size](Session& s) {
-      static_cast<SmtpSession&>(s).queueDone(put, error, rcpts, size);
+    reactor->postToSession(slot, gen, [put, error = std::move(error), size](Session& s) {
+      static_cast<SmtpSession&>(s).queueDone(put, error, size);
     });
   };
   if (!reactor_.contentWorkers().submit(std::move(job), std::chrono::milliseconds(0)))
-    queueDone(queue::QueueStore::Put::kError, "content executor queue full", if_refused, body->size());
+    queueDone(queue::QueueStore::Put::kError, "content executor queue full", body->size());
 }
 
-void SmtpSession::queueDone(queue::QueueStore::Put put, const std::string& error,
-                            const std::vector<queue::QueueRcpt>& rcpts, uint64_t size) {
+void SmtpSession::queueDone(queue::QueueStore::Put put, const std::string& error, uint64_t size) {
   if (closing()) return;
   const bool stored = put == queue::QueueStore::Put::kStored;
   const std::string client_reply =
@@ -1717,7 +1702,7 @@ void SmtpSession::queueDone(queue::QueueStore::Put put, const std::string& error
           ? std::string("451 4.3.1 Error: delivery incomplete and the queue is full, try again later")
           : std::string("451 4.3.0 Error: delivery incomplete and the message could not be queued, try again later");
   size_t delivered = 0, queued = 0, failed = 0;
-  for (const auto& r : rcpts) {
+  for (const auto& r : queued_rcpts_) {
     const char* status = "deferred";
     switch (r.state) {
       case queue::RcptState::kDelivered:
@@ -1761,7 +1746,6 @@ void SmtpSession::queueDone(queue::QueueStore::Put put, const std::string& error
                                       {"failed", failed},
                                       {"size", size},
                                       {"store", rt_->queue->kind()}});
-    reactor_.stats.smtp_delivered++;
   } else {
     (put == queue::QueueStore::Put::kFull ? queue::queueStats().put_full : queue::queueStats().put_failed)
         .fetch_add(1);
@@ -1771,12 +1755,8 @@ void SmtpSession::queueDone(queue::QueueStore::Put put, const std::string& error
                 {"queue_id", delivery_queue_id_},
                 {"delivered", delivered},
                 {"error", put == queue::QueueStore::Put::kFull ? std::string("queue full") : error}});
-    reactor_.stats.smtp_deferred++;
   }
-  resetTransaction();
-  phase_ = Phase::kCommand;
-  reply(client_reply);
-  resumeClient();
+  endTransaction(client_reply);
 }
 
 void SmtpSession::onBackendConnected() { node_client_.onConnected(); }
@@ -1826,6 +1806,10 @@ void SmtpSession::deliveryDone(std::string_view client_reply, const char* outcom
                                             {"recipients", facts_.rcpts.size()},
                                             {"outcome", outcome},
                                             {"reply", client_reply}});
+  endTransaction(client_reply);
+}
+
+void SmtpSession::endTransaction(std::string_view client_reply) {
   if (!client_reply.empty() && client_reply[0] == '2')
     reactor_.stats.smtp_delivered++;
   else if (!client_reply.empty() && client_reply[0] == '4')

@@ -114,6 +114,9 @@ class SmtpSession final : public Session {
   void badCommand(std::string_view line);
   void parserError();
   void resetTransaction();
+  // The transaction ends with one reply: counted by its class (delivered, deferred,
+  // rejected), the transaction reset, the client read again.
+  void endTransaction(std::string_view client_reply);
   void beginSpool();
   void messageComplete(codec::SmtpDataError err, uint64_t size);
   std::shared_ptr<MessageSpool> newSpool();  // set up for the reactor's spool thread
@@ -227,14 +230,14 @@ class SmtpSession final : public Session {
   std::string delivery_headers_;
   std::string delivery_queue_id_;
   std::string delivery_message_id_;
+  std::vector<queue::QueueRcpt> queued_rcpts_;  // queueRest(): each recipient's state, for queueDone()
   // The exception queue (rt_->queue): a resent copy of a queued message, the partial
   // delivery's open recipients written durably before the 250.
   void checkQueuedCopies();
   void onQueuedCopies(const Result<std::vector<queue::QueueEntry>>& found);
   void deliverToNodes();
   void queueRest();
-  void queueDone(queue::QueueStore::Put put, const std::string& error, const std::vector<queue::QueueRcpt>& rcpts,
-                 uint64_t size);
+  void queueDone(queue::QueueStore::Put put, const std::string& error, uint64_t size);
   bool queueFull();
 
   // delivery: the node client, and the connection it may keep between transactions
