@@ -12,6 +12,7 @@
 #include "auth/postgres_pool.h"
 #include "gateway/core/hostname.h"
 #include "gateway/core/log.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::auth {
 namespace {
@@ -37,11 +38,7 @@ const char* kBanColumns =
     "net::text, (extract(epoch FROM created) * 1000)::bigint, (extract(epoch FROM expires) * 1000)::bigint, "
     "level, reason, origin";
 
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+using core::wallMs;
 
 bool banOfRow(const pqxx::row& row, Ban* out) {
   if (row[0].is_null() || !filters::policy::parseCidr(row[0].c_str(), &out->net)) return false;

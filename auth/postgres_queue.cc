@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "auth/postgres_pool.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::auth {
 
@@ -78,11 +79,7 @@ void prepareStatements(pg::Connection& c) {
               " FROM mailgate_queue WHERE message_id = $1 AND mail_from = $2 ORDER BY created_ms, id");
 }
 
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+using core::wallMs;
 
 // A bigint/integer column's text (the server's output: always well formed).
 int64_t number(const pg::Rows& r, int row, int col) {

@@ -14,6 +14,7 @@
 #include "gateway/core/ascii.h"
 #include "gateway/core/durable_file.h"
 #include "gateway/core/record_text.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::filters {
 
@@ -38,11 +39,7 @@ QuarantineStats& quarantineStats() {
   return s;
 }
 
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t wallMs() { return core::wallMs(); }
 
 std::string newQuarantineId(int64_t now_ms) {
   static constexpr char kHex[] = "0123456789abcdef";

@@ -1,4 +1,5 @@
 #include "filters/policy/bans.h"
+#include "gateway/core/wall_clock.h"
 
 #include <algorithm>
 #include <cmath>
@@ -186,9 +187,6 @@ void BanTable::expire(int64_t now_ms, std::chrono::milliseconds forget) {
   std::erase_if(entries_, [&](const Entry& e) { return !e.active && now_ms - e.ban.expires_ms > forget.count(); });
 }
 
-int64_t BanTable::wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t BanTable::wallMs() { return core::wallMs(); }
 
 }  // namespace mailgate::filters::policy

@@ -26,6 +26,7 @@
 #include "gateway/session/runtime.h"
 #include "gateway/session/scanner_stats.h"
 #include "gateway/session/session.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::admin {
 
@@ -317,9 +318,7 @@ void renderQueue(MetricsWriter& w) {
            load(q.entries));
   w.single("mailgate_queue_bytes", "gauge", "Octets of the messages in the exception queue.", load(q.bytes));
   const int64_t oldest = q.oldest_created_ms.load(std::memory_order_relaxed);
-  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::system_clock::now().time_since_epoch())
-                             .count();
+  const int64_t now_ms = core::wallMs();
   w.single("mailgate_queue_oldest_age_seconds", "gauge", "Age of the oldest queued entry (0: the queue is empty).",
            static_cast<uint64_t>(oldest > 0 && now_ms > oldest ? (now_ms - oldest) / 1000 : 0));
   w.family("mailgate_queue_recipients_total", "counter",

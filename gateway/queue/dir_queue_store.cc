@@ -16,6 +16,7 @@
 
 #include "gateway/core/durable_file.h"
 #include "gateway/core/record_text.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::queue {
 
@@ -28,11 +29,7 @@ constexpr int kRaceRetries = 8;  // renames that lost a race with another gatewa
 
 std::string sysError(const std::string& what, int e) { return what + ": " + std::strerror(e); }
 
-int64_t wallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+using core::wallMs;
 
 bool nameSafe(unsigned char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||

@@ -7,6 +7,7 @@
 #include "gateway/queue/dsn.h"
 #include "gateway/session/node_delivery.h"
 #include "gateway/session/runtime.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::session {
 
@@ -21,12 +22,7 @@ constexpr int64_t kLeaseMarginMs = 5000;
 
 log::RateLimit store_log(2);
 
-int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
+using core::wallMs;
 
 // The message's header section, up to (not including) the empty line, at most
 // kDsnMaxHead octets; what could be read when the body cannot be read whole.
@@ -158,7 +154,7 @@ size_t QueueRunner::runOnce() {
       std::lock_guard<std::mutex> g(mu_);
       if (stop_) break;
     }
-    auto claimed = store_->claimDue(owner_, nowMs(), cfg_.lease.count(), kClaimBatch);
+    auto claimed = store_->claimDue(owner_, wallMs(), cfg_.lease.count(), kClaimBatch);
     if (!claimed) {
       if (store_log.allow())
         log::warn("queue store failed", {{"store", store_->kind()},
@@ -174,7 +170,7 @@ size_t QueueRunner::runOnce() {
       // to end is left for the next claim rather than worked without a lease. A
       // stopping runner leaves the rest to the lease (or another gateway).
       if (stopping()) break;
-      if (e.lease_until_ms && e.lease_until_ms - margin < nowMs()) continue;
+      if (e.lease_until_ms && e.lease_until_ms - margin < wallMs()) continue;
       more = work(std::move(e), *rt) || more;
       ++worked;
     }
@@ -215,7 +211,7 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
     if (!r) return;
     r->state = state;
     r->reply = oneLine(reply);
-    r->updated_ms = nowMs();
+    r->updated_ms = wallMs();
     switch (state) {
       case queue::RcptState::kDelivered:
         ++delivered;
@@ -283,7 +279,7 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
         // waits cut short) before the lease does, so no other gateway takes the entry
         // while this one may still deliver.
         const int64_t lease = cfg_.lease.count();
-        auto renewed = store_->renew(e.id, owner_, nowMs(), nowMs() + lease);
+        auto renewed = store_->renew(e.id, owner_, wallMs(), wallMs() + lease);
         if (!renewed || !renewed.value()) {
           log::warn("queue: the lease could not be renewed; the entry is left to the next attempt",
                     {{"queue_id", e.id}, {"error", renewed ? std::string("lost") : renewed.error()}});
@@ -346,7 +342,7 @@ bool QueueRunner::work(queue::QueueEntry e, const Runtime& rt) {
   if (lost) return false;  // the lease runs out; the entry is claimed again
 
   // Past the lifetime: what is still pending fails as expired.
-  const int64_t now = nowMs();
+  const int64_t now = wallMs();
   const bool too_old = e.created_ms + cfg_.lifetime.count() < now;
   if (too_old) {
     for (auto& r : e.rcpts) {

@@ -23,6 +23,7 @@
 #include "gateway/queue/dir_queue_store.h"
 #include "gateway/session/quarantine_release.h"
 #include "gateway/session/queue_runner.h"
+#include "gateway/core/wall_clock.h"
 
 namespace mailgate::session {
 
@@ -227,9 +228,7 @@ namespace {
 // is another owner; the leases of the one before it run out).
 std::string queueOwnerName() {
   static const std::string name = core::hostName() + ":" + std::to_string(::getpid()) + ":" +
-                                  std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                     std::chrono::system_clock::now().time_since_epoch())
-                                                     .count());
+                                  std::to_string(core::wallMs());
   return name;
 }
 }  // namespace
