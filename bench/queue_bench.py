@@ -28,6 +28,14 @@ each round starting one target further along; figures are medians of the rounds)
            must not reach the recipients the queue already holds)
   pgnone   mailgate C (postgres directory and queue; fsync on), no deferrals, empty queue
   pg10     mailgate D (postgres directory and queue, own database), 10 % deferred
+  direct   no gateway: smtp-source -L speaks LMTP straight to the same Dovecot LMTP
+           port, the no-deferral mix (same processes, sessions, sizes, recipients)
+
+The report puts every mailgate target against direct: messages per second and
+Dovecot CPU per message, mailgate/direct. There is no direct 10 % target:
+smtp-source exits at the first non-2xx reply to the end of data ("fatal: end of
+data rejected: 452 4.2.2 ..."), so the 10 % targets are compared with the direct
+no-deferral mix too (their node delivers 10 % fewer recipients per message).
 
 Every mailgate: server.threads 2, log level warn, retry 10m (no retry happens during
 the run), deliver: lmtp to the one Dovecot. CPU per message is utime+stime from
@@ -40,7 +48,7 @@ messages that had a deferred recipient, and the replies the gateway gave (its
 mailgate_smtp_messages_{delivered,deferred,rejected}_total counters; smtp-source
 itself exits non-zero and prints the reply on a failed transaction).
 
-Usage: python3 bench/queue_bench.py [--targets none,dir10,dirheld,pgnone,pg10]
+Usage: python3 bench/queue_bench.py [--targets none,dir10,dirheld,pgnone,pg10,direct]
        [--repeats 3] [--messages 1000] [--json out.json]
 (as root: Dovecot's mail_uid; build/mailgate by default, MAILGATE_BIN).
 """
@@ -71,15 +79,19 @@ PASSWORD = "benchpass"
 FULL = "full@" + DOMAIN  # the one mailbox over its quota
 # smtp-source -r 2 -t X sends to X and 2X.
 USERS = [f"{p}{u}@{DOMAIN}" for u in ("ok", "ok2", "full") for p in ("", "2")]
-TARGETS = ("none", "dir10", "dirheld", "pgnone", "pg10")
+TARGETS = ("none", "dir10", "dirheld", "pgnone", "pg10", "direct")
 TARGET_TEXT = {
     "none": "dir store, no deferrals (queue empty)",
     "dir10": "dir store, 10 % of recipients deferred",
     "dirheld": "dir store, no deferrals, queue holding entries",
     "pgnone": "postgres store, no deferrals (queue empty)",
     "pg10": "postgres store, 10 % of recipients deferred",
+    "direct": "direct LMTP to Dovecot, no deferrals",
 }
 DEFERRING = {"dir10", "pg10"}
+# No gateway: smtp-source -L to Dovecot's LMTP port. Only the no-deferral mix:
+# smtp-source -L exits at the first 452 after the data.
+DIRECT = {"direct"}
 # Which gateway serves which target.
 GATEWAY_OF = {"none": "A", "dir10": "B", "dirheld": "B", "pgnone": "C", "pg10": "D"}
 
@@ -230,7 +242,7 @@ class QueueBench:
         self.loads: list[float] = []
 
     # -- the client: two smtp-source processes at once
-    def smtp_sources(self, port: int, count: int, deferring: bool, label: str) -> dict:
+    def smtp_sources(self, port: int, count: int, deferring: bool, label: str, lmtp: bool = False) -> dict:
         a = self.args
         fifth = count // 5
         s_fifth = max(1, a.sessions // 5)
@@ -239,8 +251,9 @@ class QueueBench:
         procs = []
         t0 = time.perf_counter()
         for m, s, to in parts:
-            cmd = [run.SMTP_SOURCE, "-s", str(s), "-l", str(a.size), "-m", str(m), "-r", "2",
-                   "-f", SENDER, "-t", to, "-M", "client.bench.invalid", f"127.0.0.1:{port}"]
+            cmd = [run.SMTP_SOURCE] + (["-L"] if lmtp else []) + [
+                "-s", str(s), "-l", str(a.size), "-m", str(m), "-r", "2",
+                "-f", SENDER, "-t", to, "-M", "client.bench.invalid", f"127.0.0.1:{port}"]
             procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
         rcs, errs = [], []
@@ -261,7 +274,32 @@ class QueueBench:
         return {"wall_s": wall, "rc": max(abs(r) for r in rcs), "stderr": err[:2000],
                 "deferred_rcpts": fifth if deferring else 0, "rcpts": 2 * count}
 
+    def send_direct(self, t: str, count: int, label: str, measure: bool) -> dict:
+        """smtp-source -L straight to Dovecot's LMTP port: no gateway, no queue, the
+        no-deferral mix. smtp-source exits non-zero and prints the reply at the first
+        reply other than 2xx (per recipient after the data too), so rc 0 and no output
+        mean every recipient got 250 from Dovecot."""
+        d0, cpu0 = self.dovecot.delivered(), self.dovecot.cpu_seconds()
+        r = self.smtp_sources(self.dovecot.lmtp_port, count, False, label, lmtp=True)
+        time.sleep(0.1)
+        cpu1, d1 = self.dovecot.cpu_seconds(), self.dovecot.delivered()
+        self.dovecot.empty_mailboxes()
+        expect_delivered = 2 * count
+        rec = {"messages": count, "rcpts": r["rcpts"], "deferred_rcpts": 0,
+               "delivered": d1 - d0, "expect_delivered": expect_delivered,
+               "replies_250": None, "replies_4xx": None, "replies_5xx": None,
+               "queue_metrics": {}, "queue_stored_delta": None, "queue_held_before": None,
+               "queue_entries_written": None, "queue_puts_refused": 0, "queue_duplicates": 0,
+               "wall_s": r["wall_s"], "rc": r["rc"], "errors": r["stderr"] or None}
+        rec["ok"] = r["rc"] == 0 and not r["stderr"] and rec["delivered"] == expect_delivered
+        if measure:
+            rec["msgs_per_s"] = count / r["wall_s"]
+            rec["cpu_us_per_msg_node"] = (cpu1 - cpu0) / count * 1e6
+        return rec
+
     def send(self, t: str, count: int, label: str, measure: bool) -> dict:
+        if t in DIRECT:
+            return self.send_direct(t, count, label, measure)
         g = self.gateways[GATEWAY_OF[t]]
         deferring = t in DEFERRING
         d0, m0, q0 = self.dovecot.delivered(), g.metrics(), g.stored_entries()
@@ -353,7 +391,7 @@ class QueueBench:
             db = None
             if any(t.startswith("pg") for t in wanted):
                 db = self.start_postgres(work, started)
-            for name in dict.fromkeys(GATEWAY_OF[t] for t in wanted):
+            for name in dict.fromkeys(GATEWAY_OF[t] for t in wanted if t in GATEWAY_OF):
                 port, admin = harness.free_ports(2)
                 qdir, dbname = None, None
                 if name in ("A", "B"):
@@ -420,26 +458,37 @@ class QueueBench:
     def report(self) -> str:
         a = self.args
         base = {"dir10": "none", "dirheld": "none", "pg10": "pgnone"}
-        rows = ["| target | msgs/s | gateway CPU µs/msg | vs no deferrals (msgs/s; CPU) | Dovecot CPU µs/msg "
+        rows = ["| target | msgs/s | gateway CPU µs/msg | vs no deferrals (msgs/s; CPU) "
+                "| mailgate/direct (msgs/s; Dovecot CPU) | Dovecot CPU µs/msg "
                 "| PostgreSQL CPU µs/msg | recipients deferred | queue entries written | replies 250 / 4xx "
                 "| delivered / expected |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        d = self.results.get("direct")
         for t in TARGETS:
             r = self.results.get(t)
             if not r:
                 continue
             runs = self.runs[t]
             b = self.results.get(base.get(t, ""))
-            vs = ""
+            vs = "–"
             if b and r.get("msgs_per_s") and b.get("msgs_per_s"):
                 vs = (f"{r['msgs_per_s'] / b['msgs_per_s']:.2f}; "
                       f"{r['cpu_us_per_msg_gateway'] / b['cpu_us_per_msg_gateway']:.2f}")
+            vd = "–"
+            if t not in DIRECT and d and r.get("msgs_per_s") and d.get("msgs_per_s"):
+                vd = (f"{r['msgs_per_s'] / d['msgs_per_s']:.2f}; "
+                      f"{r['cpu_us_per_msg_node'] / d['cpu_us_per_msg_node']:.2f}")
             tot = lambda k: int(sum(x[k] or 0 for x in runs))  # noqa: E731
+            if t in DIRECT:
+                gw, queued, replies = "–", "–", "– (smtp-source: every reply 2xx)"
+            else:
+                gw = fmt(r.get("cpu_us_per_msg_gateway"))
+                queued, replies = str(tot("queue_entries_written")), f"{tot('replies_250')} / {tot('replies_4xx')}"
             rows.append(
-                f"| {TARGET_TEXT[t]} | {fmt(r.get('msgs_per_s'))} | {fmt(r.get('cpu_us_per_msg_gateway'))} | {vs} "
+                f"| {TARGET_TEXT[t]} | {fmt(r.get('msgs_per_s'))} | {gw} | {vs} | {vd} "
                 f"| {fmt(r.get('cpu_us_per_msg_node'))} | {fmt(r.get('cpu_us_per_msg_postgres'))} "
-                f"| {tot('deferred_rcpts')} of {tot('rcpts')} | {tot('queue_entries_written')} "
-                f"| {tot('replies_250')} / {tot('replies_4xx')} | {tot('delivered')} / {tot('expect_delivered')} |")
+                f"| {tot('deferred_rcpts')} of {tot('rcpts')} | {queued} "
+                f"| {replies} | {tot('delivered')} / {tot('expect_delivered')} |")
         loads = [x for x in self.loads if x >= 0]
         rows.append("")
         if loads:
@@ -453,7 +502,7 @@ class QueueBench:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mailgate-bin", default=os.environ.get("MAILGATE_BIN", str(REPO / "build" / "mailgate")))
-    ap.add_argument("--targets", default="none,dir10,dirheld,pgnone,pg10")
+    ap.add_argument("--targets", default="none,dir10,dirheld,pgnone,pg10,direct")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; figures are their medians")
     ap.add_argument("--messages", type=int, default=1000, help="messages per target and round (a multiple of 5)")
     ap.add_argument("--warmup", type=int, default=100, help="unmeasured messages per target first")
