@@ -20,9 +20,6 @@ constexpr const char* kPutLockKey = "7089068426741342278";
 #define MG_QUEUE_COLUMNS "id, created_ms, next_ms, attempts, size, message_id, mail_from, lease_owner, lease_until_ms, meta"
 
 // The statements, prepared on each connection of the store's pool.
-constexpr const char* kBegin = "mq_begin";
-constexpr const char* kCommit = "mq_commit";
-constexpr const char* kRollback = "mq_rollback";
 constexpr const char* kLock = "mq_lock";
 constexpr const char* kExists = "mq_exists";
 constexpr const char* kUsage = "mq_usage";
@@ -40,9 +37,6 @@ constexpr const char* kSummary = "mq_summary";
 constexpr const char* kFind = "mq_find";
 
 void prepareStatements(pg::Connection& c) {
-  pg::prepare(c, kBegin, "BEGIN");
-  pg::prepare(c, kCommit, "COMMIT");
-  pg::prepare(c, kRollback, "ROLLBACK");
   pg::prepare(c, kLock, std::string("SELECT pg_advisory_xact_lock(") + kPutLockKey + ")");
   pg::prepare(c, kExists, "SELECT 1 FROM mailgate_queue WHERE id = $1");
   pg::prepare(c, kUsage, "SELECT count(*), coalesce(sum(size), 0) FROM mailgate_queue");
@@ -222,7 +216,7 @@ queue::QueueStore::Put PostgresQueueStore::put(queue::QueueEntry entry, const fi
       verdict = Put::kFull;
       return;
     }
-    pg::execPrepared(c, kBegin, {});
+    pg::Transaction tx(c);  // rolled back unless committed (a refusal, an error)
     // The upload first, without the lock: the row is nobody else's to see until COMMIT.
     pg::exec(c, kInsertSql,
              {entry.id, std::to_string(entry.created_ms), std::to_string(entry.next_ms),
@@ -233,11 +227,10 @@ queue::QueueStore::Put PostgresQueueStore::put(queue::QueueEntry entry, const fi
     // row included (read committed: this statement's snapshot is taken after the lock
     // was granted); the lock is held until COMMIT or ROLLBACK.
     if (!entry.dsn && over(pg::execPrepared(c, kUsage, {}), 0, 0)) {
-      pg::execPrepared(c, kRollback, {});
       verdict = Put::kFull;
       return;
     }
-    pg::execPrepared(c, kCommit, {});
+    tx.commit();
     verdict = Put::kStored;
   });
   if (!ok) return fail("database: " + ok.error());
